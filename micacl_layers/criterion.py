@@ -1,0 +1,175 @@
+"""The full MICACL criterion of Eq. 13.
+
+:math:`\\mathcal{L}_{all} = \\mathcal{L}_{CET} + \\lambda_{MC} \\mathcal{L}_{MC}`.
+
+The paper writes the two terms with weight 1; the public code trains with
+``CE(label_smoothing=0.1) + 30 * MCCL``. Both are available: the defaults follow the paper's
+structure with our sound CET, and :meth:`MICACLLoss.from_preset` gives ``"public_code"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from micacl_layers.cet import ClassificationEnhancementTerm, Classifier
+from micacl_layers.mccl import MultiscaleCategoryAwareContrastiveLoss
+
+__all__ = ["PRESETS", "MICACLLoss", "MICACLLossOutput"]
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Eq. 13 with unit weights and every CET term active.
+    "paper": {"mc_weight": 1.0, "label_smoothing": 0.1, "ial_weight": 0.1, "aug_weight": 0.1,
+              "tau0": 0.07},
+    # The public code's weights: CE with label smoothing 0.1 plus 30 x MCCL (log form, batch
+    # temperature), no IAL and no (working) augmentation term. The MCCL bugs of that code
+    # (self-pairs, random projections on each call, raw reciprocal weights) stay fixed.
+    "public_code": {"mc_weight": 30.0, "label_smoothing": 0.1, "ial_weight": 0.0,
+                    "aug_weight": 0.0, "tau0": 0.07, "form": "log",
+                    "temperature": "batch_mean"},
+}
+
+
+class MICACLLossOutput(NamedTuple):
+    """Breakdown of :class:`MICACLLoss` (each term unweighted, the total weighted).
+
+    Attributes:
+        loss: :math:`\\mathcal{L}_{all}`.
+        cet: :math:`\\mathcal{L}_{CET}`.
+        mccl: :math:`\\mathcal{L}_{MC}`.
+        ce: Label-smoothed cross-entropy part of the CET.
+        ial: Intensity-aware part of the CET.
+        aug: Feature-augmentation part of the CET.
+    """
+
+    loss: torch.Tensor
+    cet: torch.Tensor
+    mccl: torch.Tensor
+    ce: torch.Tensor
+    ial: torch.Tensor
+    aug: torch.Tensor
+
+
+class MICACLLoss(nn.Module):
+    r"""The whole MICACL objective (Eq. 13) as one Module: CET plus weighted MCCL.
+
+    Holds a :class:`~micacl_layers.ClassificationEnhancementTerm` (``.cet``) and a
+    :class:`~micacl_layers.MCCLoss` (``.mccl``, with learnable projections: give the optimizer
+    this module's parameters).
+
+    Args:
+        num_classes: Number of classes ``K``.
+        feature_dim: Clip feature size ``D``.
+        class_counts: Samples per class, or ``None`` for running counts.
+        scales: MCCL pooling scales.
+        mc_weight: :math:`\lambda_{MC}`.
+        label_smoothing: CET label smoothing.
+        ial_weight: CET weight of the intensity-aware loss.
+        aug_weight: CET weight of the feature-augmentation term (needs ``classifier``).
+        aug_noise_std: Relative noise of the feature augmentation.
+        **mccl_options: Further keyword options of :class:`~micacl_layers.MCCLoss`
+            (``projection_dim``, ``tau0``, ``temperature``, ``form``, ...).
+
+    Shape:
+        - features: :math:`(B, D)`
+        - logits: :math:`(B, K)`
+        - targets: :math:`(B,)`
+        - Output: :math:`()`
+
+    Example:
+        >>> head = torch.nn.Linear(32, 3)
+        >>> criterion = MICACLLoss(3, 32, class_counts=[50, 30, 5], projection_dim=16)
+        >>> f = torch.randn(6, 32)
+        >>> loss = criterion(f, head(f), torch.tensor([0, 0, 1, 1, 2, 2]), classifier=head)
+        >>> loss.shape
+        torch.Size([])
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        feature_dim: int,
+        class_counts: torch.Tensor | Sequence[float] | None = None,
+        scales: Sequence[int] = (1, 2, 4),
+        *,
+        mc_weight: float = 1.0,
+        label_smoothing: float = 0.1,
+        ial_weight: float = 0.1,
+        aug_weight: float = 0.1,
+        aug_noise_std: float = 0.1,
+        **mccl_options: Any,
+    ) -> None:
+        super().__init__()
+        if mc_weight < 0:
+            raise ValueError(f"`mc_weight` must be >= 0, got {mc_weight!r}.")
+        self.mc_weight = float(mc_weight)
+        self.cet = ClassificationEnhancementTerm(
+            label_smoothing=label_smoothing, ial_weight=ial_weight, aug_weight=aug_weight,
+            aug_noise_std=aug_noise_std)
+        self.mccl = MultiscaleCategoryAwareContrastiveLoss(
+            num_classes, feature_dim, class_counts, scales, **mccl_options)
+
+    @classmethod
+    def from_preset(cls, name: str, num_classes: int, feature_dim: int,
+                    class_counts: torch.Tensor | Sequence[float] | None = None,
+                    **overrides: Any) -> MICACLLoss:
+        """Build the criterion from a named preset of :data:`PRESETS`.
+
+        Args:
+            name: ``"paper"`` or ``"public_code"``.
+            num_classes: Number of classes.
+            feature_dim: Clip feature size.
+            class_counts: Samples per class, or ``None``.
+            **overrides: Options that replace the preset's.
+
+        Returns:
+            The configured criterion.
+
+        Example:
+            >>> crit = MICACLLoss.from_preset("public_code", 7, 64, projection_dim=32)
+            >>> crit.mc_weight, crit.cet.ial_weight, crit.mccl.form
+            (30.0, 0.0, 'log')
+        """
+        if name not in PRESETS:
+            raise ValueError(f"`name` must be one of {tuple(PRESETS)}, got {name!r}.")
+        options = {**PRESETS[name], **overrides}
+        return cls(num_classes, feature_dim, class_counts, **options)
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        classifier: Classifier | None = None,
+        return_breakdown: bool = False,
+    ) -> torch.Tensor | MICACLLossOutput:
+        """Compute :math:`\\mathcal{L}_{all}`.
+
+        Args:
+            features: Clip features (the classifier's input).
+            logits: Classifier logits.
+            targets: Class indices.
+            classifier: The classifier, for the CET's feature augmentation.
+            return_breakdown: Return a :class:`MICACLLossOutput`.
+
+        Returns:
+            The loss or its breakdown.
+        """
+        cet = self.cet(logits, targets, features=features, classifier=classifier,
+                       return_breakdown=True)
+        if self.mc_weight:
+            mccl = self.mccl(features, logits, targets)
+        else:
+            mccl = torch.zeros_like(cet.loss)
+        total = cet.loss + self.mc_weight * mccl
+        if return_breakdown:
+            return MICACLLossOutput(total, cet.loss, mccl, cet.ce, cet.ial, cet.aug)
+        return total
+
+    def extra_repr(self) -> str:
+        """Options shown in ``repr()``."""
+        return f"mc_weight={self.mc_weight}"

@@ -1,0 +1,576 @@
+"""Multiscale Category-aware Contrastive Learning loss (MCCL), MICACL Eq. 7-12.
+
+Each anchor is pulled towards the other samples of its class and pushed from the rest, at several
+scales of the feature (adaptive average pooling then a learned projection, Eq. 8), with a
+temperature set from the class distribution (Eq. 10), and weighted towards rare classes and hard
+samples (Eq. 7). Numerics: similarities and log-sum-exp run in float32 (or wider) whatever the
+input dtype; masked entries use the dtype's own ``finfo.min``, never ``inf``; an anchor without a
+positive contributes an exact, graph-connected zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from micacl_layers._validation import (
+    check_class_counts,
+    check_floating,
+    check_logits_targets,
+    check_ndim,
+    check_positive_int,
+    check_same_batch,
+    describe,
+)
+
+__all__ = [
+    "MCCLOutput",
+    "MCCLoss",
+    "MultiscaleCategoryAwareContrastiveLoss",
+    "adaptive_temperature",
+    "category_aware_weights",
+    "multiscale_category_aware_contrastive_loss",
+    "pool_features",
+    "supervised_contrastive_per_anchor",
+]
+
+Form = Literal["ratio", "log"]
+TemperatureMode = Literal["class_mean", "batch_mean", "fixed"]
+Reduction = Literal["mean", "sum", "none"]
+_FORMS = ("ratio", "log")
+_TEMPERATURES = ("class_mean", "batch_mean", "fixed")
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+class MCCLOutput(NamedTuple):
+    """Breakdown returned with ``return_breakdown=True``.
+
+    Attributes:
+        loss: The reduced loss (as without the breakdown).
+        per_scale: The loss of each scale, ``(S,)``, reduced like ``loss``
+            (``(S, B)`` for ``reduction="none"``).
+        weights: Category-aware weights :math:`W_c(i)` of the anchors, ``(B,)``.
+        temperature: The temperature :math:`\\tau` used (a scalar tensor).
+        has_positive: Which anchors had at least one positive, ``(B,)`` bool.
+    """
+
+    loss: torch.Tensor
+    per_scale: torch.Tensor
+    weights: torch.Tensor
+    temperature: torch.Tensor
+    has_positive: torch.Tensor
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    # Similarities, softmax and log-sum-exp never run below float32.
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def category_aware_weights(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    class_counts: torch.Tensor,
+    *,
+    class_weighting: bool = True,
+    difficulty: bool = True,
+    detach_difficulty: bool = True,
+) -> torch.Tensor:
+    r"""Category-aware anchor weights, Eq. 7: :math:`W_c(i) \propto \frac{1}{n_{y_i}} (1 - p_i)`.
+
+    The class factor is normalised so that its mean over the ``K`` classes is 1,
+    :math:`\frac{1/n_k}{\frac{1}{K}\sum_j 1/n_j}`: the paper's raw reciprocals (about 1e-4 on DFEW)
+    would make the loss, and its gradients, vanish next to cross-entropy. The difficulty factor
+    :math:`1 - p_i` (:math:`p_i` the predicted probability of the true class) is detached by
+    default: left attached, minimising the (negative) ratio form would push :math:`p_i` *down*,
+    working against the classifier.
+
+    Args:
+        logits: Classifier logits :math:`y_p`.
+        targets: Class indices.
+        class_counts: Samples per class :math:`n_c`, ``(K,)``; zeros are treated as 1.
+        class_weighting: Use the class factor (``False``: 1 for every class).
+        difficulty: Use the difficulty factor (``False``: 1 for every sample).
+        detach_difficulty: Stop gradients through the difficulty factor.
+
+    Returns:
+        Weights in float32 (float64 for float64 logits).
+
+    Shape:
+        - logits: :math:`(B, K)`
+        - targets: :math:`(B,)`
+        - Output: :math:`(B,)`
+
+    Example:
+        >>> w = category_aware_weights(torch.zeros(3, 2), torch.tensor([0, 0, 1]),
+        ...                            torch.tensor([30.0, 10.0]))
+        >>> w
+        tensor([0.2500, 0.2500, 0.7500])
+    """
+    dtype = _compute_dtype(logits)
+    weights = torch.ones(targets.shape[0], dtype=dtype, device=logits.device)
+    if class_weighting:
+        inv = 1.0 / class_counts.to(device=logits.device, dtype=dtype).clamp_min(1.0)
+        weights = weights * (inv / inv.mean())[targets]
+    if difficulty:
+        p_true = logits.to(dtype).softmax(dim=-1).gather(1, targets[:, None]).squeeze(1)
+        hard = 1.0 - p_true
+        weights = weights * (hard.detach() if detach_difficulty else hard)
+    return weights
+
+
+def adaptive_temperature(
+    class_counts: torch.Tensor,
+    tau0: float,
+    *,
+    mode: TemperatureMode = "class_mean",
+    targets: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""Temperature of Eq. 10, :math:`\tau = \tau_0 \frac{1}{K}\sum_k (1 + n_k / \max n)`.
+
+    Modes: ``"class_mean"`` is Eq. 10 (a mean over the ``K`` classes, independent of the batch);
+    ``"batch_mean"`` is the public code's variant, a mean over the batch's targets (so
+    :math:`\tau` changes with the batch composition); ``"fixed"`` returns :math:`\tau_0`.
+    :math:`\tau` lies in :math:`[\tau_0, 2\tau_0]`.
+
+    Args:
+        class_counts: Samples per class, ``(K,)``.
+        tau0: Base temperature :math:`\tau_0 > 0`.
+        mode: ``"class_mean"``, ``"batch_mean"`` or ``"fixed"``.
+        targets: The batch's class indices, needed for ``"batch_mean"``.
+
+    Returns:
+        A float64 scalar tensor.
+
+    Shape:
+        - class_counts: :math:`(K,)`
+        - targets: :math:`(B,)`
+        - Output: :math:`()`
+
+    Example:
+        >>> adaptive_temperature(torch.tensor([100.0, 50.0]), 0.1)
+        tensor(0.1750, dtype=torch.float64)
+    """
+    if mode not in _TEMPERATURES:
+        raise ValueError(f"`temperature` must be one of {_TEMPERATURES}, got {mode!r}.")
+    if not tau0 > 0:
+        raise ValueError(f"`tau0` must be > 0, got {tau0!r}.")
+    counts = class_counts.to(torch.float64)
+    if mode == "fixed":
+        return torch.tensor(float(tau0), dtype=torch.float64, device=counts.device)
+    ratio = counts / counts.max().clamp_min(1.0)
+    if mode == "batch_mean":
+        if targets is None:
+            raise ValueError("`targets` is required for temperature='batch_mean'.")
+        ratio = ratio[targets.to(counts.device)]
+    return tau0 * (1.0 + ratio).mean()
+
+
+def pool_features(features: torch.Tensor, scale: int) -> torch.Tensor:
+    r"""Adaptive average pooling over the feature axis to ``D // scale`` values (Eq. 8's Pool_s).
+
+    Args:
+        features: Input features.
+        scale: Pooling factor ``s`` (1 returns the input).
+
+    Returns:
+        Pooled features.
+
+    Shape:
+        - features: :math:`(B, D)`
+        - Output: :math:`(B, \lfloor D / s \rfloor)`
+
+    Example:
+        >>> pool_features(torch.arange(8.0)[None], 4)
+        tensor([[1.5000, 5.5000]])
+    """
+    if scale == 1:
+        return features
+    batch, dim = features.shape
+    if dim % scale == 0:
+        # Same values as adaptive_avg_pool1d when the bins are equal, without its overhead.
+        return features.view(batch, dim // scale, scale).mean(dim=-1)
+    return F.adaptive_avg_pool1d(features.unsqueeze(1), dim // scale).squeeze(1)
+
+
+def supervised_contrastive_per_anchor(
+    z: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: torch.Tensor | float,
+    *,
+    form: Form = "ratio",
+    exclude_self: bool = True,
+    memory_z: torch.Tensor | None = None,
+    memory_targets: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Per-anchor supervised contrastive term at one scale (Eq. 9 and 11).
+
+    With cosine similarities :math:`S_{ij} = \cos(z_i, z_j) / \tau` (Eq. 9), the positives
+    :math:`P(i)` (same class) and the candidates :math:`A(i)` (all, minus ``i`` itself if
+    ``exclude_self``):
+
+    - ``"ratio"`` (Eq. 11 as printed): :math:`\ell_i = -\sum_{j \in P(i)} e^{S_{ij}} /
+      \sum_{k \in A(i)} e^{S_{ik}}`, computed as :math:`-\exp(\mathrm{lse}_{P} - \mathrm{lse}_{A})`;
+    - ``"log"`` (SupCon): :math:`\ell_i = -\frac{1}{|P(i)|}\sum_{j \in P(i)}
+      (S_{ij} - \mathrm{lse}_{k \in A(i)} S_{ik})`.
+
+    Anchors without a positive get an exact 0 that stays connected to the graph.
+
+    Args:
+        z: Anchor embeddings (need not be normalised).
+        targets: Anchor class indices.
+        temperature: :math:`\tau`.
+        form: ``"ratio"`` or ``"log"``.
+        exclude_self: Drop :math:`j = i` from positives and candidates.
+        memory_z: Extra candidates (e.g. a cross-batch memory), never anchors.
+        memory_targets: Their class indices.
+
+    Returns:
+        ``(loss, has_positive)``: per-anchor losses in float32 (float64 for float64 input) and a
+        bool mask of anchors with at least one positive.
+
+    Shape:
+        - z: :math:`(B, P)`
+        - targets: :math:`(B,)`
+        - memory_z: :math:`(M, P)`
+        - Output: :math:`(B,)`, :math:`(B,)`
+
+    Example:
+        >>> z = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0]])
+        >>> loss, has_pos = supervised_contrastive_per_anchor(z, torch.tensor([0, 0, 1]), 0.1)
+        >>> has_pos.tolist()
+        [True, True, False]
+    """
+    dtype = _compute_dtype(z)
+    # sqrt(tiny) keeps cosine defined for feature norms down to ~1e-19 in float32.
+    eps = torch.finfo(dtype).tiny ** 0.5
+    anchors = F.normalize(z.to(dtype), dim=-1, eps=eps)
+    cands, cand_targets = anchors, targets
+    if memory_z is not None:
+        mem = F.normalize(memory_z.to(device=z.device, dtype=dtype), dim=-1, eps=eps)
+        cands = torch.cat([anchors, mem], dim=0)
+        cand_targets = torch.cat([targets, memory_targets.to(targets.device)], dim=0)
+    temperature = torch.as_tensor(temperature, dtype=dtype, device=z.device)
+    sim = (anchors @ cands.t()) / temperature
+    batch = anchors.shape[0]
+    positive = targets[:, None] == cand_targets[None, :]
+    fill = torch.finfo(dtype).min
+    if exclude_self:
+        is_self = torch.zeros_like(positive)
+        is_self[:, :batch] = torch.eye(batch, dtype=torch.bool, device=z.device)
+        positive = positive & ~is_self
+        lse_all = sim.masked_fill(is_self, fill).logsumexp(dim=1)
+    else:
+        lse_all = sim.logsumexp(dim=1)
+    num_pos = positive.sum(dim=1)
+    has_positive = num_pos > 0
+    if form == "ratio":
+        lse_pos = sim.masked_fill(~positive, fill).logsumexp(dim=1)
+        loss = -torch.exp(lse_pos - lse_all)
+    elif form == "log":
+        mean_pos = (sim * positive).sum(dim=1) / num_pos.clamp_min(1)
+        loss = lse_all - mean_pos
+    else:
+        raise ValueError(f"`form` must be one of {_FORMS}, got {form!r}.")
+    return torch.where(has_positive, loss, torch.zeros_like(loss)), has_positive
+
+
+def _reduce(per_anchor: torch.Tensor, has_positive: torch.Tensor, reduction: str
+            ) -> torch.Tensor:
+    if reduction == "none":
+        return per_anchor
+    total = per_anchor.sum(dim=-1)
+    if reduction == "sum":
+        return total
+    # Mean over anchors that have a positive: anchors without one carry no signal, and
+    # dividing by B would make the loss scale with how many of them a batch happened to hold.
+    return total / has_positive.sum().clamp_min(1)
+
+
+def _check_scales(scales: object, feature_dim: int) -> tuple[int, ...]:
+    try:
+        scales = tuple(scales)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"`scales` must be a sequence of ints, got {scales!r}.") from None
+    if not scales or any(isinstance(s, bool) or not isinstance(s, int) or s < 1
+                         or s > feature_dim for s in scales):
+        raise ValueError(
+            f"`scales` must be a non-empty sequence of ints in [1, feature_dim={feature_dim}], "
+            f"got {scales!r}."
+        )
+    return scales
+
+
+def _check_options(form: str, temperature: str, reduction: str, tau0: float) -> None:
+    if form not in _FORMS:
+        raise ValueError(f"`form` must be one of {_FORMS}, got {form!r}.")
+    if temperature not in _TEMPERATURES:
+        raise ValueError(f"`temperature` must be one of {_TEMPERATURES}, got {temperature!r}.")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}.")
+    if not (isinstance(tau0, (int, float)) and tau0 > 0):
+        raise ValueError(f"`tau0` must be a positive float, got {tau0!r}.")
+
+
+def multiscale_category_aware_contrastive_loss(
+    features: torch.Tensor,
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    class_counts: torch.Tensor | Sequence[float],
+    *,
+    scales: Sequence[int] = (1, 2, 4),
+    projections: Sequence[Callable[[torch.Tensor], torch.Tensor]] | None = None,
+    tau0: float = 0.07,
+    temperature: TemperatureMode = "class_mean",
+    form: Form = "ratio",
+    exclude_self: bool = True,
+    class_weighting: bool = True,
+    difficulty: bool = True,
+    detach_difficulty: bool = True,
+    reduction: Reduction = "mean",
+    return_breakdown: bool = False,
+) -> torch.Tensor | MCCLOutput:
+    r"""Multiscale category-aware contrastive loss, Eq. 7-12 (functional form of :class:`MCCLoss`).
+
+    .. math::
+        \mathcal{L}_{MC} = \frac{1}{|S|}\sum_{s} \frac{1}{|\mathcal{A}|}
+        \sum_{i \in \mathcal{A}} W_c(i)\, \ell_i^s, \qquad
+        X'_s = \mathrm{Proj}_s(\mathrm{Pool}_s(X'))
+
+    where :math:`\ell_i^s` is :func:`supervised_contrastive_per_anchor` on :math:`X'_s`,
+    :math:`W_c` is :func:`category_aware_weights`, :math:`\tau` is :func:`adaptive_temperature`,
+    and :math:`\mathcal{A}` are the anchors with at least one positive.
+
+    Args:
+        features: Clip features :math:`X'`.
+        logits: Classifier logits :math:`y_p` (for the difficulty factor of Eq. 7).
+        targets: Class indices (int64).
+        class_counts: Samples per class :math:`n_c`, ``(K,)``, all > 0.
+        scales: Pooling factors ``s``; each gives ``D // s`` pooled features.
+        projections: One callable per scale (e.g. ``nn.Linear(D // s, P)``); ``None`` means
+            identity at every scale.
+        tau0: Base temperature :math:`\tau_0`.
+        temperature: ``"class_mean"`` (Eq. 10), ``"batch_mean"`` (public code) or ``"fixed"``.
+        form: ``"ratio"`` (Eq. 11 as printed) or ``"log"`` (SupCon).
+        exclude_self: Exclude each anchor from its own positives and denominator.
+        class_weighting: Use the class factor of Eq. 7.
+        difficulty: Use the difficulty factor of Eq. 7.
+        detach_difficulty: Stop gradients through the difficulty factor.
+        reduction: ``"mean"`` (over anchors with positives), ``"sum"`` or ``"none"``.
+        return_breakdown: Return an :class:`MCCLOutput` instead of the loss alone.
+
+    Returns:
+        The loss (scalar, or ``(B,)`` for ``reduction="none"``), in float32 or wider; or an
+        :class:`MCCLOutput`.
+
+    Shape:
+        - features: :math:`(B, D)`
+        - logits: :math:`(B, K)`
+        - targets: :math:`(B,)`
+        - Output: :math:`()` or :math:`(B,)`
+
+    Example:
+        >>> feats, logits = torch.randn(8, 32), torch.randn(8, 3)
+        >>> targets = torch.tensor([0, 0, 1, 1, 2, 2, 0, 1])
+        >>> loss = multiscale_category_aware_contrastive_loss(
+        ...     feats, logits, targets, torch.tensor([50.0, 30.0, 5.0]), scales=(1, 2))
+        >>> loss.shape
+        torch.Size([])
+    """
+    features = check_floating("features", features)
+    check_ndim("features", features, 2, "(B, D)")
+    logits, targets = check_logits_targets(logits, targets)
+    check_same_batch(features=features, logits=logits, targets=targets)
+    num_classes = logits.shape[1]
+    counts = check_class_counts(class_counts, num_classes)
+    scales = _check_scales(scales, features.shape[1])
+    _check_options(form, temperature, reduction, tau0)
+    if projections is not None and len(projections) != len(scales):
+        raise ValueError(f"`projections` must hold one callable per scale ({len(scales)}), "
+                         f"got {len(projections)}.")
+
+    weights = category_aware_weights(logits, targets, counts, class_weighting=class_weighting,
+                                     difficulty=difficulty, detach_difficulty=detach_difficulty)
+    tau = adaptive_temperature(counts, float(tau0), mode=temperature, targets=targets)
+    per_scale, has_positive = [], None
+    for idx, s in enumerate(scales):
+        z = pool_features(features, s)
+        if projections is not None:
+            z = projections[idx](z)
+        loss_s, has_positive = supervised_contrastive_per_anchor(
+            z, targets, tau, form=form, exclude_self=exclude_self)
+        per_scale.append(_reduce(loss_s * weights, has_positive, reduction))
+    stacked = torch.stack(per_scale)
+    loss = stacked.mean(dim=0)
+    if return_breakdown:
+        return MCCLOutput(loss, stacked, weights, tau.to(loss.dtype), has_positive)
+    return loss
+
+
+class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
+    r"""Multiscale Category-aware Contrastive Learning loss (MICACL Eq. 7-12). Alias: ``MCCLoss``.
+
+    A loss **with parameters**: one learned projection ``Linear(D // s, projection_dim)`` per
+    scale (Eq. 8's :math:`\mathrm{Proj}_s`), registered as sub-modules so they train, are saved in
+    the ``state_dict`` and move with ``.to()``. Give the optimizer the loss's parameters too
+    (``list(model.parameters()) + list(mccl.parameters())``).
+
+    ``class_counts=None`` keeps running class counts of the targets seen in training mode, in the
+    ``class_counts`` buffer (saved in the ``state_dict``), like BatchNorm's running statistics;
+    with fixed counts (e.g. a data set's ``class_counts``) the buffer is constant. Counts feed
+    Eq. 7's class factor and Eq. 10's temperature.
+
+    See :func:`multiscale_category_aware_contrastive_loss` for the computation; every choice
+    where the paper is ambiguous is documented on the "Paper to code" page.
+
+    Args:
+        num_classes: Number of classes ``K``.
+        feature_dim: Feature size ``D`` of the clip features.
+        class_counts: Samples per class ``(K,)``, all > 0, or ``None`` to count running labels.
+        scales: Pooling factors (Eq. 8).
+        projection_dim: Output size of each projection; ``None`` for identity (no parameters).
+        tau0: Base temperature :math:`\tau_0` (0.07 as in the public code).
+        temperature: ``"class_mean"`` (Eq. 10), ``"batch_mean"`` (public code) or ``"fixed"``.
+        form: ``"ratio"`` (Eq. 11 as printed) or ``"log"`` (SupCon form, as the public code).
+        exclude_self: Exclude each anchor from its own positives and denominator.
+        class_weighting: Use Eq. 7's class factor.
+        difficulty: Use Eq. 7's difficulty factor.
+        detach_difficulty: Stop gradients through the difficulty factor.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        device: Parameter device.
+        dtype: Parameter dtype.
+
+    Shape:
+        - features: :math:`(B, D)`
+        - logits: :math:`(B, K)`
+        - targets: :math:`(B,)`, int64
+        - Output: :math:`()`, or :math:`(B,)` for ``reduction="none"``
+
+    Example:
+        >>> mccl = MCCLoss(num_classes=3, feature_dim=32, class_counts=[50, 30, 5],
+        ...                projection_dim=16)
+        >>> feats, logits = torch.randn(8, 32), torch.randn(8, 3)
+        >>> loss = mccl(feats, logits, torch.tensor([0, 0, 1, 1, 2, 2, 0, 1]))
+        >>> loss.backward()
+        >>> sum(p.numel() for p in mccl.parameters()) > 0
+        True
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        feature_dim: int,
+        class_counts: torch.Tensor | Sequence[float] | None = None,
+        scales: Sequence[int] = (1, 2, 4),
+        *,
+        projection_dim: int | None = 1024,
+        tau0: float = 0.07,
+        temperature: TemperatureMode = "class_mean",
+        form: Form = "ratio",
+        exclude_self: bool = True,
+        class_weighting: bool = True,
+        difficulty: bool = True,
+        detach_difficulty: bool = True,
+        reduction: Reduction = "mean",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_classes = check_positive_int("num_classes", num_classes)
+        self.feature_dim = check_positive_int("feature_dim", feature_dim)
+        self.scales = _check_scales(scales, feature_dim)
+        _check_options(form, temperature, reduction, tau0)
+        if projection_dim is not None:
+            check_positive_int("projection_dim", projection_dim)
+        self.projection_dim = projection_dim
+        self.tau0 = float(tau0)
+        self.temperature = temperature
+        self.form = form
+        self.exclude_self = exclude_self
+        self.class_weighting = class_weighting
+        self.difficulty = difficulty
+        self.detach_difficulty = detach_difficulty
+        self.reduction = reduction
+        self.track_class_counts = class_counts is None
+        if class_counts is None:
+            counts = torch.zeros(num_classes, dtype=torch.long, device=device)
+        else:
+            checked = check_class_counts(class_counts, num_classes)
+            if not bool((checked == checked.round()).all()):
+                raise ValueError(f"`class_counts` must be whole numbers, got {checked.tolist()}.")
+            counts = checked.to(device=device, dtype=torch.long)
+        # int64 so that model.half()/.double() never round the counts.
+        self.register_buffer("class_counts", counts)
+        if projection_dim is None:
+            self.projections = None
+        else:
+            self.projections = nn.ModuleList(
+                nn.Linear(feature_dim // s, projection_dim, device=device, dtype=dtype)
+                for s in self.scales
+            )
+
+    @torch.no_grad()
+    def update_class_counts(self, targets: torch.Tensor) -> None:
+        """Add a batch of labels to the running counts (done by ``forward`` in training mode)."""
+        self.class_counts += torch.bincount(targets.to(self.class_counts.device),
+                                            minlength=self.num_classes)
+
+    def reset_class_counts(self) -> None:
+        """Zero the running class counts (only meaningful with ``class_counts=None``)."""
+        if not self.track_class_counts:
+            raise RuntimeError("class counts were fixed at construction; nothing to reset.")
+        self.class_counts.zero_()
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        return_breakdown: bool = False,
+    ) -> torch.Tensor | MCCLOutput:
+        """Compute the loss; see :func:`multiscale_category_aware_contrastive_loss`.
+
+        Args:
+            features: Clip features.
+            logits: Classifier logits.
+            targets: Class indices.
+            return_breakdown: Return an :class:`MCCLOutput`.
+
+        Returns:
+            The loss, or an :class:`MCCLOutput`.
+        """
+        features = check_floating("features", features)
+        check_ndim("features", features, 2, "(B, D)")
+        if features.shape[1] != self.feature_dim:
+            raise ValueError(f"`features` must have shape (B, D) with D={self.feature_dim} "
+                             f"(feature_dim), got {describe(features)}.")
+        logits, targets = check_logits_targets(logits, targets)
+        if logits.shape[1] != self.num_classes:
+            raise ValueError(f"`logits` must have shape (B, K) with K={self.num_classes} "
+                             f"(num_classes), got {describe(logits)}.")
+        if self.track_class_counts and self.training:
+            self.update_class_counts(targets)
+        # A class not seen yet counts as one sample, so its weight stays finite.
+        counts = self.class_counts.clamp_min(1) if self.track_class_counts else self.class_counts
+        return multiscale_category_aware_contrastive_loss(
+            features, logits, targets, counts,
+            scales=self.scales, projections=self.projections, tau0=self.tau0,
+            temperature=self.temperature, form=self.form, exclude_self=self.exclude_self,
+            class_weighting=self.class_weighting, difficulty=self.difficulty,
+            detach_difficulty=self.detach_difficulty, reduction=self.reduction,
+            return_breakdown=return_breakdown,
+        )
+
+    def extra_repr(self) -> str:
+        """Options shown in ``repr()``."""
+        return (f"num_classes={self.num_classes}, feature_dim={self.feature_dim}, "
+                f"scales={self.scales}, projection_dim={self.projection_dim}, tau0={self.tau0}, "
+                f"temperature={self.temperature!r}, form={self.form!r}, "
+                f"track_class_counts={self.track_class_counts}")
+
+
+MCCLoss = MultiscaleCategoryAwareContrastiveLoss

@@ -1,0 +1,397 @@
+"""Weighted Instance Aggregation Network (WIAN), MICACL Eq. 3, 5 and 6.
+
+An LSTM whose candidate cell is scaled by a Dynamic Weight Gate (DWG),
+:math:`d_t = \\sigma(W_s x_t + U_s h_{t-1}) \\cdot w_t`, where :math:`w_t` is an external instance
+weight (from GEIIM, see :mod:`micacl_layers.instance_weights`). The modules follow
+``nn.LSTMCell`` / ``nn.LSTM`` conventions: parameter names, shapes, ``hx`` layout, ``batch_first``,
+multi-layer and bidirectional semantics, unbatched inputs.
+
+Speed: the five gates of a direction are one fused ``(5H, I)`` input matrix and one ``(5H, H)``
+recurrent matrix; the input projection of every time step (and of both directions) is one matmul
+before the time loop, and both directions advance in the same loop step through one batched
+matmul, so each step costs one ``baddbmm`` and a few element-wise ops.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from micacl_layers._validation import check_floating, check_ndim, check_positive_int, describe
+
+__all__ = ["WIAN", "WIANCell", "wian_cell"]
+
+_NUM_GATES = 5  # input, forget, candidate, output (nn.LSTM order), then the dynamic weight gate
+
+
+def wian_cell(
+    gates: torch.Tensor,
+    c_prev: torch.Tensor,
+    weight: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""One WIAN step from pre-activation gates (Eq. 3, 5, 6).
+
+    .. math::
+        d_t = \sigma(s_t) \cdot w_t, \quad
+        c_t = f_t \cdot c_{t-1} + i_t \cdot \tilde c_t \cdot d_t, \quad
+        h_t = o_t \cdot \tanh(c_t)
+
+    Args:
+        gates: Pre-activations ``W x_t + U h_{t-1} + b`` of the five gates, concatenated in the
+            order input, forget, candidate, output (as ``nn.LSTM``), dynamic weight gate.
+        c_prev: Previous cell state :math:`c_{t-1}`.
+        weight: Instance weight :math:`w_t`, broadcastable to ``c_prev``; ``None`` means 1.
+
+    Returns:
+        ``(h_t, c_t)``.
+
+    Shape:
+        - gates: :math:`(*, 5H)`
+        - c_prev: :math:`(*, H)`
+        - weight: broadcastable to :math:`(*, H)`
+        - Output: two tensors of shape :math:`(*, H)`
+
+    Example:
+        >>> h, c = wian_cell(torch.randn(3, 5 * 8), torch.zeros(3, 8))
+        >>> h.shape, c.shape
+        (torch.Size([3, 8]), torch.Size([3, 8]))
+    """
+    hidden = c_prev.shape[-1]
+    act = torch.sigmoid(gates)
+    i = act[..., :hidden]
+    f = act[..., hidden:2 * hidden]
+    o = act[..., 3 * hidden:4 * hidden]
+    d = act[..., 4 * hidden:]
+    candidate = torch.tanh(gates[..., 2 * hidden:3 * hidden])
+    if weight is not None:
+        d = d * weight
+    c = f * c_prev + i * candidate * d
+    h = o * torch.tanh(c)
+    return h, c
+
+
+def _init_uniform(module: nn.Module, hidden_size: int) -> None:
+    # nn.LSTM's initialisation, so a WIAN is a drop-in replacement at step zero.
+    bound = 1.0 / math.sqrt(hidden_size)
+    for p in module.parameters():
+        nn.init.uniform_(p, -bound, bound)
+
+
+def _check_weight(weight: torch.Tensor, target_shape: tuple[int, ...], name: str,
+                  layout: str) -> torch.Tensor:
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"`{name}` must be a tensor or None, got {type(weight).__name__}.")
+    if not weight.is_floating_point():
+        raise TypeError(f"`{name}` must be floating point, got {describe(weight)}.")
+    try:
+        return weight.broadcast_to(target_shape)
+    except RuntimeError:
+        raise ValueError(
+            f"`{name}` must be broadcastable to {layout}={target_shape}, got {describe(weight)}."
+        ) from None
+
+
+class WIANCell(nn.Module):
+    r"""A single WIAN step, the ``nn.LSTMCell`` of MICACL's Weighted Instance Aggregation Network.
+
+    Implements Eq. 3 (dynamic weight gate), Eq. 5 (weighted cell update) and Eq. 6 (hidden
+    state) exactly; with :math:`w_t = 1` and the dynamic gate saturated at 1 it is ``nn.LSTMCell``.
+    Parameters ``weight_ih`` ``(5H, I)``, ``weight_hh`` ``(5H, H)``, ``bias_ih``, ``bias_hh``
+    ``(5H,)`` hold the gates in the order input, forget, candidate, output, dynamic weight; the
+    first ``4H`` rows are laid out exactly as in ``nn.LSTMCell``.
+
+    Args:
+        input_size: Features ``I`` of :math:`x_t`.
+        hidden_size: Features ``H`` of the hidden and cell states.
+        bias: Whether to use the biases ``bias_ih`` and ``bias_hh``.
+        device: Parameter device.
+        dtype: Parameter dtype.
+
+    Shape:
+        - x: :math:`(B, I)` or unbatched :math:`(I,)`
+        - hx: ``(h_0, c_0)``, each :math:`(B, H)` (or :math:`(H,)`); zeros if ``None``
+        - weight: broadcastable to :math:`(B, H)`; ``None`` means 1
+        - Output: ``(h_1, c_1)``, each :math:`(B, H)` (or :math:`(H,)`)
+
+    Example:
+        >>> cell = WIANCell(10, 20)
+        >>> h, c = cell(torch.randn(3, 10), weight=torch.rand(3, 1))
+        >>> h.shape
+        torch.Size([3, 20])
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None
+                 ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.input_size = check_positive_int("input_size", input_size)
+        self.hidden_size = check_positive_int("hidden_size", hidden_size)
+        self.bias = bias
+        self.weight_ih = nn.Parameter(torch.empty(_NUM_GATES * hidden_size, input_size, **factory))
+        self.weight_hh = nn.Parameter(torch.empty(_NUM_GATES * hidden_size, hidden_size,
+                                                  **factory))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(_NUM_GATES * hidden_size, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(_NUM_GATES * hidden_size, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Uniform in :math:`\\pm 1/\\sqrt{H}`, as ``nn.LSTMCell``."""
+        _init_uniform(self, self.hidden_size)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        hx: tuple[torch.Tensor, torch.Tensor] | None = None,
+        weight: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Advance one step.
+
+        Args:
+            x: Input :math:`x_t`.
+            hx: ``(h_{t-1}, c_{t-1})``; zeros if ``None``.
+            weight: Instance weight :math:`w_t`; ``None`` means 1.
+
+        Returns:
+            ``(h_t, c_t)``.
+        """
+        x = check_floating("x", x)
+        check_ndim("x", x, (1, 2), "(B, I) or (I,)")
+        unbatched = x.dim() == 1
+        if unbatched:
+            x = x.unsqueeze(0)
+        if x.shape[1] != self.input_size:
+            raise ValueError(f"`x` must have shape (B, I) with I={self.input_size}, "
+                             f"got {describe(x)}.")
+        batch = x.shape[0]
+        shape = (batch, self.hidden_size)
+        if hx is None:
+            h_prev = c_prev = x.new_zeros(shape)
+        else:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError("`hx` must be a tuple (h_0, c_0) or None.")
+            h_prev, c_prev = (t.unsqueeze(0) if unbatched else t for t in hx)
+            for name, t in (("hx[0]", h_prev), ("hx[1]", c_prev)):
+                if tuple(t.shape) != shape:
+                    raise ValueError(f"`{name}` must have shape (B, H)={shape}, "
+                                     f"got {describe(t)}.")
+        if weight is not None:
+            if unbatched and weight.dim() >= 1:
+                weight = weight.unsqueeze(0) if weight.dim() == 1 else weight
+            weight = _check_weight(weight, shape, "weight", "(B, H)")
+        gates = x @ self.weight_ih.t() + h_prev @ self.weight_hh.t()
+        if self.bias_ih is not None:
+            gates = gates + (self.bias_ih + self.bias_hh)
+        h, c = wian_cell(gates, c_prev, weight)
+        if unbatched:
+            return h.squeeze(0), c.squeeze(0)
+        return h, c
+
+    def extra_repr(self) -> str:
+        """Options shown in ``repr()``."""
+        return f"{self.input_size}, {self.hidden_size}, bias={self.bias}"
+
+
+class WIAN(nn.Module):
+    r"""Weighted Instance Aggregation Network: a multi-layer, optionally bidirectional WIAN.
+
+    ``nn.LSTM`` conventions throughout: ``output, (h_n, c_n) = wian(x, weights, hx)``, with
+    parameters ``weight_ih_l{k}[_reverse]`` ``(5H, I_k)``, ``weight_hh_l{k}[_reverse]`` ``(5H, H)``
+    and biases ``(5H,)``; dropout on the outputs of every layer but the last; ``h_n``/``c_n`` of
+    shape ``(D * num_layers, B, H)`` ordered layer-major, direction-minor.
+
+    The instance weights :math:`w_t` (Eq. 3) scale every layer's dynamic gate at step ``t``; the
+    reverse direction uses the weight of the instance it is reading, so an instance weighs the
+    same in both directions.
+
+    Args:
+        input_size: Features ``I`` per instance.
+        hidden_size: Hidden size ``H`` (per direction).
+        num_layers: Stacked layers.
+        bias: Whether to use biases.
+        batch_first: Inputs and outputs are ``(B, T, *)`` if ``True`` (the default here, as
+            instance features usually are), else ``(T, B, *)``.
+        dropout: Dropout on each layer's output except the last, as ``nn.LSTM``.
+        bidirectional: Run a reverse direction too; outputs concatenate ``[forward, reverse]``.
+        device: Parameter device.
+        dtype: Parameter dtype.
+
+    Shape:
+        - x: :math:`(B, T, I)` if ``batch_first`` else :math:`(T, B, I)`; unbatched :math:`(T, I)`
+        - weights: broadcastable to :math:`(B, T, H)` (:math:`(T, B, H)` if not ``batch_first``),
+          e.g. :math:`(B, T, 1)`; ``None`` means 1
+        - hx: ``(h_0, c_0)``, each :math:`(D \cdot L, B, H)`; zeros if ``None``
+        - output: :math:`(B, T, D \cdot H)`; h_n, c_n: :math:`(D \cdot L, B, H)`
+
+    Example:
+        >>> wian = WIAN(16, 8, num_layers=2, bidirectional=True)
+        >>> out, (h_n, c_n) = wian(torch.randn(3, 4, 16), weights=torch.rand(3, 4, 1))
+        >>> out.shape, h_n.shape
+        (torch.Size([3, 4, 16]), torch.Size([4, 3, 8]))
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = True,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.input_size = check_positive_int("input_size", input_size)
+        self.hidden_size = check_positive_int("hidden_size", hidden_size)
+        self.num_layers = check_positive_int("num_layers", num_layers)
+        if not 0.0 <= float(dropout) <= 1.0:
+            raise ValueError(f"`dropout` must lie in [0, 1], got {dropout!r}.")
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.num_directions = 2 if bidirectional else 1
+        gates = _NUM_GATES * hidden_size
+        for layer in range(num_layers):
+            layer_in = input_size if layer == 0 else hidden_size * self.num_directions
+            for suffix in self._suffixes():
+                name = f"l{layer}{suffix}"
+                setattr(self, f"weight_ih_{name}",
+                        nn.Parameter(torch.empty(gates, layer_in, **factory)))
+                setattr(self, f"weight_hh_{name}",
+                        nn.Parameter(torch.empty(gates, hidden_size, **factory)))
+                if bias:
+                    setattr(self, f"bias_ih_{name}", nn.Parameter(torch.empty(gates, **factory)))
+                    setattr(self, f"bias_hh_{name}", nn.Parameter(torch.empty(gates, **factory)))
+        self.reset_parameters()
+
+    def _suffixes(self) -> tuple[str, ...]:
+        return ("", "_reverse") if self.bidirectional else ("",)
+
+    def reset_parameters(self) -> None:
+        """Uniform in :math:`\\pm 1/\\sqrt{H}`, as ``nn.LSTM``."""
+        _init_uniform(self, self.hidden_size)
+
+    def _layer_params(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Both directions' weights stacked: ``W_ih (D*5H, I)``, ``W_hh^T (D, H, 5H)``, bias."""
+        names = [f"l{layer}{s}" for s in self._suffixes()]
+        w_ih = torch.cat([getattr(self, f"weight_ih_{n}") for n in names], dim=0)
+        w_hh_t = torch.stack([getattr(self, f"weight_hh_{n}").t() for n in names], dim=0)
+        if not self.bias:
+            return w_ih, w_hh_t, None
+        b = torch.cat([getattr(self, f"bias_ih_{n}") + getattr(self, f"bias_hh_{n}")
+                       for n in names], dim=0)
+        return w_ih, w_hh_t, b
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        hx: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Run the recurrence over all instances.
+
+        Args:
+            x: Instance features.
+            weights: Instance weights :math:`w_t` of Eq. 3; ``None`` means 1.
+            hx: Initial ``(h_0, c_0)``; zeros if ``None``.
+
+        Returns:
+            ``output, (h_n, c_n)`` exactly as ``nn.LSTM``.
+        """
+        x = check_floating("x", x)
+        layout = "(B, T, I)" if self.batch_first else "(T, B, I)"
+        check_ndim("x", x, (2, 3), f"{layout} or unbatched (T, I)")
+        unbatched = x.dim() == 2
+        if unbatched:
+            x = x.unsqueeze(0 if self.batch_first else 1)
+            if weights is not None and weights.dim() >= 2:
+                weights = weights.unsqueeze(0 if self.batch_first else 1)
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"`x` must have shape {layout} with I={self.input_size}, "
+                             f"got {describe(x)}.")
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        batch, steps, _ = x.shape
+        hidden, dirs = self.hidden_size, self.num_directions
+
+        w = None
+        if weights is not None:
+            w_layout = "(B, T, H)" if self.batch_first else "(T, B, H)"
+            target = (batch, steps, hidden) if self.batch_first else (steps, batch, hidden)
+            w = _check_weight(weights, target, "weights", w_layout)
+            if not self.batch_first:
+                w = w.transpose(0, 1)
+            # (D, T, B, H): per direction and step, already in that direction's reading order.
+            w = w.transpose(0, 1)
+            w = torch.stack([w, w.flip(0)]) if dirs == 2 else w.unsqueeze(0)
+
+        state_shape = (dirs * self.num_layers, batch, hidden)
+        if hx is None:
+            h0 = c0 = x.new_zeros(state_shape)
+        else:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError("`hx` must be a tuple (h_0, c_0) or None.")
+            h0, c0 = (t.unsqueeze(1) if unbatched else t for t in hx)
+            for name, t in (("hx[0]", h0), ("hx[1]", c0)):
+                if tuple(t.shape) != state_shape:
+                    raise ValueError(f"`{name}` must have shape (D*num_layers, B, H)="
+                                     f"{state_shape}, got {describe(t)}.")
+
+        h_n, c_n = [], []
+        layer_input = x
+        for layer in range(self.num_layers):
+            w_ih, w_hh_t, b = self._layer_params(layer)
+            # One matmul for every step and both directions: (B, T, D*5H) -> (D, T, B, 5H).
+            proj = layer_input @ w_ih.t()
+            if b is not None:
+                proj = proj + b
+            proj = proj.view(batch, steps, dirs, -1).permute(2, 1, 0, 3)
+            if dirs == 2:
+                proj = torch.stack([proj[0], proj[1].flip(0)])
+            h = h0[layer * dirs:(layer + 1) * dirs]
+            c = c0[layer * dirs:(layer + 1) * dirs]
+            outs = []
+            for t in range(steps):
+                gates = torch.baddbmm(proj[:, t], h, w_hh_t)
+                h, c = wian_cell(gates, c, None if w is None else w[:, t])
+                outs.append(h)
+            seq = torch.stack(outs, dim=1)  # (D, T, B, H)
+            if dirs == 2:
+                seq = torch.cat([seq[0], seq[1].flip(0)], dim=-1)
+            else:
+                seq = seq[0]
+            layer_input = seq.transpose(0, 1)  # (B, T, D*H)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                layer_input = nn.functional.dropout(layer_input, p=self.dropout, training=True)
+            h_n.append(h)
+            c_n.append(c)
+
+        output = layer_input if self.batch_first else layer_input.transpose(0, 1)
+        h_n_t, c_n_t = torch.cat(h_n, dim=0), torch.cat(c_n, dim=0)
+        if unbatched:
+            output = output.squeeze(0 if self.batch_first else 1)
+            h_n_t, c_n_t = h_n_t.squeeze(1), c_n_t.squeeze(1)
+        return output, (h_n_t, c_n_t)
+
+    def extra_repr(self) -> str:
+        """Options shown in ``repr()``."""
+        s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
+        if not self.bias:
+            s += ", bias=False"
+        s += f", batch_first={self.batch_first}"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
+        return s
