@@ -1,0 +1,123 @@
+"""Checkpoints that survive crashes and load safely.
+
+``save_checkpoint`` writes to a temporary file in the target's folder, flushes it to disk, then
+renames it over the target (atomic on POSIX and Windows): a process killed mid-write leaves the
+previous checkpoint intact. ``load_checkpoint`` always uses ``weights_only=True``, so a checkpoint
+can hold tensors, numbers, strings, lists, tuples and dicts, but never runs pickled code.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["CheckpointError", "load_checkpoint", "load_state_dict_checked", "save_checkpoint"]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be read, or does not fit the model it is loaded into."""
+
+
+def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Atomically write ``obj`` with ``torch.save``.
+
+    Args:
+        obj: What to save (tensors, state dicts, plain Python values).
+        path: Target file; its folder is created if needed.
+
+    Returns:
+        The target path.
+
+    Example:
+        >>> import tempfile, os
+        >>> target = os.path.join(tempfile.mkdtemp(), "ckpt.pt")
+        >>> _ = save_checkpoint({"epoch": 3}, target)
+        >>> load_checkpoint(target)["epoch"]
+        3
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(dict(obj), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # Leave no half-written temporary behind; the previous checkpoint is untouched.
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``torch.load(weights_only=True)``.
+
+    Args:
+        path: Checkpoint file.
+        map_location: Passed to ``torch.load``.
+
+    Returns:
+        The saved dictionary.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointError: the file is truncated, corrupt, or holds objects that are not allowed
+            under ``weights_only=True``.
+
+    Example:
+        >>> import tempfile, os
+        >>> target = os.path.join(tempfile.mkdtemp(), "w.pt")
+        >>> _ = save_checkpoint({"w": torch.ones(2)}, target)
+        >>> load_checkpoint(target)["w"]
+        tensor([1., 1.])
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint '{path}' does not exist.")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"could not load checkpoint '{path}': {err}") from err
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint '{path}' holds a {type(obj).__name__}, "
+                              f"expected a dict.")
+    return obj
+
+
+def load_state_dict_checked(module: nn.Module, state: Mapping[str, Any], *,
+                            source: str = "checkpoint") -> None:
+    """``module.load_state_dict(state)`` with an error that lists what does not fit.
+
+    Args:
+        module: The module to load into.
+        state: Its state dict.
+        source: Where the state comes from, for the message.
+
+    Raises:
+        CheckpointError: keys are missing or unexpected, or a tensor's shape differs.
+
+    Example:
+        >>> load_state_dict_checked(nn.Linear(2, 3), nn.Linear(2, 3).state_dict())
+    """
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [f"{k}: {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in own if k in state and hasattr(state[k], "shape")
+                  and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            f"{source} does not fit {type(module).__name__}: "
+            f"missing keys {missing[:8]}, unexpected keys {unexpected[:8]}, "
+            f"shape mismatches {mismatched[:8]}. Was it saved from a model with other options?"
+        )
+    module.load_state_dict(state)

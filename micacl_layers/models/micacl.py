@@ -1,0 +1,120 @@
+"""The full MICACL model.
+
+A 16-frame clip split into instances, a 3-D CNN per instance, and the MICACL head.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from micacl_layers._validation import check_floating, check_ndim, check_positive_int, describe
+from micacl_layers.models.backbones import (
+    KINETICS_MEAN,
+    KINETICS_STD,
+    TinyVideoBackbone,
+    r3d18_backbone,
+)
+from micacl_layers.models.head import MICACLHead
+
+__all__ = ["MICACL"]
+
+
+class MICACL(nn.Module):
+    r"""MICACL: clip ``(B, 3, F, H, W)`` in ``[0, 1]`` to ``(logits, clip_feature)``.
+
+    The ``F`` frames are split into ``num_instances`` consecutive snippets (16 frames into 4
+    instances of 4 frames, as the public code), each embedded by the backbone, then classified by
+    :class:`MICACLHead`. Inputs are normalised inside the model with the Kinetics mean/std that
+    the R3D-18 weights expect (the public code skipped this).
+
+    Args:
+        num_classes: Number of classes.
+        backbone: ``"r3d_18"`` (torchvision; needs the ``models`` extra) or ``"tiny"`` (a small
+            3-D CNN for CPU demos).
+        backbone_weights: Local path of the R3D-18 Kinetics-400 weights; ``None`` for random
+            initialisation. Never downloaded.
+        num_frames: Frames ``F`` per clip.
+        num_instances: Instances per clip; must divide ``num_frames``.
+        normalize: Apply the Kinetics mean/std normalisation.
+        tiny_dim: Feature size of the tiny backbone.
+        **head_options: Keyword options of :class:`MICACLHead`.
+
+    Shape:
+        - clip: :math:`(B, 3, F, H, W)`
+        - Output: logits :math:`(B, K)`, clip feature :math:`(B, E)`
+
+    Example:
+        >>> model = MICACL(7, backbone="tiny", hidden_size=16, tiny_dim=32)
+        >>> logits, feature = model(torch.rand(1, 3, 16, 32, 32))
+        >>> logits.shape
+        torch.Size([1, 7])
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 7,
+        *,
+        backbone: Literal["r3d_18", "tiny"] = "r3d_18",
+        backbone_weights: str | os.PathLike | None = None,
+        num_frames: int = 16,
+        num_instances: int = 4,
+        normalize: bool = True,
+        tiny_dim: int = 128,
+        **head_options: Any,
+    ) -> None:
+        super().__init__()
+        check_positive_int("num_frames", num_frames)
+        check_positive_int("num_instances", num_instances)
+        if num_frames % num_instances:
+            raise ValueError(f"`num_instances` ({num_instances}) must divide `num_frames` "
+                             f"({num_frames}).")
+        self.num_frames = num_frames
+        self.num_instances = num_instances
+        if backbone == "r3d_18":
+            self.backbone = r3d18_backbone(backbone_weights)
+            in_dim = 512
+        elif backbone == "tiny":
+            if backbone_weights is not None:
+                raise ValueError("`backbone_weights` applies to backbone='r3d_18' only.")
+            self.backbone = TinyVideoBackbone(tiny_dim)
+            in_dim = tiny_dim
+        else:
+            raise ValueError(f"`backbone` must be 'r3d_18' or 'tiny', got {backbone!r}.")
+        self.normalize = normalize
+        self.register_buffer("mean", torch.tensor(KINETICS_MEAN).view(1, 3, 1, 1, 1),
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(KINETICS_STD).view(1, 3, 1, 1, 1),
+                             persistent=False)
+        self.head = MICACLHead(in_dim, num_classes, num_instances=num_instances, **head_options)
+
+    @property
+    def classifier(self) -> nn.Module:
+        """The final linear layer (for the CET's feature augmentation)."""
+        return self.head.classifier
+
+    @property
+    def feature_dim(self) -> int:
+        """Size of the clip feature fed to the classifier (and to MCCLoss)."""
+        return self.head.feature_dim
+
+    def instance_features(self, clip: torch.Tensor) -> torch.Tensor:
+        """Embed each instance: ``(B, 3, F, H, W)`` to ``(B, T, C)``."""
+        clip = check_floating("clip", clip)
+        check_ndim("clip", clip, 5, "(B, 3, F, H, W)")
+        if clip.shape[1] != 3 or clip.shape[2] != self.num_frames:
+            raise ValueError(f"`clip` must have shape (B, 3, F, H, W) with F={self.num_frames}, "
+                             f"got {describe(clip)}.")
+        if self.normalize:
+            clip = (clip - self.mean.to(clip.dtype)) / self.std.to(clip.dtype)
+        b, c, f, h, w = clip.shape
+        t = self.num_instances
+        snippets = clip.view(b, c, t, f // t, h, w).transpose(1, 2).reshape(b * t, c, f // t, h, w)
+        return self.backbone(snippets).view(b, t, -1)
+
+    def forward(self, clip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Classify clips; returns ``(logits, clip_feature)``."""
+        return self.head(self.instance_features(clip))

@@ -1,0 +1,130 @@
+"""MICACLHead, MICACL and the backbones: shapes, batch size 1, local weights, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from micacl_layers.models import MICACL, MICACLHead, TinyVideoBackbone, r3d18_backbone
+
+pytest.importorskip("torchvision")
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("aggregator", ["wian", "lstm", "conv1d"])
+def test_head_shapes(batch, aggregator):
+    head = MICACLHead(24, 7, num_instances=4, hidden_size=8, aggregator=aggregator,
+                      use_geiim=aggregator != "conv1d", attention_heads=2)
+    logits, feature = head(torch.randn(batch, 4, 24))
+    assert logits.shape == (batch, 7)
+    assert feature.shape == (batch, head.feature_dim)
+    assert head.classifier(feature).shape == (batch, 7)
+
+
+def test_head_padding_mask_excludes_padded_instances_from_the_clip_feature():
+    torch.manual_seed(0)
+    head = MICACLHead(16, 5, num_instances=4, hidden_size=8, bidirectional=False,
+                      attention_heads=0).eval()
+    x = torch.randn(2, 4, 16)
+    mask = torch.tensor([[False, False, False, True], [False, False, False, False]])
+    y = x.clone()
+    y[0, 3] = 100.0  # a padded instance, changed
+    # A unidirectional recurrence never lets the last step reach earlier ones, so with the
+    # padded instance last and excluded from pooling the clip feature must not move.
+    a = head(x, mask)[1]
+    b = head(y, mask)[1]
+    torch.testing.assert_close(a[0], b[0])
+
+
+def test_head_rejects_wrong_instances():
+    head = MICACLHead(16, 5, num_instances=4, hidden_size=8)
+    with pytest.raises(ValueError, match="num_instances|\\(B, 4, 16\\)"):
+        head(torch.randn(2, 3, 16))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_micacl_tiny_shapes(batch):
+    model = MICACL(7, backbone="tiny", tiny_dim=16, hidden_size=8)
+    logits, feature = model(torch.rand(batch, 3, 16, 24, 24))
+    assert logits.shape == (batch, 7) and feature.shape == (batch, 16)
+    logits.sum().backward()
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_micacl_r3d18_shapes(batch):
+    model = MICACL(7, backbone="r3d_18", hidden_size=8).eval()
+    with torch.no_grad():
+        logits, feature = model(torch.rand(batch, 3, 16, 32, 32))
+    assert logits.shape == (batch, 7) and feature.shape == (batch, 16)
+
+
+def test_micacl_splits_frames_into_consecutive_instances():
+    model = MICACL(7, backbone="tiny", tiny_dim=8, hidden_size=4, normalize=False)
+    seen = []
+    model.backbone = _Recorder(seen)
+    clip = torch.arange(16.0).view(1, 1, 16, 1, 1).expand(1, 3, 16, 2, 2).contiguous()
+    model.instance_features(clip)
+    frames = seen[0][:, 0, :, 0, 0]  # (instances, frames per instance)
+    assert frames.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15]]
+
+
+class _Recorder(nn.Module):
+    def __init__(self, seen):
+        super().__init__()
+        self.seen = seen
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        return torch.zeros(x.shape[0], 8)
+
+
+def test_micacl_normalises_with_kinetics_statistics():
+    model = MICACL(7, backbone="tiny", tiny_dim=8, hidden_size=4)
+    seen = []
+    model.backbone = _Recorder(seen)
+    mean = torch.tensor([0.43216, 0.394666, 0.37645]).view(1, 3, 1, 1, 1)
+    model.instance_features(mean.expand(1, 3, 16, 2, 2).contiguous())
+    assert seen[0].abs().max() < 1e-6
+
+
+def test_r3d18_weights_load_from_a_local_file(tmp_path):
+    torch.manual_seed(0)
+    reference = r3d18_backbone()
+    state = {f"{k}": v for k, v in reference.state_dict().items()}
+    state["fc.weight"] = torch.randn(400, 512)  # the Kinetics classifier is present and ignored
+    state["fc.bias"] = torch.randn(400)
+    path = tmp_path / "r3d_18.pth"
+    torch.save(state, path)
+    torch.manual_seed(1)
+    loaded = r3d18_backbone(path)
+    for (name, a), (_, b) in zip(reference.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    model = MICACL(7, backbone="r3d_18", backbone_weights=path, hidden_size=8)
+    torch.testing.assert_close(model.backbone.stem[0].weight, reference.stem[0].weight)
+
+
+def test_r3d18_missing_weights_file_says_how_to_get_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="download.pytorch.org"):
+        r3d18_backbone(tmp_path / "nope.pth")
+
+
+def test_r3d18_rejects_a_foreign_state_dict(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save(nn.Linear(3, 3).state_dict(), path)
+    with pytest.raises(ValueError, match="not an R3D-18 state dict"):
+        r3d18_backbone(path)
+
+
+def test_tiny_backbone_shape():
+    assert TinyVideoBackbone(12)(torch.randn(2, 3, 4, 16, 16)).shape == (2, 12)
+
+
+def test_micacl_rejects_bad_options_and_inputs():
+    with pytest.raises(ValueError, match="num_instances"):
+        MICACL(7, backbone="tiny", num_frames=16, num_instances=5)
+    with pytest.raises(ValueError, match="backbone"):
+        MICACL(7, backbone="resnet")
+    model = MICACL(7, backbone="tiny", tiny_dim=8, hidden_size=4)
+    with pytest.raises(ValueError, match="clip"):
+        model(torch.rand(1, 3, 8, 16, 16))
