@@ -1,0 +1,1 @@
+"""Test suite of micacl-layers."""

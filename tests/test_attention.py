@@ -1,0 +1,64 @@
+"""InstanceSelfAttention (pre-norm residual multi-head self-attention over instances)."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from micacl_layers import InstanceSelfAttention
+from tests.conftest import assert_finite, dtypes, randn, random_padding_mask, seeds
+
+
+@given(batch=st.integers(1, 4), steps=st.integers(1, 6), head_dim=st.integers(1, 4),
+       num_heads=st.integers(1, 4), masked=st.booleans(), dtype=dtypes, seed=seeds)
+def test_shapes_and_finite(batch, steps, head_dim, num_heads, masked, dtype, seed):
+    torch.manual_seed(seed)
+    embed = head_dim * num_heads
+    attn = InstanceSelfAttention(embed, num_heads=num_heads, dtype=dtype)
+    x = randn(batch, steps, embed, seed=seed, dtype=dtype, requires_grad=True)
+    mask = random_padding_mask(batch, steps, seed=seed) if masked else None
+    y = attn(x, mask)
+    assert y.shape == (batch, steps, embed)
+    assert y.dtype == dtype
+    assert_finite(y)
+    y.float().sum().backward()
+    assert_finite(x.grad)
+
+
+def test_equals_prenorm_residual_mha():
+    torch.manual_seed(0)
+    attn = InstanceSelfAttention(8, num_heads=2, dtype=torch.float64).eval()
+    x = torch.randn(3, 5, 8, dtype=torch.float64)
+    mask = torch.tensor([[False] * 5, [False, False, True, True, False], [True] + [False] * 4])
+    y = attn.norm(x)
+    ref = x + attn.attn(y, y, y, key_padding_mask=mask)[0]
+    torch.testing.assert_close(attn(x, mask), ref)
+
+
+def test_padded_keys_do_not_influence_real_queries():
+    torch.manual_seed(0)
+    attn = InstanceSelfAttention(8, num_heads=2, dtype=torch.float64).eval()
+    x = torch.randn(1, 4, 8, dtype=torch.float64)
+    mask = torch.tensor([[False, False, True, False]])
+    x2 = x.clone()
+    x2[0, 2] = torch.randn(8, dtype=torch.float64) * 50
+    torch.testing.assert_close(attn(x, mask)[0, ~mask[0]], attn(x2, mask)[0, ~mask[0]])
+
+
+def test_residual_keeps_tiny_inputs():
+    """The public code's attention + LayerNorm (no residual) loses inputs near 5e-5 in size."""
+    torch.manual_seed(0)
+    attn = InstanceSelfAttention(8, num_heads=2)
+    with torch.no_grad():
+        attn.attn.out_proj.weight.zero_()
+        attn.attn.out_proj.bias.zero_()
+    x = torch.randn(2, 4, 8) * 5e-5
+    torch.testing.assert_close(attn(x), x)
+
+
+def test_gradcheck():
+    torch.manual_seed(0)
+    attn = InstanceSelfAttention(4, num_heads=2, dtype=torch.float64)
+    x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: attn(t), (x,))

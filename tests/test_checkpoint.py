@@ -1,0 +1,92 @@
+"""Atomic checkpoint writes and safe loads."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from micacl_layers.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_state_dict_checked,
+    save_checkpoint,
+)
+
+
+def test_round_trip(tmp_path):
+    path = save_checkpoint({"w": torch.arange(3.0), "epoch": 4, "nested": {"a": [1, 2]}},
+                           tmp_path / "sub" / "c.pt")
+    got = load_checkpoint(path)
+    assert torch.equal(got["w"], torch.arange(3.0))
+    assert got["epoch"] == 4 and got["nested"] == {"a": [1, 2]}
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["c.pt"]  # no temporary left
+
+
+class Custom:
+    """Any non-allow-listed class: unpickling it would run arbitrary code."""
+
+
+def test_load_refuses_pickled_code(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"obj": Custom()}, path)
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        load_checkpoint(path)
+
+
+def test_truncated_file_gives_a_clear_error(tmp_path):
+    path = save_checkpoint({"w": torch.randn(1000)}, tmp_path / "c.pt")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="could not load"):
+        load_checkpoint(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_incompatible_state_dict_names_the_problem():
+    with pytest.raises(CheckpointError, match="shape mismatches.*weight"):
+        load_state_dict_checked(nn.Linear(2, 3), nn.Linear(2, 4).state_dict())
+    with pytest.raises(CheckpointError, match="missing keys"):
+        load_state_dict_checked(nn.Linear(2, 3), {"weight": torch.zeros(3, 2)})
+
+
+def test_killed_writer_leaves_previous_checkpoint_loadable(tmp_path):
+    target = tmp_path / "last.pt"
+    save_checkpoint({"epoch": 1, "w": torch.ones(4)}, target)
+    # A child process keeps overwriting the checkpoint with a large payload; we SIGKILL it
+    # while a temporary file is being written, i.e. in the middle of a save.
+    script = textwrap.dedent(f"""
+        import torch
+        from micacl_layers.checkpoint import save_checkpoint
+        big = torch.randn(40_000_000)
+        epoch = 2
+        while True:
+            save_checkpoint({{"epoch": epoch, "w": big}}, {str(target)!r})
+            epoch += 1
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if any(p.name.endswith(".tmp") for p in tmp_path.iterdir()):
+                break
+            time.sleep(0.005)
+        else:
+            pytest.fail("the writer never started a save")
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    got = load_checkpoint(target)
+    assert got["epoch"] >= 1
+    assert got["w"].numel() in (4, 40_000_000)
