@@ -98,8 +98,10 @@ def test_r3d18_weights_load_from_a_local_file(tmp_path):
     torch.save(state, path)
     torch.manual_seed(1)
     loaded = r3d18_backbone(path)
-    for (name, a), (_, b) in zip(reference.state_dict().items(), loaded.state_dict().items()):
-        assert torch.equal(a, b), name
+    ref_state, got_state = reference.state_dict(), loaded.state_dict()
+    assert ref_state.keys() == got_state.keys()
+    for name in ref_state:
+        assert torch.equal(ref_state[name], got_state[name]), name
     model = MICACL(7, backbone="r3d_18", backbone_weights=path, hidden_size=8)
     torch.testing.assert_close(model.backbone.stem[0].weight, reference.stem[0].weight)
 
