@@ -1,0 +1,411 @@
+"""Frame-folder clip reading shared by the DFEW and FERV39k loaders.
+
+Both data sets store a clip as a folder of JPEG frames and list clips in a split file. This
+module holds everything the two loaders share: finding and decoding frames, turning split-file
+problems into errors that name the file and line, checking every clip folder up front, and the
+``ClipFolderDataset`` base class that samples, decodes and augments a clip.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .sampling import segment_indices
+from .transforms import ClipTransform
+
+__all__ = [
+    "ClipFolderDataset",
+    "CorruptFrameError",
+    "SkippedClip",
+    "SkippedClipsWarning",
+    "list_frames",
+    "load_frames",
+    "read_split_lines",
+    "require_pil",
+    "split_error",
+]
+
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+# A wrong root makes every clip "missing"; listing thousands of folders helps nobody.
+_MAX_LISTED = 20
+
+
+def require_pil() -> ModuleType:
+    """Import ``PIL.Image``, or explain how to install it.
+
+    Returns:
+        The ``PIL.Image`` module.
+
+    Raises:
+        ImportError: If Pillow is not installed.
+    """
+    try:
+        from PIL import Image
+    except ImportError as err:
+        raise ImportError(
+            "micacl_layers.data needs Pillow to read and write JPEG frames: "
+            "pip install micacl-layers[data]"
+        ) from err
+    return Image
+
+
+class CorruptFrameError(OSError):
+    """A frame file exists but cannot be decoded as an image."""
+
+
+class SkippedClipsWarning(UserWarning):
+    """Clips listed in a split file were skipped because their frame folders are unusable."""
+
+
+class SkippedClip(NamedTuple):
+    """A clip left out by ``skip_bad_clips=True``.
+
+    Attributes:
+        frame_dir: The clip's frame folder.
+        label: Its 0-based label.
+        reason: Why it was skipped (``"missing"``, ``"not a directory"``, ``"no JPEG frames"``).
+        line: Line number of the clip in the split file.
+    """
+
+    frame_dir: Path
+    label: int
+    reason: str
+    line: int
+
+
+def _natural_key(name: str) -> list[int | str]:
+    # DFEW names frames 00001.jpg...; a numeric compare also keeps 2.jpg before 10.jpg.
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _is_jpeg(name: str) -> bool:
+    return name.lower().endswith(JPEG_SUFFIXES)
+
+
+def list_frames(frame_dir: str | os.PathLike[str]) -> list[Path]:
+    """List a clip's JPEG frames in temporal order.
+
+    Frames are sorted by file name, comparing runs of digits numerically (so ``2.jpg`` comes
+    before ``10.jpg``; zero-padded names sort as plain text would). ``.jpg`` and ``.jpeg`` in any
+    case count as frames; other files are ignored.
+
+    Args:
+        frame_dir: The clip's folder.
+
+    Returns:
+        The frame paths; empty if the folder holds no JPEG.
+
+    Raises:
+        FileNotFoundError: If ``frame_dir`` does not exist.
+        NotADirectoryError: If ``frame_dir`` is not a directory.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> for name in ["10.jpg", "2.jpg", "notes.txt", "1.JPG"]:
+        ...     _ = (d / name).write_bytes(b"")
+        >>> [p.name for p in list_frames(d)]
+        ['1.JPG', '2.jpg', '10.jpg']
+    """
+    frame_dir = Path(frame_dir)
+    with os.scandir(frame_dir) as entries:
+        names = [e.name for e in entries if _is_jpeg(e.name) and e.is_file()]
+    names.sort(key=_natural_key)
+    return [frame_dir / name for name in names]
+
+
+def _folder_problem(frame_dir: Path) -> str | None:
+    """Why ``frame_dir`` cannot serve as a clip, or ``None`` if it holds a JPEG."""
+    try:
+        with os.scandir(frame_dir) as entries:
+            # Stop at the first frame: this runs once per clip (39k clips for FERV39k).
+            if any(_is_jpeg(e.name) and e.is_file() for e in entries):
+                return None
+            return "no JPEG frames"
+    except FileNotFoundError:
+        return "missing"
+    except NotADirectoryError:
+        return "not a directory"
+
+
+def load_frames(paths: Sequence[str | os.PathLike[str]]) -> torch.Tensor:
+    """Decode JPEG frames into a clip tensor.
+
+    Repeated paths (a short clip stretched to 16 frames) are decoded once. Greyscale or CMYK
+    frames are converted to RGB.
+
+    Args:
+        paths: Frame files in the order wanted.
+
+    Returns:
+        float32 clip with values in ``[0, 1]``.
+
+    Shape:
+        - Output: :math:`(T, 3, H, W)` with ``T = len(paths)``.
+
+    Raises:
+        ImportError: If Pillow is missing.
+        ValueError: If ``paths`` is empty, or frames differ in size (naming the odd file).
+        FileNotFoundError: If a frame file has disappeared (naming it).
+        CorruptFrameError: If a frame cannot be decoded (naming it).
+
+    Example:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> d = Path(tempfile.mkdtemp())
+        >>> Image.new("RGB", (8, 6), (255, 0, 0)).save(d / "1.jpg")
+        >>> clip = load_frames([d / "1.jpg", d / "1.jpg"])
+        >>> clip.shape, clip.dtype
+        (torch.Size([2, 3, 6, 8]), torch.float32)
+    """
+    if len(paths) == 0:
+        raise ValueError("paths must name at least one frame, got an empty sequence")
+    image_mod = require_pil()
+    decoded: dict[Path, np.ndarray] = {}
+    arrays = []
+    first: Path | None = None
+    for raw in paths:
+        path = Path(raw)
+        if path not in decoded:
+            try:
+                with image_mod.open(path) as img:
+                    decoded[path] = np.asarray(img.convert("RGB"))
+            except FileNotFoundError:
+                raise FileNotFoundError(f"frame file {str(path)!r} does not exist") from None
+            except (OSError, SyntaxError, ValueError) as err:
+                raise CorruptFrameError(
+                    f"cannot decode frame {str(path)!r} (corrupt or not an image): {err}"
+                ) from err
+            if first is None:
+                first = path
+            elif decoded[path].shape != decoded[first].shape:
+                h, w = decoded[path].shape[:2]
+                h0, w0 = decoded[first].shape[:2]
+                raise ValueError(
+                    f"frame {str(path)!r} is {w}x{h} but {str(first)!r} in the same clip is "
+                    f"{w0}x{h0}; all frames of a clip must have one size"
+                )
+        arrays.append(decoded[path])
+    clip = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    return clip.to(torch.float32).div_(255.0).contiguous()
+
+
+def split_error(path: str | os.PathLike[str], line: int, message: str) -> ValueError:
+    """Build the error for a bad line of a split file.
+
+    Args:
+        path: The split file.
+        line: 1-based line number.
+        message: What is wrong.
+
+    Returns:
+        A ``ValueError`` whose message starts with ``path:line:`` (editors jump to it).
+
+    Example:
+        >>> str(split_error("set_1.csv", 3, "label 9 is out of range 1..7"))
+        'set_1.csv:3: label 9 is out of range 1..7'
+    """
+    return ValueError(f"{os.fspath(path)}:{line}: {message}")
+
+
+def read_split_lines(path: str | os.PathLike[str], dataset: str) -> list[tuple[int, str]]:
+    """Read a split file's non-blank lines with their 1-based line numbers.
+
+    A UTF-8 byte-order mark is ignored and trailing whitespace stripped.
+
+    Args:
+        path: The split file.
+        dataset: Data set name for the error message.
+
+    Returns:
+        ``(line_number, text)`` for every non-blank line.
+
+    Raises:
+        FileNotFoundError: If the file does not exist (naming it).
+        ValueError: If it holds no non-blank line.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "s.csv"
+        >>> _ = p.write_text("a,b\\n\\n1,2\\n")
+        >>> read_split_lines(p, "DFEW")
+        [(1, 'a,b'), (3, '1,2')]
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{dataset} split file {str(path)!r} does not exist; check `root` and the data "
+            "set's layout (see docs/data.md)"
+        )
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        lines = [(i, text.rstrip()) for i, text in enumerate(f, start=1) if text.strip()]
+    if not lines:
+        raise ValueError(f"{path}:1: {dataset} split file is empty")
+    return lines
+
+
+class ClipFolderDataset(Dataset[tuple[torch.Tensor, int]]):
+    """A data set of clips stored as folders of JPEG frames.
+
+    Subclasses parse their split file and pass the entries here. Every clip folder is checked
+    at construction (a missing or empty folder fails now, not hours into training).
+
+    Args:
+        name: Data set name used in messages.
+        classes: Class names in label order.
+        split_file: The split file the entries come from (for messages).
+        frames_root: Folder under which all clip folders live.
+        entries: ``(frame_dir, label, line_number)`` per clip, in split-file order.
+        num_frames: Frames sampled per clip.
+        transform: Applied to each ``(T, C, H, W)`` clip in ``[0, 1]``.
+        train: Random (``True``) or centre (``False``) frame sampling.
+        skip_bad_clips: Skip unusable clip folders with one warning instead of raising.
+        generator: Randomness for frame sampling and for ``ClipTransform`` transforms.
+
+    Raises:
+        ImportError: If Pillow is missing.
+        ValueError: If ``num_frames`` is not a positive int.
+        FileNotFoundError: If ``frames_root`` is missing, if a clip folder is missing or has no
+            JPEG (unless ``skip_bad_clips``), or if every clip was skipped.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        classes: Sequence[str],
+        split_file: Path,
+        frames_root: Path,
+        entries: Sequence[tuple[Path, int, int]],
+        num_frames: int,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None,
+        train: bool,
+        skip_bad_clips: bool,
+        generator: torch.Generator | None,
+    ) -> None:
+        require_pil()
+        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+            raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
+        self.name = name
+        self.classes = list(classes)
+        self.split_file = split_file
+        self.frames_root = frames_root
+        self.num_frames = num_frames
+        self.transform = transform
+        self.train = bool(train)
+        self.generator = generator
+        if not frames_root.is_dir():
+            raise FileNotFoundError(
+                f"{name}: frame folder root {str(frames_root)!r} does not exist (split file "
+                f"{str(split_file)!r} lists {len(entries)} clips under it)"
+            )
+        good: list[tuple[Path, int]] = []
+        bad: list[SkippedClip] = []
+        for frame_dir, label, line in entries:
+            problem = _folder_problem(frame_dir)
+            if problem is None:
+                good.append((frame_dir, label))
+            else:
+                bad.append(SkippedClip(frame_dir, label, problem, line))
+        if bad:
+            listing = "; ".join(
+                f"{str(b.frame_dir)!r} ({b.reason}, line {b.line})" for b in bad[:_MAX_LISTED]
+            )
+            if len(bad) > _MAX_LISTED:
+                listing += f"; ... and {len(bad) - _MAX_LISTED} more"
+            listed = f"clips listed in {str(split_file)!r}"
+            where = f"of {len(entries)} {listed}"
+            if not skip_bad_clips:
+                raise FileNotFoundError(
+                    f"{name}: {len(bad)} {where} have a missing or empty frame folder: "
+                    f"{listing}. Fix the data, or pass skip_bad_clips=True to skip them "
+                    "(with a warning)"
+                )
+            if not good:
+                raise FileNotFoundError(
+                    f"{name}: all {len(bad)} {listed} have a missing or empty frame folder: "
+                    f"{listing}"
+                )
+            every = "; ".join(f"{str(b.frame_dir)!r} ({b.reason}, line {b.line})" for b in bad)
+            warnings.warn(
+                f"{name}: skipped {len(bad)} {where} because their frame folders are missing "
+                f"or hold no JPEG frames: {every}",
+                SkippedClipsWarning,
+                stacklevel=3,
+            )
+        self.samples: list[tuple[Path, int]] = good
+        self.skipped: list[SkippedClip] = bad
+
+    @property
+    def targets(self) -> list[int]:
+        """The label of every sample, in sample order (for samplers)."""
+        return [label for _, label in self.samples]
+
+    @property
+    def class_counts(self) -> list[int]:
+        """Number of samples per class, in class order (skipped clips not counted).
+
+        This is what ``MCCLoss(class_counts=...)`` and class-balanced samplers want. Without
+        skipped clips it equals the split file's per-class counts.
+        """
+        counts = [0] * len(self.classes)
+        for _, label in self.samples:
+            counts[label] += 1
+        return counts
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        """Load, sample and transform one clip.
+
+        Args:
+            index: Sample index.
+
+        Returns:
+            ``(clip, label)``: clip float32 of shape ``(C, T, H, W)`` (channel-first, for 3-D
+            CNNs) and the 0-based label.
+
+        Raises:
+            FileNotFoundError: If the clip's folder lost its frames since construction.
+            CorruptFrameError: If a sampled frame cannot be decoded (naming the file).
+        """
+        frame_dir, label = self.samples[index]
+        frames = list_frames(frame_dir)
+        if not frames:
+            raise FileNotFoundError(
+                f"{self.name}: clip folder {str(frame_dir)!r} holds no JPEG frames any more "
+                "(it did when the data set was built)"
+            )
+        idx = segment_indices(len(frames), self.num_frames, train=self.train,
+                              generator=self.generator)
+        clip = load_frames([frames[i] for i in idx])
+        if self.transform is not None:
+            if isinstance(self.transform, ClipTransform):
+                clip = self.transform(clip, generator=self.generator)
+            else:
+                clip = self.transform(clip)
+            if not isinstance(clip, torch.Tensor) or clip.ndim != 4:
+                got = tuple(clip.shape) if isinstance(clip, torch.Tensor) else type(clip)
+                raise ValueError(
+                    f"{self.name}: transform must return a (T, C, H, W) tensor, got {got}"
+                )
+        return clip.permute(1, 0, 2, 3).contiguous(), label
+
+    def __repr__(self) -> str:
+        mode = "train" if self.train else "test"
+        return (
+            f"{type(self).__name__}({len(self)} clips, {len(self.classes)} classes, "
+            f"split_file={str(self.split_file)!r}, num_frames={self.num_frames}, "
+            f"sampling={mode!r}, skipped={len(self.skipped)})"
+        )

@@ -1,0 +1,94 @@
+"""Segment-based frame sampling for video clips.
+
+A clip of ``num_frames`` frames is cut into ``num_segments`` equal segments and one frame is
+taken from each (the TSN-style sparse sampling used by DFEW/FERV39k training code): a uniformly
+random frame per segment while training, the segment centre at test time. MICACL then groups
+the 16 sampled frames into 4 instances of 4 consecutive frames, so the returned indices are
+always in temporal order.
+
+Clips shorter than ``num_segments`` frames (11 in DFEW fold-1 train, 3,257 in FERV39k train) are
+*stretched*, never dropped: every frame is used, each repeated in order until ``num_segments``
+indices are filled.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+
+__all__ = ["segment_indices"]
+
+
+def _positive_int(value: object, name: str) -> int:
+    # bool is an int subclass; True frames is almost certainly a bug at the call site.
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got bool {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def segment_indices(
+    num_frames: int,
+    num_segments: int = 16,
+    *,
+    train: bool,
+    generator: torch.Generator | None = None,
+) -> list[int]:
+    """Pick one frame index per temporal segment of a clip.
+
+    With ``N = num_frames`` and ``S = num_segments``:
+
+    * ``N >= S``: segment ``i`` covers frames ``[i*N//S, (i+1)*N//S)`` (every segment holds at
+      least one frame). Training draws one frame uniformly from each segment; testing takes
+      ``start + (end - start) // 2``, the (upper) middle frame. Indices are strictly increasing.
+    * ``N < S``: the clip is stretched: index ``i`` is ``((2*i + 1) * N) // (2*S)``, the frame
+      under the centre of the ``i``-th of ``S`` equal slices of the clip. Every frame appears at
+      least once, in order; no frame is dropped. The same indices are used in train and test
+      mode (there is nothing to choose between).
+
+    Args:
+        num_frames: Number of frames in the clip (>= 1).
+        num_segments: Number of indices to return (>= 1). MICACL uses 16.
+        train: ``True`` for random sampling within segments, ``False`` for the deterministic
+            segment centres.
+        generator: Source of randomness for ``train=True``. ``None`` uses torch's global RNG
+            (which ``DataLoader`` seeds differently in each worker); a shared ``Generator``
+            object is copied into every worker, so reseed it per worker yourself.
+
+    Returns:
+        ``num_segments`` frame indices in ``[0, num_frames)``, non-decreasing.
+
+    Raises:
+        ValueError: If ``num_frames`` or ``num_segments`` is < 1.
+        TypeError: If either is not an integer.
+
+    Example:
+        >>> segment_indices(32, 4, train=False)
+        [4, 12, 20, 28]
+        >>> segment_indices(3, 8, train=False)
+        [0, 0, 0, 1, 1, 2, 2, 2]
+        >>> g = torch.Generator().manual_seed(0)
+        >>> idx = segment_indices(100, 16, train=True, generator=g)
+        >>> len(idx), idx == sorted(idx), 0 <= idx[0] < 6
+        (16, True, True)
+    """
+    n = _positive_int(num_frames, "num_frames")
+    s = _positive_int(num_segments, "num_segments")
+    if n < s:
+        return [((2 * i + 1) * n) // (2 * s) for i in range(s)]
+    starts = torch.arange(s, dtype=torch.long) * n // s
+    ends = (torch.arange(s, dtype=torch.long) + 1) * n // s
+    lengths = ends - starts
+    if train:
+        # One uniform draw per segment; floor(u * len) is uniform over the segment's frames.
+        u = torch.rand(s, generator=generator, dtype=torch.float64)
+        offsets = (u * lengths).long().clamp_(max=lengths - 1)
+    else:
+        offsets = lengths // 2
+    return (starts + offsets).tolist()

@@ -1,0 +1,536 @@
+"""Clip-consistent augmentation for video clips, in plain torch.
+
+Every transform here works on a whole clip ``(T, C, H, W)`` of floats in ``[0, 1]`` and draws its
+random parameters **once per clip**: the same crop, the same flip and the same colour factors are
+applied to every frame. Augmenting frames independently would add frame-to-frame jitter that
+does not exist in the video, which is exactly the temporal signal a DFER model must learn from.
+
+Random transforms take an optional ``torch.Generator`` at construction or at call time (the call
+time one wins); without one they use torch's global RNG, which ``DataLoader`` seeds differently
+in each worker.
+
+The recipe of the MICACL code base (``train_transform`` / ``test_transform``) does **not**
+normalise with a mean and std: clips stay in ``[0, 1]`` and the model applies the Kinetics
+normalisation itself. ``ClipNormalize`` is there for models that expect normalised input.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "ClipColorJitter",
+    "ClipCompose",
+    "ClipNormalize",
+    "ClipRandomHorizontalFlip",
+    "ClipRandomResizedCrop",
+    "ClipResize",
+    "ClipTransform",
+    "test_transform",
+    "train_transform",
+]
+
+# ITU-R BT.601 luma weights, the same as PIL's "L" conversion.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def _check_clip(clip: torch.Tensor, name: str = "clip", *, rgb: bool = False) -> None:
+    if not isinstance(clip, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (T, C, H, W), got {type(clip)}")
+    if clip.ndim != 4:
+        raise ValueError(
+            f"{name} must have shape (T, C, H, W), got shape {tuple(clip.shape)} "
+            f"({clip.ndim} dims)"
+        )
+    if not clip.is_floating_point():
+        raise TypeError(
+            f"{name} must be a floating-point tensor with values in [0, 1], got dtype "
+            f"{clip.dtype}; convert with clip.float() / 255"
+        )
+    if rgb and clip.shape[1] != 3:
+        raise ValueError(
+            f"{name} must have 3 (RGB) channels in dim 1 of (T, C, H, W), got shape "
+            f"{tuple(clip.shape)}"
+        )
+
+
+def _pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
+    if isinstance(size, int) and not isinstance(size, bool):
+        pair = (size, size)
+    elif isinstance(size, Sequence) and len(size) == 2 and all(
+        isinstance(s, int) and not isinstance(s, bool) for s in size
+    ):
+        pair = (int(size[0]), int(size[1]))
+    else:
+        raise TypeError(f"{name} must be an int or a (height, width) pair of ints, got {size!r}")
+    if min(pair) < 1:
+        raise ValueError(f"{name} must be positive, got {size!r}")
+    return pair
+
+
+def _resize(clip: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(clip.shape[-2:]) == size:
+        return clip
+    # antialias matters when shrinking 224 -> 112: without it bilinear aliases fine texture.
+    out = F.interpolate(clip, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return out.clamp_(0.0, 1.0)
+
+
+class ClipTransform:
+    """Base class of the clip transforms: a callable ``(T, C, H, W) -> (T, C, H, W)``.
+
+    Subclasses implement ``__call__(clip, *, generator=None)``. Datasets of this package pass
+    their own ``generator`` to a ``ClipTransform`` at call time, and plain callables are called
+    with the clip alone.
+
+    Args:
+        generator: Default source of randomness for random transforms.
+    """
+
+    def __init__(self, *, generator: torch.Generator | None = None) -> None:
+        self.generator = generator
+
+    def _gen(self, generator: torch.Generator | None) -> torch.Generator | None:
+        return generator if generator is not None else self.generator
+
+    def _uniform(self, low: float, high: float, generator: torch.Generator | None) -> float:
+        u = torch.rand((), generator=self._gen(generator), dtype=torch.float64).item()
+        return low + (high - low) * u
+
+    def __call__(
+        self, clip: torch.Tensor, *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Apply the transform (implemented by subclasses)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        opts = ", ".join(
+            f"{k}={v!r}" for k, v in vars(self).items() if k != "generator" and k[0] != "_"
+        )
+        return f"{type(self).__name__}({opts})"
+
+
+class ClipRandomResizedCrop(ClipTransform):
+    """Crop one random area/aspect box, shared by all frames, and resize it.
+
+    Like torchvision's ``RandomResizedCrop``: up to 10 tries to draw an area fraction from
+    ``scale`` and a log-uniform aspect ratio from ``ratio`` that fits in the frame; otherwise a
+    centre crop with the aspect ratio clamped to ``ratio``.
+
+    Args:
+        size: Output ``(height, width)``, or an int for a square output.
+        scale: Range of the crop's area as a fraction of the frame's.
+        ratio: Range of the crop's width / height.
+        generator: Default source of randomness.
+
+    Shape:
+        - Input: :math:`(T, C, H, W)`, float in ``[0, 1]``.
+        - Output: :math:`(T, C, size_h, size_w)`.
+
+    Raises:
+        ValueError: If ``scale`` or ``ratio`` is not an increasing positive pair, or if the clip
+            has the wrong shape.
+
+    Example:
+        >>> clip = torch.rand(16, 3, 64, 64)
+        >>> crop = ClipRandomResizedCrop(32, generator=torch.Generator().manual_seed(0))
+        >>> crop(clip).shape
+        torch.Size([16, 3, 32, 32])
+    """
+
+    def __init__(
+        self,
+        size: int | Sequence[int],
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        *,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(generator=generator)
+        self.size = _pair(size, "size")
+        if not (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
+            raise ValueError(f"scale must be (low, high) with 0 < low <= high <= 1, got {scale}")
+        if not (len(ratio) == 2 and 0 < ratio[0] <= ratio[1]):
+            raise ValueError(f"ratio must be (low, high) with 0 < low <= high, got {ratio}")
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.ratio = (float(ratio[0]), float(ratio[1]))
+
+    def get_params(
+        self, height: int, width: int, generator: torch.Generator | None = None
+    ) -> tuple[int, int, int, int]:
+        """Draw a crop box for a frame of ``height`` x ``width``.
+
+        Args:
+            height: Frame height in pixels.
+            width: Frame width in pixels.
+            generator: Overrides the construction-time generator.
+
+        Returns:
+            ``(top, left, crop_height, crop_width)``.
+        """
+        area = height * width
+        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        for _ in range(10):
+            target_area = area * self._uniform(*self.scale, generator)
+            aspect = math.exp(self._uniform(log_lo, log_hi, generator))
+            w = round(math.sqrt(target_area * aspect))
+            h = round(math.sqrt(target_area / aspect))
+            if 0 < w <= width and 0 < h <= height:
+                top = int(self._uniform(0, height - h + 1, generator))
+                left = int(self._uniform(0, width - w + 1, generator))
+                return min(top, height - h), min(left, width - w), h, w
+        # Fallback: the largest centred box whose aspect ratio lies within `ratio`.
+        in_ratio = width / height
+        if in_ratio < self.ratio[0]:
+            w, h = width, round(width / self.ratio[0])
+        elif in_ratio > self.ratio[1]:
+            h, w = height, round(height * self.ratio[1])
+        else:
+            h, w = height, width
+        return (height - h) // 2, (width - w) // 2, h, w
+
+    def __call__(
+        self, clip: torch.Tensor, *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Crop and resize every frame of ``clip`` with one shared box.
+
+        Args:
+            clip: Clip of shape ``(T, C, H, W)``.
+            generator: Overrides the construction-time generator.
+
+        Returns:
+            The cropped clip of shape ``(T, C, *size)``.
+        """
+        _check_clip(clip)
+        top, left, h, w = self.get_params(clip.shape[-2], clip.shape[-1], generator)
+        return _resize(clip[..., top : top + h, left : left + w], self.size)
+
+
+class ClipRandomHorizontalFlip(ClipTransform):
+    """Flip the whole clip left-right with probability ``p``.
+
+    Args:
+        p: Flip probability in ``[0, 1]``.
+        generator: Default source of randomness.
+
+    Shape:
+        - Input: :math:`(T, C, H, W)`.
+        - Output: same shape.
+
+    Raises:
+        ValueError: If ``p`` is outside ``[0, 1]``.
+
+    Example:
+        >>> clip = torch.arange(4.0).view(1, 1, 1, 4) / 4
+        >>> ClipRandomHorizontalFlip(p=1.0)(clip).flatten().tolist()
+        [0.75, 0.5, 0.25, 0.0]
+    """
+
+    def __init__(self, p: float = 0.5, *, generator: torch.Generator | None = None) -> None:
+        super().__init__(generator=generator)
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be in [0, 1], got {p}")
+        self.p = float(p)
+
+    def __call__(
+        self, clip: torch.Tensor, *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Flip ``clip`` along its width, or return it unchanged.
+
+        Args:
+            clip: Clip of shape ``(T, C, H, W)``.
+            generator: Overrides the construction-time generator.
+
+        Returns:
+            The (possibly) flipped clip.
+        """
+        _check_clip(clip)
+        # Always draw, even for p in {0, 1}, so the generator's stream does not depend on p.
+        if self._uniform(0.0, 1.0, generator) < self.p:
+            return clip.flip(-1)
+        return clip
+
+
+class ClipColorJitter(ClipTransform):
+    """Random brightness, contrast and saturation with one set of factors per clip.
+
+    Each factor is drawn uniformly from ``[max(0, 1 - v), 1 + v]`` and the three adjustments are
+    applied in a random order, as in torchvision's ``ColorJitter``. Two deliberate differences
+    keep the transform identical on every frame: the contrast reference is the mean grey level
+    of the **whole clip** (torchvision uses each image's own mean), and there is no hue jitter.
+    Results are clamped to ``[0, 1]``.
+
+    Args:
+        brightness: Brightness jitter strength (>= 0); 0 disables it.
+        contrast: Contrast jitter strength (>= 0).
+        saturation: Saturation jitter strength (>= 0).
+        generator: Default source of randomness.
+
+    Shape:
+        - Input: :math:`(T, 3, H, W)`, RGB float in ``[0, 1]``.
+        - Output: same shape.
+
+    Raises:
+        ValueError: If a strength is negative, or the clip is not RGB.
+
+    Example:
+        >>> frame = torch.rand(1, 3, 8, 8)
+        >>> clip = frame.expand(4, 3, 8, 8)
+        >>> out = ClipColorJitter(generator=torch.Generator().manual_seed(1))(clip)
+        >>> bool((out == out[:1]).all())
+        True
+    """
+
+    def __init__(
+        self,
+        brightness: float = 0.4,
+        contrast: float = 0.4,
+        saturation: float = 0.4,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(generator=generator)
+        for name, value in (
+            ("brightness", brightness),
+            ("contrast", contrast),
+            ("saturation", saturation),
+        ):
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        self.brightness = float(brightness)
+        self.contrast = float(contrast)
+        self.saturation = float(saturation)
+
+    def get_params(
+        self, generator: torch.Generator | None = None
+    ) -> tuple[list[int], float, float, float]:
+        """Draw the order of the adjustments and the three factors.
+
+        Args:
+            generator: Overrides the construction-time generator.
+
+        Returns:
+            ``(order, brightness_factor, contrast_factor, saturation_factor)`` where ``order`` is
+            a permutation of ``[0, 1, 2]`` (brightness, contrast, saturation).
+        """
+        order = torch.randperm(3, generator=self._gen(generator)).tolist()
+        factors = [
+            self._uniform(max(0.0, 1.0 - v), 1.0 + v, generator)
+            for v in (self.brightness, self.contrast, self.saturation)
+        ]
+        return order, factors[0], factors[1], factors[2]
+
+    def __call__(
+        self, clip: torch.Tensor, *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Jitter the colours of ``clip``.
+
+        Args:
+            clip: RGB clip of shape ``(T, 3, H, W)``.
+            generator: Overrides the construction-time generator.
+
+        Returns:
+            The jittered clip.
+        """
+        _check_clip(clip, rgb=True)
+        order, b, c, s = self.get_params(generator)
+        luma = clip.new_tensor(_LUMA).view(1, 3, 1, 1)
+        out = clip
+        for op in order:
+            if op == 0 and self.brightness > 0:
+                out = (out * b).clamp(0.0, 1.0)
+            elif op == 1 and self.contrast > 0:
+                mean = (out * luma).sum(dim=1).mean()
+                out = (c * out + (1 - c) * mean).clamp(0.0, 1.0)
+            elif op == 2 and self.saturation > 0:
+                grey = (out * luma).sum(dim=1, keepdim=True)
+                out = (s * out + (1 - s) * grey).clamp(0.0, 1.0)
+        return out
+
+
+class ClipResize(ClipTransform):
+    """Resize every frame to a fixed size (bilinear, antialiased).
+
+    Unlike torchvision's ``Resize(int)``, an int gives a square ``size x size`` output (DFEW
+    frames are square; clips must share a size to be batched).
+
+    Args:
+        size: Output ``(height, width)``, or an int for a square output.
+
+    Shape:
+        - Input: :math:`(T, C, H, W)`.
+        - Output: :math:`(T, C, size_h, size_w)`.
+
+    Example:
+        >>> ClipResize(112)(torch.rand(16, 3, 224, 224)).shape
+        torch.Size([16, 3, 112, 112])
+    """
+
+    def __init__(self, size: int | Sequence[int]) -> None:
+        super().__init__()
+        self.size = _pair(size, "size")
+
+    def __call__(
+        self, clip: torch.Tensor, *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Resize ``clip``.
+
+        Args:
+            clip: Clip of shape ``(T, C, H, W)``.
+            generator: Ignored (deterministic transform).
+
+        Returns:
+            The resized clip.
+        """
+        _check_clip(clip)
+        return _resize(clip, self.size)
+
+
+class ClipNormalize(ClipTransform):
+    """Subtract a per-channel mean and divide by a per-channel std.
+
+    Not part of the default recipe: MICACL models normalise internally. Use it only for a model
+    that expects normalised input.
+
+    Args:
+        mean: Per-channel means.
+        std: Per-channel standard deviations (all > 0).
+
+    Shape:
+        - Input: :math:`(T, C, H, W)` with ``C == len(mean)``.
+        - Output: same shape.
+
+    Raises:
+        ValueError: If ``mean`` and ``std`` differ in length, a std is not positive, or the
+            clip's channel count does not match.
+
+    Example:
+        >>> norm = ClipNormalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
+        >>> norm(torch.ones(2, 3, 4, 4)).unique().tolist()
+        [1.0]
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        if len(mean) != len(std):
+            raise ValueError(f"mean and std must have the same length, got {mean} and {std}")
+        if any(v <= 0 for v in std):
+            raise ValueError(f"std must be positive, got {std}")
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+
+    def __call__(
+        self, clip: torch.Tensor, *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Normalise ``clip``.
+
+        Args:
+            clip: Clip of shape ``(T, C, H, W)``.
+            generator: Ignored (deterministic transform).
+
+        Returns:
+            The normalised clip.
+        """
+        _check_clip(clip)
+        if clip.shape[1] != len(self.mean):
+            raise ValueError(
+                f"clip has {clip.shape[1]} channels (shape {tuple(clip.shape)}) but mean/std "
+                f"have {len(self.mean)}"
+            )
+        mean = clip.new_tensor(self.mean).view(1, -1, 1, 1)
+        std = clip.new_tensor(self.std).view(1, -1, 1, 1)
+        return (clip - mean) / std
+
+
+class ClipCompose(ClipTransform):
+    """Chain clip transforms, handing each the call-time generator.
+
+    Args:
+        transforms: Transforms applied in order. ``ClipTransform`` instances receive the
+            ``generator``; any other callable is called with the clip alone.
+
+    Example:
+        >>> t = ClipCompose([ClipResize(32), ClipRandomHorizontalFlip()])
+        >>> t(torch.rand(8, 3, 64, 64), generator=torch.Generator().manual_seed(0)).shape
+        torch.Size([8, 3, 32, 32])
+    """
+
+    def __init__(
+        self, transforms: Sequence[ClipTransform | Callable[[torch.Tensor], torch.Tensor]]
+    ) -> None:
+        super().__init__()
+        self.transforms = list(transforms)
+
+    def __call__(
+        self, clip: torch.Tensor, *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Apply every transform in turn.
+
+        Args:
+            clip: Clip of shape ``(T, C, H, W)``.
+            generator: Passed to every ``ClipTransform`` in the chain.
+
+        Returns:
+            The transformed clip.
+        """
+        for t in self.transforms:
+            clip = t(clip, generator=generator) if isinstance(t, ClipTransform) else t(clip)
+        return clip
+
+    def __repr__(self) -> str:
+        inner = "".join(f"\n    {t!r}," for t in self.transforms)
+        return f"ClipCompose([{inner}\n])"
+
+
+def train_transform(
+    image_size: int = 112, *, generator: torch.Generator | None = None
+) -> ClipCompose:
+    """The MICACL training augmentation.
+
+    One random-resized crop for the whole clip (area 0.08-1, aspect 3/4-4/3) to
+    ``image_size``, a horizontal flip with p = 0.5, and colour jitter 0.4 (brightness, contrast,
+    saturation), all clip-consistent. No mean/std normalisation: the model does it.
+
+    Args:
+        image_size: Output height and width.
+        generator: Default source of randomness for all three random steps.
+
+    Returns:
+        The composed transform, for clips ``(T, 3, H, W)`` in ``[0, 1]``.
+
+    Example:
+        >>> t = train_transform(56, generator=torch.Generator().manual_seed(0))
+        >>> t(torch.rand(16, 3, 64, 64)).shape
+        torch.Size([16, 3, 56, 56])
+    """
+    return ClipCompose(
+        [
+            ClipRandomResizedCrop(image_size, generator=generator),
+            ClipRandomHorizontalFlip(0.5, generator=generator),
+            ClipColorJitter(0.4, 0.4, 0.4, generator=generator),
+        ]
+    )
+
+
+def test_transform(image_size: int = 112) -> ClipCompose:
+    """The MICACL test-time transform: resize to ``image_size`` (no normalisation).
+
+    Args:
+        image_size: Output height and width.
+
+    Returns:
+        The composed (deterministic) transform.
+
+    Example:
+        >>> test_transform(112)(torch.rand(16, 3, 224, 224)).shape
+        torch.Size([16, 3, 112, 112])
+    """
+    return ClipCompose([ClipResize(image_size)])
+
+
+# The name starts with "test"; keep pytest from collecting it when a test module imports it.
+test_transform.__test__ = False  # type: ignore[attr-defined]

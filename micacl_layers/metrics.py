@@ -1,0 +1,285 @@
+"""Classification metrics of DFER papers: confusion matrix, per-class recall, WAR and UAR.
+
+DFEW and FERV39k results are reported as WAR (weighted average recall, which is plain accuracy:
+each class's recall weighted by its share of the samples) and UAR (unweighted average recall:
+the mean of the per-class recalls, so the tail class counts as much as the head). On a
+long-tailed test set the two can differ by 10+ points; MICACL's Tables I-III report both.
+
+Classes absent from the targets have no recall (0 / 0): :func:`per_class_recall` gives ``nan``
+for them and :func:`uar` averages over the classes that **do** occur, as scikit-learn's
+``balanced_accuracy_score`` does. A class that occurs but is never predicted correctly counts
+with recall 0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["ConfusionMatrix", "confusion_matrix", "per_class_recall", "uar", "war"]
+
+
+def _describe(t: torch.Tensor) -> str:
+    return f"shape {tuple(t.shape)}, dtype {t.dtype}"
+
+
+def _check_num_classes(num_classes: int) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    return num_classes
+
+
+def _check_labels(t: object, name: str, num_classes: int) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.ndim != 1:
+        raise ValueError(f"{name} must be 1-D class indices (B,), got {_describe(t)}")
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer class indices, got {_describe(t)}")
+    if t.numel() > 0:
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or hi >= num_classes:
+            bad = lo if lo < 0 else hi
+            raise ValueError(
+                f"{name} ({_describe(t)}) holds class index {bad}, expected indices in "
+                f"[0, {num_classes - 1}] for num_classes={num_classes}"
+            )
+    return t.long()
+
+
+def _check_cm(cm: object) -> torch.Tensor:
+    if not isinstance(cm, torch.Tensor):
+        raise TypeError(f"cm must be a torch.Tensor, got {type(cm).__name__}")
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] == 0:
+        raise ValueError(f"cm must be a square (K, K) matrix with K >= 1, got {_describe(cm)}")
+    if cm.is_complex() or cm.dtype == torch.bool:
+        raise ValueError(f"cm must hold counts (integer or float), got {_describe(cm)}")
+    if bool((cm < 0).any()):
+        raise ValueError(f"cm ({_describe(cm)}) holds negative counts")
+    return cm
+
+
+def confusion_matrix(
+    preds: torch.Tensor, targets: torch.Tensor, num_classes: int
+) -> torch.Tensor:
+    """Count (true class, predicted class) pairs.
+
+    Args:
+        preds: Predicted class indices (use ``logits.argmax(-1)`` for scores).
+        targets: True class indices.
+        num_classes: Number of classes ``K``.
+
+    Returns:
+        ``cm`` with ``cm[i, j]`` = number of samples of true class ``i`` predicted as ``j``
+        (rows are true classes), int64, on the inputs' device.
+
+    Shape:
+        - preds: :math:`(B,)`, integer.
+        - targets: :math:`(B,)`, integer.
+        - Output: :math:`(K, K)`.
+
+    Raises:
+        TypeError: If an input is not a tensor.
+        ValueError: If shapes differ or are not 1-D, dtypes are not integer, an index is
+            outside ``[0, K)``, or ``num_classes`` is not a positive int.
+
+    Example:
+        >>> confusion_matrix(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2]), 3)
+        tensor([[1, 0, 0],
+                [0, 1, 0],
+                [0, 1, 1]])
+    """
+    k = _check_num_classes(num_classes)
+    p = _check_labels(preds, "preds", k)
+    t = _check_labels(targets, "targets", k)
+    if p.shape != t.shape:
+        raise ValueError(
+            f"preds ({_describe(p)}) and targets ({_describe(t)}) must have the same length"
+        )
+    if p.device != t.device:
+        raise ValueError(f"preds is on {p.device} but targets is on {t.device}")
+    flat = torch.bincount(t * k + p, minlength=k * k)
+    return flat.reshape(k, k)
+
+
+def per_class_recall(cm: torch.Tensor) -> torch.Tensor:
+    """Recall of every class: ``cm[i, i] / cm[i].sum()``.
+
+    Args:
+        cm: Confusion matrix, rows = true classes.
+
+    Returns:
+        float64 recalls; ``nan`` for a class with no samples (recall undefined).
+
+    Shape:
+        - cm: :math:`(K, K)`.
+        - Output: :math:`(K,)`.
+
+    Raises:
+        ValueError: If ``cm`` is not a square non-negative matrix.
+
+    Example:
+        >>> per_class_recall(torch.tensor([[3, 1, 0], [0, 2, 2], [0, 0, 0]]))
+        tensor([0.7500, 0.5000,    nan], dtype=torch.float64)
+    """
+    cm = _check_cm(cm).double()
+    support = cm.sum(dim=1)
+    # 0/0 -> nan on purpose: "no samples" must not look like "all wrong".
+    return cm.diagonal() / support
+
+
+def war(cm: torch.Tensor) -> float:
+    """Weighted average recall: overall accuracy, ``trace(cm) / cm.sum()``.
+
+    Args:
+        cm: Confusion matrix, rows = true classes.
+
+    Returns:
+        WAR in ``[0, 1]``.
+
+    Raises:
+        ValueError: If ``cm`` is malformed or counts no sample.
+
+    Example:
+        >>> war(torch.tensor([[3, 1], [2, 4]]))
+        0.7
+    """
+    cm = _check_cm(cm).double()
+    total = float(cm.sum())
+    if total == 0:
+        raise ValueError("cm counts no sample; WAR is undefined")
+    return float(cm.diagonal().sum()) / total
+
+
+def uar(cm: torch.Tensor) -> float:
+    """Unweighted average recall: mean per-class recall over the classes present.
+
+    Classes with no sample in the targets (an all-zero row) are left out of the mean, since
+    their recall is undefined; every class that occurs counts equally.
+
+    Args:
+        cm: Confusion matrix, rows = true classes.
+
+    Returns:
+        UAR in ``[0, 1]``.
+
+    Raises:
+        ValueError: If ``cm`` is malformed or counts no sample.
+
+    Example:
+        >>> uar(torch.tensor([[3, 1], [2, 4]]))  # (3/4 + 4/6) / 2
+        0.7083333333333333
+        >>> uar(torch.tensor([[2, 0, 0], [0, 0, 0], [1, 0, 1]]))  # class 1 absent
+        0.75
+    """
+    recall = per_class_recall(cm)
+    present = ~recall.isnan()
+    if not bool(present.any()):
+        raise ValueError("cm counts no sample; UAR is undefined")
+    return float(recall[present].mean())
+
+
+class ConfusionMatrix:
+    """Accumulate a confusion matrix over batches and read WAR / UAR from it.
+
+    ``update`` takes either logits/scores ``(B, K)`` (the arg-max is the prediction) or
+    predicted indices ``(B,)``. Counts live on the CPU (a ``K x K`` int64 tensor); for
+    distributed evaluation, ``all_reduce`` a copy of ``compute()`` moved to the device.
+
+    Args:
+        num_classes: Number of classes ``K``.
+
+    Shape:
+        - preds_or_logits: :math:`(B, K)` floating scores or :math:`(B,)` integer indices.
+        - targets: :math:`(B,)` integer.
+
+    Raises:
+        ValueError: If ``num_classes`` is not a positive int.
+
+    Example:
+        >>> metric = ConfusionMatrix(3)
+        >>> metric.update(torch.tensor([[2.0, 0.1, 0.3], [0.1, 0.2, 3.0]]), torch.tensor([0, 1]))
+        >>> metric.update(torch.tensor([2]), torch.tensor([2]))
+        >>> metric.war, metric.uar
+        (0.6666666666666666, 0.6666666666666666)
+        >>> metric.compute()[1].tolist()
+        [0, 0, 1]
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = _check_num_classes(num_classes)
+        self._cm = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
+
+    @torch.no_grad()
+    def update(self, preds_or_logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """Add a batch.
+
+        Args:
+            preds_or_logits: ``(B, K)`` floating scores, or ``(B,)`` integer predictions.
+            targets: ``(B,)`` integer true classes.
+
+        Raises:
+            TypeError: If an input is not a tensor.
+            ValueError: If shapes, dtypes or class indices are not as expected (the message
+                names the argument, its shape and dtype).
+        """
+        p = preds_or_logits
+        if not isinstance(p, torch.Tensor):
+            raise TypeError(f"preds_or_logits must be a torch.Tensor, got {type(p).__name__}")
+        k = self.num_classes
+        if p.ndim == 2:
+            if not p.is_floating_point():
+                raise ValueError(
+                    f"preds_or_logits with 2 dims must be floating scores (B, {k}), got "
+                    f"{_describe(p)}"
+                )
+            if p.shape[1] != k:
+                raise ValueError(
+                    f"preds_or_logits ({_describe(p)}) must have {k} scores per row "
+                    f"(num_classes={k})"
+                )
+            p = p.argmax(dim=1)
+        elif p.ndim == 1:
+            if p.is_floating_point():
+                raise ValueError(
+                    f"preds_or_logits with 1 dim must be integer class indices (B,), got "
+                    f"{_describe(p)}; pass (B, {k}) logits for scores"
+                )
+        else:
+            raise ValueError(
+                f"preds_or_logits must be (B, {k}) scores or (B,) indices, got {_describe(p)}"
+            )
+        if not isinstance(targets, torch.Tensor):
+            raise TypeError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
+        cm = confusion_matrix(p.detach().cpu(), targets.detach().cpu(), k)
+        self._cm += cm
+
+    def compute(self) -> torch.Tensor:
+        """The accumulated matrix (a copy), rows = true classes, shape ``(K, K)``, int64."""
+        return self._cm.clone()
+
+    def reset(self) -> None:
+        """Forget every batch seen so far."""
+        self._cm.zero_()
+
+    @property
+    def num_samples(self) -> int:
+        """Number of samples accumulated."""
+        return int(self._cm.sum())
+
+    @property
+    def war(self) -> float:
+        """Weighted average recall (accuracy) so far; see :func:`war`."""
+        return war(self._cm)
+
+    @property
+    def uar(self) -> float:
+        """Unweighted average recall so far; see :func:`uar`."""
+        return uar(self._cm)
+
+    @property
+    def per_class_recall(self) -> torch.Tensor:
+        """Recall per class so far, ``nan`` for classes not seen; see :func:`per_class_recall`."""
+        return per_class_recall(self._cm)
+
+    def __repr__(self) -> str:
+        return f"ConfusionMatrix(num_classes={self.num_classes}, num_samples={self.num_samples})"

@@ -1,0 +1,384 @@
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from PIL import Image
+
+from micacl_layers.data import (
+    DFEW,
+    DFEW_CLASSES,
+    FERV39K_CLASSES,
+    CorruptFrameError,
+    FERV39k,
+    SkippedClipsWarning,
+    _frames,
+    list_frames,
+    load_frames,
+)
+from micacl_layers.data import transforms as T
+
+DFEW_HEADER = "video_name,label\n"
+
+
+def write_clip(folder, num_frames, *, size=8, start_grey=0, step=10, names=None):
+    """Frame k is a flat grey of value start_grey + step * k (flat JPEGs decode ~exactly)."""
+    folder.mkdir(parents=True)
+    names = names or [f"{k + 1:05d}.jpg" for k in range(num_frames)]
+    for k, name in enumerate(names):
+        grey = start_grey + step * k
+        Image.new("RGB", (size, size), (grey, grey, grey)).save(folder / name, quality=95)
+
+
+def dfew_tree(root, rows, *, split="train", fold=1, frames=None, header=True):
+    """rows: list of (id_as_written, label_as_written); frames: {5-digit id: num_frames}."""
+    split_dir = root / "EmoLabel_DataSplit" / f"{split}(single-labeled)"
+    split_dir.mkdir(parents=True, exist_ok=True)
+    text = (DFEW_HEADER if header else "") + "".join(f"{i},{lab}\n" for i, lab in rows)
+    path = split_dir / f"set_{fold}.csv"
+    path.write_text(text)
+    clips = root / "Clip" / "clip_224x224"
+    clips.mkdir(parents=True, exist_ok=True)
+    for clip_id, n in (frames or {}).items():
+        write_clip(clips / clip_id, n)
+    return path
+
+
+def ferv_tree(root, lines, *, split="train", frames=None):
+    setups = root / "4_setups" / "All_scenes"
+    setups.mkdir(parents=True, exist_ok=True)
+    path = setups / f"{split}_All.csv"
+    path.write_text("".join(line + "\n" for line in lines))
+    base = root / "2_ClipsforFaceCrop"
+    base.mkdir(parents=True, exist_ok=True)
+    for rel, n in (frames or {}).items():
+        write_clip(base.joinpath(*rel.split("/")), n)
+    return path
+
+
+# ----------------------------------------------------------------------------- DFEW
+
+
+def test_dfew_parses_labels_and_pads_ids(tmp_path):
+    dfew_tree(
+        tmp_path,
+        [("1", 1), ("00002", 7), ("345", 3), ("12345", 6)],
+        frames={"00001": 20, "00002": 5, "00345": 30, "12345": 17},
+    )
+    ds = DFEW(tmp_path, fold=1, split="train")
+    frames_root = tmp_path / "Clip" / "clip_224x224"
+    assert ds.samples == [
+        (frames_root / "00001", 0),
+        (frames_root / "00002", 6),
+        (frames_root / "00345", 2),
+        (frames_root / "12345", 5),
+    ]
+    assert ds.classes == list(DFEW_CLASSES) == [
+        "happy", "sad", "neutral", "angry", "surprise", "disgust", "fear"
+    ]
+    assert ds.class_counts == [1, 0, 1, 0, 0, 1, 1]
+    assert ds.targets == [0, 6, 2, 5]
+    assert len(ds) == 4
+    assert ds.train is True and ds.skipped == []
+
+
+def test_dfew_item_shape_dtype_and_frame_order(tmp_path):
+    dfew_tree(tmp_path, [("7", 2)], split="test", frames={"00007": 5})
+    ds = DFEW(tmp_path, fold=1, split="test")
+    assert ds.train is False
+    clip, label = ds[0]
+    assert isinstance(label, int) and label == 1
+    assert clip.shape == (3, 16, 8, 8) and clip.dtype == torch.float32
+    # 5 frames stretched to 16 in order: grey levels 0, 10, ..., 40 at indices (2i+1)*5//32.
+    grey = clip[0, :, 4, 4] * 255
+    expected = torch.tensor([10.0 * ((2 * i + 1) * 5 // 32) for i in range(16)])
+    torch.testing.assert_close(grey, expected, atol=3, rtol=0)
+
+
+def test_dfew_test_sampling_is_deterministic_train_sampling_seeded(tmp_path):
+    dfew_tree(tmp_path, [("1", 1)], frames={"00001": 20})
+    test_mode = DFEW(tmp_path, 1, "train", train=False)
+    assert torch.equal(test_mode[0][0], test_mode[0][0])
+    a = DFEW(tmp_path, 1, "train", generator=torch.Generator().manual_seed(0))
+    b = DFEW(tmp_path, 1, "train", generator=torch.Generator().manual_seed(0))
+    draws_a = [a[0][0] for _ in range(4)]
+    draws_b = [b[0][0] for _ in range(4)]
+    assert all(torch.equal(x, y) for x, y in zip(draws_a, draws_b, strict=True))
+    assert not all(torch.equal(draws_a[0], x) for x in draws_a[1:])
+
+
+def test_dfew_passes_generator_to_clip_transforms(tmp_path):
+    dfew_tree(tmp_path, [("1", 1)], frames={"00001": 20})
+
+    def make():
+        return DFEW(tmp_path, 1, "train", transform=T.train_transform(6),
+                    generator=torch.Generator().manual_seed(4))
+
+    clip_a, _ = make()[0]
+    clip_b, _ = make()[0]
+    assert clip_a.shape == (3, 16, 6, 6)
+    assert torch.equal(clip_a, clip_b)
+
+
+def test_plain_callable_transform_and_bad_output(tmp_path):
+    dfew_tree(tmp_path, [("1", 1)], frames={"00001": 20})
+    ds = DFEW(tmp_path, 1, "train", transform=lambda c: c[:, :1])
+    assert ds[0][0].shape == (1, 16, 8, 8)
+    bad = DFEW(tmp_path, 1, "train", transform=lambda c: c[0])
+    with pytest.raises(ValueError, match=r"transform must return a \(T, C, H, W\)"):
+        bad[0]
+
+
+def test_dfew_argument_validation(tmp_path):
+    with pytest.raises(ValueError, match="fold"):
+        DFEW(tmp_path, 0, "train")
+    with pytest.raises(ValueError, match="fold"):
+        DFEW(tmp_path, 6, "train")
+    with pytest.raises(ValueError, match="split"):
+        DFEW(tmp_path, 1, "val")
+    dfew_tree(tmp_path, [("1", 1)], frames={"00001": 20})
+    with pytest.raises(ValueError, match="num_frames"):
+        DFEW(tmp_path, 1, "train", num_frames=0)
+
+
+def test_missing_split_file_named(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        DFEW(tmp_path, 3, "test")
+    assert str(tmp_path / "EmoLabel_DataSplit" / "test(single-labeled)" / "set_3.csv") in str(
+        err.value
+    )
+
+
+def test_missing_header_named(tmp_path):
+    path = dfew_tree(tmp_path, [("1", 1), ("2", 2)], header=False, frames={"00001": 3})
+    with pytest.raises(ValueError, match="header") as err:
+        DFEW(tmp_path, 1, "train")
+    assert f"{path}:1:" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("row", "needle"),
+    [
+        (("3", 8), "label 8 is out of range 1..7"),
+        (("3", 0), "label 0 is out of range"),
+        (("3", "happy"), "label must be an integer"),
+        (("x3", 1), "clip id must be a number"),
+        (("123456", 1), "clip id must be a number of at most 5 digits"),
+        (("1", 1), "listed twice (first on line 2)"),
+    ],
+)
+def test_bad_split_line_names_file_and_line(tmp_path, row, needle):
+    path = dfew_tree(tmp_path, [("1", 1), row], frames={"00001": 3})
+    with pytest.raises(ValueError) as err:
+        DFEW(tmp_path, 1, "train")
+    assert str(err.value).startswith(f"{path}:3: ")
+    assert needle in str(err.value)
+
+
+def test_one_column_line_and_header_only(tmp_path):
+    path = dfew_tree(tmp_path, [], frames={})
+    with pytest.raises(ValueError, match="lists no clips") as err:
+        DFEW(tmp_path, 1, "train")
+    assert f"{path}:1:" in str(err.value)
+    path.write_text(DFEW_HEADER + "1,1\n\n42\n")
+    with pytest.raises(ValueError, match="expected 'clip_id,label'") as err:
+        DFEW(tmp_path, 1, "train")
+    assert f"{path}:4:" in str(err.value)  # blank line 3 is skipped but still counted
+    path.write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        DFEW(tmp_path, 1, "train")
+
+
+def test_missing_and_empty_clip_folders_fail_at_construction(tmp_path):
+    dfew_tree(tmp_path, [("1", 1), ("2", 2), ("3", 3)], frames={"00001": 4})
+    empty = tmp_path / "Clip" / "clip_224x224" / "00003"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("not a frame")
+    with pytest.raises(FileNotFoundError) as err:
+        DFEW(tmp_path, 1, "train")
+    msg = str(err.value)
+    assert "2 of 3 clips" in msg
+    assert f"{tmp_path / 'Clip' / 'clip_224x224' / '00002'}' (missing, line 3)" in msg
+    assert f"{empty}' (no JPEG frames, line 4)" in msg
+    assert "skip_bad_clips=True" in msg
+
+
+def test_missing_frame_root_named(tmp_path):
+    dfew_tree(tmp_path, [("1", 1)])
+    (tmp_path / "Clip" / "clip_224x224").rmdir()
+    with pytest.raises(FileNotFoundError, match="frame folder root") as err:
+        DFEW(tmp_path, 1, "train", skip_bad_clips=True)
+    assert str(tmp_path / "Clip" / "clip_224x224") in str(err.value)
+
+
+def test_skip_bad_clips_warns_once_listing_every_clip(tmp_path):
+    dfew_tree(
+        tmp_path,
+        [("1", 1), ("2", 2), ("3", 3), ("4", 6)],
+        frames={"00001": 4, "00004": 9},
+    )
+    (tmp_path / "Clip" / "clip_224x224" / "00003").mkdir()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = DFEW(tmp_path, 1, "train", skip_bad_clips=True)
+    assert len(caught) == 1
+    warning = caught[0]
+    assert issubclass(warning.category, SkippedClipsWarning)
+    assert warning.filename == __file__  # points at the caller, not the library
+    msg = str(warning.message)
+    assert "skipped 2 of 4 clips" in msg
+    assert str(tmp_path / "Clip" / "clip_224x224" / "00002") in msg
+    assert str(tmp_path / "Clip" / "clip_224x224" / "00003") in msg
+    assert [(s.frame_dir.name, s.label, s.reason, s.line) for s in ds.skipped] == [
+        ("00002", 1, "missing", 3),
+        ("00003", 2, "no JPEG frames", 4),
+    ]
+    assert len(ds) == 2 and ds.class_counts == [1, 0, 0, 0, 0, 1, 0]
+    assert "skipped=2" in repr(ds)
+
+
+def test_skip_bad_clips_with_nothing_left_raises(tmp_path):
+    dfew_tree(tmp_path, [("1", 1)])
+    with pytest.raises(FileNotFoundError, match="all 1 clips"):
+        DFEW(tmp_path, 1, "train", skip_bad_clips=True)
+
+
+def test_many_bad_clips_message_is_truncated(tmp_path):
+    dfew_tree(tmp_path, [(str(i), 1) for i in range(1, 31)])
+    with pytest.raises(FileNotFoundError, match="and 10 more"):
+        DFEW(tmp_path, 1, "train")
+
+
+@pytest.mark.parametrize("corruption", ["garbage", "truncated"])
+def test_corrupt_jpeg_named_at_load(tmp_path, corruption):
+    dfew_tree(tmp_path, [("1", 1)], frames={"00001": 3})
+    bad = tmp_path / "Clip" / "clip_224x224" / "00001" / "00002.jpg"
+    data = bad.read_bytes()
+    bad.write_bytes(b"this is not a jpeg" if corruption == "garbage" else data[: len(data) // 2])
+    ds = DFEW(tmp_path, 1, "train")
+    with pytest.raises(CorruptFrameError) as err:
+        ds[0]
+    assert str(bad) in str(err.value)
+    assert isinstance(err.value, OSError)
+
+
+def test_frames_of_different_sizes_named(tmp_path):
+    dfew_tree(tmp_path, [("1", 1)], frames={"00001": 3})
+    odd = tmp_path / "Clip" / "clip_224x224" / "00001" / "00003.jpg"
+    Image.new("RGB", (9, 8)).save(odd)
+    with pytest.raises(ValueError, match="9x8") as err:
+        DFEW(tmp_path, 1, "train", train=False)[0]
+    assert str(odd) in str(err.value)
+
+
+def test_folder_emptied_after_construction(tmp_path):
+    dfew_tree(tmp_path, [("1", 1)], frames={"00001": 3})
+    ds = DFEW(tmp_path, 1, "train")
+    for f in (tmp_path / "Clip" / "clip_224x224" / "00001").iterdir():
+        f.unlink()
+    with pytest.raises(FileNotFoundError, match="00001"):
+        ds[0]
+
+
+# ----------------------------------------------------------------------------- FERV39k
+
+
+def test_ferv39k_parses_lines(tmp_path):
+    ferv_tree(
+        tmp_path,
+        ["Action/Sad/0010 Sad", "Daily/Angry/0001  angry", "Action/Surprise/0002,Surprise"],
+        frames={"Action/Sad/0010": 9, "Daily/Angry/0001": 20, "Action/Surprise/0002": 16},
+    )
+    ds = FERV39k(tmp_path, "train")
+    base = tmp_path / "2_ClipsforFaceCrop"
+    assert ds.classes == list(FERV39K_CLASSES) == [
+        "Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise"
+    ]
+    assert ds.samples == [
+        (base / "Action" / "Sad" / "0010", 5),
+        (base / "Daily" / "Angry" / "0001", 0),
+        (base / "Action" / "Surprise" / "0002", 6),
+    ]
+    assert ds.class_counts == [1, 0, 0, 0, 0, 1, 1]
+    clip, label = ds[0]
+    assert clip.shape == (3, 16, 8, 8) and label == 5 and ds.train
+
+
+@pytest.mark.parametrize(
+    ("line", "needle"),
+    [
+        ("Action/Sad/0010 Contempt", "unknown label 'Contempt'"),
+        ("Sad/0010 Sad", "clip path must be '<scene>/<emotion>/<id>'"),
+        ("Action/../0010 Sad", "clip path must be"),
+        ("Action/Sad/0010", "expected '<scene>/<emotion>/<id> <label>'"),
+        ("Action/Sad/0010 Sad extra", "expected"),
+        ("Action/Sad/0001 Sad", "listed twice (first on line 1)"),
+    ],
+)
+def test_ferv39k_bad_lines_name_file_and_line(tmp_path, line, needle):
+    path = ferv_tree(tmp_path, ["Action/Sad/0001 Sad", line])
+    with pytest.raises(ValueError) as err:
+        FERV39k(tmp_path, "train")
+    assert str(err.value).startswith(f"{path}:2: ")
+    assert needle in str(err.value)
+
+
+def test_ferv39k_missing_split_and_missing_clip(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"test_All.csv"):
+        FERV39k(tmp_path, "test")
+    ferv_tree(tmp_path, ["Action/Sad/0001 Sad", "Action/Fear/0002 Fear"], split="test",
+              frames={"Action/Sad/0001": 4})
+    with pytest.raises(FileNotFoundError) as err:
+        FERV39k(tmp_path, "test")
+    assert str(tmp_path / "2_ClipsforFaceCrop" / "Action" / "Fear" / "0002") in str(err.value)
+    with pytest.warns(SkippedClipsWarning, match="skipped 1 of 2"):
+        ds = FERV39k(tmp_path, "test", skip_bad_clips=True)
+    assert len(ds) == 1 and ds.skipped[0].label == 2
+    with pytest.raises(ValueError, match="split"):
+        FERV39k(tmp_path, "val")
+
+
+# ----------------------------------------------------------------------------- frame helpers
+
+
+def test_list_frames_natural_order_and_jpeg_only(tmp_path):
+    names = ["10.jpg", "2.jpeg", "1.JPG", "frame_3.jpg", "x.png"]
+    write_clip(tmp_path / "c", len(names), names=names)
+    assert [p.name for p in list_frames(tmp_path / "c")] == ["1.JPG", "2.jpeg", "10.jpg",
+                                                             "frame_3.jpg"]
+
+
+def test_load_frames_decodes_repeats_once_and_converts_grey(tmp_path, monkeypatch):
+    (tmp_path / "c").mkdir()
+    Image.new("L", (4, 3), 200).save(tmp_path / "c" / "1.jpg")
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda p: opened.append(p) or real_open(p))
+    clip = load_frames([tmp_path / "c" / "1.jpg"] * 3)
+    assert clip.shape == (3, 3, 3, 4)
+    assert len(opened) == 1
+    torch.testing.assert_close(clip, torch.full_like(clip, 200 / 255), atol=2 / 255, rtol=0)
+    with pytest.raises(FileNotFoundError, match=r"2.jpg"):
+        load_frames([tmp_path / "c" / "2.jpg"])
+    with pytest.raises(ValueError, match="at least one"):
+        load_frames([])
+
+
+def test_missing_pillow_gives_install_hint(tmp_path, monkeypatch):
+    dfew_tree(tmp_path, [("1", 1)], frames={"00001": 3})
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    with pytest.raises(ImportError, match=r"pip install micacl-layers\[data\]"):
+        _frames.require_pil()
+    with pytest.raises(ImportError, match=r"pip install micacl-layers\[data\]"):
+        DFEW(tmp_path, 1, "train")
+
+
+def test_importing_data_needs_neither_pillow_nor_torchvision():
+    code = (
+        "import sys, micacl_layers, micacl_layers.data, micacl_layers.metrics\n"
+        "bad = [m for m in ('PIL', 'torchvision') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+        "assert 'micacl_layers.data.synthetic' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,145 @@
+import pytest
+import torch
+
+from micacl_layers.data import transforms as T
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _identical_clip(t=8, h=40, w=40, seed=0):
+    frame = torch.rand(1, 3, h, w, generator=_gen(seed))
+    return frame.repeat(t, 1, 1, 1)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_train_transform_keeps_identical_frames_identical(seed):
+    clip = _identical_clip(seed=seed)
+    out = T.train_transform(24)(clip, generator=_gen(seed))
+    assert out.shape == (8, 3, 24, 24)
+    assert out.dtype == torch.float32
+    assert 0.0 <= out.min() and out.max() <= 1.0
+    assert torch.equal(out, out[:1].expand_as(out))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_crop_is_the_same_box_for_every_frame(seed):
+    # Frame t is the base image scaled by (t + 1) / T; crop+bilinear resize is linear, so the
+    # outputs must keep that relation only if every frame got the same box.
+    base = torch.rand(1, 3, 50, 50, generator=_gen(seed))
+    scale = torch.arange(1, 7, dtype=torch.float32).view(6, 1, 1, 1) / 6
+    out = T.ClipRandomResizedCrop(20, generator=_gen(seed))(base * scale)
+    torch.testing.assert_close(out, out[-1:] * scale, atol=1e-5, rtol=1e-5)
+
+
+def test_flip_is_all_or_nothing():
+    clip = torch.rand(6, 3, 5, 7)
+    flips = 0
+    for seed in range(20):
+        out = T.ClipRandomHorizontalFlip(0.5)(clip, generator=_gen(seed))
+        if torch.equal(out, clip.flip(-1)):
+            flips += 1
+        else:
+            assert torch.equal(out, clip)
+    assert 0 < flips < 20
+    assert torch.equal(T.ClipRandomHorizontalFlip(1.0)(clip), clip.flip(-1))
+    assert torch.equal(T.ClipRandomHorizontalFlip(0.0)(clip), clip)
+
+
+def test_color_jitter_is_one_pixel_map_for_the_whole_clip():
+    # Frame 1 equals frame 0 except in a band; pixels equal in both frames must stay equal
+    # (a per-frame contrast mean would break this).
+    f0 = torch.rand(3, 16, 16, generator=_gen(0))
+    f1 = f0.clone()
+    f1[:, :, :6] = torch.rand(3, 16, 6, generator=_gen(1))
+    clip = torch.stack([f0, f1])
+    for seed in range(5):
+        out = T.ClipColorJitter(0.4, 0.4, 0.4)(clip, generator=_gen(seed))
+        assert not torch.equal(out, clip)
+        torch.testing.assert_close(out[0, :, :, 6:], out[1, :, :, 6:], atol=0, rtol=0)
+
+
+def test_color_jitter_zero_strength_is_identity():
+    clip = torch.rand(4, 3, 8, 8)
+    assert torch.equal(T.ClipColorJitter(0, 0, 0)(clip, generator=_gen(0)), clip)
+
+
+def test_transforms_reproducible_with_generator():
+    clip = torch.rand(8, 3, 40, 40, generator=_gen(5))
+    t = T.train_transform(24)
+    a = t(clip, generator=_gen(11))
+    b = t(clip, generator=_gen(11))
+    c = t(clip, generator=_gen(12))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    # Construction-time generator, and the call-time one wins over it.
+    a1 = T.train_transform(24, generator=_gen(11))(clip)
+    assert torch.equal(a1, a)
+    a2 = T.train_transform(24, generator=_gen(99))(clip, generator=_gen(11))
+    assert torch.equal(a2, a)
+
+
+def test_random_resized_crop_params_in_bounds():
+    crop = T.ClipRandomResizedCrop(10, scale=(0.2, 0.6), ratio=(0.5, 2.0))
+    g = _gen(0)
+    for _ in range(300):
+        top, left, h, w = crop.get_params(30, 50, generator=g)
+        assert 0 <= top and top + h <= 30
+        assert 0 <= left and left + w <= 50
+        assert 0.15 <= h * w / 1500 <= 0.65
+        assert 0.4 <= w / h <= 2.5
+
+
+def test_random_resized_crop_fallback_is_centred_and_clamped():
+    crop = T.ClipRandomResizedCrop(8, scale=(0.5, 1.0), ratio=(10.0, 20.0))  # never fits
+    top, left, h, w = crop.get_params(40, 40, generator=_gen(0))
+    assert (top, left, h, w) == (18, 0, 4, 40)
+
+
+def test_resize_and_test_transform():
+    clip = torch.rand(16, 3, 64, 48)
+    assert T.ClipResize(32)(clip).shape == (16, 3, 32, 32)
+    assert T.ClipResize((20, 30))(clip).shape == (16, 3, 20, 30)
+    out = T.test_transform(32)(clip)
+    assert torch.equal(out, T.test_transform(32)(clip))
+    assert 0.0 <= out.min() and out.max() <= 1.0
+    assert T.test_transform.__test__ is False
+
+
+def test_normalize():
+    clip = torch.full((2, 3, 4, 4), 0.5)
+    out = T.ClipNormalize([0.25, 0.5, 0.75], [0.5, 0.5, 0.25])(clip)
+    assert out[:, 0].unique().tolist() == [0.5]
+    assert out[:, 1].unique().tolist() == [0.0]
+    assert out[:, 2].unique().tolist() == [-1.0]
+    with pytest.raises(ValueError, match="channels"):
+        T.ClipNormalize([0.5], [0.5])(clip)
+    with pytest.raises(ValueError, match="std"):
+        T.ClipNormalize([0.5], [0.0])
+
+
+def test_compose_passes_generator_and_accepts_plain_callables():
+    clip = torch.rand(4, 3, 20, 20)
+    t = T.ClipCompose([T.ClipRandomHorizontalFlip(), lambda c: c * 0.5])
+    a = t(clip, generator=_gen(3))
+    assert torch.equal(a, t(clip, generator=_gen(3)))
+    assert a.max() <= 0.5
+    assert "ClipRandomHorizontalFlip" in repr(t)
+
+
+def test_input_validation_names_the_argument():
+    with pytest.raises(ValueError, match=r"clip must have shape \(T, C, H, W\).*\(3, 8, 8\)"):
+        T.ClipResize(4)(torch.rand(3, 8, 8))
+    with pytest.raises(TypeError, match=r"floating-point.*uint8"):
+        T.ClipRandomHorizontalFlip()(torch.zeros(2, 3, 4, 4, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="3 \\(RGB\\) channels"):
+        T.ClipColorJitter()(torch.rand(2, 1, 4, 4))
+    with pytest.raises(ValueError, match="scale"):
+        T.ClipRandomResizedCrop(8, scale=(0.9, 0.1))
+    with pytest.raises(TypeError, match="size"):
+        T.ClipResize(3.5)
+    with pytest.raises(ValueError, match="brightness"):
+        T.ClipColorJitter(brightness=-0.1)
+    with pytest.raises(ValueError, match="p must be"):
+        T.ClipRandomHorizontalFlip(1.5)

@@ -1,0 +1,169 @@
+import math
+
+import pytest
+import torch
+
+from micacl_layers.metrics import ConfusionMatrix, confusion_matrix, per_class_recall, uar, war
+
+
+def brute_cm(preds, targets, k):
+    cm = [[0] * k for _ in range(k)]
+    for p, t in zip(preds.tolist(), targets.tolist(), strict=True):
+        cm[t][p] += 1
+    return torch.tensor(cm, dtype=torch.int64)
+
+
+def brute_uar(preds, targets, k):
+    recalls = []
+    for c in range(k):
+        idx = [i for i, t in enumerate(targets.tolist()) if t == c]
+        if idx:
+            recalls.append(sum(preds[i].item() == c for i in idx) / len(idx))
+    return sum(recalls) / len(recalls)
+
+
+def test_hand_computed_case():
+    preds = torch.tensor([0, 0, 1, 1, 2, 2, 2, 0])
+    targets = torch.tensor([0, 1, 1, 1, 2, 0, 2, 0])
+    cm = confusion_matrix(preds, targets, 3)
+    assert cm.dtype == torch.int64
+    assert cm.tolist() == [[2, 0, 1], [1, 2, 0], [0, 0, 2]]
+    torch.testing.assert_close(
+        per_class_recall(cm), torch.tensor([2 / 3, 2 / 3, 1.0], dtype=torch.float64)
+    )
+    assert war(cm) == pytest.approx(6 / 8)
+    assert uar(cm) == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_against_brute_force(seed):
+    g = torch.Generator().manual_seed(seed)
+    k = 7
+    # Long-tailed targets so WAR and UAR differ.
+    probs = torch.tensor([30.0, 20, 25, 15, 8, 1, 4])
+    targets = torch.multinomial(probs, 400, replacement=True, generator=g)
+    preds = torch.where(torch.rand(400, generator=g) < 0.6, targets,
+                        torch.randint(0, k, (400,), generator=g))
+    cm = confusion_matrix(preds, targets, k)
+    assert torch.equal(cm, brute_cm(preds, targets, k))
+    assert war(cm) == pytest.approx((preds == targets).double().mean().item())
+    assert uar(cm) == pytest.approx(brute_uar(preds, targets, k))
+    assert cm.sum().item() == 400
+
+
+def test_perfect_and_worst_predictor():
+    targets = torch.tensor([0, 1, 2, 2, 3, 3, 3])
+    cm = confusion_matrix(targets, targets, 4)
+    assert war(cm) == 1.0 and uar(cm) == 1.0
+    cm = confusion_matrix((targets + 1) % 4, targets, 4)
+    assert war(cm) == 0.0 and uar(cm) == 0.0
+
+
+def test_absent_classes_are_nan_and_left_out_of_uar():
+    cm = confusion_matrix(torch.tensor([0, 0, 2, 1]), torch.tensor([0, 0, 2, 2]), 4)
+    recall = per_class_recall(cm)
+    assert recall[0] == 1.0 and recall[2] == 0.5
+    assert math.isnan(recall[1]) and math.isnan(recall[3])
+    assert uar(cm) == pytest.approx(0.75)
+    # A present class that is never right counts as 0, not dropped.
+    cm = confusion_matrix(torch.tensor([0, 0]), torch.tensor([0, 1]), 2)
+    assert uar(cm) == pytest.approx(0.5)
+
+
+def test_war_uar_differ_on_imbalance():
+    targets = torch.tensor([0] * 9 + [1])
+    preds = torch.zeros(10, dtype=torch.long)
+    cm = confusion_matrix(preds, targets, 2)
+    assert war(cm) == pytest.approx(0.9)
+    assert uar(cm) == pytest.approx(0.5)
+
+
+def test_empty_matrix_is_an_error():
+    cm = torch.zeros(3, 3, dtype=torch.int64)
+    with pytest.raises(ValueError, match="no sample"):
+        war(cm)
+    with pytest.raises(ValueError, match="no sample"):
+        uar(cm)
+    assert confusion_matrix(torch.tensor([], dtype=torch.long),
+                            torch.tensor([], dtype=torch.long), 3).sum() == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.uint8, torch.int16])
+def test_integer_dtypes_accepted(dtype):
+    t = torch.tensor([0, 1, 2], dtype=dtype)
+    assert confusion_matrix(t, t, 3).trace() == 3
+
+
+def test_input_validation_messages():
+    t = torch.tensor([0, 1, 2])
+    with pytest.raises(ValueError, match=r"targets \(shape \(3,\), dtype torch.int64\) holds "
+                                         r"class index 7, expected indices in \[0, 2\]"):
+        confusion_matrix(t, torch.tensor([0, 1, 7]), 3)
+    with pytest.raises(ValueError, match=r"preds.*class index -1"):
+        confusion_matrix(torch.tensor([0, -1, 2]), t, 3)
+    with pytest.raises(ValueError, match=r"preds must be 1-D.*shape \(3, 1\)"):
+        confusion_matrix(t.view(3, 1), t, 3)
+    with pytest.raises(ValueError, match=r"preds must hold integer.*float32"):
+        confusion_matrix(t.float(), t, 3)
+    with pytest.raises(ValueError, match="same length"):
+        confusion_matrix(t, t[:2], 3)
+    with pytest.raises(ValueError, match="num_classes"):
+        confusion_matrix(t, t, 0)
+    with pytest.raises(TypeError, match=r"preds must be a torch.Tensor"):
+        confusion_matrix([0, 1], t, 3)
+    with pytest.raises(ValueError, match=r"cm must be a square.*shape \(2, 3\)"):
+        war(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="negative"):
+        uar(torch.tensor([[1, -1], [0, 1]]))
+
+
+def test_accumulator_logits_and_indices_agree_and_accumulate():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(50, 5, generator=g)
+    targets = torch.randint(0, 5, (50,), generator=g)
+    from_logits, from_idx, batched = ConfusionMatrix(5), ConfusionMatrix(5), ConfusionMatrix(5)
+    from_logits.update(logits, targets)
+    from_idx.update(logits.argmax(1), targets)
+    for chunk_l, chunk_t in zip(logits.split(7), targets.split(7), strict=True):
+        batched.update(chunk_l, chunk_t)
+    expected = brute_cm(logits.argmax(1), targets, 5)
+    for m in (from_logits, from_idx, batched):
+        assert torch.equal(m.compute(), expected)
+        assert m.num_samples == 50
+    assert batched.war == pytest.approx(war(expected))
+    assert batched.uar == pytest.approx(uar(expected))
+    torch.testing.assert_close(batched.per_class_recall, per_class_recall(expected),
+                               equal_nan=True)
+    # compute() is a copy; reset() clears.
+    batched.compute().zero_()
+    assert batched.num_samples == 50
+    batched.reset()
+    assert batched.num_samples == 0
+    with pytest.raises(ValueError, match="no sample"):
+        _ = batched.uar
+
+
+def test_accumulator_validation():
+    m = ConfusionMatrix(3)
+    t = torch.tensor([0, 1])
+    with pytest.raises(ValueError, match=r"shape \(2, 4\).*must have 3 scores per row"):
+        m.update(torch.randn(2, 4), t)
+    with pytest.raises(ValueError, match=r"1 dim must be integer.*float32"):
+        m.update(torch.tensor([0.0, 1.0]), t)
+    with pytest.raises(ValueError, match="2 dims must be floating"):
+        m.update(torch.tensor([[0, 1, 2], [0, 1, 2]]), t)
+    with pytest.raises(ValueError, match=r"shape \(2, 3, 1\)"):
+        m.update(torch.randn(2, 3, 1), t)
+    with pytest.raises(ValueError, match=r"targets.*class index 3"):
+        m.update(torch.randn(2, 3), torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="num_classes"):
+        ConfusionMatrix(0)
+    assert m.num_samples == 0  # failed updates leave no trace
+    assert "num_classes=3" in repr(m)
+
+
+def test_accumulator_ignores_grad_and_works_with_requires_grad():
+    logits = torch.randn(4, 3, requires_grad=True)
+    m = ConfusionMatrix(3)
+    m.update(logits, torch.tensor([0, 1, 2, 0]))
+    assert m.num_samples == 4
