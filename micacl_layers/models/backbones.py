@@ -83,6 +83,8 @@ class TinyVideoBackbone(nn.Module):
     Args:
         out_dim: Output feature size.
         width: Channels of the first stage (doubled at each of the three stages).
+        normalize_input: Standardise each snippet per colour channel first
+            (``InstanceNorm3d``).
 
     Shape:
         - Input: :math:`(N, 3, F, H, W)`
@@ -93,8 +95,12 @@ class TinyVideoBackbone(nn.Module):
         torch.Size([2, 64])
     """
 
-    def __init__(self, out_dim: int = 128, *, width: int = 16) -> None:
+    def __init__(self, out_dim: int = 128, *, width: int = 16, normalize_input: bool = True
+                 ) -> None:
         super().__init__()
+        # A network this small has no capacity to spare for lighting and colour changes:
+        # standardising each snippet per channel removes them before the first convolution.
+        self.input_norm = nn.InstanceNorm3d(3) if normalize_input else nn.Identity()
 
         def block(cin: int, cout: int, stride: tuple[int, int, int]) -> nn.Sequential:
             return nn.Sequential(
@@ -115,4 +121,4 @@ class TinyVideoBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Embed each snippet."""
-        return self.proj(self.features(x))
+        return self.proj(self.features(self.input_norm(x)))

@@ -1,0 +1,716 @@
+#!/usr/bin/env python
+"""Train and evaluate MICACL on DFEW, FERV39k or the synthetic demo data.
+
+Defaults follow the paper (AdamW, lr 4e-4, weight decay 0.05, cosine schedule to 3e-6 with a
+10-epoch warm-up, 300 epochs, 16 frames at 112x112, R3D-18). Examples::
+
+    # the CPU demo: generates a small synthetic DFEW-layout data set, trains, evaluates
+    python examples/train_dfew.py --demo
+
+    # DFEW fold 1, then all five folds (mean over folds reported)
+    python examples/train_dfew.py --dataset dfew --root /data/DFEW --fold 1 \\
+        --backbone-weights r3d_18-b3b3357e.pth
+    python examples/train_dfew.py --dataset dfew --root /data/DFEW --fold all ...
+
+    # several GPUs
+    torchrun --nproc_per_node 4 examples/train_dfew.py --dataset dfew --root /data/DFEW ...
+
+Each run directory holds ``last.pt`` (written atomically every epoch; ``--resume`` continues
+from it exactly), ``best.pt``, ``log.csv``, ``results.json`` and, unless ``--no-plots``,
+``confusion_matrix.png`` and ``tsne.png``. Reported metrics: the final epoch's WAR/UAR and the
+best epoch's (one epoch, chosen by ``--select-by``; WAR and UAR are never mixed across epochs).
+Note that "best epoch" is selected on the test split, as the DFER literature does: the
+final-epoch figure is the unbiased one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from micacl_layers import MICACLLoss
+from micacl_layers.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_state_dict_checked,
+    save_checkpoint,
+)
+from micacl_layers.metrics import ConfusionMatrix, per_class_recall, uar, war
+from micacl_layers.models import MICACL
+
+SHORT_NAMES = {"happy": "Hap.", "sad": "Sad.", "neutral": "Neu.", "angry": "Ang.",
+               "surprise": "Sur.", "disgust": "Dis.", "fear": "Fea."}
+
+# Options that change the model's or the loss's shape: a resumed run must match on these.
+SHAPE_OPTIONS = ("dataset", "backbone", "num_frames", "num_instances", "hidden_size",
+                 "num_layers", "tiny_dim", "projection_dim", "loss", "aggregator", "no_geiim")
+
+# The CPU demo: small images, a tiny 3-D CNN and a short schedule (about 5 minutes on 2 cores).
+DEMO_DEFAULTS = {
+    "dataset": "synthetic", "root": "data/synthetic_dfew", "output": "runs/demo",
+    "backbone": "tiny", "image_size": 48, "crop_scale": 0.5, "epochs": 10, "batch_size": 16,
+    "lr": 2e-3,    "min_lr": 1e-5, "warmup_epochs": 1, "warmup_lr": 1e-4, "weight_decay": 0.05,
+    "hidden_size": 64, "num_layers": 1, "tiny_dim": 64, "projection_dim": 64, "workers": 2,
+    "tsne_samples": 500,
+}
+
+
+# ----------------------------------------------------------------------------- options
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Train and evaluate MICACL (GEIIM + WIAN + MCCL) on DFEW, FERV39k or "
+                    "synthetic DFEW-layout data.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", choices=("dfew", "ferv39k", "synthetic"), default="dfew",
+                   help="data set; 'synthetic' generates a small DFEW-layout set under --root "
+                        "if it is not there yet")
+    g.add_argument("--root", type=Path, default=None,
+                   help="data set root (DFEW: holds Clip/ and EmoLabel_DataSplit/; FERV39k: "
+                        "holds 2_ClipsforFaceCrop/ and 4_setups/)")
+    g.add_argument("--fold", default="1",
+                   help="DFEW fold 1..5, or 'all' to run the five folds and report their mean "
+                        "(ignored for FERV39k)")
+    g.add_argument("--num-frames", type=int, default=16, help="frames sampled per clip")
+    g.add_argument("--image-size", type=int, default=112, help="frame size after cropping")
+    g.add_argument("--crop-scale", type=float, default=0.08,
+                   help="smallest area fraction of the clip-consistent random-resized crop "
+                        "(the public code's 0.08; the demo's small synthetic faces use 0.5)")
+    g.add_argument("--workers", type=int, default=4, help="data-loader worker processes")
+    g.add_argument("--skip-bad-clips", action="store_true",
+                   help="skip clips with missing/empty frame folders (each one reported) "
+                        "instead of stopping")
+    g.add_argument("--synthetic-clips", type=int, default=1200,
+                   help="clips to generate for --dataset synthetic")
+    m = p.add_argument_group("model")
+    m.add_argument("--backbone", choices=("r3d_18", "tiny"), default="r3d_18",
+                   help="per-instance 3-D CNN ('tiny' is a small CPU network)")
+    m.add_argument("--backbone-weights", type=Path, default=None,
+                   help="local path of torchvision's R3D-18 Kinetics-400 weights "
+                        "(r3d_18-b3b3357e.pth); never downloaded")
+    m.add_argument("--num-instances", type=int, default=4,
+                   help="instances per clip (16 frames -> 4 instances of 4 frames)")
+    m.add_argument("--hidden-size", type=int, default=512, help="WIAN hidden size per direction")
+    m.add_argument("--num-layers", type=int, default=4,
+                   help="WIAN layers (the public code stacks 4)")
+    m.add_argument("--aggregator", choices=("wian", "lstm", "conv1d"), default="wian",
+                   help="instance aggregator (conv1d = the ablation baseline)")
+    m.add_argument("--no-geiim", action="store_true", help="drop GEIIM (ablation)")
+    m.add_argument("--weight-mode", default="instance_softmax",
+                   choices=("channel_softmax", "scaled_channel_softmax", "instance_softmax"),
+                   help="how GEIIM output becomes WIAN instance weights (Eq. 4 is "
+                        "channel_softmax)")
+    m.add_argument("--tiny-dim", type=int, default=128, help="feature size of --backbone tiny")
+    m.add_argument("--dropout", type=float, default=0.1, help="head dropout")
+    lo = p.add_argument_group("loss")
+    lo.add_argument("--loss", choices=("micacl", "public_code", "ce"), default="micacl",
+                    help="micacl: CET + mc_weight*MCCL (Eq. 13); public_code: CE(ls 0.1) + "
+                         "30*MCCL; ce: label-smoothed cross-entropy only")
+    lo.add_argument("--mc-weight", type=float, default=None,
+                    help="weight of MCCL (default: the preset's, 1 for micacl, 30 for "
+                         "public_code)")
+    lo.add_argument("--mccl-form", choices=("ratio", "log"), default=None,
+                    help="MCCL form: Eq. 11's ratio or the SupCon log form (default: preset's)")
+    lo.add_argument("--projection-dim", type=int, default=1024, help="MCCL projection size")
+    lo.add_argument("--tau0", type=float, default=0.07, help="MCCL base temperature")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=int, default=300, help="training epochs")
+    o.add_argument("--batch-size", type=int, default=128,
+                   help="clips per step (per process under torchrun)")
+    o.add_argument("--lr", type=float, default=4e-4, help="peak learning rate (AdamW)")
+    o.add_argument("--min-lr", type=float, default=3e-6, help="final learning rate (cosine)")
+    o.add_argument("--warmup-epochs", type=float, default=10, help="linear warm-up epochs")
+    o.add_argument("--warmup-lr", type=float, default=1e-5, help="learning rate at step 0")
+    o.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
+    o.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
+                   help="mixed precision: auto = on for CUDA (bf16 if supported, else fp16)")
+    o.add_argument("--seed", type=int, default=0,
+                   help="seeds Python, numpy, torch, shuffling and per-clip augmentation")
+    r = p.add_argument_group("run")
+    r.add_argument("--output", type=Path, default=Path("runs/micacl"), help="run directory")
+    r.add_argument("--resume", action="store_true",
+                   help="continue from <output>/last.pt exactly where it stopped")
+    r.add_argument("--stop-after", type=int, default=None,
+                   help="stop after this many epochs in this invocation (e.g. to fit a job's "
+                        "time limit), leaving last.pt for --resume")
+    r.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    r.add_argument("--select-by", choices=("war", "uar"), default="uar",
+                   help="metric that picks the best epoch (both metrics reported from it)")
+    r.add_argument("--no-plots", action="store_true", help="skip the confusion/t-SNE plots")
+    r.add_argument("--tsne-samples", type=int, default=2000, help="test clips in the t-SNE plot")
+    r.add_argument("--limit-train-batches", type=int, default=None,
+                   help="stop each epoch after this many batches (smoke tests)")
+    r.add_argument("--limit-eval-batches", type=int, default=None,
+                   help="evaluate on this many batches only (smoke tests)")
+    r.add_argument("--demo", action="store_true",
+                   help="CPU demo preset: synthetic data, tiny backbone, short schedule "
+                        f"({', '.join(f'{k}={v}' for k, v in DEMO_DEFAULTS.items())}); "
+                        "explicit options still win")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.demo:
+        # Demo values replace defaults only, never options the user typed.
+        explicit = {a.dest for a in parser._actions
+                    if any(opt in (argv if argv is not None else sys.argv[1:])
+                           for opt in a.option_strings)}
+        for key, value in DEMO_DEFAULTS.items():
+            if key not in explicit:
+                setattr(args, key, Path(value) if key in ("root", "output") else value)
+    if args.root is None:
+        if args.dataset == "synthetic":
+            args.root = Path("data/synthetic_dfew")
+        else:
+            parser.error(f"--root is required for --dataset {args.dataset}")
+    if args.fold != "all" and args.fold not in {"1", "2", "3", "4", "5"}:
+        parser.error(f"--fold must be 1..5 or 'all', got {args.fold!r}")
+    if args.num_frames % args.num_instances:
+        parser.error("--num-instances must divide --num-frames")
+    return args
+
+
+# ----------------------------------------------------------------------------- runtime
+class Runtime:
+    """Device, distributed rank and mixed-precision settings of this process."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.distributed = self.world_size > 1
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if args.device == "auto":
+            kind = "cuda" if torch.cuda.is_available() else "cpu"
+        else:
+            kind = args.device
+        if self.distributed:
+            backend = "nccl" if kind.startswith("cuda") else "gloo"
+            if not dist.is_initialized():
+                dist.init_process_group(backend)
+            if kind.startswith("cuda"):
+                kind = f"cuda:{self.local_rank}"
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.device = torch.device(kind)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        use_amp = args.amp == "on" or (args.amp == "auto" and self.device.type == "cuda")
+        self.amp_dtype: torch.dtype | None = None
+        if use_amp:
+            if self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+                self.amp_dtype = torch.float16
+            else:
+                self.amp_dtype = torch.bfloat16
+        # Loss scaling is only needed (and only correct) for float16.
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=self.amp_dtype == torch.float16)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def log(self, *msg: Any) -> None:
+        if self.main:
+            print(*msg, flush=True)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - user code may use the global stream
+    torch.manual_seed(seed)
+
+
+def worker_init(worker_id: int) -> None:
+    # Each worker's numpy/random streams derive from the torch seed the loader gave it.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)  # noqa: NPY002
+    random.seed(seed)
+
+
+# ----------------------------------------------------------------------------- data
+class EpochSeeded(Dataset):
+    """Makes each clip's frame sampling and augmentation a function of (seed, epoch, index).
+
+    The result no longer depends on worker count or on which worker reads a clip, so a resumed
+    run sees exactly the clips, frames and crops the uninterrupted run would have.
+    """
+
+    def __init__(self, base: Any, seed: int) -> None:
+        self.base, self.seed, self.epoch = base, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        g = torch.Generator()
+        g.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+        self.base.generator = g
+        return self.base[index]
+
+
+def shard_indices(n: int, rank: int, world: int, *, epoch: int, seed: int, shuffle: bool,
+                  pad: bool) -> list[int]:
+    """This rank's indices. Training pads to equal shards (so DDP steps match); evaluation
+    never pads, so no clip is counted twice and none is dropped."""
+    if shuffle:
+        g = torch.Generator().manual_seed(seed * 7919 + epoch)
+        order = torch.randperm(n, generator=g).tolist()
+    else:
+        order = list(range(n))
+    if pad and world > 1:
+        total = math.ceil(n / world) * world
+        order = order + order[: total - n]
+    return order[rank::world]
+
+
+def build_datasets(args: argparse.Namespace, fold: int, rt: Runtime):
+    from micacl_layers.data import (
+        DFEW,
+        ClipColorJitter,
+        ClipCompose,
+        ClipRandomHorizontalFlip,
+        ClipRandomResizedCrop,
+        FERV39k,
+        make_synthetic_dfew,
+        test_transform,
+    )
+
+    root = Path(args.root)
+    dataset = args.dataset
+    if dataset == "synthetic":
+        if not (root / "EmoLabel_DataSplit").is_dir():
+            if rt.main:
+                print(f"generating synthetic DFEW-layout data under {root} ...", flush=True)
+                # Every fold's split file, so --fold all works on the same clips.
+                make_synthetic_dfew(root, total_clips=args.synthetic_clips,
+                                    min_clips_per_class=25, folds=(1, 2, 3, 4, 5),
+                                    seed=args.seed)
+            if rt.distributed:
+                dist.barrier()
+        dataset = "dfew"
+    common = {"num_frames": args.num_frames, "skip_bad_clips": args.skip_bad_clips}
+    train_tf = ClipCompose([
+        ClipRandomResizedCrop(args.image_size, scale=(args.crop_scale, 1.0)),
+        ClipRandomHorizontalFlip(0.5),
+        ClipColorJitter(0.4, 0.4, 0.4),
+    ])
+    if dataset == "dfew":
+        train = DFEW(root, fold, "train", transform=train_tf, **common)
+        test = DFEW(root, fold, "test", transform=test_transform(args.image_size), **common)
+    else:
+        train = FERV39k(root, "train", transform=train_tf, **common)
+        test = FERV39k(root, "test", transform=test_transform(args.image_size), **common)
+    return train, test
+
+
+# ----------------------------------------------------------------------------- model and loss
+class TrainStep(nn.Module):
+    """Model and criterion in one Module, so DDP synchronises the loss's projections too."""
+
+    def __init__(self, model: MICACL, criterion: nn.Module | None, label_smoothing: float = 0.1
+                 ) -> None:
+        super().__init__()
+        self.model = model
+        self.criterion = criterion
+        self.label_smoothing = label_smoothing
+
+    def forward(self, clips: torch.Tensor, targets: torch.Tensor):
+        logits, features = self.model(clips)
+        if self.criterion is None:
+            loss = nn.functional.cross_entropy(logits.float(), targets,
+                                               label_smoothing=self.label_smoothing)
+            return loss, {"ce": loss.detach()}
+        out = self.criterion(features, logits, targets, classifier=self.model.classifier,
+                             return_breakdown=True)
+        parts = {k: v.detach() for k, v in out._asdict().items() if k != "loss"}
+        return out.loss, parts
+
+
+def build_model(args: argparse.Namespace, num_classes: int) -> MICACL:
+    return MICACL(
+        num_classes, backbone=args.backbone, backbone_weights=args.backbone_weights,
+        num_frames=args.num_frames, num_instances=args.num_instances, tiny_dim=args.tiny_dim,
+        hidden_size=args.hidden_size, num_layers=args.num_layers, aggregator=args.aggregator,
+        use_geiim=not args.no_geiim, weight_mode=args.weight_mode, dropout=args.dropout)
+
+
+def build_criterion(args: argparse.Namespace, model: MICACL, class_counts: list[int]
+                    ) -> nn.Module | None:
+    if args.loss == "ce":
+        return None
+    overrides: dict[str, Any] = {"projection_dim": args.projection_dim, "tau0": args.tau0}
+    if args.mc_weight is not None:
+        overrides["mc_weight"] = args.mc_weight
+    if args.mccl_form is not None:
+        overrides["form"] = args.mccl_form
+    preset = "paper" if args.loss == "micacl" else "public_code"
+    return MICACLLoss.from_preset(preset, model.head.num_classes, model.feature_dim,
+                                  class_counts=class_counts, **overrides)
+
+
+def lr_at(step: int, steps_per_epoch: int, args: argparse.Namespace) -> float:
+    """Per-iteration schedule: linear warm-up from warmup_lr, then cosine down to min_lr."""
+    warmup = int(args.warmup_epochs * steps_per_epoch)
+    total = max(args.epochs * steps_per_epoch, 1)
+    if step < warmup:
+        return args.warmup_lr + (args.lr - args.warmup_lr) * step / warmup
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()  # noqa: NPY002
+    state = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    n = state["numpy"]
+    legacy = ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+              n["cached"])
+    np.random.set_state(legacy)  # noqa: NPY002
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(obj: Any) -> Any:
+    return tuple(_as_tuple(o) for o in obj) if isinstance(obj, (list, tuple)) else obj
+
+
+def shape_signature(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in SHAPE_OPTIONS}
+
+
+# ----------------------------------------------------------------------------- reporting
+def per_class_table(classes: list[str], rows: list[tuple[str, dict[str, Any]]]) -> str:
+    names = [SHORT_NAMES.get(c.lower(), c[:4] + ".") for c in classes]
+    head = "| Run | " + " | ".join(names) + " | WAR | UAR |"
+    sep = "|" + "---|" * (len(names) + 3)
+    lines = [head, sep]
+    for label, m in rows:
+        cells = ["n/a" if r is None else f"{100 * r:.2f}" for r in m["per_class_recall"]]
+        lines.append(f"| {label} | " + " | ".join(cells)
+                     + f" | {100 * m['war']:.2f} | {100 * m['uar']:.2f} |")
+    return "\n".join(lines)
+
+
+def save_plots(out: Path, cm: torch.Tensor, classes: list[str], features: np.ndarray,
+               labels: np.ndarray, seed: int, rt: Runtime) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        rt.log("matplotlib is not installed: skipping plots (pip install micacl-layers[examples])")
+        return
+    cmf = cm.double()
+    norm = cmf / cmf.sum(dim=1, keepdim=True).clamp_min(1)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    im = ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{norm[i, j]:.2f}\n({int(cm[i, j])})", ha="center", va="center",
+                    fontsize=7, color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Confusion matrix (row-normalised)")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(out / "confusion_matrix.png", dpi=120)
+    plt.close(fig)
+    try:
+        from sklearn.manifold import TSNE
+    except ImportError:
+        rt.log("scikit-learn is not installed: skipping the t-SNE plot")
+        return
+    if len(features) < 5:
+        return
+    emb = TSNE(n_components=2, init="pca", random_state=seed,
+               perplexity=min(30.0, (len(features) - 1) / 3)).fit_transform(features)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for k, name in enumerate(classes):
+        sel = labels == k
+        ax.scatter(emb[sel, 0], emb[sel, 1], s=6, label=name)
+    ax.legend(markerscale=3, fontsize=8)
+    ax.set_title("t-SNE of clip features (test split)")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(out / "tsne.png", dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- loops
+def progress(iterable, total: int, desc: str, rt: Runtime, args: argparse.Namespace):
+    if args.quiet or not rt.main:
+        return iterable
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True,
+                mininterval=1.0)
+
+
+def make_loader(dataset, indices: list[int], args: argparse.Namespace, rt: Runtime,
+                shuffle_seed: int | None = None) -> DataLoader:
+    subset = torch.utils.data.Subset(dataset, indices)
+    return DataLoader(subset, batch_size=args.batch_size, shuffle=False, drop_last=False,
+                      num_workers=args.workers, worker_init_fn=worker_init,
+                      pin_memory=rt.device.type == "cuda", persistent_workers=False)
+
+
+@torch.no_grad()
+def evaluate(model: MICACL, dataset, num_classes: int, args: argparse.Namespace, rt: Runtime,
+             collect: int = 0):
+    model.eval()
+    indices = shard_indices(len(dataset), rt.rank, rt.world_size, epoch=0, seed=0,
+                            shuffle=False, pad=False)
+    loader = make_loader(dataset, indices, args, rt)
+    cm = ConfusionMatrix(num_classes)
+    feats, labels = [], []
+    total = len(loader) if args.limit_eval_batches is None else min(len(loader),
+                                                                     args.limit_eval_batches)
+    for i, (clips, targets) in enumerate(progress(loader, total, "eval", rt, args)):
+        if args.limit_eval_batches is not None and i >= args.limit_eval_batches:
+            break
+        clips = clips.to(rt.device, non_blocking=True)
+        with rt.autocast():
+            logits, feature = model(clips)
+        cm.update(logits.float().cpu(), targets)
+        if collect and sum(len(f) for f in feats) < collect:
+            feats.append(feature.float().cpu())
+            labels.append(targets)
+    matrix = cm.compute()
+    if rt.distributed:
+        matrix = matrix.to(rt.device)
+        dist.all_reduce(matrix)
+        matrix = matrix.cpu()
+    recall = per_class_recall(matrix)
+    metrics = {
+        "war": war(matrix),
+        "uar": uar(matrix),
+        # None (JSON null) for a class absent from the test split: its recall is undefined.
+        "per_class_recall": [None if math.isnan(r) else r for r in recall.tolist()],
+        "confusion": matrix.tolist(),
+    }
+    features = torch.cat(feats)[:collect].numpy() if feats else np.zeros((0, 1))
+    labs = torch.cat(labels)[:collect].numpy() if labels else np.zeros((0,), dtype=np.int64)
+    return metrics, features, labs
+
+
+def train_one_fold(args: argparse.Namespace, fold: int, out: Path, rt: Runtime) -> dict:
+    seed_everything(args.seed)
+    train_set, test_set = build_datasets(args, fold, rt)
+    classes = list(train_set.classes)
+    num_classes = len(classes)
+    rt.log(f"[fold {fold}] train: {len(train_set)} clips {train_set.class_counts}, "
+           f"test: {len(test_set)} clips {test_set.class_counts}")
+    model = build_model(args, num_classes).to(rt.device)
+    criterion = build_criterion(args, model, train_set.class_counts)
+    step_module = TrainStep(model, criterion).to(rt.device)
+    params = [p for p in step_module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, eps=1e-8)
+    seeded = EpochSeeded(train_set, args.seed)
+    steps_per_epoch = math.ceil(
+        len(shard_indices(len(train_set), rt.rank, rt.world_size, epoch=0, seed=args.seed,
+                          shuffle=True, pad=True)) / args.batch_size)
+    if args.limit_train_batches is not None:
+        steps_per_epoch = min(steps_per_epoch, args.limit_train_batches)
+
+    start_epoch, global_step, history = 0, 0, []
+    best: dict[str, Any] | None = None
+    last_path = out / "last.pt"
+    if args.resume:
+        if not last_path.is_file():
+            raise SystemExit(f"--resume: no checkpoint at {last_path}")
+        ckpt = load_checkpoint(last_path, map_location="cpu")
+        if ckpt.get("shape") != shape_signature(args):
+            raise CheckpointError(
+                f"{last_path} was written with options {ckpt.get('shape')}, which do not "
+                f"match this run's {shape_signature(args)}.")
+        load_state_dict_checked(step_module, ckpt["train_step"], source=str(last_path))
+        optimizer.load_state_dict(ckpt["optimizer"])
+        rt.scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, global_step = ckpt["epoch"] + 1, ckpt["global_step"]
+        history, best = ckpt["history"], ckpt["best"]
+        set_rng_state(ckpt["rng"])
+        rt.log(f"[fold {fold}] resumed from {last_path} after epoch {ckpt['epoch'] + 1}")
+
+    runner = step_module
+    if rt.distributed:
+        runner = nn.parallel.DistributedDataParallel(
+            step_module, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    writer = None
+    if rt.main:
+        out.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(ImportError):
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(str(out / "tb"))
+
+    for epoch in range(start_epoch, args.epochs):
+        if args.stop_after is not None and epoch - start_epoch >= args.stop_after:
+            rt.log(f"[fold {fold}] stopping after {args.stop_after} epoch(s) as asked; "
+                   f"continue with --resume")
+            if writer is not None:
+                writer.close()
+            return {"fold": fold, "stopped_after_epoch": epoch}
+        step_module.train()
+        seeded.epoch = epoch
+        indices = shard_indices(len(train_set), rt.rank, rt.world_size, epoch=epoch,
+                                seed=args.seed, shuffle=True, pad=True)
+        loader = make_loader(seeded, indices, args, rt)
+        sums: dict[str, float] = {}
+        seen = 0
+        t0 = time.time()
+        bar = progress(loader, steps_per_epoch, f"epoch {epoch + 1}/{args.epochs}", rt, args)
+        for i, (clips, targets) in enumerate(bar):
+            if i >= steps_per_epoch:
+                break
+            lr = lr_at(global_step, steps_per_epoch, args)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            clips = clips.to(rt.device, non_blocking=True)
+            targets = targets.to(rt.device, non_blocking=True)
+            with rt.autocast():
+                loss, parts = runner(clips, targets)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch + 1}, "
+                                         f"step {i}: {parts}")
+            optimizer.zero_grad(set_to_none=True)
+            rt.scaler.scale(loss).backward()
+            rt.scaler.step(optimizer)
+            rt.scaler.update()
+            global_step += 1
+            n = clips.shape[0]
+            seen += n
+            for k, v in {"loss": loss.detach(), **parts}.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * n
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{float(loss):.3f}", lr=f"{lr:.2e}")
+        train_stats = {k: v / max(seen, 1) for k, v in sums.items()}
+        metrics, _, _ = evaluate(model, test_set, num_classes, args, rt)
+        record = {"epoch": epoch + 1, "lr": lr_at(global_step - 1, steps_per_epoch, args),
+                  "seconds": round(time.time() - t0, 2), **{f"train_{k}": v for k, v in
+                                                             train_stats.items()},
+                  "war": metrics["war"], "uar": metrics["uar"],
+                  "per_class_recall": metrics["per_class_recall"]}
+        history.append(record)
+        key = args.select_by
+        if best is None or metrics[key] > best["metrics"][key]:
+            best = {"epoch": epoch + 1, "metrics": metrics}
+            if rt.main:
+                save_checkpoint({"model": model.state_dict(), "epoch": epoch,
+                                 "shape": shape_signature(args), "metrics": metrics},
+                                out / "best.pt")
+        rt.log(f"[fold {fold}] epoch {epoch + 1}/{args.epochs}  "
+               f"loss {train_stats.get('loss', 0):.4f}"
+               f"  WAR {100 * metrics['war']:.2f}  UAR {100 * metrics['uar']:.2f}"
+               f"  ({record['seconds']:.0f}s)")
+        if rt.main:
+            write_csv(out / "log.csv", history, classes)
+            if writer is not None:
+                for k, v in record.items():
+                    if isinstance(v, (int, float)) and k != "epoch":
+                        writer.add_scalar(k, v, epoch + 1)
+            save_checkpoint({"train_step": step_module.state_dict(),
+                             "optimizer": optimizer.state_dict(),
+                             "scaler": rt.scaler.state_dict(), "epoch": epoch,
+                             "global_step": global_step, "history": history, "best": best,
+                             "rng": rng_state(), "shape": shape_signature(args)},
+                            last_path)
+    if writer is not None:
+        writer.close()
+
+    final_metrics, feats, labels = evaluate(model, test_set, num_classes, args, rt,
+                                            collect=0 if args.no_plots else args.tsne_samples)
+    final_epoch = history[-1]["epoch"] if history else 0
+    result = {"fold": fold, "classes": classes, "final_epoch": final_epoch,
+              "final": final_metrics, "best_epoch": best["epoch"] if best else 0,
+              "best": best["metrics"] if best else final_metrics, "select_by": args.select_by}
+    if rt.main:
+        rt.log("")
+        rt.log(per_class_table(classes, [(f"final (epoch {final_epoch})", final_metrics),
+                                         (f"best {args.select_by.upper()} "
+                                          f"(epoch {result['best_epoch']})", result["best"])]))
+        (out / "results.json").write_text(json.dumps(result, indent=2))
+        if not args.no_plots:
+            save_plots(out, torch.tensor(final_metrics["confusion"]), classes, feats, labels,
+                       args.seed, rt)
+            rt.log(f"plots written to {out}/confusion_matrix.png and {out}/tsne.png")
+    return result
+
+
+def write_csv(path: Path, history: list[dict], classes: list[str]) -> None:
+    keys = [k for k in history[0] if k != "per_class_recall"]
+    extra = [f"recall_{c}" for c in classes]
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(keys + extra)
+        for row in history:
+            w.writerow([row.get(k, "") for k in keys] + row["per_class_recall"])
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    rt = Runtime(args)
+    if args.dataset == "ferv39k":
+        folds = [0]
+    else:
+        folds = [1, 2, 3, 4, 5] if args.fold == "all" else [int(args.fold)]
+    rt.log(f"device {rt.device}, world size {rt.world_size}, amp {rt.amp_dtype}, "
+           f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    results = []
+    for fold in folds:
+        out = args.output / f"fold{fold}" if len(folds) > 1 else args.output
+        results.append(train_one_fold(args, fold, out, rt))
+    if len(results) > 1 and rt.main and all("final" in r for r in results):
+        rt.log("\nMean over folds (final epoch / best epoch per fold):")
+        for which in ("final", "best"):
+            war = np.array([r[which]["war"] for r in results]) * 100
+            uar = np.array([r[which]["uar"] for r in results]) * 100
+            rt.log(f"  {which:5s}: WAR {war.mean():.2f} ± {war.std():.2f}  "
+                   f"UAR {uar.mean():.2f} ± {uar.std():.2f}")
+    if rt.distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+    return results
+
+
+if __name__ == "__main__":
+    main()
