@@ -1,0 +1,95 @@
+"""A cross-batch memory of past embeddings, extra contrast candidates for small batches.
+
+DFER batches are small (8-32 clips for 7 classes), so most anchors of the rare classes find no
+positive in their own batch and contribute nothing to a contrastive loss. A first-in-first-out
+queue of the last ``size`` (detached) embeddings and labels gives them positives from earlier
+batches (as in cross-batch memory, Wang et al., CVPR 2020). Stored embeddings were produced by
+earlier weights; keep the queue short relative to how fast the projection changes (a few
+batches' worth is typical), or :meth:`ContrastMemory.reset` it after large updates.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from micacl_layers._validation import check_positive_int
+
+__all__ = ["ContrastMemory"]
+
+
+class ContrastMemory(nn.Module):
+    """A FIFO queue of embeddings (one slot per scale) and their labels, saved in the state_dict.
+
+    Args:
+        size: Number of past samples kept.
+        dims: Embedding size of each scale.
+        device: Buffer device.
+        dtype: Buffer dtype (float32 by default).
+
+    Shape:
+        - push: embeddings ``[(B, dims[s]) for s]``, targets :math:`(B,)`
+        - get: embeddings ``[(M, dims[s]) for s]`` and targets :math:`(M,)`, ``M <= size``
+
+    Example:
+        >>> mem = ContrastMemory(4, dims=(3,))
+        >>> mem.push([torch.randn(2, 3)], torch.tensor([0, 1]))
+        >>> feats, targets = mem.get()
+        >>> feats[0].shape, targets.tolist()
+        (torch.Size([2, 3]), [0, 1])
+    """
+
+    def __init__(self, size: int, dims: tuple[int, ...] | list[int], *,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None
+                 ) -> None:
+        super().__init__()
+        self.size = check_positive_int("memory_size", size)
+        self.dims = tuple(int(d) for d in dims)
+        for i, d in enumerate(self.dims):
+            self.register_buffer(f"features_{i}", torch.zeros(size, d, device=device,
+                                                                dtype=dtype or torch.float32))
+        # -1 marks an empty slot; int64 buffers survive model.half().
+        self.register_buffer("targets", torch.full((size,), -1, dtype=torch.long, device=device))
+        self.register_buffer("pointer", torch.zeros((), dtype=torch.long, device=device))
+
+    def _features(self, i: int) -> torch.Tensor:
+        return getattr(self, f"features_{i}")
+
+    @torch.no_grad()
+    def push(self, embeddings: list[torch.Tensor], targets: torch.Tensor) -> None:
+        """Enqueue a batch (detached), overwriting the oldest entries."""
+        if len(embeddings) != len(self.dims):
+            raise ValueError(f"`embeddings` must hold one tensor per scale ({len(self.dims)}), "
+                             f"got {len(embeddings)}.")
+        n = targets.shape[0]
+        if n == 0:
+            return
+        # With a batch larger than the queue only its newest `size` samples fit.
+        keep = min(n, self.size)
+        start = int(self.pointer)
+        slots = (torch.arange(keep, device=self.targets.device) + start) % self.size
+        for i, emb in enumerate(embeddings):
+            buf = self._features(i)
+            buf[slots] = emb[-keep:].detach().to(device=buf.device, dtype=buf.dtype)
+        self.targets[slots] = targets[-keep:].to(self.targets.device)
+        self.pointer.fill_((start + keep) % self.size)
+
+    def get(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The filled entries: one embedding tensor per scale, and their labels."""
+        filled = self.targets >= 0
+        return [self._features(i)[filled] for i in range(len(self.dims))], self.targets[filled]
+
+    def __len__(self) -> int:
+        return int((self.targets >= 0).sum())
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Empty the queue."""
+        self.targets.fill_(-1)
+        self.pointer.zero_()
+        for i in range(len(self.dims)):
+            self._features(i).zero_()
+
+    def extra_repr(self) -> str:
+        """Options shown in ``repr()``."""
+        return f"size={self.size}, dims={self.dims}"
