@@ -6,6 +6,16 @@ temperature set from the class distribution (Eq. 10), and weighted towards rare 
 samples (Eq. 7). Numerics: similarities and log-sum-exp run in float32 (or wider) whatever the
 input dtype; masked entries use the dtype's own ``finfo.min``, never ``inf``; an anchor without a
 positive contributes an exact, graph-connected zero.
+
+Speed and memory: each scale's contrastive term runs in :class:`_ContrastiveCore`, whose only
+``(B, M)`` float buffer holds the exp-similarities shifted by the row maximum and becomes the
+gradient in place in the backward: never the masked copies of a straightforward formulation.
+Small buffers (up to ``_KEEP_ENTRIES``, 16 MB) are kept for the backward, one per scale; larger
+ones are recomputed there, so one is alive at a time. The positive mask is built a block of rows
+at a time; without a memory bank only the upper block triangle of the symmetric ``A A^T`` is
+multiplied, and its backward is one product, ``(G + G^T) A``. The
+straightforward formulation (:func:`_contrastive_reference`) runs under ``torch.compile``, for a
+temperature that needs a gradient, and for double backward; both agree to float32 rounding.
 """
 
 from __future__ import annotations
@@ -26,6 +36,8 @@ from micacl_layers._validation import (
     check_same_batch,
     describe,
 )
+from micacl_layers.distributed import gather_with_grad, gather_without_grad, is_distributed
+from micacl_layers.memory import ContrastMemory
 
 __all__ = [
     "MCCLOutput",
@@ -244,23 +256,62 @@ def supervised_contrastive_per_anchor(
         >>> has_pos.tolist()
         [True, True, False]
     """
+    # Under torch.autocast the matmul below would run in float16/bfloat16 again: the
+    # similarities and their log-sum-exp must stay in float32, so autocast is off here.
+    with torch.autocast(z.device.type, enabled=False):
+        return _contrastive_per_anchor(z, targets, temperature, form=form,
+                                       exclude_self=exclude_self, memory_z=memory_z,
+                                       memory_targets=memory_targets)
+
+
+def _contrastive_per_anchor(z, targets, temperature, *, form, exclude_self, memory_z,
+                            memory_targets):
+    if form not in _FORMS:
+        raise ValueError(f"`form` must be one of {_FORMS}, got {form!r}.")
     dtype = _compute_dtype(z)
     # sqrt(tiny) keeps cosine defined for feature norms down to ~1e-19 in float32.
     eps = torch.finfo(dtype).tiny ** 0.5
-    anchors = F.normalize(z.to(dtype), dim=-1, eps=eps)
-    cands, cand_targets = anchors, targets
+    z = z.to(dtype)
+    mem, cand_targets = None, targets
     if memory_z is not None:
-        mem = F.normalize(memory_z.to(device=z.device, dtype=dtype), dim=-1, eps=eps)
-        cands = torch.cat([anchors, mem], dim=0)
+        mem = memory_z.to(device=z.device, dtype=dtype)
         cand_targets = torch.cat([targets, memory_targets.to(targets.device)], dim=0)
     temperature = torch.as_tensor(temperature, dtype=dtype, device=z.device)
+    if torch.jit.is_scripting() or torch.compiler.is_compiling() or temperature.requires_grad:
+        # torch.compile fuses the reference itself; a learned temperature needs its graph.
+        return _contrastive_reference(z, mem, targets, cand_targets, temperature, form,
+                                      exclude_self, eps)
+    loss, has_positive = _ContrastiveCore.apply(z, mem, targets, cand_targets, temperature,
+                                                form, exclude_self, eps)
+    return loss, has_positive
+
+
+def _contrastive_reference(
+    z: torch.Tensor,
+    mem: torch.Tensor | None,
+    targets: torch.Tensor,
+    cand_targets: torch.Tensor,
+    temperature: torch.Tensor,
+    form: str,
+    exclude_self: bool,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The straightforward formulation (masked copies of the similarity matrix, autograd).
+
+    Used under ``torch.compile``, for a temperature that needs a gradient, and for double
+    backward; :class:`_ContrastiveCore` computes the same values with one ``(B, M)`` buffer.
+    """
+    anchors = F.normalize(z, dim=-1, eps=eps)
+    cands = anchors
+    if mem is not None:
+        cands = torch.cat([anchors, F.normalize(mem, dim=-1, eps=eps)], dim=0)
     sim = (anchors @ cands.t()) / temperature
     batch = anchors.shape[0]
     positive = targets[:, None] == cand_targets[None, :]
-    fill = torch.finfo(dtype).min
+    fill = torch.finfo(sim.dtype).min
     if exclude_self:
         is_self = torch.zeros_like(positive)
-        is_self[:, :batch] = torch.eye(batch, dtype=torch.bool, device=z.device)
+        is_self[:, :batch] = torch.eye(batch, dtype=torch.bool, device=sim.device)
         positive = positive & ~is_self
         lse_all = sim.masked_fill(is_self, fill).logsumexp(dim=1)
     else:
@@ -270,12 +321,245 @@ def supervised_contrastive_per_anchor(
     if form == "ratio":
         lse_pos = sim.masked_fill(~positive, fill).logsumexp(dim=1)
         loss = -torch.exp(lse_pos - lse_all)
-    elif form == "log":
+    else:
         mean_pos = (sim * positive).sum(dim=1) / num_pos.clamp_min(1)
         loss = lse_all - mean_pos
-    else:
-        raise ValueError(f"`form` must be one of {_FORMS}, got {form!r}.")
     return torch.where(has_positive, loss, torch.zeros_like(loss)), has_positive
+
+
+# Element-wise work on the (B, M) similarities runs over blocks of rows of about this many
+# entries, so that masks and temporaries stay small next to the one full-size buffer.
+_BLOCK_ENTRIES = 1 << 20
+# Up to this many entries (16 MB in float32, e.g. B = M = 2048) the forward's exp-similarities
+# are kept for the backward, one buffer per scale, which saves recomputing a product; above it
+# they are recomputed, so that a single (B, M) buffer is ever alive.
+_KEEP_ENTRIES = 1 << 22
+# Rows per strip of the symmetric A A^T (only the upper block triangle is computed).
+_GRAM_BLOCK = 256
+
+_HAS_ONEDNN_LINEAR = (torch.backends.mkldnn.is_available()
+                      and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+def _mm_t(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``x @ y^T`` (views are fine).
+
+    Through oneDNN on CPU in float32: faster than the default BLAS on many CPUs, and what
+    ``nn.LSTM`` and the convolutions run on there.
+    """
+    if (_HAS_ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype == torch.float32
+            and torch._C._get_mkldnn_enabled()):
+        return torch.ops.mkldnn._linear_pointwise(x, y, None, "none", [], "")
+    return x @ y.t()
+
+
+def _gram(a: torch.Tensor) -> torch.Tensor:
+    """``a @ a^T``, symmetric: strips of the upper block triangle, mirrored.
+
+    About half the multiply-adds of a full product for large ``B``.
+    """
+    n = a.shape[0]
+    block = _GRAM_BLOCK
+    if n <= block:
+        return _mm_t(a, a)
+    out = a.new_empty(n, n)
+    for i in range(0, n, block):
+        rows = slice(i, min(i + block, n))
+        strip = _mm_t(a[rows], a[i:])
+        out[rows, i:] = strip
+        out[i + block:, rows] = strip[:, block:].t()
+    return out
+
+
+def _similarities(anchors: torch.Tensor, mem: torch.Tensor | None, temperature: torch.Tensor,
+                  exclude_self: bool) -> torch.Tensor:
+    """``S = A C^T / tau`` with ``C = [A; mem]``, self entries set to ``finfo.min``."""
+    if mem is None:
+        sim = _gram(anchors)
+    else:
+        sim = _mm_t(anchors, torch.cat([anchors, mem], dim=0))
+    sim.div_(temperature)
+    if exclude_self:
+        sim[:, :anchors.shape[0]].diagonal().fill_(torch.finfo(sim.dtype).min)
+    return sim
+
+
+def _row_blocks(rows: int, cols: int) -> list[tuple[int, int]]:
+    step = max(1, _BLOCK_ENTRIES // max(cols, 1))
+    return [(start, min(start + step, rows)) for start in range(0, rows, step)]
+
+
+def _positive_block(targets: torch.Tensor, cand_targets: torch.Tensor, start: int, stop: int,
+                    exclude_self: bool) -> torch.Tensor:
+    """Rows ``start:stop`` of the positive mask ``P`` (same class, minus self)."""
+    mask = targets[start:stop, None] == cand_targets[None, :]
+    if exclude_self:
+        mask[:, start:stop].diagonal().fill_(False)
+    return mask
+
+
+def _positive_counts(targets: torch.Tensor, cand_targets: torch.Tensor,
+                     exclude_self: bool) -> torch.Tensor:
+    """``|P(i)|`` without a ``(B, M)`` mask: how often each anchor's class occurs."""
+    ordered = cand_targets.sort().values
+    counts = (torch.searchsorted(ordered, targets, right=True)
+              - torch.searchsorted(ordered, targets))
+    return counts - 1 if exclude_self else counts
+
+
+def _add_transpose_(m: torch.Tensor, block: int = 512) -> torch.Tensor:
+    """``m += m.T`` in place for a square matrix, one block pair at a time."""
+    n = m.shape[0]
+    for i in range(0, n, block):
+        rows = slice(i, min(i + block, n))
+        diag = m[rows, rows]
+        diag.copy_(diag + diag.t())
+        for j in range(i + block, n, block):
+            cols = slice(j, min(j + block, n))
+            pair = m[rows, cols] + m[cols, rows].t()
+            m[rows, cols] = pair
+            m[cols, rows] = pair.t()
+    return m
+
+
+def _normalize(z: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``F.normalize(z, dim=-1, eps=eps)`` (same ops) and the clamped norms ``(B, 1)``."""
+    denom = torch.linalg.vector_norm(z, dim=-1, keepdim=True).clamp_min(eps)
+    return z / denom, denom
+
+
+def _normalize_backward(grad: torch.Tensor, unit: torch.Tensor, denom: torch.Tensor,
+                        eps: float) -> torch.Tensor:
+    """Gradient through :func:`_normalize`, in place of ``grad``: ``(g - u (u . g)) / |z|``.
+
+    Where the norm was clamped to ``eps`` the map ``z / eps`` is linear: ``g / eps``.
+    """
+    radial = (unit * grad).sum(dim=-1, keepdim=True)
+    radial.masked_fill_(denom <= eps, 0.0)
+    return grad.sub_(unit * radial).div_(denom)
+
+
+class _ContrastiveCore(torch.autograd.Function):
+    """Per-anchor supervised contrastive loss with one ``(B, M)`` buffer alive at a time.
+
+    Takes the raw embeddings ``z`` (and ``mem``) and normalises them itself. Forward: ``S = A
+    C^T / tau`` (self masked; without a memory bank only the upper block triangle of the
+    symmetric ``A A^T`` is multiplied), the row maxima, then ``E = exp(S - max)`` in place and
+    per-row sums over all candidates and over the positives (the positive mask is built a block
+    of rows at a time from the labels, never as a full-size float buffer): the ratio form is
+    ``-sum_P E / sum_A E`` and the log form ``log sum_A E + max - mean_P S``, the same values as
+    the masked log-sum-exps of :func:`_contrastive_reference`. The backward turns ``E`` into
+    ``dL/dS`` in place and, without a memory bank, uses ``dL/dA = (G + G^T) A`` (one product
+    instead of two). ``E`` is kept for the backward only up to ``_KEEP_ENTRIES`` entries (and
+    handed over, not saved: a second backward with ``retain_graph`` recomputes it); above that
+    the backward recomputes it, so that one ``(B, M)`` buffer is alive at a time.
+    """
+
+    @staticmethod
+    def forward(ctx, z, mem, targets, cand_targets, temperature, form,  # type: ignore[override]
+                exclude_self, eps):
+        anchors, denom = _normalize(z, eps)
+        mem_unit = mem_denom = None
+        if mem is not None:
+            mem_unit, mem_denom = _normalize(mem, eps)
+        batch = anchors.shape[0]
+        num_pos = _positive_counts(targets, cand_targets, exclude_self)
+        has_positive = num_pos > 0
+        sim = _similarities(anchors, mem_unit, temperature, exclude_self)
+        maxes = sim.amax(dim=1)
+        total = sim.new_empty(batch)  # sum over candidates of exp(S - max)
+        pos = sim.new_empty(batch)  # ratio: sum over positives of exp(S - max); log: of S
+        for start, stop in _row_blocks(batch, sim.shape[1]):
+            block = sim[start:stop]
+            mask = _positive_block(targets, cand_targets, start, stop, exclude_self)
+            if form == "log":
+                torch.sum(torch.where(mask, block, 0), dim=1, out=pos[start:stop])
+            block.sub_(maxes[start:stop, None]).exp_()
+            torch.sum(block, dim=1, out=total[start:stop])
+            if form == "ratio":
+                torch.sum(torch.where(mask, block, 0), dim=1, out=pos[start:stop])
+        keep = any(ctx.needs_input_grad[:2]) and sim.numel() <= _KEEP_ENTRIES
+        ctx.exp_sim = sim if keep else None
+        del sim
+        if form == "ratio":
+            share = pos / total  # = exp(lse_P - lse_A)
+            loss = -share
+            aux = share
+        else:
+            aux = num_pos.clamp_min(1).to(pos.dtype)
+            loss = total.log() + maxes - pos / aux
+        loss = torch.where(has_positive, loss, torch.zeros_like(loss))
+        ctx.form, ctx.exclude_self, ctx.eps = form, exclude_self, eps
+        ctx.save_for_backward(z, mem, anchors, denom, mem_unit, mem_denom, targets,
+                              cand_targets, temperature, maxes, total, aux, has_positive)
+        ctx.mark_non_differentiable(has_positive)
+        return loss, has_positive
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_has_positive):  # type: ignore[override]
+        (z, mem, anchors, denom, mem_unit, mem_denom, targets, cand_targets, temperature,
+         maxes, total, aux, has_positive) = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True (double backward): differentiate the reference formulation.
+            with torch.enable_grad():
+                loss, _ = _contrastive_reference(z, mem, targets, cand_targets, temperature,
+                                                 ctx.form, ctx.exclude_self, ctx.eps)
+            inputs = [t for t in (z, mem) if t is not None and t.requires_grad]
+            found = iter(torch.autograd.grad(loss, inputs, grad_loss, create_graph=True,
+                                             allow_unused=True))
+            return (next(found) if z.requires_grad else None,
+                    next(found) if mem is not None and mem.requires_grad else None,
+                    None, None, None, None, None, None)
+        with torch.autocast(z.device.type, enabled=False):
+            grad_anchors, grad_mem = _ContrastiveCore._backward(
+                ctx, grad_loss, anchors, mem_unit, targets, cand_targets, temperature, maxes,
+                total, aux, has_positive)
+        grad_z = grad_m = None
+        if grad_anchors is not None:
+            grad_z = _normalize_backward(grad_anchors, anchors, denom, ctx.eps)
+        if grad_mem is not None:
+            grad_m = _normalize_backward(grad_mem, mem_unit, mem_denom, ctx.eps)
+        return grad_z, grad_m, None, None, None, None, None, None
+
+    @staticmethod
+    def _backward(ctx, grad_loss, anchors, mem, targets, cand_targets, temperature, maxes,
+                  total, aux, has_positive):
+        batch = anchors.shape[0]
+        # d loss_i / d S_ij, with the 1/tau of S = A C^T / tau folded in:
+        #   ratio: E_ij / total_i * (r_i - [j in P(i)]),  log: E_ij / total_i - [j in P(i)] / |P(i)|
+        grad_loss = torch.where(has_positive, grad_loss, torch.zeros_like(grad_loss))
+        scale = grad_loss / (total * temperature)
+        if ctx.form == "ratio":
+            on_pos, off_pos = scale * (aux - 1), scale * aux
+        else:
+            on_pos = grad_loss / (aux * temperature)
+        grad, ctx.exp_sim = ctx.exp_sim, None  # E from the forward, consumed here
+        recompute = grad is None
+        if recompute:
+            grad = _similarities(anchors, mem, temperature, ctx.exclude_self)
+        for start, stop in _row_blocks(batch, grad.shape[1]):
+            block = grad[start:stop]
+            mask = _positive_block(targets, cand_targets, start, stop, ctx.exclude_self)
+            if recompute:
+                block.sub_(maxes[start:stop, None]).exp_()
+            if ctx.form == "ratio":
+                block.mul_(torch.where(mask, on_pos[start:stop, None], off_pos[start:stop, None]))
+            else:
+                block.mul_(scale[start:stop, None])
+                block.sub_(torch.where(mask, on_pos[start:stop, None], 0))
+        need_anchors, need_mem = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_anchors = grad_mem = None
+        if mem is None:
+            if need_anchors:
+                grad_anchors = _mm_t(_add_transpose_(grad), anchors.t())
+        else:
+            cands = torch.cat([anchors, mem], dim=0)
+            grad_cands = _mm_t(grad.t(), anchors.t())
+            if need_anchors:
+                grad_anchors = _mm_t(grad, cands.t()).add_(grad_cands[:batch])
+            if need_mem:
+                grad_mem = grad_cands[batch:]
+        return grad_anchors, grad_mem
 
 
 def _reduce(per_anchor: torch.Tensor, has_positive: torch.Tensor, reduction: str
@@ -332,6 +616,7 @@ def multiscale_category_aware_contrastive_loss(
     detach_difficulty: bool = True,
     reduction: Reduction = "mean",
     return_breakdown: bool = False,
+    memory: tuple[Sequence[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor | MCCLOutput:
     r"""Multiscale category-aware contrastive loss, Eq. 7-12 (functional form of :class:`MCCLoss`).
 
@@ -361,6 +646,9 @@ def multiscale_category_aware_contrastive_loss(
         detach_difficulty: Stop gradients through the difficulty factor.
         reduction: ``"mean"`` (over anchors with positives), ``"sum"`` or ``"none"``.
         return_breakdown: Return an :class:`MCCLOutput` instead of the loss alone.
+        memory: Extra contrast candidates ``(embeddings, targets)``: one ``(M, P_s)`` tensor of
+            already-projected embeddings per scale and their ``(M,)`` labels (e.g. a
+            :class:`~micacl_layers.memory.ContrastMemory`); they are never anchors.
 
     Returns:
         The loss (scalar, or ``(B,)`` for ``reduction="none"``), in float32 or wider; or an
@@ -380,6 +668,19 @@ def multiscale_category_aware_contrastive_loss(
         >>> loss.shape
         torch.Size([])
     """
+    result, _ = _multiscale_loss(
+        features, logits, targets, class_counts, scales=scales, projections=projections,
+        tau0=tau0, temperature=temperature, form=form, exclude_self=exclude_self,
+        class_weighting=class_weighting, difficulty=difficulty,
+        detach_difficulty=detach_difficulty, reduction=reduction,
+        return_breakdown=return_breakdown, memory=memory)
+    return result
+
+
+def _multiscale_loss(features, logits, targets, class_counts, *, scales, projections, tau0,
+                     temperature, form, exclude_self, class_weighting, difficulty,
+                     detach_difficulty, reduction, return_breakdown, memory):
+    """The loss and each scale's embeddings (which a memory bank stores)."""
     features = check_floating("features", features)
     check_ndim("features", features, 2, "(B, D)")
     logits, targets = check_logits_targets(logits, targets)
@@ -395,19 +696,25 @@ def multiscale_category_aware_contrastive_loss(
     weights = category_aware_weights(logits, targets, counts, class_weighting=class_weighting,
                                      difficulty=difficulty, detach_difficulty=detach_difficulty)
     tau = adaptive_temperature(counts, float(tau0), mode=temperature, targets=targets)
-    per_scale, has_positive = [], None
+    if memory is not None and len(memory[0]) != len(scales):
+        raise ValueError(f"`memory` must hold one embedding tensor per scale ({len(scales)}), "
+                         f"got {len(memory[0])}.")
+    per_scale, embeddings, has_positive = [], [], None
     for idx, s in enumerate(scales):
         z = pool_features(features, s)
         if projections is not None:
             z = projections[idx](z)
+        embeddings.append(z)
+        mem_z, mem_t = (None, None) if memory is None else (memory[0][idx], memory[1])
         loss_s, has_positive = supervised_contrastive_per_anchor(
-            z, targets, tau, form=form, exclude_self=exclude_self)
+            z, targets, tau, form=form, exclude_self=exclude_self, memory_z=mem_z,
+            memory_targets=mem_t)
         per_scale.append(_reduce(loss_s * weights, has_positive, reduction))
     stacked = torch.stack(per_scale)
     loss = stacked.mean(dim=0)
     if return_breakdown:
-        return MCCLOutput(loss, stacked, weights, tau.to(loss.dtype), has_positive)
-    return loss
+        return MCCLOutput(loss, stacked, weights, tau.to(loss.dtype), has_positive), embeddings
+    return loss, embeddings
 
 
 class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
@@ -440,6 +747,15 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
         difficulty: Use Eq. 7's difficulty factor.
         detach_difficulty: Stop gradients through the difficulty factor.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        memory_size: Keep a FIFO queue of this many past (detached) embeddings and labels per
+            scale as extra contrast candidates in training mode (0: none); see
+            :class:`~micacl_layers.memory.ContrastMemory`. Saved in the ``state_dict``;
+            :meth:`reset_memory` empties it.
+        gather_distributed: Under ``torch.distributed``, gather features, logits and targets
+            from all ranks with gradients, so every rank computes the loss of the global batch
+            (a no-op when not distributed). Under DDP no gradient rescaling is needed; see
+            :mod:`micacl_layers.distributed`. With ``reduction="none"`` the output covers the
+            global batch, in rank order.
         device: Parameter device.
         dtype: Parameter dtype.
 
@@ -475,6 +791,8 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
         difficulty: bool = True,
         detach_difficulty: bool = True,
         reduction: Reduction = "mean",
+        memory_size: int = 0,
+        gather_distributed: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -511,6 +829,17 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
                 nn.Linear(feature_dim // s, projection_dim, device=device, dtype=dtype)
                 for s in self.scales
             )
+        if isinstance(memory_size, bool) or not isinstance(memory_size, int) or memory_size < 0:
+            raise ValueError(f"`memory_size` must be >= 0 (0 disables the memory), "
+                             f"got {memory_size!r}.")
+        self.gather_distributed = gather_distributed
+        dims = [projection_dim or feature_dim // s for s in self.scales]
+        self.memory = ContrastMemory(memory_size, dims, device=device) if memory_size else None
+
+    def reset_memory(self) -> None:
+        """Empty the cross-batch memory (no-op without one)."""
+        if self.memory is not None:
+            self.memory.reset()
 
     @torch.no_grad()
     def update_class_counts(self, targets: torch.Tensor) -> None:
@@ -548,29 +877,44 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
         if features.shape[1] != self.feature_dim:
             raise ValueError(f"`features` must have shape (B, D) with D={self.feature_dim} "
                              f"(feature_dim), got {describe(features)}.")
-        logits, targets = check_logits_targets(logits, targets)
-        if logits.shape[1] != self.num_classes:
+        logits = check_floating("logits", logits)
+        # K first: with too few logit columns the targets would look out of range instead.
+        if logits.dim() != 2 or logits.shape[1] != self.num_classes:
             raise ValueError(f"`logits` must have shape (B, K) with K={self.num_classes} "
                              f"(num_classes), got {describe(logits)}.")
+        logits, targets = check_logits_targets(logits, targets)
+        if self.gather_distributed and is_distributed():
+            # Every rank computes the loss of the global batch; see micacl_layers.distributed
+            # for why DDP then needs no gradient rescaling.
+            check_same_batch(features=features, logits=logits, targets=targets)
+            features, logits = gather_with_grad(features), gather_with_grad(logits)
+            targets = gather_without_grad(targets)
         if self.track_class_counts and self.training:
             self.update_class_counts(targets)
         # A class not seen yet counts as one sample, so its weight stays finite.
         counts = self.class_counts.clamp_min(1) if self.track_class_counts else self.class_counts
-        return multiscale_category_aware_contrastive_loss(
+        use_memory = self.memory is not None and self.training
+        memory = self.memory.get() if use_memory and len(self.memory) else None
+        result, embeddings = _multiscale_loss(
             features, logits, targets, counts,
             scales=self.scales, projections=self.projections, tau0=self.tau0,
             temperature=self.temperature, form=self.form, exclude_self=self.exclude_self,
             class_weighting=self.class_weighting, difficulty=self.difficulty,
             detach_difficulty=self.detach_difficulty, reduction=self.reduction,
-            return_breakdown=return_breakdown,
+            return_breakdown=return_breakdown, memory=memory,
         )
+        if use_memory:
+            self.memory.push(embeddings, targets)
+        return result
 
     def extra_repr(self) -> str:
         """Options shown in ``repr()``."""
         return (f"num_classes={self.num_classes}, feature_dim={self.feature_dim}, "
                 f"scales={self.scales}, projection_dim={self.projection_dim}, tau0={self.tau0}, "
                 f"temperature={self.temperature!r}, form={self.form!r}, "
-                f"track_class_counts={self.track_class_counts}")
+                f"track_class_counts={self.track_class_counts}, "
+                f"memory_size={0 if self.memory is None else self.memory.size}, "
+                f"gather_distributed={self.gather_distributed}")
 
 
 MCCLoss = MultiscaleCategoryAwareContrastiveLoss

@@ -7,9 +7,15 @@ weight (from GEIIM, see :mod:`micacl_layers.instance_weights`). The modules foll
 multi-layer and bidirectional semantics, unbatched inputs.
 
 Speed: the five gates of a direction are one fused ``(5H, I)`` input matrix and one ``(5H, H)``
-recurrent matrix; the input projection of every time step (and of both directions) is one matmul
-before the time loop, and both directions advance in the same loop step through one batched
-matmul, so each step costs one ``baddbmm`` and a few element-wise ops.
+recurrent matrix. The input projection of every time step is one product per direction before
+the time loop; both directions advance in the same loop step, each step costing one small
+product per direction and a few element-wise ops written into preallocated buffers; the
+backward is written by hand (:class:`_WIANLayer`): per step one small product per direction and
+about ten element-wise ops, then the gradients of ``W_ih``, ``W_hh`` and the input as one product
+each over all steps. On CPU in float32 the products run through oneDNN (as ``nn.LSTM`` does),
+elsewhere through batched matmuls. Under ``torch.compile``, autocast and double backward the
+plain autograd formulation (:func:`_layer_reference`) runs instead; both agree to float32
+rounding (``tests/test_fast_paths.py``).
 """
 
 from __future__ import annotations
@@ -91,6 +97,293 @@ def _check_weight(weight: torch.Tensor, target_shape: tuple[int, ...], name: str
         raise ValueError(
             f"`{name}` must be broadcastable to {layout}={target_shape}, got {describe(weight)}."
         ) from None
+
+
+def _layer_reference(
+    reads: torch.Tensor,
+    w_ih: torch.Tensor,
+    bias: torch.Tensor | None,
+    h0: torch.Tensor,
+    c0: torch.Tensor,
+    w_hh: torch.Tensor,
+    weight: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One layer, all directions at once, as plain autograd ops.
+
+    ``reads`` ``(D, T, B, I)`` is the layer input in each direction's reading order, ``w_ih``
+    ``(D, 5H, I)``, ``bias`` ``(D, 1, 5H)`` (``b_ih + b_hh``) or ``None``, ``h0``, ``c0``
+    ``(D, B, H)``, ``w_hh`` ``(D, 5H, H)``, ``weight`` ``(D, T, B, H)`` or ``None``. Returns the
+    hidden states ``(D, T, B, H)`` in reading order, ``h_n`` and ``c_n``. Used under
+    ``torch.compile`` and autocast, and for double backward; :class:`_WIANLayer` computes the
+    same values.
+    """
+    dirs, steps, batch, _ = reads.shape
+    flat = reads.reshape(dirs, steps * batch, -1)
+    w_ih_t = w_ih.transpose(1, 2)
+    # The input projection of every step (and direction) is one batched matmul.
+    proj = torch.bmm(flat, w_ih_t) if bias is None else torch.baddbmm(bias, flat, w_ih_t)
+    w_hh_t = w_hh.transpose(1, 2)
+    h, c = h0, c0
+    outs = []
+    # unbind, not proj[:, t]: one backward node for all steps instead of one zero-filled
+    # full-size gradient per step.
+    weights = weight.unbind(1) if weight is not None else [None] * steps
+    for p_t, w_t in zip(proj.view(dirs, steps, batch, -1).unbind(1), weights, strict=True):
+        h, c = wian_cell(torch.baddbmm(p_t, h, w_hh_t), c, w_t)
+        outs.append(h)
+    return torch.stack(outs, dim=1), h, c
+
+
+_HAS_ONEDNN_LINEAR = (torch.backends.mkldnn.is_available()
+                      and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+                      and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+
+
+def _onednn_usable(t: torch.Tensor) -> bool:
+    return (_HAS_ONEDNN_LINEAR and t.device.type == "cpu" and t.dtype == torch.float32
+            and torch._C._get_mkldnn_enabled())
+
+
+class _Products:
+    """``x[k] @ weights[k]^T (+ add[k])`` for every direction ``k``; each weight ``(N, K)``.
+
+    On CPU in float32 these run through oneDNN (what ``nn.LSTM`` runs on there), whose products
+    are much faster than the default BLAS's for the small shapes of a time loop (``B`` rows) on
+    many CPUs, and as fast or faster for the large ones; weights may be transposed views (no
+    copy). With ``pack_rows`` the weights are first reordered into oneDNN's blocked layout for
+    products of that many rows, which pays off over a time loop. Elsewhere: batched matmuls.
+    """
+
+    def __init__(self, weights: list[torch.Tensor], pack_rows: int | None = None) -> None:
+        self.onednn = _onednn_usable(weights[0])
+        if not self.onednn:
+            self.weights_t = torch.stack(weights).transpose(1, 2)  # (D, K, N)
+        elif pack_rows is not None:
+            self.weights = [torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), pack_rows)
+                            for w in weights]
+        else:
+            self.weights = weights
+
+    def each(self, x: torch.Tensor, add: torch.Tensor | list[torch.Tensor] | None = None
+             ) -> list[torch.Tensor]:
+        """One ``(rows, N)`` product per direction; ``add[k]`` is ``(rows, N)`` or ``(N,)``."""
+        if not self.onednn:
+            if isinstance(add, list):
+                add = torch.stack(add)
+            return list(self(x, add).unbind(0))
+        linear = torch.ops.mkldnn._linear_pointwise
+        if add is None:
+            return [linear(x[k], w, None, "none", [], "") for k, w in enumerate(self.weights)]
+        if add[0].dim() == 1:
+            return [linear(x[k], w, add[k], "none", [], "") for k, w in enumerate(self.weights)]
+        return [linear.binary(x[k], add[k], w, None, "add") for k, w in enumerate(self.weights)]
+
+    def __call__(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+        """All directions' products as one ``(D, rows, N)`` tensor."""
+        if self.onednn:
+            return torch.stack(self.each(x, add))
+        if add is None:
+            return torch.bmm(x, self.weights_t)
+        return torch.baddbmm(add if add.dim() == 3 else add.unsqueeze(1), x, self.weights_t)
+
+
+def _weight_grad(grad: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """``grad^T @ inputs`` (the gradient of a weight ``(N, K)``): ``(rows, N)``, ``(rows, K)``."""
+    return grad.t() @ inputs  # (here the default BLAS does as well as oneDNN)
+
+
+def _stacked(params: tuple[torch.Tensor | None, ...]
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per-direction ``(W_ih, W_hh, b_ih, b_hh, ...)`` to :func:`_layer_reference`'s stacks."""
+    w_ih = torch.stack(params[0::4])
+    w_hh = torch.stack(params[1::4])
+    if params[2] is None:
+        return w_ih, w_hh, None
+    bias = torch.stack([b_ih + b_hh for b_ih, b_hh in zip(params[2::4], params[3::4],
+                                                             strict=True)])
+    return w_ih, w_hh, bias.unsqueeze(1)
+
+
+class _WIANLayer(torch.autograd.Function):
+    """One WIAN layer (input projection and time loop) with a hand-written backward.
+
+    The fast path of :class:`WIAN`, same values as :func:`_layer_reference`. Inputs: ``reads``,
+    ``h0``, ``c0``, ``weight`` as there, ``zero_state`` (no ``hx`` given: ``h0`` is all zeros,
+    so the first step's recurrent product, which adds exactly nothing, is skipped), then the
+    parameters ``W_ih, W_hh, b_ih, b_hh`` of each direction as they are (no stacked copies).
+    The forward projects the inputs of every step at once, then writes each step into
+    preallocated buffers and keeps what the backward needs; the backward runs one small product
+    per direction and about ten element-wise ops per step, and the gradients of ``W_hh``,
+    ``W_ih`` and the inputs are one product each over all steps (autograd would accumulate
+    ``W_hh``'s step by step).
+    """
+
+    @staticmethod
+    def forward(ctx, reads, h0, c0, weight, zero_state, *params):  # type: ignore[override]
+        dirs, steps, batch, _ = reads.shape
+        w_ih, w_hh = list(params[0::4]), list(params[1::4])
+        bias = None
+        if params[2] is not None:
+            bias = torch.stack([b_ih + b_hh for b_ih, b_hh in zip(params[2::4], params[3::4],
+                                                                     strict=True)])
+        gates = w_ih[0].shape[0]
+        hidden = gates // _NUM_GATES
+        # Per direction (no stacked copy): (T, B, 5H) each.
+        proj = [p.view(steps, batch, gates)
+                for p in _Products(w_ih).each(reads.reshape(dirs, steps * batch, -1), bias)]
+        acts = reads.new_empty(dirs, steps, batch, gates)  # activations; candidate slot: tanh
+        hs = acts.new_empty(dirs, steps + 1, batch, hidden)  # h_{-1} (= h0), h_0 .. h_{T-1}
+        cs = acts.new_empty(dirs, steps + 1, batch, hidden)
+        tanh_c = acts.new_empty(dirs, steps, batch, hidden)
+        i_cand = acts.new_empty(dirs, steps, batch, hidden)  # i * tanh(candidate)
+        d_all = None if weight is None else acts.new_empty(dirs, steps, batch, hidden)
+        hs[:, 0] = h0
+        cs[:, 0] = c0
+        recurrent = _Products(w_hh, pack_rows=batch)  # h @ W_hh^T + proj
+        cand = slice(2 * hidden, 3 * hidden)
+        # Per-step views, taken once (indexing inside the loop costs more than the small ops).
+        proj_t = [p.unbind(0) for p in proj]
+        act_kt = [a.unbind(0) for a in acts.unbind(0)]
+        gates_t = acts.view(dirs, steps, batch, _NUM_GATES, hidden).unbind(1)
+        hs_t, cs_t = hs.unbind(1), cs.unbind(1)
+        tanh_t, i_cand_t = tanh_c.unbind(1), i_cand.unbind(1)
+        d_t = None if d_all is None else d_all.unbind(1)
+        weight_t = None if weight is None else weight.unbind(1)
+        for t in range(steps):
+            # h0 = 0 adds exactly nothing: the same values without the product.
+            if zero_state and t == 0:
+                g = [p[0] for p in proj_t]
+            else:
+                g = recurrent.each(hs_t[t], [p[t] for p in proj_t])
+            for k in range(dirs):
+                a = act_kt[k][t]
+                torch.sigmoid(g[k], out=a)
+                torch.tanh(g[k][:, cand], out=a[:, cand])
+            i, f, candidate, o, d = gates_t[t].unbind(-2)
+            if weight_t is not None:
+                d = torch.mul(d, weight_t[t], out=d_t[t])
+            # Same ops in the same order as wian_cell: c = f * c_prev + i * candidate * d.
+            c = torch.mul(f, cs_t[t], out=cs_t[t + 1])
+            c.add_(torch.mul(i, candidate, out=i_cand_t[t]) * d)
+            torch.mul(o, torch.tanh(c, out=tanh_t[t]), out=hs_t[t + 1])
+        ctx.zero_state = zero_state
+        ctx.save_for_backward(reads, h0, c0, weight, acts, hs, cs, tanh_c, i_cand, d_all,
+                              *params)
+        return hs[:, 1:].clone(), hs[:, -1].clone(), cs[:, -1].clone()
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_h, grad_c):  # type: ignore[override]
+        (reads, h0, c0, weight, acts, hs, cs, tanh_c, i_cand, d_all,
+         *params) = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True (double backward): differentiate the reference formulation.
+            return _reference_backward(ctx, (reads, h0, c0, weight, *params),
+                                       (grad_out, grad_h, grad_c))
+        needs = ctx.needs_input_grad
+        dirs, steps, batch, gates = acts.shape
+        hidden = gates // _NUM_GATES
+        split = (dirs, steps, batch, _NUM_GATES, hidden)
+        a5 = acts.view(split)
+        # Local derivatives of the activations, all steps at once: a (1 - a) for the sigmoid
+        # gates, 1 - a^2 for the tanh candidate; and o (1 - tanh(c)^2) = dh/dc.
+        local = torch.addcmul(acts, acts, acts, value=-1).view(split)
+        candidate = a5[:, :, :, 2]
+        torch.addcmul(torch.ones_like(candidate), candidate, candidate, value=-1,
+                      out=local[:, :, :, 2])
+        dh_dc = torch.addcmul(torch.ones_like(tanh_c), tanh_c, tanh_c, value=-1)
+        dh_dc.mul_(a5[:, :, :, 3])
+        need_weight = weight is not None and needs[3]
+        d_vals = a5[:, :, :, 4] if weight is None else d_all
+        if weight is None:
+            ds_factor = i_cand  # dc/ds (before the sigmoid) = i * candidate
+        elif need_weight:
+            ds_factor = None
+            dd_all = torch.empty_like(i_cand)  # dL/dd, for the gradient of the weights
+        else:
+            ds_factor = i_cand * weight
+        # dL/d(pre-activation) = (dL/d activation) * local derivative, written over `local`.
+        dgates = local.view(acts.shape)
+        slot = acts.new_empty(dirs, batch, _NUM_GATES, hidden)  # dL/d activation, one step
+        slot_i, slot_f, slot_c, slot_o, slot_s = slot.unbind(2)
+        dh = torch.zeros_like(hs[:, 0]) if grad_h is None else grad_h.clone()
+        dc = torch.zeros_like(cs[:, 0]) if grad_c is None else grad_c.clone()
+        recurrent = _Products([w.t() for w in params[1::4]])  # dgates @ W_hh
+        # Per-step views, taken once.
+        a5_t, local_t, dgates_t = a5.unbind(1), local.unbind(1), dgates.unbind(1)
+        tanh_t, dh_dc_t, cs_t, d_vals_t = (tanh_c.unbind(1), dh_dc.unbind(1), cs.unbind(1),
+                                           d_vals.unbind(1))
+        grad_out_t = None if grad_out is None else grad_out.unbind(1)
+        if ds_factor is None:
+            i_cand_t, weight_t, dd_t = i_cand.unbind(1), weight.unbind(1), dd_all.unbind(1)
+        else:
+            ds_factor_t = ds_factor.unbind(1)
+        for t in reversed(range(steps)):
+            if grad_out_t is not None:
+                dh.add_(grad_out_t[t])
+            i, f, candidate, _, _ = a5_t[t].unbind(2)
+            torch.mul(dh, tanh_t[t], out=slot_o)  # output gate
+            dc.addcmul_(dh, dh_dc_t[t])
+            dc_d = dc * d_vals_t[t]
+            torch.mul(dc_d, candidate, out=slot_i)  # input gate
+            torch.mul(dc, cs_t[t], out=slot_f)  # forget gate
+            torch.mul(dc_d, i, out=slot_c)  # candidate
+            if ds_factor is None:
+                torch.mul(torch.mul(dc, i_cand_t[t], out=dd_t[t]), weight_t[t], out=slot_s)
+            else:
+                torch.mul(dc, ds_factor_t[t], out=slot_s)  # dynamic weight gate
+            local_t[t].mul_(slot)
+            dc.mul_(f)
+            if t > 0 or needs[1]:
+                dh = recurrent(dgates_t[t])
+        rows = steps * batch
+        flat_grads = dgates.view(dirs, rows, gates)
+        flat_reads = reads.reshape(dirs, rows, -1)
+        d_reads = None
+        if needs[0]:
+            d_reads = _Products([w.t() for w in params[0::4]])(flat_grads).view(reads.shape)
+        # sum_t dgates_t^T h_{t-1}: h_{-1} = 0 adds nothing.
+        first = 1 if ctx.zero_state else 0
+        n = (steps - first) * batch
+        param_grads: list[torch.Tensor | None] = []
+        for k in range(dirs):
+            w_ih_i = 5 + 4 * k  # index of this direction's W_ih among the inputs
+            d_w_ih = _weight_grad(flat_grads[k], flat_reads[k]) if needs[w_ih_i] else None
+            d_w_hh = None
+            if needs[w_ih_i + 1]:
+                d_w_hh = _weight_grad(dgates[k, first:].reshape(n, gates),
+                                      hs[k, first:steps].reshape(n, hidden))
+            d_b_ih = d_b_hh = None
+            if needs[w_ih_i + 2] or needs[w_ih_i + 3]:
+                d_b = flat_grads[k].sum(dim=0)
+                d_b_ih = d_b if needs[w_ih_i + 2] else None
+                # A tensor of its own: both could end up as .grad, and be changed in place.
+                d_b_hh = (d_b.clone() if d_b_ih is not None else d_b) if needs[w_ih_i + 3] else None
+            param_grads += [d_w_ih, d_w_hh, d_b_ih, d_b_hh]
+        d_weight = dd_all.mul_(a5[:, :, :, 4]) if need_weight else None
+        d_h0 = dh if needs[1] else None
+        d_c0 = dc if needs[2] else None
+        return (d_reads, d_h0, d_c0, d_weight, None, *param_grads)
+
+
+def _reference_backward(ctx, inputs, grads):
+    """Gradients of :func:`_layer_reference`, with a graph (for double backward).
+
+    ``inputs`` are :class:`_WIANLayer`'s inputs without ``zero_state``.
+    """
+    reads, h0, c0, weight, *params = inputs
+    with torch.enable_grad():
+        w_ih, w_hh, bias = _stacked(tuple(params))
+        outs = _layer_reference(reads, w_ih, bias, h0, c0, w_hh, weight)
+    needs = [*ctx.needs_input_grad[:4], *ctx.needs_input_grad[5:]]
+    wanted = [k for k, (t, need) in enumerate(zip(inputs, needs, strict=True))
+              if need and t is not None]
+    pairs = [(o, g) for o, g in zip(outs, grads, strict=True) if g is not None]
+    found = torch.autograd.grad([o for o, _ in pairs], [inputs[k] for k in wanted],
+                                [g for _, g in pairs], create_graph=True, allow_unused=True)
+    result: list[torch.Tensor | None] = [None] * len(inputs)
+    for k, g in zip(wanted, found, strict=True):
+        result[k] = g
+    return (*result[:4], None, *result[4:])
 
 
 class WIANCell(nn.Module):
@@ -282,16 +575,16 @@ class WIAN(nn.Module):
         """Uniform in :math:`\\pm 1/\\sqrt{H}`, as ``nn.LSTM``."""
         _init_uniform(self, self.hidden_size)
 
-    def _layer_params(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Both directions' weights stacked: ``W_ih (D*5H, I)``, ``W_hh^T (D, H, 5H)``, bias."""
-        names = [f"l{layer}{s}" for s in self._suffixes()]
-        w_ih = torch.cat([getattr(self, f"weight_ih_{n}") for n in names], dim=0)
-        w_hh_t = torch.stack([getattr(self, f"weight_hh_{n}").t() for n in names], dim=0)
-        if not self.bias:
-            return w_ih, w_hh_t, None
-        b = torch.cat([getattr(self, f"bias_ih_{n}") + getattr(self, f"bias_hh_{n}")
-                       for n in names], dim=0)
-        return w_ih, w_hh_t, b
+    def _use_fast_path(self, *tensors: torch.Tensor | None) -> bool:
+        # The hand-written backward is eager-only and assumes one dtype throughout; under
+        # torch.compile (which fuses the reference loop itself) and autocast (whose per-op casts
+        # it does not reproduce) the reference loop runs instead.
+        if torch.jit.is_scripting() or torch.compiler.is_compiling():
+            return False
+        first = tensors[0]
+        if torch.is_autocast_enabled(first.device.type):
+            return False
+        return all(t is None or t.dtype == first.dtype for t in tensors)
 
     def forward(
         self,
@@ -349,33 +642,30 @@ class WIAN(nn.Module):
                                      f"{state_shape}, got {describe(t)}.")
 
         h_n, c_n = [], []
-        layer_input = x
+        layer_input = x.transpose(0, 1)  # time-major from here on: (T, B, I)
         for layer in range(self.num_layers):
-            w_ih, w_hh_t, b = self._layer_params(layer)
-            # One matmul for every step and both directions: (B, T, D*5H) -> (D, T, B, 5H).
-            proj = layer_input @ w_ih.t()
-            if b is not None:
-                proj = proj + b
-            proj = proj.view(batch, steps, dirs, -1).permute(2, 1, 0, 3)
+            # Each direction reads the sequence in its own order: (D, T, B, I_k).
             if dirs == 2:
-                proj = torch.stack([proj[0], proj[1].flip(0)])
+                reads = torch.stack([layer_input, layer_input.flip(0)])
+            else:
+                reads = layer_input.unsqueeze(0)
             h = h0[layer * dirs:(layer + 1) * dirs]
             c = c0[layer * dirs:(layer + 1) * dirs]
-            outs = []
-            for t in range(steps):
-                gates = torch.baddbmm(proj[:, t], h, w_hh_t)
-                h, c = wian_cell(gates, c, None if w is None else w[:, t])
-                outs.append(h)
-            seq = torch.stack(outs, dim=1)  # (D, T, B, H)
-            if dirs == 2:
-                seq = torch.cat([seq[0], seq[1].flip(0)], dim=-1)
+            params = [getattr(self, f"{kind}_l{layer}{suffix}", None)
+                      for suffix in self._suffixes()
+                      for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            if self._use_fast_path(reads, h, c, w, *params):
+                seq, h, c = _WIANLayer.apply(reads, h, c, w, hx is None, *params)
             else:
-                seq = seq[0]
-            layer_input = seq.transpose(0, 1)  # (B, T, D*H)
+                w_ih, w_hh, b = _stacked(tuple(params))
+                seq, h, c = _layer_reference(reads, w_ih, b, h, c, w_hh, w)
+            # (D, T, B, H) in reading order -> (T, B, D*H) in time order.
+            layer_input = torch.cat([seq[0], seq[1].flip(0)], dim=-1) if dirs == 2 else seq[0]
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_input = nn.functional.dropout(layer_input, p=self.dropout, training=True)
             h_n.append(h)
             c_n.append(c)
+        layer_input = layer_input.transpose(0, 1)  # (B, T, D*H)
 
         output = layer_input if self.batch_first else layer_input.transpose(0, 1)
         h_n_t, c_n_t = torch.cat(h_n, dim=0), torch.cat(c_n, dim=0)

@@ -1,0 +1,609 @@
+#!/usr/bin/env python
+"""MICACL benchmarks: every figure next to its baseline, measured in the same run.
+
+Usage (``make bench`` runs the first)::
+
+    python benchmarks/run.py                   # everything, CPU, 2 threads
+    python benchmarks/run.py --quick           # fewer repeats and sizes (about two minutes)
+    python benchmarks/run.py --only wian,mccl  # a subset: wian, mccl, model
+    python benchmarks/run.py --device cuda     # on a GPU (adds AMP training throughput)
+    python benchmarks/run.py --output docs/benchmarks-table.md
+
+Method. Each benchmark times forward + backward of its candidates **interleaved** (A, B, C, A,
+B, C, ...) after warm-up runs and reports medians, so that a load change on the machine hits
+every candidate alike; the spread column is the interquartile range over the median, for the
+noisier of the two figures of a row. Ratios are ``ours / baseline`` (lower is better) except
+the ``speed-up`` rows (``baseline / ours``, higher is better). Peak memory: on CPU, every
+(loss, batch) runs once in a fresh subprocess that resets the kernel's resident-set high-water
+mark (``/proc/self/clear_refs``) right before the forward + backward and reads ``VmHWM``
+afterwards: the figure is the peak growth of resident memory during that call (PyTorch's CPU
+allocator returns big blocks to the OS, so this is what the call itself needed); on GPU,
+``torch.cuda.max_memory_allocated`` over the call. FLOPs are counted two ways: see
+:func:`thop_style_macs` and :func:`flop_counter_macs`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from naive import NaivePerGateWIAN, naive_multiscale_supcon  # noqa: E402
+
+from micacl_layers import WIAN, MCCLoss  # noqa: E402
+
+NUM_CLASSES = 7
+FEATURE_DIM = 1024
+# The paper's Table (FLOPs column) and what a thop-style count gives for bare R3D-18.
+PAPER_GFLOPS = 1.69
+
+
+# ------------------------------------------------------------------------------------------
+# timing
+# ------------------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(cases: dict[str, Callable[[], object]], repeats: int, warmup: int,
+                device: torch.device) -> dict[str, list[float]]:
+    """Seconds per call of every case, run A, B, C, A, B, C, ... after ``warmup`` rounds."""
+    for _ in range(warmup):
+        for fn in cases.values():
+            fn()
+    _sync(device)
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _median_ms(samples: list[float]) -> float:
+    return statistics.median(samples) * 1e3
+
+
+def _spread(samples: list[float]) -> float:
+    """Interquartile range over the median."""
+    if len(samples) < 4:
+        return (max(samples) - min(samples)) / statistics.median(samples)
+    q1, _, q3 = statistics.quantiles(samples, n=4)
+    return (q3 - q1) / statistics.median(samples)
+
+
+@dataclass
+class Row:
+    section: str
+    config: str
+    ours: str
+    ours_ms: float
+    baseline: str
+    base_ms: float
+    kind: str = "ratio"  # "ratio"/"share": ours / baseline; "speed-up": baseline / ours
+    target: str = ""
+    spread: float = 0.0
+    ours_mb: float | None = None
+    base_mb: float | None = None
+
+    @property
+    def value(self) -> float:
+        return self.ours_ms / self.base_ms if self.kind == "ratio" else self.base_ms / self.ours_ms
+
+    def verdict(self) -> str:
+        if not self.target:
+            return ""
+        op, bound = self.target.split()
+        ok = self.value <= float(bound) if op == "<=" else self.value >= float(bound)
+        return f"{'met' if ok else 'NOT met'} ({op.replace('<=', '≤').replace('>=', '≥')} {bound})"
+
+
+def _row(section: str, config: str, ours: str, baseline: str, times: dict[str, list[float]],
+         **kw: object) -> Row:
+    return Row(section, config, ours, _median_ms(times[ours]), baseline,
+               _median_ms(times[baseline]),
+               spread=max(_spread(times[ours]), _spread(times[baseline])), **kw)
+
+
+def _zero_grads(*modules_or_tensors: object) -> None:
+    for m in modules_or_tensors:
+        if isinstance(m, nn.Module):
+            for p in m.parameters():
+                p.grad = None
+        elif isinstance(m, torch.Tensor):
+            m.grad = None
+
+
+# ------------------------------------------------------------------------------------------
+# 1. WIAN
+# ------------------------------------------------------------------------------------------
+
+
+def _wian_cases(layers: int, device: torch.device) -> dict[str, Callable[[], None]]:
+    """WIAN, ``nn.LSTM`` and the naive per-gate WIAN, forward + backward, same sizes."""
+    batch, steps, size = 32, 16, 512
+    torch.manual_seed(0)
+    wian = WIAN(size, size, layers, bidirectional=True).to(device)
+    lstm = nn.LSTM(size, size, layers, batch_first=True, bidirectional=True).to(device)
+    naive = NaivePerGateWIAN(size, size, layers, bidirectional=True).to(device)
+    naive.load_from(wian)
+    x = torch.randn(batch, steps, size, device=device, requires_grad=True)
+    weights = torch.rand(batch, steps, 1, device=device)
+    grad_out = torch.randn(batch, steps, 2 * size, device=device)
+    with torch.no_grad():  # the baseline computes the same function
+        torch.testing.assert_close(naive(x, weights), wian(x, weights)[0], atol=1e-4,
+                                   rtol=1e-4)
+
+    def run(module: nn.Module, call: Callable[[], torch.Tensor]) -> Callable[[], None]:
+        def fn() -> None:
+            _zero_grads(module, x)
+            call().backward(grad_out)
+        return fn
+
+    return {
+        "WIAN": run(wian, lambda: wian(x, weights)[0]),
+        "nn.LSTM": run(lstm, lambda: lstm(x)[0]),
+        "naive per-gate WIAN": run(naive, lambda: naive(x, weights)),
+    }
+
+
+def bench_wian(args: argparse.Namespace, device: torch.device) -> list[Row]:
+    rows = []
+    for layers in (1, 4):
+        repeats = args.repeats or (7 if args.quick else 21)
+        times = interleaved(_wian_cases(layers, device), repeats, warmup=2, device=device)
+        config = f"B=32, T=16, I=H=512, bidir, {layers} layer{'s' * (layers > 1)}"
+        one = layers == 1
+        rows.append(_row("WIAN", config, "WIAN", "nn.LSTM", times,
+                         target="<= 1.4" if one else ""))
+        rows.append(_row("WIAN", config, "WIAN", "naive per-gate WIAN", times, kind="speed-up",
+                         target=">= 1.6" if one else ""))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------
+# 2. MCCL
+# ------------------------------------------------------------------------------------------
+
+MCCL_CASES = ("MCCLoss", "MCCLoss (no projections)", "SupConLoss (pml)",
+              "naive multi-scale loop")
+
+
+def _mccl_setup(case: str, batch: int, device: torch.device) -> Callable[[], None]:
+    """One forward + backward of ``case`` on fresh ``(B, 1024)`` features, as a closure."""
+    torch.manual_seed(0)
+    features = torch.randn(batch, FEATURE_DIM, device=device, requires_grad=True)
+    logits = torch.randn(batch, NUM_CLASSES, device=device)
+    targets = torch.randint(0, NUM_CLASSES, (batch,), device=device)
+    counts = [1956, 1515, 2135, 1738, 1175, 116, 721]  # DFEW fold 1
+    if case in ("MCCLoss", "naive multi-scale loop"):
+        loss = MCCLoss(NUM_CLASSES, FEATURE_DIM, counts, projection_dim=1024).to(device)
+        if case == "MCCLoss":
+            def call() -> torch.Tensor:
+                return loss(features, logits, targets)
+        else:
+            def call() -> torch.Tensor:
+                return naive_multiscale_supcon(features, targets, loss.projections, loss.scales)
+    elif case == "MCCLoss (no projections)":
+        loss = MCCLoss(NUM_CLASSES, FEATURE_DIM, counts, projection_dim=None).to(device)
+
+        def call() -> torch.Tensor:
+            return loss(features, logits, targets)
+    elif case == "SupConLoss (pml)":
+        from pytorch_metric_learning.losses import SupConLoss
+        loss = SupConLoss(temperature=0.07)
+
+        def call() -> torch.Tensor:
+            return loss(features, targets)
+    else:
+        raise ValueError(case)
+
+    def fn() -> None:
+        _zero_grads(loss, features)
+        call().backward()
+    return fn
+
+
+def _peak_memory_mb(case: str, batch: int, args: argparse.Namespace,
+                    device: torch.device) -> float | None:
+    if device.type == "cuda":
+        fn = _mccl_setup(case, batch, device)
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--probe-memory", f"{case}|{batch}",
+           "--threads", str(args.threads)]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    for line in result.stdout.splitlines():
+        if line.startswith("{"):
+            return json.loads(line)["peak_mb"]
+    print(f"memory probe failed for {case}, B={batch}: {result.stderr[-500:]}", file=sys.stderr)
+    return None
+
+
+def _read_status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def probe_memory(spec: str) -> None:
+    """Child process: peak resident-memory growth over one forward + backward (CPU)."""
+    case, batch = spec.rsplit("|", 1)
+    fn = _mccl_setup(case, int(batch), torch.device("cpu"))
+    before = _read_status_kb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    fn()
+    peak = _read_status_kb("VmHWM")
+    print(json.dumps({"peak_mb": (peak - before) / 1024}))
+
+
+def bench_mccl(args: argparse.Namespace, device: torch.device) -> list[Row]:
+    rows = []
+    batches = (256, 1024) if args.quick else (256, 1024, 4096)
+    for batch in batches:
+        cases = {case: _mccl_setup(case, batch, device) for case in MCCL_CASES}
+        repeats = args.repeats or (5 if args.quick else (7 if batch >= 4096 else 15))
+        times = interleaved(cases, repeats, warmup=1, device=device)
+        memory = {}
+        if not args.no_memory:
+            memory = {case: _peak_memory_mb(case, batch, args, device) for case in MCCL_CASES}
+        config = f"B={batch}, D={FEATURE_DIM}, scales (1, 2, 4)"
+        for ours, baseline, kind, target in (
+            ("MCCLoss", "SupConLoss (pml)", "ratio", "<= 2.5" if batch == 1024 else ""),
+            ("MCCLoss (no projections)", "SupConLoss (pml)", "ratio", ""),
+            ("MCCLoss", "naive multi-scale loop", "speed-up", ""),
+        ):
+            rows.append(_row("MCCL", config, ours, baseline, times, kind=kind, target=target,
+                             ours_mb=memory.get(ours), base_mb=memory.get(baseline)))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------
+# 3. Full model: parameters, FLOPs two ways, training step
+# ------------------------------------------------------------------------------------------
+
+
+def _conv_macs(m: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> int:
+    # output elements x (input channels / groups) x kernel volume (bias not counted)
+    kernel = 1
+    for k in m.weight.shape[2:]:
+        kernel *= k
+    return out.numel() * (inputs[0].shape[1] // m.groups) * kernel
+
+
+def _linear_macs(m: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> int:
+    return out.numel() * m.in_features
+
+
+def _norm_macs(m: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> int:
+    affine = getattr(m, "affine", False) or getattr(m, "elementwise_affine", False)
+    return 2 * inputs[0].numel() * (2 if affine else 1)
+
+
+def _adaptive_avg_macs(m: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor
+                       ) -> int:
+    window = inputs[0].numel() // max(out.numel(), 1)
+    return (window + 1) * out.numel()
+
+
+# Keyed on the exact module type, as thop-style counters are: a subclass (torchvision's
+# Conv3DSimple, Conv2Plus1D, ...; nn.MultiheadAttention's out_proj) matches no rule and counts 0.
+THOP_STYLE_RULES: dict[type, Callable[..., int]] = {
+    nn.Conv1d: _conv_macs, nn.Conv2d: _conv_macs, nn.Conv3d: _conv_macs,
+    nn.Linear: _linear_macs,
+    nn.BatchNorm1d: _norm_macs, nn.BatchNorm2d: _norm_macs, nn.BatchNorm3d: _norm_macs,
+    nn.LayerNorm: _norm_macs, nn.GroupNorm: _norm_macs,
+    nn.AdaptiveAvgPool1d: _adaptive_avg_macs, nn.AdaptiveAvgPool2d: _adaptive_avg_macs,
+    nn.AdaptiveAvgPool3d: _adaptive_avg_macs,
+}
+
+
+@torch.no_grad()
+def thop_style_macs(model: nn.Module, *inputs: torch.Tensor) -> int:
+    """Multiply-accumulates as a thop-style counter reports them (the paper's convention).
+
+    Forward hooks on modules whose **exact** type has a rule (conv: output elements x input
+    channels per group x kernel volume; linear: output elements x input features; norms: 2 x
+    elements, x 2 with an affine; adaptive average pooling: (window + 1) x outputs); every
+    other module counts nothing, functional ops count nothing. So torchvision's R3D-18, whose
+    residual convolutions are ``Conv3DSimple`` (a ``Conv3d`` subclass), is counted by its stem
+    and downsampling convolutions only.
+    """
+    total = 0
+
+    def hook(m: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        nonlocal total
+        total += THOP_STYLE_RULES[type(m)](m, inp, out)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if type(m) in THOP_STYLE_RULES]
+    try:
+        model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def _linear_pointwise_flops(x_shape: torch.Size, w_shape: torch.Size, *args: object,
+                            out_shape: torch.Size | None = None, **kwargs: object) -> int:
+    rows = 1
+    for s in x_shape[:-1]:
+        rows *= s
+    return 2 * rows * w_shape[0] * w_shape[1]
+
+
+@torch.no_grad()
+def flop_counter_macs(model: nn.Module, *inputs: torch.Tensor) -> int:
+    """Multiply-accumulates counted by ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs / 2).
+
+    Every matmul and convolution the forward dispatches, whatever module issued it (the oneDNN
+    linear ops of WIAN's CPU fast path are added to its table). Element-wise ops count nothing.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    custom = {}
+    if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        custom = {torch.ops.mkldnn._linear_pointwise.default: _linear_pointwise_flops,
+                  torch.ops.mkldnn._linear_pointwise.binary:
+                      lambda x, other, w, *a, **k: _linear_pointwise_flops(x, w)}
+    counter = FlopCounterMode(display=False, custom_mapping=custom)
+    with counter:
+        model(*inputs)
+    return counter.get_total_flops() // 2
+
+
+def bench_model(args: argparse.Namespace, device: torch.device) -> tuple[list[Row], list[str]]:
+    import torchvision
+
+    from micacl_layers import MICACLLoss
+    from micacl_layers.models import MICACL
+
+    torch.manual_seed(0)
+    model = MICACL(NUM_CLASSES, backbone="r3d_18", hidden_size=512, num_layers=4,
+                   bidirectional=True).to(device)
+    criterion = MICACLLoss(NUM_CLASSES, model.feature_dim,
+                           [1956, 1515, 2135, 1738, 1175, 116, 721]).to(device)
+    bare = torchvision.models.video.r3d_18(weights=None).to(device)
+    clip = torch.rand(1, 3, 16, 112, 112, device=device)
+    model.eval()
+    bare.eval()
+    notes = []
+    params = sum(p.numel() for p in model.parameters())
+    loss_params = sum(p.numel() for p in criterion.parameters())
+    backbone_params = sum(p.numel() for p in model.backbone.parameters())
+    counts = {
+        "model_thop": thop_style_macs(model, clip),
+        "model_full": flop_counter_macs(model, clip),
+        "bare_thop": thop_style_macs(bare, clip),
+        "bare_full": flop_counter_macs(bare, clip),
+    }
+    g = {k: v / 1e9 for k, v in counts.items()}
+    notes.append(
+        "| Count (one 16×112×112 clip, forward) | bare R3D-18 | MICACL (R3D-18 + head) |\n"
+        "|---|---|---|\n"
+        f"| Paper (Table, \"FLOPs\") | | {PAPER_GFLOPS:.2f} G |\n"
+        f"| (a) paper's convention: thop-style MACs, exact module types | "
+        f"{g['bare_thop']:.2f} G | {g['model_thop']:.2f} G |\n"
+        f"| (b) `FlopCounterMode`, all matmuls and convolutions: MACs | "
+        f"{g['bare_full']:.1f} G | {g['model_full']:.1f} G |\n"
+        f"| (b) as FLOPs (= 2 × MACs) | {2 * g['bare_full']:.1f} G | "
+        f"{2 * g['model_full']:.1f} G |\n"
+    )
+    notes.append(f"Parameters: model {params / 1e6:.2f} M (R3D-18 backbone without fc "
+                 f"{backbone_params / 1e6:.2f} M, head {(params - backbone_params) / 1e6:.2f} M); "
+                 f"the loss's MCCL projections {loss_params / 1e6:.2f} M more "
+                 f"(trained, not used at inference).")
+
+    # Training step on a small batch, next to its parts.
+    model.train()
+    batch = 2
+    clips = torch.rand(batch, 3, 16, 112, 112, device=device)
+    targets = torch.tensor([0, 5], device=device)
+    optimizer = torch.optim.AdamW(list(model.parameters()) + list(criterion.parameters()),
+                                  lr=4e-4, weight_decay=0.05)
+    snippets = torch.rand(batch * model.num_instances, 3, 4, 112, 112, device=device)
+    instances = torch.randn(batch, model.num_instances, 512, device=device, requires_grad=True)
+
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        logits, feature = model(clips)
+        criterion(feature, logits, targets, classifier=model.classifier).backward()
+        optimizer.step()
+
+    def backbone() -> None:
+        _zero_grads(model.backbone)
+        model.backbone(snippets).sum().backward()
+
+    def head() -> None:
+        _zero_grads(model.head, instances)
+        logits, feature = model.head(instances)
+        (logits.sum() + feature.sum()).backward()
+
+    def geiim() -> None:
+        _zero_grads(model.head.geiim, instances)
+        model.head.geiim(instances).sum().backward()
+
+    cases = {"training step (model + loss + AdamW)": train_step,
+             "R3D-18 backbone fwd+bwd": backbone, "head fwd+bwd": head, "GEIIM fwd+bwd": geiim}
+    repeats = args.repeats or (3 if args.quick else 5)
+    times = interleaved(cases, repeats, warmup=1, device=device)
+    config = f"batch {batch} clips of 16×112×112 ({model.num_instances} instances), per step"
+    rows = [
+        _row("Model", config, "training step (model + loss + AdamW)", "R3D-18 backbone fwd+bwd",
+             times),
+        _row("Model", config, "head fwd+bwd", "R3D-18 backbone fwd+bwd", times, kind="share"),
+        _row("Model", config, "GEIIM fwd+bwd", "R3D-18 backbone fwd+bwd", times, kind="share"),
+    ]
+    per_clip = _median_ms(times["training step (model + loss + AdamW)"]) / batch / 1e3
+    notes.append(f"Training step time per clip ({device.type}, batch {batch}): "
+                 f"{per_clip:.2f} s.")
+    if device.type == "cuda":
+        notes.append(_gpu_throughput(model, criterion, device, args))
+    return rows, notes
+
+
+def _gpu_throughput(model: nn.Module, criterion: nn.Module, device: torch.device,
+                    args: argparse.Namespace) -> str:
+    """Training clips/s at batch 32 with automatic mixed precision."""
+    batch = 32
+    amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    optimizer = torch.optim.AdamW(list(model.parameters()) + list(criterion.parameters()),
+                                  lr=4e-4, weight_decay=0.05)
+    clips = torch.rand(batch, 3, 16, 112, 112, device=device)
+    targets = torch.randint(0, NUM_CLASSES, (batch,), device=device)
+    model.train()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=amp_dtype):
+            logits, feature = model(clips)
+            loss = criterion(feature, logits, targets, classifier=model.classifier)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize(device)
+    steps = 5 if args.quick else 20
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - start
+    return (f"GPU training throughput, batch {batch}, AMP ({str(amp_dtype).split('.')[-1]}): "
+            f"{batch * steps / elapsed:.1f} clips/s "
+            f"(peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB).")
+
+
+# ------------------------------------------------------------------------------------------
+# report
+# ------------------------------------------------------------------------------------------
+
+
+def machine(device: torch.device, threads: int) -> list[str]:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    lines = [
+        f"- CPU: {cpu}, {os.cpu_count()} logical cores; torch threads: {threads}",
+        f"- torch {torch.__version__} (oneDNN {torch.backends.mkldnn.is_available()}, "
+        f"MKL {torch.backends.mkl.is_available()}), Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}",
+    ]
+    if device.type == "cuda":
+        lines.append(f"- GPU: {torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}")
+    else:
+        lines.append("- GPU: none used")
+    return lines
+
+
+def _fmt_mb(mb: float | None) -> str:
+    return "" if mb is None else f"{mb:,.0f}"
+
+
+def render(rows: list[Row], notes: list[str], args: argparse.Namespace,
+           device: torch.device, loads: tuple[tuple[float, ...], tuple[float, ...]]) -> str:
+    out = ["## Machine", ""]
+    out += machine(device, args.threads)
+    out.append(f"- load average (1, 5, 15 min) at start {loads[0][0]:.2f}, {loads[0][1]:.2f}, "
+               f"{loads[0][2]:.2f}; at end {loads[1][0]:.2f}, {loads[1][1]:.2f}, "
+               f"{loads[1][2]:.2f}")
+    out.append(f"- date: {datetime.datetime.now().isoformat(timespec='minutes')}; command: "
+               f"`{' '.join(['python', 'benchmarks/run.py', *sys.argv[1:]])}`")
+    out += ["", "## Forward + backward, medians of interleaved runs", "",
+            "| Section | Configuration | Ours | ms | Baseline | ms | Ratio | Target | Spread "
+            "| Peak MB (ours / baseline) |",
+            "|---|---|---|---:|---|---:|---:|---|---:|---|"]
+    for r in rows:
+        if r.kind == "share":
+            ratio = f"{100 * r.value:.1f} % of baseline"
+        else:
+            ratio = f"{r.value:.2f}× {'speed-up' if r.kind == 'speed-up' else 'ours/base'}"
+        mem = ""
+        if r.ours_mb is not None or r.base_mb is not None:
+            mem = f"{_fmt_mb(r.ours_mb)} / {_fmt_mb(r.base_mb)}"
+        out.append(f"| {r.section} | {r.config} | {r.ours} | {r.ours_ms:,.1f} | {r.baseline} | "
+                   f"{r.base_ms:,.1f} | {ratio} | {r.verdict()} | "
+                   f"{100 * r.spread:.0f}% | {mem} |")
+    for note in notes:
+        out += ["", note]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and sizes")
+    parser.add_argument("--only", default="wian,mccl,model",
+                        help="comma-separated subset of wian, mccl, model")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--repeats", type=int, default=0, help="override the repeat counts")
+    parser.add_argument("--no-memory", action="store_true", help="skip peak-memory probes")
+    parser.add_argument("--output", help="also write the Markdown report to this file")
+    parser.add_argument("--probe-memory", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.probe_memory:
+        probe_memory(args.probe_memory)
+        return
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device)
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    unknown = only - {"wian", "mccl", "model"}
+    if unknown:
+        parser.error(f"--only: unknown {sorted(unknown)}")
+    start_load = os.getloadavg()
+    rows: list[Row] = []
+    notes: list[str] = []
+    if "wian" in only:
+        rows += bench_wian(args, device)
+    if "mccl" in only:
+        rows += bench_mccl(args, device)
+    if "model" in only:
+        model_rows, model_notes = bench_model(args, device)
+        rows += model_rows
+        notes += model_notes
+    report = render(rows, notes, args, device, (start_load, os.getloadavg()))
+    print(report)
+    if args.output:
+        Path(args.output).write_text(report)
+
+
+if __name__ == "__main__":
+    main()

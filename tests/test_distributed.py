@@ -1,0 +1,117 @@
+"""MCCLoss(gather_distributed=True) across two CPU processes (gloo) equals one process."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from micacl_layers import MCCLoss
+from micacl_layers.distributed import gather_with_grad, gather_without_grad
+
+B, D, K = 12, 16, 3
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(B, 8, generator=g)
+    targets = torch.tensor([0, 1, 2, 0, 0, 1, 2, 2, 0, 1, 1, 0])
+    return x, targets
+
+
+def _models():
+    torch.manual_seed(1)
+    net = torch.nn.Linear(8, D).double()
+    head = torch.nn.Linear(D, K).double()
+    mccl = MCCLoss(K, D, [40, 20, 5], projection_dim=6, form="log").double()
+    return net, head, mccl
+
+
+def _single_process():
+    x, targets = _data()
+    net, head, mccl = _models()
+    features = net(x.double())
+    loss = mccl(features, head(features), targets)
+    loss.backward()
+    # The head only feeds the detached difficulty factor of Eq. 7, so it gets no gradient.
+    params = [*net.parameters(), *mccl.parameters()]
+    return loss.detach(), [p.grad.clone() for p in params]
+
+
+def _worker(rank, world, port, sizes, queue):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        x, targets = _data()
+        net, head, mccl = _models()
+        mccl.gather_distributed = True
+        start = sum(sizes[:rank])
+        local = slice(start, start + sizes[rank])
+        features = net(x[local].double())
+        loss = mccl(features, head(features), targets[local])
+        loss.backward()
+        grads = []
+        for p in [*net.parameters(), *mccl.parameters()]:
+            # What DDP does: average the gradients over ranks.
+            g = p.grad.clone()
+            dist.all_reduce(g)
+            grads.append(g / world)
+        # The helpers themselves: rank order, unequal sizes, no grad for labels.
+        gathered = gather_without_grad(targets[local])
+        ok_gather = torch.equal(gathered, targets)
+        y = gather_with_grad(torch.ones(sizes[rank], 2, dtype=torch.double,
+                                        requires_grad=True) * (rank + 1))
+        ok_rows = y.shape == (B, 2)
+        queue.put((rank, loss.detach(), grads, ok_gather, ok_rows))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(sizes):
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_worker, args=(r, 2, port, sizes, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    return sorted(results, key=lambda r: r[0])
+
+
+def _check(sizes):
+    ref_loss, ref_grads = _single_process()
+    for _rank, loss, grads, ok_gather, ok_rows in _run(sizes):
+        assert ok_gather and ok_rows
+        torch.testing.assert_close(loss, ref_loss, rtol=0, atol=1e-6)
+        assert len(grads) == len(ref_grads)
+        for g, r in zip(grads, ref_grads, strict=True):
+            torch.testing.assert_close(g, r, rtol=0, atol=1e-6)
+
+
+def test_gather_matches_single_process_equal_shards():
+    _check([6, 6])
+
+
+def test_gather_matches_single_process_unequal_shards():
+    _check([5, 7])
+
+
+def test_gather_is_a_no_op_without_a_process_group():
+    mccl = MCCLoss(K, D, [4, 2, 1], projection_dim=4, gather_distributed=True)
+    f, z = torch.randn(5, D), torch.randn(5, K)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    plain = MCCLoss(K, D, [4, 2, 1], projection_dim=4)
+    plain.load_state_dict(mccl.state_dict())
+    torch.testing.assert_close(mccl(f, z, y), plain(f, z, y))

@@ -1,0 +1,386 @@
+"""The fast paths match the straightforward formulations.
+
+- WIAN: the fused layer (:class:`micacl_layers.wian._WIANLayer`: one input projection for all
+  steps and directions, oneDNN products on CPU, hand-written backward) against a per-step loop
+  of :class:`WIANCell` sharing the same parameters, against the internal autograd reference
+  (:func:`micacl_layers.wian._layer_reference`), and against the naive per-gate module of
+  ``benchmarks/naive.py``.
+- MCCL: the one-buffer core (:class:`micacl_layers.mccl._ContrastiveCore`) against a per-scale
+  masked-softmax reference written here, with the blocks, the symmetric product and the
+  recompute-in-backward branch all exercised.
+
+Values and gradients agree to 1e-5 in float32 (1e-10 in float64).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import micacl_layers.mccl as mccl_module
+import micacl_layers.wian as wian_module
+from micacl_layers import WIAN, MCCLoss, WIANCell
+
+ROOT = Path(__file__).resolve().parents[1]
+F32 = {"atol": 1e-5, "rtol": 1e-5}
+F64 = {"atol": 1e-10, "rtol": 1e-10}
+
+
+def _tol(dtype: torch.dtype) -> dict[str, float]:
+    return F64 if dtype == torch.float64 else F32
+
+
+# ------------------------------------------------------------------------------------------
+# WIAN
+# ------------------------------------------------------------------------------------------
+
+
+def cell_loop_reference(wian: WIAN, x: torch.Tensor, weights: torch.Tensor | None,
+                        hx: tuple[torch.Tensor, torch.Tensor] | None):
+    """WIAN as a per-step loop of WIANCells that share ``wian``'s parameters (batch-first)."""
+    batch, steps, _ = x.shape
+    hidden, dirs = wian.hidden_size, wian.num_directions
+    w = None if weights is None else weights.broadcast_to(batch, steps, hidden)
+    layer_input, h_n, c_n = x, [], []
+    for layer in range(wian.num_layers):
+        outputs = []
+        for k, suffix in enumerate(("", "_reverse")[:dirs]):
+            cell = WIANCell(layer_input.shape[-1], hidden, bias=wian.bias, dtype=x.dtype)
+            name = f"l{layer}{suffix}"
+            cell.weight_ih = getattr(wian, f"weight_ih_{name}")
+            cell.weight_hh = getattr(wian, f"weight_hh_{name}")
+            if wian.bias:
+                cell.bias_ih = getattr(wian, f"bias_ih_{name}")
+                cell.bias_hh = getattr(wian, f"bias_hh_{name}")
+            index = layer * dirs + k
+            if hx is None:
+                h = c = x.new_zeros(batch, hidden)
+            else:
+                h, c = hx[0][index], hx[1][index]
+            per_step: list[torch.Tensor | None] = [None] * steps
+            for t in (range(steps) if k == 0 else reversed(range(steps))):
+                h, c = cell(layer_input[:, t], (h, c), None if w is None else w[:, t])
+                per_step[t] = h
+            outputs.append(torch.stack(per_step, dim=1))
+            h_n.append(h)
+            c_n.append(c)
+        layer_input = torch.cat(outputs, dim=-1)
+    return layer_input, (torch.stack(h_n), torch.stack(c_n))
+
+
+def _wian_case(batch, steps, in_size, hidden, layers, bidirectional, weight_kind, with_hx,
+               bias, dtype, seed=0):
+    torch.manual_seed(seed)
+    wian = WIAN(in_size, hidden, layers, bidirectional=bidirectional, bias=bias, dtype=dtype)
+    with torch.no_grad():  # wider than the default init: gates far from linear
+        for p in wian.parameters():
+            p.mul_(2.0)
+    dirs = 2 if bidirectional else 1
+    x = torch.randn(batch, steps, in_size, dtype=dtype, requires_grad=True)
+    weights = None
+    if weight_kind == "per_step":
+        weights = torch.rand(batch, steps, 1, dtype=dtype, requires_grad=True)
+    elif weight_kind == "full":
+        weights = torch.rand(batch, steps, hidden, dtype=dtype, requires_grad=True)
+    elif weight_kind == "constant":  # weights that need no gradient
+        weights = torch.rand(batch, steps, 1, dtype=dtype)
+    hx = None
+    if with_hx:
+        hx = tuple(torch.randn(dirs * layers, batch, hidden, dtype=dtype, requires_grad=True)
+                   for _ in range(2))
+    grads_out = (torch.randn(batch, steps, dirs * hidden, dtype=dtype),
+                 torch.randn(dirs * layers, batch, hidden, dtype=dtype),
+                 torch.randn(dirs * layers, batch, hidden, dtype=dtype))
+    return wian, x, weights, hx, grads_out
+
+
+def _values_and_grads(wian, forward, x, weights, hx, grads_out):
+    out, (h_n, c_n) = forward()
+    inputs = [x, *list(wian.parameters())]
+    if weights is not None and weights.requires_grad:
+        inputs.append(weights)
+    if hx is not None:
+        inputs += list(hx)
+    total = sum((o * g).sum() for o, g in zip((out, h_n, c_n), grads_out, strict=True))
+    grads = torch.autograd.grad(total, inputs)
+    return [out.detach(), h_n.detach(), c_n.detach(), *grads]
+
+
+WIAN_CASES = [
+    # batch, steps, in, hidden, layers, bidirectional, weights, hx, bias
+    (3, 5, 7, 6, 1, True, "per_step", False, True),
+    (4, 1, 3, 5, 2, True, None, True, True),
+    (2, 6, 4, 3, 3, False, "full", True, False),
+    (1, 4, 5, 5, 1, False, "constant", True, True),
+    (5, 3, 6, 4, 2, True, "constant", False, False),
+    (16, 12, 40, 24, 2, True, "per_step", False, True),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", WIAN_CASES)
+def test_wian_fast_path_matches_cell_loop(case, dtype):
+    wian, x, weights, hx, grads_out = _wian_case(*case, dtype=dtype)
+    calls = []
+    original = wian_module._WIANLayer.apply
+
+    def counting_apply(*args):
+        calls.append(1)
+        return original(*args)
+
+    wian_module._WIANLayer.apply = counting_apply
+    try:
+        fast = _values_and_grads(wian, lambda: wian(x, weights, hx), x, weights, hx, grads_out)
+    finally:
+        wian_module._WIANLayer.apply = original
+    assert len(calls) == wian.num_layers  # the fast path did run
+    ref = _values_and_grads(wian, lambda: cell_loop_reference(wian, x, weights, hx), x,
+                            weights, hx, grads_out)
+    for got, want in zip(fast, ref, strict=True):
+        torch.testing.assert_close(got, want, **_tol(dtype))
+
+
+@pytest.mark.parametrize("case", WIAN_CASES[:3] + WIAN_CASES[5:])
+def test_wian_fast_path_matches_autograd_reference(case, monkeypatch):
+    wian, x, weights, hx, grads_out = _wian_case(*case, dtype=torch.float32)
+    fast = _values_and_grads(wian, lambda: wian(x, weights, hx), x, weights, hx, grads_out)
+    monkeypatch.setattr(WIAN, "_use_fast_path", lambda self, *t: False)
+    ref = _values_and_grads(wian, lambda: wian(x, weights, hx), x, weights, hx, grads_out)
+    for got, want in zip(fast, ref, strict=True):
+        torch.testing.assert_close(got, want, **F32)
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration")
+def test_wian_fast_path_without_onednn_matches():
+    """The batched-matmul fallback (other devices, or oneDNN disabled) agrees as well."""
+    wian, x, weights, hx, grads_out = _wian_case(*WIAN_CASES[0], dtype=torch.float32)
+    fast = _values_and_grads(wian, lambda: wian(x, weights, hx), x, weights, hx, grads_out)
+    with torch.backends.mkldnn.flags(enabled=False):
+        plain = _values_and_grads(wian, lambda: wian(x, weights, hx), x, weights, hx,
+                                  grads_out)
+    for got, want in zip(fast, plain, strict=True):
+        torch.testing.assert_close(got, want, **F32)
+
+
+def test_naive_per_gate_baseline_matches_wian():
+    spec = importlib.util.spec_from_file_location("bench_naive", ROOT / "benchmarks" / "naive.py")
+    if spec is None or spec.loader is None:  # pragma: no cover - benchmarks/ not shipped
+        pytest.skip("benchmarks/naive.py not found")
+    naive_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(naive_module)
+    torch.manual_seed(0)
+    wian = WIAN(12, 8, 2, bidirectional=True)
+    naive = naive_module.NaivePerGateWIAN(12, 8, 2, bidirectional=True).load_from(wian)
+    x, w = torch.randn(3, 6, 12), torch.rand(3, 6, 1)
+    torch.testing.assert_close(naive(x, w), wian(x, w)[0], **F32)
+
+
+@pytest.mark.parametrize("with_hx", [False, True])
+def test_wian_double_backward(with_hx):
+    """Double backward differentiates the reference formulation (gradgradcheck)."""
+    torch.manual_seed(0)
+    wian = WIAN(3, 4, num_layers=2, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(2, 3, 1, dtype=torch.float64, requires_grad=True)
+    if with_hx:
+        h0 = torch.randn(4, 2, 4, dtype=torch.float64, requires_grad=True)
+        c0 = torch.randn(4, 2, 4, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradgradcheck(lambda a, b, c, d: wian(a, b, (c, d))[0],
+                                            (x, w, h0, c0))
+    else:
+        assert torch.autograd.gradgradcheck(lambda a, b: wian(a, b)[0], (x, w))
+
+
+def test_wian_backward_twice_with_retain_graph():
+    wian, x, weights, hx, grads_out = _wian_case(*WIAN_CASES[0], dtype=torch.float32)
+    out = wian(x, weights, hx)[0]
+    first = torch.autograd.grad(out, x, grads_out[0], retain_graph=True)[0]
+    second = torch.autograd.grad(out, x, grads_out[0])[0]
+    torch.testing.assert_close(first, second, atol=0, rtol=0)
+
+
+def test_wian_torch_compile_aot_eager_values_and_gradients():
+    """Dynamo + AOTAutograd (no C++ compiler involved: about a second on CPU)."""
+    wian, x, weights, _, grads_out = _wian_case(2, 4, 3, 5, 2, True, "per_step", False, True,
+                                                dtype=torch.float32)
+    compiled = torch.compile(wian, backend="aot_eager")
+    fast = _values_and_grads(wian, lambda: wian(x, weights), x, weights, None, grads_out)
+    got = _values_and_grads(wian, lambda: compiled(x, weights), x, weights, None, grads_out)
+    for a, b in zip(got, fast, strict=True):
+        torch.testing.assert_close(a, b, **F32)
+
+
+@pytest.mark.slow
+def test_wian_torch_compile_inductor():
+    """The default inductor backend; compiles C++ kernels (about 15 s on a 2-core CPU)."""
+    wian, x, weights, _, grads_out = _wian_case(2, 3, 3, 4, 1, True, "per_step", False, True,
+                                                dtype=torch.float32)
+    compiled = torch.compile(wian)
+    fast = _values_and_grads(wian, lambda: wian(x, weights), x, weights, None, grads_out)
+    got = _values_and_grads(wian, lambda: compiled(x, weights), x, weights, None, grads_out)
+    for a, b in zip(got, fast, strict=True):
+        torch.testing.assert_close(a, b, **F32)
+
+
+# ------------------------------------------------------------------------------------------
+# MCCL
+# ------------------------------------------------------------------------------------------
+
+
+def masked_softmax_reference(mccl: MCCLoss, features, logits, targets):
+    """MCCLoss written the straightforward way: a loop over scales, full masks, log-sum-exp of
+    masked copies (the formulation before the fast path)."""
+    counts = mccl.class_counts.clamp_min(1) if mccl.track_class_counts else mccl.class_counts
+    weights = mccl_module.category_aware_weights(
+        logits, targets, counts, class_weighting=mccl.class_weighting,
+        difficulty=mccl.difficulty, detach_difficulty=mccl.detach_difficulty)
+    tau = mccl_module.adaptive_temperature(counts, mccl.tau0, mode=mccl.temperature,
+                                           targets=targets).to(features.dtype)
+    eps = torch.finfo(features.dtype).tiny ** 0.5
+    batch = features.shape[0]
+    per_scale = []
+    for idx, scale in enumerate(mccl.scales):
+        z = mccl_module.pool_features(features, scale)
+        if mccl.projections is not None:
+            z = mccl.projections[idx](z)
+        z = F.normalize(z, dim=-1, eps=eps)
+        sim = z @ z.t() / tau
+        positive = targets[:, None] == targets[None, :]
+        eye = torch.eye(batch, dtype=torch.bool)
+        fill = torch.finfo(sim.dtype).min
+        if mccl.exclude_self:
+            positive = positive & ~eye
+            lse_all = sim.masked_fill(eye, fill).logsumexp(dim=1)
+        else:
+            lse_all = sim.logsumexp(dim=1)
+        num_pos = positive.sum(dim=1)
+        has_pos = num_pos > 0
+        if mccl.form == "ratio":
+            loss = -torch.exp(sim.masked_fill(~positive, fill).logsumexp(dim=1) - lse_all)
+        else:
+            loss = lse_all - (sim * positive).sum(dim=1) / num_pos.clamp_min(1)
+        loss = torch.where(has_pos, loss, torch.zeros_like(loss)) * weights
+        if mccl.reduction == "none":
+            per_scale.append(loss)
+        elif mccl.reduction == "sum":
+            per_scale.append(loss.sum())
+        else:
+            per_scale.append(loss.sum() / has_pos.sum().clamp_min(1))
+    return torch.stack(per_scale).mean(dim=0)
+
+
+MCCL_CASES = [
+    # batch, classes, dim, scales, projection_dim, form, exclude_self, reduction
+    (1, 3, 8, (1, 2), 4, "ratio", True, "mean"),
+    (2, 2, 8, (1,), None, "log", True, "mean"),
+    (7, 3, 12, (1, 2, 4), 6, "ratio", True, "none"),
+    (7, 3, 12, (1, 3), None, "log", False, "sum"),
+    (64, 5, 32, (1, 2, 4), 16, "ratio", True, "mean"),
+    (64, 5, 32, (1, 2, 4), 16, "log", True, "mean"),
+    (300, 7, 24, (1, 2), 8, "ratio", True, "mean"),  # several strips of the symmetric product
+    (300, 7, 24, (1, 2), 8, "log", False, "none"),
+]
+
+
+def _mccl_case(batch, classes, dim, scales, projection_dim, form, exclude_self, reduction,
+               dtype, seed=0):
+    torch.manual_seed(seed)
+    counts = torch.randint(1, 60, (classes,)).tolist()
+    mccl = MCCLoss(classes, dim, counts, scales, projection_dim=projection_dim, form=form,
+                   exclude_self=exclude_self, reduction=reduction, dtype=dtype)
+    features = torch.randn(batch, dim, dtype=dtype, requires_grad=True)
+    logits = torch.randn(batch, classes, dtype=dtype)
+    targets = torch.randint(0, classes, (batch,))
+    return mccl, features, logits, targets
+
+
+def _loss_and_grads(mccl, fn, features, logits, targets):
+    loss = fn(mccl, features, logits, targets)
+    # Per-anchor losses weighted to a mean, so gradients are O(1) whatever the reduction.
+    grad_out = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype).view(loss.shape)
+    grad_out = grad_out / loss.numel()
+    inputs = [features, *list(mccl.parameters())]
+    grads = torch.autograd.grad((loss * grad_out).sum(), inputs)
+    return [loss.detach(), *grads]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", MCCL_CASES)
+def test_mccl_fast_path_matches_masked_softmax_reference(case, dtype):
+    mccl, features, logits, targets = _mccl_case(*case, dtype=dtype)
+    fast = _loss_and_grads(mccl, lambda m, *a: m(*a), features, logits, targets)
+    ref = _loss_and_grads(mccl, masked_softmax_reference, features, logits, targets)
+    for got, want in zip(fast, ref, strict=True):
+        torch.testing.assert_close(got, want, **_tol(dtype))
+
+
+@pytest.mark.parametrize("case", [MCCL_CASES[4], MCCL_CASES[7]])
+def test_mccl_small_blocks_and_recompute_branch(case, monkeypatch):
+    """Many row blocks, a small Gram strip, and E recomputed in the backward (as for big B)."""
+    mccl, features, logits, targets = _mccl_case(*case, dtype=torch.float32)
+    monkeypatch.setattr(mccl_module, "_BLOCK_ENTRIES", 700)
+    monkeypatch.setattr(mccl_module, "_KEEP_ENTRIES", 0)
+    monkeypatch.setattr(mccl_module, "_GRAM_BLOCK", 24)
+    fast = _loss_and_grads(mccl, lambda m, *a: m(*a), features, logits, targets)
+    ref = _loss_and_grads(mccl, masked_softmax_reference, features, logits, targets)
+    for got, want in zip(fast, ref, strict=True):
+        torch.testing.assert_close(got, want, **F32)
+
+
+@pytest.mark.parametrize("form", ["ratio", "log"])
+@pytest.mark.parametrize("exclude_self", [True, False])
+def test_contrastive_core_with_memory_matches_reference(form, exclude_self):
+    """Memory-bank candidates (not symmetric: two products in the backward)."""
+    torch.manual_seed(0)
+    z = torch.randn(40, 16, requires_grad=True)
+    mem = torch.randn(25, 16, requires_grad=True)
+    targets, mem_targets = torch.randint(0, 4, (40,)), torch.randint(0, 4, (25,))
+    grad_out = torch.rand(40)
+
+    def run(fn):
+        loss, has_pos = fn()
+        return [loss.detach(), has_pos, *torch.autograd.grad((loss * grad_out).sum(), (z, mem))]
+
+    fast = run(lambda: mccl_module.supervised_contrastive_per_anchor(
+        z, targets, 0.1, form=form, exclude_self=exclude_self, memory_z=mem,
+        memory_targets=mem_targets))
+    cand_targets = torch.cat([targets, mem_targets])
+    ref = run(lambda: mccl_module._contrastive_reference(
+        z, mem, targets, cand_targets, torch.tensor(0.1), form, exclude_self,
+        torch.finfo(torch.float32).tiny ** 0.5))
+    for got, want in zip(fast, ref, strict=True):
+        torch.testing.assert_close(got, want, **F32)
+
+
+def test_mccl_backward_twice_with_retain_graph():
+    """The kept exp-similarities are consumed by the first backward; the second recomputes."""
+    mccl, features, logits, targets = _mccl_case(*MCCL_CASES[4], dtype=torch.float32)
+    loss = mccl(features, logits, targets)
+    first = torch.autograd.grad(loss, features, retain_graph=True)[0]
+    second = torch.autograd.grad(loss, features)[0]
+    torch.testing.assert_close(first, second, **F32)
+
+
+@pytest.mark.parametrize("form", ["ratio", "log"])
+def test_mccl_double_backward(form):
+    torch.manual_seed(0)
+    mccl = MCCLoss(3, 8, [5, 9, 2], (1, 2), projection_dim=4, form=form, dtype=torch.float64)
+    features = torch.randn(6, 8, dtype=torch.float64, requires_grad=True)
+    logits = torch.randn(6, 3, dtype=torch.float64)
+    targets = torch.tensor([0, 0, 1, 1, 2, 0])
+    assert torch.autograd.gradgradcheck(lambda f: mccl(f, logits, targets), (features,))
+
+
+def test_mccl_under_cpu_autocast_runs_in_float32():
+    """The similarity and log-sum-exp stay in float32 under autocast (bfloat16 projections)."""
+    mccl, features, logits, targets = _mccl_case(*MCCL_CASES[4], dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = mccl(features, logits, targets)
+    assert loss.dtype == torch.float32
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert torch.isfinite(features.grad).all()
