@@ -16,8 +16,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 venv: $(VENV)/.installed
 
+# Lint, then the test suite and every docstring example (the docs build runs in tests/test_docs.py).
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/ruff check micacl_layers tests examples benchmarks scripts
+	$(BIN)/python -m pytest -q --doctest-modules micacl_layers tests
 
 demo: venv
 	$(BIN)/python examples/train_dfew.py --dataset synthetic --demo

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import subprocess
+import sys
 import tempfile
 import textwrap
 from pathlib import Path
@@ -22,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = ("README.md", "docs/quickstart.md")
 PAGES = ("docs/index.md", "docs/installation.md", "docs/concepts.md", "docs/paper-to-code.md",
          "docs/reproduce.md", "docs/faq.md")
+TORCHRUN = re.compile(r"run with: torchrun --nproc_per_node (?P<n>\d+) (?P<file>[\w.]+)")
 FENCE = re.compile(r"^(?P<indent>[ \t]*)```python[^\n]*\n(?P<body>.*?)^(?P=indent)```",
                    re.DOTALL | re.MULTILINE)
 
@@ -50,6 +53,16 @@ def test_required_pages_have_snippets(required: str) -> None:
 def test_snippet_runs(source: str, code: str, tmp_path: Path,
                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    launch = TORCHRUN.search(code.splitlines()[0]) if code.strip() else None
+    if launch:
+        # A multi-process snippet runs as its first line says, under torchrun on the CPU.
+        script = tmp_path / launch["file"]
+        script.write_text(code)
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                               "--nproc_per_node", launch["n"], str(script)],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        return
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     namespace = {"__name__": "__main__"}
