@@ -1,0 +1,112 @@
+"""End-to-end test of examples/ablation.py on a tiny generated DFEW-layout tree."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("PIL")
+
+from micacl_layers.data import make_synthetic_dfew
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "examples" / "ablation.py"
+
+TINY = ["--backbone", "tiny", "--tiny-dim", "16", "--hidden-size", "8", "--num-layers", "1",
+        "--projection-dim", "8", "--image-size", "16", "--batch-size", "8", "--workers", "0",
+        "--warmup-epochs", "0.5", "--limit-train-batches", "2"]
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("ablation", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ablation = _load_script()
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dfew")
+    make_synthetic_dfew(root, total_clips=60, min_clips_per_class=5, frames=(6, 20),
+                        image_size=20, folds=(1,), seed=1)
+    return root
+
+
+def _rows(markdown: str) -> dict[str, list[str]]:
+    """Rows of the first (final-epoch) table, by setting name."""
+    section = markdown.split("## Final epoch", 1)[1].split("## Best epoch", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] not in ("Setting", "") and set(cells[0]) != {"-"}:
+            rows[cells[0]] = cells
+    return rows
+
+
+def _check_numbers(cells: list[str]) -> None:
+    for cell in cells[2:]:
+        for number in re.findall(r"-?\d+(?:\.\d+)?", cell):
+            assert 0.0 <= float(number) <= 100.0, cells
+
+
+def test_components_table_runs_every_setting_on_different_models(tiny_root, tmp_path):
+    out = tmp_path / "abl"
+    report = ablation.main(["--table", "components", "--dataset", "dfew", "--root",
+                            str(tiny_root), "--epochs", "1", "--seeds", "0", "1",
+                            "--output", str(out), "--", *TINY])
+    text = (out / "components.md").read_text()
+    rows = _rows(text)
+    assert set(rows) == set(ablation.COMPONENTS)
+    for cells in rows.values():
+        assert len(cells) == 4 + 7
+        _check_numbers(cells)
+    assert "seeds: [0, 1]" in text and "torch" in text and "command:" in text
+    saved = json.loads((out / "components.json").read_text())
+    assert set(saved["runs"]) == set(ablation.COMPONENTS)
+    for name in ablation.COMPONENTS:
+        assert [r["seed"] for r in saved["runs"][name]] == [0, 1]
+        for r in saved["runs"][name]:
+            assert (Path(r["output"]) / "results.json").is_file()
+            assert r["output"].endswith(f"components/{name}/seed{r['seed']}")
+    first = {k: v[0] for k, v in report["runs"].items()}
+    # a -> b adds GEIIM, b -> c swaps conv1d for WIAN: three different models.
+    params = [first[k]["model_params"] for k in "abc"]
+    assert len(set(params)) == 3, params
+    assert first["a"]["model"] == {"aggregator": "conv1d", "geiim": False,
+                                   "weight_mode": "instance_softmax"}
+    assert first["b"]["model"]["geiim"] and first["c"]["model"]["aggregator"] == "wian"
+    # d is c's model with the MICACL loss (which has its own MCCL projections).
+    assert first["d"]["model_params"] == first["c"]["model_params"]
+    assert first["c"]["criterion_params"] == 0 < first["d"]["criterion_params"]
+
+
+def test_losses_table_builds_a_different_criterion_per_setting(tiny_root, tmp_path):
+    out = tmp_path / "abl"
+    report = ablation.main(["--table", "losses", "--dataset", "dfew", "--root",
+                            str(tiny_root), "--epochs", "1", "--seeds", "0",
+                            "--output", str(out), *TINY])  # parse_known_args pass-through
+    rows = _rows((out / "losses.md").read_text())
+    assert set(rows) == set(ablation.LOSSES)
+    for cells in rows.values():
+        _check_numbers(cells)
+    runs = {k: v[0] for k, v in report["runs"].items()}
+    # Each setting is a different (criterion, model options) pair; micacl and micacl_paper
+    # may share the criterion (ratio form and weight 1 are our defaults too) but not the model.
+    combos = {k: json.dumps([r["criterion"], r["model"]], sort_keys=True) for k, r in runs.items()}
+    assert len(set(combos.values())) == len(combos), combos
+    assert runs["supcon"]["criterion"]["mccl_form"] == "log"
+    assert runs["supcon"]["criterion"]["mccl_scales"] == [1]
+    assert runs["micacl_paper"]["criterion"]["mccl_form"] == "ratio"
+    assert runs["micacl_paper"]["model"]["weight_mode"] == "channel_softmax"
+    assert runs["public_code"]["criterion"]["mc_weight"] == 30.0
+    assert runs["ce_ial"]["criterion"]["mc_weight"] == 0.0
+    assert runs["logit_adj"]["criterion"]["type"] == "LogitAdjustedCE"
+    # Same model everywhere except the paper-exact weight mode (same parameter count).
+    assert len({r["model_params"] for r in runs.values()}) == 1
