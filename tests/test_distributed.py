@@ -65,7 +65,9 @@ def _worker(rank, world, port, sizes, queue):
         y = gather_with_grad(torch.ones(sizes[rank], 2, dtype=torch.double,
                                         requires_grad=True) * (rank + 1))
         ok_rows = y.shape == (B, 2)
-        queue.put((rank, loss.detach(), grads, ok_gather, ok_rows))
+        # Plain values, not tensors: tensors travel as shared-memory handles that die with
+        # this process, which may exit before the parent reads them.
+        queue.put((rank, loss.item(), [g.tolist() for g in grads], ok_gather, ok_rows))
     finally:
         dist.destroy_process_group()
 
@@ -94,10 +96,11 @@ def _check(sizes):
     ref_loss, ref_grads = _single_process()
     for _rank, loss, grads, ok_gather, ok_rows in _run(sizes):
         assert ok_gather and ok_rows
-        torch.testing.assert_close(loss, ref_loss, rtol=0, atol=1e-6)
+        torch.testing.assert_close(torch.tensor(loss, dtype=torch.float64), ref_loss,
+                                   rtol=0, atol=1e-6)
         assert len(grads) == len(ref_grads)
         for g, r in zip(grads, ref_grads, strict=True):
-            torch.testing.assert_close(g, r, rtol=0, atol=1e-6)
+            torch.testing.assert_close(torch.tensor(g, dtype=torch.float64), r, rtol=0, atol=1e-6)
 
 
 def test_gather_matches_single_process_equal_shards():
