@@ -481,8 +481,9 @@ def progress(iterable, total: int, desc: str, rt: Runtime, args: argparse.Namesp
         from tqdm import tqdm
     except ImportError:
         return iterable
+    # disable=None: bars on a terminal only, so logs and CI output stay readable.
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True,
-                mininterval=1.0)
+                mininterval=1.0, disable=None)
 
 
 def make_loader(dataset, indices: list[int], args: argparse.Namespace, rt: Runtime,
@@ -620,7 +621,7 @@ def train_one_fold(args: argparse.Namespace, fold: int, out: Path, rt: Runtime) 
             for k, v in {"loss": loss.detach(), **parts}.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * n
             if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{float(loss):.3f}", lr=f"{lr:.2e}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{lr:.2e}")
         train_stats = {k: v / max(seen, 1) for k, v in sums.items()}
         metrics, _, _ = evaluate(model, test_set, num_classes, args, rt)
         record = {"epoch": epoch + 1, "lr": lr_at(global_step - 1, steps_per_epoch, args),
