@@ -110,7 +110,9 @@ class Row:
 
     @property
     def value(self) -> float:
-        return self.ours_ms / self.base_ms if self.kind == "ratio" else self.base_ms / self.ours_ms
+        if self.kind == "speed-up":
+            return self.base_ms / self.ours_ms
+        return self.ours_ms / self.base_ms
 
     def verdict(self) -> str:
         if not self.target:
@@ -269,7 +271,7 @@ def bench_mccl(args: argparse.Namespace, device: torch.device) -> list[Row]:
     batches = (256, 1024) if args.quick else (256, 1024, 4096)
     for batch in batches:
         cases = {case: _mccl_setup(case, batch, device) for case in MCCL_CASES}
-        repeats = args.repeats or (5 if args.quick else (7 if batch >= 4096 else 15))
+        repeats = args.repeats or (5 if args.quick else (7 if batch >= 4096 else 21))
         times = interleaved(cases, repeats, warmup=1, device=device)
         memory = {}
         if not args.no_memory:
