@@ -455,7 +455,7 @@ def bench_model(args: argparse.Namespace, device: torch.device) -> tuple[list[Ro
 
     cases = {"training step (model + loss + AdamW)": train_step,
              "R3D-18 backbone fwd+bwd": backbone, "head fwd+bwd": head, "GEIIM fwd+bwd": geiim}
-    repeats = args.repeats or (3 if args.quick else 5)
+    repeats = args.repeats or (3 if args.quick else 7)
     times = interleaved(cases, repeats, warmup=1, device=device)
     config = f"batch {batch} clips of 16×112×112 ({model.num_instances} instances), per step"
     rows = [
