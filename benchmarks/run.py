@@ -549,7 +549,7 @@ def render(rows: list[Row], notes: list[str], args: argparse.Namespace,
                f"`{' '.join(['python', 'benchmarks/run.py', *sys.argv[1:]])}`")
     out += ["", "## Forward + backward, medians of interleaved runs", "",
             "| Section | Configuration | Ours | ms | Baseline | ms | Ratio | Target | Spread "
-            "| Peak MB (ours / baseline) |",
+            "| Peak MiB (ours / baseline) |",
             "|---|---|---|---:|---|---:|---:|---|---:|---|"]
     for r in rows:
         if r.kind == "share":

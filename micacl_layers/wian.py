@@ -9,13 +9,16 @@ multi-layer and bidirectional semantics, unbatched inputs.
 Speed: the five gates of a direction are one fused ``(5H, I)`` input matrix and one ``(5H, H)``
 recurrent matrix. The input projection of every time step is one product per direction before
 the time loop; both directions advance in the same loop step, each step costing one small
-product per direction and a few element-wise ops written into preallocated buffers; the
-backward is written by hand (:class:`_WIANLayer`): per step one small product per direction and
-about ten element-wise ops, then the gradients of ``W_ih``, ``W_hh`` and the input as one product
-each over all steps. On CPU in float32 the products run through oneDNN (as ``nn.LSTM`` does),
-elsewhere through batched matmuls. Under ``torch.compile``, autocast and double backward the
-plain autograd formulation (:func:`_layer_reference`) runs instead; both agree to float32
-rounding (``tests/test_fast_paths.py``).
+product per direction and a few element-wise ops written into preallocated buffers (``tanh`` is
+computed as ``2 sigmoid(2x) - 1``, which is several times cheaper than ``torch.tanh`` on some
+CPUs and equal to float32 rounding). The backward is written by hand (:class:`_WIANLayer`): the
+local factor of every gate (what multiplies ``dL/dc_t`` or ``dL/dh_t``) is computed for all
+steps at once, in place over the saved activations, so each step costs one small product per
+direction and five in-place element-wise ops; the gradients of ``W_ih``, ``W_hh`` and the input
+are then one product each over all steps. On CPU in float32 the products run through oneDNN
+(as ``nn.LSTM`` does), elsewhere through batched matmuls. Under ``torch.compile``, autocast and
+double backward the plain autograd formulation (:func:`_layer_reference`) runs instead; both
+agree to float32 rounding (``tests/test_fast_paths.py``).
 """
 
 from __future__ import annotations
@@ -212,14 +215,27 @@ class _WIANLayer(torch.autograd.Function):
     so the first step's recurrent product, which adds exactly nothing, is skipped), then the
     parameters ``W_ih, W_hh, b_ih, b_hh`` of each direction as they are (no stacked copies).
     The forward projects the inputs of every step at once, then writes each step into
-    preallocated buffers and keeps what the backward needs; the backward runs one small product
-    per direction and about ten element-wise ops per step, and the gradients of ``W_hh``,
-    ``W_ih`` and the inputs are one product each over all steps (autograd would accumulate
-    ``W_hh``'s step by step).
+    preallocated buffers and keeps what the backward needs; the backward turns the activations
+    into per-gate factors for all steps at once, then runs one small product per direction and
+    five in-place element-wise ops per step, and the gradients of ``W_hh``, ``W_ih`` and the
+    inputs are one product each over all steps (autograd would accumulate ``W_hh``'s step by
+    step).
     """
 
     @staticmethod
     def forward(ctx, reads, h0, c0, weight, zero_state, *params):  # type: ignore[override]
+        acts, hs, cs, tanh_c, i_cand, d_all = _WIANLayer.run(reads, h0, c0, weight, zero_state,
+                                                             params)
+        ctx.zero_state = zero_state
+        # The backward turns the activations into the gate gradients in place, so they are
+        # handed over rather than saved; a second backward (retain_graph) recomputes them.
+        ctx.acts = acts
+        ctx.save_for_backward(reads, h0, c0, weight, hs, cs, tanh_c, i_cand, d_all, *params)
+        return hs[:, 1:].clone(), hs[:, -1].clone(), cs[:, -1].clone()
+
+    @staticmethod
+    def run(reads, h0, c0, weight, zero_state, params):
+        """The forward pass: activations ``(D, T, B, 5H)`` and the states the backward needs."""
         dirs, steps, batch, _ = reads.shape
         w_ih, w_hh = list(params[0::4]), list(params[1::4])
         bias = None
@@ -252,89 +268,92 @@ class _WIANLayer(torch.autograd.Function):
         for t in range(steps):
             # h0 = 0 adds exactly nothing: the same values without the product.
             if zero_state and t == 0:
-                g = [p[0] for p in proj_t]
+                g = [p[0] for p in proj_t]  # (changed in place below; not needed after)
             else:
                 g = recurrent.each(hs_t[t], [p[t] for p in proj_t])
             for k in range(dirs):
-                a = act_kt[k][t]
-                torch.sigmoid(g[k], out=a)
-                torch.tanh(g[k][:, cand], out=a[:, cand])
+                # tanh(x) = 2 sigmoid(2x) - 1: one sigmoid over all five gates. (torch.tanh
+                # costs several sigmoids on some CPUs.)
+                g[k][:, cand].mul_(2)
+                torch.sigmoid(g[k], out=act_kt[k][t])
             i, f, candidate, o, d = gates_t[t].unbind(-2)
+            candidate.mul_(2).sub_(1)
             if weight_t is not None:
                 d = torch.mul(d, weight_t[t], out=d_t[t])
-            # Same ops in the same order as wian_cell: c = f * c_prev + i * candidate * d.
+            # c = f * c_prev + (i * candidate) * d, as wian_cell.
             c = torch.mul(f, cs_t[t], out=cs_t[t + 1])
-            c.add_(torch.mul(i, candidate, out=i_cand_t[t]) * d)
-            torch.mul(o, torch.tanh(c, out=tanh_t[t]), out=hs_t[t + 1])
-        ctx.zero_state = zero_state
-        ctx.save_for_backward(reads, h0, c0, weight, acts, hs, cs, tanh_c, i_cand, d_all,
-                              *params)
-        return hs[:, 1:].clone(), hs[:, -1].clone(), cs[:, -1].clone()
+            c.addcmul_(torch.mul(i, candidate, out=i_cand_t[t]), d)
+            tanh = torch.mul(c, 2, out=tanh_t[t])
+            torch.sigmoid(tanh, out=tanh).mul_(2).sub_(1)
+            torch.mul(o, tanh, out=hs_t[t + 1])
+        return acts, hs, cs, tanh_c, i_cand, d_all
 
     @staticmethod
     def backward(ctx, grad_out, grad_h, grad_c):  # type: ignore[override]
-        (reads, h0, c0, weight, acts, hs, cs, tanh_c, i_cand, d_all,
-         *params) = ctx.saved_tensors
+        (reads, h0, c0, weight, hs, cs, tanh_c, i_cand, d_all, *params) = ctx.saved_tensors
         if torch.is_grad_enabled():
             # create_graph=True (double backward): differentiate the reference formulation.
             return _reference_backward(ctx, (reads, h0, c0, weight, *params),
                                        (grad_out, grad_h, grad_c))
         needs = ctx.needs_input_grad
-        dirs, steps, batch, gates = acts.shape
+        dirs, steps, batch, _ = reads.shape
+        gates = params[0].shape[0]
         hidden = gates // _NUM_GATES
         split = (dirs, steps, batch, _NUM_GATES, hidden)
-        a5 = acts.view(split)
-        # Local derivatives of the activations, all steps at once: a (1 - a) for the sigmoid
-        # gates, 1 - a^2 for the tanh candidate; and o (1 - tanh(c)^2) = dh/dc.
-        local = torch.addcmul(acts, acts, acts, value=-1).view(split)
-        candidate = a5[:, :, :, 2]
-        torch.addcmul(torch.ones_like(candidate), candidate, candidate, value=-1,
-                      out=local[:, :, :, 2])
-        dh_dc = torch.addcmul(torch.ones_like(tanh_c), tanh_c, tanh_c, value=-1)
-        dh_dc.mul_(a5[:, :, :, 3])
+        acts, ctx.acts = ctx.acts, None
+        if acts is None:  # a second backward: the first consumed them
+            acts = _WIANLayer.run(reads, h0, c0, weight, ctx.zero_state, params)[0]
+        i, f, candidate, o, s = acts.view(split).unbind(3)
+        d = s if weight is None else d_all
         need_weight = weight is not None and needs[3]
-        d_vals = a5[:, :, :, 4] if weight is None else d_all
-        if weight is None:
-            ds_factor = i_cand  # dc/ds (before the sigmoid) = i * candidate
-        elif need_weight:
-            ds_factor = None
-            dd_all = torch.empty_like(i_cand)  # dL/dd, for the gradient of the weights
-        else:
-            ds_factor = i_cand * weight
-        # dL/d(pre-activation) = (dL/d activation) * local derivative, written over `local`.
-        dgates = local.view(acts.shape)
-        slot = acts.new_empty(dirs, batch, _NUM_GATES, hidden)  # dL/d activation, one step
-        slot_i, slot_f, slot_c, slot_o, slot_s = slot.unbind(2)
+        # dL/d(pre-activation) of each gate is a factor that depends only on the forward
+        # values times dL/dc_t (input, forget, candidate, dynamic weight gate) or dL/dh_t
+        # (output gate). The factors are computed here for all steps at once, into the
+        # gradient buffer; the time loop below then only multiplies them in place.
+        # Everything read from the activations is taken before they are overwritten.
+        dh_dc = torch.addcmul(torch.ones_like(tanh_c), tanh_c, tanh_c, value=-1).mul_(o)
+        f_raw = f.clone()  # the forget gate carries dL/dc back a step
+        s_all = s.clone() if need_weight else None
+        d_c = torch.addcmul(torch.ones_like(candidate), candidate, candidate, value=-1)
+        d_c.mul_(i).mul_(d)  # tanh'(candidate) i d
+        candidate.mul_(d)
+        a5 = acts.view(split)
+        for pair in (a5[:, :, :, 0:2], a5[:, :, :, 3:5]):  # sigmoid' = a (1 - a)
+            pair.addcmul_(pair, pair, value=-1)
+        dgates = acts
+        g_i, g_f, g_c, g_o, g_s = a5.unbind(3)
+        g_i.mul_(candidate)  # candidate * d
+        g_c.copy_(d_c)
+        g_f.mul_(cs[:, :steps])
+        g_o.mul_(tanh_c)
+        g_s.mul_(i_cand)
+        if weight is not None:
+            g_s.mul_(weight)
+        del d_c
+        dc_all = torch.empty_like(tanh_c) if need_weight else None  # dL/dc_t, kept
         dh = torch.zeros_like(hs[:, 0]) if grad_h is None else grad_h.clone()
         dc = torch.zeros_like(cs[:, 0]) if grad_c is None else grad_c.clone()
         recurrent = _Products([w.t() for w in params[1::4]])  # dgates @ W_hh
         # Per-step views, taken once.
-        a5_t, local_t, dgates_t = a5.unbind(1), local.unbind(1), dgates.unbind(1)
-        tanh_t, dh_dc_t, cs_t, d_vals_t = (tanh_c.unbind(1), dh_dc.unbind(1), cs.unbind(1),
-                                           d_vals.unbind(1))
+        g5_t = dgates.view(split).unbind(1)
+        f_t, dh_dc_t = f_raw.unbind(1), dh_dc.unbind(1)
+        dc_t = None if dc_all is None else dc_all.unbind(1)
         grad_out_t = None if grad_out is None else grad_out.unbind(1)
-        if ds_factor is None:
-            i_cand_t, weight_t, dd_t = i_cand.unbind(1), weight.unbind(1), dd_all.unbind(1)
-        else:
-            ds_factor_t = ds_factor.unbind(1)
         for t in reversed(range(steps)):
             if grad_out_t is not None:
                 dh.add_(grad_out_t[t])
-            i, f, candidate, _, _ = a5_t[t].unbind(2)
-            torch.mul(dh, tanh_t[t], out=slot_o)  # output gate
+            if t < steps - 1:
+                dc.mul_(f_t[t + 1])  # dc_{t+1} -> its share in dc_t
             dc.addcmul_(dh, dh_dc_t[t])
-            dc_d = dc * d_vals_t[t]
-            torch.mul(dc_d, candidate, out=slot_i)  # input gate
-            torch.mul(dc, cs_t[t], out=slot_f)  # forget gate
-            torch.mul(dc_d, i, out=slot_c)  # candidate
-            if ds_factor is None:
-                torch.mul(torch.mul(dc, i_cand_t[t], out=dd_t[t]), weight_t[t], out=slot_s)
-            else:
-                torch.mul(dc, ds_factor_t[t], out=slot_s)  # dynamic weight gate
-            local_t[t].mul_(slot)
-            dc.mul_(f)
+            if dc_t is not None:
+                dc_t[t].copy_(dc)
+            g = g5_t[t]
+            g[:, :, :3].mul_(dc.unsqueeze(2))  # input, forget, candidate
+            g[:, :, 3].mul_(dh)  # output
+            g[:, :, 4].mul_(dc)  # dynamic weight gate
             if t > 0 or needs[1]:
-                dh = recurrent(dgates_t[t])
+                dh = recurrent(dgates[:, t])
+        dc.mul_(f_t[0])
         rows = steps * batch
         flat_grads = dgates.view(dirs, rows, gates)
         flat_reads = reads.reshape(dirs, rows, -1)
@@ -359,7 +378,7 @@ class _WIANLayer(torch.autograd.Function):
                 # A tensor of its own: both could end up as .grad, and be changed in place.
                 d_b_hh = (d_b.clone() if d_b_ih is not None else d_b) if needs[w_ih_i + 3] else None
             param_grads += [d_w_ih, d_w_hh, d_b_ih, d_b_hh]
-        d_weight = dd_all.mul_(a5[:, :, :, 4]) if need_weight else None
+        d_weight = dc_all.mul_(i_cand).mul_(s_all) if need_weight else None
         d_h0 = dh if needs[1] else None
         d_c0 = dc if needs[2] else None
         return (d_reads, d_h0, d_c0, d_weight, None, *param_grads)
