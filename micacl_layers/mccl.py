@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from micacl_layers._linear import FastLinear, mm_t
 from micacl_layers._validation import (
     check_class_counts,
     check_floating,
@@ -337,22 +338,6 @@ _KEEP_ENTRIES = 1 << 22
 # Rows per strip of the symmetric A A^T (only the upper block triangle is computed).
 _GRAM_BLOCK = 256
 
-_HAS_ONEDNN_LINEAR = (torch.backends.mkldnn.is_available()
-                      and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
-
-
-def _mm_t(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``x @ y^T`` (views are fine).
-
-    Through oneDNN on CPU in float32: faster than the default BLAS on many CPUs, and what
-    ``nn.LSTM`` and the convolutions run on there.
-    """
-    if (_HAS_ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype == torch.float32
-            and torch._C._get_mkldnn_enabled()):
-        return torch.ops.mkldnn._linear_pointwise(x, y, None, "none", [], "")
-    return x @ y.t()
-
-
 def _gram(a: torch.Tensor) -> torch.Tensor:
     """``a @ a^T``, symmetric: strips of the upper block triangle, mirrored.
 
@@ -361,11 +346,11 @@ def _gram(a: torch.Tensor) -> torch.Tensor:
     n = a.shape[0]
     block = _GRAM_BLOCK
     if n <= block:
-        return _mm_t(a, a)
+        return mm_t(a, a)
     out = a.new_empty(n, n)
     for i in range(0, n, block):
         rows = slice(i, min(i + block, n))
-        strip = _mm_t(a[rows], a[i:])
+        strip = mm_t(a[rows], a[i:])
         out[rows, i:] = strip
         out[i + block:, rows] = strip[:, block:].t()
     return out
@@ -377,7 +362,7 @@ def _similarities(anchors: torch.Tensor, mem: torch.Tensor | None, temperature: 
     if mem is None:
         sim = _gram(anchors)
     else:
-        sim = _mm_t(anchors, torch.cat([anchors, mem], dim=0))
+        sim = mm_t(anchors, torch.cat([anchors, mem], dim=0))
     sim.div_(temperature)
     if exclude_self:
         sim[:, :anchors.shape[0]].diagonal().fill_(torch.finfo(sim.dtype).min)
@@ -551,12 +536,12 @@ class _ContrastiveCore(torch.autograd.Function):
         grad_anchors = grad_mem = None
         if mem is None:
             if need_anchors:
-                grad_anchors = _mm_t(_add_transpose_(grad), anchors.t())
+                grad_anchors = mm_t(_add_transpose_(grad), anchors.t())
         else:
             cands = torch.cat([anchors, mem], dim=0)
-            grad_cands = _mm_t(grad.t(), anchors.t())
+            grad_cands = mm_t(grad.t(), anchors.t())
             if need_anchors:
-                grad_anchors = _mm_t(grad, cands.t()).add_(grad_cands[:batch])
+                grad_anchors = mm_t(grad, cands.t()).add_(grad_cands[:batch])
             if need_mem:
                 grad_mem = grad_cands[batch:]
         return grad_anchors, grad_mem
@@ -826,7 +811,7 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
             self.projections = None
         else:
             self.projections = nn.ModuleList(
-                nn.Linear(feature_dim // s, projection_dim, device=device, dtype=dtype)
+                FastLinear(feature_dim // s, projection_dim, device=device, dtype=dtype)
                 for s in self.scales
             )
         if isinstance(memory_size, bool) or not isinstance(memory_size, int) or memory_size < 0:

@@ -28,6 +28,7 @@ import math
 import torch
 from torch import nn
 
+from micacl_layers._linear import Products
 from micacl_layers._validation import check_floating, check_ndim, check_positive_int, describe
 
 __all__ = ["WIAN", "WIANCell", "wian_cell"]
@@ -137,59 +138,6 @@ def _layer_reference(
     return torch.stack(outs, dim=1), h, c
 
 
-_HAS_ONEDNN_LINEAR = (torch.backends.mkldnn.is_available()
-                      and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-                      and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
-
-
-def _onednn_usable(t: torch.Tensor) -> bool:
-    return (_HAS_ONEDNN_LINEAR and t.device.type == "cpu" and t.dtype == torch.float32
-            and torch._C._get_mkldnn_enabled())
-
-
-class _Products:
-    """``x[k] @ weights[k]^T (+ add[k])`` for every direction ``k``; each weight ``(N, K)``.
-
-    On CPU in float32 these run through oneDNN (what ``nn.LSTM`` runs on there), whose products
-    are much faster than the default BLAS's for the small shapes of a time loop (``B`` rows) on
-    many CPUs, and as fast or faster for the large ones; weights may be transposed views (no
-    copy). With ``pack_rows`` the weights are first reordered into oneDNN's blocked layout for
-    products of that many rows, which pays off over a time loop. Elsewhere: batched matmuls.
-    """
-
-    def __init__(self, weights: list[torch.Tensor], pack_rows: int | None = None) -> None:
-        self.onednn = _onednn_usable(weights[0])
-        if not self.onednn:
-            self.weights_t = torch.stack(weights).transpose(1, 2)  # (D, K, N)
-        elif pack_rows is not None:
-            self.weights = [torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), pack_rows)
-                            for w in weights]
-        else:
-            self.weights = weights
-
-    def each(self, x: torch.Tensor, add: torch.Tensor | list[torch.Tensor] | None = None
-             ) -> list[torch.Tensor]:
-        """One ``(rows, N)`` product per direction; ``add[k]`` is ``(rows, N)`` or ``(N,)``."""
-        if not self.onednn:
-            if isinstance(add, list):
-                add = torch.stack(add)
-            return list(self(x, add).unbind(0))
-        linear = torch.ops.mkldnn._linear_pointwise
-        if add is None:
-            return [linear(x[k], w, None, "none", [], "") for k, w in enumerate(self.weights)]
-        if add[0].dim() == 1:
-            return [linear(x[k], w, add[k], "none", [], "") for k, w in enumerate(self.weights)]
-        return [linear.binary(x[k], add[k], w, None, "add") for k, w in enumerate(self.weights)]
-
-    def __call__(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
-        """All directions' products as one ``(D, rows, N)`` tensor."""
-        if self.onednn:
-            return torch.stack(self.each(x, add))
-        if add is None:
-            return torch.bmm(x, self.weights_t)
-        return torch.baddbmm(add if add.dim() == 3 else add.unsqueeze(1), x, self.weights_t)
-
-
 def _weight_grad(grad: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     """``grad^T @ inputs`` (the gradient of a weight ``(N, K)``): ``(rows, N)``, ``(rows, K)``."""
     return grad.t() @ inputs  # (here the default BLAS does as well as oneDNN)
@@ -246,7 +194,7 @@ class _WIANLayer(torch.autograd.Function):
         hidden = gates // _NUM_GATES
         # Per direction (no stacked copy): (T, B, 5H) each.
         proj = [p.view(steps, batch, gates)
-                for p in _Products(w_ih).each(reads.reshape(dirs, steps * batch, -1), bias)]
+                for p in Products(w_ih).each(reads.reshape(dirs, steps * batch, -1), bias)]
         acts = reads.new_empty(dirs, steps, batch, gates)  # activations; candidate slot: tanh
         hs = acts.new_empty(dirs, steps + 1, batch, hidden)  # h_{-1} (= h0), h_0 .. h_{T-1}
         cs = acts.new_empty(dirs, steps + 1, batch, hidden)
@@ -255,7 +203,7 @@ class _WIANLayer(torch.autograd.Function):
         d_all = None if weight is None else acts.new_empty(dirs, steps, batch, hidden)
         hs[:, 0] = h0
         cs[:, 0] = c0
-        recurrent = _Products(w_hh, pack_rows=batch)  # h @ W_hh^T + proj
+        recurrent = Products(w_hh, pack_rows=batch)  # h @ W_hh^T + proj
         cand = slice(2 * hidden, 3 * hidden)
         # Per-step views, taken once (indexing inside the loop costs more than the small ops).
         proj_t = [p.unbind(0) for p in proj]
@@ -333,7 +281,7 @@ class _WIANLayer(torch.autograd.Function):
         dc_all = torch.empty_like(tanh_c) if need_weight else None  # dL/dc_t, kept
         dh = torch.zeros_like(hs[:, 0]) if grad_h is None else grad_h.clone()
         dc = torch.zeros_like(cs[:, 0]) if grad_c is None else grad_c.clone()
-        recurrent = _Products([w.t() for w in params[1::4]])  # dgates @ W_hh
+        recurrent = Products([w.t() for w in params[1::4]])  # dgates @ W_hh
         # Per-step views, taken once.
         g5_t = dgates.view(split).unbind(1)
         f_t, dh_dc_t = f_raw.unbind(1), dh_dc.unbind(1)
@@ -359,7 +307,7 @@ class _WIANLayer(torch.autograd.Function):
         flat_reads = reads.reshape(dirs, rows, -1)
         d_reads = None
         if needs[0]:
-            d_reads = _Products([w.t() for w in params[0::4]])(flat_grads).view(reads.shape)
+            d_reads = Products([w.t() for w in params[0::4]])(flat_grads).view(reads.shape)
         # sum_t dgates_t^T h_{t-1}: h_{-1} = 0 adds nothing.
         first = 1 if ctx.zero_state else 0
         n = (steps - first) * batch

@@ -5,6 +5,7 @@
   of :class:`WIANCell` sharing the same parameters, against the internal autograd reference
   (:func:`micacl_layers.wian._layer_reference`), and against the naive per-gate module of
   ``benchmarks/naive.py``.
+- Shared oneDNN linear (:mod:`micacl_layers._linear`, MCCL's projections) against ``F.linear``.
 - MCCL: the one-buffer core (:class:`micacl_layers.mccl._ContrastiveCore`) against a per-scale
   masked-softmax reference written here, with the blocks, the symmetric product and the
   recompute-in-backward branch all exercised.
@@ -21,6 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import micacl_layers._linear as linear_module
 import micacl_layers.mccl as mccl_module
 import micacl_layers.wian as wian_module
 from micacl_layers import WIAN, MCCLoss, WIANCell
@@ -400,3 +402,60 @@ def test_mccl_second_order_float32_matches_reference():
     for got, want in zip(fast, ref, strict=True):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
+
+
+# ------------------------------------------------------------------------------------------
+# Shared fast linear (MCCL's projections)
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fast_linear_matches_f_linear(bias, dtype):
+    torch.manual_seed(0)
+    x = torch.randn(37, 24, dtype=dtype, requires_grad=True)
+    w = torch.randn(19, 24, dtype=dtype, requires_grad=True)
+    b = torch.randn(19, dtype=dtype, requires_grad=True) if bias else None
+    grad = torch.randn(37, 19, dtype=dtype)
+    inputs = [t for t in (x, w, b) if t is not None]
+    out = linear_module.linear(x, w, b)
+    got = torch.autograd.grad(out, inputs, grad)
+    want_out = F.linear(x, w, b)
+    want = torch.autograd.grad(want_out, inputs, grad)
+    torch.testing.assert_close(out, want_out, **_tol(dtype))
+    for g, ref in zip(got, want, strict=True):
+        torch.testing.assert_close(g, ref, **_tol(dtype))
+
+
+def test_fast_linear_takes_the_onednn_path_on_cpu_float32():
+    x = torch.randn(5, 8, requires_grad=True)
+    out = linear_module.linear(x, torch.randn(3, 8), None)
+    expected = linear_module.onednn_usable(x)
+    assert (type(out.grad_fn).__name__ == "_LinearFunctionBackward") == expected
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert type(linear_module.linear(x, torch.randn(3, 8)).grad_fn).__name__ != (
+            "_LinearFunctionBackward")
+
+
+def test_fast_linear_double_backward_matches():
+    torch.manual_seed(1)
+    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda *a: linear_module._LinearFunction.apply(*a),
+                                        (x, w, b))
+
+
+def test_fast_linear_leaves_autocast_to_f_linear():
+    x, w = torch.randn(4, 8), torch.randn(3, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert linear_module.linear(x, w).dtype == F.linear(x, w).dtype == torch.bfloat16
+
+
+def test_mccl_projections_keep_nn_linear_state_dict():
+    loss = MCCLoss(3, 16, [5, 4, 3], projection_dim=8)
+    plain = {f"projections.{k}.{n}": p for k, s in enumerate(loss.scales)
+             for n, p in torch.nn.Linear(16 // s, 8).state_dict().items()}
+    assert set(plain) <= set(loss.state_dict())
+    loss.load_state_dict({**loss.state_dict(), **plain})
+    assert all(isinstance(p, torch.nn.Linear) for p in loss.projections)
