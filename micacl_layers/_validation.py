@@ -99,6 +99,21 @@ def check_logits_targets(logits: object, targets: object, *, ignore_index: int |
     return logits, targets
 
 
+def check_padding_mask(mask: object, batch: int, num_instances: int,
+                       name: str = "padding_mask") -> torch.Tensor:
+    """Check a bool ``(B, T)`` padding mask.
+
+    ``TypeError`` for anything but a bool tensor, ``ValueError`` for a wrong shape.
+    """
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        got = describe(mask) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise TypeError(f"`{name}` must be a bool tensor of shape (B, T), got {got}.")
+    if tuple(mask.shape) != (batch, num_instances):
+        raise ValueError(f"`{name}` must have shape (B, T)=({batch}, {num_instances}), "
+                         f"got {describe(mask)}.")
+    return mask
+
+
 def check_positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"`{name}` must be a positive int, got {value!r}.")

@@ -13,21 +13,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from micacl_layers._validation import check_floating, check_ndim, check_positive_int, describe
+from micacl_layers._validation import (
+    check_floating,
+    check_ndim,
+    check_padding_mask,
+    check_positive_int,
+    describe,
+)
 
 __all__ = ["GEIIM", "graph_propagate", "instance_adjacency"]
 
 
 def _check_padding_mask(padding_mask: object, batch: int, num_instances: int) -> torch.Tensor:
-    if not isinstance(padding_mask, torch.Tensor) or padding_mask.dtype != torch.bool:
-        got = describe(padding_mask) if isinstance(padding_mask, torch.Tensor) else type(
-            padding_mask).__name__
-        raise TypeError(f"`padding_mask` must be a bool tensor of shape (B, T), got {got}.")
-    if tuple(padding_mask.shape) != (batch, num_instances):
-        raise ValueError(
-            f"`padding_mask` must have shape (B, T)=({batch}, {num_instances}), "
-            f"got {describe(padding_mask)}."
-        )
+    padding_mask = check_padding_mask(padding_mask, batch, num_instances)
     if bool(padding_mask.all(dim=1).any()):
         raise ValueError("`padding_mask` marks every instance of some sample as padded; "
                          "each sample needs at least one real instance.")

@@ -13,7 +13,13 @@ from typing import Literal
 import torch
 from torch import nn
 
-from micacl_layers._validation import check_floating, check_ndim, check_positive_int, describe
+from micacl_layers._validation import (
+    check_floating,
+    check_ndim,
+    check_padding_mask,
+    check_positive_int,
+    describe,
+)
 
 __all__ = ["WEIGHT_MODES", "InstanceWeights", "instance_weights"]
 
@@ -61,10 +67,8 @@ def instance_weights(
     check_ndim("h", h, 3, "(B, T, C)")
     if mode not in WEIGHT_MODES:
         raise ValueError(f"`mode` must be one of {WEIGHT_MODES}, got {mode!r}.")
-    if padding_mask is not None and (padding_mask.dtype != torch.bool
-                                     or tuple(padding_mask.shape) != tuple(h.shape[:2])):
-        raise ValueError(f"`padding_mask` must be a bool tensor of shape (B, T)="
-                         f"{tuple(h.shape[:2])}, got {describe(padding_mask)}.")
+    if padding_mask is not None:
+        check_padding_mask(padding_mask, *h.shape[:2])
     work = h.float() if h.dtype in (torch.float16, torch.bfloat16) else h
     if mode == "instance_softmax":
         if padding_mask is not None:

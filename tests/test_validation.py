@@ -254,7 +254,7 @@ CASES = [
     ("iw-mask", lambda: InstanceWeights(4)(feats(2, 3, 4), torch.zeros(2, 4, dtype=bool)),
      ValueError, "padding_mask"),
     ("iw-mask-dtype", lambda: instance_weights(feats(2, 3, 4), padding_mask=torch.zeros(2, 3)),
-     ValueError, "padding_mask"),
+     TypeError, "padding_mask"),
     ("iw-in-features", lambda: InstanceWeights(0), ValueError, "in_features"),
     ("attn-heads", lambda: InstanceSelfAttention(10, num_heads=3), ValueError, "num_heads"),
     ("attn-x-size", lambda: InstanceSelfAttention(8, num_heads=2)(feats(2, 3, 6)), ValueError,
