@@ -13,8 +13,12 @@ gradient in place in the backward: never the masked copies of a straightforward 
 Small buffers (up to ``_KEEP_ENTRIES``, 16 MB) are kept for the backward, one per scale; larger
 ones are recomputed there, so one is alive at a time. The positive mask is built a block of rows
 at a time; without a memory bank only the upper block triangle of the symmetric ``A A^T`` is
-multiplied, and its backward is one product, ``(G + G^T) A``. The
-straightforward formulation (:func:`_contrastive_reference`) runs under ``torch.compile``, for a
+multiplied, and its backward is one product, ``(G + G^T) A``. A scale whose projection is a
+plain linear layer at least twice as wide as its pooled input (scales 2 and 4 of the defaults:
+``512 -> 1024``, ``256 -> 1024``) never forms the ``(B, P)`` embeddings when no memory bank
+needs them: :class:`_ProjectedContrastiveCore` gets the same similarities from ``x' M x'^T``
+with the small ``M = W'^T W'``, forward and backward, with products of inner size ``D / s``
+instead of ``P``. The straightforward formulation (:func:`_contrastive_reference`) runs under ``torch.compile``, for a
 temperature that needs a gradient, and for double backward; both agree to float32 rounding.
 """
 
@@ -424,6 +428,75 @@ def _normalize_backward(grad: torch.Tensor, unit: torch.Tensor, denom: torch.Ten
     return grad.sub_(unit * radial).div_(denom)
 
 
+def _loss_from_similarities(ctx, sim, targets, cand_targets, form, exclude_self, num_pos):
+    """Per-anchor loss from the scaled similarities ``sim`` ``(B, M)`` (self entries masked).
+
+    Turns ``sim`` into ``E = exp(S - max)`` in place, a block of rows at a time, and keeps it on
+    ``ctx`` for the backward when it is small enough. Returns ``(loss, has_positive)`` and the
+    row statistics the backward needs.
+    """
+    batch = sim.shape[0]
+    has_positive = num_pos > 0
+    maxes = sim.amax(dim=1)
+    total = sim.new_empty(batch)  # sum over candidates of exp(S - max)
+    pos = sim.new_empty(batch)  # ratio: sum over positives of exp(S - max); log: of S
+    for start, stop in _row_blocks(batch, sim.shape[1]):
+        block = sim[start:stop]
+        mask = _positive_block(targets, cand_targets, start, stop, exclude_self)
+        if form == "log":
+            torch.sum(torch.where(mask, block, 0), dim=1, out=pos[start:stop])
+        block.sub_(maxes[start:stop, None]).exp_()
+        torch.sum(block, dim=1, out=total[start:stop])
+        if form == "ratio":
+            torch.sum(torch.where(mask, block, 0), dim=1, out=pos[start:stop])
+    keep = any(ctx.needs_input_grad[:3]) and sim.numel() <= _KEEP_ENTRIES
+    ctx.exp_sim = sim if keep else None
+    if form == "ratio":
+        share = pos / total  # = exp(lse_P - lse_A)
+        loss = -share
+        aux = share
+    else:
+        aux = num_pos.clamp_min(1).to(pos.dtype)
+        loss = total.log() + maxes - pos / aux
+    loss = torch.where(has_positive, loss, torch.zeros_like(loss))
+    ctx.form, ctx.exclude_self = form, exclude_self
+    ctx.mark_non_differentiable(has_positive)
+    return loss, has_positive, (maxes, total, aux)
+
+
+def _similarity_grad(ctx, grad_loss, recompute, targets, cand_targets, temperature, maxes,
+                     total, aux, has_positive):
+    """``dL/dS`` ``(B, M)`` for ``S = A C^T``, the ``1 / tau`` folded in.
+
+    Written into the buffer of ``exp(S / tau - max)`` that the forward kept (or that
+    ``recompute()`` rebuilds).
+    """
+    batch = maxes.shape[0]
+    # d loss_i / d S_ij:
+    #   ratio: E_ij / total_i * (r_i - [j in P(i)]),  log: E_ij / total_i - [j in P(i)] / |P(i)|
+    grad_loss = torch.where(has_positive, grad_loss, torch.zeros_like(grad_loss))
+    scale = grad_loss / (total * temperature)
+    if ctx.form == "ratio":
+        on_pos, off_pos = scale * (aux - 1), scale * aux
+    else:
+        on_pos = grad_loss / (aux * temperature)
+    grad, ctx.exp_sim = ctx.exp_sim, None  # E from the forward, consumed here
+    fresh = grad is None
+    if fresh:
+        grad = recompute()
+    for start, stop in _row_blocks(batch, grad.shape[1]):
+        block = grad[start:stop]
+        mask = _positive_block(targets, cand_targets, start, stop, ctx.exclude_self)
+        if fresh:
+            block.sub_(maxes[start:stop, None]).exp_()
+        if ctx.form == "ratio":
+            block.mul_(torch.where(mask, on_pos[start:stop, None], off_pos[start:stop, None]))
+        else:
+            block.mul_(scale[start:stop, None])
+            block.sub_(torch.where(mask, on_pos[start:stop, None], 0))
+    return grad
+
+
 class _ContrastiveCore(torch.autograd.Function):
     """Per-anchor supervised contrastive loss with one ``(B, M)`` buffer alive at a time.
 
@@ -447,37 +520,13 @@ class _ContrastiveCore(torch.autograd.Function):
         mem_unit = mem_denom = None
         if mem is not None:
             mem_unit, mem_denom = _normalize(mem, eps)
-        batch = anchors.shape[0]
         num_pos = _positive_counts(targets, cand_targets, exclude_self)
-        has_positive = num_pos > 0
         sim = _similarities(anchors, mem_unit, temperature, exclude_self)
-        maxes = sim.amax(dim=1)
-        total = sim.new_empty(batch)  # sum over candidates of exp(S - max)
-        pos = sim.new_empty(batch)  # ratio: sum over positives of exp(S - max); log: of S
-        for start, stop in _row_blocks(batch, sim.shape[1]):
-            block = sim[start:stop]
-            mask = _positive_block(targets, cand_targets, start, stop, exclude_self)
-            if form == "log":
-                torch.sum(torch.where(mask, block, 0), dim=1, out=pos[start:stop])
-            block.sub_(maxes[start:stop, None]).exp_()
-            torch.sum(block, dim=1, out=total[start:stop])
-            if form == "ratio":
-                torch.sum(torch.where(mask, block, 0), dim=1, out=pos[start:stop])
-        keep = any(ctx.needs_input_grad[:2]) and sim.numel() <= _KEEP_ENTRIES
-        ctx.exp_sim = sim if keep else None
-        del sim
-        if form == "ratio":
-            share = pos / total  # = exp(lse_P - lse_A)
-            loss = -share
-            aux = share
-        else:
-            aux = num_pos.clamp_min(1).to(pos.dtype)
-            loss = total.log() + maxes - pos / aux
-        loss = torch.where(has_positive, loss, torch.zeros_like(loss))
-        ctx.form, ctx.exclude_self, ctx.eps = form, exclude_self, eps
+        loss, has_positive, stats = _loss_from_similarities(ctx, sim, targets, cand_targets,
+                                                            form, exclude_self, num_pos)
+        ctx.eps = eps
         ctx.save_for_backward(z, mem, anchors, denom, mem_unit, mem_denom, targets,
-                              cand_targets, temperature, maxes, total, aux, has_positive)
-        ctx.mark_non_differentiable(has_positive)
+                              cand_targets, temperature, *stats, has_positive)
         return loss, has_positive
 
     @staticmethod
@@ -496,9 +545,11 @@ class _ContrastiveCore(torch.autograd.Function):
                     next(found) if mem is not None and mem.requires_grad else None,
                     None, None, None, None, None, None)
         with torch.autocast(z.device.type, enabled=False):
-            grad_anchors, grad_mem = _ContrastiveCore._backward(
-                ctx, grad_loss, anchors, mem_unit, targets, cand_targets, temperature, maxes,
-                total, aux, has_positive)
+            grad = _similarity_grad(
+                ctx, grad_loss,
+                lambda: _similarities(anchors, mem_unit, temperature, ctx.exclude_self),
+                targets, cand_targets, temperature, maxes, total, aux, has_positive)
+            grad_anchors, grad_mem = _ContrastiveCore._products(ctx, grad, anchors, mem_unit)
         grad_z = grad_m = None
         if grad_anchors is not None:
             grad_z = _normalize_backward(grad_anchors, anchors, denom, ctx.eps)
@@ -507,31 +558,8 @@ class _ContrastiveCore(torch.autograd.Function):
         return grad_z, grad_m, None, None, None, None, None, None
 
     @staticmethod
-    def _backward(ctx, grad_loss, anchors, mem, targets, cand_targets, temperature, maxes,
-                  total, aux, has_positive):
+    def _products(ctx, grad, anchors, mem):
         batch = anchors.shape[0]
-        # d loss_i / d S_ij, with the 1/tau of S = A C^T / tau folded in:
-        #   ratio: E_ij / total_i * (r_i - [j in P(i)]),  log: E_ij / total_i - [j in P(i)] / |P(i)|
-        grad_loss = torch.where(has_positive, grad_loss, torch.zeros_like(grad_loss))
-        scale = grad_loss / (total * temperature)
-        if ctx.form == "ratio":
-            on_pos, off_pos = scale * (aux - 1), scale * aux
-        else:
-            on_pos = grad_loss / (aux * temperature)
-        grad, ctx.exp_sim = ctx.exp_sim, None  # E from the forward, consumed here
-        recompute = grad is None
-        if recompute:
-            grad = _similarities(anchors, mem, temperature, ctx.exclude_self)
-        for start, stop in _row_blocks(batch, grad.shape[1]):
-            block = grad[start:stop]
-            mask = _positive_block(targets, cand_targets, start, stop, ctx.exclude_self)
-            if recompute:
-                block.sub_(maxes[start:stop, None]).exp_()
-            if ctx.form == "ratio":
-                block.mul_(torch.where(mask, on_pos[start:stop, None], off_pos[start:stop, None]))
-            else:
-                block.mul_(scale[start:stop, None])
-                block.sub_(torch.where(mask, on_pos[start:stop, None], 0))
         need_anchors, need_mem = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_anchors = grad_mem = None
         if mem is None:
@@ -545,6 +573,140 @@ class _ContrastiveCore(torch.autograd.Function):
             if need_mem:
                 grad_mem = grad_cands[batch:]
         return grad_anchors, grad_mem
+
+
+def _projected_gram(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``q @ x^T`` for a product known to be symmetric: the upper block triangle, mirrored."""
+    n = x.shape[0]
+    block = _GRAM_BLOCK
+    if n <= block:
+        return mm_t(q, x)
+    out = x.new_empty(n, n)
+    for i in range(0, n, block):
+        rows = slice(i, min(i + block, n))
+        strip = mm_t(q[rows], x[i:])
+        out[rows, i:] = strip
+        out[i + block:, rows] = strip[:, block:].t()
+    return out
+
+
+class _ProjectedContrastiveCore(torch.autograd.Function):
+    """:class:`_ContrastiveCore` of ``z = x W^T + b`` without forming ``z``.
+
+    For a linear projection and no memory bank.
+
+    With ``x' = [x, 1]`` and ``W' = [W, b]``, ``z z^T = x' M x'^T`` for the small
+    ``M = W'^T W'`` (``(d + 1) x (d + 1)``), and ``|z_i|^2`` is its diagonal. When ``d`` is well
+    below the projection size ``P`` (MCCL's coarser scales: ``d = D / s``) this replaces the
+    ``B x P`` projection and the ``B x B x P`` similarity product by products of inner size
+    ``d``, forward and backward: ``dL/dz = H z`` for a symmetric ``B x B`` matrix ``H`` built
+    from ``dL/dS`` and the norms, so ``dL/dx' = (H x') M`` and ``dL/dW' = W' (x'^T H x')``.
+    Same values as projecting and calling :class:`_ContrastiveCore`, to float32 rounding.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, targets, temperature, form,  # type: ignore[override]
+                exclude_self, eps):
+        if bias is None:
+            xa, wa = x, weight
+        else:
+            xa = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
+            wa = torch.cat([weight, bias.unsqueeze(1)], dim=1)
+        gram = mm_t(wa.t(), wa.t())  # M = W'^T W'
+        q = xa @ gram
+        # |z_i| from x'_i M x'_i; rounding can take an exact zero slightly below 0.
+        denom = (q * xa).sum(dim=1).clamp_min(0).sqrt().clamp_min(eps)
+        num_pos = _positive_counts(targets, targets, exclude_self)
+        sim = _ProjectedContrastiveCore._similarities(q, xa, denom, temperature, exclude_self)
+        loss, has_positive, stats = _loss_from_similarities(ctx, sim, targets, targets, form,
+                                                            exclude_self, num_pos)
+        ctx.eps, ctx.has_bias = eps, bias is not None
+        ctx.save_for_backward(x, weight, bias, xa, wa, gram, q, denom, targets, temperature,
+                              *stats, has_positive)
+        return loss, has_positive
+
+    @staticmethod
+    def _similarities(q, xa, denom, temperature, exclude_self):
+        sim = _projected_gram(q, xa)
+        inv = denom.reciprocal()
+        sim.mul_(inv[:, None]).mul_(inv[None, :]).div_(temperature)
+        if exclude_self:
+            sim.diagonal().fill_(torch.finfo(sim.dtype).min)
+        return sim
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_has_positive):  # type: ignore[override]
+        (x, weight, bias, xa, wa, gram, q, denom, targets, temperature, maxes, total, aux,
+         has_positive) = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True (double backward): differentiate the reference formulation.
+            inputs = [t for t in (x, weight, bias) if t is not None and t.requires_grad]
+            with torch.enable_grad():
+                z = F.linear(x, weight, bias)
+                loss, _ = _contrastive_reference(z, None, targets, targets, temperature,
+                                                 ctx.form, ctx.exclude_self, ctx.eps)
+            found = iter(torch.autograd.grad(loss, inputs, grad_loss, create_graph=True,
+                                             allow_unused=True))
+            grads = [next(found) if t is not None and t.requires_grad else None
+                     for t in (x, weight, bias)]
+            return (*grads, None, None, None, None, None)
+        with torch.autocast(x.device.type, enabled=False):
+            grad = _similarity_grad(
+                ctx, grad_loss,
+                lambda: _ProjectedContrastiveCore._similarities(q, xa, denom, temperature,
+                                                                ctx.exclude_self),
+                targets, targets, temperature, maxes, total, aux, has_positive)
+            # dL/dA = G_s A with G_s = G + G^T and A = z / |z|; through the normalisation,
+            # dL/dz = H z with H = N^-1 G_s N^-1 - diag(r / |z|^2), N = diag(|z|) and
+            # r_i = A_i . (G_s A)_i (zero where the norm was clamped, as there z / eps is
+            # linear). With u = G_s N^-1 x' (so that (G_s A)_i = u_i W'^T / |z_i|):
+            # r_i = (q_i . u_i) / |z_i|, and H x' = u / |z| - (r / |z|^2) x'.
+            inv = denom.reciprocal()
+            u = mm_t(_add_transpose_(grad), (xa * inv[:, None]).t())
+            del grad
+            radial = (q * u).sum(dim=1).mul_(inv)
+            radial.masked_fill_(denom <= ctx.eps, 0.0)
+            hx = u.mul_(inv[:, None]).sub_(xa * (radial * inv * inv)[:, None])
+        needs = ctx.needs_input_grad
+        grad_x = grad_w = grad_b = None
+        if needs[0]:
+            grad_x = (hx @ gram)[:, :x.shape[1]]
+        if needs[1] or needs[2]:
+            grad_wa = wa @ mm_t(xa.t(), hx.t())  # W' (x'^T H x')
+            grad_w = grad_wa[:, :x.shape[1]] if needs[1] else None
+            grad_b = grad_wa[:, -1] if ctx.has_bias and needs[2] else None
+        return grad_x, grad_w, grad_b, None, None, None, None, None
+
+
+def _projected_path_pays(projection: object, x: torch.Tensor, tau: torch.Tensor) -> bool:
+    """Whether :class:`_ProjectedContrastiveCore` applies to ``projection(x)`` and saves work.
+
+    Only for exactly ``nn.Linear`` / :class:`~micacl_layers._linear.FastLinear` without hooks
+    of its own (whose output would be bypassed), outside autocast (where the projection itself
+    would run in half precision), ``torch.compile`` and learned temperatures, and when the
+    input is at most half as wide as the output (below that it costs more than it saves).
+    """
+    if type(projection) not in (nn.Linear, FastLinear):
+        return False
+    if projection._forward_hooks or projection._forward_pre_hooks:
+        return False
+    if (torch.jit.is_scripting() or torch.compiler.is_compiling()
+            or torch.is_autocast_enabled(x.device.type) or tau.requires_grad):
+        return False
+    if not (x.is_floating_point() and x.dtype == projection.weight.dtype):
+        return False
+    return 2 * (x.shape[1] + 1) <= projection.out_features
+
+
+def _projected_contrastive(x, projection, targets, temperature, form, exclude_self):
+    """:func:`supervised_contrastive_per_anchor` of ``projection(x)`` without forming it."""
+    dtype = _compute_dtype(x)
+    eps = torch.finfo(dtype).tiny ** 0.5
+    weight = projection.weight.to(dtype)
+    bias = None if projection.bias is None else projection.bias.to(dtype)
+    temperature = torch.as_tensor(temperature, dtype=dtype, device=x.device)
+    return _ProjectedContrastiveCore.apply(x.to(dtype), weight, bias, targets, temperature,
+                                           form, exclude_self, eps)
 
 
 def _reduce(per_anchor: torch.Tensor, has_positive: torch.Tensor, reduction: str
@@ -658,14 +820,19 @@ def multiscale_category_aware_contrastive_loss(
         tau0=tau0, temperature=temperature, form=form, exclude_self=exclude_self,
         class_weighting=class_weighting, difficulty=difficulty,
         detach_difficulty=detach_difficulty, reduction=reduction,
-        return_breakdown=return_breakdown, memory=memory)
+        return_breakdown=return_breakdown, memory=memory, need_embeddings=False)
     return result
 
 
 def _multiscale_loss(features, logits, targets, class_counts, *, scales, projections, tau0,
                      temperature, form, exclude_self, class_weighting, difficulty,
-                     detach_difficulty, reduction, return_breakdown, memory):
-    """The loss and each scale's embeddings (which a memory bank stores)."""
+                     detach_difficulty, reduction, return_breakdown, memory, need_embeddings):
+    """The loss and each scale's embeddings (which a memory bank stores).
+
+    Without a memory bank and with ``need_embeddings=False``, a scale whose projection is a
+    plain linear layer much wider than its input skips forming the embeddings
+    (:class:`_ProjectedContrastiveCore`); its entry in the returned list is ``None``.
+    """
     features = check_floating("features", features)
     check_ndim("features", features, 2, "(B, D)")
     logits, targets = check_logits_targets(logits, targets)
@@ -687,13 +854,21 @@ def _multiscale_loss(features, logits, targets, class_counts, *, scales, project
     per_scale, embeddings, has_positive = [], [], None
     for idx, s in enumerate(scales):
         z = pool_features(features, s)
-        if projections is not None:
-            z = projections[idx](z)
-        embeddings.append(z)
-        mem_z, mem_t = (None, None) if memory is None else (memory[0][idx], memory[1])
-        loss_s, has_positive = supervised_contrastive_per_anchor(
-            z, targets, tau, form=form, exclude_self=exclude_self, memory_z=mem_z,
-            memory_targets=mem_t)
+        projection = None if projections is None else projections[idx]
+        if (memory is None and not need_embeddings
+                and _projected_path_pays(projection, z, tau)):
+            embeddings.append(None)
+            with torch.autocast(z.device.type, enabled=False):
+                loss_s, has_positive = _projected_contrastive(z, projection, targets, tau,
+                                                              form, exclude_self)
+        else:
+            if projection is not None:
+                z = projection(z)
+            embeddings.append(z)
+            mem_z, mem_t = (None, None) if memory is None else (memory[0][idx], memory[1])
+            loss_s, has_positive = supervised_contrastive_per_anchor(
+                z, targets, tau, form=form, exclude_self=exclude_self, memory_z=mem_z,
+                memory_targets=mem_t)
         per_scale.append(_reduce(loss_s * weights, has_positive, reduction))
     stacked = torch.stack(per_scale)
     loss = stacked.mean(dim=0)
@@ -886,7 +1061,7 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
             temperature=self.temperature, form=self.form, exclude_self=self.exclude_self,
             class_weighting=self.class_weighting, difficulty=self.difficulty,
             detach_difficulty=self.detach_difficulty, reduction=self.reduction,
-            return_breakdown=return_breakdown, memory=memory,
+            return_breakdown=return_breakdown, memory=memory, need_embeddings=use_memory,
         )
         if use_memory:
             self.memory.push(embeddings, targets)

@@ -285,7 +285,13 @@ MCCL_CASES = [
     (64, 5, 32, (1, 2, 4), 16, "log", True, "mean"),
     (300, 7, 24, (1, 2), 8, "ratio", True, "mean"),  # several strips of the symmetric product
     (300, 7, 24, (1, 2), 8, "log", False, "none"),
+    # Projections at least twice as wide as their input: those scales skip forming z
+    # (_ProjectedContrastiveCore); scale 1 of the last two does not.
+    (64, 5, 32, (2, 4), 64, "ratio", True, "mean"),
+    (300, 7, 24, (1, 2, 4), 48, "log", True, "mean"),
+    (300, 7, 24, (1, 2, 4), 48, "ratio", False, "none"),
 ]
+PROJECTED_CASES = MCCL_CASES[-3:]
 
 
 def _mccl_case(batch, classes, dim, scales, projection_dim, form, exclude_self, reduction,
@@ -320,7 +326,7 @@ def test_mccl_fast_path_matches_masked_softmax_reference(case, dtype):
         torch.testing.assert_close(got, want, **_tol(dtype))
 
 
-@pytest.mark.parametrize("case", [MCCL_CASES[4], MCCL_CASES[7]])
+@pytest.mark.parametrize("case", [MCCL_CASES[4], MCCL_CASES[7], *PROJECTED_CASES[1:]])
 def test_mccl_small_blocks_and_recompute_branch(case, monkeypatch):
     """Many row blocks, a small Gram strip, and E recomputed in the backward (as for big B)."""
     mccl, features, logits, targets = _mccl_case(*case, dtype=torch.float32)
@@ -427,6 +433,7 @@ def test_fast_linear_matches_f_linear(bias, dtype):
         torch.testing.assert_close(g, ref, **_tol(dtype))
 
 
+@pytest.mark.filterwarnings("ignore:TF32 acceleration")
 def test_fast_linear_takes_the_onednn_path_on_cpu_float32():
     x = torch.randn(5, 8, requires_grad=True)
     out = linear_module.linear(x, torch.randn(3, 8), None)
@@ -459,3 +466,94 @@ def test_mccl_projections_keep_nn_linear_state_dict():
     assert set(plain) <= set(loss.state_dict())
     loss.load_state_dict({**loss.state_dict(), **plain})
     assert all(isinstance(p, torch.nn.Linear) for p in loss.projections)
+
+
+# ------------------------------------------------------------------------------------------
+# MCCL: scales whose projection is much wider than its input (no embeddings formed)
+# ------------------------------------------------------------------------------------------
+
+
+def _count_projected(monkeypatch):
+    calls = []
+    original = mccl_module._ProjectedContrastiveCore.apply
+    monkeypatch.setattr(mccl_module._ProjectedContrastiveCore, "apply",
+                        lambda *a: calls.append(a[0].shape[1]) or original(*a))
+    return calls
+
+
+@pytest.mark.parametrize("case", PROJECTED_CASES)
+def test_projected_path_is_taken_where_it_pays(case, monkeypatch):
+    calls = _count_projected(monkeypatch)
+    mccl, features, logits, targets = _mccl_case(*case, dtype=torch.float32)
+    mccl(features, logits, targets)
+    dim, scales, out = case[2], case[3], case[4]
+    assert calls == [dim // s for s in scales if 2 * (dim // s + 1) <= out]
+    assert calls
+
+
+@pytest.mark.parametrize("setup", ["memory", "hook", "autocast", "callable"])
+def test_projected_path_is_skipped_when_it_would_change_behaviour(setup, monkeypatch):
+    calls = _count_projected(monkeypatch)
+    torch.manual_seed(0)
+    mccl = MCCLoss(3, 16, [5, 4, 3], scales=(4,), projection_dim=64,
+                   memory_size=32 if setup == "memory" else 0)
+    features, logits = torch.randn(12, 16), torch.randn(12, 3)
+    targets = torch.arange(12) % 3
+    seen = []
+    if setup == "hook":
+        mccl.projections[0].register_forward_hook(lambda *a: seen.append(1))
+    if setup == "callable":
+        projection = mccl.projections[0]
+        loss = mccl_module.multiscale_category_aware_contrastive_loss(
+            features, logits, targets, [5, 4, 3], scales=(4,),
+            projections=[lambda x: projection(x)])
+    elif setup == "autocast":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = mccl(features, logits, targets)
+    else:
+        loss = mccl(features, logits, targets)
+    assert torch.isfinite(loss)
+    assert calls == []
+    assert seen == ([1] if setup == "hook" else [])
+
+
+def test_projected_path_with_zero_and_tiny_features_matches():
+    """Rows whose projection has (near) zero norm: the clamped-norm branch, as the direct path."""
+    torch.manual_seed(3)
+    lin = torch.nn.Linear(6, 32, bias=False)
+    x = torch.randn(10, 6)
+    x[2] = 0.0
+    x[5] *= 1e-20
+    x.requires_grad_(True)
+    targets = torch.tensor([0, 1, 0, 1, 2, 0, 1, 2, 2, 0])
+    tau = torch.tensor(0.1)
+    got = mccl_module._projected_contrastive(x, lin, targets, tau, "ratio", True)[0]
+    want = mccl_module.supervised_contrastive_per_anchor(lin(x), targets, tau)[0]
+    torch.testing.assert_close(got, want, **F32)
+    inputs = [x, lin.weight]
+    g_got = torch.autograd.grad(got.sum(), inputs)
+    g_want = torch.autograd.grad(want.sum(), inputs)
+    for a, b in zip(g_got, g_want, strict=True):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, **F32)
+
+
+@pytest.mark.parametrize("form", ["ratio", "log"])
+def test_projected_path_double_backward(form):
+    torch.manual_seed(4)
+    lin = torch.nn.Linear(3, 8).double()
+    targets = torch.tensor([0, 1, 0, 1, 1])
+    tau = torch.tensor(0.5, dtype=torch.float64)
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(
+        lambda x, w, b: mccl_module._ProjectedContrastiveCore.apply(
+            x, w, b, targets, tau, form, True, 1e-150)[0],
+        (x, lin.weight, lin.bias))
+
+
+def test_projected_path_backward_twice_with_retain_graph():
+    mccl, features, logits, targets = _mccl_case(*PROJECTED_CASES[0], dtype=torch.float32)
+    loss = mccl(features, logits, targets)
+    first = torch.autograd.grad(loss, features, retain_graph=True)[0]
+    second = torch.autograd.grad(loss, features)[0]
+    torch.testing.assert_close(first, second, atol=0, rtol=0)
