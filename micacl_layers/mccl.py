@@ -18,8 +18,9 @@ plain linear layer at least twice as wide as its pooled input (scales 2 and 4 of
 ``512 -> 1024``, ``256 -> 1024``) never forms the ``(B, P)`` embeddings when no memory bank
 needs them: :class:`_ProjectedContrastiveCore` gets the same similarities from ``x' M x'^T``
 with the small ``M = W'^T W'``, forward and backward, with products of inner size ``D / s``
-instead of ``P``. The straightforward formulation (:func:`_contrastive_reference`) runs under ``torch.compile``, for a
-temperature that needs a gradient, and for double backward; both agree to float32 rounding.
+instead of ``P``. The straightforward formulation (:func:`_contrastive_reference`) runs under
+``torch.compile``, for a temperature that needs a gradient, and for double backward; both agree
+to float32 rounding.
 """
 
 from __future__ import annotations
