@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import torchrun_succeeded
+
 ROOT = Path(__file__).resolve().parents[1]
 # README and quickstart must have snippets. The other pages listed here are run too; a page
 # whose blocks are illustrations (paths to real data sets, fragments) stays off the list.
@@ -25,6 +27,7 @@ REQUIRED = ("README.md", "docs/quickstart.md")
 PAGES = ("docs/index.md", "docs/installation.md", "docs/concepts.md", "docs/paper-to-code.md",
          "docs/reproduce.md", "docs/faq.md")
 TORCHRUN = re.compile(r"run with: torchrun --nproc_per_node (?P<n>\d+) (?P<file>[\w.]+)")
+DONE = "snippet finished on this rank"
 FENCE = re.compile(r"^(?P<indent>[ \t]*)```python[^\n]*\n(?P<body>.*?)^(?P=indent)```",
                    re.DOTALL | re.MULTILINE)
 
@@ -57,11 +60,17 @@ def test_snippet_runs(source: str, code: str, tmp_path: Path,
     if launch:
         # A multi-process snippet runs as its first line says, under torchrun on the CPU.
         script = tmp_path / launch["file"]
-        script.write_text(code)
+        # A line on every rank once the snippet's work is done, before its teardown.
+        marker = f"print({DONE!r}, flush=True)\n"
+        cut = code.rfind("dist.destroy_process_group()")
+        cut = len(code) if cut < 0 else code.rfind("\n", 0, cut) + 1
+        script.write_text(code[:cut] + marker + code[cut:])
         proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                                "--nproc_per_node", launch["n"], str(script)],
                               capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        finished = proc.stdout.count(DONE) == int(launch["n"])
+        assert torchrun_succeeded(proc.returncode, proc.stderr, work_finished=finished), (
+            proc.stdout[-2000:] + proc.stderr[-2000:])
         return
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))

