@@ -343,22 +343,27 @@ _KEEP_ENTRIES = 1 << 22
 # Rows per strip of the symmetric A A^T (only the upper block triangle is computed).
 _GRAM_BLOCK = 256
 
-def _gram(a: torch.Tensor) -> torch.Tensor:
-    """``a @ a^T``, symmetric: strips of the upper block triangle, mirrored.
-
-    About half the multiply-adds of a full product for large ``B``.
-    """
-    n = a.shape[0]
+def _projected_gram(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``q @ x^T`` for a product known to be symmetric: the upper block triangle, mirrored."""
+    n = x.shape[0]
     block = _GRAM_BLOCK
     if n <= block:
-        return mm_t(a, a)
-    out = a.new_empty(n, n)
+        return mm_t(q, x)
+    out = x.new_empty(n, n)
     for i in range(0, n, block):
         rows = slice(i, min(i + block, n))
-        strip = mm_t(a[rows], a[i:])
+        strip = mm_t(q[rows], x[i:])
         out[rows, i:] = strip
         out[i + block:, rows] = strip[:, block:].t()
     return out
+
+
+def _gram(a: torch.Tensor) -> torch.Tensor:
+    """``a @ a^T``: strips of the upper block triangle, mirrored.
+
+    About half the multiply-adds of a full product for large ``B``.
+    """
+    return _projected_gram(a, a)
 
 
 def _similarities(anchors: torch.Tensor, mem: torch.Tensor | None, temperature: torch.Tensor,
@@ -574,21 +579,6 @@ class _ContrastiveCore(torch.autograd.Function):
             if need_mem:
                 grad_mem = grad_cands[batch:]
         return grad_anchors, grad_mem
-
-
-def _projected_gram(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``q @ x^T`` for a product known to be symmetric: the upper block triangle, mirrored."""
-    n = x.shape[0]
-    block = _GRAM_BLOCK
-    if n <= block:
-        return mm_t(q, x)
-    out = x.new_empty(n, n)
-    for i in range(0, n, block):
-        rows = slice(i, min(i + block, n))
-        strip = mm_t(q[rows], x[i:])
-        out[rows, i:] = strip
-        out[i + block:, rows] = strip[:, block:].t()
-    return out
 
 
 class _ProjectedContrastiveCore(torch.autograd.Function):
