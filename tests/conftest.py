@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -162,3 +166,57 @@ GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
 def torchrun_succeeded(returncode: int, stderr: str, *, work_finished: bool) -> bool:
     """A torchrun exit status, accepting the gloo teardown abort once the work is done."""
     return returncode == 0 or (work_finished and GLOO_TEARDOWN_ABORT in stderr)
+
+
+# --------------------------------------------------------------------------------------------
+# WIAN reference: nn.LSTM-style loop of WIANCells (used by test_wian and test_fast_paths)
+# --------------------------------------------------------------------------------------------
+
+
+def reference_wian(wian, x: torch.Tensor, weights: torch.Tensor | None,
+                   hx: tuple[torch.Tensor, torch.Tensor] | None):
+    """Naive loop over layers, directions and steps, one WIANCell call per step.
+
+    The cells share ``wian``'s parameters (gradients reach them). ``x`` is (B, T, I) and
+    ``weights`` broadcastable to (B, T, H) whatever ``wian.batch_first``. The reverse direction
+    reads the instances from last to first and, at each, uses the weight of the instance it
+    reads.
+    """
+    from micacl_layers import WIANCell
+
+    batch, steps, _ = x.shape
+    hidden, dirs = wian.hidden_size, wian.num_directions
+    if weights is not None:
+        weights = weights.expand(batch, steps, hidden)
+    if hx is None:
+        zeros = x.new_zeros(dirs * wian.num_layers, batch, hidden)
+        hx = (zeros, zeros)
+    layer_input = x
+    h_n, c_n = [], []
+    for layer in range(wian.num_layers):
+        outputs = []
+        for d, suffix in enumerate(("", "_reverse")[:dirs]):
+            cell = WIANCell(layer_input.shape[-1], hidden, bias=wian.bias, dtype=x.dtype)
+            for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")[:4 if wian.bias else 2]:
+                setattr(cell, kind, getattr(wian, f"{kind}_l{layer}{suffix}"))
+            h, c = hx[0][layer * dirs + d], hx[1][layer * dirs + d]
+            out = [None] * steps
+            order = range(steps) if d == 0 else range(steps - 1, -1, -1)
+            for t in order:
+                w_t = None if weights is None else weights[:, t]
+                h, c = cell(layer_input[:, t], (h, c), w_t)
+                out[t] = h
+            outputs.append(torch.stack(out, dim=1))
+            h_n.append(h)
+            c_n.append(c)
+        layer_input = torch.cat(outputs, dim=-1)
+    return layer_input, (torch.stack(h_n), torch.stack(c_n))
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """Import a script that is not part of the package (examples/, benchmarks/, scripts/)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(name, module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

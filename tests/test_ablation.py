@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 pytest.importorskip("PIL")
 
 from micacl_layers.data import make_synthetic_dfew
+from tests.conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "ablation.py"
@@ -21,14 +21,7 @@ TINY = ["--backbone", "tiny", "--tiny-dim", "16", "--hidden-size", "8", "--num-l
         "--warmup-epochs", "0.5", "--limit-train-batches", "2"]
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("ablation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ablation = _load_script()
+ablation = load_script(SCRIPT, "ablation")
 
 
 @pytest.fixture(scope="module")

@@ -6,23 +6,20 @@ Chromium is installed (``apt-get install -y chromium``), as on CI.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "docs_screenshots.py"
 
 
 def _find_chromium() -> str | None:
-    spec = importlib.util.spec_from_file_location("docs_screenshots", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module.find_chromium()
+    return load_script(SCRIPT, "docs_screenshots").find_chromium()
 
 
 @pytest.mark.slow

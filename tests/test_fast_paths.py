@@ -15,7 +15,6 @@ Values and gradients agree to 1e-5 in float32 (1e-10 in float64).
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,8 @@ import torch.nn.functional as F
 import micacl_layers._linear as linear_module
 import micacl_layers.mccl as mccl_module
 import micacl_layers.wian as wian_module
-from micacl_layers import WIAN, MCCLoss, WIANCell
+from micacl_layers import WIAN, MCCLoss
+from tests.conftest import load_script, reference_wian
 
 ROOT = Path(__file__).resolve().parents[1]
 F32 = {"atol": 1e-5, "rtol": 1e-5}
@@ -39,39 +39,6 @@ def _tol(dtype: torch.dtype) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------
 # WIAN
 # ------------------------------------------------------------------------------------------
-
-
-def cell_loop_reference(wian: WIAN, x: torch.Tensor, weights: torch.Tensor | None,
-                        hx: tuple[torch.Tensor, torch.Tensor] | None):
-    """WIAN as a per-step loop of WIANCells that share ``wian``'s parameters (batch-first)."""
-    batch, steps, _ = x.shape
-    hidden, dirs = wian.hidden_size, wian.num_directions
-    w = None if weights is None else weights.broadcast_to(batch, steps, hidden)
-    layer_input, h_n, c_n = x, [], []
-    for layer in range(wian.num_layers):
-        outputs = []
-        for k, suffix in enumerate(("", "_reverse")[:dirs]):
-            cell = WIANCell(layer_input.shape[-1], hidden, bias=wian.bias, dtype=x.dtype)
-            name = f"l{layer}{suffix}"
-            cell.weight_ih = getattr(wian, f"weight_ih_{name}")
-            cell.weight_hh = getattr(wian, f"weight_hh_{name}")
-            if wian.bias:
-                cell.bias_ih = getattr(wian, f"bias_ih_{name}")
-                cell.bias_hh = getattr(wian, f"bias_hh_{name}")
-            index = layer * dirs + k
-            if hx is None:
-                h = c = x.new_zeros(batch, hidden)
-            else:
-                h, c = hx[0][index], hx[1][index]
-            per_step: list[torch.Tensor | None] = [None] * steps
-            for t in (range(steps) if k == 0 else reversed(range(steps))):
-                h, c = cell(layer_input[:, t], (h, c), None if w is None else w[:, t])
-                per_step[t] = h
-            outputs.append(torch.stack(per_step, dim=1))
-            h_n.append(h)
-            c_n.append(c)
-        layer_input = torch.cat(outputs, dim=-1)
-    return layer_input, (torch.stack(h_n), torch.stack(c_n))
 
 
 def _wian_case(batch, steps, in_size, hidden, layers, bidirectional, weight_kind, with_hx,
@@ -140,7 +107,7 @@ def test_wian_fast_path_matches_cell_loop(case, dtype):
     finally:
         wian_module._WIANLayer.apply = original
     assert len(calls) == wian.num_layers  # the fast path did run
-    ref = _values_and_grads(wian, lambda: cell_loop_reference(wian, x, weights, hx), x,
+    ref = _values_and_grads(wian, lambda: reference_wian(wian, x, weights, hx), x,
                             weights, hx, grads_out)
     for got, want in zip(fast, ref, strict=True):
         torch.testing.assert_close(got, want, **_tol(dtype))
@@ -169,11 +136,7 @@ def test_wian_fast_path_without_onednn_matches():
 
 
 def test_naive_per_gate_baseline_matches_wian():
-    spec = importlib.util.spec_from_file_location("bench_naive", ROOT / "benchmarks" / "naive.py")
-    if spec is None or spec.loader is None:  # pragma: no cover - benchmarks/ not shipped
-        pytest.skip("benchmarks/naive.py not found")
-    naive_module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(naive_module)
+    naive_module = load_script(ROOT / "benchmarks" / "naive.py", "bench_naive")
     torch.manual_seed(0)
     wian = WIAN(12, 8, 2, bidirectional=True)
     naive = naive_module.NaivePerGateWIAN(12, 8, 2, bidirectional=True).load_from(wian)

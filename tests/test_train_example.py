@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -17,20 +16,13 @@ import itertools
 
 from micacl_layers.checkpoint import load_checkpoint
 from micacl_layers.data import DFEW, make_synthetic_dfew, make_synthetic_ferv39k
-from tests.conftest import torchrun_succeeded
+from tests.conftest import load_script, torchrun_succeeded
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "train_dfew.py"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("train_dfew", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_dfew = _load_script()
+train_dfew = load_script(SCRIPT, "train_dfew")
 
 TINY = ["--backbone", "tiny", "--tiny-dim", "16", "--hidden-size", "8", "--num-layers", "1",
         "--projection-dim", "8", "--image-size", "16", "--batch-size", "8", "--workers", "0",

@@ -10,13 +10,9 @@ from torch import nn
 
 from micacl_layers import WIAN, WIANCell
 from micacl_layers.functional import wian_cell
-from tests.conftest import assert_finite, dtypes, rand, randn, seeds
+from tests.conftest import assert_finite, dtypes, rand, randn, reference_wian, seeds
 
 SATURATE = 50.0  # sigmoid(50 +- a few) == 1.0 exactly in float64 (1 - 2e-22 rounds to 1)
-
-
-def _suffixes(bidirectional: bool) -> tuple[str, ...]:
-    return ("", "_reverse") if bidirectional else ("",)
 
 
 def _weights(kind: str, batch: int, steps: int, hidden: int, *, seed: int, dtype: torch.dtype,
@@ -30,60 +26,6 @@ def _weights(kind: str, batch: int, steps: int, hidden: int, *, seed: int, dtype
 
 
 weight_kinds = st.sampled_from(["none", "full", "single"])
-
-
-# ------------------------------------------------------------------------------------------
-# reference implementations
-# ------------------------------------------------------------------------------------------
-
-
-def _cell_from(wian: WIAN, layer: int, suffix: str) -> WIANCell:
-    """A WIANCell holding exactly the parameters of one layer/direction of ``wian``."""
-    w_ih = getattr(wian, f"weight_ih_l{layer}{suffix}")
-    cell = WIANCell(w_ih.shape[1], wian.hidden_size, bias=wian.bias, dtype=w_ih.dtype)
-    params = {"weight_ih": w_ih, "weight_hh": getattr(wian, f"weight_hh_l{layer}{suffix}")}
-    if wian.bias:
-        params["bias_ih"] = getattr(wian, f"bias_ih_l{layer}{suffix}")
-        params["bias_hh"] = getattr(wian, f"bias_hh_l{layer}{suffix}")
-    with torch.no_grad():
-        for name, value in params.items():
-            getattr(cell, name).copy_(value)
-    return cell
-
-
-def reference_wian(wian: WIAN, x: torch.Tensor, weights: torch.Tensor | None,
-                   hx: tuple[torch.Tensor, torch.Tensor] | None):
-    """Naive nn.LSTM-style loop over layers, directions and steps, one WIANCell call per step.
-
-    ``x`` is (B, T, I) and ``weights`` broadcastable to (B, T, H) whatever ``wian.batch_first``.
-    The reverse direction reads the instances from last to first and, at each, uses the weight
-    of the instance it reads.
-    """
-    batch, steps, _ = x.shape
-    hidden, dirs = wian.hidden_size, wian.num_directions
-    if weights is not None:
-        weights = weights.expand(batch, steps, hidden)
-    if hx is None:
-        zeros = x.new_zeros(dirs * wian.num_layers, batch, hidden)
-        hx = (zeros, zeros)
-    layer_input = x
-    h_n, c_n = [], []
-    for layer in range(wian.num_layers):
-        outputs = []
-        for d, suffix in enumerate(_suffixes(wian.bidirectional)):
-            cell = _cell_from(wian, layer, suffix)
-            h, c = hx[0][layer * dirs + d], hx[1][layer * dirs + d]
-            out = [None] * steps
-            order = range(steps) if d == 0 else range(steps - 1, -1, -1)
-            for t in order:
-                w_t = None if weights is None else weights[:, t]
-                h, c = cell(layer_input[:, t], (h, c), w_t)
-                out[t] = h
-            outputs.append(torch.stack(out, dim=1))
-            h_n.append(h)
-            c_n.append(c)
-        layer_input = torch.cat(outputs, dim=-1)
-    return layer_input, (torch.stack(h_n), torch.stack(c_n))
 
 
 def _saturate_dynamic_gate(module: nn.Module, hidden: int) -> None:
