@@ -88,6 +88,11 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
+def _norm_eps(dtype: torch.dtype) -> float:
+    # sqrt(tiny) keeps cosine defined for feature norms down to ~1e-19 in float32.
+    return torch.finfo(dtype).tiny ** 0.5
+
+
 def category_aware_weights(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -275,8 +280,7 @@ def _contrastive_per_anchor(z, targets, temperature, *, form, exclude_self, memo
     if form not in _FORMS:
         raise ValueError(f"`form` must be one of {_FORMS}, got {form!r}.")
     dtype = _compute_dtype(z)
-    # sqrt(tiny) keeps cosine defined for feature norms down to ~1e-19 in float32.
-    eps = torch.finfo(dtype).tiny ** 0.5
+    eps = _norm_eps(dtype)
     z = z.to(dtype)
     mem, cand_targets = None, targets
     if memory_z is not None:
@@ -692,7 +696,7 @@ def _projected_path_pays(projection: object, x: torch.Tensor, tau: torch.Tensor)
 def _projected_contrastive(x, projection, targets, temperature, form, exclude_self):
     """:func:`supervised_contrastive_per_anchor` of ``projection(x)`` without forming it."""
     dtype = _compute_dtype(x)
-    eps = torch.finfo(dtype).tiny ** 0.5
+    eps = _norm_eps(dtype)
     weight = projection.weight.to(dtype)
     bias = None if projection.bias is None else projection.bias.to(dtype)
     temperature = torch.as_tensor(temperature, dtype=dtype, device=x.device)

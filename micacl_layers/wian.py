@@ -283,7 +283,7 @@ class _WIANLayer(torch.autograd.Function):
         dc = torch.zeros_like(cs[:, 0]) if grad_c is None else grad_c.clone()
         recurrent = Products([w.t() for w in params[1::4]])  # dgates @ W_hh
         # Per-step views, taken once.
-        g5_t = dgates.view(split).unbind(1)
+        g5_t = a5.unbind(1)
         f_t, dh_dc_t = f_raw.unbind(1), dh_dc.unbind(1)
         dc_t = None if dc_all is None else dc_all.unbind(1)
         grad_out_t = None if grad_out is None else grad_out.unbind(1)
