@@ -68,6 +68,17 @@ class Products:
             return [linear(x[k], w, add[k], "none", [], "") for k, w in enumerate(self.weights)]
         return [linear.binary(x[k], add[k], w, None, "add") for k, w in enumerate(self.weights)]
 
+    def summed(self, x: torch.Tensor) -> torch.Tensor:
+        """``sum_k x[k] @ weights[k]^T`` as one ``(rows, N)`` tensor (no per-direction copy)."""
+        if not self.onednn:
+            return torch.bmm(x, self.weights_t).sum(dim=0)
+        total = None
+        for k, w in enumerate(self.weights):
+            total = (torch.ops.mkldnn._linear_pointwise(x[k], w, None, "none", [], "")
+                     if total is None else
+                     torch.ops.mkldnn._linear_pointwise.binary(x[k], total, w, None, "add"))
+        return total
+
     def __call__(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
         """All directions' products as one ``(D, rows, N)`` tensor."""
         if self.onednn:

@@ -8,8 +8,10 @@ multi-layer and bidirectional semantics, unbatched inputs.
 
 Speed: the five gates of a direction are one fused ``(5H, I)`` input matrix and one ``(5H, H)``
 recurrent matrix. The input projection of every time step is one product per direction before
-the time loop; both directions advance in the same loop step, each step costing one small
-product per direction and a few element-wise ops written into preallocated buffers (``tanh`` is
+the time loop; both directions advance in the same loop step (every buffer keeps the reverse
+direction in time order, so nothing is flipped or concatenated; one strided view per step
+covers both directions' different times), each step costing one small product per direction
+and a few element-wise ops written into preallocated buffers (``tanh`` is
 computed as ``2 sigmoid(2x) - 1``, which is several times cheaper than ``torch.tanh`` on some
 CPUs and equal to float32 rounding). The backward is written by hand (:class:`_WIANLayer`): the
 local factor of every gate (what multiplies ``dL/dc_t`` or ``dL/dh_t``) is computed for all
@@ -104,7 +106,7 @@ def _check_weight(weight: torch.Tensor, target_shape: tuple[int, ...], name: str
 
 
 def _layer_reference(
-    reads: torch.Tensor,
+    x: torch.Tensor,
     w_ih: torch.Tensor,
     bias: torch.Tensor | None,
     h0: torch.Tensor,
@@ -114,14 +116,19 @@ def _layer_reference(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One layer, all directions at once, as plain autograd ops.
 
-    ``reads`` ``(D, T, B, I)`` is the layer input in each direction's reading order, ``w_ih``
-    ``(D, 5H, I)``, ``bias`` ``(D, 1, 5H)`` (``b_ih + b_hh``) or ``None``, ``h0``, ``c0``
-    ``(D, B, H)``, ``w_hh`` ``(D, 5H, H)``, ``weight`` ``(D, T, B, H)`` or ``None``. Returns the
-    hidden states ``(D, T, B, H)`` in reading order, ``h_n`` and ``c_n``. Used under
+    ``x`` ``(T, B, I)`` is the layer input in time order, ``w_ih`` ``(D, 5H, I)``, ``bias``
+    ``(D, 1, 5H)`` (``b_ih + b_hh``) or ``None``, ``h0``, ``c0`` ``(D, B, H)``, ``w_hh``
+    ``(D, 5H, H)``, ``weight`` ``(T, B, H)`` in time order or ``None``. Returns the output
+    ``(T, B, D * H)`` in time order, ``h_n`` and ``c_n`` ``(D, B, H)``. Used under
     ``torch.compile`` and autocast, and for double backward; :class:`_WIANLayer` computes the
     same values.
     """
-    dirs, steps, batch, _ = reads.shape
+    dirs = w_ih.shape[0]
+    # Each direction reads the sequence (and its instance weights) in its own order.
+    reads = torch.stack([x, x.flip(0)]) if dirs == 2 else x.unsqueeze(0)
+    if weight is not None:
+        weight = torch.stack([weight, weight.flip(0)]) if dirs == 2 else weight.unsqueeze(0)
+    _, steps, batch, _ = reads.shape
     flat = reads.reshape(dirs, steps * batch, -1)
     w_ih_t = w_ih.transpose(1, 2)
     # The input projection of every step (and direction) is one batched matmul.
@@ -135,7 +142,9 @@ def _layer_reference(
     for p_t, w_t in zip(proj.view(dirs, steps, batch, -1).unbind(1), weights, strict=True):
         h, c = wian_cell(torch.baddbmm(p_t, h, w_hh_t), c, w_t)
         outs.append(h)
-    return torch.stack(outs, dim=1), h, c
+    seq = torch.stack(outs, dim=1)  # (D, T, B, H), each direction in its reading order
+    out = torch.cat([seq[0], seq[1].flip(0)], dim=-1) if dirs == 2 else seq[0]
+    return out, h, c
 
 
 def _weight_grad(grad: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
@@ -155,36 +164,69 @@ def _stacked(params: tuple[torch.Tensor | None, ...]
     return w_ih, w_hh, bias.unsqueeze(1)
 
 
+def _step_pairs(buf: torch.Tensor, rows: list[tuple[int, ...]]) -> list[torch.Tensor]:
+    """Both directions' rows of one loop step as one view, for every step.
+
+    ``buf`` is ``(D, R, *rest)`` and contiguous; view ``j`` is ``(D, *rest)`` and holds row
+    ``rows[j][k]`` of direction ``k``. Both directions of one loop step sit at different
+    times (the reverse direction reads time ``T - 1 - t`` at step ``t``); one strided view lets
+    a single element-wise op serve both.
+    """
+    if buf.shape[0] == 1:
+        return [buf[:, r[0]] for r in rows]
+    row = buf.stride(1)
+    shape, strides = (2, *buf.shape[2:]), buf.stride()[2:]
+    span, base = buf.shape[1], buf.storage_offset()
+    return [buf.as_strided(shape, ((span + r1 - r0) * row, *strides), base + r0 * row)
+            for r0, r1 in rows]
+
+
 class _WIANLayer(torch.autograd.Function):
     """One WIAN layer (input projection and time loop) with a hand-written backward.
 
-    The fast path of :class:`WIAN`, same values as :func:`_layer_reference`. Inputs: ``reads``,
-    ``h0``, ``c0``, ``weight`` as there, ``zero_state`` (no ``hx`` given: ``h0`` is all zeros,
-    so the first step's recurrent product, which adds exactly nothing, is skipped), then the
-    parameters ``W_ih, W_hh, b_ih, b_hh`` of each direction as they are (no stacked copies).
-    The forward projects the inputs of every step at once, then writes each step into
-    preallocated buffers and keeps what the backward needs; the backward turns the activations
-    into per-gate factors for all steps at once, then runs one small product per direction and
-    five in-place element-wise ops per step, and the gradients of ``W_hh``, ``W_ih`` and the
-    inputs are one product each over all steps (autograd would accumulate ``W_hh``'s step by
-    step).
+    The fast path of :class:`WIAN`, same values as :func:`_layer_reference` and the same
+    inputs: ``x``, ``h0``, ``c0``, ``weight`` as there, ``zero_state`` (no ``hx`` given: ``h0``
+    is all zeros, so the first step's recurrent product, which adds exactly nothing, is
+    skipped), then the parameters ``W_ih, W_hh, b_ih, b_hh`` of each direction as they are (no
+    stacked copies). Every buffer keeps both directions in time order (the reverse direction
+    is not flipped), so the input projection reads ``x`` as it is, the input gradient is one
+    sum of products, and the output is one copy; a loop step addresses the two directions'
+    different times through :func:`_step_pairs`. The forward projects the inputs of every step
+    at once, then writes each step into preallocated buffers and keeps what the backward
+    needs; the backward turns the activations into per-gate factors for all steps at once,
+    then runs one small product per direction and five in-place element-wise ops per step,
+    and the gradients of ``W_hh``, ``W_ih`` and the input are one product each over all steps
+    (autograd would accumulate ``W_hh``'s step by step).
     """
 
     @staticmethod
-    def forward(ctx, reads, h0, c0, weight, zero_state, *params):  # type: ignore[override]
-        acts, hs, cs, tanh_c, i_cand, d_all = _WIANLayer.run(reads, h0, c0, weight, zero_state,
-                                                             params)
+    def forward(ctx, x, h0, c0, weight, zero_state, *params):  # type: ignore[override]
+        acts, flat, hs, cs, tanh_c, i_cand, d_all = _WIANLayer.run(x, h0, c0, weight,
+                                                                   zero_state, params)
         ctx.zero_state = zero_state
         # The backward turns the activations into the gate gradients in place, so they are
         # handed over rather than saved; a second backward (retain_graph) recomputes them.
         ctx.acts = acts
-        ctx.save_for_backward(reads, h0, c0, weight, hs, cs, tanh_c, i_cand, d_all, *params)
-        return hs[:, 1:].clone(), hs[:, -1].clone(), cs[:, -1].clone()
+        # flat: x as (T * B, I), contiguous (the products of the backward read it too).
+        ctx.save_for_backward(x, flat, h0, c0, weight, hs, cs, tanh_c, i_cand, d_all, *params)
+        dirs, steps = hs.shape[0], x.shape[0]
+        out = hs.new_empty(steps, x.shape[1], dirs, hs.shape[-1])
+        out.copy_(hs[:, 1:steps + 1].permute(1, 2, 0, 3))
+        last = _final_rows(dirs, steps)
+        h_n = torch.stack([hs[k, r] for k, r in enumerate(last)])
+        c_n = torch.stack([cs[k, r] for k, r in enumerate(last)])
+        return out.view(steps, x.shape[1], -1), h_n, c_n
 
     @staticmethod
-    def run(reads, h0, c0, weight, zero_state, params):
-        """The forward pass: activations ``(D, T, B, 5H)`` and the states the backward needs."""
-        dirs, steps, batch, _ = reads.shape
+    def run(x, h0, c0, weight, zero_state, params):
+        """The forward pass: activations, ``x`` as ``(T * B, I)``, the states for the backward.
+
+        The activations are ``(D, T, B, 5H)``; ``hs`` and ``cs`` are ``(D, T + 2, B, H)``: the
+        state after time ``t`` sits at row ``t + 1``, the initial state of the forward direction
+        at row 0 and of the reverse direction at row ``T + 1``. Every buffer is in time order.
+        """
+        steps, batch, _ = x.shape
+        dirs = len(params) // 4
         w_ih, w_hh = list(params[0::4]), list(params[1::4])
         bias = None
         if params[2] is not None:
@@ -192,65 +234,70 @@ class _WIANLayer(torch.autograd.Function):
                                                                      strict=True)])
         gates = w_ih[0].shape[0]
         hidden = gates // _NUM_GATES
-        # Per direction (no stacked copy): (T, B, 5H) each.
+        flat = x.reshape(steps * batch, -1)
+        # Per direction (no stacked copy), time order: (T, B, 5H) each.
         proj = [p.view(steps, batch, gates)
-                for p in Products(w_ih).each(reads.reshape(dirs, steps * batch, -1), bias)]
-        acts = reads.new_empty(dirs, steps, batch, gates)  # activations; candidate slot: tanh
-        hs = acts.new_empty(dirs, steps + 1, batch, hidden)  # h_{-1} (= h0), h_0 .. h_{T-1}
-        cs = acts.new_empty(dirs, steps + 1, batch, hidden)
-        tanh_c = acts.new_empty(dirs, steps, batch, hidden)
-        i_cand = acts.new_empty(dirs, steps, batch, hidden)  # i * tanh(candidate)
-        d_all = None if weight is None else acts.new_empty(dirs, steps, batch, hidden)
-        hs[:, 0] = h0
-        cs[:, 0] = c0
+                for p in Products(w_ih).each(flat.expand(dirs, -1, -1), bias)]
+        acts = x.new_empty(dirs, steps, batch, gates)  # activations; candidate slot: tanh
+        hs = x.new_empty(dirs, steps + 2, batch, hidden)
+        cs = x.new_empty(dirs, steps + 2, batch, hidden)
+        tanh_c = x.new_empty(dirs, steps, batch, hidden)
+        i_cand = x.new_empty(dirs, steps, batch, hidden)  # i * tanh(candidate)
+        d_all = None if weight is None else x.new_empty(dirs, steps, batch, hidden)
+        for k, r in enumerate(_initial_rows(dirs, steps)):
+            hs[k, r] = h0[k]
+            cs[k, r] = c0[k]
         recurrent = Products(w_hh, pack_rows=batch)  # h @ W_hh^T + proj
         cand = slice(2 * hidden, 3 * hidden)
         # Per-step views, taken once (indexing inside the loop costs more than the small ops).
-        proj_t = [p.unbind(0) for p in proj]
-        act_kt = [a.unbind(0) for a in acts.unbind(0)]
-        gates_t = acts.view(dirs, steps, batch, _NUM_GATES, hidden).unbind(1)
-        hs_t, cs_t = hs.unbind(1), cs.unbind(1)
-        tanh_t, i_cand_t = tanh_c.unbind(1), i_cand.unbind(1)
-        d_t = None if d_all is None else d_all.unbind(1)
-        weight_t = None if weight is None else weight.unbind(1)
+        at, prev, new = _step_rows(dirs, steps)
+        act_t = _step_pairs(acts, at)
+        gates_t = _step_pairs(acts.view(dirs, steps, batch, _NUM_GATES, hidden), at)
+        h_prev_t, h_new_t = _step_pairs(hs, prev), _step_pairs(hs, new)
+        c_prev_t, c_new_t = _step_pairs(cs, prev), _step_pairs(cs, new)
+        tanh_t, i_cand_t = _step_pairs(tanh_c, at), _step_pairs(i_cand, at)
+        d_t = None if d_all is None else _step_pairs(d_all, at)
         for t in range(steps):
             # h0 = 0 adds exactly nothing: the same values without the product.
-            if zero_state and t == 0:
-                g = [p[0] for p in proj_t]  # (changed in place below; not needed after)
-            else:
-                g = recurrent.each(hs_t[t], [p[t] for p in proj_t])
+            adds = [proj[k][r] for k, r in enumerate(at[t])]
+            g = adds if zero_state and t == 0 else recurrent.each(h_prev_t[t], adds)
             for k in range(dirs):
                 # tanh(x) = 2 sigmoid(2x) - 1: one sigmoid over all five gates. (torch.tanh
-                # costs several sigmoids on some CPUs.)
+                # costs several sigmoids on some CPUs.) g may be proj's own rows: they are not
+                # needed after this step.
                 g[k][:, cand].mul_(2)
-                torch.sigmoid(g[k], out=act_kt[k][t])
+                torch.sigmoid(g[k], out=act_t[t][k])
             i, f, candidate, o, d = gates_t[t].unbind(-2)
             candidate.mul_(2).sub_(1)
-            if weight_t is not None:
-                d = torch.mul(d, weight_t[t], out=d_t[t])
+            if weight is not None:
+                for k, r in enumerate(at[t]):
+                    torch.mul(d[k], weight[r], out=d_t[t][k])
+                d = d_t[t]
             # c = f * c_prev + (i * candidate) * d, as wian_cell.
-            c = torch.mul(f, cs_t[t], out=cs_t[t + 1])
+            c = torch.mul(f, c_prev_t[t], out=c_new_t[t])
             c.addcmul_(torch.mul(i, candidate, out=i_cand_t[t]), d)
             tanh = torch.mul(c, 2, out=tanh_t[t])
             torch.sigmoid(tanh, out=tanh).mul_(2).sub_(1)
-            torch.mul(o, tanh, out=hs_t[t + 1])
-        return acts, hs, cs, tanh_c, i_cand, d_all
+            torch.mul(o, tanh, out=h_new_t[t])
+        return acts, flat, hs, cs, tanh_c, i_cand, d_all
 
     @staticmethod
     def backward(ctx, grad_out, grad_h, grad_c):  # type: ignore[override]
-        (reads, h0, c0, weight, hs, cs, tanh_c, i_cand, d_all, *params) = ctx.saved_tensors
+        (x, flat_x, h0, c0, weight, hs, cs, tanh_c, i_cand, d_all, *params) = ctx.saved_tensors
         if torch.is_grad_enabled():
             # create_graph=True (double backward): differentiate the reference formulation.
-            return _reference_backward(ctx, (reads, h0, c0, weight, *params),
+            return _reference_backward(ctx, (x, h0, c0, weight, *params),
                                        (grad_out, grad_h, grad_c))
         needs = ctx.needs_input_grad
-        dirs, steps, batch, _ = reads.shape
+        steps, batch, _ = x.shape
+        dirs = len(params) // 4
         gates = params[0].shape[0]
         hidden = gates // _NUM_GATES
         split = (dirs, steps, batch, _NUM_GATES, hidden)
         acts, ctx.acts = ctx.acts, None
         if acts is None:  # a second backward: the first consumed them
-            acts = _WIANLayer.run(reads, h0, c0, weight, ctx.zero_state, params)[0]
+            acts = _WIANLayer.run(x, h0, c0, weight, ctx.zero_state, params)[0]
+        at = _step_rows(dirs, steps)[0]
         i, f, candidate, o, s = acts.view(split).unbind(3)
         d = s if weight is None else d_all
         need_weight = weight is not None and needs[3]
@@ -268,28 +315,32 @@ class _WIANLayer(torch.autograd.Function):
         a5 = acts.view(split)
         for pair in (a5[:, :, :, 0:2], a5[:, :, :, 3:5]):  # sigmoid' = a (1 - a)
             pair.addcmul_(pair, pair, value=-1)
-        dgates = acts
         g_i, g_f, g_c, g_o, g_s = a5.unbind(3)
         g_i.mul_(candidate)  # candidate * d
         g_c.copy_(d_c)
-        g_f.mul_(cs[:, :steps])
+        for k in range(dirs):  # c_{t-1} of every step
+            g_f[k].mul_(_state_rows(cs, k, 0, steps))
         g_o.mul_(tanh_c)
         g_s.mul_(i_cand)
         if weight is not None:
             g_s.mul_(weight)
         del d_c
         dc_all = torch.empty_like(tanh_c) if need_weight else None  # dL/dc_t, kept
-        dh = torch.zeros_like(hs[:, 0]) if grad_h is None else grad_h.clone()
-        dc = torch.zeros_like(cs[:, 0]) if grad_c is None else grad_c.clone()
+        dh = torch.zeros_like(h0) if grad_h is None else grad_h.clone()
+        dc = torch.zeros_like(c0) if grad_c is None else grad_c.clone()
         recurrent = Products([w.t() for w in params[1::4]])  # dgates @ W_hh
         # Per-step views, taken once.
-        g5_t = a5.unbind(1)
-        f_t, dh_dc_t = f_raw.unbind(1), dh_dc.unbind(1)
-        dc_t = None if dc_all is None else dc_all.unbind(1)
-        grad_out_t = None if grad_out is None else grad_out.unbind(1)
+        g5_t = _step_pairs(a5, at)
+        dgates_t = _step_pairs(acts, at)
+        f_t, dh_dc_t = _step_pairs(f_raw, at), _step_pairs(dh_dc, at)
+        dc_t = None if dc_all is None else _step_pairs(dc_all, at)
+        grad_out_t = None
+        if grad_out is not None:
+            grad_out_t = grad_out.reshape(steps, batch, dirs, hidden)
         for t in reversed(range(steps)):
             if grad_out_t is not None:
-                dh.add_(grad_out_t[t])
+                for k, r in enumerate(at[t]):
+                    dh[k].add_(grad_out_t[r, :, k])
             if t < steps - 1:
                 dc.mul_(f_t[t + 1])  # dc_{t+1} -> its share in dc_t
             dc.addcmul_(dh, dh_dc_t[t])
@@ -300,25 +351,27 @@ class _WIANLayer(torch.autograd.Function):
             g[:, :, 3].mul_(dh)  # output
             g[:, :, 4].mul_(dc)  # dynamic weight gate
             if t > 0 or needs[1]:
-                dh = recurrent(dgates[:, t])
+                dh = recurrent(dgates_t[t])
         dc.mul_(f_t[0])
         rows = steps * batch
-        flat_grads = dgates.view(dirs, rows, gates)
-        flat_reads = reads.reshape(dirs, rows, -1)
-        d_reads = None
-        if needs[0]:
-            d_reads = Products([w.t() for w in params[0::4]])(flat_grads).view(reads.shape)
+        flat_grads = acts.view(dirs, rows, gates)
+        d_x = None
+        if needs[0]:  # both directions read the same x: one sum of products
+            d_x = Products([w.t() for w in params[0::4]]).summed(flat_grads).view(x.shape)
         # sum_t dgates_t^T h_{t-1}: h_{-1} = 0 adds nothing.
         first = 1 if ctx.zero_state else 0
         n = (steps - first) * batch
         param_grads: list[torch.Tensor | None] = []
         for k in range(dirs):
             w_ih_i = 5 + 4 * k  # index of this direction's W_ih among the inputs
-            d_w_ih = _weight_grad(flat_grads[k], flat_reads[k]) if needs[w_ih_i] else None
+            d_w_ih = _weight_grad(flat_grads[k], flat_x) if needs[w_ih_i] else None
             d_w_hh = None
             if needs[w_ih_i + 1]:
-                d_w_hh = _weight_grad(dgates[k, first:].reshape(n, gates),
-                                      hs[k, first:steps].reshape(n, hidden))
+                # The steps after the first in reading order: times first.. forward, ..T-1-first
+                # backward.
+                lo = first if k == 0 else 0
+                d_w_hh = _weight_grad(acts[k, lo:lo + steps - first].reshape(n, gates),
+                                      _state_rows(hs, k, lo, steps - first).reshape(n, hidden))
             d_b_ih = d_b_hh = None
             if needs[w_ih_i + 2] or needs[w_ih_i + 3]:
                 d_b = flat_grads[k].sum(dim=0)
@@ -326,10 +379,44 @@ class _WIANLayer(torch.autograd.Function):
                 # A tensor of its own: both could end up as .grad, and be changed in place.
                 d_b_hh = (d_b.clone() if d_b_ih is not None else d_b) if needs[w_ih_i + 3] else None
             param_grads += [d_w_ih, d_w_hh, d_b_ih, d_b_hh]
-        d_weight = dc_all.mul_(i_cand).mul_(s_all) if need_weight else None
+        d_weight = None
+        if need_weight:  # both directions' share, time by time
+            d_weight = dc_all.mul_(i_cand).mul_(s_all).sum(dim=0)
         d_h0 = dh if needs[1] else None
         d_c0 = dc if needs[2] else None
-        return (d_reads, d_h0, d_c0, d_weight, None, *param_grads)
+        return (d_x, d_h0, d_c0, d_weight, None, *param_grads)
+
+
+def _initial_rows(dirs: int, steps: int) -> tuple[int, ...]:
+    """Rows of ``hs``/``cs`` holding each direction's initial state."""
+    return (0, steps + 1)[:dirs]
+
+
+def _final_rows(dirs: int, steps: int) -> tuple[int, ...]:
+    """Rows of ``hs``/``cs`` holding each direction's last state (``h_n``, ``c_n``)."""
+    return (steps, 1)[:dirs]
+
+
+def _state_rows(states: torch.Tensor, k: int, start: int, count: int) -> torch.Tensor:
+    """Direction ``k``'s states before times ``start .. start + count - 1``.
+
+    ``states`` is ``hs`` or ``cs``, ``(D, T + 2, B, H)``.
+    """
+    lo = start if k == 0 else start + 2  # the reverse direction's previous state is after it
+    return states[k, lo:lo + count]
+
+
+def _step_rows(dirs: int, steps: int
+               ) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]], list[tuple[int, ...]]]:
+    """Per loop step ``t`` and direction: the row of the time it reads, of its old and new state.
+
+    The first indexes the ``T``-row buffers, the other two ``hs`` and ``cs``. The forward
+    direction reads time ``t``, the reverse one time ``T - 1 - t``.
+    """
+    at = [(t, steps - 1 - t)[:dirs] for t in range(steps)]
+    prev = [(t, steps + 1 - t)[:dirs] for t in range(steps)]
+    new = [(t + 1, steps - t)[:dirs] for t in range(steps)]
+    return at, prev, new
 
 
 def _reference_backward(ctx, inputs, grads):
@@ -590,11 +677,8 @@ class WIAN(nn.Module):
             w_layout = "(B, T, H)" if self.batch_first else "(T, B, H)"
             target = (batch, steps, hidden) if self.batch_first else (steps, batch, hidden)
             w = _check_weight(weights, target, "weights", w_layout)
-            if not self.batch_first:
-                w = w.transpose(0, 1)
-            # (D, T, B, H): per direction and step, already in that direction's reading order.
-            w = w.transpose(0, 1)
-            w = torch.stack([w, w.flip(0)]) if dirs == 2 else w.unsqueeze(0)
+            # (T, B, H), time order: both directions weigh the instance they read.
+            w = w.transpose(0, 1) if self.batch_first else w
 
         state_shape = (dirs * self.num_layers, batch, hidden)
         if hx is None:
@@ -611,23 +695,16 @@ class WIAN(nn.Module):
         h_n, c_n = [], []
         layer_input = x.transpose(0, 1)  # time-major from here on: (T, B, I)
         for layer in range(self.num_layers):
-            # Each direction reads the sequence in its own order: (D, T, B, I_k).
-            if dirs == 2:
-                reads = torch.stack([layer_input, layer_input.flip(0)])
-            else:
-                reads = layer_input.unsqueeze(0)
             h = h0[layer * dirs:(layer + 1) * dirs]
             c = c0[layer * dirs:(layer + 1) * dirs]
             params = [getattr(self, f"{kind}_l{layer}{suffix}", None)
                       for suffix in self._suffixes()
                       for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-            if self._use_fast_path(reads, h, c, w, *params):
-                seq, h, c = _WIANLayer.apply(reads, h, c, w, hx is None, *params)
+            if self._use_fast_path(layer_input, h, c, w, *params):
+                layer_input, h, c = _WIANLayer.apply(layer_input, h, c, w, hx is None, *params)
             else:
                 w_ih, w_hh, b = _stacked(tuple(params))
-                seq, h, c = _layer_reference(reads, w_ih, b, h, c, w_hh, w)
-            # (D, T, B, H) in reading order -> (T, B, D*H) in time order.
-            layer_input = torch.cat([seq[0], seq[1].flip(0)], dim=-1) if dirs == 2 else seq[0]
+                layer_input, h, c = _layer_reference(layer_input, w_ih, b, h, c, w_hh, w)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_input = nn.functional.dropout(layer_input, p=self.dropout, training=True)
             h_n.append(h)
