@@ -160,6 +160,24 @@ def test_wian_double_backward(with_hx):
         assert torch.autograd.gradgradcheck(lambda a, b: wian(a, b)[0], (x, w))
 
 
+@pytest.mark.parametrize("weight_kind", ["per_step", "full"])
+def test_wian_fast_path_time_major_matches_batch_first(weight_kind):
+    """``batch_first=False`` (weights handed over as (T, B, *) views): same values and grads."""
+    wian, x, weights, hx, grads_out = _wian_case(4, 5, 6, 3, 2, True, weight_kind, True, True,
+                                                 dtype=torch.float64)
+    time_major = WIAN(6, 3, 2, bidirectional=True, batch_first=False, dtype=torch.float64)
+    time_major.load_state_dict(wian.state_dict())
+    want = _values_and_grads(wian, lambda: wian(x, weights, hx), x, weights, hx, grads_out)
+
+    def forward():
+        out, states = time_major(x.transpose(0, 1), weights.transpose(0, 1), hx)
+        return out.transpose(0, 1), states
+
+    got = _values_and_grads(time_major, forward, x, weights, hx, grads_out)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, **F64)
+
+
 def test_wian_backward_twice_with_retain_graph():
     wian, x, weights, hx, grads_out = _wian_case(*WIAN_CASES[0], dtype=torch.float32)
     out = wian(x, weights, hx)[0]
