@@ -129,7 +129,7 @@ def _layer_reference(
     if weight is not None:
         weight = torch.stack([weight, weight.flip(0)]) if dirs == 2 else weight.unsqueeze(0)
     _, steps, batch, _ = reads.shape
-    flat = reads.reshape(dirs, steps * batch, -1)
+    flat = reads.reshape(dirs, steps * batch, reads.shape[-1])  # (explicit: batch may be 0)
     w_ih_t = w_ih.transpose(1, 2)
     # The input projection of every step (and direction) is one batched matmul.
     proj = torch.bmm(flat, w_ih_t) if bias is None else torch.baddbmm(bias, flat, w_ih_t)
@@ -139,7 +139,8 @@ def _layer_reference(
     # unbind, not proj[:, t]: one backward node for all steps instead of one zero-filled
     # full-size gradient per step.
     weights = weight.unbind(1) if weight is not None else [None] * steps
-    for p_t, w_t in zip(proj.view(dirs, steps, batch, -1).unbind(1), weights, strict=True):
+    for p_t, w_t in zip(proj.view(dirs, steps, batch, proj.shape[-1]).unbind(1), weights,
+                        strict=True):
         h, c = wian_cell(torch.baddbmm(p_t, h, w_hh_t), c, w_t)
         outs.append(h)
     seq = torch.stack(outs, dim=1)  # (D, T, B, H), each direction in its reading order
@@ -215,7 +216,7 @@ class _WIANLayer(torch.autograd.Function):
         last = _final_rows(dirs, steps)
         h_n = torch.stack([hs[k, r] for k, r in enumerate(last)])
         c_n = torch.stack([cs[k, r] for k, r in enumerate(last)])
-        return out.view(steps, x.shape[1], -1), h_n, c_n
+        return out.view(steps, x.shape[1], dirs * hs.shape[-1]), h_n, c_n
 
     @staticmethod
     def run(x, h0, c0, weight, zero_state, params):
@@ -234,7 +235,7 @@ class _WIANLayer(torch.autograd.Function):
                                                                      strict=True)])
         gates = w_ih[0].shape[0]
         hidden = gates // _NUM_GATES
-        flat = x.reshape(steps * batch, -1)
+        flat = x.reshape(steps * batch, x.shape[-1])  # (explicit: batch may be 0)
         # Per direction (no stacked copy), time order: (T, B, 5H) each.
         proj = [p.view(steps, batch, gates)
                 for p in Products(w_ih).each(flat.expand(dirs, -1, -1), bias)]
@@ -670,6 +671,9 @@ class WIAN(nn.Module):
         if not self.batch_first:
             x = x.transpose(0, 1)
         batch, steps, _ = x.shape
+        if steps == 0:  # as nn.LSTM: h_n of no step at all would silently be h_0
+            raise ValueError(f"`x` must have at least one time step (T >= 1), "
+                             f"got {describe(x)}.")
         hidden, dirs = self.hidden_size, self.num_directions
 
         w = None

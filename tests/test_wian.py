@@ -314,6 +314,28 @@ def test_weights_broadcast_and_ones_equal_none():
                                wian(x)[0])
 
 
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_wian_empty_batch_like_lstm(batch_first, bidirectional, fast, monkeypatch):
+    """A batch of zero clips: empty outputs and zero-size gradients, as nn.LSTM gives."""
+    if not fast:
+        monkeypatch.setattr(WIAN, "_use_fast_path", lambda self, *t: False)
+    torch.manual_seed(0)
+    wian = WIAN(4, 3, num_layers=2, bidirectional=bidirectional, batch_first=batch_first)
+    lstm = nn.LSTM(4, 3, num_layers=2, bidirectional=bidirectional, batch_first=batch_first)
+    shape = (0, 5, 4) if batch_first else (5, 0, 4)
+    x = torch.randn(shape, requires_grad=True)
+    weights = torch.rand((*shape[:2], 1), requires_grad=True)
+    out, (h_n, c_n) = wian(x, weights)
+    want, (h_want, c_want) = lstm(x)
+    assert out.shape == want.shape and h_n.shape == h_want.shape and c_n.shape == c_want.shape
+    (out.sum() + h_n.sum() + c_n.sum()).backward()
+    assert x.grad.shape == x.shape and weights.grad.shape == weights.shape
+    for p in wian.parameters():
+        assert p.grad is not None and torch.equal(p.grad, torch.zeros_like(p))
+
+
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_wian_unbatched_equals_batch_of_one(batch_first):
     torch.manual_seed(0)
