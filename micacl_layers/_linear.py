@@ -25,8 +25,9 @@ _HAS_ONEDNN_LINEAR = (torch.backends.mkldnn.is_available()
 
 def onednn_usable(t: torch.Tensor) -> bool:
     """Whether products with ``t`` can run through oneDNN's linear kernel."""
+    # (oneDNN cannot describe a product with an empty operand: an empty batch falls back.)
     return (_HAS_ONEDNN_LINEAR and t.device.type == "cpu" and t.dtype == torch.float32
-            and torch._C._get_mkldnn_enabled())
+            and t.numel() > 0 and torch._C._get_mkldnn_enabled())
 
 
 def mm_t(x: torch.Tensor, y: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

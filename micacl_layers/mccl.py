@@ -240,7 +240,8 @@ def supervised_contrastive_per_anchor(
     - ``"log"`` (SupCon): :math:`\ell_i = -\frac{1}{|P(i)|}\sum_{j \in P(i)}
       (S_{ij} - \mathrm{lse}_{k \in A(i)} S_{ik})`.
 
-    Anchors without a positive get an exact 0 that stays connected to the graph.
+    Anchors without a positive get an exact 0 that stays connected to the graph (an empty
+    batch gives empty outputs).
 
     Args:
         z: Anchor embeddings (need not be normalised).
@@ -287,6 +288,8 @@ def _contrastive_per_anchor(z, targets, temperature, *, form, exclude_self, memo
         mem = memory_z.to(device=z.device, dtype=dtype)
         cand_targets = torch.cat([targets, memory_targets.to(targets.device)], dim=0)
     temperature = torch.as_tensor(temperature, dtype=dtype, device=z.device)
+    if z.shape[0] == 0:  # no anchors: nothing to contrast, an empty loss still on the graph
+        return z.sum(dim=1), targets.new_zeros(0, dtype=torch.bool)
     if torch.jit.is_scripting() or torch.compiler.is_compiling() or temperature.requires_grad:
         # torch.compile fuses the reference itself; a learned temperature needs its graph.
         return _contrastive_reference(z, mem, targets, cand_targets, temperature, form,
@@ -688,7 +691,7 @@ def _projected_path_pays(projection: object, x: torch.Tensor, tau: torch.Tensor)
     if (torch.jit.is_scripting() or torch.compiler.is_compiling()
             or torch.is_autocast_enabled(x.device.type) or tau.requires_grad):
         return False
-    if not (x.is_floating_point() and x.dtype == projection.weight.dtype):
+    if not (x.is_floating_point() and x.dtype == projection.weight.dtype) or x.shape[0] == 0:
         return False
     return 2 * (x.shape[1] + 1) <= projection.out_features
 

@@ -125,6 +125,7 @@ EDGE_CASES = (
     "huge_logits",
     "tiny_features",
     "zero_features",
+    "empty_batch",
 )
 
 
@@ -133,10 +134,10 @@ def edge_case(name: str, dtype: torch.dtype = torch.float32
     """``(features, logits, targets)`` for one degenerate case; features/logits are leaves that
     require grad, in ``dtype``."""
     g = generator(1234)
-    batch = {"batch_of_one": 1, "no_anchor_has_positive": 3}.get(name, 6)
+    batch = {"batch_of_one": 1, "no_anchor_has_positive": 3, "empty_batch": 0}.get(name, 6)
     features = torch.randn(batch, EDGE_FEATURE_DIM, generator=g, dtype=torch.float64)
     logits = torch.randn(batch, EDGE_NUM_CLASSES, generator=g, dtype=torch.float64)
-    targets = torch.tensor([0, 0, 1, 1, 2, 2][:batch])
+    targets = torch.tensor([0, 0, 1, 1, 2, 2][:batch], dtype=torch.long)
     if name == "batch_of_one":
         targets = torch.tensor([1])
     elif name == "one_class":

@@ -29,7 +29,7 @@ def _randomise(geiim: GEIIM, seed: int) -> GEIIM:
 # ------------------------------------------------------------------------------------------
 
 
-@given(batch=st.integers(1, 4), steps=st.integers(1, 6), dim=st.integers(1, 8),
+@given(batch=st.integers(0, 4), steps=st.integers(1, 6), dim=st.integers(1, 8),
        node_dim=st.integers(1, 5), kernels=kernel_choices, masked=st.booleans(),
        learn_alpha=st.booleans(), dtype=dtypes, seed=seeds)
 def test_shapes_and_finite(batch, steps, dim, node_dim, kernels, masked, learn_alpha, dtype,
