@@ -30,9 +30,15 @@ def onednn_usable(t: torch.Tensor) -> bool:
             and t.numel() > 0 and torch._C._get_mkldnn_enabled())
 
 
+def _onednn_operands(x: torch.Tensor, y: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether ``x @ y^T (+ bias)`` can run through oneDNN's linear kernel."""
+    return (onednn_usable(x) and onednn_usable(y)
+            and (bias is None or bias.dtype == x.dtype))
+
+
 def mm_t(x: torch.Tensor, y: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ y^T (+ bias)`` for 2-D ``x`` ``(M, K)``, ``y`` ``(N, K)``; views are fine."""
-    if onednn_usable(x) and y.dtype == x.dtype and (bias is None or bias.dtype == x.dtype):
+    if _onednn_operands(x, y, bias):
         return torch.ops.mkldnn._linear_pointwise(x, y, bias, "none", [], "")
     return x @ y.t() if bias is None else torch.addmm(bias, x, y.t())
 
@@ -121,8 +127,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     Falls back to ``F.linear`` for other shapes, devices and dtypes, under autocast (whose
     casts it leaves to ``F.linear``) and under ``torch.compile``.
     """
-    if (x.dim() == 2 and onednn_usable(x) and weight.dtype == x.dtype
-            and (bias is None or bias.dtype == x.dtype)
+    if (x.dim() == 2 and _onednn_operands(x, weight, bias)
             and not torch.is_autocast_enabled(x.device.type)
             and not torch.compiler.is_compiling()):
         return _LinearFunction.apply(x, weight, bias)

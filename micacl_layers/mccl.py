@@ -691,7 +691,9 @@ def _projected_path_pays(projection: object, x: torch.Tensor, tau: torch.Tensor)
     if (torch.jit.is_scripting() or torch.compiler.is_compiling()
             or torch.is_autocast_enabled(x.device.type) or tau.requires_grad):
         return False
-    if not (x.is_floating_point() and x.dtype == projection.weight.dtype) or x.shape[0] == 0:
+    if not (x.is_floating_point() and x.dtype == projection.weight.dtype):
+        return False
+    if x.shape[0] == 0:  # nothing to save; the general path returns the empty loss
         return False
     return 2 * (x.shape[1] + 1) <= projection.out_features
 

@@ -153,16 +153,20 @@ def _weight_grad(grad: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     return grad.t() @ inputs  # (here the default BLAS does as well as oneDNN)
 
 
+def _summed_biases(params: tuple[torch.Tensor | None, ...]) -> torch.Tensor | None:
+    """``b_ih + b_hh`` of every direction, ``(D, 5H)``, from ``(W_ih, W_hh, b_ih, b_hh, ...)``."""
+    if params[2] is None:
+        return None
+    return torch.stack([b_ih + b_hh for b_ih, b_hh in zip(params[2::4], params[3::4],
+                                                             strict=True)])
+
+
 def _stacked(params: tuple[torch.Tensor | None, ...]
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Per-direction ``(W_ih, W_hh, b_ih, b_hh, ...)`` to :func:`_layer_reference`'s stacks."""
-    w_ih = torch.stack(params[0::4])
-    w_hh = torch.stack(params[1::4])
-    if params[2] is None:
-        return w_ih, w_hh, None
-    bias = torch.stack([b_ih + b_hh for b_ih, b_hh in zip(params[2::4], params[3::4],
-                                                             strict=True)])
-    return w_ih, w_hh, bias.unsqueeze(1)
+    bias = _summed_biases(params)
+    return (torch.stack(params[0::4]), torch.stack(params[1::4]),
+            None if bias is None else bias.unsqueeze(1))
 
 
 def _step_pairs(buf: torch.Tensor, rows: list[tuple[int, ...]]) -> list[torch.Tensor]:
@@ -213,7 +217,7 @@ class _WIANLayer(torch.autograd.Function):
         dirs, steps = hs.shape[0], x.shape[0]
         out = hs.new_empty(steps, x.shape[1], dirs, hs.shape[-1])
         out.copy_(hs[:, 1:steps + 1].permute(1, 2, 0, 3))
-        last = _final_rows(dirs, steps)
+        last = _step_rows(dirs, steps)[2][-1]  # each direction's state after its last step
         h_n = torch.stack([hs[k, r] for k, r in enumerate(last)])
         c_n = torch.stack([cs[k, r] for k, r in enumerate(last)])
         return out.view(steps, x.shape[1], dirs * hs.shape[-1]), h_n, c_n
@@ -229,10 +233,7 @@ class _WIANLayer(torch.autograd.Function):
         steps, batch, _ = x.shape
         dirs = len(params) // 4
         w_ih, w_hh = list(params[0::4]), list(params[1::4])
-        bias = None
-        if params[2] is not None:
-            bias = torch.stack([b_ih + b_hh for b_ih, b_hh in zip(params[2::4], params[3::4],
-                                                                     strict=True)])
+        bias = _summed_biases(params)
         gates = w_ih[0].shape[0]
         hidden = gates // _NUM_GATES
         flat = x.reshape(steps * batch, x.shape[-1])  # (explicit: batch may be 0)
@@ -245,13 +246,13 @@ class _WIANLayer(torch.autograd.Function):
         tanh_c = x.new_empty(dirs, steps, batch, hidden)
         i_cand = x.new_empty(dirs, steps, batch, hidden)  # i * tanh(candidate)
         d_all = None if weight is None else x.new_empty(dirs, steps, batch, hidden)
-        for k, r in enumerate(_initial_rows(dirs, steps)):
+        at, prev, new = _step_rows(dirs, steps)
+        for k, r in enumerate(prev[0]):  # the state before the first step
             hs[k, r] = h0[k]
             cs[k, r] = c0[k]
         recurrent = Products(w_hh, pack_rows=batch)  # h @ W_hh^T + proj
         cand = slice(2 * hidden, 3 * hidden)
         # Per-step views, taken once (indexing inside the loop costs more than the small ops).
-        at, prev, new = _step_rows(dirs, steps)
         act_t = _step_pairs(acts, at)
         gates_t = _step_pairs(acts.view(dirs, steps, batch, _NUM_GATES, hidden), at)
         h_prev_t, h_new_t = _step_pairs(hs, prev), _step_pairs(hs, new)
@@ -386,16 +387,6 @@ class _WIANLayer(torch.autograd.Function):
         d_h0 = dh if needs[1] else None
         d_c0 = dc if needs[2] else None
         return (d_x, d_h0, d_c0, d_weight, None, *param_grads)
-
-
-def _initial_rows(dirs: int, steps: int) -> tuple[int, ...]:
-    """Rows of ``hs``/``cs`` holding each direction's initial state."""
-    return (0, steps + 1)[:dirs]
-
-
-def _final_rows(dirs: int, steps: int) -> tuple[int, ...]:
-    """Rows of ``hs``/``cs`` holding each direction's last state (``h_n``, ``c_n``)."""
-    return (steps, 1)[:dirs]
 
 
 def _state_rows(states: torch.Tensor, k: int, start: int, count: int) -> torch.Tensor:
