@@ -6,6 +6,10 @@ Usage (``make bench`` runs the first)::
     python benchmarks/run.py                   # everything, CPU, 2 threads
     python benchmarks/run.py --quick           # fewer repeats and sizes (about two minutes)
     python benchmarks/run.py --only wian,mccl  # a subset: wian, mccl, model
+
+Candidates named ``... (off)`` / ``... (on)`` run under that setting of ``micacl_layers.config``
+(plain autograd / every fast path incl. private oneDNN products); unmarked ones under the
+default ``"auto"``. The ``auto`` vs ``off`` rows are the evidence behind what ``auto`` enables.
     python benchmarks/run.py --device cuda     # on a GPU (adds AMP training throughput)
     python benchmarks/run.py --output docs/benchmarks-table.md
 
@@ -46,7 +50,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from naive import NaivePerGateWIAN, naive_multiscale_supcon  # noqa: E402
 
-from micacl_layers import WIAN, MCCLoss  # noqa: E402
+from micacl_layers import WIAN, MCCLoss, config  # noqa: E402
 
 NUM_CLASSES = 7
 FEATURE_DIM = 1024
@@ -129,6 +133,22 @@ def _row(section: str, config: str, ours: str, baseline: str, times: dict[str, l
                spread=max(_spread(times[ours]), _spread(times[baseline])), **kw)
 
 
+def _switched(mode: str, fn: Callable[[], None]) -> Callable[[], None]:
+    """``fn`` run under ``config.fast_paths(mode)`` (auto, on or off)."""
+    def run() -> None:
+        with config.fast_paths(mode):  # type: ignore[arg-type]
+            fn()
+    return run
+
+
+def _mode_of(case: str) -> str:
+    """The switch setting named in a case label such as ``"WIAN (off)"`` (default auto)."""
+    for mode in ("off", "on"):
+        if case.endswith(f"({mode})"):
+            return mode
+    return "auto"
+
+
 def _zero_grads(*modules_or_tensors: object) -> None:
     for m in modules_or_tensors:
         if isinstance(m, nn.Module):
@@ -164,8 +184,11 @@ def _wian_cases(layers: int, device: torch.device) -> dict[str, Callable[[], Non
             call().backward(grad_out)
         return fn
 
+    fused = run(wian, lambda: wian(x, weights)[0])
     return {
-        "WIAN": run(wian, lambda: wian(x, weights)[0]),
+        "WIAN": _switched("auto", fused),
+        "WIAN (off)": _switched("off", fused),
+        "WIAN (on)": _switched("on", fused),
         "nn.LSTM": run(lstm, lambda: lstm(x)[0]),
         "naive per-gate WIAN": run(naive, lambda: naive(x, weights)),
     }
@@ -178,7 +201,12 @@ def bench_wian(args: argparse.Namespace, device: torch.device) -> list[Row]:
         times = interleaved(_wian_cases(layers, device), repeats, warmup=2, device=device)
         config = f"B=32, T=16, I=H=512, bidir, {layers} layer{'s' * (layers > 1)}"
         one = layers == 1
-        rows.append(_row("WIAN", config, "WIAN", "nn.LSTM", times,
+        # "auto" enables the fused layer on CPU float32 only if this row shows that it pays.
+        rows.append(_row("WIAN", config, "WIAN", "WIAN (off)", times, kind="speed-up",
+                         target=">= 1.05" if one and device.type == "cpu" else ""))
+        rows.append(_row("WIAN", config, "WIAN (on)", "WIAN (off)", times, kind="speed-up"))
+        rows.append(_row("WIAN", config, "WIAN", "nn.LSTM", times))
+        rows.append(_row("WIAN", config, "WIAN (on)", "nn.LSTM", times,
                          target="<= 1.4" if one else ""))
         rows.append(_row("WIAN", config, "WIAN", "naive per-gate WIAN", times, kind="speed-up",
                          target=">= 1.6" if one else ""))
@@ -189,8 +217,8 @@ def bench_wian(args: argparse.Namespace, device: torch.device) -> list[Row]:
 # 2. MCCL
 # ------------------------------------------------------------------------------------------
 
-MCCL_CASES = ("MCCLoss", "MCCLoss (no projections)", "SupConLoss (pml)",
-              "naive multi-scale loop")
+MCCL_CASES = ("MCCLoss", "MCCLoss (off)", "MCCLoss (on)", "MCCLoss (no projections)",
+              "SupConLoss (pml)", "naive multi-scale loop")
 
 
 def _mccl_setup(case: str, batch: int, device: torch.device) -> Callable[[], None]:
@@ -200,9 +228,9 @@ def _mccl_setup(case: str, batch: int, device: torch.device) -> Callable[[], Non
     logits = torch.randn(batch, NUM_CLASSES, device=device)
     targets = torch.randint(0, NUM_CLASSES, (batch,), device=device)
     counts = [1956, 1515, 2135, 1738, 1175, 116, 721]  # DFEW fold 1
-    if case in ("MCCLoss", "naive multi-scale loop"):
+    if case.startswith("MCCLoss (o") or case in ("MCCLoss", "naive multi-scale loop"):
         loss = MCCLoss(NUM_CLASSES, FEATURE_DIM, counts, projection_dim=1024).to(device)
-        if case == "MCCLoss":
+        if case != "naive multi-scale loop":
             def call() -> torch.Tensor:
                 return loss(features, logits, targets)
         else:
@@ -225,7 +253,7 @@ def _mccl_setup(case: str, batch: int, device: torch.device) -> Callable[[], Non
     def fn() -> None:
         _zero_grads(loss, features)
         call().backward()
-    return fn
+    return _switched(_mode_of(case), fn)
 
 
 def _peak_memory_mb(case: str, batch: int, args: argparse.Namespace,
@@ -278,7 +306,12 @@ def bench_mccl(args: argparse.Namespace, device: torch.device) -> list[Row]:
             memory = {case: _peak_memory_mb(case, batch, args, device) for case in MCCL_CASES}
         config = f"B={batch}, D={FEATURE_DIM}, scales (1, 2, 4)"
         for ours, baseline, kind, target in (
-            ("MCCLoss", "SupConLoss (pml)", "ratio", "<= 2.5" if batch == 1024 else ""),
+            # "auto" enables the one-buffer core on CPU float32 only if this row shows it pays.
+            ("MCCLoss", "MCCLoss (off)", "speed-up",
+             ">= 1.05" if batch == 1024 and device.type == "cpu" else ""),
+            ("MCCLoss (on)", "MCCLoss (off)", "speed-up", ""),
+            ("MCCLoss", "SupConLoss (pml)", "ratio", ""),
+            ("MCCLoss (on)", "SupConLoss (pml)", "ratio", "<= 2.5" if batch == 1024 else ""),
             ("MCCLoss (no projections)", "SupConLoss (pml)", "ratio", ""),
             ("MCCLoss", "naive multi-scale loop", "speed-up", ""),
         ):

@@ -5,14 +5,19 @@ facial expression recognition. This package needs only torch and numpy; the mode
 example code are optional extras.
 """
 
-from micacl_layers import functional
+from micacl_layers import config, functional
 from micacl_layers.attention import InstanceSelfAttention
 from micacl_layers.cet import CETOutput, ClassificationEnhancementTerm
 from micacl_layers.criterion import PRESETS, MICACLLoss, MICACLLossOutput
 from micacl_layers.geiim import GEIIM
 from micacl_layers.ial import IntensityAwareLoss
 from micacl_layers.instance_weights import WEIGHT_MODES, InstanceWeights
-from micacl_layers.mccl import MCCLoss, MCCLOutput, MultiscaleCategoryAwareContrastiveLoss
+from micacl_layers.mccl import (
+    MCCLOptions,
+    MCCLoss,
+    MCCLOutput,
+    MultiscaleCategoryAwareContrastiveLoss,
+)
 from micacl_layers.wian import WIAN, WIANCell
 
 __version__ = "0.1.0.dev0"
@@ -27,6 +32,7 @@ __all__ = [
     "InstanceSelfAttention",
     "InstanceWeights",
     "IntensityAwareLoss",
+    "MCCLOptions",
     "MCCLOutput",
     "MCCLoss",
     "MICACLLoss",
@@ -34,5 +40,6 @@ __all__ = [
     "MultiscaleCategoryAwareContrastiveLoss",
     "WIANCell",
     "__version__",
+    "config",
     "functional",
 ]

@@ -1,30 +1,31 @@
-"""Multiscale Category-aware Contrastive Learning loss (MCCL), MICACL Eq. 7-12.
+r"""Multiscale Category-aware Contrastive Learning loss (MCCL), MICACL Eq. 7-12.
 
-Each anchor is pulled towards the other samples of its class and pushed from the rest, at several
-scales of the feature (adaptive average pooling then a learned projection, Eq. 8), with a
-temperature set from the class distribution (Eq. 10), and weighted towards rare classes and hard
-samples (Eq. 7). Numerics: similarities and log-sum-exp run in float32 (or wider) whatever the
-input dtype; masked entries use the dtype's own ``finfo.min``, never ``inf``; an anchor without a
-positive contributes an exact, graph-connected zero.
+For clip features :math:`X'` ``(B, D)``, classifier logits :math:`y_p` and labels :math:`y`:
 
-Speed and memory: each scale's contrastive term runs in :class:`_ContrastiveCore`, whose only
-``(B, M)`` float buffer holds the exp-similarities shifted by the row maximum and becomes the
-gradient in place in the backward: never the masked copies of a straightforward formulation.
-Small buffers (up to ``_KEEP_ENTRIES``, 16 MB) are kept for the backward, one per scale; larger
-ones are recomputed there, so one is alive at a time. The positive mask is built a block of rows
-at a time; without a memory bank only the upper block triangle of the symmetric ``A A^T`` is
-multiplied, and its backward is one product, ``(G + G^T) A``. A scale whose projection is a
-plain linear layer at least twice as wide as its pooled input (scales 2 and 4 of the defaults:
-``512 -> 1024``, ``256 -> 1024``) never forms the ``(B, P)`` embeddings when no memory bank
-needs them: :class:`_ProjectedContrastiveCore` gets the same similarities from ``x' M x'^T``
-with the small ``M = W'^T W'``, forward and backward, with products of inner size ``D / s``
-instead of ``P``. The straightforward formulation (:func:`_contrastive_reference`) runs under
-``torch.compile``, for a temperature that needs a gradient, and for double backward; both agree
-to float32 rounding.
+- Eq. 8, scales: :math:`X'_s = \mathrm{Proj}_s(\mathrm{Pool}_s(X'))` for each pooling factor
+  ``s`` (:func:`pool_features`, then a learned ``Linear(D // s, P)``).
+- Eq. 9, similarities: :math:`S_{ij} = \cos(z_i, z_j) / \tau` on the embeddings of one scale.
+- Eq. 10, temperature: :math:`\tau = \tau_0 \frac{1}{K}\sum_k (1 + n_k / \max n)`
+  (:func:`adaptive_temperature`).
+- Eq. 11, per-anchor term: the share of an anchor's similarity mass that falls on its
+  positives, :math:`\ell_i = -\sum_{j \in P(i)} e^{S_{ij}} / \sum_{k \in A(i)} e^{S_{ik}}`, or
+  SupCon's log form (:func:`supervised_contrastive_per_anchor`).
+- Eq. 7, weights: :math:`W_c(i) \propto \frac{1}{n_{y_i}} (1 - p_i)`
+  (:func:`category_aware_weights`).
+- Eq. 12, the loss: :math:`\mathcal{L}_{MC} = \frac{1}{|S|}\sum_s \frac{1}{|\mathcal{A}|}
+  \sum_{i \in \mathcal{A}} W_c(i)\, \ell_i^s` over the anchors :math:`\mathcal{A}` that have a
+  positive (:func:`multiscale_category_aware_contrastive_loss`, :class:`MCCLoss`).
+
+Numerics: similarities and log-sum-exp run in float32 (or wider) whatever the input dtype;
+masked entries use the dtype's own ``finfo.min``, never ``inf``; an anchor without a positive
+contributes an exact, graph-connected zero. The per-anchor term is written here in plain
+autograd (:func:`_contrastive_reference`); a faster kernel with the same values may replace it,
+as :mod:`micacl_layers.config` decides (see the "Internals" docs page).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple
 
@@ -32,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from micacl_layers._linear import FastLinear, mm_t
+from micacl_layers._fast import contrastive as _fast
+from micacl_layers._fast.onednn import FastLinear
 from micacl_layers._validation import (
     check_class_counts,
     check_floating,
@@ -42,10 +44,18 @@ from micacl_layers._validation import (
     check_same_batch,
     describe,
 )
+from micacl_layers.contrastive import (
+    Form,
+    _compute_dtype,
+    _contrastive_reference,
+    _norm_eps,
+    supervised_contrastive_per_anchor,
+)
 from micacl_layers.distributed import gather_with_grad, gather_without_grad, is_distributed
 from micacl_layers.memory import ContrastMemory
 
 __all__ = [
+    "MCCLOptions",
     "MCCLOutput",
     "MCCLoss",
     "MultiscaleCategoryAwareContrastiveLoss",
@@ -56,10 +66,9 @@ __all__ = [
     "supervised_contrastive_per_anchor",
 ]
 
-Form = Literal["ratio", "log"]
 TemperatureMode = Literal["class_mean", "batch_mean", "fixed"]
 Reduction = Literal["mean", "sum", "none"]
-_FORMS = ("ratio", "log")
+_FORMS = ("ratio", "log")  # (the forms of micacl_layers.contrastive)
 _TEMPERATURES = ("class_mean", "batch_mean", "fixed")
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -81,16 +90,6 @@ class MCCLOutput(NamedTuple):
     weights: torch.Tensor
     temperature: torch.Tensor
     has_positive: torch.Tensor
-
-
-def _compute_dtype(t: torch.Tensor) -> torch.dtype:
-    # Similarities, softmax and log-sum-exp never run below float32.
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
-def _norm_eps(dtype: torch.dtype) -> float:
-    # sqrt(tiny) keeps cosine defined for feature norms down to ~1e-19 in float32.
-    return torch.finfo(dtype).tiny ** 0.5
 
 
 def category_aware_weights(
@@ -219,496 +218,6 @@ def pool_features(features: torch.Tensor, scale: int) -> torch.Tensor:
     return F.adaptive_avg_pool1d(features.unsqueeze(1), dim // scale).squeeze(1)
 
 
-def supervised_contrastive_per_anchor(
-    z: torch.Tensor,
-    targets: torch.Tensor,
-    temperature: torch.Tensor | float,
-    *,
-    form: Form = "ratio",
-    exclude_self: bool = True,
-    memory_z: torch.Tensor | None = None,
-    memory_targets: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Per-anchor supervised contrastive term at one scale (Eq. 9 and 11).
-
-    With cosine similarities :math:`S_{ij} = \cos(z_i, z_j) / \tau` (Eq. 9), the positives
-    :math:`P(i)` (same class) and the candidates :math:`A(i)` (all, minus ``i`` itself if
-    ``exclude_self``):
-
-    - ``"ratio"`` (Eq. 11 as printed): :math:`\ell_i = -\sum_{j \in P(i)} e^{S_{ij}} /
-      \sum_{k \in A(i)} e^{S_{ik}}`, computed as :math:`-\exp(\mathrm{lse}_{P} - \mathrm{lse}_{A})`;
-    - ``"log"`` (SupCon): :math:`\ell_i = -\frac{1}{|P(i)|}\sum_{j \in P(i)}
-      (S_{ij} - \mathrm{lse}_{k \in A(i)} S_{ik})`.
-
-    Anchors without a positive get an exact 0 that stays connected to the graph (an empty
-    batch gives empty outputs).
-
-    Args:
-        z: Anchor embeddings (need not be normalised).
-        targets: Anchor class indices.
-        temperature: :math:`\tau`.
-        form: ``"ratio"`` or ``"log"``.
-        exclude_self: Drop :math:`j = i` from positives and candidates.
-        memory_z: Extra candidates (e.g. a cross-batch memory), never anchors.
-        memory_targets: Their class indices.
-
-    Returns:
-        ``(loss, has_positive)``: per-anchor losses in float32 (float64 for float64 input) and a
-        bool mask of anchors with at least one positive.
-
-    Shape:
-        - z: :math:`(B, P)`
-        - targets: :math:`(B,)`
-        - memory_z: :math:`(M, P)`
-        - Output: :math:`(B,)`, :math:`(B,)`
-
-    Example:
-        >>> z = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0]])
-        >>> loss, has_pos = supervised_contrastive_per_anchor(z, torch.tensor([0, 0, 1]), 0.1)
-        >>> has_pos.tolist()
-        [True, True, False]
-    """
-    # Under torch.autocast the matmul below would run in float16/bfloat16 again: the
-    # similarities and their log-sum-exp must stay in float32, so autocast is off here.
-    with torch.autocast(z.device.type, enabled=False):
-        return _contrastive_per_anchor(z, targets, temperature, form=form,
-                                       exclude_self=exclude_self, memory_z=memory_z,
-                                       memory_targets=memory_targets)
-
-
-def _contrastive_per_anchor(z, targets, temperature, *, form, exclude_self, memory_z,
-                            memory_targets):
-    if form not in _FORMS:
-        raise ValueError(f"`form` must be one of {_FORMS}, got {form!r}.")
-    dtype = _compute_dtype(z)
-    eps = _norm_eps(dtype)
-    z = z.to(dtype)
-    mem, cand_targets = None, targets
-    if memory_z is not None:
-        mem = memory_z.to(device=z.device, dtype=dtype)
-        cand_targets = torch.cat([targets, memory_targets.to(targets.device)], dim=0)
-    temperature = torch.as_tensor(temperature, dtype=dtype, device=z.device)
-    if z.shape[0] == 0:  # no anchors: nothing to contrast, an empty loss still on the graph
-        return z.sum(dim=1), targets.new_zeros(0, dtype=torch.bool)
-    if torch.jit.is_scripting() or torch.compiler.is_compiling() or temperature.requires_grad:
-        # torch.compile fuses the reference itself; a learned temperature needs its graph.
-        return _contrastive_reference(z, mem, targets, cand_targets, temperature, form,
-                                      exclude_self, eps)
-    loss, has_positive = _ContrastiveCore.apply(z, mem, targets, cand_targets, temperature,
-                                                form, exclude_self, eps)
-    return loss, has_positive
-
-
-def _contrastive_reference(
-    z: torch.Tensor,
-    mem: torch.Tensor | None,
-    targets: torch.Tensor,
-    cand_targets: torch.Tensor,
-    temperature: torch.Tensor,
-    form: str,
-    exclude_self: bool,
-    eps: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The straightforward formulation (masked copies of the similarity matrix, autograd).
-
-    Used under ``torch.compile``, for a temperature that needs a gradient, and for double
-    backward; :class:`_ContrastiveCore` computes the same values with one ``(B, M)`` buffer.
-    """
-    anchors = F.normalize(z, dim=-1, eps=eps)
-    cands = anchors
-    if mem is not None:
-        cands = torch.cat([anchors, F.normalize(mem, dim=-1, eps=eps)], dim=0)
-    sim = (anchors @ cands.t()) / temperature
-    batch = anchors.shape[0]
-    positive = targets[:, None] == cand_targets[None, :]
-    fill = torch.finfo(sim.dtype).min
-    if exclude_self:
-        is_self = torch.zeros_like(positive)
-        is_self[:, :batch] = torch.eye(batch, dtype=torch.bool, device=sim.device)
-        positive = positive & ~is_self
-        lse_all = sim.masked_fill(is_self, fill).logsumexp(dim=1)
-    else:
-        lse_all = sim.logsumexp(dim=1)
-    num_pos = positive.sum(dim=1)
-    has_positive = num_pos > 0
-    if form == "ratio":
-        lse_pos = sim.masked_fill(~positive, fill).logsumexp(dim=1)
-        loss = -torch.exp(lse_pos - lse_all)
-    else:
-        mean_pos = (sim * positive).sum(dim=1) / num_pos.clamp_min(1)
-        loss = lse_all - mean_pos
-    return torch.where(has_positive, loss, torch.zeros_like(loss)), has_positive
-
-
-# Element-wise work on the (B, M) similarities runs over blocks of rows of about this many
-# entries, so that masks and temporaries stay small next to the one full-size buffer.
-_BLOCK_ENTRIES = 1 << 20
-# Up to this many entries (16 MB in float32, e.g. B = M = 2048) the forward's exp-similarities
-# are kept for the backward, one buffer per scale, which saves recomputing a product; above it
-# they are recomputed, so that a single (B, M) buffer is ever alive.
-_KEEP_ENTRIES = 1 << 22
-# Rows per strip of the symmetric A A^T (only the upper block triangle is computed).
-_GRAM_BLOCK = 256
-
-def _projected_gram(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``q @ x^T`` for a product known to be symmetric: the upper block triangle, mirrored."""
-    n = x.shape[0]
-    block = _GRAM_BLOCK
-    if n <= block:
-        return mm_t(q, x)
-    out = x.new_empty(n, n)
-    for i in range(0, n, block):
-        rows = slice(i, min(i + block, n))
-        strip = mm_t(q[rows], x[i:])
-        out[rows, i:] = strip
-        out[i + block:, rows] = strip[:, block:].t()
-    return out
-
-
-def _gram(a: torch.Tensor) -> torch.Tensor:
-    """``a @ a^T``: strips of the upper block triangle, mirrored.
-
-    About half the multiply-adds of a full product for large ``B``.
-    """
-    return _projected_gram(a, a)
-
-
-def _similarities(anchors: torch.Tensor, mem: torch.Tensor | None, temperature: torch.Tensor,
-                  exclude_self: bool) -> torch.Tensor:
-    """``S = A C^T / tau`` with ``C = [A; mem]``, self entries set to ``finfo.min``."""
-    if mem is None:
-        sim = _gram(anchors)
-    else:
-        sim = mm_t(anchors, torch.cat([anchors, mem], dim=0))
-    sim.div_(temperature)
-    if exclude_self:
-        sim[:, :anchors.shape[0]].diagonal().fill_(torch.finfo(sim.dtype).min)
-    return sim
-
-
-def _row_blocks(rows: int, cols: int) -> list[tuple[int, int]]:
-    step = max(1, _BLOCK_ENTRIES // max(cols, 1))
-    return [(start, min(start + step, rows)) for start in range(0, rows, step)]
-
-
-def _positive_block(targets: torch.Tensor, cand_targets: torch.Tensor, start: int, stop: int,
-                    exclude_self: bool) -> torch.Tensor:
-    """Rows ``start:stop`` of the positive mask ``P`` (same class, minus self)."""
-    mask = targets[start:stop, None] == cand_targets[None, :]
-    if exclude_self:
-        mask[:, start:stop].diagonal().fill_(False)
-    return mask
-
-
-def _positive_counts(targets: torch.Tensor, cand_targets: torch.Tensor,
-                     exclude_self: bool) -> torch.Tensor:
-    """``|P(i)|`` without a ``(B, M)`` mask: how often each anchor's class occurs."""
-    ordered = cand_targets.sort().values
-    counts = (torch.searchsorted(ordered, targets, right=True)
-              - torch.searchsorted(ordered, targets))
-    return counts - 1 if exclude_self else counts
-
-
-def _add_transpose_(m: torch.Tensor, block: int = 512) -> torch.Tensor:
-    """``m += m.T`` in place for a square matrix, one block pair at a time."""
-    n = m.shape[0]
-    for i in range(0, n, block):
-        rows = slice(i, min(i + block, n))
-        diag = m[rows, rows]
-        diag.copy_(diag + diag.t())
-        for j in range(i + block, n, block):
-            cols = slice(j, min(j + block, n))
-            pair = m[rows, cols] + m[cols, rows].t()
-            m[rows, cols] = pair
-            m[cols, rows] = pair.t()
-    return m
-
-
-def _normalize(z: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``F.normalize(z, dim=-1, eps=eps)`` (same ops) and the clamped norms ``(B, 1)``."""
-    denom = torch.linalg.vector_norm(z, dim=-1, keepdim=True).clamp_min(eps)
-    return z / denom, denom
-
-
-def _normalize_backward(grad: torch.Tensor, unit: torch.Tensor, denom: torch.Tensor,
-                        eps: float) -> torch.Tensor:
-    """Gradient through :func:`_normalize`, in place of ``grad``: ``(g - u (u . g)) / |z|``.
-
-    Where the norm was clamped to ``eps`` the map ``z / eps`` is linear: ``g / eps``.
-    """
-    radial = (unit * grad).sum(dim=-1, keepdim=True)
-    radial.masked_fill_(denom <= eps, 0.0)
-    return grad.sub_(unit * radial).div_(denom)
-
-
-def _loss_from_similarities(ctx, sim, targets, cand_targets, form, exclude_self, num_pos):
-    """Per-anchor loss from the scaled similarities ``sim`` ``(B, M)`` (self entries masked).
-
-    Turns ``sim`` into ``E = exp(S - max)`` in place, a block of rows at a time, and keeps it on
-    ``ctx`` for the backward when it is small enough. Returns ``(loss, has_positive)`` and the
-    row statistics the backward needs.
-    """
-    batch = sim.shape[0]
-    has_positive = num_pos > 0
-    maxes = sim.amax(dim=1)
-    total = sim.new_empty(batch)  # sum over candidates of exp(S - max)
-    pos = sim.new_empty(batch)  # ratio: sum over positives of exp(S - max); log: of S
-    for start, stop in _row_blocks(batch, sim.shape[1]):
-        block = sim[start:stop]
-        mask = _positive_block(targets, cand_targets, start, stop, exclude_self)
-        if form == "log":
-            torch.sum(torch.where(mask, block, 0), dim=1, out=pos[start:stop])
-        block.sub_(maxes[start:stop, None]).exp_()
-        torch.sum(block, dim=1, out=total[start:stop])
-        if form == "ratio":
-            torch.sum(torch.where(mask, block, 0), dim=1, out=pos[start:stop])
-    keep = any(ctx.needs_input_grad[:3]) and sim.numel() <= _KEEP_ENTRIES
-    ctx.exp_sim = sim if keep else None
-    if form == "ratio":
-        share = pos / total  # = exp(lse_P - lse_A)
-        loss = -share
-        aux = share
-    else:
-        aux = num_pos.clamp_min(1).to(pos.dtype)
-        loss = total.log() + maxes - pos / aux
-    loss = torch.where(has_positive, loss, torch.zeros_like(loss))
-    ctx.form, ctx.exclude_self = form, exclude_self
-    ctx.mark_non_differentiable(has_positive)
-    return loss, has_positive, (maxes, total, aux)
-
-
-def _similarity_grad(ctx, grad_loss, recompute, targets, cand_targets, temperature, maxes,
-                     total, aux, has_positive):
-    """``dL/dS`` ``(B, M)`` for ``S = A C^T``, the ``1 / tau`` folded in.
-
-    Written into the buffer of ``exp(S / tau - max)`` that the forward kept (or that
-    ``recompute()`` rebuilds).
-    """
-    batch = maxes.shape[0]
-    # d loss_i / d S_ij:
-    #   ratio: E_ij / total_i * (r_i - [j in P(i)]),  log: E_ij / total_i - [j in P(i)] / |P(i)|
-    grad_loss = torch.where(has_positive, grad_loss, torch.zeros_like(grad_loss))
-    scale = grad_loss / (total * temperature)
-    if ctx.form == "ratio":
-        on_pos, off_pos = scale * (aux - 1), scale * aux
-    else:
-        on_pos = grad_loss / (aux * temperature)
-    grad, ctx.exp_sim = ctx.exp_sim, None  # E from the forward, consumed here
-    fresh = grad is None
-    if fresh:
-        grad = recompute()
-    for start, stop in _row_blocks(batch, grad.shape[1]):
-        block = grad[start:stop]
-        mask = _positive_block(targets, cand_targets, start, stop, ctx.exclude_self)
-        if fresh:
-            block.sub_(maxes[start:stop, None]).exp_()
-        if ctx.form == "ratio":
-            block.mul_(torch.where(mask, on_pos[start:stop, None], off_pos[start:stop, None]))
-        else:
-            block.mul_(scale[start:stop, None])
-            block.sub_(torch.where(mask, on_pos[start:stop, None], 0))
-    return grad
-
-
-class _ContrastiveCore(torch.autograd.Function):
-    """Per-anchor supervised contrastive loss with one ``(B, M)`` buffer alive at a time.
-
-    Takes the raw embeddings ``z`` (and ``mem``) and normalises them itself. Forward: ``S = A
-    C^T / tau`` (self masked; without a memory bank only the upper block triangle of the
-    symmetric ``A A^T`` is multiplied), the row maxima, then ``E = exp(S - max)`` in place and
-    per-row sums over all candidates and over the positives (the positive mask is built a block
-    of rows at a time from the labels, never as a full-size float buffer): the ratio form is
-    ``-sum_P E / sum_A E`` and the log form ``log sum_A E + max - mean_P S``, the same values as
-    the masked log-sum-exps of :func:`_contrastive_reference`. The backward turns ``E`` into
-    ``dL/dS`` in place and, without a memory bank, uses ``dL/dA = (G + G^T) A`` (one product
-    instead of two). ``E`` is kept for the backward only up to ``_KEEP_ENTRIES`` entries (and
-    handed over, not saved: a second backward with ``retain_graph`` recomputes it); above that
-    the backward recomputes it, so that one ``(B, M)`` buffer is alive at a time.
-    """
-
-    @staticmethod
-    def forward(ctx, z, mem, targets, cand_targets, temperature, form,  # type: ignore[override]
-                exclude_self, eps):
-        anchors, denom = _normalize(z, eps)
-        mem_unit = mem_denom = None
-        if mem is not None:
-            mem_unit, mem_denom = _normalize(mem, eps)
-        num_pos = _positive_counts(targets, cand_targets, exclude_self)
-        sim = _similarities(anchors, mem_unit, temperature, exclude_self)
-        loss, has_positive, stats = _loss_from_similarities(ctx, sim, targets, cand_targets,
-                                                            form, exclude_self, num_pos)
-        ctx.eps = eps
-        ctx.save_for_backward(z, mem, anchors, denom, mem_unit, mem_denom, targets,
-                              cand_targets, temperature, *stats, has_positive)
-        return loss, has_positive
-
-    @staticmethod
-    def backward(ctx, grad_loss, _grad_has_positive):  # type: ignore[override]
-        (z, mem, anchors, denom, mem_unit, mem_denom, targets, cand_targets, temperature,
-         maxes, total, aux, has_positive) = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            # create_graph=True (double backward): differentiate the reference formulation.
-            with torch.enable_grad():
-                loss, _ = _contrastive_reference(z, mem, targets, cand_targets, temperature,
-                                                 ctx.form, ctx.exclude_self, ctx.eps)
-            inputs = [t for t in (z, mem) if t is not None and t.requires_grad]
-            found = iter(torch.autograd.grad(loss, inputs, grad_loss, create_graph=True,
-                                             allow_unused=True))
-            return (next(found) if z.requires_grad else None,
-                    next(found) if mem is not None and mem.requires_grad else None,
-                    None, None, None, None, None, None)
-        with torch.autocast(z.device.type, enabled=False):
-            grad = _similarity_grad(
-                ctx, grad_loss,
-                lambda: _similarities(anchors, mem_unit, temperature, ctx.exclude_self),
-                targets, cand_targets, temperature, maxes, total, aux, has_positive)
-            grad_anchors, grad_mem = _ContrastiveCore._products(ctx, grad, anchors, mem_unit)
-        grad_z = grad_m = None
-        if grad_anchors is not None:
-            grad_z = _normalize_backward(grad_anchors, anchors, denom, ctx.eps)
-        if grad_mem is not None:
-            grad_m = _normalize_backward(grad_mem, mem_unit, mem_denom, ctx.eps)
-        return grad_z, grad_m, None, None, None, None, None, None
-
-    @staticmethod
-    def _products(ctx, grad, anchors, mem):
-        batch = anchors.shape[0]
-        need_anchors, need_mem = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_anchors = grad_mem = None
-        if mem is None:
-            if need_anchors:
-                grad_anchors = mm_t(_add_transpose_(grad), anchors.t())
-        else:
-            cands = torch.cat([anchors, mem], dim=0)
-            grad_cands = mm_t(grad.t(), anchors.t())
-            if need_anchors:
-                grad_anchors = mm_t(grad, cands.t()).add_(grad_cands[:batch])
-            if need_mem:
-                grad_mem = grad_cands[batch:]
-        return grad_anchors, grad_mem
-
-
-class _ProjectedContrastiveCore(torch.autograd.Function):
-    """:class:`_ContrastiveCore` of ``z = x W^T + b`` without forming ``z``.
-
-    For a linear projection and no memory bank.
-
-    With ``x' = [x, 1]`` and ``W' = [W, b]``, ``z z^T = x' M x'^T`` for the small
-    ``M = W'^T W'`` (``(d + 1) x (d + 1)``), and ``|z_i|^2`` is its diagonal. When ``d`` is well
-    below the projection size ``P`` (MCCL's coarser scales: ``d = D / s``) this replaces the
-    ``B x P`` projection and the ``B x B x P`` similarity product by products of inner size
-    ``d``, forward and backward: ``dL/dz = H z`` for a symmetric ``B x B`` matrix ``H`` built
-    from ``dL/dS`` and the norms, so ``dL/dx' = (H x') M`` and ``dL/dW' = W' (x'^T H x')``.
-    Same values as projecting and calling :class:`_ContrastiveCore`, to float32 rounding.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, targets, temperature, form,  # type: ignore[override]
-                exclude_self, eps):
-        if bias is None:
-            xa, wa = x, weight
-        else:
-            xa = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
-            wa = torch.cat([weight, bias.unsqueeze(1)], dim=1)
-        gram = mm_t(wa.t(), wa.t())  # M = W'^T W'
-        q = xa @ gram
-        # |z_i| from x'_i M x'_i; rounding can take an exact zero slightly below 0.
-        denom = (q * xa).sum(dim=1).clamp_min(0).sqrt().clamp_min(eps)
-        num_pos = _positive_counts(targets, targets, exclude_self)
-        sim = _ProjectedContrastiveCore._similarities(q, xa, denom, temperature, exclude_self)
-        loss, has_positive, stats = _loss_from_similarities(ctx, sim, targets, targets, form,
-                                                            exclude_self, num_pos)
-        ctx.eps, ctx.has_bias = eps, bias is not None
-        ctx.save_for_backward(x, weight, bias, xa, wa, gram, q, denom, targets, temperature,
-                              *stats, has_positive)
-        return loss, has_positive
-
-    @staticmethod
-    def _similarities(q, xa, denom, temperature, exclude_self):
-        sim = _projected_gram(q, xa)
-        inv = denom.reciprocal()
-        sim.mul_(inv[:, None]).mul_(inv[None, :]).div_(temperature)
-        if exclude_self:
-            sim.diagonal().fill_(torch.finfo(sim.dtype).min)
-        return sim
-
-    @staticmethod
-    def backward(ctx, grad_loss, _grad_has_positive):  # type: ignore[override]
-        (x, weight, bias, xa, wa, gram, q, denom, targets, temperature, maxes, total, aux,
-         has_positive) = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            # create_graph=True (double backward): differentiate the reference formulation.
-            inputs = [t for t in (x, weight, bias) if t is not None and t.requires_grad]
-            with torch.enable_grad():
-                z = F.linear(x, weight, bias)
-                loss, _ = _contrastive_reference(z, None, targets, targets, temperature,
-                                                 ctx.form, ctx.exclude_self, ctx.eps)
-            found = iter(torch.autograd.grad(loss, inputs, grad_loss, create_graph=True,
-                                             allow_unused=True))
-            grads = [next(found) if t is not None and t.requires_grad else None
-                     for t in (x, weight, bias)]
-            return (*grads, None, None, None, None, None)
-        with torch.autocast(x.device.type, enabled=False):
-            grad = _similarity_grad(
-                ctx, grad_loss,
-                lambda: _ProjectedContrastiveCore._similarities(q, xa, denom, temperature,
-                                                                ctx.exclude_self),
-                targets, targets, temperature, maxes, total, aux, has_positive)
-            # dL/dA = G_s A with G_s = G + G^T and A = z / |z|; through the normalisation,
-            # dL/dz = H z with H = N^-1 G_s N^-1 - diag(r / |z|^2), N = diag(|z|) and
-            # r_i = A_i . (G_s A)_i (zero where the norm was clamped, as there z / eps is
-            # linear). With u = G_s N^-1 x' (so that (G_s A)_i = u_i W'^T / |z_i|):
-            # r_i = (q_i . u_i) / |z_i|, and H x' = u / |z| - (r / |z|^2) x'.
-            inv = denom.reciprocal()
-            u = mm_t(_add_transpose_(grad), (xa * inv[:, None]).t())
-            del grad
-            radial = (q * u).sum(dim=1).mul_(inv)
-            radial.masked_fill_(denom <= ctx.eps, 0.0)
-            hx = u.mul_(inv[:, None]).sub_(xa * (radial * inv * inv)[:, None])
-        needs = ctx.needs_input_grad
-        grad_x = grad_w = grad_b = None
-        if needs[0]:
-            grad_x = (hx @ gram)[:, :x.shape[1]]
-        if needs[1] or needs[2]:
-            grad_wa = wa @ mm_t(xa.t(), hx.t())  # W' (x'^T H x')
-            grad_w = grad_wa[:, :x.shape[1]] if needs[1] else None
-            grad_b = grad_wa[:, -1] if ctx.has_bias and needs[2] else None
-        return grad_x, grad_w, grad_b, None, None, None, None, None
-
-
-def _projected_path_pays(projection: object, x: torch.Tensor, tau: torch.Tensor) -> bool:
-    """Whether :class:`_ProjectedContrastiveCore` applies to ``projection(x)`` and saves work.
-
-    Only for exactly ``nn.Linear`` / :class:`~micacl_layers._linear.FastLinear` without hooks
-    of its own (whose output would be bypassed), outside autocast (where the projection itself
-    would run in half precision), ``torch.compile`` and learned temperatures, and when the
-    input is at most half as wide as the output (below that it costs more than it saves).
-    """
-    if type(projection) not in (nn.Linear, FastLinear):
-        return False
-    if projection._forward_hooks or projection._forward_pre_hooks:
-        return False
-    if (torch.jit.is_scripting() or torch.compiler.is_compiling()
-            or torch.is_autocast_enabled(x.device.type) or tau.requires_grad):
-        return False
-    if not (x.is_floating_point() and x.dtype == projection.weight.dtype):
-        return False
-    if x.shape[0] == 0:  # nothing to save; the general path returns the empty loss
-        return False
-    return 2 * (x.shape[1] + 1) <= projection.out_features
-
-
-def _projected_contrastive(x, projection, targets, temperature, form, exclude_self):
-    """:func:`supervised_contrastive_per_anchor` of ``projection(x)`` without forming it."""
-    dtype = _compute_dtype(x)
-    eps = _norm_eps(dtype)
-    weight = projection.weight.to(dtype)
-    bias = None if projection.bias is None else projection.bias.to(dtype)
-    temperature = torch.as_tensor(temperature, dtype=dtype, device=x.device)
-    return _ProjectedContrastiveCore.apply(x.to(dtype), weight, bias, targets, temperature,
-                                           form, exclude_self, eps)
-
-
 def _reduce(per_anchor: torch.Tensor, has_positive: torch.Tensor, reduction: str
             ) -> torch.Tensor:
     if reduction == "none":
@@ -721,29 +230,74 @@ def _reduce(per_anchor: torch.Tensor, has_positive: torch.Tensor, reduction: str
     return total / has_positive.sum().clamp_min(1)
 
 
-def _check_scales(scales: object, feature_dim: int) -> tuple[int, ...]:
+def _check_scales(scales: object) -> tuple[int, ...]:
     try:
         scales = tuple(scales)  # type: ignore[arg-type]
     except TypeError:
         raise TypeError(f"`scales` must be a sequence of ints, got {scales!r}.") from None
-    if not scales or any(isinstance(s, bool) or not isinstance(s, int) or s < 1
-                         or s > feature_dim for s in scales):
-        raise ValueError(
-            f"`scales` must be a non-empty sequence of ints in [1, feature_dim={feature_dim}], "
-            f"got {scales!r}."
-        )
+    if not scales or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in scales):
+        raise ValueError(f"`scales` must be a non-empty sequence of positive ints, got {scales!r}.")
     return scales
 
 
-def _check_options(form: str, temperature: str, reduction: str, tau0: float) -> None:
-    if form not in _FORMS:
-        raise ValueError(f"`form` must be one of {_FORMS}, got {form!r}.")
-    if temperature not in _TEMPERATURES:
-        raise ValueError(f"`temperature` must be one of {_TEMPERATURES}, got {temperature!r}.")
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}.")
-    if not (isinstance(tau0, (int, float)) and tau0 > 0):
-        raise ValueError(f"`tau0` must be a positive float, got {tau0!r}.")
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class MCCLOptions:
+    r"""The options of MCCL (Eq. 7-12), validated once when built.
+
+    :class:`MCCLoss` keeps one (``.options``; its attributes of the same names read and replace
+    it); :func:`multiscale_category_aware_contrastive_loss` builds one from its keywords.
+
+    Attributes:
+        scales: Pooling factors ``s`` (Eq. 8); each gives ``D // s`` pooled features.
+        tau0: Base temperature :math:`\tau_0 > 0` (finite).
+        temperature: ``"class_mean"`` (Eq. 10), ``"batch_mean"`` (public code) or ``"fixed"``.
+        form: ``"ratio"`` (Eq. 11 as printed) or ``"log"`` (SupCon).
+        exclude_self: Exclude each anchor from its own positives and denominator.
+        class_weighting: Use the class factor of Eq. 7.
+        difficulty: Use the difficulty factor of Eq. 7.
+        detach_difficulty: Stop gradients through the difficulty factor.
+        reduction: ``"mean"`` (over anchors with positives), ``"sum"`` or ``"none"``.
+
+    Example:
+        >>> MCCLOptions(scales=(1, 2), form="log").form
+        'log'
+        >>> MCCLOptions(tau0=0.0)
+        Traceback (most recent call last):
+            ...
+        ValueError: `tau0` must be a positive float (finite), got 0.0.
+    """
+
+    scales: tuple[int, ...] = (1, 2, 4)
+    tau0: float = 0.07
+    temperature: TemperatureMode = "class_mean"
+    form: Form = "ratio"
+    exclude_self: bool = True
+    class_weighting: bool = True
+    difficulty: bool = True
+    detach_difficulty: bool = True
+    reduction: Reduction = "mean"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scales", _check_scales(self.scales))
+        tau0 = self.tau0
+        if (isinstance(tau0, bool) or not isinstance(tau0, (int, float))
+                or not 0 < tau0 < float("inf")):
+            raise ValueError(f"`tau0` must be a positive float (finite), got {tau0!r}.")
+        object.__setattr__(self, "tau0", float(tau0))
+        _check_choice("temperature", self.temperature, _TEMPERATURES)
+        _check_choice("form", self.form, _FORMS)
+        _check_choice("reduction", self.reduction, _REDUCTIONS)
+
+    def check_feature_dim(self, feature_dim: int) -> None:
+        """Every scale must leave at least one pooled feature of ``feature_dim``."""
+        if max(self.scales) > feature_dim:
+            raise ValueError(f"`scales` must be a non-empty sequence of ints in "
+                             f"[1, feature_dim={feature_dim}], got {self.scales!r}.")
 
 
 def multiscale_category_aware_contrastive_loss(
@@ -815,63 +369,82 @@ def multiscale_category_aware_contrastive_loss(
         >>> loss.shape
         torch.Size([])
     """
-    result, _ = _multiscale_loss(
-        features, logits, targets, class_counts, scales=scales, projections=projections,
-        tau0=tau0, temperature=temperature, form=form, exclude_self=exclude_self,
-        class_weighting=class_weighting, difficulty=difficulty,
-        detach_difficulty=detach_difficulty, reduction=reduction,
-        return_breakdown=return_breakdown, memory=memory, need_embeddings=False)
+    options = MCCLOptions(
+        scales=scales, tau0=tau0, temperature=temperature, form=form,
+        exclude_self=exclude_self, class_weighting=class_weighting, difficulty=difficulty,
+        detach_difficulty=detach_difficulty, reduction=reduction)
+    features, logits, targets = _check_inputs(features, logits, targets)
+    counts = check_class_counts(class_counts, logits.shape[1])
+    result, _ = _multiscale_loss(features, logits, targets, counts, options,
+                                 projections=projections, memory=memory,
+                                 return_breakdown=return_breakdown, need_embeddings=False)
     return result
 
 
-def _multiscale_loss(features, logits, targets, class_counts, *, scales, projections, tau0,
-                     temperature, form, exclude_self, class_weighting, difficulty,
-                     detach_difficulty, reduction, return_breakdown, memory, need_embeddings):
-    """The loss and each scale's embeddings (which a memory bank stores).
-
-    Without a memory bank and with ``need_embeddings=False``, a scale whose projection is a
-    plain linear layer much wider than its input skips forming the embeddings
-    (:class:`_ProjectedContrastiveCore`); its entry in the returned list is ``None``.
-    """
+def _check_inputs(features: object, logits: object, targets: object
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     features = check_floating("features", features)
     check_ndim("features", features, 2, "(B, D)")
     logits, targets = check_logits_targets(logits, targets)
     check_same_batch(features=features, logits=logits, targets=targets)
-    num_classes = logits.shape[1]
-    counts = check_class_counts(class_counts, num_classes)
-    scales = _check_scales(scales, features.shape[1])
-    _check_options(form, temperature, reduction, tau0)
+    return features, logits, targets
+
+
+def _multiscale_loss(
+    features: torch.Tensor,
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    counts: torch.Tensor,
+    options: MCCLOptions,
+    *,
+    projections: Sequence[Callable[[torch.Tensor], torch.Tensor]] | None,
+    memory: tuple[Sequence[torch.Tensor], torch.Tensor] | None,
+    return_breakdown: bool,
+    need_embeddings: bool,
+) -> tuple[torch.Tensor | MCCLOutput, list[torch.Tensor | None]]:
+    """Eq. 12 on checked inputs; also returns each scale's embeddings (for a memory bank).
+
+    A scale whose embeddings a fast kernel never formed (``micacl_layers._fast.contrastive``'s
+    projected path, only with a linear projection, no memory and ``need_embeddings=False``) has
+    ``None`` in the returned list.
+    """
+    scales = options.scales
+    options.check_feature_dim(features.shape[1])
     if projections is not None and len(projections) != len(scales):
         raise ValueError(f"`projections` must hold one callable per scale ({len(scales)}), "
                          f"got {len(projections)}.")
-
-    weights = category_aware_weights(logits, targets, counts, class_weighting=class_weighting,
-                                     difficulty=difficulty, detach_difficulty=detach_difficulty)
-    tau = adaptive_temperature(counts, float(tau0), mode=temperature, targets=targets)
     if memory is not None and len(memory[0]) != len(scales):
         raise ValueError(f"`memory` must hold one embedding tensor per scale ({len(scales)}), "
                          f"got {len(memory[0])}.")
-    per_scale, embeddings, has_positive = [], [], None
+
+    weights = category_aware_weights(  # Eq. 7
+        logits, targets, counts, class_weighting=options.class_weighting,
+        difficulty=options.difficulty, detach_difficulty=options.detach_difficulty)
+    tau = adaptive_temperature(counts, options.tau0, mode=options.temperature,  # Eq. 10
+                               targets=targets)
+    per_scale: list[torch.Tensor] = []
+    embeddings: list[torch.Tensor | None] = []
+    has_positive = targets.new_zeros(0, dtype=torch.bool)
     for idx, s in enumerate(scales):
-        z = pool_features(features, s)
+        z = pool_features(features, s)  # Eq. 8: Pool_s ...
         projection = None if projections is None else projections[idx]
-        if (memory is None and not need_embeddings
-                and _projected_path_pays(projection, z, tau)):
+        if memory is None and not need_embeddings and _fast.projected_applies(projection, z, tau):
+            dtype = _compute_dtype(z)
             embeddings.append(None)
-            with torch.autocast(z.device.type, enabled=False):
-                loss_s, has_positive = _projected_contrastive(z, projection, targets, tau,
-                                                              form, exclude_self)
+            loss_s, has_positive = _fast.projected_contrastive(
+                z.to(dtype), projection, targets, tau.to(dtype), options.form,
+                options.exclude_self, _norm_eps(dtype), _contrastive_reference)
         else:
             if projection is not None:
-                z = projection(z)
+                z = projection(z)  # ... then Proj_s
             embeddings.append(z)
             mem_z, mem_t = (None, None) if memory is None else (memory[0][idx], memory[1])
-            loss_s, has_positive = supervised_contrastive_per_anchor(
-                z, targets, tau, form=form, exclude_self=exclude_self, memory_z=mem_z,
-                memory_targets=mem_t)
-        per_scale.append(_reduce(loss_s * weights, has_positive, reduction))
+            loss_s, has_positive = supervised_contrastive_per_anchor(  # Eq. 9, 11
+                z, targets, tau, form=options.form, exclude_self=options.exclude_self,
+                memory_z=mem_z, memory_targets=mem_t)
+        per_scale.append(_reduce(loss_s * weights, has_positive, options.reduction))
     stacked = torch.stack(per_scale)
-    loss = stacked.mean(dim=0)
+    loss = stacked.mean(dim=0)  # Eq. 12: the mean over scales
     if return_breakdown:
         return MCCLOutput(loss, stacked, weights, tau.to(loss.dtype), has_positive), embeddings
     return loss, embeddings
@@ -959,19 +532,14 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
         super().__init__()
         self.num_classes = check_positive_int("num_classes", num_classes)
         self.feature_dim = check_positive_int("feature_dim", feature_dim)
-        self.scales = _check_scales(scales, feature_dim)
-        _check_options(form, temperature, reduction, tau0)
+        self.options = MCCLOptions(
+            scales=scales, tau0=tau0, temperature=temperature, form=form,
+            exclude_self=exclude_self, class_weighting=class_weighting, difficulty=difficulty,
+            detach_difficulty=detach_difficulty, reduction=reduction)
+        self.options.check_feature_dim(feature_dim)
         if projection_dim is not None:
             check_positive_int("projection_dim", projection_dim)
         self.projection_dim = projection_dim
-        self.tau0 = float(tau0)
-        self.temperature = temperature
-        self.form = form
-        self.exclude_self = exclude_self
-        self.class_weighting = class_weighting
-        self.difficulty = difficulty
-        self.detach_difficulty = detach_difficulty
-        self.reduction = reduction
         self.track_class_counts = class_counts is None
         if class_counts is None:
             counts = torch.zeros(num_classes, dtype=torch.long, device=device)
@@ -1043,10 +611,10 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
             raise ValueError(f"`logits` must have shape (B, K) with K={self.num_classes} "
                              f"(num_classes), got {describe(logits)}.")
         logits, targets = check_logits_targets(logits, targets)
+        check_same_batch(features=features, logits=logits, targets=targets)
         if self.gather_distributed and is_distributed():
             # Every rank computes the loss of the global batch; see micacl_layers.distributed
             # for why DDP then needs no gradient rescaling.
-            check_same_batch(features=features, logits=logits, targets=targets)
             features, logits = gather_with_grad(features), gather_with_grad(logits)
             targets = gather_without_grad(targets)
         if self.track_class_counts and self.training:
@@ -1056,13 +624,8 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
         use_memory = self.memory is not None and self.training
         memory = self.memory.get() if use_memory and len(self.memory) else None
         result, embeddings = _multiscale_loss(
-            features, logits, targets, counts,
-            scales=self.scales, projections=self.projections, tau0=self.tau0,
-            temperature=self.temperature, form=self.form, exclude_self=self.exclude_self,
-            class_weighting=self.class_weighting, difficulty=self.difficulty,
-            detach_difficulty=self.detach_difficulty, reduction=self.reduction,
-            return_breakdown=return_breakdown, memory=memory, need_embeddings=use_memory,
-        )
+            features, logits, targets, counts, self.options, projections=self.projections,
+            memory=memory, return_breakdown=return_breakdown, need_embeddings=use_memory)
         if use_memory:
             self.memory.push(embeddings, targets)
         return result
@@ -1076,5 +639,21 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
                 f"memory_size={0 if self.memory is None else self.memory.size}, "
                 f"gather_distributed={self.gather_distributed}")
 
+
+def _option_attribute(name: str) -> property:
+    # Reading ``mccl.form`` reads the options; assigning it builds validated new options.
+    def get(self: MultiscaleCategoryAwareContrastiveLoss) -> object:
+        return getattr(self.options, name)
+
+    def set_(self: MultiscaleCategoryAwareContrastiveLoss, value: object) -> None:
+        self.options = dataclasses.replace(self.options, **{name: value})
+        self.options.check_feature_dim(self.feature_dim)
+
+    return property(get, set_, doc=f"``options.{name}`` (see :class:`MCCLOptions`).")
+
+
+for _field in dataclasses.fields(MCCLOptions):
+    setattr(MultiscaleCategoryAwareContrastiveLoss, _field.name, _option_attribute(_field.name))
+del _field
 
 MCCLoss = MultiscaleCategoryAwareContrastiveLoss

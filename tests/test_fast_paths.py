@@ -1,16 +1,19 @@
-"""The fast paths match the straightforward formulations.
+"""The fast paths (``micacl_layers._fast``) match the plain autograd formulations.
 
-- WIAN: the fused layer (:class:`micacl_layers.wian._WIANLayer`: one input projection for all
-  steps and directions, oneDNN products on CPU, hand-written backward) against a per-step loop
-  of :class:`WIANCell` sharing the same parameters, against the internal autograd reference
-  (:func:`micacl_layers.wian._layer_reference`), and against the naive per-gate module of
-  ``benchmarks/naive.py``.
-- Shared oneDNN linear (:mod:`micacl_layers._linear`, MCCL's projections) against ``F.linear``.
-- MCCL: the one-buffer core (:class:`micacl_layers.mccl._ContrastiveCore`) against a per-scale
-  masked-softmax reference written here, with the blocks, the symmetric product and the
-  recompute-in-backward branch all exercised.
+One oracle per formulation: the plain path is the same Module with the switch ``"off"``
+(itself checked against the paper's equations in test_wian.py and test_mccl.py); WIAN is also
+checked against a per-step loop of :class:`WIANCell` (``tests.conftest.reference_wian``).
 
-Values and gradients agree to 1e-5 in float32 (1e-10 in float64).
+- WIAN: the fused layer (one input projection for all steps and directions, hand-written
+  backward; oneDNN products with the switch ``"on"``), and the naive per-gate module of
+  ``benchmarks/naive.py`` (the benchmark's baseline) against it.
+- The oneDNN linear (MCCL's projections with the switch ``"on"``) against ``F.linear``.
+- MCCL: the one-buffer core and the projected path, with the blocks, the symmetric product and
+  the recompute-in-backward branch all exercised.
+
+Every test here runs with the switch ``"on"`` (so the kernels run on every dtype) unless it says
+otherwise; the equivalence tests run under ``"auto"`` too. Values and gradients agree to 1e-5 in
+float32 (1e-10 in float64).
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import micacl_layers._linear as linear_module
+import micacl_layers._fast.contrastive as contrastive_module
+import micacl_layers._fast.onednn as linear_module
+import micacl_layers._fast.wian_layer as wian_layer_module
 import micacl_layers.mccl as mccl_module
-import micacl_layers.wian as wian_module
-from micacl_layers import WIAN, MCCLoss
+from micacl_layers import WIAN, MCCLoss, config
 from tests.conftest import load_script, reference_wian
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +38,19 @@ F64 = {"atol": 1e-10, "rtol": 1e-10}
 
 def _tol(dtype: torch.dtype) -> dict[str, float]:
     return F64 if dtype == torch.float64 else F32
+
+
+@pytest.fixture(autouse=True)
+def _fast_paths_on():
+    with config.fast_paths("on"):
+        yield
+
+
+@pytest.fixture(params=["auto", "on"])
+def switch(request):
+    """The equivalence tests run under both settings that may take a fast path."""
+    with config.fast_paths(request.param):
+        yield request.param
 
 
 # ------------------------------------------------------------------------------------------
@@ -92,21 +109,16 @@ WIAN_CASES = [
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("case", WIAN_CASES)
-def test_wian_fast_path_matches_cell_loop(case, dtype):
+def test_wian_fast_path_matches_cell_loop(case, dtype, switch, monkeypatch):
     wian, x, weights, hx, grads_out = _wian_case(*case, dtype=dtype)
     calls = []
-    original = wian_module._WIANLayer.apply
-
-    def counting_apply(*args):
-        calls.append(1)
-        return original(*args)
-
-    wian_module._WIANLayer.apply = counting_apply
-    try:
-        fast = _values_and_grads(wian, lambda: wian(x, weights, hx), x, weights, hx, grads_out)
-    finally:
-        wian_module._WIANLayer.apply = original
-    assert len(calls) == wian.num_layers  # the fast path did run
+    original = wian_layer_module._WIANLayer.apply
+    monkeypatch.setattr(wian_layer_module._WIANLayer, "apply",
+                        lambda *args: calls.append(1) or original(*args))
+    fast = _values_and_grads(wian, lambda: wian(x, weights, hx), x, weights, hx, grads_out)
+    # The fast path did run wherever the switch allows it (auto: CPU float32 only).
+    expected = wian.num_layers if config.enabled("wian", x.device, dtype) else 0
+    assert len(calls) == expected
     ref = _values_and_grads(wian, lambda: reference_wian(wian, x, weights, hx), x,
                             weights, hx, grads_out)
     for got, want in zip(fast, ref, strict=True):
@@ -114,11 +126,11 @@ def test_wian_fast_path_matches_cell_loop(case, dtype):
 
 
 @pytest.mark.parametrize("case", WIAN_CASES[:3] + WIAN_CASES[5:])
-def test_wian_fast_path_matches_autograd_reference(case, monkeypatch):
+def test_wian_fast_path_matches_autograd_reference(case, switch):
     wian, x, weights, hx, grads_out = _wian_case(*case, dtype=torch.float32)
     fast = _values_and_grads(wian, lambda: wian(x, weights, hx), x, weights, hx, grads_out)
-    monkeypatch.setattr(WIAN, "_use_fast_path", lambda self, *t: False)
-    ref = _values_and_grads(wian, lambda: wian(x, weights, hx), x, weights, hx, grads_out)
+    with config.fast_paths("off"):
+        ref = _values_and_grads(wian, lambda: wian(x, weights, hx), x, weights, hx, grads_out)
     for got, want in zip(fast, ref, strict=True):
         torch.testing.assert_close(got, want, **F32)
 
@@ -214,46 +226,10 @@ def test_wian_torch_compile_inductor():
 # ------------------------------------------------------------------------------------------
 
 
-def masked_softmax_reference(mccl: MCCLoss, features, logits, targets):
-    """MCCLoss written the straightforward way: a loop over scales, full masks, log-sum-exp of
-    masked copies (the formulation before the fast path)."""
-    counts = mccl.class_counts.clamp_min(1) if mccl.track_class_counts else mccl.class_counts
-    weights = mccl_module.category_aware_weights(
-        logits, targets, counts, class_weighting=mccl.class_weighting,
-        difficulty=mccl.difficulty, detach_difficulty=mccl.detach_difficulty)
-    tau = mccl_module.adaptive_temperature(counts, mccl.tau0, mode=mccl.temperature,
-                                           targets=targets).to(features.dtype)
-    eps = torch.finfo(features.dtype).tiny ** 0.5
-    batch = features.shape[0]
-    per_scale = []
-    for idx, scale in enumerate(mccl.scales):
-        z = mccl_module.pool_features(features, scale)
-        if mccl.projections is not None:
-            z = mccl.projections[idx](z)
-        z = F.normalize(z, dim=-1, eps=eps)
-        sim = z @ z.t() / tau
-        positive = targets[:, None] == targets[None, :]
-        eye = torch.eye(batch, dtype=torch.bool)
-        fill = torch.finfo(sim.dtype).min
-        if mccl.exclude_self:
-            positive = positive & ~eye
-            lse_all = sim.masked_fill(eye, fill).logsumexp(dim=1)
-        else:
-            lse_all = sim.logsumexp(dim=1)
-        num_pos = positive.sum(dim=1)
-        has_pos = num_pos > 0
-        if mccl.form == "ratio":
-            loss = -torch.exp(sim.masked_fill(~positive, fill).logsumexp(dim=1) - lse_all)
-        else:
-            loss = lse_all - (sim * positive).sum(dim=1) / num_pos.clamp_min(1)
-        loss = torch.where(has_pos, loss, torch.zeros_like(loss)) * weights
-        if mccl.reduction == "none":
-            per_scale.append(loss)
-        elif mccl.reduction == "sum":
-            per_scale.append(loss.sum())
-        else:
-            per_scale.append(loss.sum() / has_pos.sum().clamp_min(1))
-    return torch.stack(per_scale).mean(dim=0)
+def plain_mccl(mccl: MCCLoss, features, logits, targets):
+    """The same loss on the plain autograd path (the switch off)."""
+    with config.fast_paths("off"):
+        return mccl(features, logits, targets)
 
 
 MCCL_CASES = [
@@ -267,7 +243,7 @@ MCCL_CASES = [
     (300, 7, 24, (1, 2), 8, "ratio", True, "mean"),  # several strips of the symmetric product
     (300, 7, 24, (1, 2), 8, "log", False, "none"),
     # Projections at least twice as wide as their input: those scales skip forming z
-    # (_ProjectedContrastiveCore); scale 1 of the last two does not.
+    # (_ProjectedContrastiveCore, switch "on"); scale 1 of the last two does not.
     (64, 5, 32, (2, 4), 64, "ratio", True, "mean"),
     (300, 7, 24, (1, 2, 4), 48, "log", True, "mean"),
     (300, 7, 24, (1, 2, 4), 48, "ratio", False, "none"),
@@ -299,10 +275,10 @@ def _loss_and_grads(mccl, fn, features, logits, targets):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("case", MCCL_CASES)
-def test_mccl_fast_path_matches_masked_softmax_reference(case, dtype):
+def test_mccl_fast_path_matches_plain_mccl(case, dtype, switch):
     mccl, features, logits, targets = _mccl_case(*case, dtype=dtype)
     fast = _loss_and_grads(mccl, lambda m, *a: m(*a), features, logits, targets)
-    ref = _loss_and_grads(mccl, masked_softmax_reference, features, logits, targets)
+    ref = _loss_and_grads(mccl, plain_mccl, features, logits, targets)
     for got, want in zip(fast, ref, strict=True):
         torch.testing.assert_close(got, want, **_tol(dtype))
 
@@ -311,11 +287,11 @@ def test_mccl_fast_path_matches_masked_softmax_reference(case, dtype):
 def test_mccl_small_blocks_and_recompute_branch(case, monkeypatch):
     """Many row blocks, a small Gram strip, and E recomputed in the backward (as for big B)."""
     mccl, features, logits, targets = _mccl_case(*case, dtype=torch.float32)
-    monkeypatch.setattr(mccl_module, "_BLOCK_ENTRIES", 700)
-    monkeypatch.setattr(mccl_module, "_KEEP_ENTRIES", 0)
-    monkeypatch.setattr(mccl_module, "_GRAM_BLOCK", 24)
+    monkeypatch.setattr(contrastive_module, "_BLOCK_ENTRIES", 700)
+    monkeypatch.setattr(contrastive_module, "_KEEP_ENTRIES", 0)
+    monkeypatch.setattr(contrastive_module, "_GRAM_BLOCK", 24)
     fast = _loss_and_grads(mccl, lambda m, *a: m(*a), features, logits, targets)
-    ref = _loss_and_grads(mccl, masked_softmax_reference, features, logits, targets)
+    ref = _loss_and_grads(mccl, plain_mccl, features, logits, targets)
     for got, want in zip(fast, ref, strict=True):
         torch.testing.assert_close(got, want, **F32)
 
@@ -385,7 +361,7 @@ def test_mccl_second_order_float32_matches_reference():
         return torch.autograd.grad(grad.square().sum(), [features, *mccl.parameters()])
 
     fast = second_order(lambda m, *a: m(*a))
-    ref = second_order(masked_softmax_reference)
+    ref = second_order(plain_mccl)
     for got, want in zip(fast, ref, strict=True):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
@@ -456,8 +432,8 @@ def test_mccl_projections_keep_nn_linear_state_dict():
 
 def _count_projected(monkeypatch):
     calls = []
-    original = mccl_module._ProjectedContrastiveCore.apply
-    monkeypatch.setattr(mccl_module._ProjectedContrastiveCore, "apply",
+    original = contrastive_module._ProjectedContrastiveCore.apply
+    monkeypatch.setattr(contrastive_module._ProjectedContrastiveCore, "apply",
                         lambda *a: calls.append(a[0].shape[1]) or original(*a))
     return calls
 
@@ -508,7 +484,9 @@ def test_projected_path_with_zero_and_tiny_features_matches():
     x.requires_grad_(True)
     targets = torch.tensor([0, 1, 0, 1, 2, 0, 1, 2, 2, 0])
     tau = torch.tensor(0.1)
-    got = mccl_module._projected_contrastive(x, lin, targets, tau, "ratio", True)[0]
+    got = contrastive_module.projected_contrastive(
+        x, lin, targets, tau, "ratio", True, torch.finfo(torch.float32).tiny ** 0.5,
+        mccl_module._contrastive_reference)[0]
     want = mccl_module.supervised_contrastive_per_anchor(lin(x), targets, tau)[0]
     torch.testing.assert_close(got, want, **F32)
     inputs = [x, lin.weight]
@@ -527,8 +505,8 @@ def test_projected_path_double_backward(form):
     tau = torch.tensor(0.5, dtype=torch.float64)
     x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradgradcheck(
-        lambda x, w, b: mccl_module._ProjectedContrastiveCore.apply(
-            x, w, b, targets, tau, form, True, 1e-150)[0],
+        lambda x, w, b: contrastive_module._ProjectedContrastiveCore.apply(
+            x, w, b, targets, tau, form, True, 1e-150, mccl_module._contrastive_reference)[0],
         (x, lin.weight, lin.bias))
 
 

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from micacl_layers import WIAN, WIANCell
+from micacl_layers import WIAN, WIANCell, config
 from micacl_layers.functional import wian_cell
 from tests.conftest import assert_finite, dtypes, rand, randn, reference_wian, seeds
 
@@ -314,13 +314,16 @@ def test_weights_broadcast_and_ones_equal_none():
                                wian(x)[0])
 
 
-@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("switch", ["on", "off"])
 @pytest.mark.parametrize("bidirectional", [True, False])
 @pytest.mark.parametrize("batch_first", [True, False])
-def test_wian_empty_batch_like_lstm(batch_first, bidirectional, fast, monkeypatch):
+def test_wian_empty_batch_like_lstm(batch_first, bidirectional, switch):
     """A batch of zero clips: empty outputs and zero-size gradients, as nn.LSTM gives."""
-    if not fast:
-        monkeypatch.setattr(WIAN, "_use_fast_path", lambda self, *t: False)
+    with config.fast_paths(switch):
+        _check_empty_batch(batch_first, bidirectional)
+
+
+def _check_empty_batch(batch_first, bidirectional):
     torch.manual_seed(0)
     wian = WIAN(4, 3, num_layers=2, bidirectional=bidirectional, batch_first=batch_first)
     lstm = nn.LSTM(4, 3, num_layers=2, bidirectional=bidirectional, batch_first=batch_first)

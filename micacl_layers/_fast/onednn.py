@@ -1,14 +1,17 @@
-"""Fast dense products on CPU, shared by the WIAN and MCCL fast paths (private).
+"""Dense products through oneDNN on CPU, shared by the WIAN and MCCL fast paths (private).
 
-On CPU in float32, PyTorch's ``nn.LSTM`` and convolutions run on oneDNN, while ``torch.mm`` and
-``F.linear`` run on the default BLAS. On many CPUs (the AMD EPYC of our benchmarks among them)
-oneDNN's products are clearly faster for the small row counts of a time loop and somewhat faster
-for large ones. These helpers call oneDNN's linear kernel where it exists, is enabled
-(``torch.backends.mkldnn``) and the operands are CPU float32, and fall back to the plain
-PyTorch product everywhere else (other devices and dtypes, builds without oneDNN). The kernel
-is reached through ``torch.ops.mkldnn``, whose presence is checked once at import: if a
-PyTorch release drops it, the fallback runs and nothing else changes.
+Runs only with ``micacl_layers.config.set_fast_paths("on")``: the kernel is a private PyTorch
+operator, so the default never calls it. On CPU in float32, PyTorch's ``nn.LSTM`` and convolutions
+run on oneDNN, while ``torch.mm`` and ``F.linear`` run on the default BLAS. On many CPUs (the AMD
+EPYC of our benchmarks among them) oneDNN's products are clearly faster for the small row counts of
+a time loop and somewhat faster for large ones. These helpers call oneDNN's linear kernel where it
+exists, is enabled (``torch.backends.mkldnn``) and the operands are CPU float32, and fall back to
+the plain PyTorch product everywhere else (other devices and dtypes, builds without oneDNN). The
+kernel is reached through ``torch.ops.mkldnn``, whose presence and the torch version (the releases
+CI tests, ``_TESTED_TORCH``) are checked once at import: on another release, or if a release drops
+the operator, the fallback runs and nothing else changes.
 """
+
 
 from __future__ import annotations
 
@@ -16,18 +19,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from micacl_layers import config
+
 __all__: list[str] = []
 
-_HAS_ONEDNN_LINEAR = (torch.backends.mkldnn.is_available()
+# The torch releases (major, minor) whose private oneDNN operators CI has run these products on.
+_TESTED_TORCH = ((2, 13), (2, 14))
+
+
+def _torch_release() -> tuple[int, int]:
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
+
+
+_HAS_ONEDNN_LINEAR = (_torch_release() in _TESTED_TORCH
+                      and torch.backends.mkldnn.is_available()
                       and hasattr(torch.ops.mkldnn, "_linear_pointwise")
                       and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
 
 
 def onednn_usable(t: torch.Tensor) -> bool:
-    """Whether products with ``t`` can run through oneDNN's linear kernel."""
+    """Whether products with ``t`` run through oneDNN's linear kernel (switch ``"on"`` only)."""
     # (oneDNN cannot describe a product with an empty operand: an empty batch falls back.)
     return (_HAS_ONEDNN_LINEAR and t.device.type == "cpu" and t.dtype == torch.float32
-            and t.numel() > 0 and torch._C._get_mkldnn_enabled())
+            and t.numel() > 0 and torch.backends.mkldnn.enabled
+            and config.enabled("onednn", t.device, t.dtype))
 
 
 def _onednn_operands(x: torch.Tensor, y: torch.Tensor, bias: torch.Tensor | None) -> bool:

@@ -1,0 +1,141 @@
+"""One switch for the optional fast paths.
+
+Every layer and loss computes its equations in plain autograd (:mod:`micacl_layers.mccl`,
+:mod:`micacl_layers.wian`). A few of them also have a hand-written fast path (private, in
+``micacl_layers._fast``) that computes the same values with less time or memory. Which one
+runs is decided here, by one setting:
+
+- ``"auto"`` (the default): a fast path runs only where ``benchmarks/run.py`` measured that it
+  pays, on that device and dtype, and only through public PyTorch operators. Today that is
+  CPU float32 for :class:`~micacl_layers.WIAN`'s fused layer and MCCL's one-buffer contrastive
+  core; everything else (CUDA, half precision, float64) runs the plain autograd path.
+- ``"off"``: the plain autograd path everywhere; no custom ``autograd.Function`` runs.
+- ``"on"``: every fast path wherever it applies, on any device, including the products through
+  oneDNN's private linear kernel on CPU float32 (checked against the installed torch version,
+  with the public product as the fallback) and MCCL's projected similarity path, which is faster
+  but less accurate for ill-conditioned projections. For benchmarking and for users who have
+  measured it on their own machine.
+
+The setting starts from the environment variable ``MICACL_FAST_PATHS`` (read once, at import)
+and can be changed with :func:`set_fast_paths` or, for a block, :func:`fast_paths`. Either way
+the values agree to float32 rounding (``tests/test_fast_paths.py``); the docs page "Internals"
+says which path runs where.
+
+Example:
+    >>> from micacl_layers import config
+    >>> config.get_fast_paths()
+    'auto'
+    >>> with config.fast_paths("off"):
+    ...     config.get_fast_paths()
+    'off'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+
+__all__ = ["ENV_VAR", "FastPaths", "fast_paths", "get_fast_paths", "set_fast_paths"]
+
+FastPaths = Literal["auto", "on", "off"]
+ENV_VAR = "MICACL_FAST_PATHS"
+_MODES = ("auto", "on", "off")
+
+# (kernel, device type, dtype) that "auto" enables: each was measured to pay by
+# benchmarks/run.py (fast vs plain path, side by side; see docs/benchmarks.md).
+_MEASURED_TO_PAY = frozenset({
+    ("wian", "cpu", torch.float32),
+    ("contrastive", "cpu", torch.float32),
+})
+# Kernels that "auto" never enables: private torch operators, or less accurate than the formula.
+_ONLY_WHEN_ON = frozenset({"onednn", "projected_contrastive"})
+
+
+def _check_mode(mode: object, name: str) -> FastPaths:
+    if mode not in _MODES:
+        raise ValueError(f"`{name}` must be one of {_MODES}, got {mode!r}.")
+    return mode  # type: ignore[return-value]
+
+
+def _from_environment() -> FastPaths:
+    value = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    return _check_mode(value, ENV_VAR)
+
+
+_mode: FastPaths = _from_environment()
+
+
+def get_fast_paths() -> FastPaths:
+    """The current setting.
+
+    Returns:
+        ``"auto"``, ``"on"`` or ``"off"``.
+
+    Example:
+        >>> get_fast_paths() in ("auto", "on", "off")
+        True
+    """
+    return _mode
+
+
+def set_fast_paths(mode: FastPaths) -> None:
+    """Set which paths run from now on (see the module docstring).
+
+    Args:
+        mode: ``"auto"``, ``"on"`` or ``"off"``.
+
+    Raises:
+        ValueError: For any other value.
+
+    Example:
+        >>> previous = get_fast_paths()
+        >>> set_fast_paths("off")
+        >>> get_fast_paths()
+        'off'
+        >>> set_fast_paths(previous)
+    """
+    global _mode
+    _mode = _check_mode(mode, "mode")
+
+
+@contextlib.contextmanager
+def fast_paths(mode: FastPaths) -> Iterator[None]:
+    """Context manager: :func:`set_fast_paths` for a block, the previous setting restored after.
+
+    Args:
+        mode: ``"auto"``, ``"on"`` or ``"off"``.
+
+    Returns:
+        A context manager; the setting applies inside its block.
+
+    Example:
+        >>> with fast_paths("off"):
+        ...     get_fast_paths()
+        'off'
+    """
+    global _mode
+    previous = _mode
+    set_fast_paths(mode)
+    try:
+        yield
+    finally:
+        _mode = previous
+
+
+def enabled(kernel: str, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the fast path ``kernel`` may run for tensors on ``device`` of ``dtype``.
+
+    Only the setting is consulted here; each kernel adds its own conditions (no
+    ``torch.compile``, no double backward, ...).
+    """
+    if _mode == "off" or torch.compiler.is_compiling():
+        return False
+    if _mode == "on":
+        return True
+    if kernel in _ONLY_WHEN_ON:
+        return False
+    return (kernel, device.type, dtype) in _MEASURED_TO_PAY
