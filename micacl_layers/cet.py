@@ -30,6 +30,7 @@ from micacl_layers._validation import (
     check_same_batch,
     describe,
     has_values,
+    to_parameter_dtype,
     torchscript_unsupported,
 )
 from micacl_layers.ial import intensity_aware_loss
@@ -83,7 +84,9 @@ def feature_augmentation_loss(
 
     :math:`\mathrm{CE}(g(f + \sigma\,\mathrm{rms}(f)\,\xi), y)`, with the noise scaled by each
     feature vector's (detached) root-mean-square so ``noise_std`` is relative. Gradients reach both
-    the features and the classifier.
+    the features and the classifier. Features of another floating dtype than an ``nn.Module``
+    classifier's parameters (float16/bfloat16 that left an autocast region) are cast to that
+    dtype first, as ``torch.autocast`` would.
 
     Args:
         features: Features fed to the classifier.
@@ -128,6 +131,11 @@ def _feature_augmentation_loss(features, targets, classifier, *, noise_std, labe
         raise ValueError(f"`noise_std` must be >= 0 (finite), got {noise_std!r}.")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"`label_smoothing` must lie in [0, 1], got {label_smoothing!r}.")
+    if isinstance(classifier, nn.Module):
+        # Features that left an autocast region (float16/bfloat16) meet a float32 classifier
+        # outside it here: cast them to its parameters' dtype, as autocast would.
+        parameter = next((p for p in classifier.parameters() if p.is_floating_point()), None)
+        features = to_parameter_dtype(features, parameter)
     rms = features.detach().pow(2).mean(dim=1, keepdim=True).sqrt()
     noise = torch.randn(features.shape, generator=generator, device=features.device,
                         dtype=features.dtype) if generator is not None else torch.randn_like(

@@ -642,6 +642,8 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
     @torch.no_grad()
     def update_class_counts(self, targets: torch.Tensor) -> None:
         """Add a batch of labels to the running counts (done by ``forward`` in training mode)."""
+        if not has_values(targets):  # meta: shapes only, nothing to count
+            return
         self.class_counts += torch.bincount(targets.to(self.class_counts.device),
                                             minlength=self.num_classes)
 
