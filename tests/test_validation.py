@@ -425,7 +425,7 @@ def test_family2_layers_compute_in_their_parameters_dtype(dtype):
         got = module(x.to(dtype), *extra)
         want = module(x.to(dtype).float(), *extra)
         torch.testing.assert_close(got, want, msg=type(module).__name__)
-    f, z, y = _batch()
+    f, _, y = _batch()
     torch.manual_seed(1)
     got = feature_augmentation_loss(f.to(dtype), y, lin)
     torch.manual_seed(1)
