@@ -141,7 +141,12 @@ def _feature_augmentation_loss(features, targets, classifier, *, noise_std, labe
                         dtype=features.dtype) if generator is not None else torch.randn_like(
                             features)
     augmented = features + noise_std * rms * noise
-    logits = classifier(augmented)
+    try:
+        logits = classifier(augmented)
+    except RuntimeError as err:  # e.g. torch's "shapes cannot be multiplied": say whose
+        raise ValueError(f"`classifier` failed on the augmented `features` "
+                         f"({describe(features)}); pass the classifier that produced `logits` "
+                         f"and the features it saw: {err}") from err
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or (
             num_classes is not None and logits.shape[1] != num_classes):
         expected = "(B, K)" if num_classes is None else f"(B, K) with K={num_classes}"

@@ -83,7 +83,9 @@ def instance_adjacency(
                          f"match `node_src` of {describe(node_src)}, got {describe(node_dst)}.")
     if padding_mask is not None:
         padding_mask = _check_any_batch_mask(padding_mask, num_instances)
-    return _instance_adjacency(node_src, node_dst, padding_mask)
+    # Two dtypes (e.g. one embedding from an autocast region): compute in the wider one.
+    dtype = torch.promote_types(node_src.dtype, node_dst.dtype)
+    return _instance_adjacency(node_src.to(dtype), node_dst.to(dtype), padding_mask)
 
 
 def _instance_adjacency(node_src: torch.Tensor, node_dst: torch.Tensor,
