@@ -136,10 +136,10 @@ def supervised_contrastive_per_anchor(
     check_same_batch(z=z, targets=targets)
     _check_temperature(temperature)
     if (memory_z is None) != (memory_targets is None):
-        missing = "memory_targets" if memory_targets is None else "memory_z"
-        raise ValueError(f"`{missing}` is required with "
-                         f"`{'memory_z' if missing == 'memory_targets' else 'memory_targets'}`: "
-                         f"pass both (the extra candidates and their labels) or neither.")
+        missing, given = (("memory_targets", "memory_z") if memory_targets is None
+                          else ("memory_z", "memory_targets"))
+        raise ValueError(f"`{missing}` is required with `{given}`: pass both (the extra "
+                         f"candidates and their labels) or neither.")
     if memory_z is not None:
         memory_z = check_floating("memory_z", memory_z)
         check_ndim("memory_z", memory_z, 2, "(M, P)")
