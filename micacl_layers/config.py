@@ -23,9 +23,7 @@ says which path runs where.
 
 Example:
     >>> from micacl_layers import config
-    >>> config.get_fast_paths()
-    'auto'
-    >>> with config.fast_paths("off"):
+    >>> with config.fast_paths("off"):  # plain autograd inside the block
     ...     config.get_fast_paths()
     'off'
 """

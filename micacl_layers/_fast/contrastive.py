@@ -220,7 +220,7 @@ class _ContrastiveCore(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z, mem, targets, cand_targets, temperature, form,  # type: ignore[override]
+    def forward(ctx, z, mem, targets, cand_targets, temperature, form,
                 exclude_self, eps, reference):
         ctx.reference = reference
         anchors, denom = _normalize(z, eps)
@@ -237,7 +237,7 @@ class _ContrastiveCore(torch.autograd.Function):
         return loss, has_positive
 
     @staticmethod
-    def backward(ctx, grad_loss, _grad_has_positive):  # type: ignore[override]
+    def backward(ctx, grad_loss, _grad_has_positive):
         (z, mem, anchors, denom, mem_unit, mem_denom, targets, cand_targets, temperature,
          maxes, total, aux, has_positive) = ctx.saved_tensors
         if torch.is_grad_enabled():
@@ -297,7 +297,7 @@ class _ProjectedContrastiveCore(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, targets, temperature, form,  # type: ignore[override]
+    def forward(ctx, x, weight, bias, targets, temperature, form,
                 exclude_self, eps, reference):
         ctx.reference = reference
         if bias is None:
@@ -328,7 +328,7 @@ class _ProjectedContrastiveCore(torch.autograd.Function):
         return sim
 
     @staticmethod
-    def backward(ctx, grad_loss, _grad_has_positive):  # type: ignore[override]
+    def backward(ctx, grad_loss, _grad_has_positive):
         (x, weight, bias, xa, wa, gram, q, denom, targets, temperature, maxes, total, aux,
          has_positive) = ctx.saved_tensors
         if torch.is_grad_enabled():
@@ -396,7 +396,7 @@ def projected_applies(projection: object, x: torch.Tensor, tau: torch.Tensor) ->
     ``torch.compile`` and learned temperatures, and when the input is at most half as wide as
     the output (below that it costs more than it saves).
     """
-    if type(projection) not in (nn.Linear, FastLinear):
+    if type(projection) not in (nn.Linear, FastLinear) or not isinstance(projection, nn.Linear):
         return False
     if not config.enabled("projected_contrastive", x.device, x.dtype):
         return False
