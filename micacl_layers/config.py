@@ -31,9 +31,7 @@ input propagates into the outputs (usually a NaN loss) as it would in plain torc
 
 Example:
     >>> from micacl_layers import config
-    >>> config.get_fast_paths()
-    'auto'
-    >>> with config.fast_paths("off"):
+    >>> with config.fast_paths("off"):  # plain autograd inside the block
     ...     config.get_fast_paths()
     'off'
     >>> with config.check_finite():

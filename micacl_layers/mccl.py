@@ -18,9 +18,9 @@ For clip features :math:`X'` ``(B, D)``, classifier logits :math:`y_p` and label
 
 Numerics: similarities and log-sum-exp run in float32 (or wider) whatever the input dtype;
 masked entries use the dtype's own ``finfo.min``, never ``inf``; an anchor without a positive
-contributes an exact, graph-connected zero. The per-anchor term is written here in plain
-autograd (:func:`_contrastive_reference`); a faster kernel with the same values may replace it,
-as :mod:`micacl_layers.config` decides (see the "Internals" docs page).
+contributes an exact, graph-connected zero. Everything is plain autograd; the per-anchor term
+(:mod:`micacl_layers.contrastive`) may run as a faster kernel with the same values, as
+:mod:`micacl_layers.config` decides (see the "Internals" docs page).
 """
 
 from __future__ import annotations

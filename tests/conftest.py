@@ -34,6 +34,31 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # --------------------------------------------------------------------------------------------
+# Docstring examples that need an optional package skip, with the reason, where it is missing
+# (the suite also runs in an environment without torchvision: `make test-oldest`).
+# --------------------------------------------------------------------------------------------
+DOCTESTS_NEEDING = {"micacl_layers.models.backbones.r3d18_backbone": "torchvision"}
+
+
+@pytest.fixture(autouse=True)
+def _restore_fast_paths():
+    """A test that changes the fast-path switch cannot leak it into the next one."""
+    from micacl_layers import config
+
+    mode, check = config.get_fast_paths(), config.get_check_finite()
+    yield
+    config.set_fast_paths(mode)
+    config.set_check_finite(check)  # the NaN/inf check likewise
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        package = DOCTESTS_NEEDING.get(item.name)
+        if package and importlib.util.find_spec(package) is None:
+            item.add_marker(pytest.mark.skip(reason=f"the example needs {package}"))
+
+
+# --------------------------------------------------------------------------------------------
 # dtypes and tolerances
 # --------------------------------------------------------------------------------------------
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)

@@ -13,6 +13,8 @@ pytest.importorskip("PIL")
 from micacl_layers.data import make_synthetic_dfew
 from tests.conftest import load_script
 
+pytestmark = pytest.mark.slow  # end-to-end runs and process groups: not in the fast tier
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "ablation.py"
 

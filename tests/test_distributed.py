@@ -6,12 +6,15 @@ import os
 import signal
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from micacl_layers import MCCLoss
 from micacl_layers.distributed import gather_with_grad, gather_without_grad
+
+pytestmark = pytest.mark.slow  # end-to-end runs and process groups: not in the fast tier
 
 B, D, K = 12, 16, 3
 

@@ -156,6 +156,7 @@ def test_naive_per_gate_baseline_matches_wian():
     torch.testing.assert_close(naive(x, w), wian(x, w)[0], **F32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("with_hx", [False, True])
 def test_wian_double_backward(with_hx):
     """Double backward differentiates the reference formulation (gradgradcheck)."""

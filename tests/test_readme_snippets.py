@@ -43,7 +43,10 @@ def snippet_cases() -> list[pytest.param]:
     for path in files:
         rel = path.relative_to(ROOT).as_posix()
         for i, code in enumerate(python_blocks(path)):
-            cases.append(pytest.param(rel, code, id=f"{rel}#{i + 1}"))
+            # Blocks that start processes take seconds each: not in the fast tier.
+            slow = ("mp.spawn" in code or "torchrun" in code or "init_process_group" in code)
+            marks = [pytest.mark.slow] if slow else []
+            cases.append(pytest.param(rel, code, id=f"{rel}#{i + 1}", marks=marks))
     return cases
 
 

@@ -18,6 +18,8 @@ from micacl_layers.checkpoint import load_checkpoint
 from micacl_layers.data import DFEW, make_synthetic_dfew, make_synthetic_ferv39k
 from tests.conftest import load_script, torchrun_succeeded
 
+pytestmark = pytest.mark.slow  # end-to-end runs and process groups: not in the fast tier
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "train_dfew.py"
 

@@ -24,13 +24,14 @@ as an argument, and differentiate it for a double backward.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from micacl_layers import config
 from micacl_layers._fast.onednn import FastLinear, mm_t
-from micacl_layers._validation import no_autocast
 
 __all__: list[str] = []
 
@@ -43,6 +44,18 @@ _BLOCK_ENTRIES = 1 << 20
 _KEEP_ENTRIES = 1 << 22
 # Rows per strip of the symmetric A A^T (only the upper block triangle is computed).
 _GRAM_BLOCK = 256
+
+def no_autocast(device_type: str) -> contextlib.AbstractContextManager[None]:
+    """``torch.autocast(device_type, enabled=False)``, or nothing where autocast does not exist.
+
+    (``torch.autocast`` raises for a device type without autocast, e.g. ``meta``; the public
+    modules have the same helper in ``micacl_layers._validation``, which this private package
+    does not import.)
+    """
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
 
 def _projected_gram(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``q @ x^T`` for a product known to be symmetric: the upper block triangle, mirrored."""
@@ -241,7 +254,7 @@ class _ContrastiveCore(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z, mem, targets, cand_targets, temperature, form,  # type: ignore[override]
+    def forward(ctx, z, mem, targets, cand_targets, temperature, form,
                 exclude_self, eps, reference):
         ctx.reference = reference
         anchors, denom = _normalize(z, eps)
@@ -258,7 +271,7 @@ class _ContrastiveCore(torch.autograd.Function):
         return loss, has_positive
 
     @staticmethod
-    def backward(ctx, grad_loss, _grad_has_positive):  # type: ignore[override]
+    def backward(ctx, grad_loss, _grad_has_positive):
         (z, mem, anchors, denom, mem_unit, mem_denom, targets, cand_targets, temperature,
          maxes, total, aux, has_positive) = ctx.saved_tensors
         if torch.is_grad_enabled():
@@ -318,7 +331,7 @@ class _ProjectedContrastiveCore(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, targets, temperature, form,  # type: ignore[override]
+    def forward(ctx, x, weight, bias, targets, temperature, form,
                 exclude_self, eps, reference):
         ctx.reference = reference
         if bias is None:
@@ -354,7 +367,7 @@ class _ProjectedContrastiveCore(torch.autograd.Function):
         return sim
 
     @staticmethod
-    def backward(ctx, grad_loss, _grad_has_positive):  # type: ignore[override]
+    def backward(ctx, grad_loss, _grad_has_positive):
         (x, weight, bias, xa, wa, gram, q, denom, scale, targets, temperature, maxes, total,
          aux, has_positive) = ctx.saved_tensors
         if torch.is_grad_enabled():
@@ -422,7 +435,7 @@ def projected_applies(projection: object, x: torch.Tensor, tau: torch.Tensor) ->
     ``torch.compile`` and learned temperatures, and when the input is at most half as wide as
     the output (below that it costs more than it saves).
     """
-    if type(projection) not in (nn.Linear, FastLinear):
+    if type(projection) not in (nn.Linear, FastLinear) or not isinstance(projection, nn.Linear):
         return False
     if not config.enabled("projected_contrastive", x.device, x.dtype):
         return False

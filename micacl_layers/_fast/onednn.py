@@ -42,7 +42,7 @@ def onednn_usable(t: torch.Tensor) -> bool:
     """Whether products with ``t`` run through oneDNN's linear kernel (switch ``"on"`` only)."""
     # (oneDNN cannot describe a product with an empty operand: an empty batch falls back.)
     return (_HAS_ONEDNN_LINEAR and t.device.type == "cpu" and t.dtype == torch.float32
-            and t.numel() > 0 and torch.backends.mkldnn.enabled
+            and t.numel() > 0 and bool(torch.backends.mkldnn.enabled)
             and config.enabled("onednn", t.device, t.dtype))
 
 
@@ -100,6 +100,7 @@ class Products:
             total = (torch.ops.mkldnn._linear_pointwise(x[k], w, None, "none", [], "")
                      if total is None else
                      torch.ops.mkldnn._linear_pointwise.binary(x[k], total, w, None, "add"))
+        assert total is not None  # (there is at least one direction)
         return total
 
     def __call__(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
@@ -118,13 +119,13 @@ class _LinearFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias):  # type: ignore[override]
+    def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         return mm_t(x, weight, bias)
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: differentiable ops
             grad_x = grad @ weight if ctx.needs_input_grad[0] else None

@@ -22,6 +22,7 @@ CPU float32 (:mod:`micacl_layers._fast.onednn`), otherwise through public batche
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 
@@ -66,12 +67,13 @@ def _weight_grad(grad: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     return grad.t() @ inputs  # (here the default BLAS does as well as oneDNN)
 
 
-def _summed_biases(params: tuple[torch.Tensor | None, ...]) -> torch.Tensor | None:
+def _summed_biases(params: Params) -> torch.Tensor | None:
     """``b_ih + b_hh`` of every direction, ``(D, 5H)``, from ``(W_ih, W_hh, b_ih, b_hh, ...)``."""
     if params[2] is None:
         return None
-    return torch.stack([b_ih + b_hh for b_ih, b_hh in zip(params[2::4], params[3::4],
-                                                             strict=True)])
+    # A layer has biases in every direction or in none.
+    b_ih, b_hh = cast(list[torch.Tensor], params[2::4]), cast(list[torch.Tensor], params[3::4])
+    return torch.stack([a + b for a, b in zip(b_ih, b_hh, strict=True)])
 
 
 def _step_pairs(buf: torch.Tensor, rows: list[tuple[int, ...]]) -> list[torch.Tensor]:
@@ -110,7 +112,7 @@ class _WIANLayer(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, h0, c0, weight, zero_state, reference,  # type: ignore[override]
+    def forward(ctx, x, h0, c0, weight, zero_state, reference,
                 *params):
         ctx.reference = reference
         acts, flat, hs, cs, tanh_c, i_cand, d_all = _WIANLayer.run(x, h0, c0, weight,
@@ -191,7 +193,7 @@ class _WIANLayer(torch.autograd.Function):
         return acts, flat, hs, cs, tanh_c, i_cand, d_all
 
     @staticmethod
-    def backward(ctx, grad_out, grad_h, grad_c):  # type: ignore[override]
+    def backward(ctx, grad_out, grad_h, grad_c):
         (x, flat_x, h0, c0, weight, hs, cs, tanh_c, i_cand, d_all, *params) = ctx.saved_tensors
         if torch.is_grad_enabled():
             # create_graph=True (double backward): differentiate the reference formulation.

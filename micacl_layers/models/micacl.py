@@ -54,6 +54,9 @@ class MICACL(nn.Module):
         torch.Size([1, 7])
     """
 
+    mean: torch.Tensor  # (buffers: typed for the checker)
+    std: torch.Tensor
+
     def __init__(
         self,
         num_classes: int = 7,
