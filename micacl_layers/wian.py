@@ -90,7 +90,14 @@ def _init_uniform(module: nn.Module, hidden_size: int) -> None:
 
 
 def _check_weight(weight: torch.Tensor, target_shape: tuple[int, ...], name: str,
-                  layout: str) -> torch.Tensor:
+                  layout: str, *, given: torch.Tensor | None = None, per_instance: str = ""
+                  ) -> torch.Tensor:
+    """``weight`` broadcast to ``target_shape``.
+
+    Errors describe ``given`` (what the caller passed, before a trailing 1 was added) and
+    mention the ``per_instance`` layout.
+    """
+    given = weight if given is None else given
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"`{name}` must be a tensor or None, got {type(weight).__name__}.")
     if not weight.is_floating_point():
@@ -98,8 +105,10 @@ def _check_weight(weight: torch.Tensor, target_shape: tuple[int, ...], name: str
     try:
         return weight.broadcast_to(target_shape)
     except RuntimeError:
+        also = f" or of shape {per_instance} (one weight per instance)" if per_instance else ""
         raise ValueError(
-            f"`{name}` must be broadcastable to {layout}={target_shape}, got {describe(weight)}."
+            f"`{name}` must be broadcastable to {layout}={target_shape}{also}, "
+            f"got {describe(given)}."
         ) from None
 
 
@@ -224,8 +233,8 @@ def _check_state(hx: object, shape: tuple[int, ...], unbatched: bool, unbatched_
         t = check_floating(name, t)
         want = shape[:unbatched_dim] + shape[unbatched_dim + 1:] if unbatched else shape
         if tuple(t.shape) != want:
-            what = "unbatched " if unbatched else ""
-            raise ValueError(f"`{name}` must have {what}shape {layout}={want}, "
+            what, where = ("unbatched ", layout.replace("B, ", "")) if unbatched else ("", layout)
+            raise ValueError(f"`{name}` must have {what}shape {where}={want}, "
                              f"got {describe(t)}.")
         t = t.unsqueeze(unbatched_dim) if unbatched else t
         out.append(t if t.dtype == dtype else t.to(dtype))
@@ -353,6 +362,7 @@ class WIANCell(nn.Module):
         x = _check_input(input, dtype)
         check_ndim("input", x, (1, 2), "(B, I) or (I,)")
         unbatched = x.dim() == 1
+        given = weight
         if weight is not None:
             weight = _per_instance(weight, "weight", x.dim())
         if unbatched:
@@ -369,7 +379,8 @@ class WIANCell(nn.Module):
         if weight is not None:
             if unbatched and weight.dim() == 1:
                 weight = weight.unsqueeze(0)
-            weight = _check_weight(weight, shape, "weight", "(B, H)")
+            weight = _check_weight(weight, shape, "weight", "(B, H)", given=given,
+                                   per_instance="(B,)")
             weight = weight if weight.dtype == dtype else weight.to(dtype)
         gates = x @ self.weight_ih.t() + h_prev @ self.weight_hh.t()
         if self.bias_ih is not None:
@@ -563,6 +574,7 @@ class WIAN(nn.Module):
         x = _check_input(input, dtype)
         layout = "(B, T, I)" if self.batch_first else "(T, B, I)"
         check_ndim("input", x, (2, 3), f"{layout} or unbatched (T, I)")
+        given = weights
         if weights is not None:
             weights = _per_instance(weights, "weights", x.dim())
         unbatched = x.dim() == 2
@@ -586,7 +598,8 @@ class WIAN(nn.Module):
         if weights is not None:
             w_layout = "(B, T, H)" if self.batch_first else "(T, B, H)"
             target = (batch, steps, hidden) if self.batch_first else (steps, batch, hidden)
-            w = _check_weight(weights, target, "weights", w_layout)
+            w = _check_weight(weights, target, "weights", w_layout, given=given,
+                              per_instance="(B, T)" if self.batch_first else "(T, B)")
             w = w if w.dtype == dtype else w.to(dtype)
             # (T, B, H), time order: both directions weigh the instance they read.
             w = w.transpose(0, 1) if self.batch_first else w
