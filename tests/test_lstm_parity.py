@@ -374,11 +374,30 @@ def test_autocast_kernel_only_where_the_switch_enables_it():
 
     cpu = torch.device("cpu")
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert wian_layer.applies_under_autocast(cpu, torch.float32)
-        assert not wian_layer.applies_under_autocast(cpu, torch.float64)
+        assert wian_layer.dtype_under_autocast(cpu, torch.float32) == torch.float32
+        assert wian_layer.dtype_under_autocast(cpu, torch.float64) is None  # plain path
         with config.fast_paths("off"):
-            assert not wian_layer.applies_under_autocast(cpu, torch.float32)
-    assert not wian_layer.applies_under_autocast(cpu, torch.float32)  # no autocast
+            assert wian_layer.dtype_under_autocast(cpu, torch.float32) is None
+        with config.fast_paths("on"):
+            assert wian_layer.dtype_under_autocast(cpu, torch.float32) == torch.bfloat16
+    assert wian_layer.dtype_under_autocast(cpu, torch.float32) is None  # no autocast
+
+
+def test_fused_kernel_in_bfloat16_under_autocast_with_the_switch_on():
+    torch.manual_seed(8)
+    wian = WIAN(8, 6, num_layers=2, batch_first=True, bidirectional=True)
+    x, w = torch.randn(3, 5, 8), torch.rand(3, 5)
+    grad = torch.randn(3, 5, 12)
+    float32 = _fwd_bwd(wian, x, w, grad)
+    with torch.autocast("cpu", dtype=torch.bfloat16), config.fast_paths("on"):
+        out, (h_n, _) = wian(x, weights=w)
+        assert out.dtype == h_n.dtype == torch.bfloat16  # as nn.LSTM under autocast
+        low = _fwd_bwd(wian, x, w, grad)
+    assert all(p.grad.dtype == torch.float32 for p in wian.parameters())
+    for a, b in zip(low, float32, strict=True):
+        # bfloat16 throughout (8 significant bits, the cell state included).
+        torch.testing.assert_close(a, b, atol=0.06 * float(b.detach().abs().max()) + 1e-3,
+                                   rtol=0.06)
 
 
 def test_no_warning_on_plain_construction():

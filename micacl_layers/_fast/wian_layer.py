@@ -42,7 +42,7 @@ def applies(*tensors: torch.Tensor | None) -> bool:
 
     The hand-written backward is eager-only and assumes one dtype throughout: not under
     TorchScript or autocast (whose per-op casts it does not reproduce; WIAN turns autocast off
-    around it where :func:`applies_under_autocast` says so), nor for mixed dtypes.
+    around it where :func:`dtype_under_autocast` says so), nor for mixed dtypes.
     """
     first = tensors[0]
     assert first is not None
@@ -55,19 +55,25 @@ def applies(*tensors: torch.Tensor | None) -> bool:
     return config.enabled("wian", first.device, first.dtype)
 
 
-def applies_under_autocast(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether, under autocast, WIAN should turn autocast off and run in the parameters' ``dtype``.
+def dtype_under_autocast(device: torch.device, dtype: torch.dtype) -> torch.dtype | None:
+    """Under autocast: the dtype WIAN should run the fused kernel in, autocast off, or ``None``.
 
-    Then :func:`applies` sees no autocast and the kernel runs as for ``dtype`` (float32 master
-    math for float32 parameters: inputs cast once, a float32 output). Only where the switch
-    enables the kernel for that device and ``dtype``; elsewhere the plain path runs with
-    autocast's per-op casts.
+    ``dtype`` is the parameters' dtype. Where the switch enables the kernel for the autocast
+    dtype (``"on"`` only: it was not measured to pay in ``"auto"``, and its cell state then
+    rounds to that dtype), the inputs and parameters are cast to it once and the kernel runs in
+    it, as fast as the low-precision products allow. Otherwise, where the switch enables the
+    kernel for ``dtype`` (CPU float32 in ``"auto"``), it runs in ``dtype``: float32 master math,
+    the inputs cast once. ``None`` (no autocast, or no kernel enabled): the plain path, with
+    autocast's per-op casts. Then :func:`applies` sees no autocast and the dtypes agree.
     """
     if device.type == "meta" or torch.jit.is_scripting():
-        return False
+        return None
     if not torch.is_autocast_enabled(device.type):
-        return False
-    return config.enabled("wian", device, dtype)
+        return None
+    low = torch.get_autocast_dtype(device.type)
+    if config.get_fast_paths() == "on" and config.enabled("wian", device, low):
+        return low
+    return dtype if config.enabled("wian", device, dtype) else None
 
 
 def wian_layer(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, weight: torch.Tensor | None,
@@ -214,7 +220,7 @@ class _WIANLayer(torch.autograd.Function):
     def backward(ctx, grad_out, grad_h, grad_c):
         device = ctx.saved_tensors[0].device.type
         # The backward runs in the thread that called .backward(), under its autocast state;
-        # the forward ran with autocast off (see applies_under_autocast), so must this.
+        # the forward ran with autocast off (see dtype_under_autocast), so must this.
         if torch.is_autocast_enabled(device):
             with torch.autocast(device, enabled=False):
                 return _WIANLayer._backward(ctx, grad_out, grad_h, grad_c)
