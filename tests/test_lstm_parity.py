@@ -355,8 +355,9 @@ def test_fused_kernel_under_cpu_autocast(bidirectional):
     wian = WIAN(8, 6, num_layers=2, batch_first=True, bidirectional=bidirectional)
     x, w = torch.randn(3, 5, 8), torch.rand(3, 5)
     grad = torch.randn(3, 5, 6 * (2 if bidirectional else 1))
-    float32 = _fwd_bwd(wian, x, w, grad)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with config.fast_paths("auto"):  # (whatever MICACL_FAST_PATHS says)
+        float32 = _fwd_bwd(wian, x, w, grad)
+    with torch.autocast("cpu", dtype=torch.bfloat16), config.fast_paths("auto"):
         fused = _fwd_bwd(wian, x, w, grad)  # "auto": the fused kernel, autocast off inside
         with config.fast_paths("off"):
             plain = _fwd_bwd(wian, x, w, grad)  # the plain path with autocast's casts
@@ -373,7 +374,7 @@ def test_autocast_kernel_only_where_the_switch_enables_it():
     from micacl_layers._fast import wian_layer
 
     cpu = torch.device("cpu")
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16), config.fast_paths("auto"):
         assert wian_layer.dtype_under_autocast(cpu, torch.float32) == torch.float32
         assert wian_layer.dtype_under_autocast(cpu, torch.float64) is None  # plain path
         with config.fast_paths("off"):
