@@ -653,7 +653,10 @@ class WIAN(nn.Module):
 
     def extra_repr(self) -> str:
         """Options shown in ``repr()``."""
-        s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
+        # As nn.LSTM's: only the options that differ from the defaults.
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
         if not self.bias:
             s += ", bias=False"
         if self.batch_first:

@@ -82,6 +82,14 @@ def test_constructor_attributes_match_lstm(args, kwargs):
 
 
 @pytest.mark.parametrize("kwargs", [
+    {}, {"num_layers": 3, "bias": False, "batch_first": True, "dropout": 0.5,
+         "bidirectional": True},
+])
+def test_repr_matches_lstm(kwargs):
+    assert repr(WIAN(4, 6, **kwargs)).replace("WIAN", "LSTM") == repr(nn.LSTM(4, 6, **kwargs))
+
+
+@pytest.mark.parametrize("kwargs", [
     {"dropout": 1.5}, {"dropout": -0.1}, {"dropout": True}, {"num_layers": 0},
     {"hidden_size": 0}, {"no_such_option": 1},
 ])
