@@ -167,7 +167,7 @@ def _wian_cases(layers: int, device: torch.device) -> dict[str, Callable[[], Non
     """WIAN, ``nn.LSTM`` and the naive per-gate WIAN, forward + backward, same sizes."""
     batch, steps, size = 32, 16, 512
     torch.manual_seed(0)
-    wian = WIAN(size, size, layers, bidirectional=True).to(device)
+    wian = WIAN(size, size, layers, batch_first=True, bidirectional=True).to(device)
     lstm = nn.LSTM(size, size, layers, batch_first=True, bidirectional=True).to(device)
     naive = NaivePerGateWIAN(size, size, layers, bidirectional=True).to(device)
     naive.load_from(wian)
@@ -175,7 +175,7 @@ def _wian_cases(layers: int, device: torch.device) -> dict[str, Callable[[], Non
     weights = torch.rand(batch, steps, 1, device=device)
     grad_out = torch.randn(batch, steps, 2 * size, device=device)
     with torch.no_grad():  # the baseline computes the same function
-        torch.testing.assert_close(naive(x, weights), wian(x, weights)[0], atol=1e-4,
+        torch.testing.assert_close(naive(x, weights), wian(x, weights=weights)[0], atol=1e-4,
                                    rtol=1e-4)
 
     def run(module: nn.Module, call: Callable[[], torch.Tensor]) -> Callable[[], None]:
@@ -184,11 +184,22 @@ def _wian_cases(layers: int, device: torch.device) -> dict[str, Callable[[], Non
             call().backward(grad_out)
         return fn
 
-    fused = run(wian, lambda: wian(x, weights)[0])
+    fused = run(wian, lambda: wian(x, weights=weights)[0])
+
+    # float32 parameters, bf16 autocast as in AMP code. "auto": the fused kernel in float32
+    # inside; "off": the plain path with autocast's bf16 products; "on": the kernel in bf16.
+    def under_autocast() -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return wian(x, weights=weights)[0]
+
+    autocast = run(wian, under_autocast)
     return {
         "WIAN": _switched("auto", fused),
         "WIAN (off)": _switched("off", fused),
         "WIAN (on)": _switched("on", fused),
+        "WIAN bf16 autocast": _switched("auto", autocast),
+        "WIAN bf16 autocast (off)": _switched("off", autocast),
+        "WIAN bf16 autocast (on)": _switched("on", autocast),
         "nn.LSTM": run(lstm, lambda: lstm(x)[0]),
         "naive per-gate WIAN": run(naive, lambda: naive(x, weights)),
     }
@@ -210,6 +221,13 @@ def bench_wian(args: argparse.Namespace, device: torch.device) -> list[Row]:
                          target="<= 1.4" if one else ""))
         rows.append(_row("WIAN", config, "WIAN", "naive per-gate WIAN", times, kind="speed-up",
                          target=">= 1.6" if one else ""))
+        # Issue 15: bf16 autocast within 1.5x of float32 (the fused kernel, float32 inside).
+        rows.append(_row("WIAN", config, "WIAN bf16 autocast", "WIAN", times,
+                         target="<= 1.5" if one and device.type == "cpu" else ""))
+        rows.append(_row("WIAN", config, "WIAN bf16 autocast", "WIAN bf16 autocast (off)", times,
+                         kind="speed-up"))
+        rows.append(_row("WIAN", config, "WIAN bf16 autocast (on)", "WIAN bf16 autocast (off)",
+                         times, kind="speed-up"))
     return rows
 
 

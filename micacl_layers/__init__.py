@@ -20,7 +20,7 @@ from micacl_layers.mccl import (
 )
 from micacl_layers.wian import WIAN, WIANCell
 
-__version__ = "0.1.0.dev0"
+__version__ = "0.2.0.dev0"
 
 __all__ = [
     "GEIIM",

@@ -229,7 +229,12 @@ def check_positive_int(name: str, value: object) -> int:
 
 
 def check_class_counts(class_counts: object, num_classes: int) -> torch.Tensor:
-    """Per-class sample counts: ``num_classes`` finite, strictly positive numbers."""
+    """Per-class sample counts: ``num_classes`` finite, strictly positive numbers, float64.
+
+    Only the ratios between classes matter, so frequencies or ratios are accepted too: counts
+    that are not all whole numbers are rescaled so that the smallest is 1 (whole counts are
+    returned as they are), which keeps the losses' "a count of 0 counts as 1" guards inert.
+    """
     if isinstance(class_counts, (str, bytes)):
         raise TypeError(f"`class_counts` must be a sequence of numbers or a tensor, "
                         f"got {class_counts!r}.")
@@ -248,4 +253,6 @@ def check_class_counts(class_counts: object, num_classes: int) -> torch.Tensor:
             f"`class_counts` must be finite and > 0 for every class, got {counts.tolist()}; "
             f"a class with no samples cannot be weighted by 1/n_c."
         )
+    if not bool((counts == counts.round()).all()):
+        counts = counts / counts.min()
     return counts

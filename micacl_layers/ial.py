@@ -20,17 +20,29 @@ __all__ = ["IntensityAwareLoss", "intensity_aware_loss"]
 _REDUCTIONS = ("mean", "sum", "none")
 
 
+def _check_label_smoothing(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"`label_smoothing` must be a number in [0, 1], got {value!r}.")
+    return float(value)
+
+
 def intensity_aware_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,
     *,
     reduction: Literal["mean", "sum", "none"] = "mean",
     ignore_index: int = -100,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     r"""Intensity-aware loss, :math:`\mathrm{softplus}(\max_{k \ne y} z_k - z_y)`.
 
     Equal to the cross-entropy of the two-logit problem ``[z_y, z_maxother]`` with target 0, but
-    computed with ``softplus`` (stable for logits of any size) in float32 or wider. Samples whose
+    computed with ``softplus`` (stable for logits of any size) in float32 or wider. With
+    ``label_smoothing`` :math:`\varepsilon` it is, as ``F.cross_entropy(label_smoothing=)`` of
+    that two-logit problem, :math:`(1 - \varepsilon/2)\,\mathrm{softplus}(d) +
+    \varepsilon/2\,\mathrm{softplus}(-d)` with :math:`d = \max_{k \ne y} z_k - z_y`: the
+    smoothing mass goes to the runner-up class, the only other class IAL sees. Samples whose
     target equals ``ignore_index`` contribute 0 and are left out of the mean; if every sample is
     ignored the mean is a graph-connected 0 (``F.cross_entropy`` would give NaN).
 
@@ -39,6 +51,8 @@ def intensity_aware_loss(
         targets: Class indices.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         ignore_index: Target value to ignore.
+        label_smoothing: :math:`\varepsilon \in [0, 1]`, as in ``F.cross_entropy`` (DFER code
+            commonly trains with 0.1).
 
     Returns:
         The loss, float32 (float64 for float64 logits).
@@ -54,6 +68,7 @@ def intensity_aware_loss(
     """
     if reduction not in _REDUCTIONS:
         raise ValueError(f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}.")
+    smoothing = _check_label_smoothing(label_smoothing)
     logits, targets = check_logits_targets(logits, targets, ignore_index=ignore_index,
                                            min_classes=2)
     work = logits.double() if logits.dtype == torch.float64 else logits.float()
@@ -62,7 +77,10 @@ def intensity_aware_loss(
     is_target = F.one_hot(safe_targets, work.shape[1]).bool()
     z_target = work.gather(1, safe_targets[:, None]).squeeze(1)
     z_other = work.masked_fill(is_target, torch.finfo(work.dtype).min).amax(dim=1)
-    loss = F.softplus(z_other - z_target)
+    margin = z_other - z_target
+    loss = F.softplus(margin)
+    if smoothing:  # the target distribution (1 - eps/2, eps/2) over (target, runner-up)
+        loss = (1.0 - smoothing / 2) * loss + (smoothing / 2) * F.softplus(-margin)
     loss = torch.where(valid, loss, torch.zeros_like(loss))
     if reduction == "none":
         return loss
@@ -77,6 +95,7 @@ class IntensityAwareLoss(nn.Module):
     Args:
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         ignore_index: Target value to ignore.
+        label_smoothing: :math:`\varepsilon \in [0, 1]`, as in ``nn.CrossEntropyLoss``.
 
     Shape:
         - logits: :math:`(B, K)`
@@ -84,24 +103,29 @@ class IntensityAwareLoss(nn.Module):
         - Output: :math:`()`, or :math:`(B,)` for ``reduction="none"``
 
     Example:
-        >>> ial = IntensityAwareLoss()
+        >>> ial = IntensityAwareLoss(label_smoothing=0.1)
         >>> ial(torch.randn(4, 7), torch.tensor([0, 3, 6, 2])).shape
         torch.Size([])
     """
 
     def __init__(self, reduction: Literal["mean", "sum", "none"] = "mean",
-                 ignore_index: int = -100) -> None:
+                 ignore_index: int = -100, label_smoothing: float = 0.0) -> None:
         super().__init__()
         if reduction not in _REDUCTIONS:
             raise ValueError(f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}.")
         self.reduction = reduction
         self.ignore_index = ignore_index
+        self.label_smoothing = _check_label_smoothing(label_smoothing)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Compute the loss; see :func:`intensity_aware_loss`."""
         return intensity_aware_loss(logits, targets, reduction=self.reduction,
-                                    ignore_index=self.ignore_index)
+                                    ignore_index=self.ignore_index,
+                                    label_smoothing=self.label_smoothing)
 
     def extra_repr(self) -> str:
         """Options shown in ``repr()``."""
-        return f"reduction={self.reduction!r}, ignore_index={self.ignore_index}"
+        s = f"reduction={self.reduction!r}, ignore_index={self.ignore_index}"
+        if self.label_smoothing:
+            s += f", label_smoothing={self.label_smoothing}"
+        return s

@@ -538,6 +538,9 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
         num_classes: Number of classes ``K``.
         feature_dim: Feature size ``D`` of the clip features.
         class_counts: Samples per class ``(K,)``, all > 0, or ``None`` to count running labels.
+            Only ratios matter: frequencies or ratios are accepted and stored rescaled so that
+            the smallest is 1, in a float64 buffer that ``.half()`` and ``.to(dtype)`` leave
+            as it is (whole counts: int64).
         scales: Pooling factors (Eq. 8).
         projection_dim: Output size of each projection; ``None`` for identity (no parameters).
         tau0: Base temperature :math:`\tau_0` (0.07 as in the public code).
@@ -612,11 +615,11 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
         if class_counts is None:
             counts = torch.zeros(num_classes, dtype=torch.long, device=device)
         else:
-            checked = check_class_counts(class_counts, num_classes)
-            if not bool((checked == checked.round()).all()):
-                raise ValueError(f"`class_counts` must be whole numbers, got {checked.tolist()}.")
-            counts = checked.to(device=device, dtype=torch.long)
-        # int64 so that model.half()/.double() never round the counts.
+            checked = check_class_counts(class_counts, num_classes)  # frequencies: min -> 1
+            whole = bool((checked == checked.round()).all())
+            counts = checked.to(device=device, dtype=torch.long if whole else torch.float64)
+        # int64 (or float64 for frequencies, kept so by _apply) so that model.half() or
+        # .double() never round the counts.
         self.register_buffer("class_counts", counts)
         if projection_dim is None:
             self.projections = None
@@ -640,6 +643,15 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
             self.memory.reset()
 
     @torch.no_grad()
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        # .half(), .to(dtype) etc. convert floating buffers: fixed non-integer counts (given as
+        # frequencies) keep their float64 values and only follow the device.
+        counts = self.class_counts
+        result = super()._apply(fn, recurse)
+        if counts.is_floating_point() and self.class_counts.dtype != torch.float64:
+            self.class_counts = counts.to(self.class_counts.device)
+        return result
+
     def update_class_counts(self, targets: torch.Tensor) -> None:
         """Add a batch of labels to the running counts (done by ``forward`` in training mode)."""
         if not has_values(targets):  # meta: shapes only, nothing to count

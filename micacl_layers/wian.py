@@ -9,16 +9,20 @@ instance weight :math:`w_t` (from GEIIM, see :mod:`micacl_layers.instance_weight
 - Eq. 5, the weighted cell update: :math:`c_t = f_t \cdot c_{t-1} + i_t \cdot \tilde c_t \cdot d_t`;
 - Eq. 6, the hidden state: :math:`h_t = o_t \cdot \tanh(c_t)`.
 
-:func:`wian_cell` is one step; :class:`WIANCell` and :class:`WIAN` follow ``nn.LSTMCell`` /
-``nn.LSTM`` conventions (parameter names, shapes, ``hx`` layout, ``batch_first``, multi-layer and
-bidirectional semantics, unbatched inputs). A layer over all time steps is written here in plain
+:func:`wian_cell` is one step; :class:`WIANCell` and :class:`WIAN` are drop-ins for
+``nn.LSTMCell`` / ``nn.LSTM`` (constructor arguments and defaults, ``forward(input, hx)``,
+parameter names, shapes, ``hx`` layout, multi-layer and bidirectional semantics, unbatched
+inputs), with the instance weights as a keyword argument; ``from_lstm`` / ``from_lstm_cell``
+start from a trained LSTM. A layer over all time steps is written here in plain
 autograd (:func:`_layer_reference`); a fused kernel with the same values may replace it, as
 :mod:`micacl_layers.config` decides (see the "Internals" docs page).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -86,7 +90,14 @@ def _init_uniform(module: nn.Module, hidden_size: int) -> None:
 
 
 def _check_weight(weight: torch.Tensor, target_shape: tuple[int, ...], name: str,
-                  layout: str) -> torch.Tensor:
+                  layout: str, *, given: torch.Tensor | None = None, per_instance: str = ""
+                  ) -> torch.Tensor:
+    """``weight`` broadcast to ``target_shape``.
+
+    Errors describe ``given`` (what the caller passed, before a trailing 1 was added) and
+    mention the ``per_instance`` layout.
+    """
+    given = weight if given is None else given
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"`{name}` must be a tensor or None, got {type(weight).__name__}.")
     if not weight.is_floating_point():
@@ -94,8 +105,10 @@ def _check_weight(weight: torch.Tensor, target_shape: tuple[int, ...], name: str
     try:
         return weight.broadcast_to(target_shape)
     except RuntimeError:
+        also = f" or of shape {per_instance} (one weight per instance)" if per_instance else ""
         raise ValueError(
-            f"`{name}` must be broadcastable to {layout}={target_shape}, got {describe(weight)}."
+            f"`{name}` must be broadcastable to {layout}={target_shape}{also}, "
+            f"got {describe(given)}."
         ) from None
 
 
@@ -143,6 +156,98 @@ def _layer_reference(
     return out, h, c
 
 
+def _saturating_bias(dtype: torch.dtype) -> float:
+    """A dynamic-gate bias ``b`` with ``sigmoid(b) == 1.0`` exactly in ``dtype``.
+
+    The smallest integer that saturates on the CPU kernel (float32: 17, float64: 37, float16: 9,
+    bfloat16: 7 with torch 2.14), plus 1 as a margin for other devices' ``sigmoid``.
+    """
+    for b in range(1, 100):
+        if torch.sigmoid(torch.tensor(float(b), dtype=dtype)).item() == 1.0:
+            return float(b + 1)
+    raise ValueError(f"no bias saturates sigmoid in {dtype}")  # pragma: no cover
+
+
+def _check_lstm_like(name: str, module: object, kind: type[nn.Module]) -> nn.Module:
+    if not isinstance(module, kind):
+        raise TypeError(f"`{name}` must be a torch.nn.{kind.__name__}, "
+                        f"got {type(module).__name__}.")
+    if getattr(module, "proj_size", 0):
+        raise ValueError(f"`{name}.proj_size` must be 0: WIAN has no projection of the hidden "
+                         f"state (nn.LSTM's proj_size), got proj_size={module.proj_size}.")
+    return module
+
+
+def _copy_lstm_gates(target: nn.Module, source: nn.Module, suffixes: Sequence[str], hidden: int,
+                     gate_bias: float) -> None:
+    """Copy LSTM gates into the first ``4H`` rows; the dynamic gate: zero weights, ``gate_bias``.
+
+    ``target`` and ``source`` name their parameters ``weight_ih{suffix}`` etc. A source without
+    biases gives zero gate biases (its output is unchanged: it adds nothing).
+    """
+    rows = 4 * hidden
+    with torch.no_grad():
+        for suffix in suffixes:
+            for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                dst = getattr(target, kind + suffix)
+                src = getattr(source, kind + suffix, None)
+                if src is None:
+                    dst[:rows].zero_()
+                else:
+                    dst[:rows].copy_(src)
+                # sigma(b_ih + b_hh + 0 x + 0 h) = sigma(gate_bias) == 1.0 exactly.
+                dst[rows:].fill_(gate_bias if kind == "bias_ih" else 0.0)
+
+
+def _check_dropout(dropout: object, num_layers: int) -> float:
+    # The checks and the warning of nn.LSTM, with a message naming the argument.
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or \
+            not 0.0 <= float(dropout) <= 1.0:
+        raise ValueError(f"`dropout` must be a number in [0, 1], got {dropout!r}.")
+    if dropout > 0 and num_layers == 1:
+        warnings.warn("dropout option adds dropout after all but last recurrent layer, so "
+                      f"non-zero dropout expects num_layers greater than 1, but got "
+                      f"dropout={dropout} and num_layers={num_layers}", UserWarning,
+                      stacklevel=3)
+    return float(dropout)
+
+
+def _check_input(input: object, dtype: torch.dtype) -> torch.Tensor:
+    if isinstance(input, nn.utils.rnn.PackedSequence):
+        raise TypeError("`input` must be a tensor: WIAN does not take a PackedSequence; pad the "
+                        "sequences and pass a padding mask to the head instead.")
+    x = check_floating("input", input)
+    # Computed in the parameters' dtype, as autocast would cast it (nn.LSTM raises instead).
+    return x if x.dtype == dtype else x.to(dtype)
+
+
+def _check_state(hx: object, shape: tuple[int, ...], unbatched: bool, unbatched_dim: int,
+                 layout: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``hx`` as ``(h_0, c_0)`` of ``shape`` in ``dtype``: a tuple or list of two tensors."""
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2 or \
+            not all(isinstance(t, torch.Tensor) for t in hx):
+        raise TypeError(f"`hx` must be a tuple (h_0, c_0) of two tensors or None, "
+                        f"got {type(hx).__name__}.")
+    out = []
+    for name, t in (("hx[0]", hx[0]), ("hx[1]", hx[1])):
+        t = check_floating(name, t)
+        want = shape[:unbatched_dim] + shape[unbatched_dim + 1:] if unbatched else shape
+        if tuple(t.shape) != want:
+            what, where = ("unbatched ", layout.replace("B, ", "")) if unbatched else ("", layout)
+            raise ValueError(f"`{name}` must have {what}shape {where}={want}, "
+                             f"got {describe(t)}.")
+        t = t.unsqueeze(unbatched_dim) if unbatched else t
+        out.append(t if t.dtype == dtype else t.to(dtype))
+    return out[0], out[1]
+
+
+def _per_instance(weights: object, name: str, input_dim: int) -> torch.Tensor:
+    """Weights with one dimension fewer than the input: one per instance, a trailing 1 added."""
+    if not isinstance(weights, torch.Tensor):
+        raise TypeError(f"`{name}` must be a tensor or None, got {type(weights).__name__}.")
+    return weights.unsqueeze(-1) if weights.dim() == input_dim - 1 else weights
+
+
 class WIANCell(nn.Module):
     r"""A single WIAN step, the ``nn.LSTMCell`` of MICACL's Weighted Instance Aggregation Network.
 
@@ -152,6 +257,11 @@ class WIANCell(nn.Module):
     ``(5H,)`` hold the gates in the order input, forget, candidate, output, dynamic weight; the
     first ``4H`` rows are laid out exactly as in ``nn.LSTMCell``.
 
+    The constructor and ``forward(input, hx)`` are those of ``nn.LSTMCell``, so replacing the
+    class name in working code is correct; the instance weight is the keyword ``weight``.
+    :meth:`from_lstm_cell` starts from a trained ``nn.LSTMCell``. An input (or ``hx``) of another
+    floating dtype than the parameters is computed in the parameters' dtype.
+
     Args:
         input_size: Features ``I`` of :math:`x_t`.
         hidden_size: Features ``H`` of the hidden and cell states.
@@ -160,19 +270,20 @@ class WIANCell(nn.Module):
         dtype: Parameter dtype.
 
     Shape:
-        - x: :math:`(B, I)` or unbatched :math:`(I,)`
+        - input: :math:`(B, I)` or unbatched :math:`(I,)`
         - hx: ``(h_0, c_0)``, each :math:`(B, H)` (or :math:`(H,)`); zeros if ``None``
-        - weight: broadcastable to :math:`(B, H)`; ``None`` means 1
+        - weight: :math:`(B,)` (one per sample) or broadcastable to :math:`(B, H)`; ``None``
+          means 1
         - Output: ``(h_1, c_1)``, each :math:`(B, H)` (or :math:`(H,)`)
 
     Example:
         >>> cell = WIANCell(10, 20)
-        >>> h, c = cell(torch.randn(3, 10), weight=torch.rand(3, 1))
+        >>> h, c = cell(torch.randn(3, 10), weight=torch.rand(3))
         >>> h.shape
         torch.Size([3, 20])
     """
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *,
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None
                  ) -> None:
         super().__init__()
@@ -195,46 +306,82 @@ class WIANCell(nn.Module):
         """Uniform in :math:`\\pm 1/\\sqrt{H}`, as ``nn.LSTMCell``."""
         _init_uniform(self, self.hidden_size)
 
+    @classmethod
+    def from_lstm_cell(cls, cell: nn.LSTMCell, *, gate_bias: float | None = None) -> WIANCell:
+        r"""A WIANCell that computes what ``cell`` computes, to start training from it.
+
+        The four LSTM gates are copied into the first ``4H`` rows. The dynamic weight gate gets
+        zero weights and the bias ``gate_bias``, so :math:`\sigma(\cdot) = 1` exactly and, with
+        instance weight 1, the output equals the LSTM's to rounding. The cell always has biases
+        (a bias-free LSTM's gate biases start at zero).
+
+        Args:
+            cell: The ``nn.LSTMCell`` to copy; its device and dtype are kept.
+            gate_bias: The dynamic gate's bias. ``None``: the smallest saturating value (plus 1)
+                in the parameters' dtype, 18 in float32 and 38 in float64. See
+                :meth:`WIAN.from_lstm` for what that means for training.
+
+        Returns:
+            A new ``WIANCell``, in ``cell``'s training mode.
+
+        Raises:
+            TypeError: If ``cell`` is not an ``nn.LSTMCell``.
+
+        Example:
+            >>> lstm_cell = nn.LSTMCell(4, 3)
+            >>> x = torch.randn(2, 4)
+            >>> h, _ = WIANCell.from_lstm_cell(lstm_cell)(x)
+            >>> bool(torch.allclose(h, lstm_cell(x)[0], atol=1e-6))
+            True
+        """
+        _check_lstm_like("cell", cell, nn.LSTMCell)
+        p = cell.weight_ih
+        new = cls(cell.input_size, cell.hidden_size, bias=True, device=p.device, dtype=p.dtype)
+        bias = _saturating_bias(p.dtype) if gate_bias is None else float(gate_bias)
+        _copy_lstm_gates(new, cell, ("",), cell.hidden_size, bias)
+        return new.train(cell.training)
+
     def forward(
         self,
-        x: torch.Tensor,
-        hx: tuple[torch.Tensor, torch.Tensor] | None = None,
+        input: torch.Tensor,
+        hx: tuple[torch.Tensor, torch.Tensor] | list[torch.Tensor] | None = None,
+        *,
         weight: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Advance one step.
 
         Args:
-            x: Input :math:`x_t`.
-            hx: ``(h_{t-1}, c_{t-1})``; zeros if ``None``.
+            input: Input :math:`x_t`.
+            hx: ``(h_{t-1}, c_{t-1})`` (a tuple or list); zeros if ``None``.
             weight: Instance weight :math:`w_t`; ``None`` means 1.
 
         Returns:
             ``(h_t, c_t)``.
         """
-        x = check_floating("x", x)
-        check_ndim("x", x, (1, 2), "(B, I) or (I,)")
+        dtype = self.weight_ih.dtype
+        x = _check_input(input, dtype)
+        check_ndim("input", x, (1, 2), "(B, I) or (I,)")
         unbatched = x.dim() == 1
+        given = weight
+        if weight is not None:
+            weight = _per_instance(weight, "weight", x.dim())
         if unbatched:
             x = x.unsqueeze(0)
         if x.shape[1] != self.input_size:
-            raise ValueError(f"`x` must have shape (B, I) with I={self.input_size}, "
+            raise ValueError(f"`input` must have shape (B, I) with I={self.input_size}, "
                              f"got {describe(x)}.")
         batch = x.shape[0]
         shape = (batch, self.hidden_size)
         if hx is None:
             h_prev = c_prev = x.new_zeros(shape)
         else:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError("`hx` must be a tuple (h_0, c_0) or None.")
-            h_prev, c_prev = (t.unsqueeze(0) if unbatched else t for t in hx)
-            for name, t in (("hx[0]", h_prev), ("hx[1]", c_prev)):
-                if tuple(t.shape) != shape:
-                    raise ValueError(f"`{name}` must have shape (B, H)={shape}, "
-                                     f"got {describe(t)}.")
+            h_prev, c_prev = _check_state(hx, shape, unbatched, 0, "(B, H)", dtype)
         if weight is not None:
-            if unbatched and weight.dim() >= 1:
-                weight = weight.unsqueeze(0) if weight.dim() == 1 else weight
-            weight = _check_weight(weight, shape, "weight", "(B, H)")
+            if unbatched and weight.dim() == 1:
+                weight = weight.unsqueeze(0)
+            weight = _check_weight(weight, shape, "weight", "(B, H)", given=given,
+                                   per_instance="(B,)")
+            weight = weight if weight.dtype == dtype else weight.to(dtype)
         gates = x @ self.weight_ih.t() + h_prev @ self.weight_hh.t()
         if self.bias_ih is not None:
             gates = gates + (self.bias_ih + self.bias_hh)
@@ -251,37 +398,54 @@ class WIANCell(nn.Module):
 class WIAN(nn.Module):
     r"""Weighted Instance Aggregation Network: a multi-layer, optionally bidirectional WIAN.
 
-    ``nn.LSTM`` conventions throughout: ``output, (h_n, c_n) = wian(x, weights, hx)``, with
-    parameters ``weight_ih_l{k}[_reverse]`` ``(5H, I_k)``, ``weight_hh_l{k}[_reverse]`` ``(5H, H)``
-    and biases ``(5H,)``; dropout on the outputs of every layer but the last; ``h_n``/``c_n`` of
-    shape ``(D * num_layers, B, H)`` ordered layer-major, direction-minor.
+    A drop-in for ``nn.LSTM``: the same constructor arguments and defaults (``batch_first=False``),
+    ``output, (h_n, c_n) = wian(input, hx)``, with the instance weights as the keyword
+    ``weights``; parameters ``weight_ih_l{k}[_reverse]`` ``(5H, I_k)``,
+    ``weight_hh_l{k}[_reverse]`` ``(5H, H)`` and biases ``(5H,)``; dropout on the outputs of every
+    layer but the last; ``h_n``/``c_n`` of shape ``(D * num_layers, B, H)`` ordered layer-major,
+    direction-minor. :meth:`from_lstm` starts from a trained ``nn.LSTM``. Not supported:
+    ``proj_size > 0`` (a clear error) and ``PackedSequence`` inputs.
 
     The instance weights :math:`w_t` (Eq. 3) scale every layer's dynamic gate at step ``t``; the
     reverse direction uses the weight of the instance it is reading, so an instance weighs the
     same in both directions.
+
+    Inputs and ``hx`` of another floating dtype than the parameters are computed in the
+    parameters' dtype (``nn.LSTM`` raises). Under ``torch.autocast`` the fused kernel (where the
+    :mod:`~micacl_layers.config` switch enables it for the parameters' device and dtype) runs in
+    the parameters' dtype with autocast off inside it: float32 math for float32 parameters, one
+    cast of the inputs, a float32 output. With the switch ``"on"`` it runs in the autocast dtype
+    instead (inputs and parameters cast once, an output in that dtype: faster where the CPU has
+    bfloat16 products, with the cell state rounded to bfloat16). Otherwise the plain path runs
+    with autocast's casts.
 
     Args:
         input_size: Features ``I`` per instance.
         hidden_size: Hidden size ``H`` (per direction).
         num_layers: Stacked layers.
         bias: Whether to use biases.
-        batch_first: Inputs and outputs are ``(B, T, *)`` if ``True`` (the default here, as
-            instance features usually are), else ``(T, B, *)``.
+        batch_first: Inputs and outputs are ``(B, T, *)`` if ``True``, else ``(T, B, *)`` (the
+            default, as ``nn.LSTM``).
         dropout: Dropout on each layer's output except the last, as ``nn.LSTM``.
         bidirectional: Run a reverse direction too; outputs concatenate ``[forward, reverse]``.
+        proj_size: Must be 0 (accepted for ``nn.LSTM`` compatibility; WIAN has no projection).
         device: Parameter device.
         dtype: Parameter dtype.
 
     Shape:
-        - x: :math:`(B, T, I)` if ``batch_first`` else :math:`(T, B, I)`; unbatched :math:`(T, I)`
-        - weights: broadcastable to :math:`(B, T, H)` (:math:`(T, B, H)` if not ``batch_first``),
-          e.g. :math:`(B, T, 1)`; ``None`` means 1
-        - hx: ``(h_0, c_0)``, each :math:`(D \cdot L, B, H)`; zeros if ``None``
-        - output: :math:`(B, T, D \cdot H)`; h_n, c_n: :math:`(D \cdot L, B, H)`
+        - input: :math:`(B, T, I)` if ``batch_first`` else :math:`(T, B, I)`; unbatched
+          :math:`(T, I)`
+        - weights: :math:`(B, T)` (:math:`(T, B)` if not ``batch_first``, :math:`(T,)` unbatched):
+          one weight per instance; or broadcastable to :math:`(B, T, H)` (:math:`(T, B, H)`),
+          e.g. :math:`(B, T, 1)` or the per-channel :math:`(B, T, H)`; ``None`` means 1
+        - hx: ``(h_0, c_0)``, each :math:`(D \cdot L, B, H)` (unbatched :math:`(D \cdot L, H)`);
+          zeros if ``None``
+        - output: :math:`(B, T, D \cdot H)` (:math:`(T, B, D \cdot H)` if not ``batch_first``);
+          h_n, c_n: :math:`(D \cdot L, B, H)`
 
     Example:
-        >>> wian = WIAN(16, 8, num_layers=2, bidirectional=True)
-        >>> out, (h_n, c_n) = wian(torch.randn(3, 4, 16), weights=torch.rand(3, 4, 1))
+        >>> wian = WIAN(16, 8, num_layers=2, batch_first=True, bidirectional=True)
+        >>> out, (h_n, c_n) = wian(torch.randn(3, 4, 16), weights=torch.rand(3, 4))
         >>> out.shape, h_n.shape
         (torch.Size([3, 4, 16]), torch.Size([4, 3, 8]))
     """
@@ -292,10 +456,10 @@ class WIAN(nn.Module):
         hidden_size: int,
         num_layers: int = 1,
         bias: bool = True,
-        batch_first: bool = True,
+        batch_first: bool = False,
         dropout: float = 0.0,
         bidirectional: bool = False,
-        *,
+        proj_size: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -304,12 +468,14 @@ class WIAN(nn.Module):
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.num_layers = check_positive_int("num_layers", num_layers)
-        if not 0.0 <= float(dropout) <= 1.0:
-            raise ValueError(f"`dropout` must lie in [0, 1], got {dropout!r}.")
-        self.bias = bias
-        self.batch_first = batch_first
-        self.dropout = float(dropout)
-        self.bidirectional = bidirectional
+        if proj_size != 0:
+            raise ValueError(f"`proj_size` must be 0: WIAN has no projection of the hidden "
+                             f"state (nn.LSTM's proj_size), got proj_size={proj_size!r}.")
+        self.proj_size = 0
+        self.dropout = _check_dropout(dropout, self.num_layers)
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.bidirectional = bool(bidirectional)
         self.num_directions = 2 if bidirectional else 1
         gates = _NUM_GATES * hidden_size
         for layer in range(num_layers):
@@ -332,38 +498,102 @@ class WIAN(nn.Module):
         """Uniform in :math:`\\pm 1/\\sqrt{H}`, as ``nn.LSTM``."""
         _init_uniform(self, self.hidden_size)
 
+    def flatten_parameters(self) -> None:
+        """Do nothing: there is no cuDNN weight buffer to compact.
+
+        ``nn.LSTM.flatten_parameters`` packs the weights into one cuDNN buffer; WIAN's kernels
+        read the parameters as they are, so code that calls it on every forward (common in DFER
+        training code) runs unchanged.
+        """
+
+    @classmethod
+    def from_lstm(cls, lstm: nn.LSTM, *, gate_bias: float | None = None) -> WIAN:
+        r"""A WIAN that computes what ``lstm`` computes, to start training from it.
+
+        The four gates of every layer and direction are copied into the first ``4H`` rows (the
+        same layout: input, forget, candidate, output). The dynamic weight gate gets zero weights
+        and the bias ``gate_bias``, so :math:`\sigma(\cdot)` is exactly 1 and, with instance
+        weights 1 (or ``None``), the output equals the LSTM's to rounding at conversion.
+        ``num_layers``, ``batch_first``, ``dropout``, ``bidirectional``, the device, the dtype and
+        the training mode are kept. The WIAN always has biases (a bias-free LSTM's gate biases
+        start at zero, which adds nothing).
+
+        Training from there: the instance weights act at once (they multiply the gate), but the
+        gate's own parameters get gradients scaled by :math:`\sigma'(b) \approx e^{-b}`
+        (:math:`1.5 \cdot 10^{-8}` at the float32 default), so the learned part of the gate moves
+        very slowly. Pass a smaller ``gate_bias`` (say 3: :math:`\sigma = 0.95`) to let it learn
+        sooner, at the price of an output that no longer equals the LSTM's.
+
+        Args:
+            lstm: The ``nn.LSTM`` to copy (``proj_size`` must be 0).
+            gate_bias: The dynamic gate's bias. ``None``: the smallest integer with
+                ``sigmoid(b) == 1.0`` exactly in the parameters' dtype, plus 1 as a margin for
+                other devices' ``sigmoid``: 18 in float32 (17 saturates), 38 in float64 (37).
+
+        Returns:
+            A new ``WIAN``.
+
+        Raises:
+            TypeError: If ``lstm`` is not an ``nn.LSTM``.
+            ValueError: If ``lstm.proj_size > 0``.
+
+        Example:
+            >>> lstm = nn.LSTM(4, 3, num_layers=2, bidirectional=True)
+            >>> x = torch.randn(5, 2, 4)
+            >>> out, _ = WIAN.from_lstm(lstm)(x)
+            >>> bool(torch.allclose(out, lstm(x)[0], atol=1e-6))
+            True
+        """
+        _check_lstm_like("lstm", lstm, nn.LSTM)
+        p = lstm.weight_ih_l0
+        with warnings.catch_warnings():  # nn.LSTM warned about dropout with one layer already
+            warnings.simplefilter("ignore", UserWarning)
+            new = cls(lstm.input_size, lstm.hidden_size, lstm.num_layers, bias=True,
+                      batch_first=lstm.batch_first, dropout=lstm.dropout,
+                      bidirectional=lstm.bidirectional, device=p.device, dtype=p.dtype)
+        bias = _saturating_bias(p.dtype) if gate_bias is None else float(gate_bias)
+        suffixes = [f"_l{layer}{s}" for layer in range(new.num_layers) for s in new._suffixes()]
+        _copy_lstm_gates(new, lstm, suffixes, new.hidden_size, bias)
+        return new.train(lstm.training)
+
     def forward(
         self,
-        x: torch.Tensor,
+        input: torch.Tensor,
+        hx: tuple[torch.Tensor, torch.Tensor] | list[torch.Tensor] | None = None,
+        *,
         weights: torch.Tensor | None = None,
-        hx: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Run the recurrence over all instances.
 
         Args:
-            x: Instance features.
+            input: Instance features.
+            hx: Initial ``(h_0, c_0)`` (a tuple or list); zeros if ``None``.
             weights: Instance weights :math:`w_t` of Eq. 3; ``None`` means 1.
-            hx: Initial ``(h_0, c_0)``; zeros if ``None``.
 
         Returns:
             ``output, (h_n, c_n)`` exactly as ``nn.LSTM``.
         """
-        x = check_floating("x", x)
+        dtype = self.weight_ih_l0.dtype
+        x = _check_input(input, dtype)
         layout = "(B, T, I)" if self.batch_first else "(T, B, I)"
-        check_ndim("x", x, (2, 3), f"{layout} or unbatched (T, I)")
+        check_ndim("input", x, (2, 3), f"{layout} or unbatched (T, I)")
+        given = weights
+        if weights is not None:
+            weights = _per_instance(weights, "weights", x.dim())
         unbatched = x.dim() == 2
+        batch_dim = 0 if self.batch_first else 1
         if unbatched:
-            x = x.unsqueeze(0 if self.batch_first else 1)
+            x = x.unsqueeze(batch_dim)
             if weights is not None and weights.dim() >= 2:
-                weights = weights.unsqueeze(0 if self.batch_first else 1)
+                weights = weights.unsqueeze(batch_dim)
         if x.shape[-1] != self.input_size:
-            raise ValueError(f"`x` must have shape {layout} with I={self.input_size}, "
+            raise ValueError(f"`input` must have shape {layout} with I={self.input_size}, "
                              f"got {describe(x)}.")
         if not self.batch_first:
             x = x.transpose(0, 1)
         batch, steps, _ = x.shape
         if steps == 0:  # as nn.LSTM: h_n of no step at all would silently be h_0
-            raise ValueError(f"`x` must have at least one time step (T >= 1), "
+            raise ValueError(f"`input` must have at least one time step (T >= 1), "
                              f"got {describe(x)}.")
         hidden, dirs = self.hidden_size, self.num_directions
 
@@ -371,7 +601,9 @@ class WIAN(nn.Module):
         if weights is not None:
             w_layout = "(B, T, H)" if self.batch_first else "(T, B, H)"
             target = (batch, steps, hidden) if self.batch_first else (steps, batch, hidden)
-            w = _check_weight(weights, target, "weights", w_layout)
+            w = _check_weight(weights, target, "weights", w_layout, given=given,
+                              per_instance="(B, T)" if self.batch_first else "(T, B)")
+            w = w if w.dtype == dtype else w.to(dtype)
             # (T, B, H), time order: both directions weigh the instance they read.
             w = w.transpose(0, 1) if self.batch_first else w
 
@@ -379,46 +611,56 @@ class WIAN(nn.Module):
         if hx is None:
             h0 = c0 = x.new_zeros(state_shape)
         else:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError("`hx` must be a tuple (h_0, c_0) or None.")
-            h0, c0 = (t.unsqueeze(1) if unbatched else t for t in hx)
-            for name, t in (("hx[0]", h0), ("hx[1]", c0)):
-                if tuple(t.shape) != state_shape:
-                    raise ValueError(f"`{name}` must have shape (D*num_layers, B, H)="
-                                     f"{state_shape}, got {describe(t)}.")
+            h0, c0 = _check_state(hx, state_shape, unbatched, 1, "(D*num_layers, B, H)", dtype)
 
+        # Under autocast the fused kernel may run with autocast off, in one dtype (see
+        # _fast.dtype_under_autocast); everything is cast to it once.
+        run_dtype = _fast.dtype_under_autocast(x.device, dtype)
+        inside = (torch.autocast(x.device.type, enabled=False) if run_dtype is not None
+                  else contextlib.nullcontext())
+        if run_dtype is not None and run_dtype != dtype:
+            x, h0, c0 = x.to(run_dtype), h0.to(run_dtype), c0.to(run_dtype)
+            w = None if w is None else w.to(run_dtype)
         h_n, c_n = [], []
         layer_input = x.transpose(0, 1)  # time-major from here on: (T, B, I)
-        for layer in range(self.num_layers):
-            h = h0[layer * dirs:(layer + 1) * dirs]
-            c = c0[layer * dirs:(layer + 1) * dirs]
-            params = [getattr(self, f"{kind}_l{layer}{suffix}", None)
-                      for suffix in self._suffixes()
-                      for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-            if _fast.applies(layer_input, h, c, w, *params):
-                layer_input, h, c = _fast.wian_layer(layer_input, h, c, w, hx is None, params,
-                                                     _layer_reference)
-            else:
-                layer_input, h, c = _layer_reference(layer_input, h, c, w, params)
-            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                layer_input = nn.functional.dropout(layer_input, p=self.dropout, training=True)
-            h_n.append(h)
-            c_n.append(c)
+        with inside:
+            for layer in range(self.num_layers):
+                h = h0[layer * dirs:(layer + 1) * dirs]
+                c = c0[layer * dirs:(layer + 1) * dirs]
+                params = [getattr(self, f"{kind}_l{layer}{suffix}", None)
+                          for suffix in self._suffixes()
+                          for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+                if run_dtype is not None and run_dtype != dtype:
+                    params = [None if p is None else p.to(run_dtype) for p in params]
+                if _fast.applies(layer_input, h, c, w, *params):
+                    layer_input, h, c = _fast.wian_layer(layer_input, h, c, w, hx is None,
+                                                         params, _layer_reference)
+                else:
+                    layer_input, h, c = _layer_reference(layer_input, h, c, w, params)
+                if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                    layer_input = nn.functional.dropout(layer_input, p=self.dropout,
+                                                        training=True)
+                h_n.append(h)
+                c_n.append(c)
         layer_input = layer_input.transpose(0, 1)  # (B, T, D*H)
 
         output = layer_input if self.batch_first else layer_input.transpose(0, 1)
         h_n_t, c_n_t = torch.cat(h_n, dim=0), torch.cat(c_n, dim=0)
         if unbatched:
-            output = output.squeeze(0 if self.batch_first else 1)
+            output = output.squeeze(batch_dim)
             h_n_t, c_n_t = h_n_t.squeeze(1), c_n_t.squeeze(1)
         return output, (h_n_t, c_n_t)
 
     def extra_repr(self) -> str:
         """Options shown in ``repr()``."""
-        s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
+        # As nn.LSTM's: only the options that differ from the defaults.
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
         if not self.bias:
             s += ", bias=False"
-        s += f", batch_first={self.batch_first}"
+        if self.batch_first:
+            s += ", batch_first=True"
         if self.dropout:
             s += f", dropout={self.dropout}"
         if self.bidirectional:

@@ -230,7 +230,7 @@ def reference_wian(wian, x: torch.Tensor, weights: torch.Tensor | None,
             order = range(steps) if d == 0 else range(steps - 1, -1, -1)
             for t in order:
                 w_t = None if weights is None else weights[:, t]
-                h, c = cell(layer_input[:, t], (h, c), w_t)
+                h, c = cell(layer_input[:, t], (h, c), weight=w_t)
                 out[t] = h
             outputs.append(torch.stack(out, dim=1))
             h_n.append(h)

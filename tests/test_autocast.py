@@ -40,9 +40,9 @@ def _cases():
     return [
         ("geiim", lambda: GEIIM(4, 16), lambda d: (torch.randn(3, 4, 16, device=d),),
          lambda m, x: m(x)),
-        ("wian", lambda: WIAN(16, 8, 2, bidirectional=True),
+        ("wian", lambda: WIAN(16, 8, 2, batch_first=True, bidirectional=True),
          lambda d: (torch.randn(3, 4, 16, device=d), torch.rand(3, 4, 1, device=d)),
-         lambda m, x, w: m(x, w)[0]),
+         lambda m, x, w: m(x, weights=w)[0]),
         ("wian_cell", lambda: WIANCell(16, 8),
          lambda d: (torch.randn(3, 16, device=d),), lambda m, x: m(x)[0]),
         ("instance_weights", lambda: InstanceWeights(16, 8),

@@ -97,7 +97,7 @@ def _whole_library_graph() -> list[torch.Tensor]:
     torch.manual_seed(0)
     x = torch.randn(6, 4, 16, requires_grad=True)
     w = torch.rand(6, 4, 1)
-    out, (h_n, _) = WIAN(16, 8, num_layers=2, bidirectional=True, batch_first=True)(x, w)
+    out, (h_n, _) = WIAN(16, 8, num_layers=2, bidirectional=True, batch_first=True)(x, weights=w)
     h, _ = WIANCell(16, 8)(x[:, 0])
     geiim = GEIIM(4, 16)(x)
     head = MICACLHead(16, num_classes=3, num_instances=4, hidden_size=8)

@@ -61,7 +61,8 @@ def switch(request):
 def _wian_case(batch, steps, in_size, hidden, layers, bidirectional, weight_kind, with_hx,
                bias, dtype, seed=0):
     torch.manual_seed(seed)
-    wian = WIAN(in_size, hidden, layers, bidirectional=bidirectional, bias=bias, dtype=dtype)
+    wian = WIAN(in_size, hidden, layers, bidirectional=bidirectional, bias=bias,
+                batch_first=True, dtype=dtype)
     with torch.no_grad():  # wider than the default init: gates far from linear
         for p in wian.parameters():
             p.mul_(2.0)
@@ -115,7 +116,7 @@ def test_wian_fast_path_matches_cell_loop(case, dtype, switch, monkeypatch):
     original = wian_layer_module._WIANLayer.apply
     monkeypatch.setattr(wian_layer_module._WIANLayer, "apply",
                         lambda *args: calls.append(1) or original(*args))
-    fast = _values_and_grads(wian, lambda: wian(x, weights, hx), x, weights, hx, grads_out)
+    fast = _values_and_grads(wian, lambda: wian(x, hx, weights=weights), x, weights, hx, grads_out)
     # The fast path did run wherever the switch allows it (auto: CPU float32 only).
     expected = wian.num_layers if config.enabled("wian", x.device, dtype) else 0
     assert len(calls) == expected
@@ -128,9 +129,10 @@ def test_wian_fast_path_matches_cell_loop(case, dtype, switch, monkeypatch):
 @pytest.mark.parametrize("case", WIAN_CASES[:3] + WIAN_CASES[5:])
 def test_wian_fast_path_matches_autograd_reference(case, switch):
     wian, x, weights, hx, grads_out = _wian_case(*case, dtype=torch.float32)
-    fast = _values_and_grads(wian, lambda: wian(x, weights, hx), x, weights, hx, grads_out)
+    fast = _values_and_grads(wian, lambda: wian(x, hx, weights=weights), x, weights, hx, grads_out)
     with config.fast_paths("off"):
-        ref = _values_and_grads(wian, lambda: wian(x, weights, hx), x, weights, hx, grads_out)
+        ref = _values_and_grads(wian, lambda: wian(x, hx, weights=weights), x, weights, hx,
+                                grads_out)
     for got, want in zip(fast, ref, strict=True):
         torch.testing.assert_close(got, want, **F32)
 
@@ -139,9 +141,9 @@ def test_wian_fast_path_matches_autograd_reference(case, switch):
 def test_wian_fast_path_without_onednn_matches():
     """The batched-matmul fallback (other devices, or oneDNN disabled) agrees as well."""
     wian, x, weights, hx, grads_out = _wian_case(*WIAN_CASES[0], dtype=torch.float32)
-    fast = _values_and_grads(wian, lambda: wian(x, weights, hx), x, weights, hx, grads_out)
+    fast = _values_and_grads(wian, lambda: wian(x, hx, weights=weights), x, weights, hx, grads_out)
     with torch.backends.mkldnn.flags(enabled=False):
-        plain = _values_and_grads(wian, lambda: wian(x, weights, hx), x, weights, hx,
+        plain = _values_and_grads(wian, lambda: wian(x, hx, weights=weights), x, weights, hx,
                                   grads_out)
     for got, want in zip(fast, plain, strict=True):
         torch.testing.assert_close(got, want, **F32)
@@ -150,10 +152,10 @@ def test_wian_fast_path_without_onednn_matches():
 def test_naive_per_gate_baseline_matches_wian():
     naive_module = load_script(ROOT / "benchmarks" / "naive.py", "bench_naive")
     torch.manual_seed(0)
-    wian = WIAN(12, 8, 2, bidirectional=True)
+    wian = WIAN(12, 8, 2, batch_first=True, bidirectional=True)
     naive = naive_module.NaivePerGateWIAN(12, 8, 2, bidirectional=True).load_from(wian)
     x, w = torch.randn(3, 6, 12), torch.rand(3, 6, 1)
-    torch.testing.assert_close(naive(x, w), wian(x, w)[0], **F32)
+    torch.testing.assert_close(naive(x, w), wian(x, weights=w)[0], **F32)
 
 
 @pytest.mark.slow
@@ -161,16 +163,16 @@ def test_naive_per_gate_baseline_matches_wian():
 def test_wian_double_backward(with_hx):
     """Double backward differentiates the reference formulation (gradgradcheck)."""
     torch.manual_seed(0)
-    wian = WIAN(3, 4, num_layers=2, bidirectional=True, dtype=torch.float64)
+    wian = WIAN(3, 4, num_layers=2, bidirectional=True, batch_first=True, dtype=torch.float64)
     x = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)
     w = torch.rand(2, 3, 1, dtype=torch.float64, requires_grad=True)
     if with_hx:
         h0 = torch.randn(4, 2, 4, dtype=torch.float64, requires_grad=True)
         c0 = torch.randn(4, 2, 4, dtype=torch.float64, requires_grad=True)
-        assert torch.autograd.gradgradcheck(lambda a, b, c, d: wian(a, b, (c, d))[0],
+        assert torch.autograd.gradgradcheck(lambda a, b, c, d: wian(a, (c, d), weights=b)[0],
                                             (x, w, h0, c0))
     else:
-        assert torch.autograd.gradgradcheck(lambda a, b: wian(a, b)[0], (x, w))
+        assert torch.autograd.gradgradcheck(lambda a, b: wian(a, weights=b)[0], (x, w))
 
 
 @pytest.mark.parametrize("weight_kind", ["per_step", "full"])
@@ -180,10 +182,10 @@ def test_wian_fast_path_time_major_matches_batch_first(weight_kind):
                                                  dtype=torch.float64)
     time_major = WIAN(6, 3, 2, bidirectional=True, batch_first=False, dtype=torch.float64)
     time_major.load_state_dict(wian.state_dict())
-    want = _values_and_grads(wian, lambda: wian(x, weights, hx), x, weights, hx, grads_out)
+    want = _values_and_grads(wian, lambda: wian(x, hx, weights=weights), x, weights, hx, grads_out)
 
     def forward():
-        out, states = time_major(x.transpose(0, 1), weights.transpose(0, 1), hx)
+        out, states = time_major(x.transpose(0, 1), hx, weights=weights.transpose(0, 1))
         return out.transpose(0, 1), states
 
     got = _values_and_grads(time_major, forward, x, weights, hx, grads_out)
@@ -193,7 +195,7 @@ def test_wian_fast_path_time_major_matches_batch_first(weight_kind):
 
 def test_wian_backward_twice_with_retain_graph():
     wian, x, weights, hx, grads_out = _wian_case(*WIAN_CASES[0], dtype=torch.float32)
-    out = wian(x, weights, hx)[0]
+    out = wian(x, hx, weights=weights)[0]
     first = torch.autograd.grad(out, x, grads_out[0], retain_graph=True)[0]
     second = torch.autograd.grad(out, x, grads_out[0])[0]
     torch.testing.assert_close(first, second, atol=0, rtol=0)
@@ -204,8 +206,8 @@ def test_wian_torch_compile_aot_eager_values_and_gradients():
     wian, x, weights, _, grads_out = _wian_case(2, 4, 3, 5, 2, True, "per_step", False, True,
                                                 dtype=torch.float32)
     compiled = torch.compile(wian, backend="aot_eager")
-    fast = _values_and_grads(wian, lambda: wian(x, weights), x, weights, None, grads_out)
-    got = _values_and_grads(wian, lambda: compiled(x, weights), x, weights, None, grads_out)
+    fast = _values_and_grads(wian, lambda: wian(x, weights=weights), x, weights, None, grads_out)
+    got = _values_and_grads(wian, lambda: compiled(x, weights=weights), x, weights, None, grads_out)
     for a, b in zip(got, fast, strict=True):
         torch.testing.assert_close(a, b, **F32)
 
@@ -216,8 +218,8 @@ def test_wian_torch_compile_inductor():
     wian, x, weights, _, grads_out = _wian_case(2, 3, 3, 4, 1, True, "per_step", False, True,
                                                 dtype=torch.float32)
     compiled = torch.compile(wian)
-    fast = _values_and_grads(wian, lambda: wian(x, weights), x, weights, None, grads_out)
-    got = _values_and_grads(wian, lambda: compiled(x, weights), x, weights, None, grads_out)
+    fast = _values_and_grads(wian, lambda: wian(x, weights=weights), x, weights, None, grads_out)
+    got = _values_and_grads(wian, lambda: compiled(x, weights=weights), x, weights, None, grads_out)
     for a, b in zip(got, fast, strict=True):
         torch.testing.assert_close(a, b, **F32)
 

@@ -24,7 +24,8 @@ from tests.conftest import (
 REDUCTIONS = ("mean", "sum", "none")
 
 
-def two_logit_ce(logits: torch.Tensor, targets: torch.Tensor, reduction: str) -> torch.Tensor:
+def two_logit_ce(logits: torch.Tensor, targets: torch.Tensor, reduction: str,
+                 label_smoothing: float = 0.0) -> torch.Tensor:
     """The explicit definition: CE of [z_target, z_maxother] with target 0 (Python max)."""
     rows = logits.double()
     z_target = torch.stack([rows[i, t] for i, t in enumerate(targets.tolist())])
@@ -34,7 +35,7 @@ def two_logit_ce(logits: torch.Tensor, targets: torch.Tensor, reduction: str) ->
     ])
     pair = torch.stack([z_target, z_other], dim=1)
     return F.cross_entropy(pair, torch.zeros(len(targets), dtype=torch.long),
-                           reduction=reduction)
+                           reduction=reduction, label_smoothing=label_smoothing)
 
 
 @given(batch=st.integers(1, 8), num_classes=st.integers(2, 6),
@@ -142,3 +143,42 @@ def test_module_equals_functional(reduction):
         module(logits, targets),
         intensity_aware_loss(logits, targets, reduction=reduction, ignore_index=-1),
         atol=0, rtol=0)
+
+
+@given(batch=st.integers(1, 8), num_classes=st.integers(2, 6),
+       reduction=st.sampled_from(REDUCTIONS), smoothing=st.sampled_from([0.0, 0.1, 0.5, 1.0]),
+       scale=st.sampled_from([1e-3, 1.0, 50.0]), seed=seeds)
+def test_label_smoothing_equals_two_logit_cross_entropy(batch, num_classes, reduction, smoothing,
+                                                        scale, seed):
+    logits = randn(batch, num_classes, seed=seed, dtype=torch.float64, scale=scale,
+                   requires_grad=True)
+    targets = randint_targets(batch, num_classes, seed=seed + 1)
+    module = IntensityAwareLoss(reduction=reduction, label_smoothing=smoothing)
+    loss = module(logits, targets)
+    expected = two_logit_ce(logits.detach(), targets, reduction, label_smoothing=smoothing)
+    torch.testing.assert_close(loss, expected, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(
+        intensity_aware_loss(logits, targets, reduction=reduction, label_smoothing=smoothing),
+        loss, atol=0, rtol=0)
+    loss.sum().backward()
+    assert_finite(logits.grad)
+
+
+def test_label_smoothing_changes_the_loss_and_ignores_ignored():
+    logits = torch.tensor([[4.0, 0.0, -1.0], [0.0, 3.0, 1.0]])
+    targets = torch.tensor([0, -100])
+    plain = intensity_aware_loss(logits, targets)
+    smooth = intensity_aware_loss(logits, targets, label_smoothing=0.1)
+    # Only the first sample counts: 0.95 softplus(-4) + 0.05 softplus(4).
+    want = 0.95 * F.softplus(torch.tensor(-4.0)) + 0.05 * F.softplus(torch.tensor(4.0))
+    torch.testing.assert_close(smooth, want)
+    assert float(smooth) > float(plain)
+    assert "label_smoothing=0.1" in repr(IntensityAwareLoss(label_smoothing=0.1))
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, True, "0.1"])
+def test_label_smoothing_out_of_range_is_a_clear_error(bad):
+    with pytest.raises(ValueError, match="`label_smoothing` must be a number in"):
+        IntensityAwareLoss(label_smoothing=bad)
+    with pytest.raises(ValueError, match="`label_smoothing`"):
+        intensity_aware_loss(torch.zeros(2, 3), torch.tensor([0, 1]), label_smoothing=bad)

@@ -97,7 +97,7 @@ import torch
 import micacl_layers
 from micacl_layers import GEIIM, WIAN, MICACLLoss
 x = torch.randn(2, 4, 8)
-out, _ = WIAN(8, 4)(GEIIM(4, 8)(x))
+out, _ = WIAN(8, 4, batch_first=True)(GEIIM(4, 8)(x))
 loss = MICACLLoss(3, 8, [3, 2, 1], projection_dim=4, aug_weight=0.0)(
     out[:, -1].repeat(1, 2), torch.randn(2, 3), torch.tensor([0, 0]))
 print(bool(torch.isfinite(loss)))

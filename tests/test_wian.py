@@ -62,7 +62,7 @@ def test_cell_shapes(batch, in_size, hidden, weight_kind, with_hx, bias, dtype, 
         "single": rand(*lead, 1, seed=seed + 3, dtype=dtype),
         "scalar": torch.tensor(0.5, dtype=dtype),
     }[weight_kind]
-    h, c = cell(x, hx, weight)
+    h, c = cell(x, hx, weight=weight)
     assert h.shape == c.shape == (*lead, hidden)
     assert h.dtype == c.dtype == dtype
     assert_finite(h, c)
@@ -94,7 +94,7 @@ def test_cell_equals_lstmcell_when_gate_saturated(weight, bias):
     hx = (torch.randn(batch, hidden, dtype=torch.float64),
           torch.randn(batch, hidden, dtype=torch.float64))
     w = None if weight == "none" else torch.ones(batch, hidden, dtype=torch.float64)
-    h, c = cell(x, hx, w)
+    h, c = cell(x, hx, weight=w)
     h_ref, c_ref = lstm(x, hx)
     torch.testing.assert_close(h, h_ref, atol=1e-12, rtol=0)
     torch.testing.assert_close(c, c_ref, atol=1e-12, rtol=0)
@@ -120,7 +120,7 @@ def test_cell_follows_eq3_5_6():
     d = torch.sigmoid(gate(4)) * w  # Eq. 3
     c = f * c0 + i * cand * d  # Eq. 5
     h = o * torch.tanh(c)  # Eq. 6
-    h_got, c_got = cell(x, (h0, c0), w)
+    h_got, c_got = cell(x, (h0, c0), weight=w)
     torch.testing.assert_close(h_got, h)
     torch.testing.assert_close(c_got, c)
 
@@ -131,7 +131,7 @@ def test_cell_zero_weight_keeps_cell_state_decaying_only():
     x = torch.randn(2, 3, dtype=torch.float64)
     c0 = torch.randn(2, 4, dtype=torch.float64)
     h0 = torch.randn(2, 4, dtype=torch.float64)
-    _, c = cell(x, (h0, c0), torch.zeros(2, 1, dtype=torch.float64))
+    _, c = cell(x, (h0, c0), weight=torch.zeros(2, 1, dtype=torch.float64))
     f = torch.sigmoid(x @ cell.weight_ih[4:8].T + h0 @ cell.weight_hh[4:8].T
                       + cell.bias_ih[4:8] + cell.bias_hh[4:8])
     torch.testing.assert_close(c, f * c0)
@@ -142,8 +142,8 @@ def test_cell_unbatched_equals_batch_of_one():
     cell = WIANCell(3, 4)
     x, w = torch.randn(3), torch.rand(4)
     hx = (torch.randn(4), torch.randn(4))
-    h, c = cell(x, hx, w)
-    hb, cb = cell(x[None], (hx[0][None], hx[1][None]), w[None])
+    h, c = cell(x, hx, weight=w)
+    hb, cb = cell(x[None], (hx[0][None], hx[1][None]), weight=w[None])
     torch.testing.assert_close(h, hb[0])
     torch.testing.assert_close(c, cb[0])
 
@@ -154,7 +154,7 @@ def test_functional_cell_matches_module():
     x, h0, c0, w = torch.randn(2, 3), torch.randn(2, 4), torch.randn(2, 4), torch.rand(2, 1)
     gates = x @ cell.weight_ih.T + h0 @ cell.weight_hh.T + cell.bias_ih + cell.bias_hh
     h, c = wian_cell(gates, c0, w)
-    h2, c2 = cell(x, (h0, c0), w)
+    h2, c2 = cell(x, (h0, c0), weight=w)
     torch.testing.assert_close(h, h2)
     torch.testing.assert_close(c, c2)
 
@@ -166,7 +166,7 @@ def test_cell_gradcheck():
     h0 = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)
     c0 = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)
     w = torch.rand(2, 2, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b, c, d: cell(a, (b, c), d), (x, h0, c0, w))
+    assert torch.autograd.gradcheck(lambda a, b, c, d: cell(a, (b, c), weight=d), (x, h0, c0, w))
 
 
 # ------------------------------------------------------------------------------------------
@@ -200,7 +200,7 @@ def test_wian_shapes(batch, steps, in_size, hidden, num_layers, bidirectional, b
         x = x.squeeze(0 if batch_first else 1)
         w = None if w is None else w.squeeze(0 if batch_first else 1)
         hx = None if hx is None else tuple(t.squeeze(1) for t in hx)
-    out, (h_n, c_n) = wian(x, w, hx)
+    out, (h_n, c_n) = wian(x, hx, weights=w)
     if unbatched:
         assert out.shape == (steps, dirs * hidden)
         assert h_n.shape == c_n.shape == (dirs * num_layers, hidden)
@@ -242,7 +242,7 @@ def test_wian_equals_lstm_when_gate_saturated(bidirectional, batch_first, num_la
     if weight == "ones":
         w = torch.ones(batch, steps, 1, dtype=torch.float64)
         w = w if batch_first else w.transpose(0, 1)
-    out, (h_n, c_n) = wian(x, w, (h0, c0))
+    out, (h_n, c_n) = wian(x, (h0, c0), weights=w)
     out_ref, (h_ref, c_ref) = lstm(x, (h0, c0))
     torch.testing.assert_close(out, out_ref, atol=1e-12, rtol=0)
     torch.testing.assert_close(h_n, h_ref, atol=1e-12, rtol=0)
@@ -272,7 +272,7 @@ def test_wian_equals_naive_cell_loop(batch, steps, in_size, hidden, num_layers, 
     if not batch_first:
         x = x.transpose(0, 1)
         w = None if w is None else w.transpose(0, 1)
-    out, (h_n, c_n) = wian(x, w, hx)
+    out, (h_n, c_n) = wian(x, hx, weights=w)
     if not batch_first:
         out = out.transpose(0, 1)
     tolerance = 1e-5 if dtype == torch.float32 else 1e-10
@@ -284,11 +284,11 @@ def test_wian_equals_naive_cell_loop(batch, steps, in_size, hidden, num_layers, 
 def test_reverse_direction_uses_weight_of_instance_it_reads():
     """Zeroing the weight of the last instance changes the reverse direction's first step."""
     torch.manual_seed(0)
-    wian = WIAN(3, 2, bidirectional=True, dtype=torch.float64)
+    wian = WIAN(3, 2, bidirectional=True, batch_first=True, dtype=torch.float64)
     x = torch.randn(1, 4, 3, dtype=torch.float64)
     w = torch.ones(1, 4, 1, dtype=torch.float64)
     w[0, 3] = 0.0
-    out, _ = wian(x, w)
+    out, _ = wian(x, weights=w)
     # The reverse direction reads instance 3 first, from a zero state: with w_3 = 0 its cell
     # stays 0, so its hidden state at t=3 is exactly 0; the forward one at t=3 is not.
     assert torch.equal(out[0, 3, 2:], torch.zeros(2, dtype=torch.float64))
@@ -297,8 +297,8 @@ def test_reverse_direction_uses_weight_of_instance_it_reads():
 
 def test_all_zero_weights_give_zero_output():
     torch.manual_seed(0)
-    wian = WIAN(3, 4, num_layers=2, bidirectional=True)
-    out, (h_n, c_n) = wian(torch.randn(2, 5, 3), torch.zeros(2, 5, 1))
+    wian = WIAN(3, 4, num_layers=2, bidirectional=True, batch_first=True)
+    out, (h_n, c_n) = wian(torch.randn(2, 5, 3), weights=torch.zeros(2, 5, 1))
     assert torch.equal(out, torch.zeros_like(out))
     assert torch.equal(h_n, torch.zeros_like(h_n))
     assert torch.equal(c_n, torch.zeros_like(c_n))
@@ -306,11 +306,11 @@ def test_all_zero_weights_give_zero_output():
 
 def test_weights_broadcast_and_ones_equal_none():
     torch.manual_seed(0)
-    wian = WIAN(3, 4, num_layers=2, bidirectional=True, dtype=torch.float64)
+    wian = WIAN(3, 4, num_layers=2, bidirectional=True, batch_first=True, dtype=torch.float64)
     x = torch.randn(2, 5, 3, dtype=torch.float64)
     w1 = torch.rand(2, 5, 1, dtype=torch.float64)
-    torch.testing.assert_close(wian(x, w1)[0], wian(x, w1.expand(2, 5, 4))[0])
-    torch.testing.assert_close(wian(x, torch.ones(2, 5, 4, dtype=torch.float64))[0],
+    torch.testing.assert_close(wian(x, weights=w1)[0], wian(x, weights=w1.expand(2, 5, 4))[0])
+    torch.testing.assert_close(wian(x, weights=torch.ones(2, 5, 4, dtype=torch.float64))[0],
                                wian(x)[0])
 
 
@@ -330,7 +330,7 @@ def _check_empty_batch(batch_first, bidirectional):
     shape = (0, 5, 4) if batch_first else (5, 0, 4)
     x = torch.randn(shape, requires_grad=True)
     weights = torch.rand((*shape[:2], 1), requires_grad=True)
-    out, (h_n, c_n) = wian(x, weights)
+    out, (h_n, c_n) = wian(x, weights=weights)
     want, (h_want, c_want) = lstm(x)
     assert out.shape == want.shape and h_n.shape == h_want.shape and c_n.shape == c_want.shape
     (out.sum() + h_n.sum() + c_n.sum()).backward()
@@ -347,10 +347,10 @@ def test_wian_unbatched_equals_batch_of_one(batch_first):
     x = torch.randn(5, 3, dtype=torch.float64)
     w = torch.rand(5, 4, dtype=torch.float64)
     hx = (torch.randn(4, 4, dtype=torch.float64), torch.randn(4, 4, dtype=torch.float64))
-    out, (h_n, c_n) = wian(x, w, hx)
+    out, (h_n, c_n) = wian(x, hx, weights=w)
     dim = 0 if batch_first else 1
-    out_b, (h_b, c_b) = wian(x.unsqueeze(dim), w.unsqueeze(dim),
-                             (hx[0].unsqueeze(1), hx[1].unsqueeze(1)))
+    out_b, (h_b, c_b) = wian(x.unsqueeze(dim), (hx[0].unsqueeze(1), hx[1].unsqueeze(1)),
+                             weights=w.unsqueeze(dim))
     torch.testing.assert_close(out, out_b.squeeze(dim))
     torch.testing.assert_close(h_n, h_b.squeeze(1))
     torch.testing.assert_close(c_n, c_b.squeeze(1))
@@ -358,12 +358,12 @@ def test_wian_unbatched_equals_batch_of_one(batch_first):
 
 def test_wian_gradcheck_input_and_weights():
     torch.manual_seed(0)
-    wian = WIAN(2, 2, num_layers=2, bidirectional=True, dtype=torch.float64)
+    wian = WIAN(2, 2, num_layers=2, bidirectional=True, batch_first=True, dtype=torch.float64)
     x = torch.randn(2, 3, 2, dtype=torch.float64, requires_grad=True)
     w = torch.rand(2, 3, 2, dtype=torch.float64, requires_grad=True)
 
     def fn(inp, weights):
-        out, (h_n, c_n) = wian(inp, weights)
+        out, (h_n, c_n) = wian(inp, weights=weights)
         return out, h_n, c_n
 
     assert torch.autograd.gradcheck(fn, (x, w))
@@ -376,13 +376,13 @@ def test_wian_gradcheck_initial_state():
     w = torch.rand(3, 2, 1, dtype=torch.float64)
     h0 = torch.randn(4, 2, 2, dtype=torch.float64, requires_grad=True)
     c0 = torch.randn(4, 2, 2, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b: wian(x, w, (a, b))[0], (h0, c0))
+    assert torch.autograd.gradcheck(lambda a, b: wian(x, (a, b), weights=w)[0], (h0, c0))
 
 
 def test_wian_gradients_reach_every_parameter():
     torch.manual_seed(0)
-    wian = WIAN(3, 4, num_layers=3, bidirectional=True)
-    out, (h_n, c_n) = wian(torch.randn(2, 5, 3), torch.rand(2, 5, 4))
+    wian = WIAN(3, 4, num_layers=3, bidirectional=True, batch_first=True)
+    out, (h_n, c_n) = wian(torch.randn(2, 5, 3), weights=torch.rand(2, 5, 4))
     (out.sum() + h_n.sum() + c_n.sum()).backward()
     for name, p in wian.named_parameters():
         assert p.grad is not None, name
@@ -391,7 +391,7 @@ def test_wian_gradients_reach_every_parameter():
 
 def test_dropout_only_in_training():
     torch.manual_seed(0)
-    wian = WIAN(3, 4, num_layers=2, dropout=0.5)
+    wian = WIAN(3, 4, num_layers=2, batch_first=True, dropout=0.5)
     x = torch.randn(2, 5, 3)
     wian.eval()
     torch.testing.assert_close(wian(x)[0], wian(x)[0], atol=0, rtol=0)
@@ -405,24 +405,25 @@ def test_dropout_only_in_training():
 
 def test_wian_state_dict_round_trip():
     torch.manual_seed(0)
-    a = WIAN(3, 4, num_layers=2, bidirectional=True)
+    a = WIAN(3, 4, num_layers=2, bidirectional=True, batch_first=True)
     torch.manual_seed(1)
-    b = WIAN(3, 4, num_layers=2, bidirectional=True)
+    b = WIAN(3, 4, num_layers=2, bidirectional=True, batch_first=True)
     x, w = torch.randn(2, 5, 3), torch.rand(2, 5, 1)
-    assert not torch.allclose(a(x, w)[0], b(x, w)[0])
+    assert not torch.allclose(a(x, weights=w)[0], b(x, weights=w)[0])
     b.load_state_dict(a.state_dict())
-    for ya, yb in zip(a(x, w)[1] + (a(x, w)[0],), b(x, w)[1] + (b(x, w)[0],), strict=True):
+    for ya, yb in zip(a(x, weights=w)[1] + (a(x, weights=w)[0],),
+                      b(x, weights=w)[1] + (b(x, weights=w)[0],), strict=True):
         torch.testing.assert_close(ya, yb, atol=0, rtol=0)
 
 
 def test_torch_compile_smoke():
     """Dynamo + AOTAutograd (no C++ codegen, so it takes about a second on CPU)."""
     torch.manual_seed(0)
-    wian = WIAN(3, 4, num_layers=2, bidirectional=True)
+    wian = WIAN(3, 4, num_layers=2, bidirectional=True, batch_first=True)
     compiled = torch.compile(wian, backend="aot_eager")
     x = torch.randn(2, 5, 3, requires_grad=True)
     w = torch.rand(2, 5, 1)
-    out = compiled(x, w)[0]
-    torch.testing.assert_close(out, wian(x, w)[0])
+    out = compiled(x, weights=w)[0]
+    torch.testing.assert_close(out, wian(x, weights=w)[0])
     out.sum().backward()
     assert_finite(x.grad)

@@ -41,15 +41,39 @@ def applies(*tensors: torch.Tensor | None) -> bool:
     """Whether :func:`wian_layer` may run for a layer's inputs and parameters.
 
     The hand-written backward is eager-only and assumes one dtype throughout: not under
-    TorchScript or autocast (whose per-op casts it does not reproduce), nor for mixed dtypes.
+    TorchScript or autocast (whose per-op casts it does not reproduce; WIAN turns autocast off
+    around it where :func:`dtype_under_autocast` says so), nor for mixed dtypes.
     """
     first = tensors[0]
     assert first is not None
+    if first.device.type == "meta":  # nothing to compute (and no autocast): the plain path
+        return False
     if torch.jit.is_scripting() or torch.is_autocast_enabled(first.device.type):
         return False
     if not all(t is None or t.dtype == first.dtype for t in tensors):
         return False
     return config.enabled("wian", first.device, first.dtype)
+
+
+def dtype_under_autocast(device: torch.device, dtype: torch.dtype) -> torch.dtype | None:
+    """Under autocast: the dtype WIAN should run the fused kernel in, autocast off, or ``None``.
+
+    ``dtype`` is the parameters' dtype. Where the switch enables the kernel for the autocast
+    dtype (``"on"`` only: it was not measured to pay in ``"auto"``, and its cell state then
+    rounds to that dtype), the inputs and parameters are cast to it once and the kernel runs in
+    it, as fast as the low-precision products allow. Otherwise, where the switch enables the
+    kernel for ``dtype`` (CPU float32 in ``"auto"``), it runs in ``dtype``: float32 master math,
+    the inputs cast once. ``None`` (no autocast, or no kernel enabled): the plain path, with
+    autocast's per-op casts. Then :func:`applies` sees no autocast and the dtypes agree.
+    """
+    if device.type == "meta" or torch.jit.is_scripting():
+        return None
+    if not torch.is_autocast_enabled(device.type):
+        return None
+    low = torch.get_autocast_dtype(device.type)
+    if config.get_fast_paths() == "on" and config.enabled("wian", device, low):
+        return low
+    return dtype if config.enabled("wian", device, dtype) else None
 
 
 def wian_layer(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, weight: torch.Tensor | None,
@@ -194,6 +218,16 @@ class _WIANLayer(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_h, grad_c):
+        device = ctx.saved_tensors[0].device.type
+        # The backward runs in the thread that called .backward(), under its autocast state;
+        # the forward ran with autocast off (see dtype_under_autocast), so must this.
+        if torch.is_autocast_enabled(device):
+            with torch.autocast(device, enabled=False):
+                return _WIANLayer._backward(ctx, grad_out, grad_h, grad_c)
+        return _WIANLayer._backward(ctx, grad_out, grad_h, grad_c)
+
+    @staticmethod
+    def _backward(ctx, grad_out, grad_h, grad_c):
         (x, flat_x, h0, c0, weight, hs, cs, tanh_c, i_cand, d_all, *params) = ctx.saved_tensors
         if torch.is_grad_enabled():
             # create_graph=True (double backward): differentiate the reference formulation.

@@ -162,7 +162,7 @@ class MICACLHead(nn.Module):
         h = self.geiim(x, padding_mask) if self.geiim is not None else x
         if self.aggregator_kind == "wian":
             weights = self.instance_weights(h, padding_mask)
-            seq, _ = self.aggregator(h, weights)
+            seq, _ = self.aggregator(h, weights=weights)
         elif self.aggregator_kind == "lstm":
             seq, _ = self.aggregator(h)
         else:

@@ -1,0 +1,99 @@
+"""class_counts as frequencies or ratios (issue 15): only the ratios between classes matter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from micacl_layers import MCCLoss, MICACLLoss
+from micacl_layers.functional import multiscale_category_aware_contrastive_loss
+
+COUNTS = [1956, 1515, 2135, 1738, 1175, 116, 721]  # DFEW fold 1
+
+
+def _batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(12, 16, generator=g), torch.randn(12, 7, generator=g),
+            torch.randint(0, 7, (12,), generator=g))
+
+
+def _pair(given):
+    torch.manual_seed(0)
+    ref = MCCLoss(7, 16, COUNTS, projection_dim=8)
+    other = MCCLoss(7, 16, given, projection_dim=8)
+    other.projections.load_state_dict(ref.projections.state_dict())
+    return ref, other
+
+
+@pytest.mark.parametrize("scale", ["frequencies", "percent", "ratios_to_max"])
+@pytest.mark.parametrize("temperature", ["class_mean", "batch_mean"])
+def test_frequencies_give_the_loss_of_counts(scale, temperature):
+    total = sum(COUNTS)
+    given = {"frequencies": [c / total for c in COUNTS],
+             "percent": [100 * c / total for c in COUNTS],
+             "ratios_to_max": [c / max(COUNTS) for c in COUNTS]}[scale]
+    torch.manual_seed(0)
+    ref = MCCLoss(7, 16, COUNTS, projection_dim=8, temperature=temperature)
+    other = MCCLoss(7, 16, given, projection_dim=8, temperature=temperature)
+    other.projections.load_state_dict(ref.projections.state_dict())
+    f, z, y = _batch()
+    torch.testing.assert_close(other(f, z, y), ref(f, z, y), atol=1e-6, rtol=1e-6)
+    # The functional form takes them too.
+    got = multiscale_category_aware_contrastive_loss(f, z, y, given, projections=None)
+    want = multiscale_category_aware_contrastive_loss(f, z, y, COUNTS, projections=None)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+
+
+def test_whole_counts_stay_int64_and_frequencies_float64():
+    ref, other = _pair([0.3] * 6 + [0.2])
+    assert ref.class_counts.dtype == torch.int64
+    assert other.class_counts.dtype == torch.float64
+    # Stored rescaled so that the smallest is 1 (ratios kept).
+    torch.testing.assert_close(other.class_counts,
+                               torch.tensor([1.5] * 6 + [1.0], dtype=torch.float64))
+    # Frequencies that rescale to whole numbers are whole counts.
+    assert MCCLoss(3, 4, [0.5, 0.25, 0.25]).class_counts.tolist() == [2, 1, 1]
+    assert MCCLoss(3, 4, None).class_counts.dtype == torch.int64  # running counts
+
+
+@pytest.mark.parametrize("convert", ["half", "bfloat16", "to_float16", "double"])
+def test_half_never_rounds_the_counts(convert):
+    given = [c / sum(COUNTS) for c in COUNTS]
+    loss = MICACLLoss(7, 16, class_counts=given, projection_dim=8)
+    before = loss.mccl.class_counts.clone()
+    if convert == "to_float16":
+        loss.to(torch.float16)
+    else:
+        getattr(loss, convert)()
+    after = loss.mccl.class_counts
+    assert after.dtype == torch.float64
+    torch.testing.assert_close(after, before, atol=0, rtol=0)
+    assert loss.mccl.projections[0].weight.dtype != torch.float32  # the parameters did convert
+
+
+def test_state_dict_round_trip_of_frequencies():
+    given = [c / sum(COUNTS) for c in COUNTS]
+    a = MCCLoss(7, 16, given, projection_dim=8)
+    b = MCCLoss(7, 16, [1.0 / 7] * 6 + [0.5], projection_dim=8)
+    state = a.state_dict()
+    assert state["class_counts"].dtype == torch.float64
+    b.load_state_dict(state)
+    torch.testing.assert_close(b.class_counts, a.class_counts, atol=0, rtol=0)
+    f, z, y = _batch(1)
+    torch.testing.assert_close(b(f, z, y), a(f, z, y), atol=0, rtol=0)
+
+
+def test_running_counts_stay_integer():
+    loss = MCCLoss(7, 16, None, projection_dim=8).train()
+    f, z, y = _batch(2)
+    loss(f, z, y)
+    assert loss.class_counts.dtype == torch.int64
+    assert int(loss.class_counts.sum()) == 12
+    loss.half()
+    assert loss.class_counts.dtype == torch.int64
+
+
+@pytest.mark.parametrize("bad", [[0.5, 0.0, 0.5], [0.5, -0.1, 0.6], [0.5, float("nan"), 0.5]])
+def test_non_positive_frequencies_still_a_clear_error(bad):
+    with pytest.raises(ValueError, match="`class_counts` must be finite and > 0"):
+        MCCLoss(3, 8, bad)
