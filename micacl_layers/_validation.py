@@ -7,24 +7,106 @@ error from deep inside torch.
 
 from __future__ import annotations
 
+import contextlib
+import numbers
 from collections.abc import Sequence
 
 import torch
+from torch import nn
+
+from micacl_layers import config
 
 __all__ = [
     "check_class_counts",
+    "check_finite",
+    "check_finite_parameters",
     "check_floating",
     "check_logits_targets",
     "check_ndim",
     "check_positive_int",
     "check_same_batch",
+    "check_targets",
     "describe",
+    "has_values",
+    "no_autocast",
+    "to_parameter_dtype",
 ]
 
 
-def describe(t: torch.Tensor) -> str:
-    """A short ``shape=(..), dtype=..`` description of a tensor for error messages."""
-    return f"shape={tuple(t.shape)}, dtype={t.dtype}"
+def describe(t: object) -> str:
+    """A short ``shape=(..), dtype=..`` description of a tensor (or the type of anything else)."""
+    if isinstance(t, torch.Tensor):
+        return f"shape={tuple(t.shape)}, dtype={t.dtype}"
+    return f"a {type(t).__name__}"
+
+
+def has_values(t: torch.Tensor) -> bool:
+    """Whether ``t`` holds data that can be read (not a ``meta`` tensor, which has shapes only).
+
+    Checks of values (ranges, NaN) are skipped on ``meta``, where only shapes are checked.
+    """
+    return not t.is_meta
+
+
+def no_autocast(device_type: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast(device_type, enabled=False)``, or nothing where autocast does not exist.
+
+    ``torch.autocast`` raises for a device type without autocast support (``meta``).
+    """
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def to_parameter_dtype(x: torch.Tensor, parameter: torch.Tensor | None) -> torch.Tensor:
+    """``x`` cast to the floating dtype of ``parameter``, as ``torch.autocast`` would cast it.
+
+    Mixed dtypes (features of float16/bfloat16 leaving an autocast region, float64 data) then
+    meet float32 parameters without torch's "must have the same dtype" errors. Under an active
+    autocast of ``x``'s device the cast is left to autocast.
+    """
+    if (parameter is None or x.dtype == parameter.dtype or not parameter.is_floating_point()
+            or torch.is_autocast_enabled(x.device.type)):
+        return x
+    return x.to(parameter.dtype)
+
+
+def check_finite(name: str, t: torch.Tensor | None) -> None:
+    """With :func:`micacl_layers.config.check_finite` on: no NaN or inf in ``t``.
+
+    Raises a ``ValueError`` naming the argument, the first bad index and its value. Off by
+    default (the check synchronises with the device); integer tensors and ``meta`` tensors
+    always pass.
+    """
+    if (not config.get_check_finite() or t is None or not isinstance(t, torch.Tensor)
+            or not (t.is_floating_point() or t.is_complex()) or not has_values(t)):
+        return
+    bad = ~torch.isfinite(t.detach())
+    if not bool(bad.any()):
+        return
+    index = tuple(int(i) for i in torch.nonzero(bad)[0])
+    value = t.detach()[index].item()
+    raise ValueError(
+        f"`{name}` holds {value} at index {index} ({describe(t)}); every value must be finite "
+        f"(micacl_layers.config.check_finite is on)."
+    )
+
+
+def check_finite_parameters(module: nn.Module) -> None:
+    """:func:`check_finite` on every parameter of ``module`` (named ``Class.parameter``)."""
+    if not config.get_check_finite():
+        return
+    for name, parameter in module.named_parameters():
+        check_finite(f"{type(module).__name__}.{name}", parameter)
+
+
+def torchscript_unsupported(module: nn.Module) -> nn.Module:
+    """``__prepare_scriptable__`` of our Modules: TorchScript is not supported, say so clearly."""
+    raise RuntimeError(
+        f"{type(module).__name__} does not support TorchScript (torch.jit.script cannot compile "
+        f"its Python control flow and keyword-only options); torch.compile is the supported "
+        f"compiler: `torch.compile(module)`."
+    )
 
 
 def check_tensor(name: str, t: object) -> torch.Tensor:
@@ -34,12 +116,14 @@ def check_tensor(name: str, t: object) -> torch.Tensor:
 
 
 def check_floating(name: str, t: object) -> torch.Tensor:
+    """A floating-point tensor (and, with the NaN/inf check on, a finite one)."""
     t = check_tensor(name, t)
     if not t.is_floating_point():
         raise TypeError(
             f"`{name}` must be a floating-point tensor, got {describe(t)}; "
             f"cast it with `.float()`."
         )
+    check_finite(name, t)
     return t
 
 
@@ -65,17 +149,29 @@ def check_same_batch(**tensors: torch.Tensor) -> None:
         raise ValueError(f"batch sizes differ: {listed}; they must be equal.")
 
 
-def check_targets(name: str, targets: object, num_classes: int, *, ignore_index: int | None = None
-                  ) -> torch.Tensor:
-    """Integer class indices of shape ``(B,)`` inside ``[0, num_classes)``."""
+def check_targets(name: str, targets: object, num_classes: int | None = None, *,
+                  ignore_index: int | None = None) -> torch.Tensor:
+    """Integer class indices of shape ``(B,)`` inside ``[0, num_classes)``, returned as int64.
+
+    Any integer dtype is accepted (int8 to int64, uint8) and converted to int64 after the
+    checks; bool (a mask, not indices), floating and complex tensors are a ``TypeError``.
+    ``num_classes=None`` checks the dtype and shape only (labels of a contrastive loss).
+    """
     targets = check_tensor(name, targets)
     if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
         raise TypeError(
-            f"`{name}` must hold integer class indices (torch.int64), got {describe(targets)}."
+            f"`{name}` must hold integer class indices (any integer dtype, e.g. torch.int64), "
+            f"got {describe(targets)}."
         )
     check_ndim(name, targets, 1, "(B,)")
-    valid = targets if ignore_index is None else targets[targets != ignore_index]
-    if valid.numel() and (bool((valid < 0).any()) or bool((valid >= num_classes).any())):
+    targets = targets.long()
+    if num_classes is None or not targets.numel() or not has_values(targets):
+        return targets
+    bad = (targets < 0) | (targets >= num_classes)
+    if ignore_index is not None:
+        bad &= targets != ignore_index
+    if bool(bad.any()):  # one read-back from the device, only the error path reads more
+        valid = targets if ignore_index is None else targets[targets != ignore_index]
         lo, hi = int(valid.min()), int(valid.max())
         extra = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
         raise ValueError(
@@ -114,10 +210,22 @@ def check_padding_mask(mask: object, batch: int, num_instances: int,
     return mask
 
 
+def check_some_real_instance(mask: torch.Tensor, name: str = "padding_mask") -> torch.Tensor:
+    """A checked padding mask must leave every sample at least one real (unpadded) instance.
+
+    A sample with every instance padded has nothing to attend to or pool: NaN downstream.
+    """
+    if has_values(mask) and mask.numel() and bool(mask.all(dim=1).any()):
+        raise ValueError(f"`{name}` marks every instance of some sample as padded; "
+                         f"each sample needs at least one real instance.")
+    return mask
+
+
 def check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """A positive Python (or NumPy) integer, returned as ``int``; bool is rejected."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
-    return value
+    return int(value)
 
 
 def check_class_counts(class_counts: object, num_classes: int) -> torch.Tensor:
@@ -127,7 +235,14 @@ def check_class_counts(class_counts: object, num_classes: int) -> torch.Tensor:
     that are not all whole numbers are rescaled so that the smallest is 1 (whole counts are
     returned as they are), which keeps the losses' "a count of 0 counts as 1" guards inert.
     """
-    counts = torch.as_tensor(class_counts, dtype=torch.float64)
+    if isinstance(class_counts, (str, bytes)):
+        raise TypeError(f"`class_counts` must be a sequence of numbers or a tensor, "
+                        f"got {class_counts!r}.")
+    try:
+        counts = torch.as_tensor(class_counts, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"`class_counts` must be a sequence of numbers or a tensor, "
+                        f"got {class_counts!r} ({err}).") from None
     if counts.dim() != 1 or counts.numel() != num_classes:
         raise ValueError(
             f"`class_counts` must have shape ({num_classes},) (one count per class), "

@@ -11,7 +11,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from micacl_layers._validation import check_floating, check_ndim, check_positive_int, describe
+from micacl_layers._validation import (
+    check_finite_parameters,
+    check_floating,
+    check_ndim,
+    check_padding_mask,
+    check_positive_int,
+    check_some_real_instance,
+    describe,
+    to_parameter_dtype,
+)
 
 __all__ = ["InstanceSelfAttention"]
 
@@ -53,12 +62,23 @@ class InstanceSelfAttention(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Attend across instances and add the result to ``x``."""
+        """Attend across instances and add the result to ``x``.
+
+        Input of another floating dtype than the parameters is cast to theirs (as autocast
+        would); the output has the parameters' dtype outside autocast.
+        """
         x = check_floating("x", x)
         check_ndim("x", x, 3, "(B, T, E)")
         if x.shape[-1] != self.embed_dim:
             raise ValueError(f"`x` must have shape (B, T, E) with E={self.embed_dim}, "
                              f"got {describe(x)}.")
+        if padding_mask is not None:
+            # (A sample whose every key is padded would attend to nothing: NaN.)
+            padding_mask = check_some_real_instance(
+                check_padding_mask(padding_mask, x.shape[0], x.shape[1]))
+        check_finite_parameters(self)
+        # Another floating dtype than the parameters' runs in theirs, as autocast would.
+        x = to_parameter_dtype(x, self.norm.weight)
         y = self.norm(x)
         y, _ = self.attn(y, y, y, key_padding_mask=padding_mask, need_weights=False)
         return x + self.dropout(y)

@@ -28,6 +28,10 @@ from micacl_layers._validation import (
     check_logits_targets,
     check_ndim,
     check_same_batch,
+    describe,
+    has_values,
+    to_parameter_dtype,
+    torchscript_unsupported,
 )
 from micacl_layers.ial import intensity_aware_loss
 
@@ -61,6 +65,11 @@ def _work(t: torch.Tensor) -> torch.Tensor:
     return t.double() if t.dtype == torch.float64 else t.float()
 
 
+def _all_ignored(targets: torch.Tensor, ignore_index: int) -> bool:
+    # (Not decidable on meta, where only shapes exist: computed as if some target counted.)
+    return has_values(targets) and bool((targets == ignore_index).all())
+
+
 def feature_augmentation_loss(
     features: torch.Tensor,
     targets: torch.Tensor,
@@ -75,7 +84,9 @@ def feature_augmentation_loss(
 
     :math:`\mathrm{CE}(g(f + \sigma\,\mathrm{rms}(f)\,\xi), y)`, with the noise scaled by each
     feature vector's (detached) root-mean-square so ``noise_std`` is relative. Gradients reach both
-    the features and the classifier.
+    the features and the classifier. Features of another floating dtype than an ``nn.Module``
+    classifier's parameters (float16/bfloat16 that left an autocast region) are cast to that
+    dtype first, as ``torch.autocast`` would.
 
     Args:
         features: Features fed to the classifier.
@@ -101,19 +112,50 @@ def feature_augmentation_loss(
         >>> loss.backward(); bool(f.grad.abs().sum() > 0)
         True
     """
+    return _feature_augmentation_loss(features, targets, classifier, noise_std=noise_std,
+                                      label_smoothing=label_smoothing,
+                                      ignore_index=ignore_index, generator=generator,
+                                      num_classes=None)
+
+
+def _feature_augmentation_loss(features, targets, classifier, *, noise_std, label_smoothing,
+                               ignore_index, generator, num_classes):
+    """:func:`feature_augmentation_loss`; ``num_classes``: the ``K`` the classifier must give."""
     features = check_floating("features", features)
     check_ndim("features", features, 2, "(B, D)")
-    if noise_std < 0:
-        raise ValueError(f"`noise_std` must be >= 0, got {noise_std!r}.")
+    if not callable(classifier):
+        raise TypeError(f"`classifier` must be a callable mapping features to logits, "
+                        f"got {type(classifier).__name__}.")
+    if (isinstance(noise_std, bool) or not isinstance(noise_std, (int, float))
+            or not 0 <= noise_std < float("inf")):
+        raise ValueError(f"`noise_std` must be >= 0 (finite), got {noise_std!r}.")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"`label_smoothing` must lie in [0, 1], got {label_smoothing!r}.")
+    if isinstance(classifier, nn.Module):
+        # Features that left an autocast region (float16/bfloat16) meet a float32 classifier
+        # outside it here: cast them to its parameters' dtype, as autocast would.
+        parameter = next((p for p in classifier.parameters() if p.is_floating_point()), None)
+        features = to_parameter_dtype(features, parameter)
     rms = features.detach().pow(2).mean(dim=1, keepdim=True).sqrt()
     noise = torch.randn(features.shape, generator=generator, device=features.device,
                         dtype=features.dtype) if generator is not None else torch.randn_like(
                             features)
     augmented = features + noise_std * rms * noise
-    logits = classifier(augmented)
+    try:
+        logits = classifier(augmented)
+    except RuntimeError as err:  # e.g. torch's "shapes cannot be multiplied": say whose
+        raise ValueError(f"`classifier` failed on the augmented `features` "
+                         f"({describe(features)}); pass the classifier that produced `logits` "
+                         f"and the features it saw: {err}") from err
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or (
+            num_classes is not None and logits.shape[1] != num_classes):
+        expected = "(B, K)" if num_classes is None else f"(B, K) with K={num_classes}"
+        raise ValueError(
+            f"`classifier` must map `features` {describe(features)} to logits {expected} "
+            f"(the classifier that produced `logits`), got {describe(logits)}.")
     logits, targets = check_logits_targets(logits, targets, ignore_index=ignore_index)
     check_same_batch(features=features, targets=targets)
-    if bool((targets == ignore_index).all()):
+    if _all_ignored(targets, ignore_index):
         return _work(logits).sum() * 0.0
     return F.cross_entropy(_work(logits), targets, label_smoothing=label_smoothing,
                            ignore_index=ignore_index)
@@ -168,13 +210,14 @@ def classification_enhancement_term(
     logits, targets = check_logits_targets(logits, targets, ignore_index=ignore_index,
                                            min_classes=2)
     for name, value in (("ial_weight", ial_weight), ("aug_weight", aug_weight)):
-        if value < 0:
-            raise ValueError(f"`{name}` must be >= 0, got {value!r}.")
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not 0 <= value < float("inf")):
+            raise ValueError(f"`{name}` must be >= 0 (finite), got {value!r}.")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"`label_smoothing` must lie in [0, 1], got {label_smoothing!r}.")
     work = _work(logits)
     zero = work.sum() * 0.0
-    if bool((targets == ignore_index).all()):
+    if _all_ignored(targets, ignore_index):
         ce = zero
     else:
         ce = F.cross_entropy(work, targets, label_smoothing=label_smoothing,
@@ -189,9 +232,11 @@ def classification_enhancement_term(
             )
         features = check_floating("features", features)
         check_same_batch(logits=logits, features=features)
-        aug = feature_augmentation_loss(features, targets, classifier, noise_std=aug_noise_std,
-                                        label_smoothing=label_smoothing,
-                                        ignore_index=ignore_index, generator=generator)
+        aug = _feature_augmentation_loss(features, targets, classifier,
+                                         noise_std=aug_noise_std,
+                                         label_smoothing=label_smoothing,
+                                         ignore_index=ignore_index, generator=generator,
+                                         num_classes=logits.shape[1])
     else:
         aug = zero
     total = ce + ial_weight * ial + aug_weight * aug
@@ -233,6 +278,8 @@ class ClassificationEnhancementTerm(nn.Module):
         self.aug_weight = aug_weight
         self.aug_noise_std = aug_noise_std
         self.ignore_index = ignore_index
+
+    __prepare_scriptable__ = torchscript_unsupported
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, *,
                 features: torch.Tensor | None = None, classifier: Classifier | None = None,

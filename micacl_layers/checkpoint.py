@@ -41,6 +41,11 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
         >>> load_checkpoint(target)["epoch"]
         3
     """
+    if not isinstance(obj, Mapping):
+        raise TypeError(f"`obj` must be a mapping (e.g. a dict of state dicts and values), "
+                        f"got {type(obj).__name__}; wrap it, e.g. {{'data': obj}}.")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`path` must be a str or os.PathLike, got {type(path).__name__}.")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -103,12 +108,24 @@ def load_state_dict_checked(module: nn.Module, state: Mapping[str, Any], *,
         source: Where the state comes from, for the message.
 
     Raises:
-        CheckpointError: keys are missing or unexpected, or a tensor's shape differs.
+        CheckpointError: keys are missing or unexpected, a value that must be a tensor is not
+            one, or a tensor's shape differs.
 
     Example:
         >>> load_state_dict_checked(nn.Linear(2, 3), nn.Linear(2, 3).state_dict())
     """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"`module` must be an nn.Module, got {type(module).__name__}.")
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{source} holds a {type(state).__name__} where a state dict "
+                              f"(a mapping of names to tensors) was expected.")
     own = module.state_dict()
+    not_tensors = sorted(f"{k}: {type(state[k]).__name__}" for k in own
+                         if k in state and isinstance(own[k], torch.Tensor)
+                         and not isinstance(state[k], torch.Tensor))
+    if not_tensors:
+        raise CheckpointError(f"{source} does not fit {type(module).__name__}: these entries "
+                              f"must be tensors but are not: {not_tensors[:8]}.")
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mismatched = [f"{k}: {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"

@@ -1,4 +1,4 @@
-"""One switch for the optional fast paths.
+"""Two switches: the optional fast paths, and an opt-in check for NaN and inf.
 
 Every layer and loss computes its equations in plain autograd (:mod:`micacl_layers.mccl`,
 :mod:`micacl_layers.wian`). A few of them also have a hand-written fast path (private, in
@@ -21,11 +21,22 @@ and can be changed with :func:`set_fast_paths` or, for a block, :func:`fast_path
 the values agree to float32 rounding (``tests/test_fast_paths.py``); the docs page "Internals"
 says which path runs where.
 
+The second switch, :func:`set_check_finite` / :func:`check_finite` (environment variable
+``MICACL_CHECK_FINITE=1``), works like ``torch.autograd.set_detect_anomaly``: while it is on,
+every layer and loss checks that its floating-point inputs (features, logits, instance weights,
+adjacencies) and its own parameters hold no NaN or inf, and raises a ``ValueError`` naming the
+argument and the first bad index. It is **off** by default because the check reads a flag back
+from the device (a synchronisation on CUDA) at every call; with it off, a NaN or inf in an
+input propagates into the outputs (usually a NaN loss) as it would in plain torch.
+
 Example:
     >>> from micacl_layers import config
     >>> with config.fast_paths("off"):  # plain autograd inside the block
     ...     config.get_fast_paths()
     'off'
+    >>> with config.check_finite():
+    ...     config.get_check_finite()
+    True
 """
 
 from __future__ import annotations
@@ -37,10 +48,21 @@ from typing import Literal
 
 import torch
 
-__all__ = ["ENV_VAR", "FastPaths", "fast_paths", "get_fast_paths", "set_fast_paths"]
+__all__ = [
+    "CHECK_FINITE_ENV_VAR",
+    "ENV_VAR",
+    "FastPaths",
+    "check_finite",
+    "fast_paths",
+    "get_check_finite",
+    "get_fast_paths",
+    "set_check_finite",
+    "set_fast_paths",
+]
 
 FastPaths = Literal["auto", "on", "off"]
 ENV_VAR = "MICACL_FAST_PATHS"
+CHECK_FINITE_ENV_VAR = "MICACL_CHECK_FINITE"
 _MODES = ("auto", "on", "off")
 
 # (kernel, device type, dtype) that "auto" enables: each was measured to pay by
@@ -65,6 +87,20 @@ def _from_environment() -> FastPaths:
 
 
 _mode: FastPaths = _from_environment()
+
+_TRUE = ("1", "true", "on", "yes")
+_FALSE = ("", "0", "false", "off", "no")
+
+
+def _check_finite_from_environment() -> bool:
+    value = os.environ.get(CHECK_FINITE_ENV_VAR, "").strip().lower()
+    if value not in _TRUE + _FALSE:
+        raise ValueError(f"`{CHECK_FINITE_ENV_VAR}` must be one of {_TRUE + _FALSE[1:]}, "
+                         f"got {value!r}.")
+    return value in _TRUE
+
+
+_check_finite: bool = _check_finite_from_environment()
 
 
 def get_fast_paths() -> FastPaths:
@@ -122,6 +158,74 @@ def fast_paths(mode: FastPaths) -> Iterator[None]:
         yield
     finally:
         _mode = previous
+
+
+def _check_flag(enabled: object) -> bool:
+    if not isinstance(enabled, bool):
+        raise TypeError(f"`enabled` must be a bool, got {enabled!r}.")
+    return enabled
+
+
+def get_check_finite() -> bool:
+    """Whether layers and losses check their inputs for NaN and inf (see the module docstring).
+
+    Returns:
+        ``True`` while the check is on.
+
+    Example:
+        >>> get_check_finite() in (True, False)
+        True
+    """
+    return _check_finite
+
+
+def set_check_finite(enabled: bool) -> None:
+    """Turn the NaN/inf check of every layer and loss on or off from now on.
+
+    Args:
+        enabled: ``True`` to check. Off by default: the check synchronises with the device.
+
+    Raises:
+        TypeError: For anything but a bool.
+
+    Example:
+        >>> previous = get_check_finite()
+        >>> set_check_finite(True)
+        >>> import torch
+        >>> from micacl_layers import IntensityAwareLoss
+        >>> nan_logits = torch.tensor([[0.0, float("nan")]])
+        >>> IntensityAwareLoss()(nan_logits, torch.tensor([0]))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        ValueError: `logits` holds nan at index (0, 1) (shape=(1, 2), dtype=torch.float32); ...
+        >>> set_check_finite(previous)
+    """
+    global _check_finite
+    _check_finite = _check_flag(enabled)
+
+
+@contextlib.contextmanager
+def check_finite(enabled: bool = True) -> Iterator[None]:
+    """Context manager: :func:`set_check_finite` for a block, the previous setting restored after.
+
+    Args:
+        enabled: ``True`` (the default) to check inside the block.
+
+    Returns:
+        A context manager; the setting applies inside its block.
+
+    Example:
+        >>> with check_finite():
+        ...     get_check_finite()
+        True
+    """
+    global _check_finite
+    previous = _check_finite
+    set_check_finite(enabled)
+    try:
+        yield
+    finally:
+        _check_finite = previous
 
 
 def enabled(kernel: str, device: torch.device, dtype: torch.dtype) -> bool:

@@ -15,6 +15,15 @@ import torch
 import torch.nn.functional as F
 
 from micacl_layers._fast import contrastive as _fast
+from micacl_layers._validation import (
+    check_floating,
+    check_ndim,
+    check_same_batch,
+    check_targets,
+    describe,
+    has_values,
+    no_autocast,
+)
 
 __all__ = ["supervised_contrastive_per_anchor"]
 
@@ -28,8 +37,44 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
 
 
 def _norm_eps(dtype: torch.dtype) -> float:
-    # sqrt(tiny) keeps cosine defined for feature norms down to ~1e-19 in float32.
+    # Bounds the norm of a row from below; after _row_scale only an all-zero row reaches it.
     return torch.finfo(dtype).tiny ** 0.5
+
+
+def _row_scale(z: torch.Tensor) -> torch.Tensor:
+    """A power of two per row, ``(B, 1)``, with ``max |z_i| / scale_i`` in ``[1, 2)`` (detached).
+
+    Dividing a row by it leaves its direction, so its cosine similarities, unchanged, and keeps
+    the norm of the result in ``[1, 2 sqrt(P))``: the norm can neither overflow (features of
+    1e20 in float32) nor underflow (features of 1e-30), whatever the magnitude. A power of two
+    makes the division exact, so for ordinary magnitudes the values are bit for bit those
+    without it; as a constant factor inside a scale-invariant function it also leaves the
+    gradient exact. All-zero rows get 1.
+    """
+    amax = z.detach().abs().amax(dim=-1, keepdim=True)
+    _, exponent = torch.frexp(amax)  # amax = m * 2**exponent, m in [0.5, 1); 0 -> exponent 0
+    # 2**(exponent - 1) <= amax: never overflows, even for amax near finfo.max.
+    return torch.ldexp(torch.ones_like(amax), exponent - 1)
+
+
+def _normalize(z: torch.Tensor, eps: float) -> torch.Tensor:
+    """``F.normalize(z, dim=-1, eps=eps)`` for rows of any finite magnitude (see _row_scale)."""
+    return F.normalize(z / _row_scale(z), dim=-1, eps=eps)
+
+
+def _check_temperature(temperature: object) -> None:
+    if isinstance(temperature, torch.Tensor):
+        if temperature.numel() != 1 or not temperature.is_floating_point():
+            raise ValueError(f"`temperature` must be a positive finite float or a one-element "
+                             f"floating tensor, got {describe(temperature)}.")
+        if has_values(temperature):
+            value = float(temperature.detach())
+            if not 0.0 < value < float("inf"):
+                raise ValueError(f"`temperature` must be positive and finite, got {value!r}.")
+        return
+    if (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+            or not 0.0 < temperature < float("inf")):
+        raise ValueError(f"`temperature` must be a positive finite float, got {temperature!r}.")
 
 
 def supervised_contrastive_per_anchor(
@@ -56,14 +101,18 @@ def supervised_contrastive_per_anchor(
     Anchors without a positive get an exact 0 that stays connected to the graph (an empty
     batch gives empty outputs).
 
+    Cosine similarities do not depend on the magnitude of the embeddings, over the whole finite
+    range of their dtype: each row is first divided by a power of two near its largest entry,
+    so its norm can neither overflow nor underflow.
+
     Args:
         z: Anchor embeddings (need not be normalised).
-        targets: Anchor class indices.
-        temperature: :math:`\tau`.
+        targets: Anchor class indices (any integer dtype).
+        temperature: :math:`\tau > 0`, finite.
         form: ``"ratio"`` or ``"log"``.
         exclude_self: Drop :math:`j = i` from positives and candidates.
         memory_z: Extra candidates (e.g. a cross-batch memory), never anchors.
-        memory_targets: Their class indices.
+        memory_targets: Their class indices; required with ``memory_z``.
 
     Returns:
         ``(loss, has_positive)``: per-anchor losses in float32 (float64 for float64 input) and a
@@ -81,9 +130,36 @@ def supervised_contrastive_per_anchor(
         >>> has_pos.tolist()
         [True, True, False]
     """
+    z = check_floating("z", z)
+    check_ndim("z", z, 2, "(B, P)")
+    targets = check_targets("targets", targets)
+    check_same_batch(z=z, targets=targets)
+    _check_temperature(temperature)
+    if (memory_z is None) != (memory_targets is None):
+        missing, given = (("memory_targets", "memory_z") if memory_targets is None
+                          else ("memory_z", "memory_targets"))
+        raise ValueError(f"`{missing}` is required with `{given}`: pass both (the extra "
+                         f"candidates and their labels) or neither.")
+    if memory_z is not None:
+        memory_z = check_floating("memory_z", memory_z)
+        check_ndim("memory_z", memory_z, 2, "(M, P)")
+        if memory_z.shape[1] != z.shape[1]:
+            raise ValueError(f"`memory_z` must have shape (M, P) with P={z.shape[1]} like `z`, "
+                             f"got {describe(memory_z)}.")
+        memory_targets = check_targets("memory_targets", memory_targets)
+        check_same_batch(memory_z=memory_z, memory_targets=memory_targets)
+    if form not in _FORMS:
+        raise ValueError(f"`form` must be one of {_FORMS}, got {form!r}.")
+    return contrastive_per_anchor(z, targets, temperature, form=form, exclude_self=exclude_self,
+                                  memory_z=memory_z, memory_targets=memory_targets)
+
+
+def contrastive_per_anchor(z, targets, temperature, *, form, exclude_self, memory_z,
+                           memory_targets):
+    """:func:`supervised_contrastive_per_anchor` on checked inputs (MCCL's inner call)."""
     # Under torch.autocast the matmul below would run in float16/bfloat16 again: the
     # similarities and their log-sum-exp must stay in float32, so autocast is off here.
-    with torch.autocast(z.device.type, enabled=False):
+    with no_autocast(z.device.type):
         return _contrastive_per_anchor(z, targets, temperature, form=form,
                                        exclude_self=exclude_self, memory_z=memory_z,
                                        memory_targets=memory_targets)
@@ -91,8 +167,6 @@ def supervised_contrastive_per_anchor(
 
 def _contrastive_per_anchor(z, targets, temperature, *, form, exclude_self, memory_z,
                             memory_targets):
-    if form not in _FORMS:
-        raise ValueError(f"`form` must be one of {_FORMS}, got {form!r}.")
     dtype = _compute_dtype(z)
     eps = _norm_eps(dtype)
     z = z.to(dtype)
@@ -125,10 +199,10 @@ def _contrastive_reference(
     ``cand_targets`` are the candidates' labels; ``eps`` bounds the norms from below. The
     fast kernel (``micacl_layers._fast.contrastive``) computes the same values.
     """
-    anchors = F.normalize(z, dim=-1, eps=eps)
+    anchors = _normalize(z, eps)
     cands = anchors
     if mem is not None:
-        cands = torch.cat([anchors, F.normalize(mem, dim=-1, eps=eps)], dim=0)
+        cands = torch.cat([anchors, _normalize(mem, eps)], dim=0)
     sim = (anchors @ cands.t()) / temperature
     batch = anchors.shape[0]
     positive = targets[:, None] == cand_targets[None, :]

@@ -15,6 +15,12 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from micacl_layers._validation import (
+    check_floating,
+    check_ndim,
+    describe,
+    torchscript_unsupported,
+)
 from micacl_layers.cet import ClassificationEnhancementTerm, Classifier
 from micacl_layers.mccl import MultiscaleCategoryAwareContrastiveLoss
 
@@ -103,14 +109,17 @@ class MICACLLoss(nn.Module):
         **mccl_options: Any,
     ) -> None:
         super().__init__()
-        if mc_weight < 0:
-            raise ValueError(f"`mc_weight` must be >= 0, got {mc_weight!r}.")
+        if (isinstance(mc_weight, bool) or not isinstance(mc_weight, (int, float))
+                or not 0 <= mc_weight < float("inf")):
+            raise ValueError(f"`mc_weight` must be >= 0 (finite), got {mc_weight!r}.")
         self.mc_weight = float(mc_weight)
         self.cet = ClassificationEnhancementTerm(
             label_smoothing=label_smoothing, ial_weight=ial_weight, aug_weight=aug_weight,
             aug_noise_std=aug_noise_std)
         self.mccl = MultiscaleCategoryAwareContrastiveLoss(
             num_classes, feature_dim, class_counts, scales, **mccl_options)
+
+    __prepare_scriptable__ = torchscript_unsupported
 
     @classmethod
     def from_preset(cls, name: str, num_classes: int, feature_dim: int,
@@ -159,6 +168,18 @@ class MICACLLoss(nn.Module):
         Returns:
             The loss or its breakdown.
         """
+        # The features' size first: the CET feeds them to `classifier`, whose own error for a
+        # wrong size would come from inside torch.
+        features = check_floating("features", features)
+        check_ndim("features", features, 2, "(B, D)")
+        feature_dim, num_classes = self.mccl.feature_dim, self.mccl.num_classes
+        if features.shape[1] != feature_dim:
+            raise ValueError(f"`features` must have shape (B, D) with D={feature_dim} "
+                             f"(feature_dim), got {describe(features)}.")
+        logits = check_floating("logits", logits)
+        if logits.dim() != 2 or logits.shape[1] != num_classes:
+            raise ValueError(f"`logits` must have shape (B, K) with K={num_classes} "
+                             f"(num_classes), got {describe(logits)}.")
         cet = self.cet(logits, targets, features=features, classifier=classifier,
                        return_breakdown=True)
         if self.mc_weight:

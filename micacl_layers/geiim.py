@@ -14,22 +14,32 @@ import torch.nn.functional as F
 from torch import nn
 
 from micacl_layers._validation import (
+    check_finite_parameters,
     check_floating,
     check_ndim,
     check_padding_mask,
     check_positive_int,
+    check_some_real_instance,
     describe,
+    to_parameter_dtype,
+    torchscript_unsupported,
 )
 
 __all__ = ["GEIIM", "graph_propagate", "instance_adjacency"]
 
 
 def _check_padding_mask(padding_mask: object, batch: int, num_instances: int) -> torch.Tensor:
-    padding_mask = check_padding_mask(padding_mask, batch, num_instances)
-    if bool(padding_mask.all(dim=1).any()):
-        raise ValueError("`padding_mask` marks every instance of some sample as padded; "
-                         "each sample needs at least one real instance.")
-    return padding_mask
+    return check_some_real_instance(check_padding_mask(padding_mask, batch, num_instances))
+
+
+def _check_any_batch_mask(padding_mask: object, num_instances: int) -> torch.Tensor:
+    """A padding mask ``(B, T)`` of any batch size ``B`` (the adjacency alone fixes only ``T``)."""
+    is_matrix = isinstance(padding_mask, torch.Tensor) and padding_mask.dim() == 2
+    batch = padding_mask.shape[0] if is_matrix else 0
+    if isinstance(padding_mask, torch.Tensor) and not is_matrix:
+        raise ValueError(f"`padding_mask` must have shape (B, T) with T={num_instances}, "
+                         f"got {describe(padding_mask)}.")
+    return _check_padding_mask(padding_mask, batch, num_instances)
 
 
 def instance_adjacency(
@@ -63,6 +73,23 @@ def instance_adjacency(
         >>> a.shape, bool(torch.allclose(a.sum(-1), torch.ones(4)))
         (torch.Size([4, 4]), True)
     """
+    node_src = check_floating("node_src", node_src)
+    check_ndim("node_src", node_src, 2, "(T, d)")
+    node_dst = check_floating("node_dst", node_dst)
+    check_ndim("node_dst", node_dst, 2, "(d, T)")
+    num_instances, node_dim = node_src.shape
+    if tuple(node_dst.shape) != (node_dim, num_instances):
+        raise ValueError(f"`node_dst` must have shape (d, T)=({node_dim}, {num_instances}) to "
+                         f"match `node_src` of {describe(node_src)}, got {describe(node_dst)}.")
+    if padding_mask is not None:
+        padding_mask = _check_any_batch_mask(padding_mask, num_instances)
+    # Two dtypes (e.g. one embedding from an autocast region): compute in the wider one.
+    dtype = torch.promote_types(node_src.dtype, node_dst.dtype)
+    return _instance_adjacency(node_src.to(dtype), node_dst.to(dtype), padding_mask)
+
+
+def _instance_adjacency(node_src: torch.Tensor, node_dst: torch.Tensor,
+                        padding_mask: torch.Tensor | None) -> torch.Tensor:
     scores = F.relu(node_src @ node_dst)
     if padding_mask is None:
         return scores.softmax(dim=-1)
@@ -93,6 +120,26 @@ def graph_propagate(x: torch.Tensor, adjacency: torch.Tensor, alpha: torch.Tenso
         >>> bool(torch.allclose(graph_propagate(x, torch.eye(4), 0.3), x))
         True
     """
+    x = check_floating("x", x)
+    check_ndim("x", x, 3, "(B, T, C)")
+    adjacency = check_floating("adjacency", adjacency)
+    batch, num_instances = x.shape[:2]
+    if not (tuple(adjacency.shape) == (num_instances, num_instances)
+            or tuple(adjacency.shape) == (batch, num_instances, num_instances)):
+        raise ValueError(f"`adjacency` must have shape (T, T)=({num_instances}, "
+                         f"{num_instances}) or (B, T, T)=({batch}, {num_instances}, "
+                         f"{num_instances}) for `x` of {describe(x)}, got {describe(adjacency)}.")
+    if isinstance(alpha, torch.Tensor):
+        if alpha.numel() != 1 or not alpha.is_floating_point():
+            raise ValueError(f"`alpha` must be a float in [0, 1] or a one-element floating "
+                             f"tensor, got {describe(alpha)}.")
+    elif isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise ValueError(f"`alpha` must be a float in [0, 1], got {alpha!r}.")
+    return _graph_propagate(x, adjacency, alpha)
+
+
+def _graph_propagate(x: torch.Tensor, adjacency: torch.Tensor, alpha: torch.Tensor | float
+                     ) -> torch.Tensor:
     return alpha * x + (1.0 - alpha) * torch.matmul(adjacency.to(x.dtype), x)
 
 
@@ -111,6 +158,12 @@ class GEIIM(nn.Module):
 
     Padded instances (``padding_mask``) neither send messages nor enter the convolutions, and
     come out unchanged.
+
+    Input of another floating dtype than the parameters (float16/bfloat16 that left an autocast
+    region, float64 data) is cast to the parameters' dtype, as ``torch.autocast`` would, and the
+    output has the parameters' dtype (under an active autocast, autocast decides).
+    TorchScript is not supported (``torch.jit.script`` raises a ``RuntimeError`` saying so);
+    ``torch.compile`` is.
 
     Args:
         num_instances: Number of instances ``T`` per clip (the graph has ``T`` nodes).
@@ -198,6 +251,8 @@ class GEIIM(nn.Module):
             nn.init.zeros_(self.fuse.weight)
             nn.init.zeros_(self.fuse.bias)
 
+    __prepare_scriptable__ = torchscript_unsupported
+
     @property
     def alpha(self) -> torch.Tensor:
         """The effective mixing coefficient :math:`\\alpha \\in [0, 1]` of Eq. 2."""
@@ -205,7 +260,9 @@ class GEIIM(nn.Module):
 
     def adjacency(self, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The current adjacency of Eq. 1, ``(T, T)`` (or ``(B, T, T)`` given a padding mask)."""
-        return instance_adjacency(self.node_src, self.node_dst, padding_mask=padding_mask)
+        if padding_mask is not None:
+            padding_mask = _check_any_batch_mask(padding_mask, self.num_instances)
+        return _instance_adjacency(self.node_src, self.node_dst, padding_mask)
 
     def forward(
         self,
@@ -233,9 +290,13 @@ class GEIIM(nn.Module):
             )
         if padding_mask is not None:
             padding_mask = _check_padding_mask(padding_mask, x.shape[0], self.num_instances)
+        check_finite_parameters(self)
+        # Another floating dtype than the parameters' (float16/bfloat16 from an autocast
+        # region, float64 data) is computed in the parameters' dtype, as autocast would.
+        x = to_parameter_dtype(x, self.node_src)
 
-        adjacency = self.adjacency(padding_mask)
-        h = graph_propagate(x, adjacency, self.alpha.to(x.dtype))
+        adjacency = _instance_adjacency(self.node_src, self.node_dst, padding_mask)
+        h = _graph_propagate(x, adjacency, self.alpha.to(x.dtype))
         if self.temporal_convs is not None:
             keep = None if padding_mask is None else (~padding_mask).unsqueeze(-1).to(h.dtype)
             inp = h if keep is None else h * keep

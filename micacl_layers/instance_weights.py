@@ -19,6 +19,7 @@ from micacl_layers._validation import (
     check_padding_mask,
     check_positive_int,
     describe,
+    to_parameter_dtype,
 )
 
 __all__ = ["WEIGHT_MODES", "InstanceWeights", "instance_weights"]
@@ -132,6 +133,8 @@ class InstanceWeights(nn.Module):
         if h.shape[-1] != self.in_features:
             raise ValueError(f"`h` must have shape (B, T, C) with C={self.in_features}, "
                              f"got {describe(h)}.")
+        if isinstance(self.proj, nn.Linear):  # another dtype runs in the projection's
+            h = to_parameter_dtype(h, self.proj.weight)
         return instance_weights(self.proj(h), mode=self.mode, padding_mask=padding_mask)
 
     def extra_repr(self) -> str:

@@ -37,18 +37,24 @@ from micacl_layers._fast import contrastive as _fast
 from micacl_layers._fast.onednn import FastLinear
 from micacl_layers._validation import (
     check_class_counts,
+    check_finite_parameters,
     check_floating,
     check_logits_targets,
     check_ndim,
     check_positive_int,
     check_same_batch,
+    check_targets,
     describe,
+    has_values,
+    to_parameter_dtype,
+    torchscript_unsupported,
 )
 from micacl_layers.contrastive import (
     Form,
     _compute_dtype,
     _contrastive_reference,
     _norm_eps,
+    contrastive_per_anchor,
     supervised_contrastive_per_anchor,
 )
 from micacl_layers.distributed import gather_with_grad, gather_without_grad, is_distributed
@@ -132,6 +138,15 @@ def category_aware_weights(
         >>> w
         tensor([0.2500, 0.2500, 0.7500])
     """
+    logits, targets = check_logits_targets(logits, targets)
+    class_counts = _check_counts(class_counts, logits.shape[1])
+    return _category_aware_weights(logits, targets, class_counts,
+                                   class_weighting=class_weighting, difficulty=difficulty,
+                                   detach_difficulty=detach_difficulty)
+
+
+def _category_aware_weights(logits, targets, class_counts, *, class_weighting, difficulty,
+                            detach_difficulty):
     dtype = _compute_dtype(logits)
     weights = torch.ones(targets.shape[0], dtype=dtype, device=logits.device)
     if class_weighting:
@@ -178,8 +193,46 @@ def adaptive_temperature(
     """
     if mode not in _TEMPERATURES:
         raise ValueError(f"`temperature` must be one of {_TEMPERATURES}, got {mode!r}.")
-    if not tau0 > 0:
-        raise ValueError(f"`tau0` must be > 0, got {tau0!r}.")
+    _check_tau0(tau0)
+    class_counts = _check_counts(class_counts, None)
+    if mode == "batch_mean" and targets is not None:
+        targets = check_targets("targets", targets, class_counts.shape[-1])
+    return _adaptive_temperature(class_counts, tau0, mode=mode, targets=targets)
+
+
+def _check_counts(class_counts: object, num_classes: int | None) -> torch.Tensor:
+    """Counts for the functional forms: ``(K,)`` finite numbers >= 0 (zeros count as 1)."""
+    if not isinstance(class_counts, torch.Tensor):
+        if isinstance(class_counts, (str, bytes)):
+            raise TypeError(f"`class_counts` must be a sequence of numbers or a tensor, "
+                            f"got {class_counts!r}.")
+        try:
+            class_counts = torch.as_tensor(class_counts, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"`class_counts` must be a sequence of numbers or a tensor, "
+                            f"got {class_counts!r}.") from None
+    if class_counts.is_complex() or class_counts.dtype == torch.bool:
+        raise TypeError(f"`class_counts` must hold real numbers, got {describe(class_counts)}.")
+    expected = "(K,)" if num_classes is None else f"({num_classes},)"
+    if class_counts.dim() != 1 or not class_counts.numel() or (num_classes is not None
+                                   and class_counts.shape[0] != num_classes):
+        raise ValueError(f"`class_counts` must have shape {expected} (one count per class), "
+                         f"got {describe(class_counts)}.")
+    if has_values(class_counts) and class_counts.numel():
+        bad = ~torch.isfinite(class_counts) | (class_counts < 0)
+        if bool(bad.any()):
+            raise ValueError(f"`class_counts` must be finite and >= 0, "
+                             f"got {class_counts.tolist()}.")
+    return class_counts
+
+
+def _check_tau0(tau0: object) -> None:
+    if (isinstance(tau0, bool) or not isinstance(tau0, (int, float))
+            or not 0 < tau0 < float("inf")):
+        raise ValueError(f"`tau0` must be a positive float (finite), got {tau0!r}.")
+
+
+def _adaptive_temperature(class_counts, tau0, *, mode, targets):
     counts = class_counts.to(torch.float64)
     if mode == "fixed":
         return torch.tensor(float(tau0), dtype=torch.float64, device=counts.device)
@@ -209,6 +262,17 @@ def pool_features(features: torch.Tensor, scale: int) -> torch.Tensor:
         >>> pool_features(torch.arange(8.0)[None], 4)
         tensor([[1.5000, 5.5000]])
     """
+    features = check_floating("features", features)
+    check_ndim("features", features, 2, "(B, D)")
+    check_positive_int("scale", scale)
+    if scale > features.shape[1]:
+        raise ValueError(f"`scale` must lie in [1, D={features.shape[1]}] so that D // scale "
+                         f"features remain, got {scale!r} for `features` of "
+                         f"{describe(features)}.")
+    return _pool_features(features, scale)
+
+
+def _pool_features(features: torch.Tensor, scale: int) -> torch.Tensor:
     if scale == 1:
         return features
     batch, dim = features.shape
@@ -284,11 +348,8 @@ class MCCLOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", _check_scales(self.scales))
-        tau0 = self.tau0
-        if (isinstance(tau0, bool) or not isinstance(tau0, (int, float))
-                or not 0 < tau0 < float("inf")):
-            raise ValueError(f"`tau0` must be a positive float (finite), got {tau0!r}.")
-        object.__setattr__(self, "tau0", float(tau0))
+        _check_tau0(self.tau0)
+        object.__setattr__(self, "tau0", float(self.tau0))
         _check_choice("temperature", self.temperature, _TEMPERATURES)
         _check_choice("form", self.form, _FORMS)
         _check_choice("reduction", self.reduction, _REDUCTIONS)
@@ -333,7 +394,7 @@ def multiscale_category_aware_contrastive_loss(
     Args:
         features: Clip features :math:`X'`.
         logits: Classifier logits :math:`y_p` (for the difficulty factor of Eq. 7).
-        targets: Class indices (int64).
+        targets: Class indices (any integer dtype).
         class_counts: Samples per class :math:`n_c`, ``(K,)``, all > 0.
         scales: Pooling factors ``s``; each gives ``D // s`` pooled features.
         projections: One callable per scale (e.g. ``nn.Linear(D // s, P)``); ``None`` means
@@ -417,16 +478,16 @@ def _multiscale_loss(
         raise ValueError(f"`memory` must hold one embedding tensor per scale ({len(scales)}), "
                          f"got {len(memory[0])}.")
 
-    weights = category_aware_weights(  # Eq. 7
+    weights = _category_aware_weights(  # Eq. 7
         logits, targets, counts, class_weighting=options.class_weighting,
         difficulty=options.difficulty, detach_difficulty=options.detach_difficulty)
-    tau = adaptive_temperature(counts, options.tau0, mode=options.temperature,  # Eq. 10
-                               targets=targets)
+    tau = _adaptive_temperature(counts, options.tau0, mode=options.temperature,  # Eq. 10
+                                targets=targets)
     per_scale: list[torch.Tensor] = []
     embeddings: list[torch.Tensor | None] = []
     has_positive = targets.new_zeros(0, dtype=torch.bool)
     for idx, s in enumerate(scales):
-        z = pool_features(features, s)  # Eq. 8: Pool_s ...
+        z = _pool_features(features, s)  # Eq. 8: Pool_s ...
         projection = None if projections is None else projections[idx]
         if memory is None and not need_embeddings and _fast.projected_applies(projection, z, tau):
             dtype = _compute_dtype(z)
@@ -439,7 +500,7 @@ def _multiscale_loss(
                 z = projection(z)  # ... then Proj_s
             embeddings.append(z)
             mem_z, mem_t = (None, None) if memory is None else (memory[0][idx], memory[1])
-            loss_s, has_positive = supervised_contrastive_per_anchor(  # Eq. 9, 11
+            loss_s, has_positive = contrastive_per_anchor(  # Eq. 9, 11
                 z, targets, tau, form=options.form, exclude_self=options.exclude_self,
                 memory_z=mem_z, memory_targets=mem_t)
         per_scale.append(_reduce(loss_s * weights, has_positive, options.reduction))
@@ -465,6 +526,13 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
 
     See :func:`multiscale_category_aware_contrastive_loss` for the computation; every choice
     where the paper is ambiguous is documented on the "Paper to code" page.
+
+    Dtypes: features of another floating dtype than the projections (float16/bfloat16 features
+    that left an autocast region, float64 data) are cast to the projections' dtype before they
+    are projected, as ``torch.autocast`` would cast them (under an active autocast, autocast
+    decides); the similarities then run in float32 (float64 for float64 parameters). Targets
+    may have any integer dtype. TorchScript is not supported (``torch.jit.script`` raises a
+    ``RuntimeError`` that says so); ``torch.compile`` is.
 
     Args:
         num_classes: Number of classes ``K``.
@@ -498,7 +566,7 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
     Shape:
         - features: :math:`(B, D)`
         - logits: :math:`(B, K)`
-        - targets: :math:`(B,)`, int64
+        - targets: :math:`(B,)`, any integer dtype
         - Output: :math:`()`, or :math:`(B,)` for ``reduction="none"``
 
     Example:
@@ -567,6 +635,8 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
         dims = [projection_dim or feature_dim // s for s in self.scales]
         self.memory = ContrastMemory(memory_size, dims, device=device) if memory_size else None
 
+    __prepare_scriptable__ = torchscript_unsupported
+
     def reset_memory(self) -> None:
         """Empty the cross-batch memory (no-op without one)."""
         if self.memory is not None:
@@ -584,6 +654,8 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
 
     def update_class_counts(self, targets: torch.Tensor) -> None:
         """Add a batch of labels to the running counts (done by ``forward`` in training mode)."""
+        if not has_values(targets):  # meta: shapes only, nothing to count
+            return
         self.class_counts += torch.bincount(targets.to(self.class_counts.device),
                                             minlength=self.num_classes)
 
@@ -624,6 +696,11 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
                              f"(num_classes), got {describe(logits)}.")
         logits, targets = check_logits_targets(logits, targets)
         check_same_batch(features=features, logits=logits, targets=targets)
+        check_finite_parameters(self)
+        if self.projections is not None:
+            # Features from an autocast region (float16/bfloat16) or float64 data meet the
+            # projections in their dtype, as autocast would cast them.
+            features = to_parameter_dtype(features, self.projections[0].weight)
         if self.gather_distributed and is_distributed():
             # Every rank computes the loss of the global batch; see micacl_layers.distributed
             # for why DDP then needs no gradient rescaling.

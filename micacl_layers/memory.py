@@ -13,7 +13,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from micacl_layers._validation import check_positive_int
+from micacl_layers._validation import (
+    check_floating,
+    check_ndim,
+    check_positive_int,
+    check_targets,
+    describe,
+    has_values,
+    torchscript_unsupported,
+)
 
 __all__ = ["ContrastMemory"]
 
@@ -44,7 +52,14 @@ class ContrastMemory(nn.Module):
                  ) -> None:
         super().__init__()
         self.size = check_positive_int("memory_size", size)
-        self.dims = tuple(int(d) for d in dims)
+        try:
+            dims = tuple(dims)
+        except TypeError:
+            raise TypeError(f"`dims` must be a sequence of positive ints (one embedding size "
+                            f"per scale), got {dims!r}.") from None
+        if not dims:
+            raise ValueError("`dims` must hold at least one embedding size, got ().")
+        self.dims = tuple(check_positive_int("dims", d) for d in dims)
         for i, d in enumerate(self.dims):
             self.register_buffer(f"features_{i}", torch.zeros(size, d, device=device,
                                                                 dtype=dtype or torch.float32))
@@ -55,15 +70,48 @@ class ContrastMemory(nn.Module):
     def _features(self, i: int) -> torch.Tensor:
         return getattr(self, f"features_{i}")
 
+    __prepare_scriptable__ = torchscript_unsupported
+
     @torch.no_grad()
     def push(self, embeddings: list[torch.Tensor], targets: torch.Tensor) -> None:
-        """Enqueue a batch (detached), overwriting the oldest entries."""
-        if len(embeddings) != len(self.dims):
-            raise ValueError(f"`embeddings` must hold one tensor per scale ({len(self.dims)}), "
-                             f"got {len(embeddings)}.")
+        """Enqueue a batch (detached), overwriting the oldest entries.
+
+        Samples with a negative target (``ignore_index``, e.g. -100) are not stored: they take
+        no slot, so they never push out a valid older entry. On ``meta`` nothing is stored.
+
+        Args:
+            embeddings: One ``(B, dims[s])`` floating tensor per scale.
+            targets: ``(B,)`` class indices (any integer dtype).
+
+        Raises:
+            TypeError: ``embeddings`` is not a list/tuple of floating tensors, or ``targets``
+                are not integer.
+            ValueError: A count or shape does not match ``dims`` or the targets.
+        """
+        if not isinstance(embeddings, (list, tuple)) or len(embeddings) != len(self.dims):
+            got = len(embeddings) if isinstance(embeddings, (list, tuple)) else describe(
+                embeddings)
+            raise ValueError(f"`embeddings` must be a list holding one tensor per scale "
+                             f"({len(self.dims)}), got {got}.")
+        targets = check_targets("targets", targets)
         n = targets.shape[0]
-        if n == 0:
+        for i, (emb, dim) in enumerate(zip(embeddings, self.dims, strict=True)):
+            emb = check_floating(f"embeddings[{i}]", emb)
+            check_ndim(f"embeddings[{i}]", emb, 2, "(B, dims[s])")
+            if tuple(emb.shape) != (n, dim):
+                raise ValueError(f"`embeddings[{i}]` must have shape (B, dims[{i}])=({n}, {dim}) "
+                                 f"(B from `targets`), got {describe(emb)}.")
+        if n == 0 or not has_values(targets) or not has_values(self.targets):
             return
+        # Ignored samples (negative targets) take no slot: the queue never loses a valid
+        # entry to them.
+        valid = targets >= 0
+        if not bool(valid.all()):
+            targets = targets[valid]
+            embeddings = [emb[valid.to(emb.device)] for emb in embeddings]
+            n = targets.shape[0]
+            if n == 0:
+                return
         # With a batch larger than the queue only its newest `size` samples fit.
         keep = min(n, self.size)
         start = int(self.pointer)
@@ -80,6 +128,8 @@ class ContrastMemory(nn.Module):
         return [self._features(i)[filled] for i in range(len(self.dims))], self.targets[filled]
 
     def __len__(self) -> int:
+        if not has_values(self.targets):  # meta: shapes only, nothing stored
+            return 0
         return int((self.targets >= 0).sum())
 
     @torch.no_grad()

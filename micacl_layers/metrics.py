@@ -15,32 +15,24 @@ from __future__ import annotations
 
 import torch
 
+from micacl_layers._validation import check_finite, check_positive_int, describe
+
 __all__ = ["ConfusionMatrix", "confusion_matrix", "per_class_recall", "uar", "war"]
-
-
-def _describe(t: torch.Tensor) -> str:
-    return f"shape {tuple(t.shape)}, dtype {t.dtype}"
-
-
-def _check_num_classes(num_classes: int) -> int:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    return num_classes
 
 
 def _check_labels(t: object, name: str, num_classes: int) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}")
     if t.ndim != 1:
-        raise ValueError(f"{name} must be 1-D class indices (B,), got {_describe(t)}")
+        raise ValueError(f"`{name}` must be 1-D class indices (B,), got {describe(t)}")
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise ValueError(f"{name} must hold integer class indices, got {_describe(t)}")
+        raise ValueError(f"`{name}` must hold integer class indices, got {describe(t)}")
     if t.numel() > 0:
         lo, hi = int(t.min()), int(t.max())
         if lo < 0 or hi >= num_classes:
             bad = lo if lo < 0 else hi
             raise ValueError(
-                f"{name} ({_describe(t)}) holds class index {bad}, expected indices in "
+                f"`{name}` ({describe(t)}) holds class index {bad}, expected indices in "
                 f"[0, {num_classes - 1}] for num_classes={num_classes}"
             )
     return t.long()
@@ -48,13 +40,15 @@ def _check_labels(t: object, name: str, num_classes: int) -> torch.Tensor:
 
 def _check_cm(cm: object) -> torch.Tensor:
     if not isinstance(cm, torch.Tensor):
-        raise TypeError(f"cm must be a torch.Tensor, got {type(cm).__name__}")
+        raise TypeError(f"`cm` must be a torch.Tensor, got {type(cm).__name__}")
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] == 0:
-        raise ValueError(f"cm must be a square (K, K) matrix with K >= 1, got {_describe(cm)}")
+        raise ValueError(f"`cm` must be a square (K, K) matrix with K >= 1, got {describe(cm)}")
     if cm.is_complex() or cm.dtype == torch.bool:
-        raise ValueError(f"cm must hold counts (integer or float), got {_describe(cm)}")
+        raise ValueError(f"`cm` must hold counts (integer or float), got {describe(cm)}")
+    if cm.is_floating_point() and not bool(torch.isfinite(cm).all()):
+        raise ValueError(f"`cm` ({describe(cm)}) holds NaN or inf counts")
     if bool((cm < 0).any()):
-        raise ValueError(f"cm ({_describe(cm)}) holds negative counts")
+        raise ValueError(f"`cm` ({describe(cm)}) holds negative counts")
     return cm
 
 
@@ -88,15 +82,15 @@ def confusion_matrix(
                 [0, 1, 0],
                 [0, 1, 1]])
     """
-    k = _check_num_classes(num_classes)
+    k = check_positive_int("num_classes", num_classes)
     p = _check_labels(preds, "preds", k)
     t = _check_labels(targets, "targets", k)
     if p.shape != t.shape:
         raise ValueError(
-            f"preds ({_describe(p)}) and targets ({_describe(t)}) must have the same length"
+            f"`preds` ({describe(p)}) and `targets` ({describe(t)}) must have the same length"
         )
     if p.device != t.device:
-        raise ValueError(f"preds is on {p.device} but targets is on {t.device}")
+        raise ValueError(f"`preds` is on {p.device} but `targets` is on {t.device}")
     flat = torch.bincount(t * k + p, minlength=k * k)
     return flat.reshape(k, k)
 
@@ -206,7 +200,7 @@ class ConfusionMatrix:
     """
 
     def __init__(self, num_classes: int) -> None:
-        self.num_classes = _check_num_classes(num_classes)
+        self.num_classes = check_positive_int("num_classes", num_classes)
         self._cm = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
 
     @torch.no_grad()
@@ -224,32 +218,34 @@ class ConfusionMatrix:
         """
         p = preds_or_logits
         if not isinstance(p, torch.Tensor):
-            raise TypeError(f"preds_or_logits must be a torch.Tensor, got {type(p).__name__}")
+            raise TypeError(f"`preds_or_logits` must be a torch.Tensor, got {type(p).__name__}")
         k = self.num_classes
         if p.ndim == 2:
             if not p.is_floating_point():
                 raise ValueError(
-                    f"preds_or_logits with 2 dims must be floating scores (B, {k}), got "
-                    f"{_describe(p)}"
+                    f"`preds_or_logits` with 2 dims must be floating scores (B, {k}), got "
+                    f"{describe(p)}"
                 )
             if p.shape[1] != k:
                 raise ValueError(
-                    f"preds_or_logits ({_describe(p)}) must have {k} scores per row "
+                    f"`preds_or_logits` ({describe(p)}) must have {k} scores per row "
                     f"(num_classes={k})"
                 )
+            # (A NaN score would silently win the arg-max; checked with config.check_finite.)
+            check_finite("preds_or_logits", p)
             p = p.argmax(dim=1)
         elif p.ndim == 1:
             if p.is_floating_point():
                 raise ValueError(
-                    f"preds_or_logits with 1 dim must be integer class indices (B,), got "
-                    f"{_describe(p)}; pass (B, {k}) logits for scores"
+                    f"`preds_or_logits` with 1 dim must be integer class indices (B,), got "
+                    f"{describe(p)}; pass (B, {k}) logits for scores"
                 )
         else:
             raise ValueError(
-                f"preds_or_logits must be (B, {k}) scores or (B,) indices, got {_describe(p)}"
+                f"`preds_or_logits` must be (B, {k}) scores or (B,) indices, got {describe(p)}"
             )
         if not isinstance(targets, torch.Tensor):
-            raise TypeError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
+            raise TypeError(f"`targets` must be a torch.Tensor, got {type(targets).__name__}")
         cm = confusion_matrix(p.detach().cpu(), targets.detach().cpu(), k)
         self._cm += cm
 

@@ -45,9 +45,10 @@ def _restore_fast_paths():
     """A test that changes the fast-path switch cannot leak it into the next one."""
     from micacl_layers import config
 
-    mode = config.get_fast_paths()
+    mode, check = config.get_fast_paths(), config.get_check_finite()
     yield
     config.set_fast_paths(mode)
+    config.set_check_finite(check)  # the NaN/inf check likewise
 
 
 def pytest_collection_modifyitems(config, items):

@@ -96,25 +96,32 @@ def test_integer_dtypes_accepted(dtype):
 
 def test_input_validation_messages():
     t = torch.tensor([0, 1, 2])
-    with pytest.raises(ValueError, match=r"targets \(shape \(3,\), dtype torch.int64\) holds "
+    with pytest.raises(ValueError, match=r"`targets` \(shape=\(3,\), dtype=torch.int64\) holds "
                                          r"class index 7, expected indices in \[0, 2\]"):
         confusion_matrix(t, torch.tensor([0, 1, 7]), 3)
     with pytest.raises(ValueError, match=r"preds.*class index -1"):
         confusion_matrix(torch.tensor([0, -1, 2]), t, 3)
-    with pytest.raises(ValueError, match=r"preds must be 1-D.*shape \(3, 1\)"):
+    with pytest.raises(ValueError, match=r"`preds` must be 1-D.*shape=\(3, 1\)"):
         confusion_matrix(t.view(3, 1), t, 3)
-    with pytest.raises(ValueError, match=r"preds must hold integer.*float32"):
+    with pytest.raises(ValueError, match=r"`preds` must hold integer.*float32"):
         confusion_matrix(t.float(), t, 3)
     with pytest.raises(ValueError, match="same length"):
         confusion_matrix(t, t[:2], 3)
     with pytest.raises(ValueError, match="num_classes"):
         confusion_matrix(t, t, 0)
-    with pytest.raises(TypeError, match=r"preds must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"`preds` must be a torch.Tensor"):
         confusion_matrix([0, 1], t, 3)
-    with pytest.raises(ValueError, match=r"cm must be a square.*shape \(2, 3\)"):
+    with pytest.raises(ValueError, match=r"`cm` must be a square.*shape=\(2, 3\)"):
         war(torch.zeros(2, 3))
     with pytest.raises(ValueError, match="negative"):
         uar(torch.tensor([[1, -1], [0, 1]]))
+    with pytest.raises(ValueError, match="`cm`.*NaN or inf"):
+        uar(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]))
+    with pytest.raises(ValueError, match="`num_classes` must be a positive int"):
+        confusion_matrix(t, t, True)
+    # Any integer dtype is a class index (the shared check of micacl_layers._validation).
+    assert torch.equal(confusion_matrix(t.to(torch.uint8), t.to(torch.int16), 3),
+                       confusion_matrix(t, t, 3))
 
 
 def test_accumulator_logits_and_indices_agree_and_accumulate():
@@ -146,13 +153,13 @@ def test_accumulator_logits_and_indices_agree_and_accumulate():
 def test_accumulator_validation():
     m = ConfusionMatrix(3)
     t = torch.tensor([0, 1])
-    with pytest.raises(ValueError, match=r"shape \(2, 4\).*must have 3 scores per row"):
+    with pytest.raises(ValueError, match=r"shape=\(2, 4\).*must have 3 scores per row"):
         m.update(torch.randn(2, 4), t)
     with pytest.raises(ValueError, match=r"1 dim must be integer.*float32"):
         m.update(torch.tensor([0.0, 1.0]), t)
     with pytest.raises(ValueError, match="2 dims must be floating"):
         m.update(torch.tensor([[0, 1, 2], [0, 1, 2]]), t)
-    with pytest.raises(ValueError, match=r"shape \(2, 3, 1\)"):
+    with pytest.raises(ValueError, match=r"shape=\(2, 3, 1\)"):
         m.update(torch.randn(2, 3, 1), t)
     with pytest.raises(ValueError, match=r"targets.*class index 3"):
         m.update(torch.randn(2, 3), torch.tensor([0, 3]))

@@ -304,3 +304,463 @@ def test_good_inputs_pass():
     InstanceWeights(4)(feats(2, 3, 4), torch.zeros(2, 3, dtype=bool))
     InstanceSelfAttention(8, num_heads=2)(feats(2, 3, 8))
     MICACLLoss(K, D, aug_weight=0)(feats(B, D), feats(B, K), targets())
+
+
+# ============================================================================================
+# Issue 14: the holes an independent adversarial suite found, one block per family. Each test
+# reproduces the issue's example (which failed on the code before the fix).
+# ============================================================================================
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from micacl_layers import config  # noqa: E402
+from micacl_layers.checkpoint import (  # noqa: E402
+    CheckpointError,
+    load_state_dict_checked,
+    save_checkpoint,
+)
+from micacl_layers.functional import (  # noqa: E402
+    category_aware_weights,
+    graph_propagate,
+    instance_adjacency,
+    pool_features,
+    supervised_contrastive_per_anchor,
+)
+from micacl_layers.memory import ContrastMemory  # noqa: E402
+from micacl_layers.metrics import ConfusionMatrix  # noqa: E402
+from micacl_layers.models import MICACLHead  # noqa: E402
+
+INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.uint8)
+COUNTS = [5, 3, 2]
+
+
+def _batch(seed=0, b=6, d=D, k=K):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(b, d, generator=g), torch.randn(b, k, generator=g),
+            torch.arange(b) % k)
+
+
+def _target_calls():
+    """Every public entry that takes class indices: name -> f(targets) -> output."""
+    f, z, _ = _batch()
+    lin = nn.Linear(D, K)
+
+    def seeded(fn):
+        def call(y):
+            torch.manual_seed(0)
+            return fn(y)
+        return call
+
+    return {
+        "MCCLoss": lambda y: mccl()(f, z, y),
+        "mccl_loss": lambda y: multiscale_category_aware_contrastive_loss(f, z, y, COUNTS),
+        "IntensityAwareLoss": lambda y: IntensityAwareLoss()(z, y),
+        "CET": seeded(lambda y: ClassificationEnhancementTerm()(z, y, features=f,
+                                                                classifier=lin)),
+        "MICACLLoss": seeded(lambda y: MICACLLoss(K, D, COUNTS, projection_dim=4)(
+            f, z, y, classifier=lin)),
+        "supervised_contrastive_per_anchor":
+            lambda y: supervised_contrastive_per_anchor(f, y, 0.1)[0],
+        "category_aware_weights": lambda y: category_aware_weights(z, y, torch.tensor(COUNTS)),
+        "adaptive_temperature": lambda y: adaptive_temperature(
+            torch.tensor([5.0, 3.0, 2.0]), 0.1, mode="batch_mean", targets=y),
+        "ContrastMemory.push": lambda y: _pushed(f, y),
+        "ConfusionMatrix": lambda y: _confusion(z, y),
+    }
+
+
+def _pushed(f, y):
+    mem = ContrastMemory(8, dims=(D,))
+    mem.push([f], y)
+    return mem.get()[1]
+
+
+def _confusion(z, y):
+    m = ConfusionMatrix(K)
+    m.update(z, y)
+    return m.compute()
+
+
+@pytest.mark.parametrize("dtype", INT_DTYPES, ids=str)
+@pytest.mark.parametrize("name", list(_target_calls()))
+def test_family1_any_integer_dtype_is_a_class_index(name, dtype):
+    """Issue example: `t.short()` raised IndexError, `t.to(torch.uint8)` was read as a mask."""
+    call = _target_calls()[name]
+    _, _, y = _batch()
+    torch.manual_seed(0)
+    expected = call(y)
+    torch.manual_seed(0)
+    got = call(y.to(dtype))
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("name", [n for n in _target_calls() if n != "ConfusionMatrix"])
+def test_family1_bool_targets_are_rejected(name):
+    _, _, y = _batch()
+    with pytest.raises(TypeError, match="`targets` must hold integer class indices"):
+        _target_calls()[name](y.bool())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64], ids=str)
+def test_family2_mccl_features_of_another_dtype_run_in_the_projections_dtype(dtype):
+    """Issue example: fp16/bf16/fp64 features into float32 projections raised torch's
+    "mat1 and mat2 must have the same dtype" (features from an autocast region)."""
+    f, z, y = _batch()
+    loss_fn = mccl()
+    x = f.to(dtype).requires_grad_()
+    loss = loss_fn(x, z, y)
+    reference = loss_fn(x.detach().float(), z, y)
+    torch.testing.assert_close(loss, reference)
+    loss.backward()
+    assert x.grad.dtype == dtype and bool(torch.isfinite(x.grad.float()).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64], ids=str)
+def test_family2_layers_compute_in_their_parameters_dtype(dtype):
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, D)
+    mask = torch.tensor([[False, False, True, True], [False] * 4])
+    head = MICACLHead(D, K, num_instances=4, hidden_size=8).eval()
+    lin = nn.Linear(D, K)
+    cases = [
+        (GEIIM(4, D), (mask,)),
+        (InstanceWeights(D, hidden_size=6), (mask,)),
+        (InstanceSelfAttention(D, num_heads=2), (mask,)),
+        (head, (mask,)),
+    ]
+    for module, extra in cases:
+        got = module(x.to(dtype), *extra)
+        want = module(x.to(dtype).float(), *extra)
+        torch.testing.assert_close(got, want, msg=type(module).__name__)
+    f, _, y = _batch()
+    torch.manual_seed(1)
+    got = feature_augmentation_loss(f.to(dtype), y, lin)
+    torch.manual_seed(1)
+    want = feature_augmentation_loss(f.to(dtype).float(), y, lin)
+    torch.testing.assert_close(got, want, atol=1e-2, rtol=1e-2)
+
+
+def _relative_gap(a, b):
+    a, b = a.detach(), b.detach()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+@pytest.mark.parametrize("mode", ["off", "auto", "on"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_family3_cosine_similarity_is_independent_of_scale(mode, dtype):
+    """Issue example: mm(f), mm(f * 1e20), mm(f * 1e-30) gave -0.0766, -0.1359, -0.1359."""
+    f, z, y = _batch()
+    f = f.to(dtype)
+    loss_fn = MCCLoss(K, D, COUNTS, projection_dim=None)
+    tiny, huge = torch.finfo(dtype).tiny, torch.finfo(dtype).max
+    scales = [1e20, 1e-30, 2.0 ** 100, huge / float(f.abs().max()) / 2, tiny * 4]
+    with config.fast_paths(mode):
+        expected = loss_fn(f, z, y)
+        for s in scales:
+            got = loss_fn(f * s, z, y)
+            assert _relative_gap(got, expected) < 1e-5, (s, got, expected)
+        # The per-anchor term and its gradient: d loss(s f) / d(s f) = grad(f) / s.
+        x = f.clone().requires_grad_()
+        supervised_contrastive_per_anchor(x, y, 0.1)[0].sum().backward()
+        for s in (2.0 ** 70, 2.0 ** -70):
+            xs = (f * s).requires_grad_()
+            supervised_contrastive_per_anchor(xs, y, 0.1)[0].sum().backward()
+            assert _relative_gap(xs.grad * s, x.grad) < 1e-5
+
+
+@pytest.mark.parametrize("mode", ["off", "on"])
+def test_family3_rescaled_cosine_keeps_exact_gradients(mode):
+    g = torch.Generator().manual_seed(3)
+    # (At unit scale: gradcheck's finite differences use an absolute step; the scale relation
+    # itself is checked in test_family3_cosine_similarity_is_independent_of_scale.)
+    z = torch.randn(5, 4, generator=g, dtype=torch.float64).requires_grad_()
+    mem = torch.randn(3, 4, generator=g, dtype=torch.float64).requires_grad_()
+    y, my = torch.tensor([0, 0, 1, 1, 2]), torch.tensor([0, 1, 2])
+    with config.fast_paths(mode):
+        assert torch.autograd.gradcheck(
+            lambda a, m: supervised_contrastive_per_anchor(a, y, 0.2, memory_z=m,
+                                                           memory_targets=my)[0],
+            (z, mem))
+        assert torch.autograd.gradcheck(
+            lambda a: supervised_contrastive_per_anchor(a, y, 0.2, form="log")[0], (z,))
+
+
+def test_family3_projected_path_is_scale_free_too():
+    # (With a projection bias the loss itself depends on the scale of the features; what must
+    # hold is that the projected kernel, whose |z|^2 = x' M x' overflowed from |x| ~ 1e19,
+    # agrees with the plain path there.)
+    f, z, y = _batch(b=8)
+    loss_fn = MCCLoss(K, D, COUNTS, projection_dim=32, scales=(1, 2))
+    for s in (1e25, 1e-25, 1.0):
+        with config.fast_paths("off"):
+            expected = loss_fn(f * s, z, y)
+        with config.fast_paths("on"):
+            x = (f * s).requires_grad_()
+            got = loss_fn(x, z, y)
+            got.backward()
+        assert _relative_gap(got, expected) < 1e-4, (s, got, expected)
+        assert bool(torch.isfinite(x.grad).all())
+
+
+def _nan_calls():
+    """(call, argument name) pairs: each call gets a NaN in that argument."""
+    f, z, y = _batch()
+    x = torch.randn(2, 4, D)
+    lin = nn.Linear(D, K)
+    nan_f = f.clone()
+    nan_f[1, 2] = float("nan")
+    nan_z = z.clone()
+    nan_z[2, 0] = float("inf")
+    nan_x = x.clone()
+    nan_x[1, 3, 0] = float("nan")
+    return [
+        ("MCCLoss-features", lambda: mccl()(nan_f, z, y), "features", (1, 2)),
+        ("MCCLoss-logits", lambda: mccl()(f, nan_z, y), "logits", (2, 0)),
+        ("mccl_loss", lambda: multiscale_category_aware_contrastive_loss(nan_f, z, y, COUNTS),
+         "features", (1, 2)),
+        ("IAL", lambda: IntensityAwareLoss()(nan_z, y), "logits", (2, 0)),
+        ("CET", lambda: ClassificationEnhancementTerm()(z, y, features=nan_f, classifier=lin),
+         "features", (1, 2)),
+        ("MICACLLoss", lambda: MICACLLoss(K, D, COUNTS, projection_dim=4)(
+            f, nan_z, y, classifier=lin), "logits", (2, 0)),
+        ("scpa", lambda: supervised_contrastive_per_anchor(nan_f, y, 0.1), "z", (1, 2)),
+        ("pool_features", lambda: pool_features(nan_f, 2), "features", (1, 2)),
+        ("GEIIM", lambda: GEIIM(4, D)(nan_x), "x", (1, 3, 0)),
+        ("graph_propagate", lambda: graph_propagate(nan_x, torch.eye(4), 0.5), "x", (1, 3, 0)),
+        ("InstanceWeights", lambda: InstanceWeights(D)(nan_x), "h", (1, 3, 0)),
+        ("attention", lambda: InstanceSelfAttention(D, 2)(nan_x), "x", (1, 3, 0)),
+        ("MICACLHead", lambda: MICACLHead(D, K, num_instances=4, hidden_size=8)(nan_x), "x",
+         (1, 3, 0)),
+        ("ConfusionMatrix", lambda: ConfusionMatrix(K).update(nan_z, y), "preds_or_logits",
+         (2, 0)),
+    ]
+
+
+@pytest.mark.parametrize(("call", "name", "index"), [c[1:] for c in _nan_calls()],
+                         ids=[c[0] for c in _nan_calls()])
+def test_family4_check_finite_names_the_argument_and_first_bad_index(call, name, index):
+    """Issue example: a NaN or inf in features, logits or weights gave a silent NaN."""
+    with config.check_finite(), pytest.raises(ValueError) as info:
+        call()
+    assert f"`{name}` holds" in str(info.value) and f"at index {index}" in str(info.value)
+    assert not config.get_check_finite()  # the context manager restored the default
+
+
+def test_family4_check_finite_is_off_by_default_and_checks_parameters():
+    f, z, y = _batch()
+    nan_f = f.clone()
+    nan_f[0, 0] = float("nan")
+    assert not config.get_check_finite()
+    assert bool(torch.isnan(mccl()(nan_f, z, y)))  # documented: off, NaN propagates
+    geiim = GEIIM(4, D)
+    with torch.no_grad():
+        geiim.node_src[2, 1] = float("inf")
+    with config.check_finite(), pytest.raises(ValueError, match=r"`GEIIM.node_src` holds inf "
+                                                                r"at index \(2, 1\)"):
+        geiim(torch.randn(2, 4, D))
+    previous = config.get_check_finite()
+    config.set_check_finite(True)
+    try:
+        with pytest.raises(ValueError, match="`logits` holds"):
+            IntensityAwareLoss()(torch.tensor([[float("nan"), 0.0]]), torch.tensor([0]))
+    finally:
+        config.set_check_finite(previous)
+    with pytest.raises(TypeError, match="`enabled` must be a bool"):
+        config.set_check_finite("yes")
+
+
+@pytest.mark.parametrize(("value", "expected"), [("1", True), ("true", True), (" On ", True),
+                                                 ("0", False), ("", False)])
+def test_family4_environment_variable_gives_the_start_value(value, expected, monkeypatch):
+    monkeypatch.setenv(config.CHECK_FINITE_ENV_VAR, value)
+    assert config._check_finite_from_environment() is expected
+    monkeypatch.setenv(config.CHECK_FINITE_ENV_VAR, "maybe")
+    with pytest.raises(ValueError, match=config.CHECK_FINITE_ENV_VAR):
+        config._check_finite_from_environment()
+
+
+def test_family4_import_reads_the_environment_variable():
+    env = {**os.environ, config.CHECK_FINITE_ENV_VAR: "1"}
+    code = "from micacl_layers import config; print(config.get_check_finite())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "True"
+
+
+def _meta_cases():
+    meta = torch.device("meta")
+    f, z, y = (t.to(meta) for t in _batch())
+    x = torch.randn(2, 4, D, device=meta)
+    mask = torch.zeros(2, 4, dtype=torch.bool, device=meta)
+    lin = nn.Linear(D, K, device=meta)
+    return [
+        ("MCCLoss", lambda: MCCLoss(K, D, COUNTS, projection_dim=4, device=meta)(f, z, y), ()),
+        ("MCCLoss-running-counts-memory", lambda: MCCLoss(
+            K, D, projection_dim=4, memory_size=8, device=meta)(f, z, y), ()),
+        ("IAL", lambda: IntensityAwareLoss()(z, y), ()),
+        ("CET", lambda: ClassificationEnhancementTerm()(z, y, features=f, classifier=lin), ()),
+        ("MICACLLoss", lambda: MICACLLoss(K, D, COUNTS, projection_dim=4, device=meta)(
+            f, z, y, classifier=lin), ()),
+        ("GEIIM", lambda: GEIIM(4, D, device=meta)(x, mask), (2, 4, D)),
+        ("InstanceWeights", lambda: InstanceWeights(D, 6, device=meta)(x, mask), (2, 4, 6)),
+        ("attention", lambda: InstanceSelfAttention(D, 2, device=meta)(x, mask), (2, 4, D)),
+        ("scpa", lambda: supervised_contrastive_per_anchor(f, y, 0.1)[0], (6,)),
+    ]
+
+
+@pytest.mark.parametrize(("call", "shape"), [c[1:] for c in _meta_cases()],
+                         ids=[c[0] for c in _meta_cases()])
+def test_family5_meta_device_forward_gives_shapes(call, shape):
+    """Issue example: `.item()` on meta, "unknown device type for autocast", `nonzero`."""
+    out = call()
+    assert out.is_meta and tuple(out.shape) == shape
+
+
+@pytest.mark.parametrize("aggregator", ["lstm", "conv1d"])
+def test_family5_meta_head(aggregator):
+    with torch.device("meta"):
+        head = MICACLHead(D, K, num_instances=4, hidden_size=8, aggregator=aggregator)
+        logits, feature = head(torch.randn(2, 4, D), torch.zeros(2, 4, dtype=torch.bool))
+    assert logits.is_meta and tuple(logits.shape) == (2, K) and feature.shape[0] == 2
+
+
+@pytest.mark.parametrize("aggregator", ["wian", "lstm", "conv1d"])
+def test_family6_head_without_geiim_rejects_a_fully_padded_clip(aggregator):
+    """Issue example: MICACLHead(use_geiim=False) with a fully padded clip gave NaN logits."""
+    head = MICACLHead(D, K, num_instances=4, hidden_size=8, use_geiim=False,
+                      aggregator=aggregator).eval()
+    x = torch.randn(2, 4, D)
+    with pytest.raises(ValueError, match="`padding_mask` marks every instance"):
+        head(x, torch.tensor([[True] * 4, [False] * 4]))
+    logits, _ = head(x, torch.tensor([[True, True, True, False], [False] * 4]))
+    assert bool(torch.isfinite(logits).all())
+
+
+def test_family7_micacl_loss_checks_features_before_calling_the_classifier():
+    """Issue example: MICACLLoss ran the classifier first (torch's matmul error)."""
+    calls = []
+
+    def classifier(t):
+        calls.append(t.shape)
+        return nn.functional.linear(t, torch.zeros(K, D))
+
+    f, z, y = _batch()
+    with pytest.raises(ValueError, match="`features` must have shape .* D=8"):
+        MICACLLoss(K, D, COUNTS, projection_dim=4)(f[:, :6], z, y, classifier=classifier)
+    assert calls == []
+
+
+def test_family7_cet_classifier_with_another_class_count_and_tau0_inf():
+    f, z, y = _batch()
+    with pytest.raises(ValueError, match="`classifier` must map `features`.*K=3"):
+        ClassificationEnhancementTerm()(z, y, features=f, classifier=nn.Linear(D, 5))
+    for make in (lambda: MCCLoss(K, D, tau0=float("inf")),
+                 lambda: adaptive_temperature(torch.tensor([1.0, 2.0]), float("inf")),
+                 lambda: call_mccl_fn(tau0=float("inf")),
+                 lambda: MCCLoss(K, D, tau0=float("nan"))):
+        with pytest.raises(ValueError, match="`tau0` must be a positive float"):
+            make()
+
+
+FUNCTIONAL_CASES = [
+    ("scpa-temperature-0", lambda: supervised_contrastive_per_anchor(feats(B, D), targets(), 0.0),
+     ValueError, "`temperature`"),
+    ("scpa-temperature-negative",
+     lambda: supervised_contrastive_per_anchor(feats(B, D), targets(), -1.0), ValueError,
+     "`temperature`"),
+    ("scpa-temperature-tensor-nan", lambda: supervised_contrastive_per_anchor(
+        feats(B, D), targets(), torch.tensor(float("nan"))), ValueError, "`temperature`"),
+    ("scpa-float-targets", lambda: supervised_contrastive_per_anchor(
+        feats(B, D), targets().float(), 0.1), TypeError, "`targets`"),
+    ("scpa-memory-without-targets", lambda: supervised_contrastive_per_anchor(
+        feats(B, D), targets(), 0.1, memory_z=feats(3, D)), ValueError, "`memory_targets`"),
+    ("scpa-memory-size", lambda: supervised_contrastive_per_anchor(
+        feats(B, D), targets(), 0.1, memory_z=feats(3, D + 1), memory_targets=targets(0, 1, 2)),
+     ValueError, "`memory_z`"),
+    ("scpa-batch", lambda: supervised_contrastive_per_anchor(feats(B, D), targets(0, 1), 0.1),
+     ValueError, "batch sizes differ"),
+    ("pool-scale-too-big", lambda: pool_features(feats(2, 4), 8), ValueError, "`scale`"),
+    ("pool-scale-zero", lambda: pool_features(feats(2, 4), 0), ValueError, "`scale`"),
+    ("pool-features-1d", lambda: pool_features(feats(4), 2), ValueError, "`features`"),
+    ("graph-adjacency-size", lambda: graph_propagate(feats(2, 4, D), torch.eye(3), 0.3),
+     ValueError, "`adjacency`"),
+    ("graph-alpha", lambda: graph_propagate(feats(2, 4, D), torch.eye(4), 1.5), ValueError,
+     "`alpha`"),
+    ("adjacency-all-padded", lambda: instance_adjacency(
+        feats(4, 3), feats(3, 4), padding_mask=torch.ones(2, 4, dtype=torch.bool)), ValueError,
+     "`padding_mask` marks every instance"),
+    ("adjacency-shapes", lambda: instance_adjacency(feats(4, 3), feats(4, 3)), ValueError,
+     "`node_dst`"),
+    ("weights-counts-shape", lambda: category_aware_weights(feats(B, K), targets(),
+                                                            torch.tensor([1.0, 2.0])),
+     ValueError, "`class_counts`"),
+    ("weights-counts-string", lambda: category_aware_weights(feats(B, K), targets(), "abc"),
+     TypeError, "`class_counts`"),
+    ("temperature-counts-nan", lambda: adaptive_temperature(torch.tensor([1.0, float("nan")]),
+                                                            0.1), ValueError, "`class_counts`"),
+    ("aug-classifier-not-callable", lambda: feature_augmentation_loss(feats(B, D), targets(), 3),
+     TypeError, "`classifier`"),
+]
+
+
+@pytest.mark.parametrize(("make", "exc", "match"), [c[1:] for c in FUNCTIONAL_CASES],
+                         ids=[c[0] for c in FUNCTIONAL_CASES])
+def test_family8_functional_forms_check_like_the_modules(make, exc, match):
+    """Issue example: temperature 0 gave NaN, pool_features(x, 8) on 4 features an empty
+    tensor, a wrong-sized adjacency torch's bmm error, ..."""
+    with pytest.raises(exc, match=match):
+        make()
+
+
+def test_family9_contrast_memory_push_checks_and_never_loses_a_valid_entry():
+    mem = ContrastMemory(4, dims=(3,))
+    with pytest.raises(ValueError, match=r"`embeddings\[0\]` must have shape"):
+        mem.push([torch.randn(1, 3)], torch.tensor([0, 1]))  # was copied twice
+    with pytest.raises(ValueError, match="`dims` must be a positive int"):
+        ContrastMemory(4, dims=(0,))
+    with pytest.raises(TypeError, match="`targets` must hold integer"):
+        mem.push([torch.randn(2, 3)], torch.tensor([0.0, 1.0]))
+    mem = ContrastMemory(2, dims=(3,))
+    first = torch.randn(2, 3)
+    mem.push([first], torch.tensor([0, 1]))
+    mem.push([torch.randn(1, 3)], torch.tensor([-100]))  # was: wrote over entry 0
+    feats_, labels = mem.get()
+    assert labels.tolist() == [0, 1] and torch.equal(feats_[0], first)
+    mem.push([torch.randn(3, 3)], torch.tensor([2, -100, 1]))
+    assert sorted(mem.get()[1].tolist()) == [1, 2] and len(mem) == 2
+
+
+def test_family10_small_ones(tmp_path):
+    with pytest.raises(TypeError, match="`obj` must be a mapping"):
+        save_checkpoint([1, 2], tmp_path / "a.pt")
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(CheckpointError, match=r"must be tensors but are not: \['weight: int'\]"):
+        load_state_dict_checked(nn.Linear(2, 3), {"weight": 1, "bias": torch.zeros(3)})
+    with pytest.raises(TypeError, match="`class_counts` must be a sequence of numbers"):
+        MCCLoss(K, D, class_counts="abc")
+    with pytest.raises(TypeError, match="`class_counts` must be a sequence of numbers"):
+        MCCLoss(K, D, class_counts=[1, "x", 2])
+
+
+@pytest.mark.parametrize("make", [
+    lambda: mccl(), lambda: GEIIM(4, D), lambda: MICACLLoss(K, D),
+    lambda: ClassificationEnhancementTerm(), lambda: ContrastMemory(4, dims=(3,)),
+    lambda: MICACLHead(D, K, num_instances=4, hidden_size=8),
+], ids=["MCCLoss", "GEIIM", "MICACLLoss", "CET", "ContrastMemory", "MICACLHead"])
+def test_family10_torchscript_raises_our_clear_error(make):
+    with pytest.raises(RuntimeError, match="does not support TorchScript.*torch.compile"):
+        torch.jit.script(make())
+
+
+def test_shared_positive_int_and_describe():
+    from micacl_layers._validation import check_positive_int, describe
+    from micacl_layers.metrics import confusion_matrix
+
+    assert check_positive_int("n", torch.tensor(3).numpy()[()]) == 3  # a NumPy integer
+    for bad in (0, -1, True, 2.0, "3"):
+        with pytest.raises(ValueError, match="`n` must be a positive int"):
+            check_positive_int("n", bad)
+    assert describe(torch.zeros(2, 3)) == "shape=(2, 3), dtype=torch.float32"
+    with pytest.raises(ValueError, match="`num_classes` must be a positive int, got 0"):
+        confusion_matrix(targets(), targets(), 0)

@@ -24,6 +24,8 @@ as an argument, and differentiate it for a double backward.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,6 +44,18 @@ _BLOCK_ENTRIES = 1 << 20
 _KEEP_ENTRIES = 1 << 22
 # Rows per strip of the symmetric A A^T (only the upper block triangle is computed).
 _GRAM_BLOCK = 256
+
+def no_autocast(device_type: str) -> contextlib.AbstractContextManager[None]:
+    """``torch.autocast(device_type, enabled=False)``, or nothing where autocast does not exist.
+
+    (``torch.autocast`` raises for a device type without autocast, e.g. ``meta``; the public
+    modules have the same helper in ``micacl_layers._validation``, which this private package
+    does not import.)
+    """
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
 
 def _projected_gram(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``q @ x^T`` for a product known to be symmetric: the upper block triangle, mirrored."""
@@ -117,21 +131,41 @@ def _add_transpose_(m: torch.Tensor, block: int = 512) -> torch.Tensor:
     return m
 
 
+def _row_scale(z: torch.Tensor) -> torch.Tensor:
+    """A power of two per row with ``max |z_i| / scale_i`` in ``[1, 2)``, ``(B, 1)``.
+
+    The same as ``micacl_layers.contrastive._row_scale`` (kept here so that the private kernels
+    import nothing from the public modules): dividing by it keeps the norm finite and non-zero
+    for every finite magnitude, exactly, without changing the direction.
+    """
+    amax = z.abs().amax(dim=-1, keepdim=True)
+    _, exponent = torch.frexp(amax)
+    return torch.ldexp(torch.ones_like(amax), exponent - 1)
+
+
 def _normalize(z: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``F.normalize(z, dim=-1, eps=eps)`` (same ops) and the clamped norms ``(B, 1)``."""
-    denom = torch.linalg.vector_norm(z, dim=-1, keepdim=True).clamp_min(eps)
-    return z / denom, denom
+    """The rows of ``z`` as unit vectors, and ``(B, 2)`` of ``(clamped norm, scale)``.
+
+    The same ops as the plain path's ``F.normalize(z / scale, dim=-1, eps=eps)``, with
+    ``scale`` from :func:`_row_scale`; both factors are kept for the backward.
+    """
+    scale = _row_scale(z)
+    scaled = z / scale
+    denom = torch.linalg.vector_norm(scaled, dim=-1, keepdim=True).clamp_min(eps)
+    return scaled.div_(denom), torch.cat([denom, scale], dim=1)
 
 
-def _normalize_backward(grad: torch.Tensor, unit: torch.Tensor, denom: torch.Tensor,
+def _normalize_backward(grad: torch.Tensor, unit: torch.Tensor, norms: torch.Tensor,
                         eps: float) -> torch.Tensor:
     """Gradient through :func:`_normalize`, in place of ``grad``: ``(g - u (u . g)) / |z|``.
 
-    Where the norm was clamped to ``eps`` the map ``z / eps`` is linear: ``g / eps``.
+    With ``|z| = denom * scale`` applied as two divisions (their product may overflow). Where
+    the norm was clamped to ``eps`` the map ``z / eps`` is linear: ``g / eps``.
     """
+    denom, scale = norms[:, :1], norms[:, 1:]
     radial = (unit * grad).sum(dim=-1, keepdim=True)
     radial.masked_fill_(denom <= eps, 0.0)
-    return grad.sub_(unit * radial).div_(denom)
+    return grad.sub_(unit * radial).div_(denom).div_(scale)
 
 
 def _loss_from_similarities(ctx, sim, targets, cand_targets, form, exclude_self, num_pos):
@@ -251,7 +285,7 @@ class _ContrastiveCore(torch.autograd.Function):
             return (next(found) if z.requires_grad else None,
                     next(found) if mem is not None and mem.requires_grad else None,
                     None, None, None, None, None, None, None)
-        with torch.autocast(z.device.type, enabled=False):
+        with no_autocast(z.device.type):
             grad = _similarity_grad(
                 ctx, grad_loss,
                 lambda: _similarities(anchors, mem_unit, temperature, ctx.exclude_self),
@@ -305,6 +339,11 @@ class _ProjectedContrastiveCore(torch.autograd.Function):
         else:
             xa = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
             wa = torch.cat([weight, bias.unsqueeze(1)], dim=1)
+        # cos(z_i, z_j) does not change when x'_i is divided by a constant (z_i = W' x'_i is
+        # divided by it too); a power of two per row keeps |z| finite for any finite x, and
+        # dL/dx' is dL/d(x' / scale) / scale (dL/dW' is unchanged: scale is a constant).
+        scale = _row_scale(xa)
+        xa = xa / scale
         gram = mm_t(wa.t(), wa.t())  # M = W'^T W'
         q = xa @ gram
         # |z_i| from x'_i M x'_i; rounding can take an exact zero slightly below 0.
@@ -314,8 +353,8 @@ class _ProjectedContrastiveCore(torch.autograd.Function):
         loss, has_positive, stats = _loss_from_similarities(ctx, sim, targets, targets, form,
                                                             exclude_self, num_pos)
         ctx.eps, ctx.has_bias = eps, bias is not None
-        ctx.save_for_backward(x, weight, bias, xa, wa, gram, q, denom, targets, temperature,
-                              *stats, has_positive)
+        ctx.save_for_backward(x, weight, bias, xa, wa, gram, q, denom, scale, targets,
+                              temperature, *stats, has_positive)
         return loss, has_positive
 
     @staticmethod
@@ -329,8 +368,8 @@ class _ProjectedContrastiveCore(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_has_positive):
-        (x, weight, bias, xa, wa, gram, q, denom, targets, temperature, maxes, total, aux,
-         has_positive) = ctx.saved_tensors
+        (x, weight, bias, xa, wa, gram, q, denom, scale, targets, temperature, maxes, total,
+         aux, has_positive) = ctx.saved_tensors
         if torch.is_grad_enabled():
             # create_graph=True (double backward): differentiate the reference formulation.
             inputs = [t for t in (x, weight, bias) if t is not None and t.requires_grad]
@@ -343,7 +382,7 @@ class _ProjectedContrastiveCore(torch.autograd.Function):
             grads = [next(found) if t is not None and t.requires_grad else None
                      for t in (x, weight, bias)]
             return (*grads, None, None, None, None, None, None)
-        with torch.autocast(x.device.type, enabled=False):
+        with no_autocast(x.device.type):
             grad = _similarity_grad(
                 ctx, grad_loss,
                 lambda: _ProjectedContrastiveCore._similarities(q, xa, denom, temperature,
@@ -363,7 +402,7 @@ class _ProjectedContrastiveCore(torch.autograd.Function):
         needs = ctx.needs_input_grad
         grad_x = grad_w = grad_b = None
         if needs[0]:
-            grad_x = (hx @ gram)[:, :x.shape[1]]
+            grad_x = (hx @ gram)[:, :x.shape[1]].div_(scale)
         if needs[1] or needs[2]:
             grad_wa = wa @ mm_t(xa.t(), hx.t())  # W' (x'^T H x')
             grad_w = grad_wa[:, :x.shape[1]] if needs[1] else None
@@ -417,6 +456,6 @@ def projected_contrastive(x, projection, targets, temperature, form, exclude_sel
     """The contrastive term of ``projection(x)`` without forming it (``x`` in compute dtype)."""
     weight = projection.weight.to(x.dtype)
     bias = None if projection.bias is None else projection.bias.to(x.dtype)
-    with torch.autocast(x.device.type, enabled=False):
+    with no_autocast(x.device.type):
         return _ProjectedContrastiveCore.apply(x, weight, bias, targets, temperature, form,
                                                exclude_self, eps, reference)

@@ -13,7 +13,16 @@ from typing import Literal
 import torch
 from torch import nn
 
-from micacl_layers._validation import check_floating, check_ndim, check_positive_int, describe
+from micacl_layers._validation import (
+    check_finite_parameters,
+    check_floating,
+    check_ndim,
+    check_padding_mask,
+    check_positive_int,
+    check_some_real_instance,
+    describe,
+    to_parameter_dtype,
+)
 from micacl_layers.attention import InstanceSelfAttention
 from micacl_layers.geiim import GEIIM
 from micacl_layers.instance_weights import InstanceWeights, WeightMode
@@ -129,13 +138,27 @@ class MICACLHead(nn.Module):
 
         Returns:
             ``(logits, clip_feature)``; ``clip_feature`` is what the classifier saw, the input
-            for :class:`~micacl_layers.MCCLoss`.
+            for :class:`~micacl_layers.MCCLoss`. Input of another floating dtype than the
+            parameters is cast to theirs (as ``torch.autocast`` would), so both outputs have
+            the parameters' dtype outside autocast.
+
+        Raises:
+            ValueError: ``x`` or ``padding_mask`` has the wrong shape, or ``padding_mask``
+                marks every instance of a clip as padded (nothing to pool).
         """
         x = check_floating("x", x)
         check_ndim("x", x, 3, "(B, T, C)")
         if x.shape[1] != self.num_instances or x.shape[2] != self.in_dim:
             raise ValueError(f"`x` must have shape (B, T, C)=(B, {self.num_instances}, "
                              f"{self.in_dim}), got {describe(x)}.")
+        if padding_mask is not None:
+            # Checked here for every configuration (not only by GEIIM): a clip whose every
+            # instance is padded has nothing to pool, and would give NaN logits.
+            padding_mask = check_some_real_instance(
+                check_padding_mask(padding_mask, x.shape[0], self.num_instances))
+        check_finite_parameters(self)
+        # Input of another floating dtype runs in the head's parameter dtype, as autocast would.
+        x = to_parameter_dtype(x, self.classifier.weight)
         h = self.geiim(x, padding_mask) if self.geiim is not None else x
         if self.aggregator_kind == "wian":
             weights = self.instance_weights(h, padding_mask)
