@@ -29,7 +29,14 @@ import torch
 from torch import nn
 
 from micacl_layers._fast import wian_layer as _fast
-from micacl_layers._validation import check_floating, check_ndim, check_positive_int, describe
+from micacl_layers._validation import (
+    check_finite,
+    check_floating,
+    check_ndim,
+    check_positive_int,
+    describe,
+    torchscript_unsupported,
+)
 
 __all__ = ["WIAN", "WIANCell", "wian_cell"]
 
@@ -68,6 +75,20 @@ def wian_cell(
         >>> h.shape, c.shape
         (torch.Size([3, 8]), torch.Size([3, 8]))
     """
+    gates = check_floating("gates", gates)
+    c_prev = check_floating("c_prev", c_prev)
+    if c_prev.dim() == 0 or gates.shape[:-1] != c_prev.shape[:-1] \
+            or gates.shape[-1] != _NUM_GATES * c_prev.shape[-1]:
+        raise ValueError(f"`gates` must have shape (*, 5H) for `c_prev` of shape (*, H), got "
+                         f"gates {describe(gates)} and c_prev {describe(c_prev)}.")
+    if weight is not None:
+        weight = _check_weight(weight, tuple(c_prev.shape), "weight", "(*, H)")
+    return _wian_cell(gates, c_prev, weight)
+
+
+def _wian_cell(gates: torch.Tensor, c_prev: torch.Tensor, weight: torch.Tensor | None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`wian_cell` on checked inputs (Eq. 3, 5, 6)."""
     hidden = c_prev.shape[-1]
     act = torch.sigmoid(gates)
     i = act[..., :hidden]
@@ -102,6 +123,7 @@ def _check_weight(weight: torch.Tensor, target_shape: tuple[int, ...], name: str
         raise TypeError(f"`{name}` must be a tensor or None, got {type(weight).__name__}.")
     if not weight.is_floating_point():
         raise TypeError(f"`{name}` must be floating point, got {describe(weight)}.")
+    check_finite(name, given if isinstance(given, torch.Tensor) else weight)
     try:
         return weight.broadcast_to(target_shape)
     except RuntimeError:
@@ -149,7 +171,7 @@ def _layer_reference(
     weights = weight.unbind(1) if weight is not None else [None] * steps
     for p_t, w_t in zip(proj.view(dirs, steps, batch, proj.shape[-1]).unbind(1), weights,
                         strict=True):
-        h, c = wian_cell(torch.baddbmm(p_t, h, w_hh_t), c, w_t)  # Eq. 3, 5, 6
+        h, c = _wian_cell(torch.baddbmm(p_t, h, w_hh_t), c, w_t)  # Eq. 3, 5, 6
         outs.append(h)
     seq = torch.stack(outs, dim=1)  # (D, T, B, H), each direction in its reading order
     out = torch.cat([seq[0], seq[1].flip(0)], dim=-1) if dirs == 2 else seq[0]
@@ -283,6 +305,8 @@ class WIANCell(nn.Module):
         torch.Size([3, 20])
     """
 
+    __prepare_scriptable__ = torchscript_unsupported
+
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None
                  ) -> None:
@@ -385,7 +409,7 @@ class WIANCell(nn.Module):
         gates = x @ self.weight_ih.t() + h_prev @ self.weight_hh.t()
         if self.bias_ih is not None:
             gates = gates + (self.bias_ih + self.bias_hh)
-        h, c = wian_cell(gates, c_prev, weight)
+        h, c = _wian_cell(gates, c_prev, weight)
         if unbatched:
             return h.squeeze(0), c.squeeze(0)
         return h, c
@@ -449,6 +473,8 @@ class WIAN(nn.Module):
         >>> out.shape, h_n.shape
         (torch.Size([3, 4, 16]), torch.Size([4, 3, 8]))
     """
+
+    __prepare_scriptable__ = torchscript_unsupported
 
     def __init__(
         self,

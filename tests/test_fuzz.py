@@ -316,16 +316,12 @@ def _confusion_functional(g, b):
                 {"preds": "targets", "targets": "targets"}, meta=False)
 
 
-# WIAN and WIANCell live in micacl_layers/wian.py (issue 15's file): it checks `input` and `hx`
-# for NaN (through the shared check) but not the instance weights, so only `input` is
-# NaN-fuzzed here.
 def _wian(g, b):
     return Case(
         lambda a, dev: _module(lambda d: WIAN(D, 6, batch_first=True, device=d), dev)(
             a["input"], weights=a["weights"]),
         {"input": torch.randn(b, T, D, generator=g), "weights": torch.rand(b, T, 1, generator=g)},
-        {"input": "float", "weights": "float_broadcast"}, num_classes=None,
-        nan_checked=("input",))
+        {"input": "float", "weights": "float_broadcast"}, num_classes=None)
 
 
 def _wian_cell(g, b):
@@ -333,8 +329,17 @@ def _wian_cell(g, b):
         lambda a, dev: _module(lambda d: WIANCell(D, 6, device=d), dev)(
             a["input"], weight=a["weight"]),
         {"input": torch.randn(b, D, generator=g), "weight": torch.rand(b, 6, generator=g)},
-        {"input": "float", "weight": "float_broadcast"}, num_classes=None,
-        nan_checked=("input",))
+        {"input": "float", "weight": "float_broadcast"}, num_classes=None)
+
+
+def _wian_cell_functional(g, b):
+    # (a function of its arguments: no parameters, so no dtype to compute in)
+    return Case(lambda a, dev: functional.wian_cell(a["gates"], a["c_prev"], a["weight"]),
+                {"gates": torch.randn(b, 5 * 6, generator=g),
+                 "c_prev": torch.randn(b, 6, generator=g),
+                 "weight": torch.rand(b, 1, generator=g)},
+                {"gates": "float", "c_prev": "float", "weight": "float_broadcast"},
+                num_classes=None, dtype_mix=())
 
 
 ENTRIES: dict[str, Callable[[torch.Generator, int], Case]] = {
@@ -365,10 +370,10 @@ ENTRIES: dict[str, Callable[[torch.Generator, int], Case]] = {
     "confusion_matrix": _confusion_functional,
     "WIAN": _wian,
     "WIANCell": _wian_cell,
+    "wian_cell": _wian_cell_functional,
 }
 # Exported callables fuzzed elsewhere or not at all, with the reason.
 NOT_FUZZED_HERE = {
-    "wian_cell": "micacl_layers/wian.py (not this issue's file) has no input checks for it yet",
     "MCCLOptions": "options: test_constructor_options_are_checked",
 }
 

@@ -747,7 +747,9 @@ def test_family10_small_ones(tmp_path):
     lambda: mccl(), lambda: GEIIM(4, D), lambda: MICACLLoss(K, D),
     lambda: ClassificationEnhancementTerm(), lambda: ContrastMemory(4, dims=(3,)),
     lambda: MICACLHead(D, K, num_instances=4, hidden_size=8),
-], ids=["MCCLoss", "GEIIM", "MICACLLoss", "CET", "ContrastMemory", "MICACLHead"])
+    lambda: WIAN(D, 4), lambda: WIANCell(D, 4),
+], ids=["MCCLoss", "GEIIM", "MICACLLoss", "CET", "ContrastMemory", "MICACLHead", "WIAN",
+        "WIANCell"])
 def test_family10_torchscript_raises_our_clear_error(make):
     with pytest.raises(RuntimeError, match="does not support TorchScript.*torch.compile"):
         torch.jit.script(make())
