@@ -174,7 +174,8 @@ def _decode_one(image_mod: ModuleType, path: str, plan: GeometryPlan,
                 first: tuple[str, tuple[int, int]] | None) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode one frame and cut out the plan's box: ``(h, w, 3)`` uint8, and the full size.
 
-    With draft mode the box is cut from the smaller frame, its edges rounded to its pixels.
+    With draft mode the box is cut from the smaller frame; a box whose edges fall between
+    that frame's pixels is resampled to the output size here, by Pillow.
     """
     with open_frame(path, image_mod) as img:
         full = img.size
@@ -191,15 +192,18 @@ def _decode_one(image_mod: ModuleType, path: str, plan: GeometryPlan,
                 drafted = img.draft("RGB", request)
                 if drafted is not None:
                     scale = drafted[1][2] / full[0]  # draft box: (0, 0, W / s, H / s)
-            array = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+            rgb = img if img.mode == "RGB" else img.convert("RGB")
+            box = tuple(v * scale for v in plan.box)
+            if plan.size is not None and any(v != int(v) for v in box):
+                # The box falls between the small frame's pixels: Pillow resamples a
+                # fractional box directly (rounding it would shift the crop by up to a pixel).
+                rgb = rgb.resize((plan.size[1], plan.size[0]), image_mod.Resampling.BILINEAR,
+                                 box=box)
+                return np.asarray(rgb), full
+            array = np.asarray(rgb)
         except (OSError, SyntaxError, ValueError) as err:
             raise _corrupt(path, err) from err
-    left, top, right, bottom = plan.box
-    if scale != 1.0:
-        height, width = array.shape[:2]
-        left, right = min(round(left * scale), width - 1), min(round(right * scale), width)
-        top, bottom = min(round(top * scale), height - 1), min(round(bottom * scale), height)
-        right, bottom = max(right, left + 1), max(bottom, top + 1)
+    left, top, right, bottom = (int(v) for v in box)
     if (left, top, right, bottom) != (0, 0, array.shape[1], array.shape[0]):
         array = array[top:bottom, left:right]
     return array, full
