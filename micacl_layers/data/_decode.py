@@ -170,60 +170,55 @@ def open_frame(path: str | Path, image_mod: ModuleType) -> Any:
         raise _corrupt(path, err) from err
 
 
-def _decode_one(image_mod: ModuleType, path: str, plan: GeometryPlan,
-                first: tuple[str, tuple[int, int]] | None) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode one frame and cut out the plan's box: ``(h, w, 3)`` uint8, and the full size.
+def _decode_one(img: Any, path: str, plan: GeometryPlan, image_mod: ModuleType) -> np.ndarray:
+    """Decode an opened frame and cut out the plan's box: ``(h, w, 3)`` uint8.
 
     With draft mode the box is cut from the smaller frame; a box whose edges fall between
     that frame's pixels is resampled to the output size here, by Pillow.
     """
-    with open_frame(path, image_mod) as img:
-        full = img.size
-        if first is not None and full != first[1]:
-            (w, h), (w0, h0) = full, first[1]
-            raise ValueError(
-                f"frame {str(path)!r} is {w}x{h} but {str(first[0])!r} in the same clip is "
-                f"{w0}x{h0}; all frames of a clip must have one size"
-            )
-        try:
-            request = _draft_request(plan, full[1], full[0])
-            scale = 1.0
-            if request is not None and img.format == "JPEG":
-                drafted = img.draft("RGB", request)
-                if drafted is not None:
-                    scale = drafted[1][2] / full[0]  # draft box: (0, 0, W / s, H / s)
-            rgb = img if img.mode == "RGB" else img.convert("RGB")
-            box = tuple(v * scale for v in plan.box)
-            if plan.size is not None and any(v != int(v) for v in box):
-                # The box falls between the small frame's pixels: Pillow resamples a
-                # fractional box directly (rounding it would shift the crop by up to a pixel).
-                rgb = rgb.resize((plan.size[1], plan.size[0]), image_mod.Resampling.BILINEAR,
-                                 box=box)
-                return np.asarray(rgb), full
-            array = np.asarray(rgb)
-        except (OSError, SyntaxError, ValueError) as err:
-            raise _corrupt(path, err) from err
-    left, top, right, bottom = (int(v) for v in box)
-    if (left, top, right, bottom) != (0, 0, array.shape[1], array.shape[0]):
-        array = array[top:bottom, left:right]
-    return array, full
+    width, height = img.size
+    try:
+        request = _draft_request(plan, height, width)
+        scale = 1.0
+        if request is not None and img.format == "JPEG":
+            drafted = img.draft("RGB", request)
+            if drafted is not None:
+                scale = drafted[1][2] / width  # draft box: (0, 0, W / s, H / s)
+        rgb = img if img.mode == "RGB" else img.convert("RGB")
+        box = tuple(v * scale for v in plan.box)
+        if plan.size is not None and any(v != int(v) for v in box):
+            # The box falls between the small frame's pixels: Pillow resamples a fractional
+            # box directly (rounding it would shift the crop by up to a pixel).
+            rgb = rgb.resize((plan.size[1], plan.size[0]), image_mod.Resampling.BILINEAR,
+                             box=box)
+        elif box != (0, 0, *rgb.size):
+            # Cut in Pillow, before the pixels are exported: less to copy.
+            rgb = rgb.crop(tuple(int(v) for v in box))
+        return np.asarray(rgb)
+    except (OSError, SyntaxError, ValueError) as err:
+        raise _corrupt(path, err) from err
 
 
 def decode_planned(
-    paths: Sequence[str | os.PathLike[str]], plan: GeometryPlan, image_mod: ModuleType
-) -> torch.Tensor:
-    """Decode frames straight to the plan's crop and size, in uint8.
+    paths: Sequence[str | os.PathLike[str]],
+    make_plan: Callable[[int, int], GeometryPlan],
+    image_mod: ModuleType,
+) -> tuple[torch.Tensor, GeometryPlan]:
+    """Decode frames straight to their plan's crop and size, in uint8.
 
-    Repeated paths are decoded once, as in ``load_frames``, and the same errors are raised.
-    The crop is resized with the antialiased bilinear filter of ``ClipResize``, on uint8.
+    The plan is made from the first frame's size, read from its header, before any frame is
+    decoded. Repeated paths are decoded once, as in ``load_frames``, and the same errors are
+    raised. The crop is resized with the antialiased bilinear filter of ``ClipResize``, on
+    uint8.
 
     Args:
         paths: Frame files in the order wanted (non-empty).
-        plan: From :func:`plan_geometry` for this clip's frame size.
+        make_plan: ``make_plan(height, width)``, e.g. :func:`plan_geometry` for the clip's
+            transform and generator.
         image_mod: ``PIL.Image``.
 
     Returns:
-        uint8 clip in channels-last memory.
+        ``(frames, plan)``: the uint8 clip, in channels-last memory, and the plan.
 
     Shape:
         - Output: :math:`(T, 3, H, W)` with ``T = len(paths)`` and ``(H, W)`` the plan's size
@@ -237,18 +232,28 @@ def decode_planned(
     decoded: dict[str, np.ndarray] = {}
     arrays = []
     first: tuple[str, tuple[int, int]] | None = None
+    plan: GeometryPlan | None = None
     for raw in paths:
         path = os.fspath(raw)
         if path not in decoded:
-            decoded[path], full = _decode_one(image_mod, path, plan, first)
-            if first is None:
-                first = (path, full)
+            with open_frame(path, image_mod) as img:
+                if first is None:
+                    first = (path, img.size)
+                    plan = make_plan(img.size[1], img.size[0])
+                elif img.size != first[1]:
+                    (w, h), (w0, h0) = img.size, first[1]
+                    raise ValueError(
+                        f"frame {path!r} is {w}x{h} but {first[0]!r} in the same clip is "
+                        f"{w0}x{h0}; all frames of a clip must have one size"
+                    )
+                decoded[path] = _decode_one(img, path, plan, image_mod)  # type: ignore[arg-type]
         arrays.append(decoded[path])
+    assert plan is not None, "paths must not be empty"
     frames = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
     if plan.size is not None and tuple(frames.shape[-2:]) != plan.size:
         frames = F.interpolate(frames, size=plan.size, mode="bilinear", align_corners=False,
                                antialias=True)
-    return frames
+    return frames, plan
 
 
 def to_float_clip(
@@ -272,6 +277,7 @@ def to_float_clip(
         frames = frames.flip(-1)
     t, c, h, w = frames.shape
     clip = torch.empty((c, t, h, w), dtype=torch.float32)
+    # Two passes, but each a fast kernel (torch.div(uint8, out=float) is ~7x slower).
     clip.copy_(frames.transpose(0, 1)).div_(255.0)
     if not plan.rest:
         return clip

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ._decode import decode_planned, open_frame, plan_geometry, to_float_clip
+from ._decode import decode_planned, plan_geometry, to_float_clip
 from .sampling import segment_indices
 from .transforms import ClipTransform
 
@@ -408,11 +408,9 @@ class ClipFolderDataset(Dataset[tuple[torch.Tensor, int]]):
         paths = [os.path.join(folder, names[i]) for i in idx]
         transform = self.transform
         if self.fast_decode and isinstance(transform, ClipTransform):
-            image_mod = require_pil()
-            with open_frame(paths[0], image_mod) as img:  # the header: the frame's size
-                width, height = img.size
-            plan = plan_geometry(transform, height, width, self.generator)
-            frames = decode_planned(paths, plan, image_mod)
+            frames, plan = decode_planned(
+                paths, lambda h, w: plan_geometry(transform, h, w, self.generator),
+                require_pil())
             return to_float_clip(frames, plan, self.generator, self._check_output)
         clip = load_frames(paths)
         if transform is not None:
