@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import statistics
@@ -602,6 +603,9 @@ def bench_data(args: argparse.Namespace, device: torch.device) -> tuple[list[Row
             spread = {k: _spread(v) for k, v in times.items()}
             workers = {k: _loader_clips_per_s(train, k, 2 if args.quick else 3)
                        for k in (0, 1, 2)}
+            psnr = {name: _fast_vs_plain_psnr(root, tf)
+                    for name, tf in (("train", train_transform(112)),
+                                     ("test", test_transform(112)))}
     finally:
         torch.set_num_threads(threads)
 
@@ -639,7 +643,36 @@ def bench_data(args: argparse.Namespace, device: torch.device) -> tuple[list[Row
                  "this loader: " + ", ".join(
                      f"{k} worker{'s' * (k != 1)} {v:.1f} clips/s" for k, v in workers.items())
                  + f" (on {os.cpu_count()} logical cores; 0 workers loads in the main process).")
+    lines.append("")
+    lines.append(
+        "Pixels, this loader against `fast_decode=False` (full decode, float transforms), same "
+        "clips and generator seeds, PSNR over all clips (min / median per clip): " + "; ".join(
+            f"{name} transform {p[0]:.1f} dB ({p[1]:.1f} / {p[2]:.1f}), max |diff| "
+            f"{p[3] * 255:.1f}/255" for name, p in psnr.items()) + ".")
     return [], ["\n".join(lines)]
+
+
+def _fast_vs_plain_psnr(root: Path, transform: object) -> tuple[float, float, float, float]:
+    """PSNR of the fast path against the plain path: pooled, min and median per clip, and the
+    largest absolute difference (values in [0, 1])."""
+    from micacl_layers.data import DFEW
+
+    per_clip, total_sq, count, worst = [], 0.0, 0, 0.0
+    train = getattr(transform, "transforms", [None])[0].__class__.__name__ != "ClipResize"
+    probe = DFEW(root, 1, "train", transform=transform, train=train)
+    for i in range(len(probe)):
+        items = []
+        for fast in (True, False):
+            ds = DFEW(root, 1, "train", transform=transform, train=train, fast_decode=fast,
+                      generator=torch.Generator().manual_seed(i))
+            items.append(ds[i][0].double())
+        sq = (items[0] - items[1]).pow(2)
+        per_clip.append(10 * math.log10(1 / max(sq.mean().item(), 1e-20)))
+        total_sq += sq.sum().item()
+        count += sq.numel()
+        worst = max(worst, (items[0] - items[1]).abs().max().item())
+    pooled = 10 * math.log10(1 / max(total_sq / count, 1e-20))
+    return pooled, min(per_clip), statistics.median(per_clip), worst
 
 
 # ------------------------------------------------------------------------------------------
