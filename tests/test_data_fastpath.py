@@ -141,6 +141,18 @@ def test_other_chains_match_plain_path(tmp_path, steps, seed):
     assert (a - b).abs().max().item() <= 3 / 255
 
 
+def test_other_transforms_get_a_contiguous_clip(tmp_path):
+    seen = []
+
+    def needs_contiguous(clip):
+        seen.append(clip.is_contiguous())
+        return clip.view(-1).view(clip.shape)  # view(-1) fails on a non-contiguous clip
+
+    dfew_tree(tmp_path, [("1", 1)], frames={"00001": 6})
+    ds = DFEW(tmp_path, 1, "train", transform=ClipCompose([ClipResize(4), needs_contiguous]))
+    assert ds[0][0].shape == (3, 16, 4, 4) and seen == [True]
+
+
 def test_transform_subclass_with_its_own_call_is_not_planned(tmp_path):
     class Stretch(ClipResize):
         def __call__(self, clip, *, generator=None):

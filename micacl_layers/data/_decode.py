@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from .transforms import (
     ClipColorJitter,
     ClipCompose,
+    ClipNormalize,
     ClipRandomHorizontalFlip,
     ClipRandomResizedCrop,
     ClipResize,
@@ -104,7 +105,6 @@ def plan_geometry(
         ((112, 112), ['ClipColorJitter'])
     """
     steps = _flatten(transform)
-    cur_h, cur_w = height, width
     box = (0, 0, width, height)
     size: tuple[int, int] | None = None
     flip = False
@@ -115,9 +115,9 @@ def plan_geometry(
                 flip = not flip
             continue
         if size is None and _is(step, ClipRandomResizedCrop):
-            top, left, h, w = step.get_params(cur_h, cur_w, generator)  # type: ignore[attr-defined]
+            top, left, h, w = step.get_params(height, width, generator)  # type: ignore[attr-defined]
             if flip:  # a crop of the flipped frame is the mirrored crop of the frame, flipped
-                left = cur_w - left - w
+                left = width - left - w
             box = (left, top, left + w, top + h)
             size = step.size  # type: ignore[attr-defined]
             continue
@@ -276,15 +276,22 @@ def to_float_clip(
     if plan.flip:
         frames = frames.flip(-1)
     t, c, h, w = frames.shape
-    clip = torch.empty((c, t, h, w), dtype=torch.float32)
-    # Two passes, but each a fast kernel (torch.div(uint8, out=float) is ~7x slower).
-    clip.copy_(frames.transpose(0, 1)).div_(255.0)
     if not plan.rest:
+        clip = torch.empty((c, t, h, w), dtype=torch.float32)
+        clip.copy_(frames.transpose(0, 1)).div_(255.0)  # two fast kernels beat one slow one
         return clip
-    out = clip.permute(1, 0, 2, 3)  # (T, C, H, W) view for the transforms
+    if all(_is(step, ClipColorJitter) or _is(step, ClipNormalize) for step in plan.rest):
+        # These work on any strides: give them a (T, C, H, W) view of the channel-first
+        # buffer, so the result needs no final transpose.
+        clip = torch.empty((c, t, h, w), dtype=torch.float32)
+        clip.copy_(frames.transpose(0, 1)).div_(255.0)
+        out = clip.transpose(0, 1)
+    else:  # anything else gets a contiguous (T, C, H, W) clip, as on the plain path
+        out = torch.empty((t, c, h, w), dtype=torch.float32)
+        out.copy_(frames).div_(255.0)
     for i, step in enumerate(plan.rest):
         if i == 0 and _is(step, ClipColorJitter):
-            out = step._jitter(out, generator, inplace=True)  # nobody else holds `clip`
+            out = step._jitter(out, generator, inplace=True)  # nobody else holds the buffer
         elif isinstance(step, ClipTransform):
             out = step(out, generator=generator)
         else:
