@@ -242,7 +242,7 @@ def test_frames_are_listed_once_at_construction(tmp_path, monkeypatch):
     def no_listing(_):
         raise AssertionError("listed a clip folder in __getitem__")
 
-    monkeypatch.setattr(_frames, "list_frames", no_listing)
+    monkeypatch.setattr(_frames, "_frame_names", no_listing)
     for index in (0, 1, 0, 1):
         assert ds[index][0].shape == (3, 16, 6, 6)
 

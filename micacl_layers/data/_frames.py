@@ -119,10 +119,14 @@ def list_frames(frame_dir: str | os.PathLike[str]) -> list[Path]:
         ['1.JPG', '2.jpg', '10.jpg']
     """
     frame_dir = Path(frame_dir)
+    return [frame_dir / name for name in _frame_names(frame_dir)]
+
+
+def _frame_names(frame_dir: Path) -> list[str]:
     with os.scandir(frame_dir) as entries:
         names = [e.name for e in entries if _is_jpeg(e.name) and e.is_file()]
     names.sort(key=_natural_key)
-    return [frame_dir / name for name in names]
+    return names
 
 
 # A clip's frame names, joined by NUL (which no file name contains): one str per clip instead
@@ -134,14 +138,14 @@ _SEP = "\0"
 def _list_clip(frame_dir: Path) -> tuple[str, str | None]:
     """A clip folder's frame names in order (NUL-joined), and why it is unusable, if it is."""
     try:
-        frames = list_frames(frame_dir)
+        names = _frame_names(frame_dir)  # names only: no Path object per frame
     except FileNotFoundError:
         return "", "missing"
     except NotADirectoryError:
         return "", "not a directory"
-    if not frames:
+    if not names:
         return "", "no JPEG frames"
-    return _SEP.join(p.name for p in frames), None
+    return _SEP.join(names), None
 
 
 def load_frames(paths: Sequence[str | os.PathLike[str]]) -> torch.Tensor:
