@@ -247,6 +247,23 @@ def test_frames_are_listed_once_at_construction(tmp_path, monkeypatch):
         assert ds[index][0].shape == (3, 16, 6, 6)
 
 
+def test_frame_order_is_numeric_for_same_pattern_and_mixed_names(tmp_path):
+    rng = np.random.default_rng(0)
+    for case, names in enumerate([
+        [f"{k:03d}.jpg" for k in rng.permutation(120)],  # same pattern: sorted as text
+        [f"img_{k:04d}_b.jpeg" for k in rng.permutation(50)],
+        [f"{k}.jpg" for k in rng.permutation(120)],  # unpadded: 2 before 10
+        ["frame2.jpg", "frame10.jpg", "frame1.JPG", "Frame3.jpg"],
+    ]):
+        folder = tmp_path / str(case)
+        folder.mkdir()
+        for name in names:
+            (folder / name).write_bytes(b"")
+        got = [p.name for p in _frames.list_frames(folder)]
+        assert got == sorted(names, key=_frames._natural_key)
+        assert len(got) == len(names)
+
+
 @pytest.mark.parametrize("fast", [True, False])
 def test_removed_frames_are_resampled_and_an_emptied_folder_is_named(tmp_path, fast):
     dfew_tree(tmp_path, [("1", 1)], frames={"00001": 8})

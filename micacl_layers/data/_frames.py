@@ -122,10 +122,20 @@ def list_frames(frame_dir: str | os.PathLike[str]) -> list[Path]:
     return [frame_dir / name for name in _frame_names(frame_dir)]
 
 
+_DIGITS_TO_ZERO = str.maketrans("0123456789", "0000000000")
+
+
 def _frame_names(frame_dir: Path) -> list[str]:
     with os.scandir(frame_dir) as entries:
         names = [e.name for e in entries if _is_jpeg(e.name) and e.is_file()]
-    names.sort(key=_natural_key)
+    # Names that differ only in their digits (00001.jpg, 00002.jpg, ...: every clip of DFEW
+    # and FERV39k) sort the same as text and numerically; plain sorting them is ~20x cheaper,
+    # which matters when construction lists 39k folders.
+    pattern = names[0].translate(_DIGITS_TO_ZERO) if names else ""
+    if all(name.translate(_DIGITS_TO_ZERO) == pattern for name in names):
+        names.sort()
+    else:
+        names.sort(key=_natural_key)
     return names
 
 
