@@ -222,14 +222,21 @@ def test_augmentation_statistics_of_the_fast_path():
     assert abs(flips / n - 0.5) <= 0.035  # > 3 standard deviations of a fair coin
 
 
-def test_in_place_jitter_of_the_fast_path_equals_the_public_call():
-    clip = torch.rand(4, 3, 10, 10, generator=_gen(0))
-    jitter = ClipColorJitter()
-    for seed in range(10):
+@pytest.mark.parametrize("strengths", [(0.4, 0.4, 0.4), (0.9, 0.0, 0.0), (0.0, 0.7, 0.0),
+                                       (0.0, 0.0, 0.8), (0.0, 0.0, 0.0)])
+def test_in_place_jitter_of_the_fast_path_equals_the_public_call(strengths):
+    raw = torch.randint(0, 256, (4, 3, 10, 10), generator=_gen(0)).float()  # uint8 values
+    clip = raw / 255
+    jitter = ClipColorJitter(*strengths)
+    for seed in range(20):
         expected = jitter(clip, generator=_gen(seed))
-        owned = clip.clone()
-        out = jitter._jitter(owned, _gen(seed), inplace=True)
+        assert 0 <= expected.min() and expected.max() <= 1
+        out = jitter._jitter(clip.clone(), _gen(seed), inplace=True)
         torch.testing.assert_close(out, expected, atol=0, rtol=0)
+        # The fast path's form: 0..255 values, the division folded into the first step.
+        out = jitter._jitter(raw.clone(), _gen(seed), inplace=True, scale=1 / 255)
+        torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+        assert 0 <= out.min() and out.max() <= 1
 
 
 # ----------------------------------------------------------------------------- listing, errors

@@ -280,18 +280,22 @@ def to_float_clip(
         clip = torch.empty((c, t, h, w), dtype=torch.float32)
         clip.copy_(frames.transpose(0, 1)).div_(255.0)  # two fast kernels beat one slow one
         return clip
+    jitter_first = _is(plan.rest[0], ClipColorJitter)
     if all(_is(step, ClipColorJitter) or _is(step, ClipNormalize) for step in plan.rest):
         # These work on any strides: give them a (T, C, H, W) view of the channel-first
         # buffer, so the result needs no final transpose.
         clip = torch.empty((c, t, h, w), dtype=torch.float32)
-        clip.copy_(frames.transpose(0, 1)).div_(255.0)
+        clip.copy_(frames.transpose(0, 1))
         out = clip.transpose(0, 1)
     else:  # anything else gets a contiguous (T, C, H, W) clip, as on the plain path
         out = torch.empty((t, c, h, w), dtype=torch.float32)
-        out.copy_(frames).div_(255.0)
+        out.copy_(frames)
+    if not jitter_first:
+        out.div_(255.0)
     for i, step in enumerate(plan.rest):
-        if i == 0 and _is(step, ClipColorJitter):
-            out = step._jitter(out, generator, inplace=True)  # nobody else holds the buffer
+        if i == 0 and jitter_first:
+            # Nobody else holds the buffer; the jitter also does the division by 255.
+            out = step._jitter(out, generator, inplace=True, scale=1 / 255)
         elif isinstance(step, ClipTransform):
             out = step(out, generator=generator)
         else:

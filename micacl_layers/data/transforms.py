@@ -353,30 +353,42 @@ class ClipColorJitter(ClipTransform):
         return self._jitter(clip, generator, inplace=False)
 
     def _jitter(
-        self, clip: torch.Tensor, generator: torch.Generator | None, *, inplace: bool
+        self,
+        clip: torch.Tensor,
+        generator: torch.Generator | None,
+        *,
+        inplace: bool,
+        scale: float = 1.0,
     ) -> torch.Tensor:
         # With inplace=False the first adjustment makes a new tensor and later ones update it
         # in place, so the caller's clip is never modified; the loaders' fast path owns its
-        # clip and passes inplace=True. Fewer passes over the clip than the textbook form
+        # clip and passes inplace=True, with its 0..255 values and scale=1/255 folded into the
+        # first adjustment (one pass less). Fewer passes over the clip than the textbook form
         # `(c * x + (1 - c) * m).clamp(0, 1)`, same values up to float rounding.
         order, b, c, s = self.get_params(generator)
         out = clip
         owned = inplace
         for op in order:
             if op == 0 and self.brightness > 0:
-                out = out.mul_(b) if owned else out.mul(b)
+                out = out.mul_(b * scale) if owned else out.mul(b * scale)
+                if b <= 1 and scale == 1.0:  # x * b <= x <= 1 exactly: nothing to clamp
+                    owned = True
+                    continue
             elif op == 1 and self.contrast > 0:
                 mean = _grey_mean(out)
-                out = out.mul_(c) if owned else out.mul(c)
-                out.add_(mean, alpha=1 - c)
+                out = out.mul_(c * scale) if owned else out.mul(c * scale)
+                out.add_(mean, alpha=(1 - c) * scale)
             elif op == 2 and self.saturation > 0:
                 grey = _grey(out)
-                out = out.mul_(s) if owned else out.mul(s)
-                out.add_(grey, alpha=1 - s)
+                out = out.mul_(s * scale) if owned else out.mul(s * scale)
+                out.add_(grey, alpha=(1 - s) * scale)
             else:
                 continue
             out.clamp_(0.0, 1.0)
             owned = True
+            scale = 1.0
+        if scale != 1.0:  # every strength was 0
+            out = out.mul_(scale) if owned else out.mul(scale)
         return out
 
 
