@@ -5,13 +5,14 @@ Usage (``make bench`` runs the first)::
 
     python benchmarks/run.py                   # everything, CPU, 2 threads
     python benchmarks/run.py --quick           # fewer repeats and sizes (about two minutes)
-    python benchmarks/run.py --only wian,mccl  # a subset: wian, mccl, model
+    python benchmarks/run.py --only wian,mccl  # a subset: wian, mccl, model, data
+    python benchmarks/run.py --only data       # does the clip loader keep up? (clips/s per worker)
+    python benchmarks/run.py --device cuda     # on a GPU (adds AMP training throughput)
+    python benchmarks/run.py --output docs/benchmarks-table.md
 
 Candidates named ``... (off)`` / ``... (on)`` run under that setting of ``micacl_layers.config``
 (plain autograd / every fast path incl. private oneDNN products); unmarked ones under the
 default ``"auto"``. The ``auto`` vs ``off`` rows are the evidence behind what ``auto`` enables.
-    python benchmarks/run.py --device cuda     # on a GPU (adds AMP training throughput)
-    python benchmarks/run.py --output docs/benchmarks-table.md
 
 Method. Each benchmark times forward + backward of its candidates **interleaved** (A, B, C, A,
 B, C, ...) after warm-up runs and reports medians, so that a load change on the machine hits
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import statistics
@@ -559,6 +561,172 @@ def _gpu_throughput(model: nn.Module, criterion: nn.Module, device: torch.device
 
 
 # ------------------------------------------------------------------------------------------
+# 4. Data loading: clips/s per worker next to the PIL decode floor
+# ------------------------------------------------------------------------------------------
+
+
+def _data_tree(root: Path, quick: bool) -> Path:
+    """A DFEW-layout tree of real-size 224x224 JPEG frames (the synthetic faces)."""
+    from micacl_layers.data import make_synthetic_dfew
+
+    return make_synthetic_dfew(root, total_clips=21 if quick else 42, min_clips_per_class=2,
+                               frames=(30, 90), image_size=224, seed=0).root
+
+
+def _decode_floor(ds: object, draft: int | None) -> Callable[[], None]:
+    """Only Pillow: open and decode the 16 frames the test sampling takes from every clip."""
+    from PIL import Image
+
+    from micacl_layers.data import segment_indices
+
+    clips = []
+    for frame_dir, _ in ds.samples:  # type: ignore[attr-defined]
+        names = ds._frames(frame_dir)  # type: ignore[attr-defined]
+        idx = segment_indices(len(names), 16, train=False)
+        clips.append([os.path.join(frame_dir, names[i]) for i in sorted(set(idx))])
+
+    def fn() -> None:
+        for paths in clips:
+            for path in paths:
+                with Image.open(path) as img:
+                    if draft:
+                        img.draft("RGB", (draft, draft))
+                    img.load()
+    return fn
+
+
+def _loader_clips_per_s(ds: object, workers: int, repeats: int) -> float:
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(ds, batch_size=8, shuffle=True, num_workers=workers,  # type: ignore
+                        persistent_workers=workers > 0)
+    for _ in loader:  # warm-up epoch (starts the workers)
+        pass
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in loader:
+            pass
+        rates.append(len(ds) / (time.perf_counter() - start))  # type: ignore[arg-type]
+    del loader
+    return statistics.median(rates)
+
+
+def bench_data(args: argparse.Namespace, device: torch.device) -> tuple[list[Row], list[str]]:
+    """Loader clips/s per worker (one thread, as a DataLoader worker has), old and new."""
+    import tempfile
+
+    from legacy_data import legacy_getitem, legacy_test_transform, legacy_train_transform
+
+    from micacl_layers.data import DFEW, test_transform, train_transform
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # DataLoader sets 1 thread in each worker
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = _data_tree(Path(tmp), args.quick)
+            train = DFEW(root, 1, "train", transform=train_transform(112))
+            test = DFEW(root, 1, "train", transform=test_transform(112), train=False)
+            plain = DFEW(root, 1, "train", transform=train_transform(112), fast_decode=False)
+            old_train, old_test = legacy_train_transform(112), legacy_test_transform(112)
+            n = len(train)
+
+            def epoch(getitem: Callable[[int], object]) -> Callable[[], None]:
+                def fn() -> None:
+                    for i in range(n):
+                        getitem(i)
+                return fn
+
+            cases = {
+                "train, this loader": epoch(train.__getitem__),
+                "train, legacy loader (bfb3b80)": epoch(
+                    lambda i: legacy_getitem(train, old_train, i)),
+                "train, fast_decode=False": epoch(plain.__getitem__),
+                "test, this loader": epoch(test.__getitem__),
+                "test, legacy loader (bfb3b80)": epoch(
+                    lambda i: legacy_getitem(test, old_test, i)),
+                "PIL full decode (floor)": _decode_floor(train, None),
+                "PIL draft decode at 112 (floor)": _decode_floor(train, 112),
+            }
+            repeats = args.repeats or (5 if args.quick else 11)
+            times = interleaved(cases, repeats, warmup=1, device=torch.device("cpu"))
+            ms = {k: _median_ms(v) / n for k, v in times.items()}
+            spread = {k: _spread(v) for k, v in times.items()}
+            workers = {k: _loader_clips_per_s(train, k, 2 if args.quick else 3)
+                       for k in (0, 1, 2)}
+            psnr = {name: _fast_vs_plain_psnr(root, tf)
+                    for name, tf in (("train", train_transform(112)),
+                                     ("test", test_transform(112)))}
+    finally:
+        torch.set_num_threads(threads)
+
+    legacy = {"train": ms["train, legacy loader (bfb3b80)"],
+              "test": ms["test, legacy loader (bfb3b80)"]}
+    full, draft = ms["PIL full decode (floor)"], ms["PIL draft decode at 112 (floor)"]
+    lines = [
+        f"Data loading, one process and one thread (a `DataLoader` worker's share), {n} "
+        "DFEW-layout clips of 224×224 JPEG frames (the synthetic faces, quality 90), 16 "
+        "frames a clip; medians of interleaved passes over all clips. The floors decode the "
+        "same 16 frames with Pillow alone (`Image.open` + `load`, no transform, no tensor).",
+        "",
+        "| Case | ms / clip | clips/s per worker | legacy / this | this / full-decode floor "
+        "| this / draft floor | Spread |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, value in ms.items():
+        split = name.split(",")[0]
+        speedup = (f"{legacy[split] / value:.2f}×" if split in legacy
+                   and "legacy" not in name else "")
+        floors = ("", "") if "floor" in name else (f"{value / full:.2f}×",
+                                                    f"{value / draft:.2f}×")
+        lines.append(f"| {name} | {value:.2f} | {1e3 / value:.1f} | {speedup} | {floors[0]} | "
+                     f"{floors[1]} | {100 * spread[name]:.0f}% |")
+    lines.append("")
+    train_speedup = legacy["train"] / ms["train, this loader"]
+    to_draft = ms["train, this loader"] / draft
+    lines.append(
+        f"Targets (train transform): ≥ 2× the legacy loader: "
+        f"{'met' if train_speedup >= 2 else 'NOT met'} ({train_speedup:.2f}×); within 1.3× of "
+        f"the draft-decode floor: {'met' if to_draft <= 1.3 else 'NOT met'} "
+        f"({to_draft:.2f}×; {ms['train, this loader'] / full:.2f}× the full-decode floor).")
+    lines.append("")
+    lines.append("`DataLoader(batch_size=8, shuffle=True)` over the same train clips, "
+                 "this loader: " + ", ".join(
+                     f"{k} worker{'s' * (k != 1)} {v:.1f} clips/s" for k, v in workers.items())
+                 + f" (on {os.cpu_count()} logical cores; 0 workers loads in the main process).")
+    lines.append("")
+    lines.append(
+        "Pixels, this loader against `fast_decode=False` (full decode, float transforms), same "
+        "clips and generator seeds, PSNR over all clips (min / median per clip): " + "; ".join(
+            f"{name} transform {p[0]:.1f} dB ({p[1]:.1f} / {p[2]:.1f}), max |diff| "
+            f"{p[3] * 255:.1f}/255" for name, p in psnr.items()) + ".")
+    return [], ["\n".join(lines)]
+
+
+def _fast_vs_plain_psnr(root: Path, transform: object) -> tuple[float, float, float, float]:
+    """PSNR of the fast path against the plain path: pooled, min and median per clip, and the
+    largest absolute difference (values in [0, 1])."""
+    from micacl_layers.data import DFEW
+
+    per_clip, total_sq, count, worst = [], 0.0, 0, 0.0
+    train = getattr(transform, "transforms", [None])[0].__class__.__name__ != "ClipResize"
+    probe = DFEW(root, 1, "train", transform=transform, train=train)
+    for i in range(len(probe)):
+        items = []
+        for fast in (True, False):
+            ds = DFEW(root, 1, "train", transform=transform, train=train, fast_decode=fast,
+                      generator=torch.Generator().manual_seed(i))
+            items.append(ds[i][0].double())
+        sq = (items[0] - items[1]).pow(2)
+        per_clip.append(10 * math.log10(1 / max(sq.mean().item(), 1e-20)))
+        total_sq += sq.sum().item()
+        count += sq.numel()
+        worst = max(worst, (items[0] - items[1]).abs().max().item())
+    pooled = 10 * math.log10(1 / max(total_sq / count, 1e-20))
+    return pooled, min(per_clip), statistics.median(per_clip), worst
+
+
+# ------------------------------------------------------------------------------------------
 # report
 # ------------------------------------------------------------------------------------------
 
@@ -598,10 +766,11 @@ def render(rows: list[Row], notes: list[str], args: argparse.Namespace,
                f"{loads[1][2]:.2f}")
     out.append(f"- date: {datetime.datetime.now().isoformat(timespec='minutes')}; command: "
                f"`{' '.join(['python', 'benchmarks/run.py', *sys.argv[1:]])}`")
-    out += ["", "## Forward + backward, medians of interleaved runs", "",
-            "| Section | Configuration | Ours | ms | Baseline | ms | Ratio | Target | Spread "
-            "| Peak MiB (ours / baseline) |",
-            "|---|---|---|---:|---|---:|---:|---|---:|---|"]
+    if rows:  # (--only data has no forward + backward rows)
+        out += ["", "## Forward + backward, medians of interleaved runs", "",
+                "| Section | Configuration | Ours | ms | Baseline | ms | Ratio | Target | Spread "
+                "| Peak MiB (ours / baseline) |",
+                "|---|---|---|---:|---|---:|---:|---|---:|---|"]
     for r in rows:
         if r.kind == "share":
             ratio = f"{100 * r.value:.1f} % of baseline"
@@ -621,8 +790,8 @@ def render(rows: list[Row], notes: list[str], args: argparse.Namespace,
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and sizes")
-    parser.add_argument("--only", default="wian,mccl,model",
-                        help="comma-separated subset of wian, mccl, model")
+    parser.add_argument("--only", default="wian,mccl,model,data",
+                        help="comma-separated subset of wian, mccl, model, data")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
     parser.add_argument("--repeats", type=int, default=0, help="override the repeat counts")
@@ -638,7 +807,7 @@ def main(argv: list[str] | None = None) -> None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)
     only = {s.strip() for s in args.only.split(",") if s.strip()}
-    unknown = only - {"wian", "mccl", "model"}
+    unknown = only - {"wian", "mccl", "model", "data"}
     if unknown:
         parser.error(f"--only: unknown {sorted(unknown)}")
     start_load = os.getloadavg()
@@ -652,6 +821,10 @@ def main(argv: list[str] | None = None) -> None:
         model_rows, model_notes = bench_model(args, device)
         rows += model_rows
         notes += model_notes
+    if "data" in only:
+        data_rows, data_notes = bench_data(args, device)
+        rows += data_rows
+        notes += data_notes
     report = render(rows, notes, args, device, (start_load, os.getloadavg()))
     print(report)
     if args.output:

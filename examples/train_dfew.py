@@ -71,6 +71,17 @@ DEMO_DEFAULTS = {
 
 
 # ----------------------------------------------------------------------------- options
+def default_workers() -> int:
+    """Data-loader workers per process: its share of the usable CPUs but one (the training
+    loop's), at most 8. Under torchrun the CPUs are shared by LOCAL_WORLD_SIZE processes."""
+    try:
+        cpus = len(os.sched_getaffinity(0))  # the CPUs this process may use (containers)
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    per_process = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(8, per_process - 1))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Train and evaluate MICACL (GEIIM + WIAN + MCCL) on DFEW, FERV39k or "
@@ -91,7 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--crop-scale", type=float, default=0.08,
                    help="smallest area fraction of the clip-consistent random-resized crop "
                         "(the public code's 0.08; the demo's small synthetic faces use 0.5)")
-    g.add_argument("--workers", type=int, default=4, help="data-loader worker processes")
+    g.add_argument("--workers", type=int, default=default_workers(),
+                   help="data-loader worker processes (per process under torchrun); the "
+                        "default is min(8, usable CPUs per process - 1), leaving one CPU to the "
+                        "training loop. Does the loader keep up? `python benchmarks/run.py "
+                        "--only data` prints the loader's clips/s per worker: workers x that "
+                        "must exceed the training clips/s (training clips / epoch seconds; on a "
+                        "GPU `benchmarks/run.py --device cuda --quick` also prints the AMP "
+                        "training clips/s). If it does not, the GPU waits for data: add workers "
+                        "or CPUs")
     g.add_argument("--skip-bad-clips", action="store_true",
                    help="skip clips with missing/empty frame folders (each one reported) "
                         "instead of stopping")

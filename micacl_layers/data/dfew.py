@@ -137,6 +137,14 @@ class DFEW(ClipFolderDataset):
         generator: Randomness for frame sampling and for this package's clip transforms.
             ``None`` uses torch's global RNG (seeded per ``DataLoader`` worker). A generator
             object is copied into each worker as is: reseed it in ``worker_init_fn``.
+        fast_decode: For this package's ``ClipTransform`` chains (``train_transform``,
+            ``test_transform``, ...): draw the crop and flip first, then decode each sampled
+            frame straight to the crop at the output size (JPEG draft mode when the output is
+            at most half the frame), flip in uint8 and convert to float once, before the
+            colour steps. Same frames and random parameters as ``False``, the plain path
+            (full-size float decode, then the transform); pixels within rounding without
+            draft mode (see ``docs/data.md`` for both figures). Plain callables always get the
+            plain path.
 
     Attributes:
         classes: ``list(DFEW_CLASSES)``.
@@ -179,6 +187,7 @@ class DFEW(ClipFolderDataset):
         train: bool | None = None,
         skip_bad_clips: bool = False,
         generator: torch.Generator | None = None,
+        fast_decode: bool = True,
     ) -> None:
         if isinstance(fold, bool) or not isinstance(fold, int) or not 1 <= fold <= 5:
             raise ValueError(f"fold must be an int in 1..5, got {fold!r}")
@@ -206,4 +215,5 @@ class DFEW(ClipFolderDataset):
             train=split == "train" if train is None else train,
             skip_bad_clips=skip_bad_clips,
             generator=generator,
+            fast_decode=fast_decode,
         )

@@ -114,6 +114,7 @@ class FERV39k(ClipFolderDataset):
         skip_bad_clips: Skip clips whose folder is missing or empty, with one warning listing
             them; ``.skipped`` holds them.
         generator: Randomness for frame sampling and for this package's clip transforms.
+        fast_decode: As for :class:`~micacl_layers.data.dfew.DFEW`.
 
     Attributes:
         classes: ``list(FERV39K_CLASSES)``.
@@ -152,6 +153,7 @@ class FERV39k(ClipFolderDataset):
         train: bool | None = None,
         skip_bad_clips: bool = False,
         generator: torch.Generator | None = None,
+        fast_decode: bool = True,
     ) -> None:
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -174,4 +176,5 @@ class FERV39k(ClipFolderDataset):
             train=split == "train" if train is None else train,
             skip_bad_clips=skip_bad_clips,
             generator=generator,
+            fast_decode=fast_decode,
         )

@@ -82,13 +82,14 @@ def segment_indices(
     s = _positive_int(num_segments, "num_segments")
     if n < s:
         return [((2 * i + 1) * n) // (2 * s) for i in range(s)]
-    starts = torch.arange(s, dtype=torch.long) * n // s
-    ends = (torch.arange(s, dtype=torch.long) + 1) * n // s
-    lengths = ends - starts
+    # Plain Python ints: a dozen tiny tensor ops cost more than decoding a frame would.
+    starts = [i * n // s for i in range(s + 1)]
+    lengths = [starts[i + 1] - starts[i] for i in range(s)]
     if train:
-        # One uniform draw per segment; floor(u * len) is uniform over the segment's frames.
-        u = torch.rand(s, generator=generator, dtype=torch.float64)
-        offsets = (u * lengths).long().clamp_(max=lengths - 1)
+        # One uniform draw per segment; floor(u * len) is uniform over the segment's frames
+        # (float64 products, as the tensor form computed them).
+        u = torch.rand(s, generator=generator, dtype=torch.float64).tolist()
+        offsets = [min(int(x * length), length - 1) for x, length in zip(u, lengths, strict=True)]
     else:
-        offsets = lengths // 2
-    return (starts + offsets).tolist()
+        offsets = [length // 2 for length in lengths]
+    return [starts[i] + offsets[i] for i in range(s)]

@@ -1,0 +1,304 @@
+"""The loaders' fast path: decode a clip straight at the size its transform needs.
+
+The plain path (:func:`~micacl_layers.data._frames.load_frames`, then the transform) decodes
+every frame at full size, converts it to float32 and crops, resizes and flips in float. Most of
+that work is thrown away: a 224x224 frame becomes a 112x112 crop. This module does the same
+job in a cheaper order, for transforms it can look into (``ClipCompose`` chains whose leading
+steps are this package's ``ClipRandomResizedCrop``, ``ClipResize`` and
+``ClipRandomHorizontalFlip``):
+
+1. :func:`plan_geometry` draws the geometric steps' random parameters **before** decoding, with
+   the same generator calls in the same order as the transforms themselves would make, and
+   folds them into one crop box, one output size and one flip;
+2. :func:`decode_planned` decodes each frame, with Pillow's JPEG *draft* mode (DCT scaling by
+   1/2, 1/4 or 1/8, no full-size decode) when the output is at most half the crop, so that the
+   smaller frame still has at least the output's resolution; it keeps only the crop, in uint8,
+   and resizes the clip in one uint8 call (antialiased bilinear, the filter of ``ClipResize``);
+3. :func:`to_float_clip` flips in uint8, converts to float32 in ``[0, 1]`` once, and the rest of
+   the chain (colour jitter, normalisation, anything else) runs on the small float clip.
+
+Same frames, same labels, same random parameters as the plain path; the pixels differ by
+uint8 rounding without draft mode, and by the resolution draft mode gives up with it
+(``docs/data.md`` has the measured figures). ``fast_decode=False`` on the data sets selects the
+plain path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .transforms import (
+    ClipColorJitter,
+    ClipCompose,
+    ClipNormalize,
+    ClipRandomHorizontalFlip,
+    ClipRandomResizedCrop,
+    ClipResize,
+    ClipTransform,
+)
+
+__all__ = ["GeometryPlan", "decode_planned", "open_frame", "plan_geometry", "to_float_clip"]
+
+
+
+@dataclass
+class GeometryPlan:
+    """The geometric steps of a transform, folded into one crop, one resize and one flip.
+
+    Attributes:
+        box: ``(left, top, right, bottom)`` of the crop in full-frame pixels.
+        size: Output ``(height, width)``; ``None`` keeps the crop's size (no resampling).
+        flip: Whether the clip is flipped left-right (after the crop).
+        rest: The transforms still to apply, to the float clip, in order.
+    """
+
+    box: tuple[int, int, int, int]
+    size: tuple[int, int] | None
+    flip: bool
+    rest: list[Any] = field(default_factory=list)
+
+
+def _is(step: object, cls: type) -> bool:
+    # A subclass that overrides __call__ may do anything: only the stock behaviour is planned.
+    return isinstance(step, cls) and type(step).__call__ is cls.__call__
+
+
+def _flatten(transform: object) -> list[object]:
+    if _is(transform, ClipCompose):
+        return [s for t in transform.transforms for s in _flatten(t)]  # type: ignore[attr-defined]
+    return [transform]
+
+
+def plan_geometry(
+    transform: ClipTransform, height: int, width: int, generator: torch.Generator | None
+) -> GeometryPlan:
+    """Draw the leading geometric steps of ``transform`` for a ``height`` x ``width`` clip.
+
+    Steps are taken from the front of the (flattened) chain while they are a flip, or the
+    first crop or resize; the first other step, or a second crop or resize, ends the plan and
+    it and everything after it go to ``rest``. Random parameters are drawn exactly as the
+    steps' own ``__call__`` would draw them, so the generator ends in the same state.
+
+    Args:
+        transform: A ``ClipTransform`` (usually a ``ClipCompose``).
+        height: Frame height in pixels.
+        width: Frame width in pixels.
+        generator: The generator the data set would pass to ``transform``.
+
+    Returns:
+        The plan; a transform with no leading geometric step gives the whole frame, no
+        resampling, no flip, and the whole chain in ``rest``.
+
+    Example:
+        >>> from micacl_layers.data.transforms import train_transform
+        >>> plan = plan_geometry(train_transform(112), 224, 224, torch.Generator().manual_seed(0))
+        >>> plan.size, [type(t).__name__ for t in plan.rest]
+        ((112, 112), ['ClipColorJitter'])
+    """
+    steps = _flatten(transform)
+    box = (0, 0, width, height)
+    size: tuple[int, int] | None = None
+    flip = False
+    for i, step in enumerate(steps):
+        if _is(step, ClipRandomHorizontalFlip):
+            # As ClipRandomHorizontalFlip.__call__: one draw, whatever p is.
+            if step._uniform(0.0, 1.0, generator) < step.p:  # type: ignore[attr-defined]
+                flip = not flip
+            continue
+        if size is None and _is(step, ClipRandomResizedCrop):
+            top, left, h, w = step.get_params(height, width, generator)  # type: ignore[attr-defined]
+            if flip:  # a crop of the flipped frame is the mirrored crop of the frame, flipped
+                left = width - left - w
+            box = (left, top, left + w, top + h)
+            size = step.size  # type: ignore[attr-defined]
+            continue
+        if size is None and _is(step, ClipResize):
+            size = step.size  # type: ignore[attr-defined]
+            continue
+        return GeometryPlan(box, size, flip, list(steps[i:]))
+    return GeometryPlan(box, size, flip, [])
+
+
+def _draft_request(plan: GeometryPlan, height: int, width: int) -> tuple[int, int] | None:
+    """The ``(width, height)`` to ask Pillow's draft mode for, or ``None`` to decode in full.
+
+    Draft mode is used only when the output is at most half the crop in both directions:
+    Pillow then decodes at the largest of 1/2, 1/4, 1/8 of the frame whose crop is still at
+    least the output size, so the resize never has less resolution to work from than the
+    output needs (``ClipResize(112)`` of a 224x224 frame decodes at 112x112). A random crop
+    smaller than twice the output is decoded in full.
+    """
+    if plan.size is None:
+        return None
+    left, top, right, bottom = plan.box
+    out_h, out_w = plan.size
+    crop_h, crop_w = bottom - top, right - left
+    if 2 * out_h > crop_h or 2 * out_w > crop_w:
+        return None
+    # ceil: the frame size at which the crop is still >= the output
+    return -(-out_w * width // crop_w), -(-out_h * height // crop_h)
+
+
+def _corrupt(path: str | Path, err: BaseException) -> OSError:
+    # Local import: _frames imports this module.
+    from ._frames import CorruptFrameError
+
+    return CorruptFrameError(f"cannot decode frame {str(path)!r} (corrupt or not an image): {err}")
+
+
+def open_frame(path: str | Path, image_mod: ModuleType) -> Any:
+    """``PIL.Image.open(path)`` (header only), with ``load_frames``'s errors.
+
+    Raises:
+        FileNotFoundError: If the file does not exist (naming it).
+        CorruptFrameError: If it is not an image Pillow can open (naming it).
+    """
+    try:
+        return image_mod.open(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"frame file {str(path)!r} does not exist") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise _corrupt(path, err) from err
+
+
+def _decode_one(img: Any, path: str, plan: GeometryPlan, image_mod: ModuleType) -> np.ndarray:
+    """Decode an opened frame and cut out the plan's box: ``(h, w, 3)`` uint8.
+
+    With draft mode the box is cut from the smaller frame; a box whose edges fall between
+    that frame's pixels is resampled to the output size here, by Pillow.
+    """
+    width, height = img.size
+    try:
+        request = _draft_request(plan, height, width)
+        scale = 1.0
+        if request is not None and img.format == "JPEG":
+            drafted = img.draft("RGB", request)
+            if drafted is not None:
+                scale = drafted[1][2] / width  # draft box: (0, 0, W / s, H / s)
+        rgb = img if img.mode == "RGB" else img.convert("RGB")
+        box = tuple(v * scale for v in plan.box)
+        if plan.size is not None and any(v != int(v) for v in box):
+            # The box falls between the small frame's pixels: Pillow resamples a fractional
+            # box directly (rounding it would shift the crop by up to a pixel).
+            rgb = rgb.resize((plan.size[1], plan.size[0]), image_mod.Resampling.BILINEAR,
+                             box=box)
+        elif box != (0, 0, *rgb.size):
+            # Cut in Pillow, before the pixels are exported: less to copy.
+            rgb = rgb.crop(tuple(int(v) for v in box))
+        return np.asarray(rgb)
+    except (OSError, SyntaxError, ValueError) as err:
+        raise _corrupt(path, err) from err
+
+
+def decode_planned(
+    paths: Sequence[str | os.PathLike[str]],
+    make_plan: Callable[[int, int], GeometryPlan],
+    image_mod: ModuleType,
+) -> tuple[torch.Tensor, GeometryPlan]:
+    """Decode frames straight to their plan's crop and size, in uint8.
+
+    The plan is made from the first frame's size, read from its header, before any frame is
+    decoded. Repeated paths are decoded once, as in ``load_frames``, and the same errors are
+    raised. The crop is resized with the antialiased bilinear filter of ``ClipResize``, on
+    uint8.
+
+    Args:
+        paths: Frame files in the order wanted (non-empty).
+        make_plan: ``make_plan(height, width)``, e.g. :func:`plan_geometry` for the clip's
+            transform and generator.
+        image_mod: ``PIL.Image``.
+
+    Returns:
+        ``(frames, plan)``: the uint8 clip, in channels-last memory, and the plan.
+
+    Shape:
+        - Output: :math:`(T, 3, H, W)` with ``T = len(paths)`` and ``(H, W)`` the plan's size
+          (or its box's size without resampling).
+
+    Raises:
+        FileNotFoundError: If a frame file has disappeared (naming it).
+        CorruptFrameError: If a frame cannot be decoded (naming it).
+        ValueError: If frames differ in size (naming the odd file).
+    """
+    decoded: dict[str, np.ndarray] = {}
+    arrays = []
+    first: tuple[str, tuple[int, int]] | None = None
+    plan: GeometryPlan | None = None
+    for raw in paths:
+        path = os.fspath(raw)
+        if path not in decoded:
+            with open_frame(path, image_mod) as img:
+                if first is None:
+                    first = (path, img.size)
+                    plan = make_plan(img.size[1], img.size[0])
+                elif img.size != first[1]:
+                    (w, h), (w0, h0) = img.size, first[1]
+                    raise ValueError(
+                        f"frame {path!r} is {w}x{h} but {first[0]!r} in the same clip is "
+                        f"{w0}x{h0}; all frames of a clip must have one size"
+                    )
+                decoded[path] = _decode_one(img, path, plan, image_mod)  # type: ignore[arg-type]
+        arrays.append(decoded[path])
+    assert plan is not None, "paths must not be empty"
+    frames = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    if plan.size is not None and tuple(frames.shape[-2:]) != plan.size:
+        frames = F.interpolate(frames, size=plan.size, mode="bilinear", align_corners=False,
+                               antialias=True)
+    return frames, plan
+
+
+def to_float_clip(
+    frames: torch.Tensor,
+    plan: GeometryPlan,
+    generator: torch.Generator | None,
+    check: Callable[[torch.Tensor], None],
+) -> torch.Tensor:
+    """Flip in uint8, convert to float once, run the rest of the chain; channel-first output.
+
+    Args:
+        frames: uint8 ``(T, 3, H, W)`` from :func:`decode_planned`.
+        plan: The clip's plan.
+        generator: Passed to every ``ClipTransform`` in ``plan.rest``.
+        check: Called on the rest's ``(T, C, H, W)`` output (the data set's output check).
+
+    Returns:
+        float32 clip ``(C, T, H, W)``, values in ``[0, 1]`` unless ``rest`` normalises.
+    """
+    if plan.flip:
+        frames = frames.flip(-1)
+    t, c, h, w = frames.shape
+    if not plan.rest:
+        clip = torch.empty((c, t, h, w), dtype=torch.float32)
+        clip.copy_(frames.transpose(0, 1)).div_(255.0)  # two fast kernels beat one slow one
+        return clip
+    jitter_first = _is(plan.rest[0], ClipColorJitter)
+    if all(_is(step, ClipColorJitter) or _is(step, ClipNormalize) for step in plan.rest):
+        # These work on any strides: give them a (T, C, H, W) view of the channel-first
+        # buffer, so the result needs no final transpose.
+        clip = torch.empty((c, t, h, w), dtype=torch.float32)
+        clip.copy_(frames.transpose(0, 1))
+        out = clip.transpose(0, 1)
+    else:  # anything else gets a contiguous (T, C, H, W) clip, as on the plain path
+        out = torch.empty((t, c, h, w), dtype=torch.float32)
+        out.copy_(frames)
+    if not jitter_first:
+        out.div_(255.0)
+    for i, step in enumerate(plan.rest):
+        if i == 0 and jitter_first:
+            # Nobody else holds the buffer; the jitter also does the division by 255.
+            out = step._jitter(out, generator, inplace=True, scale=1 / 255)
+        elif isinstance(step, ClipTransform):
+            out = step(out, generator=generator)
+        else:
+            out = step(out)
+    check(out)
+    return out.permute(1, 0, 2, 3).contiguous()
