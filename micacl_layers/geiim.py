@@ -8,6 +8,7 @@ adds local interaction at several temporal extents.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +36,7 @@ def _check_padding_mask(padding_mask: object, batch: int, num_instances: int) ->
 def _check_any_batch_mask(padding_mask: object, num_instances: int) -> torch.Tensor:
     """A padding mask ``(B, T)`` of any batch size ``B`` (the adjacency alone fixes only ``T``)."""
     is_matrix = isinstance(padding_mask, torch.Tensor) and padding_mask.dim() == 2
-    batch = padding_mask.shape[0] if is_matrix else 0
+    batch = padding_mask.shape[0] if isinstance(padding_mask, torch.Tensor) and is_matrix else 0
     if isinstance(padding_mask, torch.Tensor) and not is_matrix:
         raise ValueError(f"`padding_mask` must have shape (B, T) with T={num_instances}, "
                          f"got {describe(padding_mask)}.")
@@ -190,6 +191,12 @@ class GEIIM(nn.Module):
         torch.Size([4, 4])
     """
 
+    # (sub-modules that may be None, and a buffer: typed for the checker)
+    temporal_convs: nn.ModuleList | None
+    fuse: nn.Linear | None
+    dropout: nn.Dropout | None
+    alpha_fixed: torch.Tensor
+
     def __init__(
         self,
         num_instances: int,
@@ -204,7 +211,7 @@ class GEIIM(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        factory = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.num_instances = check_positive_int("num_instances", num_instances)
         self.dim = check_positive_int("dim", dim)
         self.node_dim = check_positive_int("node_dim", node_dim)
@@ -245,9 +252,9 @@ class GEIIM(nn.Module):
         std = self.node_dim ** -0.25
         nn.init.normal_(self.node_src, std=std)
         nn.init.normal_(self.node_dst, std=std)
-        if self.temporal_convs is not None:
+        if self.temporal_convs is not None and self.fuse is not None:
             for conv in self.temporal_convs:
-                conv.reset_parameters()
+                conv.reset_parameters()  # type: ignore[operator]
             nn.init.zeros_(self.fuse.weight)
             nn.init.zeros_(self.fuse.bias)
 
@@ -298,6 +305,7 @@ class GEIIM(nn.Module):
         adjacency = _instance_adjacency(self.node_src, self.node_dst, padding_mask)
         h = _graph_propagate(x, adjacency, self.alpha.to(x.dtype))
         if self.temporal_convs is not None:
+            assert self.fuse is not None and self.dropout is not None  # (built together)
             keep = None if padding_mask is None else (~padding_mask).unsqueeze(-1).to(h.dtype)
             inp = h if keep is None else h * keep
             seq = inp.transpose(1, 2)

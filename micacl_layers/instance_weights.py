@@ -76,7 +76,7 @@ def instance_weights(
             work = work.masked_fill(padding_mask.unsqueeze(-1), torch.finfo(work.dtype).min)
             real = (~padding_mask).sum(dim=1, keepdim=True).unsqueeze(-1).to(work.dtype)
         else:
-            real = work.shape[1]
+            real = work.shape[1]  # type: ignore[assignment]
         w = work.softmax(dim=1) * real
     else:
         w = work.softmax(dim=-1)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -296,12 +296,12 @@ def _reduce(per_anchor: torch.Tensor, has_positive: torch.Tensor, reduction: str
 
 def _check_scales(scales: object) -> tuple[int, ...]:
     try:
-        scales = tuple(scales)  # type: ignore[arg-type]
+        values: tuple[object, ...] = tuple(scales)  # type: ignore[arg-type]
     except TypeError:
         raise TypeError(f"`scales` must be a sequence of ints, got {scales!r}.") from None
-    if not scales or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in scales):
-        raise ValueError(f"`scales` must be a non-empty sequence of positive ints, got {scales!r}.")
-    return scales
+    if not values or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in values):
+        raise ValueError(f"`scales` must be a non-empty sequence of positive ints, got {values!r}.")
+    return cast(tuple[int, ...], values)
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
@@ -431,7 +431,7 @@ def multiscale_category_aware_contrastive_loss(
         torch.Size([])
     """
     options = MCCLOptions(
-        scales=scales, tau0=tau0, temperature=temperature, form=form,
+        scales=_check_scales(scales), tau0=tau0, temperature=temperature, form=form,
         exclude_self=exclude_self, class_weighting=class_weighting, difficulty=difficulty,
         detach_difficulty=detach_difficulty, reduction=reduction)
     features, logits, targets = _check_inputs(features, logits, targets)
@@ -458,7 +458,7 @@ def _multiscale_loss(
     counts: torch.Tensor,
     options: MCCLOptions,
     *,
-    projections: Sequence[Callable[[torch.Tensor], torch.Tensor]] | None,
+    projections: Sequence[Callable[[torch.Tensor], torch.Tensor]] | nn.ModuleList | None,
     memory: tuple[Sequence[torch.Tensor], torch.Tensor] | None,
     return_breakdown: bool,
     need_embeddings: bool,
@@ -579,6 +579,10 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
         True
     """
 
+    class_counts: torch.Tensor  # (a buffer: typed for the checker)
+    projections: nn.ModuleList | None
+    memory: ContrastMemory | None
+
     def __init__(
         self,
         num_classes: int,
@@ -604,7 +608,7 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
         self.num_classes = check_positive_int("num_classes", num_classes)
         self.feature_dim = check_positive_int("feature_dim", feature_dim)
         self.options = MCCLOptions(
-            scales=scales, tau0=tau0, temperature=temperature, form=form,
+            scales=_check_scales(scales), tau0=tau0, temperature=temperature, form=form,
             exclude_self=exclude_self, class_weighting=class_weighting, difficulty=difficulty,
             detach_difficulty=detach_difficulty, reduction=reduction)
         self.options.check_feature_dim(feature_dim)
@@ -626,13 +630,13 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
         else:
             self.projections = nn.ModuleList(
                 FastLinear(feature_dim // s, projection_dim, device=device, dtype=dtype)
-                for s in self.scales
+                for s in self.options.scales
             )
         if isinstance(memory_size, bool) or not isinstance(memory_size, int) or memory_size < 0:
             raise ValueError(f"`memory_size` must be >= 0 (0 disables the memory), "
                              f"got {memory_size!r}.")
         self.gather_distributed = gather_distributed
-        dims = [projection_dim or feature_dim // s for s in self.scales]
+        dims = [projection_dim or feature_dim // s for s in self.options.scales]
         self.memory = ContrastMemory(memory_size, dims, device=device) if memory_size else None
 
     __prepare_scriptable__ = torchscript_unsupported
@@ -643,7 +647,7 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
             self.memory.reset()
 
     @torch.no_grad()
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+    def _apply(self, fn, recurse=True):
         # .half(), .to(dtype) etc. convert floating buffers: fixed non-integer counts (given as
         # frequencies) keep their float64 values and only follow the device.
         counts = self.class_counts
@@ -700,7 +704,7 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
         if self.projections is not None:
             # Features from an autocast region (float16/bfloat16) or float64 data meet the
             # projections in their dtype, as autocast would cast them.
-            features = to_parameter_dtype(features, self.projections[0].weight)
+            features = to_parameter_dtype(features, cast(nn.Linear, self.projections[0]).weight)
         if self.gather_distributed and is_distributed():
             # Every rank computes the loss of the global batch; see micacl_layers.distributed
             # for why DDP then needs no gradient rescaling.
@@ -710,13 +714,13 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
             self.update_class_counts(targets)
         # A class not seen yet counts as one sample, so its weight stays finite.
         counts = self.class_counts.clamp_min(1) if self.track_class_counts else self.class_counts
-        use_memory = self.memory is not None and self.training
-        memory = self.memory.get() if use_memory and len(self.memory) else None
+        bank = self.memory if self.training else None
+        memory = bank.get() if bank is not None and len(bank) else None
         result, embeddings = _multiscale_loss(
             features, logits, targets, counts, self.options, projections=self.projections,
-            memory=memory, return_breakdown=return_breakdown, need_embeddings=use_memory)
-        if use_memory:
-            self.memory.push(embeddings, targets)
+            memory=memory, return_breakdown=return_breakdown, need_embeddings=bank is not None)
+        if bank is not None:  # (need_embeddings: every scale's embeddings were formed)
+            bank.push(cast(list[torch.Tensor], embeddings), targets)
         return result
 
     def extra_repr(self) -> str:
@@ -735,7 +739,8 @@ def _option_attribute(name: str) -> property:
         return getattr(self.options, name)
 
     def set_(self: MultiscaleCategoryAwareContrastiveLoss, value: object) -> None:
-        self.options = dataclasses.replace(self.options, **{name: value})
+        changes: dict[str, Any] = {name: value}
+        self.options = dataclasses.replace(self.options, **changes)
         self.options.check_feature_dim(self.feature_dim)
 
     return property(get, set_, doc=f"``options.{name}`` (see :class:`MCCLOptions`).")

@@ -47,6 +47,9 @@ class ContrastMemory(nn.Module):
         (torch.Size([2, 3]), [0, 1])
     """
 
+    targets: torch.Tensor  # (buffers: typed for the checker)
+    pointer: torch.Tensor
+
     def __init__(self, size: int, dims: tuple[int, ...] | list[int], *,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None
                  ) -> None:

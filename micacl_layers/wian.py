@@ -24,6 +24,7 @@ import contextlib
 import math
 import warnings
 from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -152,9 +153,9 @@ def _layer_reference(
     w_ih = torch.stack(params[0::4])  # type: ignore[arg-type]
     w_hh_t = torch.stack(params[1::4]).transpose(1, 2)  # type: ignore[arg-type]
     bias = None
-    if params[2] is not None:
-        bias = torch.stack([b_ih + b_hh for b_ih, b_hh in zip(params[2::4], params[3::4],
-                                                                 strict=True)]).unsqueeze(1)
+    if params[2] is not None:  # (a layer has biases in every direction or in none)
+        b_ih, b_hh = cast(list[torch.Tensor], params[2::4]), cast(list[torch.Tensor], params[3::4])
+        bias = torch.stack([a + b for a, b in zip(b_ih, b_hh, strict=True)]).unsqueeze(1)
     # Each direction reads the sequence (and its instance weights) in its own order.
     reads = torch.stack([x, x.flip(0)]) if dirs == 2 else x.unsqueeze(0)
     if weight is not None:
@@ -311,7 +312,7 @@ class WIANCell(nn.Module):
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None
                  ) -> None:
         super().__init__()
-        factory = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.bias = bias
@@ -490,7 +491,7 @@ class WIAN(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        factory = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.num_layers = check_positive_int("num_layers", num_layers)
@@ -571,7 +572,7 @@ class WIAN(nn.Module):
             True
         """
         _check_lstm_like("lstm", lstm, nn.LSTM)
-        p = lstm.weight_ih_l0
+        p = cast(torch.Tensor, lstm.weight_ih_l0)
         with warnings.catch_warnings():  # nn.LSTM warned about dropout with one layer already
             warnings.simplefilter("ignore", UserWarning)
             new = cls(lstm.input_size, lstm.hidden_size, lstm.num_layers, bias=True,
@@ -599,7 +600,7 @@ class WIAN(nn.Module):
         Returns:
             ``output, (h_n, c_n)`` exactly as ``nn.LSTM``.
         """
-        dtype = self.weight_ih_l0.dtype
+        dtype = cast(torch.Tensor, self.weight_ih_l0).dtype
         x = _check_input(input, dtype)
         layout = "(B, T, I)" if self.batch_first else "(T, B, I)"
         check_ndim("input", x, (2, 3), f"{layout} or unbatched (T, I)")

@@ -14,13 +14,14 @@ indices are filled.
 from __future__ import annotations
 
 import operator
+from typing import Any
 
 import torch
 
 __all__ = ["segment_indices"]
 
 
-def _positive_int(value: object, name: str) -> int:
+def _positive_int(value: Any, name: str) -> int:
     # bool is an int subclass; True frames is almost certainly a bug at the call site.
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an int, got bool {value!r}")

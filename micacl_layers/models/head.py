@@ -78,6 +78,11 @@ class MICACLHead(nn.Module):
         (torch.Size([2, 7]), torch.Size([2, 32]))
     """
 
+    # (set to one of several kinds in __init__: typed for the checker)
+    geiim: GEIIM | None
+    instance_weights: InstanceWeights | None
+    aggregator: nn.Module
+
     def __init__(
         self,
         in_dim: int = 512,
@@ -161,6 +166,7 @@ class MICACLHead(nn.Module):
         x = to_parameter_dtype(x, self.classifier.weight)
         h = self.geiim(x, padding_mask) if self.geiim is not None else x
         if self.aggregator_kind == "wian":
+            assert self.instance_weights is not None  # (built with the WIAN aggregator)
             weights = self.instance_weights(h, padding_mask)
             seq, _ = self.aggregator(h, weights=weights)
         elif self.aggregator_kind == "lstm":
