@@ -60,8 +60,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from _balanced_proto import balanced_mccl  # noqa: E402
-
 from micacl_layers import MCCLoss  # noqa: E402
 from micacl_layers.functional import supervised_contrastive_per_anchor  # noqa: E402
 
@@ -197,7 +195,7 @@ class Method:
     ce: str = "ce"  # "ce", "ls", "la", "bs", "cb"
     aux: str = "none"  # "none", "supcon", "mccl", "bal"
     lam: float = 1.0
-    bal: dict = field(default_factory=dict)  # options of balanced_mccl
+    bal: dict = field(default_factory=dict)  # balanced options of MCCLoss
     aug: bool = False  # two augmented views of each batch (CE on both, views are positives)
 
 
@@ -216,15 +214,17 @@ METHODS = {
     "la_mccl": Method("LA-CE + MCCL (paper)", ce="la", aux="mccl"),
     # Balanced MCCL candidates (log form throughout).
     "la_bal": Method("LA-CE + balanced MCCL (all three)", ce="la", aux="bal",
-                     bal={"class_average": True, "prototypes": True, "weight_norm": "batch"}),
+                     bal={"class_average": True, "class_complements": True,
+                          "weight_norm": "batch"}),
     "la_bal_noproto": Method("LA-CE + balanced MCCL, no complements", ce="la", aux="bal",
-                             bal={"class_average": True, "prototypes": False,
+                             bal={"class_average": True, "class_complements": False,
                                   "weight_norm": "batch"}),
     "la_bal_noavg": Method("LA-CE + balanced MCCL, no class averaging", ce="la", aux="bal",
-                           bal={"class_average": False, "prototypes": True,
+                           bal={"class_average": False, "class_complements": True,
                                 "weight_norm": "batch"}),
     "la_bal_now": Method("LA-CE + balanced MCCL, no anchor weights", ce="la", aux="bal",
-                         bal={"class_average": True, "prototypes": True, "weight_norm": "batch",
+                         bal={"class_average": True, "class_complements": True,
+                              "weight_norm": "batch",
                               "class_weighting": False, "difficulty": False}),
     "la_supcon": Method("LA-CE + SupCon", ce="la", aux="supcon"),
 }
@@ -278,7 +278,9 @@ def train_eval(ds: DataSet, split: Split, method: Method, seed: int, cfg: RunCon
         aux = MCCLoss(num_classes, cfg.width, split.counts.tolist(), scales,
                       projection_dim=cfg.proj_dim)
     elif method.aux == "bal":
-        aux = nn.ModuleList(nn.Linear(cfg.width // s, cfg.proj_dim) for s in scales)
+        # The library's balanced options; log form throughout.
+        aux = MCCLoss(num_classes, cfg.width, split.counts.tolist(), scales,
+                      projection_dim=cfg.proj_dim, form="log", **method.bal)
     elif method.aux == "supcon":
         aux = nn.Sequential(nn.Linear(cfg.width, cfg.width), nn.ReLU(),
                             nn.Linear(cfg.width, cfg.proj_dim))
@@ -319,10 +321,8 @@ def train_eval(ds: DataSet, split: Split, method: Method, seed: int, cfg: RunCon
             per, has = supervised_contrastive_per_anchor(aux(feats), yb, 0.1, form="log")
             loss = loss + method.lam * per.sum() / has.sum().clamp_min(1)
         elif method.aux == "bal":
-            protos = model.classifier.weight if method.bal.get("prototypes") else None
-            opts = {k: v for k, v in method.bal.items() if k != "prototypes"}
-            loss = loss + method.lam * balanced_mccl(feats, logits, yb, counts, aux, scales,
-                                                     prototypes=protos, **opts)
+            protos = model.classifier.weight if method.bal.get("class_complements") else None
+            loss = loss + method.lam * aux(feats, logits, yb, prototypes=protos)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
