@@ -156,6 +156,7 @@ class LogitAdjustedLoss(nn.Module):
         counts = _counts_of_any_length(class_counts)
         if not bool((counts == counts.round()).all()):
             raise ValueError(f"`class_counts` must be whole numbers, got {counts.tolist()}.")
+        self.class_counts: torch.Tensor
         self.register_buffer("class_counts", counts.to(torch.long))
         self.tau = float(tau)
         self.label_smoothing = float(label_smoothing)
