@@ -18,7 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from micacl_layers._validation import check_class_counts, check_logits_targets
+from micacl_layers._validation import (
+    check_class_counts,
+    check_floating,
+    check_logits_targets,
+    describe,
+)
 
 __all__ = ["LogitAdjustedLoss", "log_prior", "logit_adjusted_cross_entropy"]
 
@@ -110,8 +115,18 @@ def logit_adjusted_cross_entropy(
     _check_options(tau, label_smoothing, reduction)
     logits, targets = check_logits_targets(logits, targets, ignore_index=ignore_index)
     counts = check_class_counts(class_counts, logits.shape[1])
+    return _logit_adjusted_cross_entropy(logits, targets, counts, tau=tau,
+                                         label_smoothing=label_smoothing, reduction=reduction,
+                                         ignore_index=ignore_index)
+
+
+def _logit_adjusted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
+                                  counts: torch.Tensor, *, tau: float, label_smoothing: float,
+                                  reduction: str, ignore_index: int) -> torch.Tensor:
+    """On checked inputs; ``counts`` may live on any device (also ``meta``)."""
     work = logits.double() if logits.dtype == torch.float64 else logits.float()
-    prior = (counts / counts.sum()).log().to(device=work.device, dtype=work.dtype)
+    counts = counts.to(device=work.device, dtype=work.dtype)
+    prior = (counts / counts.sum()).log()
     adjusted = work + float(tau) * prior
     valid = targets != ignore_index
     loss = F.cross_entropy(adjusted, targets, label_smoothing=float(label_smoothing),
@@ -165,11 +180,13 @@ class LogitAdjustedLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Compute the loss; see :func:`logit_adjusted_cross_entropy`."""
+        logits = check_floating("logits", logits)
         if logits.dim() == 2 and logits.shape[1] != self.class_counts.numel():
             raise ValueError(f"`logits` must have shape (B, K) with K={self.class_counts.numel()} "
-                             f"(len(class_counts)), got shape={tuple(logits.shape)}, "
-                             f"dtype={logits.dtype}.")
-        return logit_adjusted_cross_entropy(
+                             f"(len(class_counts)), got {describe(logits)}.")
+        logits, targets = check_logits_targets(logits, targets, ignore_index=self.ignore_index)
+        # The counts were checked at construction (and may be on the meta device now).
+        return _logit_adjusted_cross_entropy(
             logits, targets, self.class_counts, tau=self.tau,
             label_smoothing=self.label_smoothing, reduction=self.reduction,
             ignore_index=self.ignore_index)
