@@ -13,7 +13,7 @@ defaults stay the paper's, so that the library's name keeps meaning the paper's 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -198,8 +198,7 @@ class MICACLLoss(nn.Module):
         counts = None
         if self.cet.logit_adjustment:
             # Before MCCL's forward updates running counts; an unseen class counts as one.
-            class_counts = cast(torch.Tensor, self.mccl.class_counts)  # a buffer
-            counts = class_counts.clamp_min(1)
+            counts = self.mccl.class_counts.clamp_min(1)
         cet = self.cet(logits, targets, features=features, classifier=classifier,
                        class_counts=counts, return_breakdown=True)
         if self.mc_weight:
