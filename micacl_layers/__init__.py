@@ -12,6 +12,7 @@ from micacl_layers.criterion import PRESETS, MICACLLoss, MICACLLossOutput
 from micacl_layers.geiim import GEIIM
 from micacl_layers.ial import IntensityAwareLoss
 from micacl_layers.instance_weights import WEIGHT_MODES, InstanceWeights
+from micacl_layers.logit_adjustment import LogitAdjustedLoss
 from micacl_layers.mccl import (
     MCCLOptions,
     MCCLoss,
@@ -32,6 +33,7 @@ __all__ = [
     "InstanceSelfAttention",
     "InstanceWeights",
     "IntensityAwareLoss",
+    "LogitAdjustedLoss",
     "MCCLOptions",
     "MCCLOutput",
     "MCCLoss",

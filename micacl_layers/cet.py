@@ -16,7 +16,7 @@ class in feature space (the intent of "feature augmentation regularization").
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -34,6 +34,7 @@ from micacl_layers._validation import (
     torchscript_unsupported,
 )
 from micacl_layers.ial import intensity_aware_loss
+from micacl_layers.logit_adjustment import logit_adjusted_cross_entropy
 
 __all__ = [
     "CETOutput",
@@ -174,8 +175,16 @@ def classification_enhancement_term(
     ignore_index: int = -100,
     generator: torch.Generator | None = None,
     return_breakdown: bool = False,
+    logit_adjustment: float = 0.0,
+    class_counts: torch.Tensor | Sequence[float] | None = None,
 ) -> torch.Tensor | CETOutput:
     r"""Classification Enhancement Term: smoothed CE + :math:`\lambda_{IAL}` IAL + feature aug.
+
+    With ``logit_adjustment`` :math:`= \tau > 0` the (smoothed) cross-entropy is the
+    logit-adjusted one of Menon et al. (ICLR 2021), on :math:`z + \tau \log \pi` with
+    :math:`\pi` the training class prior from ``class_counts``
+    (:func:`~micacl_layers.logit_adjustment.logit_adjusted_cross_entropy`); predict with the raw
+    logits. Not in the paper; IAL and the feature-augmentation term stay as they are.
 
     Args:
         logits: Classifier logits :math:`z`.
@@ -189,6 +198,9 @@ def classification_enhancement_term(
         ignore_index: Target value to ignore.
         generator: Random generator for the augmentation noise.
         return_breakdown: Return a :class:`CETOutput`.
+        logit_adjustment: :math:`\tau \ge 0` of the logit adjustment (0: plain CE).
+        class_counts: Training samples per class ``(K,)``, needed when
+            ``logit_adjustment > 0``.
 
     Returns:
         A scalar loss (float32 or wider), or a :class:`CETOutput`.
@@ -209,7 +221,8 @@ def classification_enhancement_term(
     """
     logits, targets = check_logits_targets(logits, targets, ignore_index=ignore_index,
                                            min_classes=2)
-    for name, value in (("ial_weight", ial_weight), ("aug_weight", aug_weight)):
+    for name, value in (("ial_weight", ial_weight), ("aug_weight", aug_weight),
+                        ("logit_adjustment", logit_adjustment)):
         if (isinstance(value, bool) or not isinstance(value, (int, float))
                 or not 0 <= value < float("inf")):
             raise ValueError(f"`{name}` must be >= 0 (finite), got {value!r}.")
@@ -219,6 +232,14 @@ def classification_enhancement_term(
     zero = work.sum() * 0.0
     if _all_ignored(targets, ignore_index):
         ce = zero
+    elif logit_adjustment:
+        if class_counts is None:
+            raise ValueError(f"`class_counts` is required when logit_adjustment > 0 (got "
+                             f"logit_adjustment={logit_adjustment}): pass the training split's "
+                             f"samples per class, or set logit_adjustment=0.")
+        ce = logit_adjusted_cross_entropy(logits, targets, class_counts, tau=logit_adjustment,
+                                          label_smoothing=label_smoothing,
+                                          ignore_index=ignore_index)
     else:
         ce = F.cross_entropy(work, targets, label_smoothing=label_smoothing,
                              ignore_index=ignore_index)
@@ -254,6 +275,8 @@ class ClassificationEnhancementTerm(nn.Module):
         aug_weight: Weight :math:`\lambda_{aug}` of the feature-augmentation term.
         aug_noise_std: Relative noise level :math:`\sigma`.
         ignore_index: Target value to ignore.
+        logit_adjustment: :math:`\tau` of the logit-adjusted CE (Menon et al. 2021; 0: plain
+            CE); ``forward`` then needs ``class_counts``. Not in the paper.
 
     Shape:
         - logits: :math:`(B, K)`
@@ -271,8 +294,13 @@ class ClassificationEnhancementTerm(nn.Module):
 
     def __init__(self, *, label_smoothing: float = 0.1, ial_weight: float = 0.1,
                  aug_weight: float = 0.1, aug_noise_std: float = 0.1,
-                 ignore_index: int = -100) -> None:
+                 ignore_index: int = -100, logit_adjustment: float = 0.0) -> None:
         super().__init__()
+        if (isinstance(logit_adjustment, bool) or not isinstance(logit_adjustment, (int, float))
+                or not logit_adjustment >= 0):
+            raise ValueError(f"`logit_adjustment` must be a number >= 0, got "
+                             f"{logit_adjustment!r}.")
+        self.logit_adjustment = float(logit_adjustment)
         self.label_smoothing = label_smoothing
         self.ial_weight = ial_weight
         self.aug_weight = aug_weight
@@ -283,16 +311,19 @@ class ClassificationEnhancementTerm(nn.Module):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, *,
                 features: torch.Tensor | None = None, classifier: Classifier | None = None,
+                class_counts: torch.Tensor | Sequence[float] | None = None,
                 return_breakdown: bool = False) -> torch.Tensor | CETOutput:
         """Compute the CET; see :func:`classification_enhancement_term`."""
         return classification_enhancement_term(
             logits, targets, features=features, classifier=classifier,
             label_smoothing=self.label_smoothing, ial_weight=self.ial_weight,
             aug_weight=self.aug_weight, aug_noise_std=self.aug_noise_std,
-            ignore_index=self.ignore_index, return_breakdown=return_breakdown)
+            ignore_index=self.ignore_index, return_breakdown=return_breakdown,
+            logit_adjustment=self.logit_adjustment, class_counts=class_counts)
 
     def extra_repr(self) -> str:
         """Options shown in ``repr()``."""
         return (f"label_smoothing={self.label_smoothing}, ial_weight={self.ial_weight}, "
-                f"aug_weight={self.aug_weight}, aug_noise_std={self.aug_noise_std}")
+                f"aug_weight={self.aug_weight}, aug_noise_std={self.aug_noise_std}, "
+                f"logit_adjustment={self.logit_adjustment}")
 

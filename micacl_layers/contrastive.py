@@ -86,6 +86,7 @@ def supervised_contrastive_per_anchor(
     exclude_self: bool = True,
     memory_z: torch.Tensor | None = None,
     memory_targets: torch.Tensor | None = None,
+    class_average: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Per-anchor supervised contrastive term at one scale (Eq. 9 and 11).
 
@@ -97,6 +98,12 @@ def supervised_contrastive_per_anchor(
       \sum_{k \in A(i)} e^{S_{ik}}`, computed as :math:`-\exp(\mathrm{lse}_{P} - \mathrm{lse}_{A})`;
     - ``"log"`` (SupCon): :math:`\ell_i = -\frac{1}{|P(i)|}\sum_{j \in P(i)}
       (S_{ij} - \mathrm{lse}_{k \in A(i)} S_{ik})`.
+
+    With ``class_average=True`` (Balanced Contrastive Learning, Zhu et al., CVPR 2022, Eq. 5),
+    each candidate's term :math:`e^{S_{ik}}` in both sums is divided by the number of
+    candidates of its class in :math:`A(i)`, so that every class weighs the same in the
+    denominator however many samples it has in the batch: without it the head classes make up
+    most of the negatives. Not in the MICACL paper.
 
     Anchors without a positive get an exact 0 that stays connected to the graph (an empty
     batch gives empty outputs).
@@ -113,6 +120,7 @@ def supervised_contrastive_per_anchor(
         exclude_self: Drop :math:`j = i` from positives and candidates.
         memory_z: Extra candidates (e.g. a cross-batch memory), never anchors.
         memory_targets: Their class indices; required with ``memory_z``.
+        class_average: Class-averaged sums (BCL); see above.
 
     Returns:
         ``(loss, has_positive)``: per-anchor losses in float32 (float64 for float64 input) and a
@@ -151,22 +159,24 @@ def supervised_contrastive_per_anchor(
     if form not in _FORMS:
         raise ValueError(f"`form` must be one of {_FORMS}, got {form!r}.")
     return contrastive_per_anchor(z, targets, temperature, form=form, exclude_self=exclude_self,
-                                  memory_z=memory_z, memory_targets=memory_targets)
+                                  memory_z=memory_z, memory_targets=memory_targets,
+                                  class_average=class_average)
 
 
 def contrastive_per_anchor(z, targets, temperature, *, form, exclude_self, memory_z,
-                           memory_targets):
+                           memory_targets, class_average=False):
     """:func:`supervised_contrastive_per_anchor` on checked inputs (MCCL's inner call)."""
     # Under torch.autocast the matmul below would run in float16/bfloat16 again: the
     # similarities and their log-sum-exp must stay in float32, so autocast is off here.
     with no_autocast(z.device.type):
         return _contrastive_per_anchor(z, targets, temperature, form=form,
                                        exclude_self=exclude_self, memory_z=memory_z,
-                                       memory_targets=memory_targets)
+                                       memory_targets=memory_targets,
+                                       class_average=class_average)
 
 
 def _contrastive_per_anchor(z, targets, temperature, *, form, exclude_self, memory_z,
-                            memory_targets):
+                            memory_targets, class_average=False):
     dtype = _compute_dtype(z)
     eps = _norm_eps(dtype)
     z = z.to(dtype)
@@ -177,11 +187,11 @@ def _contrastive_per_anchor(z, targets, temperature, *, form, exclude_self, memo
     temperature = torch.as_tensor(temperature, dtype=dtype, device=z.device)
     if z.shape[0] == 0:  # no anchors: nothing to contrast, an empty loss still on the graph
         return z.sum(dim=1), targets.new_zeros(0, dtype=torch.bool)
-    if _fast.contrastive_applies(z, temperature):
+    if not class_average and _fast.contrastive_applies(z, temperature):
         return _fast.contrastive(z, mem, targets, cand_targets, temperature, form,
                                  exclude_self, eps, _contrastive_reference)
     return _contrastive_reference(z, mem, targets, cand_targets, temperature, form,
-                                  exclude_self, eps)
+                                  exclude_self, eps, class_average=class_average)
 
 
 def _contrastive_reference(
@@ -193,11 +203,13 @@ def _contrastive_reference(
     form: str,
     exclude_self: bool,
     eps: float,
+    class_average: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 9 and 11 for anchors ``z`` and candidates ``[z; mem]``, in plain autograd.
 
     ``cand_targets`` are the candidates' labels; ``eps`` bounds the norms from below. The
-    fast kernel (``micacl_layers._fast.contrastive``) computes the same values.
+    fast kernel (``micacl_layers._fast.contrastive``) computes the same values (it has no
+    ``class_average``, which always runs here).
     """
     anchors = _normalize(z, eps)
     cands = anchors
@@ -213,11 +225,22 @@ def _contrastive_reference(
         positive = positive & ~is_self
         lse_all = sim.masked_fill(is_self, fill).logsumexp(dim=1)
     else:
+        is_self = None
         lse_all = sim.logsumexp(dim=1)
     num_pos = positive.sum(dim=1)
     has_positive = num_pos > 0
+    weighted = sim
+    if class_average:
+        # log(1 / count of the candidate's class among the anchor's candidates), self excluded.
+        per_class = torch.bincount(cand_targets, minlength=int(cand_targets.max()) + 1)
+        count = per_class[cand_targets][None, :].expand(batch, -1).to(sim.dtype)
+        if exclude_self:
+            count = count - (targets[:, None] == cand_targets[None, :]).to(sim.dtype)
+        weighted = sim - count.clamp_min(1.0).log()
+        lse_all = (weighted if is_self is None else weighted.masked_fill(is_self, fill)
+                   ).logsumexp(dim=1)
     if form == "ratio":
-        lse_pos = sim.masked_fill(~positive, fill).logsumexp(dim=1)
+        lse_pos = weighted.masked_fill(~positive, fill).logsumexp(dim=1)
         loss = -torch.exp(lse_pos - lse_all)
     else:
         mean_pos = (sim * positive).sum(dim=1) / num_pos.clamp_min(1)

@@ -5,6 +5,9 @@
 The paper writes the two terms with weight 1; the public code trains with
 ``CE(label_smoothing=0.1) + 30 * MCCL``. Both are available: the defaults follow the paper's
 structure with our sound CET, and :meth:`MICACLLoss.from_preset` gives ``"public_code"``.
+``"balanced"`` is not in the paper: logit-adjusted CE plus a balanced MCCL, the best
+combination on the validation splits of the long-tail benchmark (docs/longtail.md). The
+defaults stay the paper's, so that the library's name keeps meaning the paper's loss.
 """
 
 from __future__ import annotations
@@ -36,6 +39,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "public_code": {"mc_weight": 30.0, "label_smoothing": 0.1, "ial_weight": 0.0,
                     "aug_weight": 0.0, "tau0": 0.07, "form": "log",
                     "temperature": "batch_mean"},
+    # Not in the paper; chosen on validation splits of benchmarks/longtail.py (docs/longtail.md):
+    # logit-adjusted CE (Menon et al. 2021, tau 1) + 0.3 x MCCL in the log form with Balanced
+    # Contrastive Learning's class-averaged denominators and class complements (Zhu et al. 2022)
+    # and anchor weights of batch mean 1. ``forward`` needs ``classifier`` (its weight rows are
+    # the class complements).
+    "balanced": {"mc_weight": 0.3, "label_smoothing": 0.0, "ial_weight": 0.0, "aug_weight": 0.0,
+                 "logit_adjustment": 1.0, "tau0": 0.07, "form": "log", "class_average": True,
+                 "class_complements": True, "weight_norm": "batch"},
 }
 
 
@@ -76,6 +87,8 @@ class MICACLLoss(nn.Module):
         ial_weight: CET weight of the intensity-aware loss.
         aug_weight: CET weight of the feature-augmentation term (needs ``classifier``).
         aug_noise_std: Relative noise of the feature augmentation.
+        logit_adjustment: :math:`\tau` of the CET's logit-adjusted cross-entropy (Menon et al.
+            2021; 0: plain CE), with the class counts of ``.mccl``. Not in the paper.
         **mccl_options: Further keyword options of :class:`~micacl_layers.MCCLoss`
             (``projection_dim``, ``tau0``, ``temperature``, ``form``, ...).
 
@@ -106,6 +119,7 @@ class MICACLLoss(nn.Module):
         ial_weight: float = 0.1,
         aug_weight: float = 0.1,
         aug_noise_std: float = 0.1,
+        logit_adjustment: float = 0.0,
         **mccl_options: Any,
     ) -> None:
         super().__init__()
@@ -115,7 +129,7 @@ class MICACLLoss(nn.Module):
         self.mc_weight = float(mc_weight)
         self.cet = ClassificationEnhancementTerm(
             label_smoothing=label_smoothing, ial_weight=ial_weight, aug_weight=aug_weight,
-            aug_noise_std=aug_noise_std)
+            aug_noise_std=aug_noise_std, logit_adjustment=logit_adjustment)
         self.mccl = MultiscaleCategoryAwareContrastiveLoss(
             num_classes, feature_dim, class_counts, scales, **mccl_options)
 
@@ -128,7 +142,7 @@ class MICACLLoss(nn.Module):
         """Build the criterion from a named preset of :data:`PRESETS`.
 
         Args:
-            name: ``"paper"`` or ``"public_code"``.
+            name: ``"paper"``, ``"public_code"`` or ``"balanced"``.
             num_classes: Number of classes.
             feature_dim: Clip feature size.
             class_counts: Samples per class, or ``None``.
@@ -162,7 +176,8 @@ class MICACLLoss(nn.Module):
             features: Clip features (the classifier's input).
             logits: Classifier logits.
             targets: Class indices.
-            classifier: The classifier, for the CET's feature augmentation.
+            classifier: The classifier, for the CET's feature augmentation and (its weight
+                rows) MCCL's class complements.
             return_breakdown: Return a :class:`MICACLLossOutput`.
 
         Returns:
@@ -180,10 +195,22 @@ class MICACLLoss(nn.Module):
         if logits.dim() != 2 or logits.shape[1] != num_classes:
             raise ValueError(f"`logits` must have shape (B, K) with K={num_classes} "
                              f"(num_classes), got {describe(logits)}.")
+        counts = None
+        if self.cet.logit_adjustment:
+            # Before MCCL's forward updates running counts; an unseen class counts as one.
+            counts = self.mccl.class_counts.clamp_min(1)
         cet = self.cet(logits, targets, features=features, classifier=classifier,
-                       return_breakdown=True)
+                       class_counts=counts, return_breakdown=True)
         if self.mc_weight:
-            mccl = self.mccl(features, logits, targets)
+            prototypes = None
+            if self.mccl.class_complements:
+                weight = getattr(classifier, "weight", None)
+                if not isinstance(weight, torch.Tensor):
+                    raise ValueError("`classifier` (a module with a (K, D) `weight`, e.g. "
+                                     "nn.Linear) is required with class_complements=True: its "
+                                     "weight rows are the class complements.")
+                prototypes = weight
+            mccl = self.mccl(features, logits, targets, prototypes=prototypes)
         else:
             mccl = torch.zeros_like(cet.loss)
         total = cet.loss + self.mc_weight * mccl

@@ -7,6 +7,7 @@ from micacl_layers.cet import classification_enhancement_term, feature_augmentat
 from micacl_layers.geiim import graph_propagate, instance_adjacency
 from micacl_layers.ial import intensity_aware_loss
 from micacl_layers.instance_weights import instance_weights
+from micacl_layers.logit_adjustment import log_prior, logit_adjusted_cross_entropy
 from micacl_layers.mccl import (
     adaptive_temperature,
     category_aware_weights,
@@ -27,6 +28,8 @@ __all__ = [
     "instance_adjacency",
     "instance_weights",
     "intensity_aware_loss",
+    "log_prior",
+    "logit_adjusted_cross_entropy",
     "mccl_loss",
     "multiscale_category_aware_contrastive_loss",
     "pool_features",

@@ -73,6 +73,8 @@ __all__ = [
 ]
 
 TemperatureMode = Literal["class_mean", "batch_mean", "fixed"]
+WeightNorm = Literal["classes", "batch"]
+_WEIGHT_NORMS = ("classes", "batch")
 Reduction = Literal["mean", "sum", "none"]
 _FORMS = ("ratio", "log")  # (the forms of micacl_layers.contrastive)
 _TEMPERATURES = ("class_mean", "batch_mean", "fixed")
@@ -106,6 +108,7 @@ def category_aware_weights(
     class_weighting: bool = True,
     difficulty: bool = True,
     detach_difficulty: bool = True,
+    weight_norm: WeightNorm = "classes",
 ) -> torch.Tensor:
     r"""Category-aware anchor weights, Eq. 7: :math:`W_c(i) \propto \frac{1}{n_{y_i}} (1 - p_i)`.
 
@@ -116,6 +119,11 @@ def category_aware_weights(
     default: left attached, minimising the (negative) ratio form would push :math:`p_i` *down*,
     working against the classifier.
 
+    ``weight_norm="batch"`` divides the weights by their (detached) mean over the batch, so that
+    it is exactly 1 and the loss keeps its scale next to cross-entropy whatever the batch's class
+    mix: normalised over classes, the mean anchor weight of a batch drawn with DFEW's class
+    frequencies is 0.40, and lower still with the difficulty factor. Not in the paper.
+
     Args:
         logits: Classifier logits :math:`y_p`.
         targets: Class indices.
@@ -123,6 +131,8 @@ def category_aware_weights(
         class_weighting: Use the class factor (``False``: 1 for every class).
         difficulty: Use the difficulty factor (``False``: 1 for every sample).
         detach_difficulty: Stop gradients through the difficulty factor.
+        weight_norm: ``"classes"`` (mean of the class factor over the classes is 1) or
+            ``"batch"`` (mean of the weights over the batch is 1).
 
     Returns:
         Weights in float32 (float64 for float64 logits).
@@ -140,13 +150,15 @@ def category_aware_weights(
     """
     logits, targets = check_logits_targets(logits, targets)
     class_counts = _check_counts(class_counts, logits.shape[1])
+    if weight_norm not in _WEIGHT_NORMS:
+        raise ValueError(f"`weight_norm` must be one of {_WEIGHT_NORMS}, got {weight_norm!r}.")
     return _category_aware_weights(logits, targets, class_counts,
                                    class_weighting=class_weighting, difficulty=difficulty,
-                                   detach_difficulty=detach_difficulty)
+                                   detach_difficulty=detach_difficulty, weight_norm=weight_norm)
 
 
 def _category_aware_weights(logits, targets, class_counts, *, class_weighting, difficulty,
-                            detach_difficulty):
+                            detach_difficulty, weight_norm="classes"):
     dtype = _compute_dtype(logits)
     weights = torch.ones(targets.shape[0], dtype=dtype, device=logits.device)
     if class_weighting:
@@ -156,6 +168,9 @@ def _category_aware_weights(logits, targets, class_counts, *, class_weighting, d
         p_true = logits.to(dtype).softmax(dim=-1).gather(1, targets[:, None]).squeeze(1)
         hard = 1.0 - p_true
         weights = weights * (hard.detach() if detach_difficulty else hard)
+    if weight_norm == "batch" and weights.numel():
+        # An all-zero batch (every sample predicted with certainty) stays zero, not NaN.
+        weights = weights / weights.detach().mean().clamp_min(torch.finfo(dtype).tiny)
     return weights
 
 
@@ -326,6 +341,18 @@ class MCCLOptions:
         difficulty: Use the difficulty factor of Eq. 7.
         detach_difficulty: Stop gradients through the difficulty factor.
         reduction: ``"mean"`` (over anchors with positives), ``"sum"`` or ``"none"``.
+        class_average: Balanced Contrastive Learning's class-averaged sums (Zhu et al., CVPR
+            2022, Eq. 5): each class's contribution is divided by its number of candidates
+            (:func:`supervised_contrastive_per_anchor`). Not in the paper.
+        class_complements: BCL's class complements: one prototype per class (e.g. the
+            classifier's weight rows, passed as ``prototypes``), pooled and projected like the
+            features at every scale, joins every batch as a candidate, so that every class is
+            contrasted and every anchor has a positive. Not in the paper.
+        weight_norm: ``"classes"`` (as the paper's Eq. 7, normalised over classes) or
+            ``"batch"``: the weights are divided by their (detached) mean over the anchors that
+            have a positive, the anchors Eq. 12 averages over, so that it is 1 and the loss
+            keeps its scale next to cross-entropy whatever the batch's class mix (see
+            :func:`category_aware_weights`). Not in the paper.
 
     Example:
         >>> MCCLOptions(scales=(1, 2), form="log").form
@@ -345,6 +372,9 @@ class MCCLOptions:
     difficulty: bool = True
     detach_difficulty: bool = True
     reduction: Reduction = "mean"
+    class_average: bool = False
+    class_complements: bool = False
+    weight_norm: WeightNorm = "classes"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", _check_scales(self.scales))
@@ -353,6 +383,10 @@ class MCCLOptions:
         _check_choice("temperature", self.temperature, _TEMPERATURES)
         _check_choice("form", self.form, _FORMS)
         _check_choice("reduction", self.reduction, _REDUCTIONS)
+        _check_choice("weight_norm", self.weight_norm, _WEIGHT_NORMS)
+        for name in ("class_average", "class_complements"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"`{name}` must be a bool, got {getattr(self, name)!r}.")
 
     def check_feature_dim(self, feature_dim: int) -> None:
         """Every scale must leave at least one pooled feature of ``feature_dim``."""
@@ -379,6 +413,10 @@ def multiscale_category_aware_contrastive_loss(
     reduction: Reduction = "mean",
     return_breakdown: bool = False,
     memory: tuple[Sequence[torch.Tensor], torch.Tensor] | None = None,
+    class_average: bool = False,
+    class_complements: bool = False,
+    weight_norm: WeightNorm = "classes",
+    prototypes: torch.Tensor | None = None,
 ) -> torch.Tensor | MCCLOutput:
     r"""Multiscale category-aware contrastive loss, Eq. 7-12 (functional form of :class:`MCCLoss`).
 
@@ -411,6 +449,11 @@ def multiscale_category_aware_contrastive_loss(
         memory: Extra contrast candidates ``(embeddings, targets)``: one ``(M, P_s)`` tensor of
             already-projected embeddings per scale and their ``(M,)`` labels (e.g. a
             :class:`~micacl_layers.memory.ContrastMemory`); they are never anchors.
+        class_average: Class-averaged sums (BCL); see :class:`MCCLOptions`.
+        class_complements: Class prototypes as candidates (BCL); needs ``prototypes``.
+        weight_norm: ``"classes"`` (Eq. 7) or ``"batch"``; see :class:`MCCLOptions`.
+        prototypes: One prototype per class in the feature space, ``(K, D)`` (e.g.
+            ``classifier.weight``), for ``class_complements``.
 
     Returns:
         The loss (scalar, or ``(B,)`` for ``reduction="none"``), in float32 or wider; or an
@@ -433,13 +476,48 @@ def multiscale_category_aware_contrastive_loss(
     options = MCCLOptions(
         scales=_check_scales(scales), tau0=tau0, temperature=temperature, form=form,
         exclude_self=exclude_self, class_weighting=class_weighting, difficulty=difficulty,
-        detach_difficulty=detach_difficulty, reduction=reduction)
+        detach_difficulty=detach_difficulty, reduction=reduction, class_average=class_average,
+        class_complements=class_complements, weight_norm=weight_norm)
     features, logits, targets = _check_inputs(features, logits, targets)
     counts = check_class_counts(class_counts, logits.shape[1])
     result, _ = _multiscale_loss(features, logits, targets, counts, options,
                                  projections=projections, memory=memory,
-                                 return_breakdown=return_breakdown, need_embeddings=False)
+                                 return_breakdown=return_breakdown, need_embeddings=False,
+                                 prototypes=prototypes)
     return result
+
+
+def _check_prototypes(prototypes: object, options: MCCLOptions, num_classes: int,
+                      features: torch.Tensor) -> torch.Tensor | None:
+    if not options.class_complements:
+        if prototypes is not None:
+            raise ValueError("`prototypes` were given but class_complements=False; set "
+                             "class_complements=True to use them, or drop them.")
+        return None
+    if prototypes is None:
+        raise ValueError("`prototypes` (K, D) are required with class_complements=True, e.g. "
+                         "the classifier's weight rows (`classifier.weight`).")
+    protos = check_floating("prototypes", prototypes)
+    if protos.dim() != 2 or tuple(protos.shape) != (num_classes, features.shape[1]):
+        raise ValueError(f"`prototypes` must have shape (K, D)=({num_classes}, "
+                         f"{features.shape[1]}), got {describe(protos)}.")
+    return protos
+
+
+def _anchors_with_positive(targets: torch.Tensor,
+                           memory: tuple[Sequence[torch.Tensor], torch.Tensor] | None,
+                           protos: torch.Tensor | None, exclude_self: bool) -> torch.Tensor:
+    """Which anchors have a candidate of their class: batch, memory and prototypes together."""
+    labels = [targets]
+    if memory is not None:
+        labels.append(memory[1].to(targets.device))
+    if protos is not None:
+        labels.append(torch.arange(protos.shape[0], device=targets.device))
+    cands = torch.cat(labels)
+    if targets.numel() == 0:
+        return targets.new_zeros(0, dtype=torch.bool)
+    per_class = torch.bincount(cands, minlength=int(cands.max()) + 1)
+    return per_class[targets] > (1 if exclude_self else 0)
 
 
 def _check_inputs(features: object, logits: object, targets: object
@@ -462,6 +540,7 @@ def _multiscale_loss(
     memory: tuple[Sequence[torch.Tensor], torch.Tensor] | None,
     return_breakdown: bool,
     need_embeddings: bool,
+    prototypes: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | MCCLOutput, list[torch.Tensor | None]]:
     """Eq. 12 on checked inputs; also returns each scale's embeddings (for a memory bank).
 
@@ -478,9 +557,16 @@ def _multiscale_loss(
         raise ValueError(f"`memory` must hold one embedding tensor per scale ({len(scales)}), "
                          f"got {len(memory[0])}.")
 
+    protos = _check_prototypes(prototypes, options, logits.shape[1], features)
     weights = _category_aware_weights(  # Eq. 7
         logits, targets, counts, class_weighting=options.class_weighting,
         difficulty=options.difficulty, detach_difficulty=options.detach_difficulty)
+    if options.weight_norm == "batch":
+        # Mean 1 over the anchors that enter the mean of Eq. 12 (those with a positive).
+        counted = _anchors_with_positive(targets, memory, protos, options.exclude_self)
+        if bool(counted.any()):
+            scale = weights.detach()[counted].mean().clamp_min(torch.finfo(weights.dtype).tiny)
+            weights = weights / scale
     tau = _adaptive_temperature(counts, options.tau0, mode=options.temperature,  # Eq. 10
                                 targets=targets)
     per_scale: list[torch.Tensor] = []
@@ -489,7 +575,8 @@ def _multiscale_loss(
     for idx, s in enumerate(scales):
         z = _pool_features(features, s)  # Eq. 8: Pool_s ...
         projection = None if projections is None else projections[idx]
-        if memory is None and not need_embeddings and _fast.projected_applies(projection, z, tau):
+        if (memory is None and protos is None and not need_embeddings
+                and not options.class_average and _fast.projected_applies(projection, z, tau)):
             dtype = _compute_dtype(z)
             embeddings.append(None)
             loss_s, has_positive = _fast.projected_contrastive(
@@ -500,9 +587,15 @@ def _multiscale_loss(
                 z = projection(z)  # ... then Proj_s
             embeddings.append(z)
             mem_z, mem_t = (None, None) if memory is None else (memory[0][idx], memory[1])
+            if protos is not None:  # class complements: candidates (never anchors) as a memory
+                p = _pool_features(protos, s)
+                p = p if projection is None else projection(p)
+                labels = torch.arange(protos.shape[0], device=targets.device)
+                mem_z = p if mem_z is None else torch.cat([mem_z.to(p.dtype), p])
+                mem_t = labels if mem_t is None else torch.cat([mem_t.to(targets.device), labels])
             loss_s, has_positive = contrastive_per_anchor(  # Eq. 9, 11
                 z, targets, tau, form=options.form, exclude_self=options.exclude_self,
-                memory_z=mem_z, memory_targets=mem_t)
+                memory_z=mem_z, memory_targets=mem_t, class_average=options.class_average)
         per_scale.append(_reduce(loss_s * weights, has_positive, options.reduction))
     stacked = torch.stack(per_scale)
     loss = stacked.mean(dim=0)  # Eq. 12: the mean over scales
@@ -551,6 +644,12 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
         difficulty: Use Eq. 7's difficulty factor.
         detach_difficulty: Stop gradients through the difficulty factor.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        class_average: Class-averaged sums (Balanced Contrastive Learning, Zhu et al. 2022);
+            see :class:`MCCLOptions`. Not in the paper.
+        class_complements: Class prototypes in every batch (BCL); ``forward`` then needs
+            ``prototypes``. Not in the paper.
+        weight_norm: ``"classes"`` (Eq. 7) or ``"batch"`` (weights' batch mean 1). Not in the
+            paper.
         memory_size: Keep a FIFO queue of this many past (detached) embeddings and labels per
             scale as extra contrast candidates in training mode (0: none); see
             :class:`~micacl_layers.memory.ContrastMemory`. Saved in the ``state_dict``;
@@ -599,6 +698,9 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
         difficulty: bool = True,
         detach_difficulty: bool = True,
         reduction: Reduction = "mean",
+        class_average: bool = False,
+        class_complements: bool = False,
+        weight_norm: WeightNorm = "classes",
         memory_size: int = 0,
         gather_distributed: bool = False,
         device: torch.device | str | None = None,
@@ -610,7 +712,9 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
         self.options = MCCLOptions(
             scales=_check_scales(scales), tau0=tau0, temperature=temperature, form=form,
             exclude_self=exclude_self, class_weighting=class_weighting, difficulty=difficulty,
-            detach_difficulty=detach_difficulty, reduction=reduction)
+            detach_difficulty=detach_difficulty, reduction=reduction,
+            class_average=class_average, class_complements=class_complements,
+            weight_norm=weight_norm)
         self.options.check_feature_dim(feature_dim)
         if projection_dim is not None:
             check_positive_int("projection_dim", projection_dim)
@@ -675,6 +779,7 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
         logits: torch.Tensor,
         targets: torch.Tensor,
         *,
+        prototypes: torch.Tensor | None = None,
         return_breakdown: bool = False,
     ) -> torch.Tensor | MCCLOutput:
         """Compute the loss; see :func:`multiscale_category_aware_contrastive_loss`.
@@ -683,6 +788,8 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
             features: Clip features.
             logits: Classifier logits.
             targets: Class indices.
+            prototypes: ``(K, D)`` class prototypes for ``class_complements`` (e.g.
+                ``classifier.weight``); the same on every rank under DDP, so never gathered.
             return_breakdown: Return an :class:`MCCLOutput`.
 
         Returns:
@@ -718,7 +825,8 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
         memory = bank.get() if bank is not None and len(bank) else None
         result, embeddings = _multiscale_loss(
             features, logits, targets, counts, self.options, projections=self.projections,
-            memory=memory, return_breakdown=return_breakdown, need_embeddings=bank is not None)
+            memory=memory, return_breakdown=return_breakdown, need_embeddings=bank is not None,
+            prototypes=prototypes)
         if bank is not None:  # (need_embeddings: every scale's embeddings were formed)
             bank.push(cast(list[torch.Tensor], embeddings), targets)
         return result
@@ -728,6 +836,9 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
         return (f"num_classes={self.num_classes}, feature_dim={self.feature_dim}, "
                 f"scales={self.scales}, projection_dim={self.projection_dim}, tau0={self.tau0}, "
                 f"temperature={self.temperature!r}, form={self.form!r}, "
+                f"class_average={self.class_average}, "
+                f"class_complements={self.class_complements}, "
+                f"weight_norm={self.weight_norm!r}, "
                 f"track_class_counts={self.track_class_counts}, "
                 f"memory_size={0 if self.memory is None else self.memory.size}, "
                 f"gather_distributed={self.gather_distributed}")

@@ -26,39 +26,53 @@ def _data():
     return x, targets
 
 
-def _models():
+# The balanced options (not in the paper); the class complements are the head's weight rows.
+BALANCED = {"class_average": True, "class_complements": True, "weight_norm": "batch"}
+
+
+def _models(options):
     torch.manual_seed(1)
     net = torch.nn.Linear(8, D).double()
     head = torch.nn.Linear(D, K).double()
-    mccl = MCCLoss(K, D, [40, 20, 5], projection_dim=6, form="log").double()
+    mccl = MCCLoss(K, D, [40, 20, 5], projection_dim=6, form="log", **options).double()
     return net, head, mccl
 
 
-def _single_process():
+def _params(net, head, mccl):
+    # The head only feeds the detached difficulty factor of Eq. 7, so it gets no gradient,
+    # unless its weight rows are the class complements.
+    head_params = [head.weight] if mccl.class_complements else []
+    return [*net.parameters(), *head_params, *mccl.parameters()]
+
+
+def _loss(mccl, head, features, targets):
+    prototypes = head.weight if mccl.class_complements else None
+    return mccl(features, head(features), targets, prototypes=prototypes)
+
+
+def _single_process(options):
     x, targets = _data()
-    net, head, mccl = _models()
+    net, head, mccl = _models(options)
     features = net(x.double())
-    loss = mccl(features, head(features), targets)
+    loss = _loss(mccl, head, features, targets)
     loss.backward()
-    # The head only feeds the detached difficulty factor of Eq. 7, so it gets no gradient.
-    params = [*net.parameters(), *mccl.parameters()]
-    return loss.detach(), [p.grad.clone() for p in params]
+    return loss.detach(), [p.grad.clone() for p in _params(net, head, mccl)]
 
 
-def _worker(rank, world, port, sizes, queue):
+def _worker(rank, world, port, sizes, queue, options):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         x, targets = _data()
-        net, head, mccl = _models()
+        net, head, mccl = _models(options)
         mccl.gather_distributed = True
         start = sum(sizes[:rank])
         local = slice(start, start + sizes[rank])
         features = net(x[local].double())
-        loss = mccl(features, head(features), targets[local])
+        loss = _loss(mccl, head, features, targets[local])
         loss.backward()
         grads = []
-        for p in [*net.parameters(), *mccl.parameters()]:
+        for p in _params(net, head, mccl):
             # What DDP does: average the gradients over ranks.
             g = p.grad.clone()
             dist.all_reduce(g)
@@ -84,11 +98,12 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _run(sizes):
+def _run(sizes, options):
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, sizes, queue)) for r in range(2)]
+    procs = [ctx.Process(target=_worker, args=(r, 2, port, sizes, queue, options))
+             for r in range(2)]
     for p in procs:
         p.start()
     results = [queue.get(timeout=120) for _ in procs]
@@ -99,9 +114,10 @@ def _run(sizes):
     return sorted(results, key=lambda r: r[0])
 
 
-def _check(sizes):
-    ref_loss, ref_grads = _single_process()
-    for _rank, loss, grads, ok_gather, ok_rows in _run(sizes):
+def _check(sizes, options=None):
+    options = options or {}
+    ref_loss, ref_grads = _single_process(options)
+    for _rank, loss, grads, ok_gather, ok_rows in _run(sizes, options):
         assert ok_gather and ok_rows
         torch.testing.assert_close(torch.tensor(loss, dtype=torch.float64), ref_loss,
                                    rtol=0, atol=1e-6)
@@ -116,6 +132,10 @@ def test_gather_matches_single_process_equal_shards():
 
 def test_gather_matches_single_process_unequal_shards():
     _check([5, 7])
+
+
+def test_gather_matches_single_process_balanced_options():
+    _check([5, 7], BALANCED)
 
 
 def test_gather_is_a_no_op_without_a_process_group():

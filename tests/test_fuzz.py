@@ -43,6 +43,7 @@ from micacl_layers import (
     InstanceSelfAttention,
     InstanceWeights,
     IntensityAwareLoss,
+    LogitAdjustedLoss,
     MCCLOptions,
     MCCLoss,
     MICACLLoss,
@@ -179,6 +180,20 @@ def _ial_functional(g, b):
     case = _ial(g, b)
     case.call = lambda a, dev: functional.intensity_aware_loss(a["logits"], a["targets"],
                                                                reduction="none")
+    return case
+
+
+def _logit_adjusted(g, b):
+    return Case(lambda a, dev: _module(lambda d: LogitAdjustedLoss(COUNTS).to(d), dev)(
+                    a["logits"], a["targets"]),
+                {"logits": torch.randn(b, K, generator=g), "targets": _targets(g, b)},
+                {"logits": "float", "targets": "targets"})
+
+
+def _logit_adjusted_functional(g, b):
+    case = _logit_adjusted(g, b)
+    case.call = lambda a, dev: functional.logit_adjusted_cross_entropy(
+        a["logits"], a["targets"], COUNTS, tau=0.5, reduction="none")
     return case
 
 
@@ -352,6 +367,8 @@ ENTRIES: dict[str, Callable[[torch.Generator, int], Case]] = {
     "pool_features": _pool,
     "IntensityAwareLoss": _ial,
     "intensity_aware_loss": _ial_functional,
+    "LogitAdjustedLoss": _logit_adjusted,
+    "logit_adjusted_cross_entropy": _logit_adjusted_functional,
     "ClassificationEnhancementTerm": _cet,
     "classification_enhancement_term": _cet_functional,
     "feature_augmentation_loss": _augmentation,
@@ -375,6 +392,7 @@ ENTRIES: dict[str, Callable[[torch.Generator, int], Case]] = {
 # Exported callables fuzzed elsewhere or not at all, with the reason.
 NOT_FUZZED_HERE = {
     "MCCLOptions": "options: test_constructor_options_are_checked",
+    "log_prior": "no batch input, only class counts: tests/test_logit_adjustment.py",
 }
 
 
@@ -625,10 +643,14 @@ BAD_OPTIONS: dict[str, tuple[Callable[..., Any], dict[str, list[Any]]]] = {
     "MCCLoss": (lambda **kw: MCCLoss(K, D, COUNTS, **kw), {
         "projection_dim": [0, -1, 2.5, "8"], "tau0": [0, -0.1, math.inf, math.nan, "0.1"],
         "scales": [(), (0,), (1, 16), (1.5,), 3], "form": ["exp", None],
-        "temperature": ["x"], "reduction": ["avg"], "memory_size": [-1, 1.5]}),
+        "temperature": ["x"], "reduction": ["avg"], "memory_size": [-1, 1.5],
+        "weight_norm": ["mean"], "class_average": [1, "yes"], "class_complements": [1]}),
     "MCCLOptions": (MCCLOptions, {"tau0": [0, math.inf, math.nan, True], "scales": [(), (-1,)],
                                   "form": ["x"]}),
     "IntensityAwareLoss": (IntensityAwareLoss, {"reduction": ["avg", None]}),
+    "LogitAdjustedLoss": (lambda **kw: LogitAdjustedLoss(COUNTS, **kw), {
+        "tau": [-1, math.nan, "1", True], "label_smoothing": [-0.1, 1.5, math.nan],
+        "reduction": ["avg"]}),
     "MICACLLoss": (lambda **kw: MICACLLoss(K, D, COUNTS, **kw), {
         "mc_weight": [-1, math.inf, math.nan, "1"]}),
     "GEIIM": (lambda **kw: GEIIM(T, D, **kw), {

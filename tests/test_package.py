@@ -19,7 +19,7 @@ HEAVY = ("torchvision", "PIL", "tqdm", "matplotlib")
 
 EXPECTED_EXPORTS = {
     "GEIIM", "WIAN", "WIANCell", "InstanceWeights", "InstanceSelfAttention", "MCCLoss",
-    "MultiscaleCategoryAwareContrastiveLoss", "IntensityAwareLoss",
+    "MultiscaleCategoryAwareContrastiveLoss", "IntensityAwareLoss", "LogitAdjustedLoss",
     "ClassificationEnhancementTerm", "MICACLLoss", "MCCLOutput", "CETOutput",
     "MICACLLossOutput", "PRESETS", "WEIGHT_MODES", "functional", "__version__",
 }
@@ -35,7 +35,7 @@ def test_all_exports_resolve():
 def test_modules_are_nn_modules():
     for name in ("GEIIM", "WIAN", "WIANCell", "InstanceWeights", "InstanceSelfAttention",
                  "MCCLoss", "IntensityAwareLoss", "ClassificationEnhancementTerm",
-                 "MICACLLoss"):
+                 "MICACLLoss", "LogitAdjustedLoss"):
         assert issubclass(getattr(micacl_layers, name), nn.Module), name
 
 
@@ -109,9 +109,20 @@ def test_doc_examples_run():
     """The docstring examples of the core modules run (doctest)."""
     import doctest
 
-    from micacl_layers import attention, cet, criterion, geiim, ial, instance_weights, mccl, wian
+    from micacl_layers import (
+        attention,
+        cet,
+        criterion,
+        geiim,
+        ial,
+        instance_weights,
+        logit_adjustment,
+        mccl,
+        wian,
+    )
 
-    for module in (geiim, wian, instance_weights, attention, mccl, ial, cet, criterion):
+    for module in (geiim, wian, instance_weights, attention, mccl, ial, logit_adjustment, cet,
+                   criterion):
         torch.manual_seed(0)
         result = doctest.testmod(module, extraglobs={"torch": torch}, verbose=False,
                                  optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)

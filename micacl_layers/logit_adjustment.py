@@ -1,0 +1,197 @@
+"""Logit-adjusted cross-entropy (Menon et al., "Long-tail learning via logit adjustment", 2021).
+
+Training adds :math:`\\tau \\log \\pi_k` (the log class prior of the training set) to each logit
+before the softmax cross-entropy; the model is used with its **raw** logits at test time. The
+adjustment makes a rare class pay a larger margin, so the classifier that minimises the loss is
+(for :math:`\\tau = 1`) the one that minimises the *balanced* error: what UAR measures. With
+:math:`\\tau = 1` it coincides with the balanced softmax of Ren et al. (NeurIPS 2020). On the
+long-tailed sequence benchmark of this package (``docs/longtail.md``) it is the single largest
+gain over plain cross-entropy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from micacl_layers._validation import (
+    check_class_counts,
+    check_floating,
+    check_logits_targets,
+    describe,
+)
+
+__all__ = ["LogitAdjustedLoss", "log_prior", "logit_adjusted_cross_entropy"]
+
+Reduction = Literal["mean", "sum", "none"]
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _check_options(tau: object, label_smoothing: object, reduction: object) -> None:
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau >= 0:
+        raise ValueError(f"`tau` must be a number >= 0 (0 is plain cross-entropy), got {tau!r}.")
+    if (isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float))
+            or not 0.0 <= label_smoothing <= 1.0):
+        raise ValueError(f"`label_smoothing` must lie in [0, 1], got {label_smoothing!r}.")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}.")
+
+
+def _counts_of_any_length(class_counts: object) -> torch.Tensor:
+    counts = torch.as_tensor(class_counts, dtype=torch.float64)
+    if counts.dim() != 1 or counts.numel() == 0:
+        raise ValueError(f"`class_counts` must have shape (K,) with K >= 1 (one count per "
+                         f"class), got shape={tuple(counts.shape)}.")
+    return check_class_counts(counts, counts.numel())
+
+
+def log_prior(class_counts: torch.Tensor | Sequence[float]) -> torch.Tensor:
+    r"""Log class prior :math:`\log \pi_k = \log (n_k / \sum_j n_j)` of the training set.
+
+    Args:
+        class_counts: Samples per class, all > 0.
+
+    Returns:
+        A float64 tensor.
+
+    Shape:
+        - class_counts: :math:`(K,)`
+        - Output: :math:`(K,)`
+
+    Example:
+        >>> log_prior(torch.tensor([3.0, 1.0])).exp()
+        tensor([0.7500, 0.2500], dtype=torch.float64)
+    """
+    counts = _counts_of_any_length(class_counts)
+    return (counts / counts.sum()).log()
+
+
+def logit_adjusted_cross_entropy(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    class_counts: torch.Tensor | Sequence[float],
+    *,
+    tau: float = 1.0,
+    label_smoothing: float = 0.0,
+    reduction: Reduction = "mean",
+    ignore_index: int = -100,
+) -> torch.Tensor:
+    r"""Cross-entropy on :math:`z_k + \tau \log \pi_k` (Menon et al. 2021, Eq. 10).
+
+    Computed in float32 or wider whatever the logits' dtype (the log prior of a class with a
+    single sample among thousands is below -8, beyond float16's comfortable range for a sum).
+    Samples whose target is ``ignore_index`` are left out; if every sample is ignored the mean is
+    a graph-connected 0 (``F.cross_entropy`` would give NaN). Predict with the raw logits.
+
+    Args:
+        logits: Classifier logits.
+        targets: Class indices (int64).
+        class_counts: Training samples per class :math:`n_k`, ``(K,)``, all > 0.
+        tau: Strength :math:`\tau \ge 0` of the adjustment (1 in the paper; 0 is plain CE).
+        label_smoothing: Label smoothing of the cross-entropy, in ``[0, 1]``.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        ignore_index: Target value to ignore.
+
+    Returns:
+        The loss, float32 (float64 for float64 logits).
+
+    Shape:
+        - logits: :math:`(B, K)`
+        - targets: :math:`(B,)`
+        - class_counts: :math:`(K,)`
+        - Output: :math:`()`, or :math:`(B,)` for ``reduction="none"``
+
+    Example:
+        >>> logits = torch.zeros(2, 2)
+        >>> logit_adjusted_cross_entropy(logits, torch.tensor([0, 1]), [3.0, 1.0], tau=0.0)
+        tensor(0.6931)
+        >>> logit_adjusted_cross_entropy(logits, torch.tensor([0, 1]), [3.0, 1.0])
+        tensor(0.8370)
+    """
+    _check_options(tau, label_smoothing, reduction)
+    logits, targets = check_logits_targets(logits, targets, ignore_index=ignore_index)
+    counts = check_class_counts(class_counts, logits.shape[1])
+    return _logit_adjusted_cross_entropy(logits, targets, counts, tau=tau,
+                                         label_smoothing=label_smoothing, reduction=reduction,
+                                         ignore_index=ignore_index)
+
+
+def _logit_adjusted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
+                                  counts: torch.Tensor, *, tau: float, label_smoothing: float,
+                                  reduction: str, ignore_index: int) -> torch.Tensor:
+    """On checked inputs; ``counts`` may live on any device (also ``meta``)."""
+    work = logits.double() if logits.dtype == torch.float64 else logits.float()
+    counts = counts.to(device=work.device, dtype=work.dtype)
+    prior = (counts / counts.sum()).log()
+    adjusted = work + float(tau) * prior
+    valid = targets != ignore_index
+    loss = F.cross_entropy(adjusted, targets, label_smoothing=float(label_smoothing),
+                           reduction="none", ignore_index=ignore_index)
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / valid.sum().clamp_min(1)
+
+
+class LogitAdjustedLoss(nn.Module):
+    r"""Module form of :func:`logit_adjusted_cross_entropy`, holding the class counts.
+
+    The counts live in an int64 buffer (saved in the ``state_dict``, moved by ``.to()``, never
+    rounded by ``.half()``).
+
+    Args:
+        class_counts: Training samples per class, ``(K,)``, whole numbers > 0.
+        tau: Strength of the adjustment (1 in the paper; 0 is plain cross-entropy).
+        label_smoothing: Label smoothing of the cross-entropy.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        ignore_index: Target value to ignore.
+
+    Shape:
+        - logits: :math:`(B, K)`
+        - targets: :math:`(B,)`
+        - Output: :math:`()`, or :math:`(B,)` for ``reduction="none"``
+
+    Example:
+        >>> criterion = LogitAdjustedLoss([500, 50, 5])
+        >>> loss = criterion(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))
+        >>> loss.shape
+        torch.Size([])
+    """
+
+    def __init__(self, class_counts: torch.Tensor | Sequence[float], *, tau: float = 1.0,
+                 label_smoothing: float = 0.0, reduction: Reduction = "mean",
+                 ignore_index: int = -100) -> None:
+        super().__init__()
+        _check_options(tau, label_smoothing, reduction)
+        counts = _counts_of_any_length(class_counts)
+        if not bool((counts == counts.round()).all()):
+            raise ValueError(f"`class_counts` must be whole numbers, got {counts.tolist()}.")
+        self.class_counts: torch.Tensor
+        self.register_buffer("class_counts", counts.to(torch.long))
+        self.tau = float(tau)
+        self.label_smoothing = float(label_smoothing)
+        self.reduction = reduction
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Compute the loss; see :func:`logit_adjusted_cross_entropy`."""
+        logits = check_floating("logits", logits)
+        if logits.dim() == 2 and logits.shape[1] != self.class_counts.numel():
+            raise ValueError(f"`logits` must have shape (B, K) with K={self.class_counts.numel()} "
+                             f"(len(class_counts)), got {describe(logits)}.")
+        logits, targets = check_logits_targets(logits, targets, ignore_index=self.ignore_index)
+        # The counts were checked at construction (and may be on the meta device now).
+        return _logit_adjusted_cross_entropy(
+            logits, targets, self.class_counts, tau=self.tau,
+            label_smoothing=self.label_smoothing, reduction=self.reduction,
+            ignore_index=self.ignore_index)
+
+    def extra_repr(self) -> str:
+        """Options shown in ``repr()``."""
+        return (f"num_classes={self.class_counts.numel()}, tau={self.tau}, "
+                f"label_smoothing={self.label_smoothing}, reduction={self.reduction!r}")

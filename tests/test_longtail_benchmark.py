@@ -1,0 +1,83 @@
+"""benchmarks/longtail.py: the split protocol, and its --quick form end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import load_script
+
+# scikit-learn and aeon come with the `bench` extra, which `dev` (and so CI) installs.
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "longtail.py"
+longtail = load_script(SCRIPT, "longtail")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return longtail.load_sets(["digits"])[0]
+
+
+def test_digits_are_row_sequences(digits):
+    assert digits.x.shape == (1797, 8, 8)
+    assert digits.x.min() >= 0 and digits.x.max() <= 1
+
+
+@pytest.mark.parametrize("ratio", [10.0, 100.0])
+def test_split_is_exponential_long_tail_and_disjoint(digits, ratio):
+    split = longtail.make_split(digits, ratio, seed=3, select=False)
+    counts = np.sort(split.counts)[::-1]
+    n_max = np.bincount(digits.y).min() - 50  # the smallest class once the test split is out
+    assert counts[0] == n_max
+    assert split.ratio == pytest.approx(ratio, rel=0.25)
+    assert (np.diff(counts) <= 0).all()
+    # Exponential profile: log counts fall on a line within rounding (floor to an integer).
+    expected = n_max * ratio ** (-np.arange(10) / 9)
+    assert (np.abs(counts - np.maximum(1, np.floor(expected))) <= 1).all()
+    assert np.bincount(digits.y[split.test], minlength=10).tolist() == [50] * 10
+    assert not set(split.train) & set(split.test)
+    assert np.bincount(digits.y[split.train], minlength=10).tolist() == split.counts.tolist()
+
+
+def test_select_mode_never_touches_the_test_split(digits):
+    for seed in range(3):
+        test = set(longtail.make_split(digits, 100.0, seed, select=False).test)
+        sel = longtail.make_split(digits, 100.0, seed, select=True)
+        assert not (set(sel.train) | set(sel.test)) & test
+        assert np.bincount(digits.y[sel.test], minlength=10).tolist() == [20] * 10
+
+
+def test_too_small_a_set_reports_its_largest_feasible_ratio():
+    arrow = longtail.load_sets(["arrowhead"])[0]
+    split = longtail.make_split(arrow, 100.0, seed=0, select=False)
+    assert split.counts.min() == 1
+    assert split.ratio == split.counts.max() < 100
+
+
+def test_paired_interval_brackets_the_mean():
+    m, lo, hi = longtail.t_interval(np.array([1.0, 2.0, 3.0, 4.0, 5.0]))
+    # t(0.975, 4) = 2.776, sd = 1.581: half-width 1.963.
+    assert m == 3.0 and lo == pytest.approx(3 - 1.963, abs=1e-3)
+    assert hi == pytest.approx(3 + 1.963, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_quick_run_end_to_end(tmp_path):
+    out = tmp_path / "table.md"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--output", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    assert "### digits, ratio 10" in text
+    assert "Mean over all settings" in text
+    for row in ("| CE |", "| logit-adjusted CE (tau 1) |"):
+        assert row in text
+    # Every metric cell is a number in [0, 100].
+    rows = [r for r in text.splitlines() if r.startswith("| CE |")]
+    uar = float(rows[0].split("|")[2].split("±")[0])
+    assert 0.0 <= uar <= 100.0
