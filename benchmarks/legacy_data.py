@@ -30,8 +30,9 @@ _LUMA = (0.299, 0.587, 0.114)
 class LegacyColorJitter(ClipColorJitter):
     """``ClipColorJitter.__call__`` as of bfb3b80 (same parameters, the old arithmetic)."""
 
-    def __call__(self, clip: torch.Tensor, *, generator: torch.Generator | None = None
-                 ) -> torch.Tensor:
+    def __call__(
+        self, clip: torch.Tensor, *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         order, b, c, s = self.get_params(generator)
         luma = clip.new_tensor(_LUMA).view(1, 3, 1, 1)
         out = clip
@@ -49,8 +50,13 @@ class LegacyColorJitter(ClipColorJitter):
 
 def legacy_train_transform(image_size: int = 112) -> ClipCompose:
     """``train_transform`` with the old colour jitter."""
-    return ClipCompose([ClipRandomResizedCrop(image_size), ClipRandomHorizontalFlip(0.5),
-                        LegacyColorJitter(0.4, 0.4, 0.4)])
+    return ClipCompose(
+        [
+            ClipRandomResizedCrop(image_size),
+            ClipRandomHorizontalFlip(0.5),
+            LegacyColorJitter(0.4, 0.4, 0.4),
+        ]
+    )
 
 
 def legacy_test_transform(image_size: int = 112) -> ClipCompose:
@@ -58,8 +64,9 @@ def legacy_test_transform(image_size: int = 112) -> ClipCompose:
     return test_transform(image_size)
 
 
-def legacy_getitem(ds: ClipFolderDataset, transform: ClipCompose, index: int
-                   ) -> tuple[torch.Tensor, int]:
+def legacy_getitem(
+    ds: ClipFolderDataset, transform: ClipCompose, index: int
+) -> tuple[torch.Tensor, int]:
     """One item of ``ds`` the old way, with ``transform`` in place of ``ds.transform``."""
     frame_dir, label = ds.samples[index]
     frames = list_frames(frame_dir)

@@ -134,10 +134,10 @@ def make_split(ds: DataSet, ratio: float, seed: int, *, select: bool) -> Split:
     num_classes = int(ds.y.max()) + 1
     by_class = [rng.permutation(np.flatnonzero(ds.y == c)) for c in range(num_classes)]
     test = [idx[: ds.test_per_class] for idx in by_class]
-    pool = [idx[ds.test_per_class:] for idx in by_class]
+    pool = [idx[ds.test_per_class :] for idx in by_class]
     if select:  # the test split is put aside unused; validation plays its part
         test = [idx[: ds.val_per_class] for idx in pool]
-        pool = [idx[ds.val_per_class:] for idx in pool]
+        pool = [idx[ds.val_per_class :] for idx in pool]
     sizes = np.array([len(p) for p in pool])
     if ds.random_order:
         order = np.random.default_rng(1000 + seed).permutation(num_classes)
@@ -213,36 +213,68 @@ METHODS = {
     "mccl": Method("CE + MCCL (paper)", aux="mccl"),
     "la_mccl": Method("LA-CE + MCCL (paper)", ce="la", aux="mccl"),
     # Balanced MCCL candidates (log form throughout).
-    "la_bal": Method("LA-CE + balanced MCCL (all three)", ce="la", aux="bal",
-                     bal={"class_average": True, "class_complements": True,
-                          "weight_norm": "batch"}),
-    "la_bal_noproto": Method("LA-CE + balanced MCCL, no complements", ce="la", aux="bal",
-                             bal={"class_average": True, "class_complements": False,
-                                  "weight_norm": "batch"}),
-    "la_bal_noavg": Method("LA-CE + balanced MCCL, no class averaging", ce="la", aux="bal",
-                           bal={"class_average": False, "class_complements": True,
-                                "weight_norm": "batch"}),
-    "la_bal_now": Method("LA-CE + balanced MCCL, no anchor weights", ce="la", aux="bal",
-                         bal={"class_average": True, "class_complements": True,
-                              "weight_norm": "batch",
-                              "class_weighting": False, "difficulty": False}),
+    "la_bal": Method(
+        "LA-CE + balanced MCCL (all three)",
+        ce="la",
+        aux="bal",
+        bal={"class_average": True, "class_complements": True, "weight_norm": "batch"},
+    ),
+    "la_bal_noproto": Method(
+        "LA-CE + balanced MCCL, no complements",
+        ce="la",
+        aux="bal",
+        bal={"class_average": True, "class_complements": False, "weight_norm": "batch"},
+    ),
+    "la_bal_noavg": Method(
+        "LA-CE + balanced MCCL, no class averaging",
+        ce="la",
+        aux="bal",
+        bal={"class_average": False, "class_complements": True, "weight_norm": "batch"},
+    ),
+    "la_bal_now": Method(
+        "LA-CE + balanced MCCL, no anchor weights",
+        ce="la",
+        aux="bal",
+        bal={
+            "class_average": True,
+            "class_complements": True,
+            "weight_norm": "batch",
+            "class_weighting": False,
+            "difficulty": False,
+        },
+    ),
     "la_supcon": Method("LA-CE + SupCon", ce="la", aux="supcon"),
 }
 # Weights of the contrastive term tried in --select only.
 for _lam in (0.3, 3.0):
-    METHODS[f"la_bal_l{_lam:g}"] = Method(f"LA-CE + {_lam:g} x balanced MCCL (all three)",
-                                          ce="la", aux="bal", lam=_lam,
-                                          bal=dict(METHODS["la_bal"].bal))
+    METHODS[f"la_bal_l{_lam:g}"] = Method(
+        f"LA-CE + {_lam:g} x balanced MCCL (all three)",
+        ce="la",
+        aux="bal",
+        lam=_lam,
+        bal=dict(METHODS["la_bal"].bal),
+    )
 # Two augmented views of every clip (jitter, scaling, time shift): contrastive terms then have a
 # positive for every anchor, even a class seen once. The CE baselines get the same views.
 for _key in ("la", "la_mccl", "la_supcon", "la_bal", "la_bal_l0.3"):
     _m = METHODS[_key]
-    METHODS[f"{_key}_aug"] = Method(_m.name + ", 2 views", ce=_m.ce, aux=_m.aux, lam=_m.lam,
-                                    bal=dict(_m.bal), aug=True)
+    METHODS[f"{_key}_aug"] = Method(
+        _m.name + ", 2 views", ce=_m.ce, aux=_m.aux, lam=_m.lam, bal=dict(_m.bal), aug=True
+    )
 # The rows of the test table in docs/longtail.md, and the candidates of the validation round.
 FULL_METHODS = ["ce", "ls", "la", "bs", "cb", "supcon", "mccl", "la_mccl", "la_bal", "la_bal_l0.3"]
-SELECT_METHODS = ["ce", "la", "la_mccl", "la_supcon", "la_bal", "la_bal_noproto", "la_bal_noavg",
-                  "la_bal_now", "la_bal_l0.3", "la_bal_l3"]
+SELECT_METHODS = [
+    "ce",
+    "la",
+    "la_mccl",
+    "la_supcon",
+    "la_bal",
+    "la_bal_noproto",
+    "la_bal_noavg",
+    "la_bal_now",
+    "la_bal_l0.3",
+    "la_bal_l3",
+]
 
 
 @dataclass
@@ -278,22 +310,31 @@ def train_eval(ds: DataSet, split: Split, method: Method, seed: int, cfg: RunCon
     aux: nn.Module | None = None
     scales = (1, 2, 4)
     if method.aux == "mccl":
-        aux = MCCLoss(num_classes, cfg.width, split.counts.tolist(), scales,
-                      projection_dim=cfg.proj_dim)
+        aux = MCCLoss(
+            num_classes, cfg.width, split.counts.tolist(), scales, projection_dim=cfg.proj_dim
+        )
     elif method.aux == "bal":
         # The library's balanced options; log form throughout.
-        aux = MCCLoss(num_classes, cfg.width, split.counts.tolist(), scales,
-                      projection_dim=cfg.proj_dim, form="log", **method.bal)
+        aux = MCCLoss(
+            num_classes,
+            cfg.width,
+            split.counts.tolist(),
+            scales,
+            projection_dim=cfg.proj_dim,
+            form="log",
+            **method.bal,
+        )
     elif method.aux == "supcon":
-        aux = nn.Sequential(nn.Linear(cfg.width, cfg.width), nn.ReLU(),
-                            nn.Linear(cfg.width, cfg.proj_dim))
+        aux = nn.Sequential(
+            nn.Linear(cfg.width, cfg.width), nn.ReLU(), nn.Linear(cfg.width, cfg.proj_dim)
+        )
     if aux is not None:
         params += list(aux.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
     if method.ce == "cb":
         beta = 0.999
-        eff = (1 - beta ** counts) / (1 - beta)
+        eff = (1 - beta**counts) / (1 - beta)
         cb_w = 1.0 / eff
         cb_w = cb_w / cb_w.sum() * num_classes
     gen = torch.Generator().manual_seed(seed)
@@ -339,8 +380,11 @@ def train_eval(ds: DataSet, split: Split, method: Method, seed: int, cfg: RunCon
     prior = split.counts / split.counts.sum()
     k_tail = math.ceil(num_classes / 3)
     tail = np.argsort(split.counts, kind="stable")[:k_tail]
-    return {"uar": 100 * recall.mean(), "war": 100 * float(prior @ recall),
-            "tail": 100 * recall[tail].mean()}
+    return {
+        "uar": 100 * recall.mean(),
+        "war": 100 * float(prior @ recall),
+        "tail": 100 * recall[tail].mean(),
+    }
 
 
 # ----------------------------------------------------------------------------- driver
@@ -362,8 +406,22 @@ def _init(names):
     torch.set_num_threads(1)
 
 
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
-       9: 2.262, 10: 2.228, 11: 2.201, 12: 2.179, 14: 2.145, 19: 2.093}
+T95 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+    11: 2.201,
+    12: 2.179,
+    14: 2.145,
+    19: 2.093,
+}
 
 
 def t_interval(d: np.ndarray) -> tuple[float, float, float]:
@@ -379,23 +437,39 @@ def t_interval(d: np.ndarray) -> tuple[float, float, float]:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="CI smoke run: tiny, seconds")
-    p.add_argument("--select", action="store_true",
-                   help="evaluate on a validation split carved from the training pool")
+    p.add_argument(
+        "--select",
+        action="store_true",
+        help="evaluate on a validation split carved from the training pool",
+    )
     p.add_argument("--sets", default="digits,osuleaf,arrowhead")
     p.add_argument("--ratios", default="10,100")
     p.add_argument("--seeds", type=int, default=None, help="seeds per setting (default 5, quick 2)")
     p.add_argument("--methods", default=None, help="comma-separated keys of METHODS")
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--jobs", type=int, default=None,
-                   help="worker processes, 1 thread each (default 2, quick 1)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="worker processes, 1 thread each (default 2, quick 1)",
+    )
     p.add_argument("--output", type=Path, default=None, help="also write the table here")
     args = p.parse_args(argv)
 
     names = args.sets.split(",")
     ratios = [float(r) for r in args.ratios.split(",")]
     seeds = args.seeds or (2 if args.quick else 5)
-    keys = args.methods.split(",") if args.methods else (
-        ["ce", "la", "la_bal"] if args.quick else SELECT_METHODS if args.select else FULL_METHODS)
+    keys = (
+        args.methods.split(",")
+        if args.methods
+        else (
+            ["ce", "la", "la_bal"]
+            if args.quick
+            else SELECT_METHODS
+            if args.select
+            else FULL_METHODS
+        )
+    )
     for k in keys:
         if k not in METHODS:
             raise SystemExit(f"unknown method {k!r}; choose from {', '.join(METHODS)}")
@@ -405,17 +479,22 @@ def main(argv: list[str] | None = None) -> dict:
         names = [n for n in names if n == "digits"] or names[:1]
         ratios = ratios[:1]
     first = 10_000 if args.select else 0  # selection seeds never coincide with test seeds
-    jobs = [(ds_name, r, first + s, k, cfg, args.select)
-            for ds_name in [d.name for d in load_sets(names)]
-            for r in ratios for s in range(seeds) for k in keys]
+    jobs = [
+        (ds_name, r, first + s, k, cfg, args.select)
+        for ds_name in [d.name for d in load_sets(names)]
+        for r in ratios
+        for s in range(seeds)
+        for k in keys
+    ]
     t0 = time.perf_counter()
     results: dict = {}
     info: dict = {}
     if args.jobs > 1:
         # spawn, not fork: a forked child of a process that has run OpenMP kernels can hang.
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(args.jobs, mp_context=ctx, initializer=_init,
-                                 initargs=(names,)) as ex:
+        with ProcessPoolExecutor(
+            args.jobs, mp_context=ctx, initializer=_init, initargs=(names,)
+        ) as ex:
             outs = _progress(ex.map(_job, jobs, chunksize=1), len(jobs), t0)
     else:
         _init(names)
@@ -436,8 +515,9 @@ def _progress(it, total: int, t0: float) -> list:
     for i, item in enumerate(it, 1):
         out.append(item)
         if i % 25 == 0 or i == total:
-            print(f"[{i}/{total} runs, {time.perf_counter() - t0:.0f} s]", file=sys.stderr,
-                  flush=True)
+            print(
+                f"[{i}/{total} runs, {time.perf_counter() - t0:.0f} s]", file=sys.stderr, flush=True
+            )
     return out
 
 
@@ -448,20 +528,26 @@ def _fmt(vals):
 
 def render(results, info, keys, elapsed, args, cfg) -> str:
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE,
-                                capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True
+        ).stdout.strip()
     except OSError:
         commit = "?"
     cpu = platform.processor() or platform.machine()
-    lines = [f"Long-tail benchmark ({'validation split' if args.select else 'test split'}), "
-             f"commit {commit}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} "
-             f"UTC, {cpu}, {args.jobs} worker(s) x 1 thread, {cfg.steps} steps, "
-             f"{elapsed:.0f} s total.", ""]
+    lines = [
+        f"Long-tail benchmark ({'validation split' if args.select else 'test split'}), "
+        f"commit {commit}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} "
+        f"UTC, {cpu}, {args.jobs} worker(s) x 1 thread, {cfg.steps} steps, "
+        f"{elapsed:.0f} s total.",
+        "",
+    ]
     refs = [r for r in ("ce", "la") if r in keys]
     for (set_name, r), by_key in results.items():
         eff, ntrain = info[(set_name, r)]
-        lines.append(f"### {set_name}, ratio {r:g} (effective {eff:g}, {ntrain} training "
-                     f"samples), {len(next(iter(by_key.values())))} seeds")
+        lines.append(
+            f"### {set_name}, ratio {r:g} (effective {eff:g}, {ntrain} training "
+            f"samples), {len(next(iter(by_key.values())))} seeds"
+        )
         lines.append("")
         head = "| method | UAR | WAR | tail recall |"
         head += "".join(f" ΔUAR vs {'CE' if x == 'ce' else 'LA-CE'} [95 % CI] |" for x in refs)
@@ -469,8 +555,11 @@ def render(results, info, keys, elapsed, args, cfg) -> str:
         for k in keys:
             runs = by_key[k]
             seeds = sorted(runs)
-            row = f"| {METHODS[k].name} | " + " | ".join(
-                _fmt([runs[s][m] for s in seeds]) for m in ("uar", "war", "tail")) + " |"
+            row = (
+                f"| {METHODS[k].name} | "
+                + " | ".join(_fmt([runs[s][m] for s in seeds]) for m in ("uar", "war", "tail"))
+                + " |"
+            )
             for ref in refs:
                 d = np.array([runs[s]["uar"] - by_key[ref][s]["uar"] for s in seeds])
                 m, lo, hi = t_interval(d)
@@ -486,13 +575,15 @@ def render(results, info, keys, elapsed, args, cfg) -> str:
     settings = list(results)
     common = sorted(set.intersection(*[set(results[st][keys[0]]) for st in settings]))
     for k in keys:
-        per_seed = np.array([np.mean([results[st][k][s]["uar"] for st in settings])
-                             for s in common])
+        per_seed = np.array(
+            [np.mean([results[st][k][s]["uar"] for st in settings]) for s in common]
+        )
         tails = np.mean([[results[st][k][s]["tail"] for st in settings] for s in common])
         row = f"| {METHODS[k].name} | {per_seed.mean():.1f} | {tails:.1f} |"
         for ref in refs:
-            base = np.array([np.mean([results[st][ref][s]["uar"] for st in settings])
-                             for s in common])
+            base = np.array(
+                [np.mean([results[st][ref][s]["uar"] for st in settings]) for s in common]
+            )
             m, lo, hi = t_interval(per_seed - base)
             row += f" {m:+.1f} [{lo:+.1f}, {hi:+.1f}] |"
         lines.append(row)

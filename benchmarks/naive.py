@@ -30,8 +30,9 @@ class NaivePerGateWIAN(nn.Module):
     :class:`micacl_layers.WIAN`'s parameters, so both compute the same function.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
-                 bidirectional: bool = False) -> None:
+    def __init__(
+        self, input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False
+    ) -> None:
         super().__init__()
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -77,8 +78,12 @@ class NaivePerGateWIAN(nn.Module):
                 for t in order:
                     x_t = layer_input[:, t]
 
-                    def gate(name: str, x_t: torch.Tensor = x_t, h: torch.Tensor = h,
-                             cell: nn.ModuleDict = cell) -> torch.Tensor:
+                    def gate(
+                        name: str,
+                        x_t: torch.Tensor = x_t,
+                        h: torch.Tensor = h,
+                        cell: nn.ModuleDict = cell,
+                    ) -> torch.Tensor:
                         return cell[f"x_{name}"](x_t) + cell[f"h_{name}"](h)
 
                     i = torch.sigmoid(gate("input"))

@@ -70,8 +70,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved(cases: dict[str, Callable[[], object]], repeats: int, warmup: int,
-                device: torch.device) -> dict[str, list[float]]:
+def interleaved(
+    cases: dict[str, Callable[[], object]], repeats: int, warmup: int, device: torch.device
+) -> dict[str, list[float]]:
     """Seconds per call of every case, run A, B, C, A, B, C, ... after ``warmup`` rounds."""
     for _ in range(warmup):
         for fn in cases.values():
@@ -128,18 +129,28 @@ class Row:
         return f"{'met' if ok else 'NOT met'} ({op.replace('<=', '≤').replace('>=', '≥')} {bound})"
 
 
-def _row(section: str, config: str, ours: str, baseline: str, times: dict[str, list[float]],
-         **kw: object) -> Row:
-    return Row(section, config, ours, _median_ms(times[ours]), baseline,
-               _median_ms(times[baseline]),
-               spread=max(_spread(times[ours]), _spread(times[baseline])), **kw)
+def _row(
+    section: str, config: str, ours: str, baseline: str, times: dict[str, list[float]], **kw: object
+) -> Row:
+    return Row(
+        section,
+        config,
+        ours,
+        _median_ms(times[ours]),
+        baseline,
+        _median_ms(times[baseline]),
+        spread=max(_spread(times[ours]), _spread(times[baseline])),
+        **kw,
+    )
 
 
 def _switched(mode: str, fn: Callable[[], None]) -> Callable[[], None]:
     """``fn`` run under ``config.fast_paths(mode)`` (auto, on or off)."""
+
     def run() -> None:
         with config.fast_paths(mode):  # type: ignore[arg-type]
             fn()
+
     return run
 
 
@@ -177,13 +188,15 @@ def _wian_cases(layers: int, device: torch.device) -> dict[str, Callable[[], Non
     weights = torch.rand(batch, steps, 1, device=device)
     grad_out = torch.randn(batch, steps, 2 * size, device=device)
     with torch.no_grad():  # the baseline computes the same function
-        torch.testing.assert_close(naive(x, weights), wian(x, weights=weights)[0], atol=1e-4,
-                                   rtol=1e-4)
+        torch.testing.assert_close(
+            naive(x, weights), wian(x, weights=weights)[0], atol=1e-4, rtol=1e-4
+        )
 
     def run(module: nn.Module, call: Callable[[], torch.Tensor]) -> Callable[[], None]:
         def fn() -> None:
             _zero_grads(module, x)
             call().backward(grad_out)
+
         return fn
 
     fused = run(wian, lambda: wian(x, weights=weights)[0])
@@ -215,21 +228,64 @@ def bench_wian(args: argparse.Namespace, device: torch.device) -> list[Row]:
         config = f"B=32, T=16, I=H=512, bidir, {layers} layer{'s' * (layers > 1)}"
         one = layers == 1
         # "auto" enables the fused layer on CPU float32 only if this row shows that it pays.
-        rows.append(_row("WIAN", config, "WIAN", "WIAN (off)", times, kind="speed-up",
-                         target=">= 1.05" if one and device.type == "cpu" else ""))
+        rows.append(
+            _row(
+                "WIAN",
+                config,
+                "WIAN",
+                "WIAN (off)",
+                times,
+                kind="speed-up",
+                target=">= 1.05" if one and device.type == "cpu" else "",
+            )
+        )
         rows.append(_row("WIAN", config, "WIAN (on)", "WIAN (off)", times, kind="speed-up"))
         rows.append(_row("WIAN", config, "WIAN", "nn.LSTM", times))
-        rows.append(_row("WIAN", config, "WIAN (on)", "nn.LSTM", times,
-                         target="<= 1.4" if one else ""))
-        rows.append(_row("WIAN", config, "WIAN", "naive per-gate WIAN", times, kind="speed-up",
-                         target=">= 1.6" if one else ""))
+        rows.append(
+            _row("WIAN", config, "WIAN (on)", "nn.LSTM", times, target="<= 1.4" if one else "")
+        )
+        rows.append(
+            _row(
+                "WIAN",
+                config,
+                "WIAN",
+                "naive per-gate WIAN",
+                times,
+                kind="speed-up",
+                target=">= 1.6" if one else "",
+            )
+        )
         # Issue 15: bf16 autocast within 1.5x of float32 (the fused kernel, float32 inside).
-        rows.append(_row("WIAN", config, "WIAN bf16 autocast", "WIAN", times,
-                         target="<= 1.5" if one and device.type == "cpu" else ""))
-        rows.append(_row("WIAN", config, "WIAN bf16 autocast", "WIAN bf16 autocast (off)", times,
-                         kind="speed-up"))
-        rows.append(_row("WIAN", config, "WIAN bf16 autocast (on)", "WIAN bf16 autocast (off)",
-                         times, kind="speed-up"))
+        rows.append(
+            _row(
+                "WIAN",
+                config,
+                "WIAN bf16 autocast",
+                "WIAN",
+                times,
+                target="<= 1.5" if one and device.type == "cpu" else "",
+            )
+        )
+        rows.append(
+            _row(
+                "WIAN",
+                config,
+                "WIAN bf16 autocast",
+                "WIAN bf16 autocast (off)",
+                times,
+                kind="speed-up",
+            )
+        )
+        rows.append(
+            _row(
+                "WIAN",
+                config,
+                "WIAN bf16 autocast (on)",
+                "WIAN bf16 autocast (off)",
+                times,
+                kind="speed-up",
+            )
+        )
     return rows
 
 
@@ -237,8 +293,14 @@ def bench_wian(args: argparse.Namespace, device: torch.device) -> list[Row]:
 # 2. MCCL
 # ------------------------------------------------------------------------------------------
 
-MCCL_CASES = ("MCCLoss", "MCCLoss (off)", "MCCLoss (on)", "MCCLoss (no projections)",
-              "SupConLoss (pml)", "naive multi-scale loop")
+MCCL_CASES = (
+    "MCCLoss",
+    "MCCLoss (off)",
+    "MCCLoss (on)",
+    "MCCLoss (no projections)",
+    "SupConLoss (pml)",
+    "naive multi-scale loop",
+)
 
 
 def _mccl_setup(case: str, batch: int, device: torch.device) -> Callable[[], None]:
@@ -251,9 +313,11 @@ def _mccl_setup(case: str, batch: int, device: torch.device) -> Callable[[], Non
     if case.startswith("MCCLoss (o") or case in ("MCCLoss", "naive multi-scale loop"):
         loss = MCCLoss(NUM_CLASSES, FEATURE_DIM, counts, projection_dim=1024).to(device)
         if case != "naive multi-scale loop":
+
             def call() -> torch.Tensor:
                 return loss(features, logits, targets)
         else:
+
             def call() -> torch.Tensor:
                 return naive_multiscale_supcon(features, targets, loss.projections, loss.scales)
     elif case == "MCCLoss (no projections)":
@@ -263,6 +327,7 @@ def _mccl_setup(case: str, batch: int, device: torch.device) -> Callable[[], Non
             return loss(features, logits, targets)
     elif case == "SupConLoss (pml)":
         from pytorch_metric_learning.losses import SupConLoss
+
         loss = SupConLoss(temperature=0.07)
 
         def call() -> torch.Tensor:
@@ -273,11 +338,13 @@ def _mccl_setup(case: str, batch: int, device: torch.device) -> Callable[[], Non
     def fn() -> None:
         _zero_grads(loss, features)
         call().backward()
+
     return _switched(_mode_of(case), fn)
 
 
-def _peak_memory_mb(case: str, batch: int, args: argparse.Namespace,
-                    device: torch.device) -> float | None:
+def _peak_memory_mb(
+    case: str, batch: int, args: argparse.Namespace, device: torch.device
+) -> float | None:
     if device.type == "cuda":
         fn = _mccl_setup(case, batch, device)
         torch.cuda.synchronize(device)
@@ -286,8 +353,14 @@ def _peak_memory_mb(case: str, batch: int, args: argparse.Namespace,
         fn()
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--probe-memory", f"{case}|{batch}",
-           "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--probe-memory",
+        f"{case}|{batch}",
+        "--threads",
+        str(args.threads),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     for line in result.stdout.splitlines():
         if line.startswith("{"):
@@ -327,16 +400,31 @@ def bench_mccl(args: argparse.Namespace, device: torch.device) -> list[Row]:
         config = f"B={batch}, D={FEATURE_DIM}, scales (1, 2, 4)"
         for ours, baseline, kind, target in (
             # "auto" enables the one-buffer core on CPU float32 only if this row shows it pays.
-            ("MCCLoss", "MCCLoss (off)", "speed-up",
-             ">= 1.05" if batch == 1024 and device.type == "cpu" else ""),
+            (
+                "MCCLoss",
+                "MCCLoss (off)",
+                "speed-up",
+                ">= 1.05" if batch == 1024 and device.type == "cpu" else "",
+            ),
             ("MCCLoss (on)", "MCCLoss (off)", "speed-up", ""),
             ("MCCLoss", "SupConLoss (pml)", "ratio", ""),
             ("MCCLoss (on)", "SupConLoss (pml)", "ratio", "<= 2.5" if batch == 1024 else ""),
             ("MCCLoss (no projections)", "SupConLoss (pml)", "ratio", ""),
             ("MCCLoss", "naive multi-scale loop", "speed-up", ""),
         ):
-            rows.append(_row("MCCL", config, ours, baseline, times, kind=kind, target=target,
-                             ours_mb=memory.get(ours), base_mb=memory.get(baseline)))
+            rows.append(
+                _row(
+                    "MCCL",
+                    config,
+                    ours,
+                    baseline,
+                    times,
+                    kind=kind,
+                    target=target,
+                    ours_mb=memory.get(ours),
+                    base_mb=memory.get(baseline),
+                )
+            )
     return rows
 
 
@@ -362,8 +450,7 @@ def _norm_macs(m: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor
     return 2 * inputs[0].numel() * (2 if affine else 1)
 
 
-def _adaptive_avg_macs(m: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor
-                       ) -> int:
+def _adaptive_avg_macs(m: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> int:
     window = inputs[0].numel() // max(out.numel(), 1)
     return (window + 1) * out.numel()
 
@@ -371,11 +458,17 @@ def _adaptive_avg_macs(m: nn.Module, inputs: tuple[torch.Tensor, ...], out: torc
 # Keyed on the exact module type, as thop-style counters are: a subclass (torchvision's
 # Conv3DSimple, Conv2Plus1D, ...; nn.MultiheadAttention's out_proj) matches no rule and counts 0.
 THOP_STYLE_RULES: dict[type, Callable[..., int]] = {
-    nn.Conv1d: _conv_macs, nn.Conv2d: _conv_macs, nn.Conv3d: _conv_macs,
+    nn.Conv1d: _conv_macs,
+    nn.Conv2d: _conv_macs,
+    nn.Conv3d: _conv_macs,
     nn.Linear: _linear_macs,
-    nn.BatchNorm1d: _norm_macs, nn.BatchNorm2d: _norm_macs, nn.BatchNorm3d: _norm_macs,
-    nn.LayerNorm: _norm_macs, nn.GroupNorm: _norm_macs,
-    nn.AdaptiveAvgPool1d: _adaptive_avg_macs, nn.AdaptiveAvgPool2d: _adaptive_avg_macs,
+    nn.BatchNorm1d: _norm_macs,
+    nn.BatchNorm2d: _norm_macs,
+    nn.BatchNorm3d: _norm_macs,
+    nn.LayerNorm: _norm_macs,
+    nn.GroupNorm: _norm_macs,
+    nn.AdaptiveAvgPool1d: _adaptive_avg_macs,
+    nn.AdaptiveAvgPool2d: _adaptive_avg_macs,
     nn.AdaptiveAvgPool3d: _adaptive_avg_macs,
 }
 
@@ -397,8 +490,9 @@ def thop_style_macs(model: nn.Module, *inputs: torch.Tensor) -> int:
         nonlocal total
         total += THOP_STYLE_RULES[type(m)](m, inp, out)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if type(m) in THOP_STYLE_RULES]
+    handles = [
+        m.register_forward_hook(hook) for m in model.modules() if type(m) in THOP_STYLE_RULES
+    ]
     try:
         model(*inputs)
     finally:
@@ -407,8 +501,13 @@ def thop_style_macs(model: nn.Module, *inputs: torch.Tensor) -> int:
     return total
 
 
-def _linear_pointwise_flops(x_shape: torch.Size, w_shape: torch.Size, *args: object,
-                            out_shape: torch.Size | None = None, **kwargs: object) -> int:
+def _linear_pointwise_flops(
+    x_shape: torch.Size,
+    w_shape: torch.Size,
+    *args: object,
+    out_shape: torch.Size | None = None,
+    **kwargs: object,
+) -> int:
     rows = 1
     for s in x_shape[:-1]:
         rows *= s
@@ -426,9 +525,12 @@ def flop_counter_macs(model: nn.Module, *inputs: torch.Tensor) -> int:
 
     custom = {}
     if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
-        custom = {torch.ops.mkldnn._linear_pointwise.default: _linear_pointwise_flops,
-                  torch.ops.mkldnn._linear_pointwise.binary:
-                      lambda x, other, w, *a, **k: _linear_pointwise_flops(x, w)}
+        custom = {
+            torch.ops.mkldnn._linear_pointwise.default: _linear_pointwise_flops,
+            torch.ops.mkldnn._linear_pointwise.binary: lambda x, other, w, *a, **k: (
+                _linear_pointwise_flops(x, w)
+            ),
+        }
     counter = FlopCounterMode(display=False, custom_mapping=custom)
     with counter:
         model(*inputs)
@@ -442,10 +544,12 @@ def bench_model(args: argparse.Namespace, device: torch.device) -> tuple[list[Ro
     from micacl_layers.models import MICACL
 
     torch.manual_seed(0)
-    model = MICACL(NUM_CLASSES, backbone="r3d_18", hidden_size=512, num_layers=4,
-                   bidirectional=True).to(device)
-    criterion = MICACLLoss(NUM_CLASSES, model.feature_dim,
-                           [1956, 1515, 2135, 1738, 1175, 116, 721]).to(device)
+    model = MICACL(
+        NUM_CLASSES, backbone="r3d_18", hidden_size=512, num_layers=4, bidirectional=True
+    ).to(device)
+    criterion = MICACLLoss(
+        NUM_CLASSES, model.feature_dim, [1956, 1515, 2135, 1738, 1175, 116, 721]
+    ).to(device)
     bare = torchvision.models.video.r3d_18(weights=None).to(device)
     clip = torch.rand(1, 3, 16, 112, 112, device=device)
     model.eval()
@@ -464,7 +568,7 @@ def bench_model(args: argparse.Namespace, device: torch.device) -> tuple[list[Ro
     notes.append(
         "| Count (one 16×112×112 clip, forward) | bare R3D-18 | MICACL (R3D-18 + head) |\n"
         "|---|---|---|\n"
-        f"| Paper (Table, \"FLOPs\") | | {PAPER_GFLOPS:.2f} G |\n"
+        f'| Paper (Table, "FLOPs") | | {PAPER_GFLOPS:.2f} G |\n'
         f"| (a) paper's convention: thop-style MACs, exact module types | "
         f"{g['bare_thop']:.2f} G | {g['model_thop']:.2f} G |\n"
         f"| (b) `FlopCounterMode`, all matmuls and convolutions: MACs | "
@@ -472,18 +576,21 @@ def bench_model(args: argparse.Namespace, device: torch.device) -> tuple[list[Ro
         f"| (b) as FLOPs (= 2 × MACs) | {2 * g['bare_full']:.1f} G | "
         f"{2 * g['model_full']:.1f} G |\n"
     )
-    notes.append(f"Parameters: model {params / 1e6:.2f} M (R3D-18 backbone without fc "
-                 f"{backbone_params / 1e6:.2f} M, head {(params - backbone_params) / 1e6:.2f} M); "
-                 f"the loss's MCCL projections {loss_params / 1e6:.2f} M more "
-                 f"(trained, not used at inference).")
+    notes.append(
+        f"Parameters: model {params / 1e6:.2f} M (R3D-18 backbone without fc "
+        f"{backbone_params / 1e6:.2f} M, head {(params - backbone_params) / 1e6:.2f} M); "
+        f"the loss's MCCL projections {loss_params / 1e6:.2f} M more "
+        f"(trained, not used at inference)."
+    )
 
     # Training step on a small batch, next to its parts.
     model.train()
     batch = 2
     clips = torch.rand(batch, 3, 16, 112, 112, device=device)
     targets = torch.tensor([0, 5], device=device)
-    optimizer = torch.optim.AdamW(list(model.parameters()) + list(criterion.parameters()),
-                                  lr=4e-4, weight_decay=0.05)
+    optimizer = torch.optim.AdamW(
+        list(model.parameters()) + list(criterion.parameters()), lr=4e-4, weight_decay=0.05
+    )
     snippets = torch.rand(batch * model.num_instances, 3, 4, 112, 112, device=device)
     instances = torch.randn(batch, model.num_instances, 512, device=device, requires_grad=True)
 
@@ -506,33 +613,43 @@ def bench_model(args: argparse.Namespace, device: torch.device) -> tuple[list[Ro
         _zero_grads(model.head.geiim, instances)
         model.head.geiim(instances).sum().backward()
 
-    cases = {"training step (model + loss + AdamW)": train_step,
-             "R3D-18 backbone fwd+bwd": backbone, "head fwd+bwd": head, "GEIIM fwd+bwd": geiim}
+    cases = {
+        "training step (model + loss + AdamW)": train_step,
+        "R3D-18 backbone fwd+bwd": backbone,
+        "head fwd+bwd": head,
+        "GEIIM fwd+bwd": geiim,
+    }
     repeats = args.repeats or (3 if args.quick else 7)
     times = interleaved(cases, repeats, warmup=1, device=device)
     config = f"batch {batch} clips of 16×112×112 ({model.num_instances} instances), per step"
     rows = [
-        _row("Model", config, "training step (model + loss + AdamW)", "R3D-18 backbone fwd+bwd",
-             times),
+        _row(
+            "Model",
+            config,
+            "training step (model + loss + AdamW)",
+            "R3D-18 backbone fwd+bwd",
+            times,
+        ),
         _row("Model", config, "head fwd+bwd", "R3D-18 backbone fwd+bwd", times, kind="share"),
         _row("Model", config, "GEIIM fwd+bwd", "R3D-18 backbone fwd+bwd", times, kind="share"),
     ]
     per_clip = _median_ms(times["training step (model + loss + AdamW)"]) / batch / 1e3
-    notes.append(f"Training step time per clip ({device.type}, batch {batch}): "
-                 f"{per_clip:.2f} s.")
+    notes.append(f"Training step time per clip ({device.type}, batch {batch}): {per_clip:.2f} s.")
     if device.type == "cuda":
         notes.append(_gpu_throughput(model, criterion, device, args))
     return rows, notes
 
 
-def _gpu_throughput(model: nn.Module, criterion: nn.Module, device: torch.device,
-                    args: argparse.Namespace) -> str:
+def _gpu_throughput(
+    model: nn.Module, criterion: nn.Module, device: torch.device, args: argparse.Namespace
+) -> str:
     """Training clips/s at batch 32 with automatic mixed precision."""
     batch = 32
     amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    optimizer = torch.optim.AdamW(list(model.parameters()) + list(criterion.parameters()),
-                                  lr=4e-4, weight_decay=0.05)
+    optimizer = torch.optim.AdamW(
+        list(model.parameters()) + list(criterion.parameters()), lr=4e-4, weight_decay=0.05
+    )
     clips = torch.rand(batch, 3, 16, 112, 112, device=device)
     targets = torch.randint(0, NUM_CLASSES, (batch,), device=device)
     model.train()
@@ -555,9 +672,11 @@ def _gpu_throughput(model: nn.Module, criterion: nn.Module, device: torch.device
         step()
     torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
-    return (f"GPU training throughput, batch {batch}, AMP ({str(amp_dtype).split('.')[-1]}): "
-            f"{batch * steps / elapsed:.1f} clips/s "
-            f"(peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB).")
+    return (
+        f"GPU training throughput, batch {batch}, AMP ({str(amp_dtype).split('.')[-1]}): "
+        f"{batch * steps / elapsed:.1f} clips/s "
+        f"(peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB)."
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -569,8 +688,14 @@ def _data_tree(root: Path, quick: bool) -> Path:
     """A DFEW-layout tree of real-size 224x224 JPEG frames (the synthetic faces)."""
     from micacl_layers.data import make_synthetic_dfew
 
-    return make_synthetic_dfew(root, total_clips=21 if quick else 42, min_clips_per_class=2,
-                               frames=(30, 90), image_size=224, seed=0).root
+    return make_synthetic_dfew(
+        root,
+        total_clips=21 if quick else 42,
+        min_clips_per_class=2,
+        frames=(30, 90),
+        image_size=224,
+        seed=0,
+    ).root
 
 
 def _decode_floor(ds: object, draft: int | None) -> Callable[[], None]:
@@ -592,14 +717,20 @@ def _decode_floor(ds: object, draft: int | None) -> Callable[[], None]:
                     if draft:
                         img.draft("RGB", (draft, draft))
                     img.load()
+
     return fn
 
 
 def _loader_clips_per_s(ds: object, workers: int, repeats: int) -> float:
     from torch.utils.data import DataLoader
 
-    loader = DataLoader(ds, batch_size=8, shuffle=True, num_workers=workers,  # type: ignore
-                        persistent_workers=workers > 0)
+    loader = DataLoader(
+        ds,
+        batch_size=8,
+        shuffle=True,
+        num_workers=workers,  # type: ignore
+        persistent_workers=workers > 0,
+    )
     for _ in loader:  # warm-up epoch (starts the workers)
         pass
     rates = []
@@ -635,16 +766,17 @@ def bench_data(args: argparse.Namespace, device: torch.device) -> tuple[list[Row
                 def fn() -> None:
                     for i in range(n):
                         getitem(i)
+
                 return fn
 
             cases = {
                 "train, this loader": epoch(train.__getitem__),
                 "train, legacy loader (bfb3b80)": epoch(
-                    lambda i: legacy_getitem(train, old_train, i)),
+                    lambda i: legacy_getitem(train, old_train, i)
+                ),
                 "train, fast_decode=False": epoch(plain.__getitem__),
                 "test, this loader": epoch(test.__getitem__),
-                "test, legacy loader (bfb3b80)": epoch(
-                    lambda i: legacy_getitem(test, old_test, i)),
+                "test, legacy loader (bfb3b80)": epoch(lambda i: legacy_getitem(test, old_test, i)),
                 "PIL full decode (floor)": _decode_floor(train, None),
                 "PIL draft decode at 112 (floor)": _decode_floor(train, 112),
             }
@@ -652,16 +784,18 @@ def bench_data(args: argparse.Namespace, device: torch.device) -> tuple[list[Row
             times = interleaved(cases, repeats, warmup=1, device=torch.device("cpu"))
             ms = {k: _median_ms(v) / n for k, v in times.items()}
             spread = {k: _spread(v) for k, v in times.items()}
-            workers = {k: _loader_clips_per_s(train, k, 2 if args.quick else 3)
-                       for k in (0, 1, 2)}
-            psnr = {name: _fast_vs_plain_psnr(root, tf)
-                    for name, tf in (("train", train_transform(112)),
-                                     ("test", test_transform(112)))}
+            workers = {k: _loader_clips_per_s(train, k, 2 if args.quick else 3) for k in (0, 1, 2)}
+            psnr = {
+                name: _fast_vs_plain_psnr(root, tf)
+                for name, tf in (("train", train_transform(112)), ("test", test_transform(112)))
+            }
     finally:
         torch.set_num_threads(threads)
 
-    legacy = {"train": ms["train, legacy loader (bfb3b80)"],
-              "test": ms["test, legacy loader (bfb3b80)"]}
+    legacy = {
+        "train": ms["train, legacy loader (bfb3b80)"],
+        "test": ms["test, legacy loader (bfb3b80)"],
+    }
     full, draft = ms["PIL full decode (floor)"], ms["PIL draft decode at 112 (floor)"]
     lines = [
         f"Data loading, one process and one thread (a `DataLoader` worker's share), {n} "
@@ -675,12 +809,14 @@ def bench_data(args: argparse.Namespace, device: torch.device) -> tuple[list[Row
     ]
     for name, value in ms.items():
         split = name.split(",")[0]
-        speedup = (f"{legacy[split] / value:.2f}×" if split in legacy
-                   and "legacy" not in name else "")
-        floors = ("", "") if "floor" in name else (f"{value / full:.2f}×",
-                                                    f"{value / draft:.2f}×")
-        lines.append(f"| {name} | {value:.2f} | {1e3 / value:.1f} | {speedup} | {floors[0]} | "
-                     f"{floors[1]} | {100 * spread[name]:.0f}% |")
+        speedup = (
+            f"{legacy[split] / value:.2f}×" if split in legacy and "legacy" not in name else ""
+        )
+        floors = ("", "") if "floor" in name else (f"{value / full:.2f}×", f"{value / draft:.2f}×")
+        lines.append(
+            f"| {name} | {value:.2f} | {1e3 / value:.1f} | {speedup} | {floors[0]} | "
+            f"{floors[1]} | {100 * spread[name]:.0f}% |"
+        )
     lines.append("")
     train_speedup = legacy["train"] / ms["train, this loader"]
     to_draft = ms["train, this loader"] / draft
@@ -688,18 +824,26 @@ def bench_data(args: argparse.Namespace, device: torch.device) -> tuple[list[Row
         f"Targets (train transform): ≥ 2× the legacy loader: "
         f"{'met' if train_speedup >= 2 else 'NOT met'} ({train_speedup:.2f}×); within 1.3× of "
         f"the draft-decode floor: {'met' if to_draft <= 1.3 else 'NOT met'} "
-        f"({to_draft:.2f}×; {ms['train, this loader'] / full:.2f}× the full-decode floor).")
+        f"({to_draft:.2f}×; {ms['train, this loader'] / full:.2f}× the full-decode floor)."
+    )
     lines.append("")
-    lines.append("`DataLoader(batch_size=8, shuffle=True)` over the same train clips, "
-                 "this loader: " + ", ".join(
-                     f"{k} worker{'s' * (k != 1)} {v:.1f} clips/s" for k, v in workers.items())
-                 + f" (on {os.cpu_count()} logical cores; 0 workers loads in the main process).")
+    lines.append(
+        "`DataLoader(batch_size=8, shuffle=True)` over the same train clips, "
+        "this loader: "
+        + ", ".join(f"{k} worker{'s' * (k != 1)} {v:.1f} clips/s" for k, v in workers.items())
+        + f" (on {os.cpu_count()} logical cores; 0 workers loads in the main process)."
+    )
     lines.append("")
     lines.append(
         "Pixels, this loader against `fast_decode=False` (full decode, float transforms), same "
-        "clips and generator seeds, PSNR over all clips (min / median per clip): " + "; ".join(
+        "clips and generator seeds, PSNR over all clips (min / median per clip): "
+        + "; ".join(
             f"{name} transform {p[0]:.1f} dB ({p[1]:.1f} / {p[2]:.1f}), max |diff| "
-            f"{p[3] * 255:.1f}/255" for name, p in psnr.items()) + ".")
+            f"{p[3] * 255:.1f}/255"
+            for name, p in psnr.items()
+        )
+        + "."
+    )
     return [], ["\n".join(lines)]
 
 
@@ -714,8 +858,15 @@ def _fast_vs_plain_psnr(root: Path, transform: object) -> tuple[float, float, fl
     for i in range(len(probe)):
         items = []
         for fast in (True, False):
-            ds = DFEW(root, 1, "train", transform=transform, train=train, fast_decode=fast,
-                      generator=torch.Generator().manual_seed(i))
+            ds = DFEW(
+                root,
+                1,
+                "train",
+                transform=transform,
+                train=train,
+                fast_decode=fast,
+                generator=torch.Generator().manual_seed(i),
+            )
             items.append(ds[i][0].double())
         sq = (items[0] - items[1]).pow(2)
         per_clip.append(10 * math.log10(1 / max(sq.mean().item(), 1e-20)))
@@ -757,20 +908,33 @@ def _fmt_mb(mb: float | None) -> str:
     return "" if mb is None else f"{mb:,.0f}"
 
 
-def render(rows: list[Row], notes: list[str], args: argparse.Namespace,
-           device: torch.device, loads: tuple[tuple[float, ...], tuple[float, ...]]) -> str:
+def render(
+    rows: list[Row],
+    notes: list[str],
+    args: argparse.Namespace,
+    device: torch.device,
+    loads: tuple[tuple[float, ...], tuple[float, ...]],
+) -> str:
     out = ["## Machine", ""]
     out += machine(device, args.threads)
-    out.append(f"- load average (1, 5, 15 min) at start {loads[0][0]:.2f}, {loads[0][1]:.2f}, "
-               f"{loads[0][2]:.2f}; at end {loads[1][0]:.2f}, {loads[1][1]:.2f}, "
-               f"{loads[1][2]:.2f}")
-    out.append(f"- date: {datetime.datetime.now().isoformat(timespec='minutes')}; command: "
-               f"`{' '.join(['python', 'benchmarks/run.py', *sys.argv[1:]])}`")
+    out.append(
+        f"- load average (1, 5, 15 min) at start {loads[0][0]:.2f}, {loads[0][1]:.2f}, "
+        f"{loads[0][2]:.2f}; at end {loads[1][0]:.2f}, {loads[1][1]:.2f}, "
+        f"{loads[1][2]:.2f}"
+    )
+    out.append(
+        f"- date: {datetime.datetime.now().isoformat(timespec='minutes')}; command: "
+        f"`{' '.join(['python', 'benchmarks/run.py', *sys.argv[1:]])}`"
+    )
     if rows:  # (--only data has no forward + backward rows)
-        out += ["", "## Forward + backward, medians of interleaved runs", "",
-                "| Section | Configuration | Ours | ms | Baseline | ms | Ratio | Target | Spread "
-                "| Peak MiB (ours / baseline) |",
-                "|---|---|---|---:|---|---:|---:|---|---:|---|"]
+        out += [
+            "",
+            "## Forward + backward, medians of interleaved runs",
+            "",
+            "| Section | Configuration | Ours | ms | Baseline | ms | Ratio | Target | Spread "
+            "| Peak MiB (ours / baseline) |",
+            "|---|---|---|---:|---|---:|---:|---|---:|---|",
+        ]
     for r in rows:
         if r.kind == "share":
             ratio = f"{100 * r.value:.1f} % of baseline"
@@ -779,9 +943,11 @@ def render(rows: list[Row], notes: list[str], args: argparse.Namespace,
         mem = ""
         if r.ours_mb is not None or r.base_mb is not None:
             mem = f"{_fmt_mb(r.ours_mb)} / {_fmt_mb(r.base_mb)}"
-        out.append(f"| {r.section} | {r.config} | {r.ours} | {r.ours_ms:,.1f} | {r.baseline} | "
-                   f"{r.base_ms:,.1f} | {ratio} | {r.verdict()} | "
-                   f"{100 * r.spread:.0f}% | {mem} |")
+        out.append(
+            f"| {r.section} | {r.config} | {r.ours} | {r.ours_ms:,.1f} | {r.baseline} | "
+            f"{r.base_ms:,.1f} | {ratio} | {r.verdict()} | "
+            f"{100 * r.spread:.0f}% | {mem} |"
+        )
     for note in notes:
         out += ["", note]
     return "\n".join(out) + "\n"
@@ -790,8 +956,11 @@ def render(rows: list[Row], notes: list[str], args: argparse.Namespace,
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and sizes")
-    parser.add_argument("--only", default="wian,mccl,model,data",
-                        help="comma-separated subset of wian, mccl, model, data")
+    parser.add_argument(
+        "--only",
+        default="wian,mccl,model,data",
+        help="comma-separated subset of wian, mccl, model, data",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
     parser.add_argument("--repeats", type=int, default=0, help="override the repeat counts")

@@ -44,8 +44,11 @@ HERE = Path(__file__).resolve().parent
 
 # name -> (description, train_dfew options, custom criterion or None)
 COMPONENTS: dict[str, tuple[str, list[str], str | None]] = {
-    "a": ("conv1d aggregator, no GEIIM, CE",
-          ["--no-geiim", "--aggregator", "conv1d", "--loss", "ce"], None),
+    "a": (
+        "conv1d aggregator, no GEIIM, CE",
+        ["--no-geiim", "--aggregator", "conv1d", "--loss", "ce"],
+        None,
+    ),
     "b": ("GEIIM + conv1d, CE", ["--aggregator", "conv1d", "--loss", "ce"], None),
     "c": ("GEIIM + WIAN, CE", ["--loss", "ce"], None),
     "d": ("GEIIM + WIAN, CET + MCCL (MICACL)", ["--loss", "micacl"], None),
@@ -53,16 +56,36 @@ COMPONENTS: dict[str, tuple[str, list[str], str | None]] = {
 LOSSES: dict[str, tuple[str, list[str], str | None]] = {
     "ce": ("CE (label smoothing 0.1)", ["--loss", "ce"], None),
     "micacl": ("CET + MCCL, our defaults (--loss micacl)", ["--loss", "micacl"], None),
-    "micacl_paper": ("CET + MCCL, paper-exact (ratio form, Eq. 4 channel softmax, weight 1)",
-                     ["--loss", "micacl", "--mccl-form", "ratio", "--mc-weight", "1",
-                      "--weight-mode", "channel_softmax"], None),
-    "public_code": ("public code preset: CE + 30 x MCCL (log form)",
-                    ["--loss", "public_code"], None),
-    "supcon": ("CE + plain SupCon (1 scale, no class/difficulty weights, fixed tau, log)",
-               ["--loss", "micacl"], "supcon"),
+    "micacl_paper": (
+        "CET + MCCL, paper-exact (ratio form, Eq. 4 channel softmax, weight 1)",
+        [
+            "--loss",
+            "micacl",
+            "--mccl-form",
+            "ratio",
+            "--mc-weight",
+            "1",
+            "--weight-mode",
+            "channel_softmax",
+        ],
+        None,
+    ),
+    "public_code": (
+        "public code preset: CE + 30 x MCCL (log form)",
+        ["--loss", "public_code"],
+        None,
+    ),
+    "supcon": (
+        "CE + plain SupCon (1 scale, no class/difficulty weights, fixed tau, log)",
+        ["--loss", "micacl"],
+        "supcon",
+    ),
     "ce_ial": ("CE + 0.1 x IAL", ["--loss", "micacl"], "ce_ial"),
-    "logit_adj": ("logit-adjusted CE (tau 1, Menon et al. 2021)", ["--loss", "micacl"],
-                  "logit_adjusted"),
+    "logit_adj": (
+        "logit-adjusted CE (tau 1, Menon et al. 2021)",
+        ["--loss", "micacl"],
+        "logit_adjusted",
+    ),
 }
 TABLES = {"components": COMPONENTS, "losses": LOSSES}
 
@@ -90,8 +113,9 @@ class LogitAdjustedCE(nn.Module):
     The model's raw logits are used at test time, which is what makes it balance the classes.
     """
 
-    def __init__(self, class_counts: list[int], tau: float = 1.0,
-                 label_smoothing: float = 0.1) -> None:
+    def __init__(
+        self, class_counts: list[int], tau: float = 1.0, label_smoothing: float = 0.1
+    ) -> None:
         super().__init__()
         counts = torch.tensor(class_counts, dtype=torch.float32).clamp_min(1)
         self.register_buffer("log_prior", torch.log(counts / counts.sum()))
@@ -99,8 +123,7 @@ class LogitAdjustedCE(nn.Module):
 
     def forward(self, features, logits, targets, *, classifier=None, return_breakdown=False):
         adjusted = logits.float() + self.tau * self.log_prior.to(logits.device)
-        loss = nn.functional.cross_entropy(adjusted, targets,
-                                           label_smoothing=self.label_smoothing)
+        loss = nn.functional.cross_entropy(adjusted, targets, label_smoothing=self.label_smoothing)
         return LogitAdjustedOutput(loss, loss.detach()) if return_breakdown else loss
 
 
@@ -109,14 +132,32 @@ def custom_criterion(kind: str, args, model, class_counts: list[int]) -> nn.Modu
     if kind == "supcon":
         # Plain SupCon: MCCL with one scale, no class or difficulty weighting, fixed tau, log
         # form, next to label-smoothed CE only (no IAL, no augmentation term).
-        return MICACLLoss(k, d, class_counts, scales=(1,),
-                          mc_weight=1.0 if args.mc_weight is None else args.mc_weight,
-                          ial_weight=0.0, aug_weight=0.0, class_weighting=False,
-                          difficulty=False, temperature="fixed", form="log",
-                          projection_dim=args.projection_dim, tau0=args.tau0)
+        return MICACLLoss(
+            k,
+            d,
+            class_counts,
+            scales=(1,),
+            mc_weight=1.0 if args.mc_weight is None else args.mc_weight,
+            ial_weight=0.0,
+            aug_weight=0.0,
+            class_weighting=False,
+            difficulty=False,
+            temperature="fixed",
+            form="log",
+            projection_dim=args.projection_dim,
+            tau0=args.tau0,
+        )
     if kind == "ce_ial":
-        return MICACLLoss(k, d, class_counts, mc_weight=0.0, ial_weight=0.1, aug_weight=0.0,
-                          projection_dim=args.projection_dim, tau0=args.tau0)
+        return MICACLLoss(
+            k,
+            d,
+            class_counts,
+            mc_weight=0.0,
+            ial_weight=0.1,
+            aug_weight=0.0,
+            projection_dim=args.projection_dim,
+            tau0=args.tau0,
+        )
     if kind == "logit_adjusted":
         return LogitAdjustedCE(class_counts, tau=1.0)
     raise ValueError(kind)
@@ -128,8 +169,11 @@ def describe_criterion(criterion: nn.Module | None) -> dict[str, Any]:
     info: dict[str, Any] = {"type": type(criterion).__name__}
     if isinstance(criterion, MICACLLoss):
         m = criterion.mccl
-        info.update(mc_weight=criterion.mc_weight, ial_weight=criterion.cet.ial_weight,
-                    aug_weight=criterion.cet.aug_weight)
+        info.update(
+            mc_weight=criterion.mc_weight,
+            ial_weight=criterion.cet.ial_weight,
+            aug_weight=criterion.cet.aug_weight,
+        )
         for name in ("form", "temperature", "scales", "class_weighting", "difficulty"):
             if hasattr(m, name):
                 value = getattr(m, name)
@@ -148,16 +192,23 @@ def run_one(td, argv: list[str], custom: str | None) -> dict[str, Any]:
     def build_model(args, num_classes):
         model = orig_model(args, num_classes)
         record["model_params"] = sum(p.numel() for p in model.parameters())
-        record["model"] = {"aggregator": args.aggregator, "geiim": not args.no_geiim,
-                           "weight_mode": args.weight_mode}
+        record["model"] = {
+            "aggregator": args.aggregator,
+            "geiim": not args.no_geiim,
+            "weight_mode": args.weight_mode,
+        }
         return model
 
     def build_criterion(args, model, class_counts):
-        crit = (custom_criterion(custom, args, model, list(class_counts)) if custom
-                else orig_criterion(args, model, class_counts))
+        crit = (
+            custom_criterion(custom, args, model, list(class_counts))
+            if custom
+            else orig_criterion(args, model, class_counts)
+        )
         record["criterion"] = describe_criterion(crit)
-        record["criterion_params"] = (0 if crit is None
-                                      else sum(p.numel() for p in crit.parameters()))
+        record["criterion_params"] = (
+            0 if crit is None else sum(p.numel() for p in crit.parameters())
+        )
         return crit
 
     td.build_model, td.build_criterion = build_model, build_criterion
@@ -167,10 +218,13 @@ def run_one(td, argv: list[str], custom: str | None) -> dict[str, Any]:
         record["seconds"] = round(time.time() - t0, 1)
     finally:
         td.build_model, td.build_criterion = orig_model, orig_criterion
-    record.update(final_epoch=result["final_epoch"], best_epoch=result["best_epoch"],
-                  classes=result["classes"],
-                  final={k: result["final"][k] for k in ("war", "uar", "per_class_recall")},
-                  best={k: result["best"][k] for k in ("war", "uar", "per_class_recall")})
+    record.update(
+        final_epoch=result["final_epoch"],
+        best_epoch=result["best_epoch"],
+        classes=result["classes"],
+        final={k: result["final"][k] for k in ("war", "uar", "per_class_recall")},
+        best={k: result["best"][k] for k in ("war", "uar", "per_class_recall")},
+    )
     return record
 
 
@@ -194,24 +248,33 @@ def summarise(settings: dict, runs: dict[str, list[dict]], which: str) -> list[d
         if not rs:
             continue
         n_cls = len(rs[0][which]["per_class_recall"])
-        rows.append({
-            "setting": name, "description": desc, "n": len(rs),
-            "war": mean_std([r[which]["war"] for r in rs]),
-            "uar": mean_std([r[which]["uar"] for r in rs]),
-            "per_class": [mean_std([r[which]["per_class_recall"][c] for r in rs])[0]
-                          for c in range(n_cls)],
-        })
+        rows.append(
+            {
+                "setting": name,
+                "description": desc,
+                "n": len(rs),
+                "war": mean_std([r[which]["war"] for r in rs]),
+                "uar": mean_std([r[which]["uar"] for r in rs]),
+                "per_class": [
+                    mean_std([r[which]["per_class_recall"][c] for r in rs])[0] for c in range(n_cls)
+                ],
+            }
+        )
     return rows
 
 
 def markdown_table(rows: list[dict], classes: list[str], short: dict[str, str]) -> str:
     names = [short.get(c.lower(), c[:4] + ".") for c in classes]
-    lines = ["| Setting | Description | WAR | UAR | " + " | ".join(names) + " |",
-             "|---|---|---|---|" + "---|" * len(names)]
+    lines = [
+        "| Setting | Description | WAR | UAR | " + " | ".join(names) + " |",
+        "|---|---|---|---|" + "---|" * len(names),
+    ]
     for r in rows:
         cells = ["n/a" if math.isnan(v) else f"{v:.1f}" for v in r["per_class"]]
-        lines.append(f"| {r['setting']} | {r['description']} | {fmt(r['war'])} | "
-                     f"{fmt(r['uar'])} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {r['setting']} | {r['description']} | {fmt(r['war'])} | "
+            f"{fmt(r['uar'])} | " + " | ".join(cells) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -224,9 +287,14 @@ def machine_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform()}
+    info = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
     if hasattr(os, "getloadavg"):
         info["load_avg_at_start"] = [round(x, 2) for x in os.getloadavg()]
     if torch.cuda.is_available():
@@ -238,28 +306,52 @@ def machine_info() -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Run MICACL ablation tables with examples/train_dfew.py. Unknown options "
-                    "(or anything after '--') are passed to train_dfew.py.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
-    p.add_argument("--table", choices=tuple(TABLES), required=True,
-                   help="components: Table III a-d; losses: loss variants on the full model")
-    p.add_argument("--settings", nargs="+", default=None,
-                   help="run only these settings of the table (default: all)")
+        "(or anything after '--') are passed to train_dfew.py.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
+    )
+    p.add_argument(
+        "--table",
+        choices=tuple(TABLES),
+        required=True,
+        help="components: Table III a-d; losses: loss variants on the full model",
+    )
+    p.add_argument(
+        "--settings",
+        nargs="+",
+        default=None,
+        help="run only these settings of the table (default: all)",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     p.add_argument("--dataset", choices=("synthetic", "dfew", "ferv39k"), default="synthetic")
-    p.add_argument("--root", type=Path, default=None,
-                   help="data root (synthetic: generated here once; default "
-                        "data/synthetic_ablation)")
+    p.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="data root (synthetic: generated here once; default data/synthetic_ablation)",
+    )
     p.add_argument("--fold", default="1", help="DFEW fold (1..5)")
-    p.add_argument("--epochs", type=int, default=None,
-                   help=f"epochs per run (synthetic default {SYNTHETIC_PRESET['epochs']}; "
-                        "otherwise train_dfew's default)")
-    p.add_argument("--synthetic-clips", type=int, default=SYNTHETIC_PRESET["clips"],
-                   help="clips of the generated synthetic data set")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"epochs per run (synthetic default {SYNTHETIC_PRESET['epochs']}; "
+        "otherwise train_dfew's default)",
+    )
+    p.add_argument(
+        "--synthetic-clips",
+        type=int,
+        default=SYNTHETIC_PRESET["clips"],
+        help="clips of the generated synthetic data set",
+    )
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data")
     p.add_argument("--output", type=Path, default=Path("runs/ablation"), help="output folder")
-    p.add_argument("--reuse", action="store_true",
-                   help="reuse runs already finished under --output with the same options "
-                        "(to continue an interrupted table)")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse runs already finished under --output with the same options "
+        "(to continue an interrupted table)",
+    )
     return p
 
 
@@ -267,7 +359,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--" in argv:
         i = argv.index("--")
-        own, passthrough = argv[:i], argv[i + 1:]
+        own, passthrough = argv[:i], argv[i + 1 :]
         args, extra = build_parser().parse_known_args(own)
         passthrough = extra + passthrough
     else:
@@ -276,8 +368,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.settings:
         unknown = set(args.settings) - set(settings)
         if unknown:
-            raise SystemExit(f"unknown settings {sorted(unknown)}; {args.table} has "
-                             f"{list(settings)}")
+            raise SystemExit(
+                f"unknown settings {sorted(unknown)}; {args.table} has {list(settings)}"
+            )
         settings = {k: v for k, v in settings.items() if k in args.settings}
 
     common = ["--dataset", args.dataset, "--fold", args.fold, "--no-plots"]
@@ -286,9 +379,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         root = args.root or Path("data/synthetic_ablation")
         if not (root / "EmoLabel_DataSplit").is_dir():
             from micacl_layers.data import make_synthetic_dfew
+
             print(f"generating synthetic DFEW-layout data under {root} ...", flush=True)
-            make_synthetic_dfew(root, total_clips=args.synthetic_clips, min_clips_per_class=25,
-                                folds=(1, 2, 3, 4, 5), seed=args.data_seed)
+            make_synthetic_dfew(
+                root,
+                total_clips=args.synthetic_clips,
+                min_clips_per_class=25,
+                folds=(1, 2, 3, 4, 5),
+                seed=args.data_seed,
+            )
         epochs = args.epochs or SYNTHETIC_PRESET["epochs"]
         # --demo's tiny CPU model and schedule, smaller frames; explicit options still win.
         common += ["--demo", "--image-size", str(SYNTHETIC_PRESET["image_size"])]
@@ -307,11 +406,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     td = load_train_dfew()
     started = time.time()
-    meta = {"command": "python " + " ".join(shlex.quote(a) for a in
-                                            ["examples/ablation.py", *argv]),
-            "table": args.table, "seeds": args.seeds, "epochs": epochs, "data": data,
-            "machine": machine_info(), "train_dfew_common_args": common + passthrough,
-            "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
+    meta = {
+        "command": "python " + " ".join(shlex.quote(a) for a in ["examples/ablation.py", *argv]),
+        "table": args.table,
+        "seeds": args.seeds,
+        "epochs": epochs,
+        "data": data,
+        "machine": machine_info(),
+        "train_dfew_common_args": common + passthrough,
+        "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+    }
     runs: dict[str, list[dict]] = {}
     # Seed-major order: an interrupted table still has every setting at the first seeds.
     for seed in args.seeds:
@@ -323,21 +427,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 rec = json.loads(saved.read_text())
                 print(f"[{args.table}] {name} seed {seed}: reusing {saved}", flush=True)
             else:
-                print(f"[{args.table}] {name} seed {seed}: train_dfew "
-                      f"{' '.join(shlex.quote(a) for a in run_argv)}", flush=True)
+                print(
+                    f"[{args.table}] {name} seed {seed}: train_dfew "
+                    f"{' '.join(shlex.quote(a) for a in run_argv)}",
+                    flush=True,
+                )
                 rec = run_one(td, run_argv, custom)
                 rec.update(setting=name, seed=seed, argv=run_argv, output=str(out))
                 saved.write_text(json.dumps(rec, indent=2))
             runs.setdefault(name, []).append(rec)
-            print(f"[{args.table}] {name} seed {seed}: final WAR "
-                  f"{100 * rec['final']['war']:.2f} UAR {100 * rec['final']['uar']:.2f} "
-                  f"({rec['seconds']:.0f}s)", flush=True)
+            print(
+                f"[{args.table}] {name} seed {seed}: final WAR "
+                f"{100 * rec['final']['war']:.2f} UAR {100 * rec['final']['uar']:.2f} "
+                f"({rec['seconds']:.0f}s)",
+                flush=True,
+            )
             write_report(args, settings, runs, meta, epochs, data, td, started, done=False)
-    text, report = write_report(args, settings, runs, meta, epochs, data, td, started,
-                                done=True)
+    text, report = write_report(args, settings, runs, meta, epochs, data, td, started, done=True)
     print("\n" + text)
-    print(f"\nwritten {args.output / f'{args.table}.md'} and "
-          f"{args.output / f'{args.table}.json'}")
+    print(f"\nwritten {args.output / f'{args.table}.md'} and {args.output / f'{args.table}.json'}")
     return report
 
 
@@ -362,16 +470,28 @@ def write_report(args, settings, runs, meta, epochs, data, td, started, *, done:
         "Mean ± sample std over seeds, in %; per-class columns are mean recall.",
         "",
     ]
-    body = ["## Final epoch", "", markdown_table(final_rows, classes, td.SHORT_NAMES), "",
-            "## Best epoch (selected on the test split: optimistic)", "",
-            markdown_table(best_rows, classes, td.SHORT_NAMES), ""]
+    body = [
+        "## Final epoch",
+        "",
+        markdown_table(final_rows, classes, td.SHORT_NAMES),
+        "",
+        "## Best epoch (selected on the test split: optimistic)",
+        "",
+        markdown_table(best_rows, classes, td.SHORT_NAMES),
+        "",
+    ]
     text = "\n".join(header + body)
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / f"{args.table}.md").write_text(text)
-    report = {**meta, "complete": done,
-              "settings": {k: {"description": v[0], "options": v[1], "custom": v[2]}
-                           for k, v in settings.items()},
-              "summary": {"final": final_rows, "best": best_rows}, "runs": runs}
+    report = {
+        **meta,
+        "complete": done,
+        "settings": {
+            k: {"description": v[0], "options": v[1], "custom": v[2]} for k, v in settings.items()
+        },
+        "summary": {"final": final_rows, "best": best_rows},
+        "runs": runs,
+    }
     (args.output / f"{args.table}.json").write_text(json.dumps(report, indent=2))
     return text, report
 

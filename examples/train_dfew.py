@@ -53,19 +53,51 @@ from micacl_layers.checkpoint import (
 from micacl_layers.metrics import ConfusionMatrix, per_class_recall, uar, war
 from micacl_layers.models import MICACL
 
-SHORT_NAMES = {"happy": "Hap.", "sad": "Sad.", "neutral": "Neu.", "angry": "Ang.",
-               "surprise": "Sur.", "disgust": "Dis.", "fear": "Fea."}
+SHORT_NAMES = {
+    "happy": "Hap.",
+    "sad": "Sad.",
+    "neutral": "Neu.",
+    "angry": "Ang.",
+    "surprise": "Sur.",
+    "disgust": "Dis.",
+    "fear": "Fea.",
+}
 
 # Options that change the model's or the loss's shape: a resumed run must match on these.
-SHAPE_OPTIONS = ("dataset", "backbone", "num_frames", "num_instances", "hidden_size",
-                 "num_layers", "tiny_dim", "projection_dim", "loss", "aggregator", "no_geiim")
+SHAPE_OPTIONS = (
+    "dataset",
+    "backbone",
+    "num_frames",
+    "num_instances",
+    "hidden_size",
+    "num_layers",
+    "tiny_dim",
+    "projection_dim",
+    "loss",
+    "aggregator",
+    "no_geiim",
+)
 
 # The CPU demo: small images, a tiny 3-D CNN and a short schedule (about 5 minutes on 2 cores).
 DEMO_DEFAULTS = {
-    "dataset": "synthetic", "root": "data/synthetic_dfew", "output": "runs/demo",
-    "backbone": "tiny", "image_size": 48, "crop_scale": 0.5, "epochs": 10, "batch_size": 16,
-    "lr": 2e-3,    "min_lr": 1e-5, "warmup_epochs": 1, "warmup_lr": 1e-4, "weight_decay": 0.05,
-    "hidden_size": 64, "num_layers": 1, "tiny_dim": 64, "projection_dim": 64, "workers": 2,
+    "dataset": "synthetic",
+    "root": "data/synthetic_dfew",
+    "output": "runs/demo",
+    "backbone": "tiny",
+    "image_size": 48,
+    "crop_scale": 0.5,
+    "epochs": 10,
+    "batch_size": 16,
+    "lr": 2e-3,
+    "min_lr": 1e-5,
+    "warmup_epochs": 1,
+    "warmup_lr": 1e-4,
+    "weight_decay": 0.05,
+    "hidden_size": 64,
+    "num_layers": 1,
+    "tiny_dim": 64,
+    "projection_dim": 64,
+    "workers": 2,
     "tsne_samples": 500,
 }
 
@@ -85,101 +117,188 @@ def default_workers() -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Train and evaluate MICACL (GEIIM + WIAN + MCCL) on DFEW, FERV39k or "
-                    "synthetic DFEW-layout data.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "synthetic DFEW-layout data.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=("dfew", "ferv39k", "synthetic"), default="dfew",
-                   help="data set; 'synthetic' generates a small DFEW-layout set under --root "
-                        "if it is not there yet")
-    g.add_argument("--root", type=Path, default=None,
-                   help="data set root (DFEW: holds Clip/ and EmoLabel_DataSplit/; FERV39k: "
-                        "holds 2_ClipsforFaceCrop/ and 4_setups/)")
-    g.add_argument("--fold", default="1",
-                   help="DFEW fold 1..5, or 'all' to run the five folds and report their mean "
-                        "(ignored for FERV39k)")
+    g.add_argument(
+        "--dataset",
+        choices=("dfew", "ferv39k", "synthetic"),
+        default="dfew",
+        help="data set; 'synthetic' generates a small DFEW-layout set under --root "
+        "if it is not there yet",
+    )
+    g.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="data set root (DFEW: holds Clip/ and EmoLabel_DataSplit/; FERV39k: "
+        "holds 2_ClipsforFaceCrop/ and 4_setups/)",
+    )
+    g.add_argument(
+        "--fold",
+        default="1",
+        help="DFEW fold 1..5, or 'all' to run the five folds and report their mean "
+        "(ignored for FERV39k)",
+    )
     g.add_argument("--num-frames", type=int, default=16, help="frames sampled per clip")
     g.add_argument("--image-size", type=int, default=112, help="frame size after cropping")
-    g.add_argument("--crop-scale", type=float, default=0.08,
-                   help="smallest area fraction of the clip-consistent random-resized crop "
-                        "(the public code's 0.08; the demo's small synthetic faces use 0.5)")
-    g.add_argument("--workers", type=int, default=default_workers(),
-                   help="data-loader worker processes (per process under torchrun); the "
-                        "default is min(8, usable CPUs per process - 1), leaving one CPU to the "
-                        "training loop. Does the loader keep up? `python benchmarks/run.py "
-                        "--only data` prints the loader's clips/s per worker: workers x that "
-                        "must exceed the training clips/s (training clips / epoch seconds; on a "
-                        "GPU `benchmarks/run.py --device cuda --quick` also prints the AMP "
-                        "training clips/s). If it does not, the GPU waits for data: add workers "
-                        "or CPUs")
-    g.add_argument("--skip-bad-clips", action="store_true",
-                   help="skip clips with missing/empty frame folders (each one reported) "
-                        "instead of stopping")
-    g.add_argument("--synthetic-clips", type=int, default=1200,
-                   help="clips to generate for --dataset synthetic")
+    g.add_argument(
+        "--crop-scale",
+        type=float,
+        default=0.08,
+        help="smallest area fraction of the clip-consistent random-resized crop "
+        "(the public code's 0.08; the demo's small synthetic faces use 0.5)",
+    )
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        help="data-loader worker processes (per process under torchrun); the "
+        "default is min(8, usable CPUs per process - 1), leaving one CPU to the "
+        "training loop. Does the loader keep up? `python benchmarks/run.py "
+        "--only data` prints the loader's clips/s per worker: workers x that "
+        "must exceed the training clips/s (training clips / epoch seconds; on a "
+        "GPU `benchmarks/run.py --device cuda --quick` also prints the AMP "
+        "training clips/s). If it does not, the GPU waits for data: add workers "
+        "or CPUs",
+    )
+    g.add_argument(
+        "--skip-bad-clips",
+        action="store_true",
+        help="skip clips with missing/empty frame folders (each one reported) instead of stopping",
+    )
+    g.add_argument(
+        "--synthetic-clips",
+        type=int,
+        default=1200,
+        help="clips to generate for --dataset synthetic",
+    )
     m = p.add_argument_group("model")
-    m.add_argument("--backbone", choices=("r3d_18", "tiny"), default="r3d_18",
-                   help="per-instance 3-D CNN ('tiny' is a small CPU network)")
-    m.add_argument("--backbone-weights", type=Path, default=None,
-                   help="local path of torchvision's R3D-18 Kinetics-400 weights "
-                        "(r3d_18-b3b3357e.pth); never downloaded")
-    m.add_argument("--num-instances", type=int, default=4,
-                   help="instances per clip (16 frames -> 4 instances of 4 frames)")
+    m.add_argument(
+        "--backbone",
+        choices=("r3d_18", "tiny"),
+        default="r3d_18",
+        help="per-instance 3-D CNN ('tiny' is a small CPU network)",
+    )
+    m.add_argument(
+        "--backbone-weights",
+        type=Path,
+        default=None,
+        help="local path of torchvision's R3D-18 Kinetics-400 weights "
+        "(r3d_18-b3b3357e.pth); never downloaded",
+    )
+    m.add_argument(
+        "--num-instances",
+        type=int,
+        default=4,
+        help="instances per clip (16 frames -> 4 instances of 4 frames)",
+    )
     m.add_argument("--hidden-size", type=int, default=512, help="WIAN hidden size per direction")
-    m.add_argument("--num-layers", type=int, default=4,
-                   help="WIAN layers (the public code stacks 4)")
-    m.add_argument("--aggregator", choices=("wian", "lstm", "conv1d"), default="wian",
-                   help="instance aggregator (conv1d = the ablation baseline)")
+    m.add_argument(
+        "--num-layers", type=int, default=4, help="WIAN layers (the public code stacks 4)"
+    )
+    m.add_argument(
+        "--aggregator",
+        choices=("wian", "lstm", "conv1d"),
+        default="wian",
+        help="instance aggregator (conv1d = the ablation baseline)",
+    )
     m.add_argument("--no-geiim", action="store_true", help="drop GEIIM (ablation)")
-    m.add_argument("--weight-mode", default="instance_softmax",
-                   choices=("channel_softmax", "scaled_channel_softmax", "instance_softmax"),
-                   help="how GEIIM output becomes WIAN instance weights (Eq. 4 is "
-                        "channel_softmax)")
+    m.add_argument(
+        "--weight-mode",
+        default="instance_softmax",
+        choices=("channel_softmax", "scaled_channel_softmax", "instance_softmax"),
+        help="how GEIIM output becomes WIAN instance weights (Eq. 4 is channel_softmax)",
+    )
     m.add_argument("--tiny-dim", type=int, default=128, help="feature size of --backbone tiny")
     m.add_argument("--dropout", type=float, default=0.1, help="head dropout")
     lo = p.add_argument_group("loss")
-    lo.add_argument("--loss", choices=("micacl", "public_code", "ce"), default="micacl",
-                    help="micacl: CET + mc_weight*MCCL (Eq. 13); public_code: CE(ls 0.1) + "
-                         "30*MCCL; ce: label-smoothed cross-entropy only")
-    lo.add_argument("--mc-weight", type=float, default=None,
-                    help="weight of MCCL (default: the preset's, 1 for micacl, 30 for "
-                         "public_code)")
-    lo.add_argument("--mccl-form", choices=("ratio", "log"), default=None,
-                    help="MCCL form: Eq. 11's ratio or the SupCon log form (default: preset's)")
+    lo.add_argument(
+        "--loss",
+        choices=("micacl", "public_code", "ce"),
+        default="micacl",
+        help="micacl: CET + mc_weight*MCCL (Eq. 13); public_code: CE(ls 0.1) + "
+        "30*MCCL; ce: label-smoothed cross-entropy only",
+    )
+    lo.add_argument(
+        "--mc-weight",
+        type=float,
+        default=None,
+        help="weight of MCCL (default: the preset's, 1 for micacl, 30 for public_code)",
+    )
+    lo.add_argument(
+        "--mccl-form",
+        choices=("ratio", "log"),
+        default=None,
+        help="MCCL form: Eq. 11's ratio or the SupCon log form (default: preset's)",
+    )
     lo.add_argument("--projection-dim", type=int, default=1024, help="MCCL projection size")
     lo.add_argument("--tau0", type=float, default=0.07, help="MCCL base temperature")
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, default=300, help="training epochs")
-    o.add_argument("--batch-size", type=int, default=128,
-                   help="clips per step (per process under torchrun)")
+    o.add_argument(
+        "--batch-size", type=int, default=128, help="clips per step (per process under torchrun)"
+    )
     o.add_argument("--lr", type=float, default=4e-4, help="peak learning rate (AdamW)")
     o.add_argument("--min-lr", type=float, default=3e-6, help="final learning rate (cosine)")
     o.add_argument("--warmup-epochs", type=float, default=10, help="linear warm-up epochs")
     o.add_argument("--warmup-lr", type=float, default=1e-5, help="learning rate at step 0")
     o.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
-    o.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
-                   help="mixed precision: auto = on for CUDA (bf16 if supported, else fp16)")
-    o.add_argument("--seed", type=int, default=0,
-                   help="seeds Python, numpy, torch, shuffling and per-clip augmentation")
+    o.add_argument(
+        "--amp",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="mixed precision: auto = on for CUDA (bf16 if supported, else fp16)",
+    )
+    o.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds Python, numpy, torch, shuffling and per-clip augmentation",
+    )
     r = p.add_argument_group("run")
     r.add_argument("--output", type=Path, default=Path("runs/micacl"), help="run directory")
-    r.add_argument("--resume", action="store_true",
-                   help="continue from <output>/last.pt exactly where it stopped")
-    r.add_argument("--stop-after", type=int, default=None,
-                   help="stop after this many epochs in this invocation (e.g. to fit a job's "
-                        "time limit), leaving last.pt for --resume")
+    r.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from <output>/last.pt exactly where it stopped",
+    )
+    r.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="stop after this many epochs in this invocation (e.g. to fit a job's "
+        "time limit), leaving last.pt for --resume",
+    )
     r.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
-    r.add_argument("--select-by", choices=("war", "uar"), default="uar",
-                   help="metric that picks the best epoch (both metrics reported from it)")
+    r.add_argument(
+        "--select-by",
+        choices=("war", "uar"),
+        default="uar",
+        help="metric that picks the best epoch (both metrics reported from it)",
+    )
     r.add_argument("--no-plots", action="store_true", help="skip the confusion/t-SNE plots")
     r.add_argument("--tsne-samples", type=int, default=2000, help="test clips in the t-SNE plot")
-    r.add_argument("--limit-train-batches", type=int, default=None,
-                   help="stop each epoch after this many batches (smoke tests)")
-    r.add_argument("--limit-eval-batches", type=int, default=None,
-                   help="evaluate on this many batches only (smoke tests)")
-    r.add_argument("--demo", action="store_true",
-                   help="CPU demo preset: synthetic data, tiny backbone, short schedule "
-                        f"({', '.join(f'{k}={v}' for k, v in DEMO_DEFAULTS.items())}); "
-                        "explicit options still win")
+    r.add_argument(
+        "--limit-train-batches",
+        type=int,
+        default=None,
+        help="stop each epoch after this many batches (smoke tests)",
+    )
+    r.add_argument(
+        "--limit-eval-batches",
+        type=int,
+        default=None,
+        help="evaluate on this many batches only (smoke tests)",
+    )
+    r.add_argument(
+        "--demo",
+        action="store_true",
+        help="CPU demo preset: synthetic data, tiny backbone, short schedule "
+        f"({', '.join(f'{k}={v}' for k, v in DEMO_DEFAULTS.items())}); "
+        "explicit options still win",
+    )
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -189,9 +308,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.demo:
         # Demo values replace defaults only, never options the user typed.
-        explicit = {a.dest for a in parser._actions
-                    if any(opt in (argv if argv is not None else sys.argv[1:])
-                           for opt in a.option_strings)}
+        explicit = {
+            a.dest
+            for a in parser._actions
+            if any(opt in (argv if argv is not None else sys.argv[1:]) for opt in a.option_strings)
+        }
         for key, value in DEMO_DEFAULTS.items():
             if key not in explicit:
                 setattr(args, key, Path(value) if key in ("root", "output") else value)
@@ -237,8 +358,9 @@ class Runtime:
             else:
                 self.amp_dtype = torch.bfloat16
         # Loss scaling is only needed (and only correct) for float16.
-        self.scaler = torch.amp.GradScaler(self.device.type,
-                                           enabled=self.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_dtype == torch.float16
+        )
 
     @property
     def main(self) -> bool:
@@ -288,8 +410,9 @@ class EpochSeeded(Dataset):
         return self.base[index]
 
 
-def shard_indices(n: int, rank: int, world: int, *, epoch: int, seed: int, shuffle: bool,
-                  pad: bool) -> list[int]:
+def shard_indices(
+    n: int, rank: int, world: int, *, epoch: int, seed: int, shuffle: bool, pad: bool
+) -> list[int]:
     """This rank's indices. Training pads to equal shards (so DDP steps match); evaluation
     never pads, so no clip is counted twice and none is dropped."""
     if shuffle:
@@ -322,18 +445,24 @@ def build_datasets(args: argparse.Namespace, fold: int, rt: Runtime):
             if rt.main:
                 print(f"generating synthetic DFEW-layout data under {root} ...", flush=True)
                 # Every fold's split file, so --fold all works on the same clips.
-                make_synthetic_dfew(root, total_clips=args.synthetic_clips,
-                                    min_clips_per_class=25, folds=(1, 2, 3, 4, 5),
-                                    seed=args.seed)
+                make_synthetic_dfew(
+                    root,
+                    total_clips=args.synthetic_clips,
+                    min_clips_per_class=25,
+                    folds=(1, 2, 3, 4, 5),
+                    seed=args.seed,
+                )
             if rt.distributed:
                 dist.barrier()
         dataset = "dfew"
     common = {"num_frames": args.num_frames, "skip_bad_clips": args.skip_bad_clips}
-    train_tf = ClipCompose([
-        ClipRandomResizedCrop(args.image_size, scale=(args.crop_scale, 1.0)),
-        ClipRandomHorizontalFlip(0.5),
-        ClipColorJitter(0.4, 0.4, 0.4),
-    ])
+    train_tf = ClipCompose(
+        [
+            ClipRandomResizedCrop(args.image_size, scale=(args.crop_scale, 1.0)),
+            ClipRandomHorizontalFlip(0.5),
+            ClipColorJitter(0.4, 0.4, 0.4),
+        ]
+    )
     if dataset == "dfew":
         train = DFEW(root, fold, "train", transform=train_tf, **common)
         test = DFEW(root, fold, "test", transform=test_transform(args.image_size), **common)
@@ -347,8 +476,9 @@ def build_datasets(args: argparse.Namespace, fold: int, rt: Runtime):
 class TrainStep(nn.Module):
     """Model and criterion in one Module, so DDP synchronises the loss's projections too."""
 
-    def __init__(self, model: MICACL, criterion: nn.Module | None, label_smoothing: float = 0.1
-                 ) -> None:
+    def __init__(
+        self, model: MICACL, criterion: nn.Module | None, label_smoothing: float = 0.1
+    ) -> None:
         super().__init__()
         self.model = model
         self.criterion = criterion
@@ -357,25 +487,37 @@ class TrainStep(nn.Module):
     def forward(self, clips: torch.Tensor, targets: torch.Tensor):
         logits, features = self.model(clips)
         if self.criterion is None:
-            loss = nn.functional.cross_entropy(logits.float(), targets,
-                                               label_smoothing=self.label_smoothing)
+            loss = nn.functional.cross_entropy(
+                logits.float(), targets, label_smoothing=self.label_smoothing
+            )
             return loss, {"ce": loss.detach()}
-        out = self.criterion(features, logits, targets, classifier=self.model.classifier,
-                             return_breakdown=True)
+        out = self.criterion(
+            features, logits, targets, classifier=self.model.classifier, return_breakdown=True
+        )
         parts = {k: v.detach() for k, v in out._asdict().items() if k != "loss"}
         return out.loss, parts
 
 
 def build_model(args: argparse.Namespace, num_classes: int) -> MICACL:
     return MICACL(
-        num_classes, backbone=args.backbone, backbone_weights=args.backbone_weights,
-        num_frames=args.num_frames, num_instances=args.num_instances, tiny_dim=args.tiny_dim,
-        hidden_size=args.hidden_size, num_layers=args.num_layers, aggregator=args.aggregator,
-        use_geiim=not args.no_geiim, weight_mode=args.weight_mode, dropout=args.dropout)
+        num_classes,
+        backbone=args.backbone,
+        backbone_weights=args.backbone_weights,
+        num_frames=args.num_frames,
+        num_instances=args.num_instances,
+        tiny_dim=args.tiny_dim,
+        hidden_size=args.hidden_size,
+        num_layers=args.num_layers,
+        aggregator=args.aggregator,
+        use_geiim=not args.no_geiim,
+        weight_mode=args.weight_mode,
+        dropout=args.dropout,
+    )
 
 
-def build_criterion(args: argparse.Namespace, model: MICACL, class_counts: list[int]
-                    ) -> nn.Module | None:
+def build_criterion(
+    args: argparse.Namespace, model: MICACL, class_counts: list[int]
+) -> nn.Module | None:
     if args.loss == "ce":
         return None
     overrides: dict[str, Any] = {"projection_dim": args.projection_dim, "tau0": args.tau0}
@@ -384,8 +526,9 @@ def build_criterion(args: argparse.Namespace, model: MICACL, class_counts: list[
     if args.mccl_form is not None:
         overrides["form"] = args.mccl_form
     preset = "paper" if args.loss == "micacl" else "public_code"
-    return MICACLLoss.from_preset(preset, model.head.num_classes, model.feature_dim,
-                                  class_counts=class_counts, **overrides)
+    return MICACLLoss.from_preset(
+        preset, model.head.num_classes, model.feature_dim, class_counts=class_counts, **overrides
+    )
 
 
 def lr_at(step: int, steps_per_epoch: int, args: argparse.Namespace) -> float:
@@ -403,8 +546,12 @@ def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()  # noqa: NPY002
     state = {
         "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached": float(np_state[4]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -415,8 +562,7 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(_as_tuple(state["python"]))
     n = state["numpy"]
-    legacy = ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-              n["cached"])
+    legacy = ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
     np.random.set_state(legacy)  # noqa: NPY002
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
@@ -439,15 +585,26 @@ def per_class_table(classes: list[str], rows: list[tuple[str, dict[str, Any]]]) 
     lines = [head, sep]
     for label, m in rows:
         cells = ["n/a" if r is None else f"{100 * r:.2f}" for r in m["per_class_recall"]]
-        lines.append(f"| {label} | " + " | ".join(cells)
-                     + f" | {100 * m['war']:.2f} | {100 * m['uar']:.2f} |")
+        lines.append(
+            f"| {label} | "
+            + " | ".join(cells)
+            + f" | {100 * m['war']:.2f} | {100 * m['uar']:.2f} |"
+        )
     return "\n".join(lines)
 
 
-def save_plots(out: Path, cm: torch.Tensor, classes: list[str], features: np.ndarray,
-               labels: np.ndarray, seed: int, rt: Runtime) -> None:
+def save_plots(
+    out: Path,
+    cm: torch.Tensor,
+    classes: list[str],
+    features: np.ndarray,
+    labels: np.ndarray,
+    seed: int,
+    rt: Runtime,
+) -> None:
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -461,8 +618,15 @@ def save_plots(out: Path, cm: torch.Tensor, classes: list[str], features: np.nda
     ax.set_yticks(range(len(classes)), classes)
     for i in range(len(classes)):
         for j in range(len(classes)):
-            ax.text(j, i, f"{norm[i, j]:.2f}\n({int(cm[i, j])})", ha="center", va="center",
-                    fontsize=7, color="white" if norm[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                f"{norm[i, j]:.2f}\n({int(cm[i, j])})",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if norm[i, j] > 0.5 else "black",
+            )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("Confusion matrix (row-normalised)")
@@ -477,8 +641,9 @@ def save_plots(out: Path, cm: torch.Tensor, classes: list[str], features: np.nda
         return
     if len(features) < 5:
         return
-    emb = TSNE(n_components=2, init="pca", random_state=seed,
-               perplexity=min(30.0, (len(features) - 1) / 3)).fit_transform(features)
+    emb = TSNE(
+        n_components=2, init="pca", random_state=seed, perplexity=min(30.0, (len(features) - 1) / 3)
+    ).fit_transform(features)
     fig, ax = plt.subplots(figsize=(6, 5))
     for k, name in enumerate(classes):
         sel = labels == k
@@ -501,29 +666,58 @@ def progress(iterable, total: int, desc: str, rt: Runtime, args: argparse.Namesp
     except ImportError:
         return iterable
     # disable=None: bars on a terminal only, so logs and CI output stay readable.
-    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True,
-                mininterval=1.0, disable=None)
+    return tqdm(
+        iterable,
+        total=total,
+        desc=desc,
+        leave=False,
+        dynamic_ncols=True,
+        mininterval=1.0,
+        disable=None,
+    )
 
 
-def make_loader(dataset, indices: list[int], args: argparse.Namespace, rt: Runtime,
-                shuffle_seed: int | None = None) -> DataLoader:
+def make_loader(
+    dataset,
+    indices: list[int],
+    args: argparse.Namespace,
+    rt: Runtime,
+    shuffle_seed: int | None = None,
+) -> DataLoader:
     subset = torch.utils.data.Subset(dataset, indices)
-    return DataLoader(subset, batch_size=args.batch_size, shuffle=False, drop_last=False,
-                      num_workers=args.workers, worker_init_fn=worker_init,
-                      pin_memory=rt.device.type == "cuda", persistent_workers=False)
+    return DataLoader(
+        subset,
+        batch_size=args.batch_size,
+        shuffle=False,
+        drop_last=False,
+        num_workers=args.workers,
+        worker_init_fn=worker_init,
+        pin_memory=rt.device.type == "cuda",
+        persistent_workers=False,
+    )
 
 
 @torch.no_grad()
-def evaluate(model: MICACL, dataset, num_classes: int, args: argparse.Namespace, rt: Runtime,
-             collect: int = 0):
+def evaluate(
+    model: MICACL,
+    dataset,
+    num_classes: int,
+    args: argparse.Namespace,
+    rt: Runtime,
+    collect: int = 0,
+):
     model.eval()
-    indices = shard_indices(len(dataset), rt.rank, rt.world_size, epoch=0, seed=0,
-                            shuffle=False, pad=False)
+    indices = shard_indices(
+        len(dataset), rt.rank, rt.world_size, epoch=0, seed=0, shuffle=False, pad=False
+    )
     loader = make_loader(dataset, indices, args, rt)
     cm = ConfusionMatrix(num_classes)
     feats, labels = [], []
-    total = len(loader) if args.limit_eval_batches is None else min(len(loader),
-                                                                     args.limit_eval_batches)
+    total = (
+        len(loader)
+        if args.limit_eval_batches is None
+        else min(len(loader), args.limit_eval_batches)
+    )
     for i, (clips, targets) in enumerate(progress(loader, total, "eval", rt, args)):
         if args.limit_eval_batches is not None and i >= args.limit_eval_batches:
             break
@@ -557,8 +751,10 @@ def train_one_fold(args: argparse.Namespace, fold: int, out: Path, rt: Runtime) 
     train_set, test_set = build_datasets(args, fold, rt)
     classes = list(train_set.classes)
     num_classes = len(classes)
-    rt.log(f"[fold {fold}] train: {len(train_set)} clips {train_set.class_counts}, "
-           f"test: {len(test_set)} clips {test_set.class_counts}")
+    rt.log(
+        f"[fold {fold}] train: {len(train_set)} clips {train_set.class_counts}, "
+        f"test: {len(test_set)} clips {test_set.class_counts}"
+    )
     model = build_model(args, num_classes).to(rt.device)
     criterion = build_criterion(args, model, train_set.class_counts)
     step_module = TrainStep(model, criterion).to(rt.device)
@@ -566,8 +762,19 @@ def train_one_fold(args: argparse.Namespace, fold: int, out: Path, rt: Runtime) 
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, eps=1e-8)
     seeded = EpochSeeded(train_set, args.seed)
     steps_per_epoch = math.ceil(
-        len(shard_indices(len(train_set), rt.rank, rt.world_size, epoch=0, seed=args.seed,
-                          shuffle=True, pad=True)) / args.batch_size)
+        len(
+            shard_indices(
+                len(train_set),
+                rt.rank,
+                rt.world_size,
+                epoch=0,
+                seed=args.seed,
+                shuffle=True,
+                pad=True,
+            )
+        )
+        / args.batch_size
+    )
     if args.limit_train_batches is not None:
         steps_per_epoch = min(steps_per_epoch, args.limit_train_batches)
 
@@ -581,7 +788,8 @@ def train_one_fold(args: argparse.Namespace, fold: int, out: Path, rt: Runtime) 
         if ckpt.get("shape") != shape_signature(args):
             raise CheckpointError(
                 f"{last_path} was written with options {ckpt.get('shape')}, which do not "
-                f"match this run's {shape_signature(args)}.")
+                f"match this run's {shape_signature(args)}."
+            )
         load_state_dict_checked(step_module, ckpt["train_step"], source=str(last_path))
         optimizer.load_state_dict(ckpt["optimizer"])
         rt.scaler.load_state_dict(ckpt["scaler"])
@@ -593,25 +801,36 @@ def train_one_fold(args: argparse.Namespace, fold: int, out: Path, rt: Runtime) 
     runner = step_module
     if rt.distributed:
         runner = nn.parallel.DistributedDataParallel(
-            step_module, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+            step_module, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
+        )
     writer = None
     if rt.main:
         out.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(ImportError):
             from torch.utils.tensorboard import SummaryWriter
+
             writer = SummaryWriter(str(out / "tb"))
 
     for epoch in range(start_epoch, args.epochs):
         if args.stop_after is not None and epoch - start_epoch >= args.stop_after:
-            rt.log(f"[fold {fold}] stopping after {args.stop_after} epoch(s) as asked; "
-                   f"continue with --resume")
+            rt.log(
+                f"[fold {fold}] stopping after {args.stop_after} epoch(s) as asked; "
+                f"continue with --resume"
+            )
             if writer is not None:
                 writer.close()
             return {"fold": fold, "stopped_after_epoch": epoch}
         step_module.train()
         seeded.epoch = epoch
-        indices = shard_indices(len(train_set), rt.rank, rt.world_size, epoch=epoch,
-                                seed=args.seed, shuffle=True, pad=True)
+        indices = shard_indices(
+            len(train_set),
+            rt.rank,
+            rt.world_size,
+            epoch=epoch,
+            seed=args.seed,
+            shuffle=True,
+            pad=True,
+        )
         loader = make_loader(seeded, indices, args, rt)
         sums: dict[str, float] = {}
         seen = 0
@@ -628,8 +847,9 @@ def train_one_fold(args: argparse.Namespace, fold: int, out: Path, rt: Runtime) 
             with rt.autocast():
                 loss, parts = runner(clips, targets)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch + 1}, "
-                                         f"step {i}: {parts}")
+                raise FloatingPointError(
+                    f"non-finite loss {loss.item()} at epoch {epoch + 1}, step {i}: {parts}"
+                )
             optimizer.zero_grad(set_to_none=True)
             rt.scaler.scale(loss).backward()
             rt.scaler.step(optimizer)
@@ -643,53 +863,90 @@ def train_one_fold(args: argparse.Namespace, fold: int, out: Path, rt: Runtime) 
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{lr:.2e}")
         train_stats = {k: v / max(seen, 1) for k, v in sums.items()}
         metrics, _, _ = evaluate(model, test_set, num_classes, args, rt)
-        record = {"epoch": epoch + 1, "lr": lr_at(global_step - 1, steps_per_epoch, args),
-                  "seconds": round(time.time() - t0, 2), **{f"train_{k}": v for k, v in
-                                                             train_stats.items()},
-                  "war": metrics["war"], "uar": metrics["uar"],
-                  "per_class_recall": metrics["per_class_recall"]}
+        record = {
+            "epoch": epoch + 1,
+            "lr": lr_at(global_step - 1, steps_per_epoch, args),
+            "seconds": round(time.time() - t0, 2),
+            **{f"train_{k}": v for k, v in train_stats.items()},
+            "war": metrics["war"],
+            "uar": metrics["uar"],
+            "per_class_recall": metrics["per_class_recall"],
+        }
         history.append(record)
         key = args.select_by
         if best is None or metrics[key] > best["metrics"][key]:
             best = {"epoch": epoch + 1, "metrics": metrics}
             if rt.main:
-                save_checkpoint({"model": model.state_dict(), "epoch": epoch,
-                                 "shape": shape_signature(args), "metrics": metrics},
-                                out / "best.pt")
-        rt.log(f"[fold {fold}] epoch {epoch + 1}/{args.epochs}  "
-               f"loss {train_stats.get('loss', 0):.4f}"
-               f"  WAR {100 * metrics['war']:.2f}  UAR {100 * metrics['uar']:.2f}"
-               f"  ({record['seconds']:.0f}s)")
+                save_checkpoint(
+                    {
+                        "model": model.state_dict(),
+                        "epoch": epoch,
+                        "shape": shape_signature(args),
+                        "metrics": metrics,
+                    },
+                    out / "best.pt",
+                )
+        rt.log(
+            f"[fold {fold}] epoch {epoch + 1}/{args.epochs}  "
+            f"loss {train_stats.get('loss', 0):.4f}"
+            f"  WAR {100 * metrics['war']:.2f}  UAR {100 * metrics['uar']:.2f}"
+            f"  ({record['seconds']:.0f}s)"
+        )
         if rt.main:
             write_csv(out / "log.csv", history, classes)
             if writer is not None:
                 for k, v in record.items():
                     if isinstance(v, (int, float)) and k != "epoch":
                         writer.add_scalar(k, v, epoch + 1)
-            save_checkpoint({"train_step": step_module.state_dict(),
-                             "optimizer": optimizer.state_dict(),
-                             "scaler": rt.scaler.state_dict(), "epoch": epoch,
-                             "global_step": global_step, "history": history, "best": best,
-                             "rng": rng_state(), "shape": shape_signature(args)},
-                            last_path)
+            save_checkpoint(
+                {
+                    "train_step": step_module.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": rt.scaler.state_dict(),
+                    "epoch": epoch,
+                    "global_step": global_step,
+                    "history": history,
+                    "best": best,
+                    "rng": rng_state(),
+                    "shape": shape_signature(args),
+                },
+                last_path,
+            )
     if writer is not None:
         writer.close()
 
-    final_metrics, feats, labels = evaluate(model, test_set, num_classes, args, rt,
-                                            collect=0 if args.no_plots else args.tsne_samples)
+    final_metrics, feats, labels = evaluate(
+        model, test_set, num_classes, args, rt, collect=0 if args.no_plots else args.tsne_samples
+    )
     final_epoch = history[-1]["epoch"] if history else 0
-    result = {"fold": fold, "classes": classes, "final_epoch": final_epoch,
-              "final": final_metrics, "best_epoch": best["epoch"] if best else 0,
-              "best": best["metrics"] if best else final_metrics, "select_by": args.select_by}
+    result = {
+        "fold": fold,
+        "classes": classes,
+        "final_epoch": final_epoch,
+        "final": final_metrics,
+        "best_epoch": best["epoch"] if best else 0,
+        "best": best["metrics"] if best else final_metrics,
+        "select_by": args.select_by,
+    }
     if rt.main:
         rt.log("")
-        rt.log(per_class_table(classes, [(f"final (epoch {final_epoch})", final_metrics),
-                                         (f"best {args.select_by.upper()} "
-                                          f"(epoch {result['best_epoch']})", result["best"])]))
+        rt.log(
+            per_class_table(
+                classes,
+                [
+                    (f"final (epoch {final_epoch})", final_metrics),
+                    (
+                        f"best {args.select_by.upper()} (epoch {result['best_epoch']})",
+                        result["best"],
+                    ),
+                ],
+            )
+        )
         (out / "results.json").write_text(json.dumps(result, indent=2))
         if not args.no_plots:
-            save_plots(out, torch.tensor(final_metrics["confusion"]), classes, feats, labels,
-                       args.seed, rt)
+            save_plots(
+                out, torch.tensor(final_metrics["confusion"]), classes, feats, labels, args.seed, rt
+            )
             rt.log(f"plots written to {out}/confusion_matrix.png and {out}/tsne.png")
     return result
 
@@ -713,8 +970,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         folds = [0]
     else:
         folds = [1, 2, 3, 4, 5] if args.fold == "all" else [int(args.fold)]
-    rt.log(f"device {rt.device}, world size {rt.world_size}, amp {rt.amp_dtype}, "
-           f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    rt.log(
+        f"device {rt.device}, world size {rt.world_size}, amp {rt.amp_dtype}, "
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}"
+    )
     results = []
     for fold in folds:
         out = args.output / f"fold{fold}" if len(folds) > 1 else args.output
@@ -724,8 +983,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for which in ("final", "best"):
             war = np.array([r[which]["war"] for r in results]) * 100
             uar = np.array([r[which]["uar"] for r in results]) * 100
-            rt.log(f"  {which:5s}: WAR {war.mean():.2f} ± {war.std():.2f}  "
-                   f"UAR {uar.mean():.2f} ± {uar.std():.2f}")
+            rt.log(
+                f"  {which:5s}: WAR {war.mean():.2f} ± {war.std():.2f}  "
+                f"UAR {uar.mean():.2f} ± {uar.std():.2f}"
+            )
     if rt.distributed:
         dist.barrier()
         dist.destroy_process_group()

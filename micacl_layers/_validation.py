@@ -65,8 +65,12 @@ def to_parameter_dtype(x: torch.Tensor, parameter: torch.Tensor | None) -> torch
     meet float32 parameters without torch's "must have the same dtype" errors. Under an active
     autocast of ``x``'s device the cast is left to autocast.
     """
-    if (parameter is None or x.dtype == parameter.dtype or not parameter.is_floating_point()
-            or torch.is_autocast_enabled(x.device.type)):
+    if (
+        parameter is None
+        or x.dtype == parameter.dtype
+        or not parameter.is_floating_point()
+        or torch.is_autocast_enabled(x.device.type)
+    ):
         return x
     return x.to(parameter.dtype)
 
@@ -78,8 +82,13 @@ def check_finite(name: str, t: torch.Tensor | None) -> None:
     default (the check synchronises with the device); integer tensors and ``meta`` tensors
     always pass.
     """
-    if (not config.get_check_finite() or t is None or not isinstance(t, torch.Tensor)
-            or not (t.is_floating_point() or t.is_complex()) or not has_values(t)):
+    if (
+        not config.get_check_finite()
+        or t is None
+        or not isinstance(t, torch.Tensor)
+        or not (t.is_floating_point() or t.is_complex())
+        or not has_values(t)
+    ):
         return
     bad = ~torch.isfinite(t.detach())
     if not bool(bad.any()):
@@ -120,8 +129,7 @@ def check_floating(name: str, t: object) -> torch.Tensor:
     t = check_tensor(name, t)
     if not t.is_floating_point():
         raise TypeError(
-            f"`{name}` must be a floating-point tensor, got {describe(t)}; "
-            f"cast it with `.float()`."
+            f"`{name}` must be a floating-point tensor, got {describe(t)}; cast it with `.float()`."
         )
     check_finite(name, t)
     return t
@@ -149,8 +157,9 @@ def check_same_batch(**tensors: torch.Tensor) -> None:
         raise ValueError(f"batch sizes differ: {listed}; they must be equal.")
 
 
-def check_targets(name: str, targets: object, num_classes: int | None = None, *,
-                  ignore_index: int | None = None) -> torch.Tensor:
+def check_targets(
+    name: str, targets: object, num_classes: int | None = None, *, ignore_index: int | None = None
+) -> torch.Tensor:
     """Integer class indices of shape ``(B,)`` inside ``[0, num_classes)``, returned as int64.
 
     Any integer dtype is accepted (int8 to int64, uint8) and converted to int64 after the
@@ -180,8 +189,9 @@ def check_targets(name: str, targets: object, num_classes: int | None = None, *,
     return targets
 
 
-def check_logits_targets(logits: object, targets: object, *, ignore_index: int | None = None,
-                         min_classes: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def check_logits_targets(
+    logits: object, targets: object, *, ignore_index: int | None = None, min_classes: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``logits`` ``(B, K)`` floating and ``targets`` ``(B,)`` integer in range."""
     logits = check_floating("logits", logits)
     check_ndim("logits", logits, 2, "(B, K)")
@@ -195,8 +205,9 @@ def check_logits_targets(logits: object, targets: object, *, ignore_index: int |
     return logits, targets
 
 
-def check_padding_mask(mask: object, batch: int, num_instances: int,
-                       name: str = "padding_mask") -> torch.Tensor:
+def check_padding_mask(
+    mask: object, batch: int, num_instances: int, name: str = "padding_mask"
+) -> torch.Tensor:
     """Check a bool ``(B, T)`` padding mask.
 
     ``TypeError`` for anything but a bool tensor, ``ValueError`` for a wrong shape.
@@ -205,8 +216,9 @@ def check_padding_mask(mask: object, batch: int, num_instances: int,
         got = describe(mask) if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise TypeError(f"`{name}` must be a bool tensor of shape (B, T), got {got}.")
     if tuple(mask.shape) != (batch, num_instances):
-        raise ValueError(f"`{name}` must have shape (B, T)=({batch}, {num_instances}), "
-                         f"got {describe(mask)}.")
+        raise ValueError(
+            f"`{name}` must have shape (B, T)=({batch}, {num_instances}), got {describe(mask)}."
+        )
     return mask
 
 
@@ -216,8 +228,10 @@ def check_some_real_instance(mask: torch.Tensor, name: str = "padding_mask") -> 
     A sample with every instance padded has nothing to attend to or pool: NaN downstream.
     """
     if has_values(mask) and mask.numel() and bool(mask.all(dim=1).any()):
-        raise ValueError(f"`{name}` marks every instance of some sample as padded; "
-                         f"each sample needs at least one real instance.")
+        raise ValueError(
+            f"`{name}` marks every instance of some sample as padded; "
+            f"each sample needs at least one real instance."
+        )
     return mask
 
 
@@ -236,13 +250,16 @@ def check_class_counts(class_counts: object, num_classes: int) -> torch.Tensor:
     returned as they are), which keeps the losses' "a count of 0 counts as 1" guards inert.
     """
     if isinstance(class_counts, (str, bytes)):
-        raise TypeError(f"`class_counts` must be a sequence of numbers or a tensor, "
-                        f"got {class_counts!r}.")
+        raise TypeError(
+            f"`class_counts` must be a sequence of numbers or a tensor, got {class_counts!r}."
+        )
     try:
         counts = torch.as_tensor(class_counts, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError) as err:
-        raise TypeError(f"`class_counts` must be a sequence of numbers or a tensor, "
-                        f"got {class_counts!r} ({err}).") from None
+        raise TypeError(
+            f"`class_counts` must be a sequence of numbers or a tensor, "
+            f"got {class_counts!r} ({err})."
+        ) from None
     if counts.dim() != 1 or counts.numel() != num_classes:
         raise ValueError(
             f"`class_counts` must have shape ({num_classes},) (one count per class), "

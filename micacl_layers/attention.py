@@ -47,9 +47,16 @@ class InstanceSelfAttention(nn.Module):
         torch.Size([2, 4, 16])
     """
 
-    def __init__(self, embed_dim: int, num_heads: int = 4, *, dropout: float = 0.0,
-                 bias: bool = True, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int = 4,
+        *,
+        dropout: float = 0.0,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         check_positive_int("embed_dim", embed_dim)
         check_positive_int("num_heads", num_heads)
@@ -57,8 +64,15 @@ class InstanceSelfAttention(nn.Module):
             raise ValueError(f"`num_heads` ({num_heads}) must divide `embed_dim` ({embed_dim}).")
         self.embed_dim = embed_dim
         self.norm = nn.LayerNorm(embed_dim, device=device, dtype=dtype)
-        self.attn = nn.MultiheadAttention(embed_dim, num_heads, dropout=dropout, bias=bias,
-                                          batch_first=True, device=device, dtype=dtype)
+        self.attn = nn.MultiheadAttention(
+            embed_dim,
+            num_heads,
+            dropout=dropout,
+            bias=bias,
+            batch_first=True,
+            device=device,
+            dtype=dtype,
+        )
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -70,12 +84,14 @@ class InstanceSelfAttention(nn.Module):
         x = check_floating("x", x)
         check_ndim("x", x, 3, "(B, T, E)")
         if x.shape[-1] != self.embed_dim:
-            raise ValueError(f"`x` must have shape (B, T, E) with E={self.embed_dim}, "
-                             f"got {describe(x)}.")
+            raise ValueError(
+                f"`x` must have shape (B, T, E) with E={self.embed_dim}, got {describe(x)}."
+            )
         if padding_mask is not None:
             # (A sample whose every key is padded would attend to nothing: NaN.)
             padding_mask = check_some_real_instance(
-                check_padding_mask(padding_mask, x.shape[0], x.shape[1]))
+                check_padding_mask(padding_mask, x.shape[0], x.shape[1])
+            )
         check_finite_parameters(self)
         # Another floating dtype than the parameters' runs in theirs, as autocast would.
         x = to_parameter_dtype(x, self.norm.weight)

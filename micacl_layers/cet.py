@@ -113,22 +113,42 @@ def feature_augmentation_loss(
         >>> loss.backward(); bool(f.grad.abs().sum() > 0)
         True
     """
-    return _feature_augmentation_loss(features, targets, classifier, noise_std=noise_std,
-                                      label_smoothing=label_smoothing,
-                                      ignore_index=ignore_index, generator=generator,
-                                      num_classes=None)
+    return _feature_augmentation_loss(
+        features,
+        targets,
+        classifier,
+        noise_std=noise_std,
+        label_smoothing=label_smoothing,
+        ignore_index=ignore_index,
+        generator=generator,
+        num_classes=None,
+    )
 
 
-def _feature_augmentation_loss(features, targets, classifier, *, noise_std, label_smoothing,
-                               ignore_index, generator, num_classes):
+def _feature_augmentation_loss(
+    features,
+    targets,
+    classifier,
+    *,
+    noise_std,
+    label_smoothing,
+    ignore_index,
+    generator,
+    num_classes,
+):
     """:func:`feature_augmentation_loss`; ``num_classes``: the ``K`` the classifier must give."""
     features = check_floating("features", features)
     check_ndim("features", features, 2, "(B, D)")
     if not callable(classifier):
-        raise TypeError(f"`classifier` must be a callable mapping features to logits, "
-                        f"got {type(classifier).__name__}.")
-    if (isinstance(noise_std, bool) or not isinstance(noise_std, (int, float))
-            or not 0 <= noise_std < float("inf")):
+        raise TypeError(
+            f"`classifier` must be a callable mapping features to logits, "
+            f"got {type(classifier).__name__}."
+        )
+    if (
+        isinstance(noise_std, bool)
+        or not isinstance(noise_std, (int, float))
+        or not 0 <= noise_std < float("inf")
+    ):
         raise ValueError(f"`noise_std` must be >= 0 (finite), got {noise_std!r}.")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"`label_smoothing` must lie in [0, 1], got {label_smoothing!r}.")
@@ -138,28 +158,39 @@ def _feature_augmentation_loss(features, targets, classifier, *, noise_std, labe
         parameter = next((p for p in classifier.parameters() if p.is_floating_point()), None)
         features = to_parameter_dtype(features, parameter)
     rms = features.detach().pow(2).mean(dim=1, keepdim=True).sqrt()
-    noise = torch.randn(features.shape, generator=generator, device=features.device,
-                        dtype=features.dtype) if generator is not None else torch.randn_like(
-                            features)
+    noise = (
+        torch.randn(
+            features.shape, generator=generator, device=features.device, dtype=features.dtype
+        )
+        if generator is not None
+        else torch.randn_like(features)
+    )
     augmented = features + noise_std * rms * noise
     try:
         logits = classifier(augmented)
     except RuntimeError as err:  # e.g. torch's "shapes cannot be multiplied": say whose
-        raise ValueError(f"`classifier` failed on the augmented `features` "
-                         f"({describe(features)}); pass the classifier that produced `logits` "
-                         f"and the features it saw: {err}") from err
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or (
-            num_classes is not None and logits.shape[1] != num_classes):
+        raise ValueError(
+            f"`classifier` failed on the augmented `features` "
+            f"({describe(features)}); pass the classifier that produced `logits` "
+            f"and the features it saw: {err}"
+        ) from err
+    if (
+        not isinstance(logits, torch.Tensor)
+        or logits.dim() != 2
+        or (num_classes is not None and logits.shape[1] != num_classes)
+    ):
         expected = "(B, K)" if num_classes is None else f"(B, K) with K={num_classes}"
         raise ValueError(
             f"`classifier` must map `features` {describe(features)} to logits {expected} "
-            f"(the classifier that produced `logits`), got {describe(logits)}.")
+            f"(the classifier that produced `logits`), got {describe(logits)}."
+        )
     logits, targets = check_logits_targets(logits, targets, ignore_index=ignore_index)
     check_same_batch(features=features, targets=targets)
     if _all_ignored(targets, ignore_index):
         return _work(logits).sum() * 0.0
-    return F.cross_entropy(_work(logits), targets, label_smoothing=label_smoothing,
-                           ignore_index=ignore_index)
+    return F.cross_entropy(
+        _work(logits), targets, label_smoothing=label_smoothing, ignore_index=ignore_index
+    )
 
 
 def classification_enhancement_term(
@@ -219,12 +250,19 @@ def classification_enhancement_term(
         >>> loss.shape
         torch.Size([])
     """
-    logits, targets = check_logits_targets(logits, targets, ignore_index=ignore_index,
-                                           min_classes=2)
-    for name, value in (("ial_weight", ial_weight), ("aug_weight", aug_weight),
-                        ("logit_adjustment", logit_adjustment)):
-        if (isinstance(value, bool) or not isinstance(value, (int, float))
-                or not 0 <= value < float("inf")):
+    logits, targets = check_logits_targets(
+        logits, targets, ignore_index=ignore_index, min_classes=2
+    )
+    for name, value in (
+        ("ial_weight", ial_weight),
+        ("aug_weight", aug_weight),
+        ("logit_adjustment", logit_adjustment),
+    ):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not 0 <= value < float("inf")
+        ):
             raise ValueError(f"`{name}` must be >= 0 (finite), got {value!r}.")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"`label_smoothing` must lie in [0, 1], got {label_smoothing!r}.")
@@ -234,15 +272,23 @@ def classification_enhancement_term(
         ce = zero
     elif logit_adjustment:
         if class_counts is None:
-            raise ValueError(f"`class_counts` is required when logit_adjustment > 0 (got "
-                             f"logit_adjustment={logit_adjustment}): pass the training split's "
-                             f"samples per class, or set logit_adjustment=0.")
-        ce = logit_adjusted_cross_entropy(logits, targets, class_counts, tau=logit_adjustment,
-                                          label_smoothing=label_smoothing,
-                                          ignore_index=ignore_index)
+            raise ValueError(
+                f"`class_counts` is required when logit_adjustment > 0 (got "
+                f"logit_adjustment={logit_adjustment}): pass the training split's "
+                f"samples per class, or set logit_adjustment=0."
+            )
+        ce = logit_adjusted_cross_entropy(
+            logits,
+            targets,
+            class_counts,
+            tau=logit_adjustment,
+            label_smoothing=label_smoothing,
+            ignore_index=ignore_index,
+        )
     else:
-        ce = F.cross_entropy(work, targets, label_smoothing=label_smoothing,
-                             ignore_index=ignore_index)
+        ce = F.cross_entropy(
+            work, targets, label_smoothing=label_smoothing, ignore_index=ignore_index
+        )
     ial = intensity_aware_loss(logits, targets, ignore_index=ignore_index) if ial_weight else zero
     if aug_weight:
         if features is None or classifier is None:
@@ -253,11 +299,16 @@ def classification_enhancement_term(
             )
         features = check_floating("features", features)
         check_same_batch(logits=logits, features=features)
-        aug = _feature_augmentation_loss(features, targets, classifier,
-                                         noise_std=aug_noise_std,
-                                         label_smoothing=label_smoothing,
-                                         ignore_index=ignore_index, generator=generator,
-                                         num_classes=logits.shape[1])
+        aug = _feature_augmentation_loss(
+            features,
+            targets,
+            classifier,
+            noise_std=aug_noise_std,
+            label_smoothing=label_smoothing,
+            ignore_index=ignore_index,
+            generator=generator,
+            num_classes=logits.shape[1],
+        )
     else:
         aug = zero
     total = ce + ial_weight * ial + aug_weight * aug
@@ -292,14 +343,23 @@ class ClassificationEnhancementTerm(nn.Module):
         torch.Size([])
     """
 
-    def __init__(self, *, label_smoothing: float = 0.1, ial_weight: float = 0.1,
-                 aug_weight: float = 0.1, aug_noise_std: float = 0.1,
-                 ignore_index: int = -100, logit_adjustment: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        label_smoothing: float = 0.1,
+        ial_weight: float = 0.1,
+        aug_weight: float = 0.1,
+        aug_noise_std: float = 0.1,
+        ignore_index: int = -100,
+        logit_adjustment: float = 0.0,
+    ) -> None:
         super().__init__()
-        if (isinstance(logit_adjustment, bool) or not isinstance(logit_adjustment, (int, float))
-                or not logit_adjustment >= 0):
-            raise ValueError(f"`logit_adjustment` must be a number >= 0, got "
-                             f"{logit_adjustment!r}.")
+        if (
+            isinstance(logit_adjustment, bool)
+            or not isinstance(logit_adjustment, (int, float))
+            or not logit_adjustment >= 0
+        ):
+            raise ValueError(f"`logit_adjustment` must be a number >= 0, got {logit_adjustment!r}.")
         self.logit_adjustment = float(logit_adjustment)
         self.label_smoothing = label_smoothing
         self.ial_weight = ial_weight
@@ -309,21 +369,36 @@ class ClassificationEnhancementTerm(nn.Module):
 
     __prepare_scriptable__ = torchscript_unsupported
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor, *,
-                features: torch.Tensor | None = None, classifier: Classifier | None = None,
-                class_counts: torch.Tensor | Sequence[float] | None = None,
-                return_breakdown: bool = False) -> torch.Tensor | CETOutput:
+    def forward(
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        features: torch.Tensor | None = None,
+        classifier: Classifier | None = None,
+        class_counts: torch.Tensor | Sequence[float] | None = None,
+        return_breakdown: bool = False,
+    ) -> torch.Tensor | CETOutput:
         """Compute the CET; see :func:`classification_enhancement_term`."""
         return classification_enhancement_term(
-            logits, targets, features=features, classifier=classifier,
-            label_smoothing=self.label_smoothing, ial_weight=self.ial_weight,
-            aug_weight=self.aug_weight, aug_noise_std=self.aug_noise_std,
-            ignore_index=self.ignore_index, return_breakdown=return_breakdown,
-            logit_adjustment=self.logit_adjustment, class_counts=class_counts)
+            logits,
+            targets,
+            features=features,
+            classifier=classifier,
+            label_smoothing=self.label_smoothing,
+            ial_weight=self.ial_weight,
+            aug_weight=self.aug_weight,
+            aug_noise_std=self.aug_noise_std,
+            ignore_index=self.ignore_index,
+            return_breakdown=return_breakdown,
+            logit_adjustment=self.logit_adjustment,
+            class_counts=class_counts,
+        )
 
     def extra_repr(self) -> str:
         """Options shown in ``repr()``."""
-        return (f"label_smoothing={self.label_smoothing}, ial_weight={self.ial_weight}, "
-                f"aug_weight={self.aug_weight}, aug_noise_std={self.aug_noise_std}, "
-                f"logit_adjustment={self.logit_adjustment}")
-
+        return (
+            f"label_smoothing={self.label_smoothing}, ial_weight={self.ial_weight}, "
+            f"aug_weight={self.aug_weight}, aug_noise_std={self.aug_noise_std}, "
+            f"logit_adjustment={self.logit_adjustment}"
+        )

@@ -42,8 +42,10 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
         3
     """
     if not isinstance(obj, Mapping):
-        raise TypeError(f"`obj` must be a mapping (e.g. a dict of state dicts and values), "
-                        f"got {type(obj).__name__}; wrap it, e.g. {{'data': obj}}.")
+        raise TypeError(
+            f"`obj` must be a mapping (e.g. a dict of state dicts and values), "
+            f"got {type(obj).__name__}; wrap it, e.g. {{'data': obj}}."
+        )
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"`path` must be a str or os.PathLike, got {type(path).__name__}.")
     path = Path(path)
@@ -93,13 +95,13 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> di
     except Exception as err:
         raise CheckpointError(f"could not load checkpoint '{path}': {err}") from err
     if not isinstance(obj, dict):
-        raise CheckpointError(f"checkpoint '{path}' holds a {type(obj).__name__}, "
-                              f"expected a dict.")
+        raise CheckpointError(f"checkpoint '{path}' holds a {type(obj).__name__}, expected a dict.")
     return obj
 
 
-def load_state_dict_checked(module: nn.Module, state: Mapping[str, Any], *,
-                            source: str = "checkpoint") -> None:
+def load_state_dict_checked(
+    module: nn.Module, state: Mapping[str, Any], *, source: str = "checkpoint"
+) -> None:
     """``module.load_state_dict(state)`` with an error that lists what does not fit.
 
     Args:
@@ -117,20 +119,32 @@ def load_state_dict_checked(module: nn.Module, state: Mapping[str, Any], *,
     if not isinstance(module, nn.Module):
         raise TypeError(f"`module` must be an nn.Module, got {type(module).__name__}.")
     if not isinstance(state, Mapping):
-        raise CheckpointError(f"{source} holds a {type(state).__name__} where a state dict "
-                              f"(a mapping of names to tensors) was expected.")
+        raise CheckpointError(
+            f"{source} holds a {type(state).__name__} where a state dict "
+            f"(a mapping of names to tensors) was expected."
+        )
     own = module.state_dict()
-    not_tensors = sorted(f"{k}: {type(state[k]).__name__}" for k in own
-                         if k in state and isinstance(own[k], torch.Tensor)
-                         and not isinstance(state[k], torch.Tensor))
+    not_tensors = sorted(
+        f"{k}: {type(state[k]).__name__}"
+        for k in own
+        if k in state
+        and isinstance(own[k], torch.Tensor)
+        and not isinstance(state[k], torch.Tensor)
+    )
     if not_tensors:
-        raise CheckpointError(f"{source} does not fit {type(module).__name__}: these entries "
-                              f"must be tensors but are not: {not_tensors[:8]}.")
+        raise CheckpointError(
+            f"{source} does not fit {type(module).__name__}: these entries "
+            f"must be tensors but are not: {not_tensors[:8]}."
+        )
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    mismatched = [f"{k}: {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in own if k in state and hasattr(state[k], "shape")
-                  and tuple(state[k].shape) != tuple(own[k].shape)]
+    mismatched = [
+        f"{k}: {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state
+        and hasattr(state[k], "shape")
+        and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
     if missing or unexpected or mismatched:
         raise CheckpointError(
             f"{source} does not fit {type(module).__name__}: "

@@ -67,10 +67,12 @@ _MODES = ("auto", "on", "off")
 
 # (kernel, device type, dtype) that "auto" enables: each was measured to pay by
 # benchmarks/run.py (fast vs plain path, side by side; see docs/benchmarks.md).
-_MEASURED_TO_PAY = frozenset({
-    ("wian", "cpu", torch.float32),
-    ("contrastive", "cpu", torch.float32),
-})
+_MEASURED_TO_PAY = frozenset(
+    {
+        ("wian", "cpu", torch.float32),
+        ("contrastive", "cpu", torch.float32),
+    }
+)
 # Kernels that "auto" never enables: private torch operators, or less accurate than the formula.
 _ONLY_WHEN_ON = frozenset({"onednn", "projected_contrastive"})
 
@@ -95,8 +97,9 @@ _FALSE = ("", "0", "false", "off", "no")
 def _check_finite_from_environment() -> bool:
     value = os.environ.get(CHECK_FINITE_ENV_VAR, "").strip().lower()
     if value not in _TRUE + _FALSE:
-        raise ValueError(f"`{CHECK_FINITE_ENV_VAR}` must be one of {_TRUE + _FALSE[1:]}, "
-                         f"got {value!r}.")
+        raise ValueError(
+            f"`{CHECK_FINITE_ENV_VAR}` must be one of {_TRUE + _FALSE[1:]}, got {value!r}."
+        )
     return value in _TRUE
 
 

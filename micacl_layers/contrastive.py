@@ -65,15 +65,20 @@ def _normalize(z: torch.Tensor, eps: float) -> torch.Tensor:
 def _check_temperature(temperature: object) -> None:
     if isinstance(temperature, torch.Tensor):
         if temperature.numel() != 1 or not temperature.is_floating_point():
-            raise ValueError(f"`temperature` must be a positive finite float or a one-element "
-                             f"floating tensor, got {describe(temperature)}.")
+            raise ValueError(
+                f"`temperature` must be a positive finite float or a one-element "
+                f"floating tensor, got {describe(temperature)}."
+            )
         if has_values(temperature):
             value = float(temperature.detach())
             if not 0.0 < value < float("inf"):
                 raise ValueError(f"`temperature` must be positive and finite, got {value!r}.")
         return
-    if (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
-            or not 0.0 < temperature < float("inf")):
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not 0.0 < temperature < float("inf")
+    ):
         raise ValueError(f"`temperature` must be a positive finite float, got {temperature!r}.")
 
 
@@ -144,39 +149,61 @@ def supervised_contrastive_per_anchor(
     check_same_batch(z=z, targets=targets)
     _check_temperature(temperature)
     if (memory_z is None) != (memory_targets is None):
-        missing, given = (("memory_targets", "memory_z") if memory_targets is None
-                          else ("memory_z", "memory_targets"))
-        raise ValueError(f"`{missing}` is required with `{given}`: pass both (the extra "
-                         f"candidates and their labels) or neither.")
+        missing, given = (
+            ("memory_targets", "memory_z")
+            if memory_targets is None
+            else ("memory_z", "memory_targets")
+        )
+        raise ValueError(
+            f"`{missing}` is required with `{given}`: pass both (the extra "
+            f"candidates and their labels) or neither."
+        )
     if memory_z is not None:
         memory_z = check_floating("memory_z", memory_z)
         check_ndim("memory_z", memory_z, 2, "(M, P)")
         if memory_z.shape[1] != z.shape[1]:
-            raise ValueError(f"`memory_z` must have shape (M, P) with P={z.shape[1]} like `z`, "
-                             f"got {describe(memory_z)}.")
+            raise ValueError(
+                f"`memory_z` must have shape (M, P) with P={z.shape[1]} like `z`, "
+                f"got {describe(memory_z)}."
+            )
         memory_targets = check_targets("memory_targets", memory_targets)
         check_same_batch(memory_z=memory_z, memory_targets=memory_targets)
     if form not in _FORMS:
         raise ValueError(f"`form` must be one of {_FORMS}, got {form!r}.")
-    return contrastive_per_anchor(z, targets, temperature, form=form, exclude_self=exclude_self,
-                                  memory_z=memory_z, memory_targets=memory_targets,
-                                  class_average=class_average)
+    return contrastive_per_anchor(
+        z,
+        targets,
+        temperature,
+        form=form,
+        exclude_self=exclude_self,
+        memory_z=memory_z,
+        memory_targets=memory_targets,
+        class_average=class_average,
+    )
 
 
-def contrastive_per_anchor(z, targets, temperature, *, form, exclude_self, memory_z,
-                           memory_targets, class_average=False):
+def contrastive_per_anchor(
+    z, targets, temperature, *, form, exclude_self, memory_z, memory_targets, class_average=False
+):
     """:func:`supervised_contrastive_per_anchor` on checked inputs (MCCL's inner call)."""
     # Under torch.autocast the matmul below would run in float16/bfloat16 again: the
     # similarities and their log-sum-exp must stay in float32, so autocast is off here.
     with no_autocast(z.device.type):
-        return _contrastive_per_anchor(z, targets, temperature, form=form,
-                                       exclude_self=exclude_self, memory_z=memory_z,
-                                       memory_targets=memory_targets,
-                                       class_average=class_average)
+        return _contrastive_per_anchor(
+            z,
+            targets,
+            temperature,
+            form=form,
+            exclude_self=exclude_self,
+            memory_z=memory_z,
+            memory_targets=memory_targets,
+            class_average=class_average,
+        )
 
 
-def _contrastive_per_anchor(z, targets, temperature, *, form, exclude_self, memory_z,
-                            memory_targets, class_average=False):
+def _contrastive_per_anchor(
+    z, targets, temperature, *, form, exclude_self, memory_z, memory_targets, class_average=False
+):
     dtype = _compute_dtype(z)
     eps = _norm_eps(dtype)
     z = z.to(dtype)
@@ -188,10 +215,28 @@ def _contrastive_per_anchor(z, targets, temperature, *, form, exclude_self, memo
     if z.shape[0] == 0:  # no anchors: nothing to contrast, an empty loss still on the graph
         return z.sum(dim=1), targets.new_zeros(0, dtype=torch.bool)
     if not class_average and _fast.contrastive_applies(z, temperature):
-        return _fast.contrastive(z, mem, targets, cand_targets, temperature, form,
-                                 exclude_self, eps, _contrastive_reference)
-    return _contrastive_reference(z, mem, targets, cand_targets, temperature, form,
-                                  exclude_self, eps, class_average=class_average)
+        return _fast.contrastive(
+            z,
+            mem,
+            targets,
+            cand_targets,
+            temperature,
+            form,
+            exclude_self,
+            eps,
+            _contrastive_reference,
+        )
+    return _contrastive_reference(
+        z,
+        mem,
+        targets,
+        cand_targets,
+        temperature,
+        form,
+        exclude_self,
+        eps,
+        class_average=class_average,
+    )
 
 
 def _contrastive_reference(
@@ -237,8 +282,9 @@ def _contrastive_reference(
         if exclude_self:
             count = count - (targets[:, None] == cand_targets[None, :]).to(sim.dtype)
         weighted = sim - count.clamp_min(1.0).log()
-        lse_all = (weighted if is_self is None else weighted.masked_fill(is_self, fill)
-                   ).logsumexp(dim=1)
+        lse_all = (weighted if is_self is None else weighted.masked_fill(is_self, fill)).logsumexp(
+            dim=1
+        )
     if form == "ratio":
         lse_pos = weighted.masked_fill(~positive, fill).logsumexp(dim=1)
         loss = -torch.exp(lse_pos - lse_all)

@@ -31,22 +31,42 @@ __all__ = ["PRESETS", "MICACLLoss", "MICACLLossOutput"]
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Eq. 13 with unit weights and every CET term active.
-    "paper": {"mc_weight": 1.0, "label_smoothing": 0.1, "ial_weight": 0.1, "aug_weight": 0.1,
-              "tau0": 0.07},
+    "paper": {
+        "mc_weight": 1.0,
+        "label_smoothing": 0.1,
+        "ial_weight": 0.1,
+        "aug_weight": 0.1,
+        "tau0": 0.07,
+    },
     # The public code's weights: CE with label smoothing 0.1 plus 30 x MCCL (log form, batch
     # temperature), no IAL and no (working) augmentation term. The MCCL bugs of that code
     # (self-pairs, random projections on each call, raw reciprocal weights) stay fixed.
-    "public_code": {"mc_weight": 30.0, "label_smoothing": 0.1, "ial_weight": 0.0,
-                    "aug_weight": 0.0, "tau0": 0.07, "form": "log",
-                    "temperature": "batch_mean"},
+    "public_code": {
+        "mc_weight": 30.0,
+        "label_smoothing": 0.1,
+        "ial_weight": 0.0,
+        "aug_weight": 0.0,
+        "tau0": 0.07,
+        "form": "log",
+        "temperature": "batch_mean",
+    },
     # Not in the paper; chosen on validation splits of benchmarks/longtail.py (docs/longtail.md):
     # logit-adjusted CE (Menon et al. 2021, tau 1) + 0.3 x MCCL in the log form with Balanced
     # Contrastive Learning's class-averaged denominators and class complements (Zhu et al. 2022)
     # and anchor weights of batch mean 1. ``forward`` needs ``classifier`` (its weight rows are
     # the class complements).
-    "balanced": {"mc_weight": 0.3, "label_smoothing": 0.0, "ial_weight": 0.0, "aug_weight": 0.0,
-                 "logit_adjustment": 1.0, "tau0": 0.07, "form": "log", "class_average": True,
-                 "class_complements": True, "weight_norm": "batch"},
+    "balanced": {
+        "mc_weight": 0.3,
+        "label_smoothing": 0.0,
+        "ial_weight": 0.0,
+        "aug_weight": 0.0,
+        "logit_adjustment": 1.0,
+        "tau0": 0.07,
+        "form": "log",
+        "class_average": True,
+        "class_complements": True,
+        "weight_norm": "batch",
+    },
 }
 
 
@@ -123,22 +143,35 @@ class MICACLLoss(nn.Module):
         **mccl_options: Any,
     ) -> None:
         super().__init__()
-        if (isinstance(mc_weight, bool) or not isinstance(mc_weight, (int, float))
-                or not 0 <= mc_weight < float("inf")):
+        if (
+            isinstance(mc_weight, bool)
+            or not isinstance(mc_weight, (int, float))
+            or not 0 <= mc_weight < float("inf")
+        ):
             raise ValueError(f"`mc_weight` must be >= 0 (finite), got {mc_weight!r}.")
         self.mc_weight = float(mc_weight)
         self.cet = ClassificationEnhancementTerm(
-            label_smoothing=label_smoothing, ial_weight=ial_weight, aug_weight=aug_weight,
-            aug_noise_std=aug_noise_std, logit_adjustment=logit_adjustment)
+            label_smoothing=label_smoothing,
+            ial_weight=ial_weight,
+            aug_weight=aug_weight,
+            aug_noise_std=aug_noise_std,
+            logit_adjustment=logit_adjustment,
+        )
         self.mccl = MultiscaleCategoryAwareContrastiveLoss(
-            num_classes, feature_dim, class_counts, scales, **mccl_options)
+            num_classes, feature_dim, class_counts, scales, **mccl_options
+        )
 
     __prepare_scriptable__ = torchscript_unsupported
 
     @classmethod
-    def from_preset(cls, name: str, num_classes: int, feature_dim: int,
-                    class_counts: torch.Tensor | Sequence[float] | None = None,
-                    **overrides: Any) -> MICACLLoss:
+    def from_preset(
+        cls,
+        name: str,
+        num_classes: int,
+        feature_dim: int,
+        class_counts: torch.Tensor | Sequence[float] | None = None,
+        **overrides: Any,
+    ) -> MICACLLoss:
         """Build the criterion from a named preset of :data:`PRESETS`.
 
         Args:
@@ -189,26 +222,38 @@ class MICACLLoss(nn.Module):
         check_ndim("features", features, 2, "(B, D)")
         feature_dim, num_classes = self.mccl.feature_dim, self.mccl.num_classes
         if features.shape[1] != feature_dim:
-            raise ValueError(f"`features` must have shape (B, D) with D={feature_dim} "
-                             f"(feature_dim), got {describe(features)}.")
+            raise ValueError(
+                f"`features` must have shape (B, D) with D={feature_dim} "
+                f"(feature_dim), got {describe(features)}."
+            )
         logits = check_floating("logits", logits)
         if logits.dim() != 2 or logits.shape[1] != num_classes:
-            raise ValueError(f"`logits` must have shape (B, K) with K={num_classes} "
-                             f"(num_classes), got {describe(logits)}.")
+            raise ValueError(
+                f"`logits` must have shape (B, K) with K={num_classes} "
+                f"(num_classes), got {describe(logits)}."
+            )
         counts = None
         if self.cet.logit_adjustment:
             # Before MCCL's forward updates running counts; an unseen class counts as one.
             counts = self.mccl.class_counts.clamp_min(1)
-        cet = self.cet(logits, targets, features=features, classifier=classifier,
-                       class_counts=counts, return_breakdown=True)
+        cet = self.cet(
+            logits,
+            targets,
+            features=features,
+            classifier=classifier,
+            class_counts=counts,
+            return_breakdown=True,
+        )
         if self.mc_weight:
             prototypes = None
             if self.mccl.class_complements:
                 weight = getattr(classifier, "weight", None)
                 if not isinstance(weight, torch.Tensor):
-                    raise ValueError("`classifier` (a module with a (K, D) `weight`, e.g. "
-                                     "nn.Linear) is required with class_complements=True: its "
-                                     "weight rows are the class complements.")
+                    raise ValueError(
+                        "`classifier` (a module with a (K, D) `weight`, e.g. "
+                        "nn.Linear) is required with class_complements=True: its "
+                        "weight rows are the class complements."
+                    )
                 prototypes = weight
             mccl = self.mccl(features, logits, targets, prototypes=prototypes)
         else:

@@ -46,7 +46,7 @@ class _GatherWithGrad(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.contiguous()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad[ctx.rank * ctx.size:(ctx.rank + 1) * ctx.size]
+        return grad[ctx.rank * ctx.size : (ctx.rank + 1) * ctx.size]
 
 
 def _gather_sizes(tensor: torch.Tensor) -> list[int]:
@@ -66,7 +66,7 @@ def _pad_to(tensor: torch.Tensor, rows: int) -> torch.Tensor:
 def _unpad(gathered: torch.Tensor, sizes: list[int], rows: int) -> torch.Tensor:
     if all(s == rows for s in sizes):
         return gathered
-    return torch.cat([gathered[i * rows:i * rows + s] for i, s in enumerate(sizes)], dim=0)
+    return torch.cat([gathered[i * rows : i * rows + s] for i, s in enumerate(sizes)], dim=0)
 
 
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:

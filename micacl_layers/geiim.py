@@ -38,8 +38,10 @@ def _check_any_batch_mask(padding_mask: object, num_instances: int) -> torch.Ten
     is_matrix = isinstance(padding_mask, torch.Tensor) and padding_mask.dim() == 2
     batch = padding_mask.shape[0] if isinstance(padding_mask, torch.Tensor) and is_matrix else 0
     if isinstance(padding_mask, torch.Tensor) and not is_matrix:
-        raise ValueError(f"`padding_mask` must have shape (B, T) with T={num_instances}, "
-                         f"got {describe(padding_mask)}.")
+        raise ValueError(
+            f"`padding_mask` must have shape (B, T) with T={num_instances}, "
+            f"got {describe(padding_mask)}."
+        )
     return _check_padding_mask(padding_mask, batch, num_instances)
 
 
@@ -80,8 +82,10 @@ def instance_adjacency(
     check_ndim("node_dst", node_dst, 2, "(d, T)")
     num_instances, node_dim = node_src.shape
     if tuple(node_dst.shape) != (node_dim, num_instances):
-        raise ValueError(f"`node_dst` must have shape (d, T)=({node_dim}, {num_instances}) to "
-                         f"match `node_src` of {describe(node_src)}, got {describe(node_dst)}.")
+        raise ValueError(
+            f"`node_dst` must have shape (d, T)=({node_dim}, {num_instances}) to "
+            f"match `node_src` of {describe(node_src)}, got {describe(node_dst)}."
+        )
     if padding_mask is not None:
         padding_mask = _check_any_batch_mask(padding_mask, num_instances)
     # Two dtypes (e.g. one embedding from an autocast region): compute in the wider one.
@@ -89,18 +93,21 @@ def instance_adjacency(
     return _instance_adjacency(node_src.to(dtype), node_dst.to(dtype), padding_mask)
 
 
-def _instance_adjacency(node_src: torch.Tensor, node_dst: torch.Tensor,
-                        padding_mask: torch.Tensor | None) -> torch.Tensor:
+def _instance_adjacency(
+    node_src: torch.Tensor, node_dst: torch.Tensor, padding_mask: torch.Tensor | None
+) -> torch.Tensor:
     scores = F.relu(node_src @ node_dst)
     if padding_mask is None:
         return scores.softmax(dim=-1)
-    scores = scores.unsqueeze(0).masked_fill(padding_mask[:, None, :],
-                                             torch.finfo(scores.dtype).min)
+    scores = scores.unsqueeze(0).masked_fill(
+        padding_mask[:, None, :], torch.finfo(scores.dtype).min
+    )
     return scores.softmax(dim=-1)
 
 
-def graph_propagate(x: torch.Tensor, adjacency: torch.Tensor, alpha: torch.Tensor | float
-                    ) -> torch.Tensor:
+def graph_propagate(
+    x: torch.Tensor, adjacency: torch.Tensor, alpha: torch.Tensor | float
+) -> torch.Tensor:
     r"""One hop of linear diffusion, Eq. 2: :math:`H = \alpha X + (1 - \alpha) A X`.
 
     Args:
@@ -125,22 +132,29 @@ def graph_propagate(x: torch.Tensor, adjacency: torch.Tensor, alpha: torch.Tenso
     check_ndim("x", x, 3, "(B, T, C)")
     adjacency = check_floating("adjacency", adjacency)
     batch, num_instances = x.shape[:2]
-    if not (tuple(adjacency.shape) == (num_instances, num_instances)
-            or tuple(adjacency.shape) == (batch, num_instances, num_instances)):
-        raise ValueError(f"`adjacency` must have shape (T, T)=({num_instances}, "
-                         f"{num_instances}) or (B, T, T)=({batch}, {num_instances}, "
-                         f"{num_instances}) for `x` of {describe(x)}, got {describe(adjacency)}.")
+    if not (
+        tuple(adjacency.shape) == (num_instances, num_instances)
+        or tuple(adjacency.shape) == (batch, num_instances, num_instances)
+    ):
+        raise ValueError(
+            f"`adjacency` must have shape (T, T)=({num_instances}, "
+            f"{num_instances}) or (B, T, T)=({batch}, {num_instances}, "
+            f"{num_instances}) for `x` of {describe(x)}, got {describe(adjacency)}."
+        )
     if isinstance(alpha, torch.Tensor):
         if alpha.numel() != 1 or not alpha.is_floating_point():
-            raise ValueError(f"`alpha` must be a float in [0, 1] or a one-element floating "
-                             f"tensor, got {describe(alpha)}.")
+            raise ValueError(
+                f"`alpha` must be a float in [0, 1] or a one-element floating "
+                f"tensor, got {describe(alpha)}."
+            )
     elif isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
         raise ValueError(f"`alpha` must be a float in [0, 1], got {alpha!r}.")
     return _graph_propagate(x, adjacency, alpha)
 
 
-def _graph_propagate(x: torch.Tensor, adjacency: torch.Tensor, alpha: torch.Tensor | float
-                     ) -> torch.Tensor:
+def _graph_propagate(
+    x: torch.Tensor, adjacency: torch.Tensor, alpha: torch.Tensor | float
+) -> torch.Tensor:
     return alpha * x + (1.0 - alpha) * torch.matmul(adjacency.to(x.dtype), x)
 
 
@@ -236,8 +250,7 @@ class GEIIM(nn.Module):
 
         if kernel_sizes:
             self.temporal_convs = nn.ModuleList(
-                nn.Conv1d(dim, dim, k, padding=k // 2, groups=dim, **factory)
-                for k in kernel_sizes
+                nn.Conv1d(dim, dim, k, padding=k // 2, groups=dim, **factory) for k in kernel_sizes
             )
             self.fuse = nn.Linear(len(kernel_sizes) * dim, dim, **factory)
             self.dropout = nn.Dropout(dropout)
@@ -249,7 +262,7 @@ class GEIIM(nn.Module):
 
     def reset_parameters(self) -> None:
         """Re-initialise the parameters (node embeddings give unit-variance graph scores)."""
-        std = self.node_dim ** -0.25
+        std = self.node_dim**-0.25
         nn.init.normal_(self.node_src, std=std)
         nn.init.normal_(self.node_dst, std=std)
         if self.temporal_convs is not None and self.fuse is not None:
@@ -317,6 +330,7 @@ class GEIIM(nn.Module):
 
     def extra_repr(self) -> str:
         """Options shown in ``repr()``."""
-        return (f"num_instances={self.num_instances}, dim={self.dim}, node_dim={self.node_dim}, "
-                f"learn_alpha={self.learn_alpha}, kernel_sizes={self.kernel_sizes}")
-
+        return (
+            f"num_instances={self.num_instances}, dim={self.dim}, node_dim={self.node_dim}, "
+            f"learn_alpha={self.learn_alpha}, kernel_sizes={self.kernel_sizes}"
+        )

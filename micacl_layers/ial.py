@@ -21,8 +21,11 @@ _REDUCTIONS = ("mean", "sum", "none")
 
 
 def _check_label_smoothing(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            not 0.0 <= float(value) <= 1.0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0.0 <= float(value) <= 1.0
+    ):
         raise ValueError(f"`label_smoothing` must be a number in [0, 1], got {value!r}.")
     return float(value)
 
@@ -69,8 +72,9 @@ def intensity_aware_loss(
     if reduction not in _REDUCTIONS:
         raise ValueError(f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}.")
     smoothing = _check_label_smoothing(label_smoothing)
-    logits, targets = check_logits_targets(logits, targets, ignore_index=ignore_index,
-                                           min_classes=2)
+    logits, targets = check_logits_targets(
+        logits, targets, ignore_index=ignore_index, min_classes=2
+    )
     work = logits.double() if logits.dtype == torch.float64 else logits.float()
     valid = targets != ignore_index
     safe_targets = torch.where(valid, targets, torch.zeros_like(targets))
@@ -108,8 +112,12 @@ class IntensityAwareLoss(nn.Module):
         torch.Size([])
     """
 
-    def __init__(self, reduction: Literal["mean", "sum", "none"] = "mean",
-                 ignore_index: int = -100, label_smoothing: float = 0.0) -> None:
+    def __init__(
+        self,
+        reduction: Literal["mean", "sum", "none"] = "mean",
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+    ) -> None:
         super().__init__()
         if reduction not in _REDUCTIONS:
             raise ValueError(f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}.")
@@ -119,9 +127,13 @@ class IntensityAwareLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Compute the loss; see :func:`intensity_aware_loss`."""
-        return intensity_aware_loss(logits, targets, reduction=self.reduction,
-                                    ignore_index=self.ignore_index,
-                                    label_smoothing=self.label_smoothing)
+        return intensity_aware_loss(
+            logits,
+            targets,
+            reduction=self.reduction,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+        )
 
     def extra_repr(self) -> str:
         """Options shown in ``repr()``."""

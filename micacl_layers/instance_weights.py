@@ -112,27 +112,37 @@ class InstanceWeights(nn.Module):
         torch.Size([2, 4, 8])
     """
 
-    def __init__(self, in_features: int, hidden_size: int | None = None, *,
-                 mode: WeightMode = "instance_softmax",
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        hidden_size: int | None = None,
+        *,
+        mode: WeightMode = "instance_softmax",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         self.in_features = check_positive_int("in_features", in_features)
-        self.hidden_size = in_features if hidden_size is None else check_positive_int(
-            "hidden_size", hidden_size)
+        self.hidden_size = (
+            in_features if hidden_size is None else check_positive_int("hidden_size", hidden_size)
+        )
         if mode not in WEIGHT_MODES:
             raise ValueError(f"`mode` must be one of {WEIGHT_MODES}, got {mode!r}.")
         self.mode = mode
-        self.proj = (nn.Linear(in_features, self.hidden_size, device=device, dtype=dtype)
-                     if self.hidden_size != in_features else nn.Identity())
+        self.proj = (
+            nn.Linear(in_features, self.hidden_size, device=device, dtype=dtype)
+            if self.hidden_size != in_features
+            else nn.Identity()
+        )
 
     def forward(self, h: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Compute the weights; see :func:`instance_weights`."""
         h = check_floating("h", h)
         check_ndim("h", h, 3, "(B, T, C)")
         if h.shape[-1] != self.in_features:
-            raise ValueError(f"`h` must have shape (B, T, C) with C={self.in_features}, "
-                             f"got {describe(h)}.")
+            raise ValueError(
+                f"`h` must have shape (B, T, C) with C={self.in_features}, got {describe(h)}."
+            )
         if isinstance(self.proj, nn.Linear):  # another dtype runs in the projection's
             h = to_parameter_dtype(h, self.proj.weight)
         return instance_weights(self.proj(h), mode=self.mode, padding_mask=padding_mask)

@@ -34,8 +34,11 @@ _REDUCTIONS = ("mean", "sum", "none")
 def _check_options(tau: object, label_smoothing: object, reduction: object) -> None:
     if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau >= 0:
         raise ValueError(f"`tau` must be a number >= 0 (0 is plain cross-entropy), got {tau!r}.")
-    if (isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float))
-            or not 0.0 <= label_smoothing <= 1.0):
+    if (
+        isinstance(label_smoothing, bool)
+        or not isinstance(label_smoothing, (int, float))
+        or not 0.0 <= label_smoothing <= 1.0
+    ):
         raise ValueError(f"`label_smoothing` must lie in [0, 1], got {label_smoothing!r}.")
     if reduction not in _REDUCTIONS:
         raise ValueError(f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}.")
@@ -44,8 +47,10 @@ def _check_options(tau: object, label_smoothing: object, reduction: object) -> N
 def _counts_of_any_length(class_counts: object) -> torch.Tensor:
     counts = torch.as_tensor(class_counts, dtype=torch.float64)
     if counts.dim() != 1 or counts.numel() == 0:
-        raise ValueError(f"`class_counts` must have shape (K,) with K >= 1 (one count per "
-                         f"class), got shape={tuple(counts.shape)}.")
+        raise ValueError(
+            f"`class_counts` must have shape (K,) with K >= 1 (one count per "
+            f"class), got shape={tuple(counts.shape)}."
+        )
     return check_class_counts(counts, counts.numel())
 
 
@@ -115,22 +120,40 @@ def logit_adjusted_cross_entropy(
     _check_options(tau, label_smoothing, reduction)
     logits, targets = check_logits_targets(logits, targets, ignore_index=ignore_index)
     counts = check_class_counts(class_counts, logits.shape[1])
-    return _logit_adjusted_cross_entropy(logits, targets, counts, tau=tau,
-                                         label_smoothing=label_smoothing, reduction=reduction,
-                                         ignore_index=ignore_index)
+    return _logit_adjusted_cross_entropy(
+        logits,
+        targets,
+        counts,
+        tau=tau,
+        label_smoothing=label_smoothing,
+        reduction=reduction,
+        ignore_index=ignore_index,
+    )
 
 
-def _logit_adjusted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
-                                  counts: torch.Tensor, *, tau: float, label_smoothing: float,
-                                  reduction: str, ignore_index: int) -> torch.Tensor:
+def _logit_adjusted_cross_entropy(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    counts: torch.Tensor,
+    *,
+    tau: float,
+    label_smoothing: float,
+    reduction: str,
+    ignore_index: int,
+) -> torch.Tensor:
     """On checked inputs; ``counts`` may live on any device (also ``meta``)."""
     work = logits.double() if logits.dtype == torch.float64 else logits.float()
     counts = counts.to(device=work.device, dtype=work.dtype)
     prior = (counts / counts.sum()).log()
     adjusted = work + float(tau) * prior
     valid = targets != ignore_index
-    loss = F.cross_entropy(adjusted, targets, label_smoothing=float(label_smoothing),
-                           reduction="none", ignore_index=ignore_index)
+    loss = F.cross_entropy(
+        adjusted,
+        targets,
+        label_smoothing=float(label_smoothing),
+        reduction="none",
+        ignore_index=ignore_index,
+    )
     if reduction == "none":
         return loss
     if reduction == "sum":
@@ -163,9 +186,15 @@ class LogitAdjustedLoss(nn.Module):
         torch.Size([])
     """
 
-    def __init__(self, class_counts: torch.Tensor | Sequence[float], *, tau: float = 1.0,
-                 label_smoothing: float = 0.0, reduction: Reduction = "mean",
-                 ignore_index: int = -100) -> None:
+    def __init__(
+        self,
+        class_counts: torch.Tensor | Sequence[float],
+        *,
+        tau: float = 1.0,
+        label_smoothing: float = 0.0,
+        reduction: Reduction = "mean",
+        ignore_index: int = -100,
+    ) -> None:
         super().__init__()
         _check_options(tau, label_smoothing, reduction)
         counts = _counts_of_any_length(class_counts)
@@ -182,16 +211,25 @@ class LogitAdjustedLoss(nn.Module):
         """Compute the loss; see :func:`logit_adjusted_cross_entropy`."""
         logits = check_floating("logits", logits)
         if logits.dim() == 2 and logits.shape[1] != self.class_counts.numel():
-            raise ValueError(f"`logits` must have shape (B, K) with K={self.class_counts.numel()} "
-                             f"(len(class_counts)), got {describe(logits)}.")
+            raise ValueError(
+                f"`logits` must have shape (B, K) with K={self.class_counts.numel()} "
+                f"(len(class_counts)), got {describe(logits)}."
+            )
         logits, targets = check_logits_targets(logits, targets, ignore_index=self.ignore_index)
         # The counts were checked at construction (and may be on the meta device now).
         return _logit_adjusted_cross_entropy(
-            logits, targets, self.class_counts, tau=self.tau,
-            label_smoothing=self.label_smoothing, reduction=self.reduction,
-            ignore_index=self.ignore_index)
+            logits,
+            targets,
+            self.class_counts,
+            tau=self.tau,
+            label_smoothing=self.label_smoothing,
+            reduction=self.reduction,
+            ignore_index=self.ignore_index,
+        )
 
     def extra_repr(self) -> str:
         """Options shown in ``repr()``."""
-        return (f"num_classes={self.class_counts.numel()}, tau={self.tau}, "
-                f"label_smoothing={self.label_smoothing}, reduction={self.reduction!r}")
+        return (
+            f"num_classes={self.class_counts.numel()}, tau={self.tau}, "
+            f"label_smoothing={self.label_smoothing}, reduction={self.reduction!r}"
+        )

@@ -152,13 +152,27 @@ def category_aware_weights(
     class_counts = _check_counts(class_counts, logits.shape[1])
     if weight_norm not in _WEIGHT_NORMS:
         raise ValueError(f"`weight_norm` must be one of {_WEIGHT_NORMS}, got {weight_norm!r}.")
-    return _category_aware_weights(logits, targets, class_counts,
-                                   class_weighting=class_weighting, difficulty=difficulty,
-                                   detach_difficulty=detach_difficulty, weight_norm=weight_norm)
+    return _category_aware_weights(
+        logits,
+        targets,
+        class_counts,
+        class_weighting=class_weighting,
+        difficulty=difficulty,
+        detach_difficulty=detach_difficulty,
+        weight_norm=weight_norm,
+    )
 
 
-def _category_aware_weights(logits, targets, class_counts, *, class_weighting, difficulty,
-                            detach_difficulty, weight_norm="classes"):
+def _category_aware_weights(
+    logits,
+    targets,
+    class_counts,
+    *,
+    class_weighting,
+    difficulty,
+    detach_difficulty,
+    weight_norm="classes",
+):
     dtype = _compute_dtype(logits)
     weights = torch.ones(targets.shape[0], dtype=dtype, device=logits.device)
     if class_weighting:
@@ -219,31 +233,38 @@ def _check_counts(class_counts: object, num_classes: int | None) -> torch.Tensor
     """Counts for the functional forms: ``(K,)`` finite numbers >= 0 (zeros count as 1)."""
     if not isinstance(class_counts, torch.Tensor):
         if isinstance(class_counts, (str, bytes)):
-            raise TypeError(f"`class_counts` must be a sequence of numbers or a tensor, "
-                            f"got {class_counts!r}.")
+            raise TypeError(
+                f"`class_counts` must be a sequence of numbers or a tensor, got {class_counts!r}."
+            )
         try:
             class_counts = torch.as_tensor(class_counts, dtype=torch.float64)
         except (TypeError, ValueError, RuntimeError):
-            raise TypeError(f"`class_counts` must be a sequence of numbers or a tensor, "
-                            f"got {class_counts!r}.") from None
+            raise TypeError(
+                f"`class_counts` must be a sequence of numbers or a tensor, got {class_counts!r}."
+            ) from None
     if class_counts.is_complex() or class_counts.dtype == torch.bool:
         raise TypeError(f"`class_counts` must hold real numbers, got {describe(class_counts)}.")
     expected = "(K,)" if num_classes is None else f"({num_classes},)"
-    if class_counts.dim() != 1 or not class_counts.numel() or (num_classes is not None
-                                   and class_counts.shape[0] != num_classes):
-        raise ValueError(f"`class_counts` must have shape {expected} (one count per class), "
-                         f"got {describe(class_counts)}.")
+    if (
+        class_counts.dim() != 1
+        or not class_counts.numel()
+        or (num_classes is not None and class_counts.shape[0] != num_classes)
+    ):
+        raise ValueError(
+            f"`class_counts` must have shape {expected} (one count per class), "
+            f"got {describe(class_counts)}."
+        )
     if has_values(class_counts) and class_counts.numel():
         bad = ~torch.isfinite(class_counts) | (class_counts < 0)
         if bool(bad.any()):
-            raise ValueError(f"`class_counts` must be finite and >= 0, "
-                             f"got {class_counts.tolist()}.")
+            raise ValueError(
+                f"`class_counts` must be finite and >= 0, got {class_counts.tolist()}."
+            )
     return class_counts
 
 
 def _check_tau0(tau0: object) -> None:
-    if (isinstance(tau0, bool) or not isinstance(tau0, (int, float))
-            or not 0 < tau0 < float("inf")):
+    if isinstance(tau0, bool) or not isinstance(tau0, (int, float)) or not 0 < tau0 < float("inf"):
         raise ValueError(f"`tau0` must be a positive float (finite), got {tau0!r}.")
 
 
@@ -281,9 +302,11 @@ def pool_features(features: torch.Tensor, scale: int) -> torch.Tensor:
     check_ndim("features", features, 2, "(B, D)")
     check_positive_int("scale", scale)
     if scale > features.shape[1]:
-        raise ValueError(f"`scale` must lie in [1, D={features.shape[1]}] so that D // scale "
-                         f"features remain, got {scale!r} for `features` of "
-                         f"{describe(features)}.")
+        raise ValueError(
+            f"`scale` must lie in [1, D={features.shape[1]}] so that D // scale "
+            f"features remain, got {scale!r} for `features` of "
+            f"{describe(features)}."
+        )
     return _pool_features(features, scale)
 
 
@@ -297,8 +320,7 @@ def _pool_features(features: torch.Tensor, scale: int) -> torch.Tensor:
     return F.adaptive_avg_pool1d(features.unsqueeze(1), dim // scale).squeeze(1)
 
 
-def _reduce(per_anchor: torch.Tensor, has_positive: torch.Tensor, reduction: str
-            ) -> torch.Tensor:
+def _reduce(per_anchor: torch.Tensor, has_positive: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "none":
         return per_anchor
     total = per_anchor.sum(dim=-1)
@@ -391,8 +413,10 @@ class MCCLOptions:
     def check_feature_dim(self, feature_dim: int) -> None:
         """Every scale must leave at least one pooled feature of ``feature_dim``."""
         if max(self.scales) > feature_dim:
-            raise ValueError(f"`scales` must be a non-empty sequence of ints in "
-                             f"[1, feature_dim={feature_dim}], got {self.scales!r}.")
+            raise ValueError(
+                f"`scales` must be a non-empty sequence of ints in "
+                f"[1, feature_dim={feature_dim}], got {self.scales!r}."
+            )
 
 
 def multiscale_category_aware_contrastive_loss(
@@ -474,39 +498,66 @@ def multiscale_category_aware_contrastive_loss(
         torch.Size([])
     """
     options = MCCLOptions(
-        scales=_check_scales(scales), tau0=tau0, temperature=temperature, form=form,
-        exclude_self=exclude_self, class_weighting=class_weighting, difficulty=difficulty,
-        detach_difficulty=detach_difficulty, reduction=reduction, class_average=class_average,
-        class_complements=class_complements, weight_norm=weight_norm)
+        scales=_check_scales(scales),
+        tau0=tau0,
+        temperature=temperature,
+        form=form,
+        exclude_self=exclude_self,
+        class_weighting=class_weighting,
+        difficulty=difficulty,
+        detach_difficulty=detach_difficulty,
+        reduction=reduction,
+        class_average=class_average,
+        class_complements=class_complements,
+        weight_norm=weight_norm,
+    )
     features, logits, targets = _check_inputs(features, logits, targets)
     counts = check_class_counts(class_counts, logits.shape[1])
-    result, _ = _multiscale_loss(features, logits, targets, counts, options,
-                                 projections=projections, memory=memory,
-                                 return_breakdown=return_breakdown, need_embeddings=False,
-                                 prototypes=prototypes)
+    result, _ = _multiscale_loss(
+        features,
+        logits,
+        targets,
+        counts,
+        options,
+        projections=projections,
+        memory=memory,
+        return_breakdown=return_breakdown,
+        need_embeddings=False,
+        prototypes=prototypes,
+    )
     return result
 
 
-def _check_prototypes(prototypes: object, options: MCCLOptions, num_classes: int,
-                      features: torch.Tensor) -> torch.Tensor | None:
+def _check_prototypes(
+    prototypes: object, options: MCCLOptions, num_classes: int, features: torch.Tensor
+) -> torch.Tensor | None:
     if not options.class_complements:
         if prototypes is not None:
-            raise ValueError("`prototypes` were given but class_complements=False; set "
-                             "class_complements=True to use them, or drop them.")
+            raise ValueError(
+                "`prototypes` were given but class_complements=False; set "
+                "class_complements=True to use them, or drop them."
+            )
         return None
     if prototypes is None:
-        raise ValueError("`prototypes` (K, D) are required with class_complements=True, e.g. "
-                         "the classifier's weight rows (`classifier.weight`).")
+        raise ValueError(
+            "`prototypes` (K, D) are required with class_complements=True, e.g. "
+            "the classifier's weight rows (`classifier.weight`)."
+        )
     protos = check_floating("prototypes", prototypes)
     if protos.dim() != 2 or tuple(protos.shape) != (num_classes, features.shape[1]):
-        raise ValueError(f"`prototypes` must have shape (K, D)=({num_classes}, "
-                         f"{features.shape[1]}), got {describe(protos)}.")
+        raise ValueError(
+            f"`prototypes` must have shape (K, D)=({num_classes}, "
+            f"{features.shape[1]}), got {describe(protos)}."
+        )
     return protos
 
 
-def _anchors_with_positive(targets: torch.Tensor,
-                           memory: tuple[Sequence[torch.Tensor], torch.Tensor] | None,
-                           protos: torch.Tensor | None, exclude_self: bool) -> torch.Tensor:
+def _anchors_with_positive(
+    targets: torch.Tensor,
+    memory: tuple[Sequence[torch.Tensor], torch.Tensor] | None,
+    protos: torch.Tensor | None,
+    exclude_self: bool,
+) -> torch.Tensor:
     """Which anchors have a candidate of their class: batch, memory and prototypes together."""
     labels = [targets]
     if memory is not None:
@@ -520,8 +571,9 @@ def _anchors_with_positive(targets: torch.Tensor,
     return per_class[targets] > (1 if exclude_self else 0)
 
 
-def _check_inputs(features: object, logits: object, targets: object
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _check_inputs(
+    features: object, logits: object, targets: object
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     features = check_floating("features", features)
     check_ndim("features", features, 2, "(B, D)")
     logits, targets = check_logits_targets(logits, targets)
@@ -551,37 +603,62 @@ def _multiscale_loss(
     scales = options.scales
     options.check_feature_dim(features.shape[1])
     if projections is not None and len(projections) != len(scales):
-        raise ValueError(f"`projections` must hold one callable per scale ({len(scales)}), "
-                         f"got {len(projections)}.")
+        raise ValueError(
+            f"`projections` must hold one callable per scale ({len(scales)}), "
+            f"got {len(projections)}."
+        )
     if memory is not None and len(memory[0]) != len(scales):
-        raise ValueError(f"`memory` must hold one embedding tensor per scale ({len(scales)}), "
-                         f"got {len(memory[0])}.")
+        raise ValueError(
+            f"`memory` must hold one embedding tensor per scale ({len(scales)}), "
+            f"got {len(memory[0])}."
+        )
 
     protos = _check_prototypes(prototypes, options, logits.shape[1], features)
     weights = _category_aware_weights(  # Eq. 7
-        logits, targets, counts, class_weighting=options.class_weighting,
-        difficulty=options.difficulty, detach_difficulty=options.detach_difficulty)
+        logits,
+        targets,
+        counts,
+        class_weighting=options.class_weighting,
+        difficulty=options.difficulty,
+        detach_difficulty=options.detach_difficulty,
+    )
     if options.weight_norm == "batch":
         # Mean 1 over the anchors that enter the mean of Eq. 12 (those with a positive).
         counted = _anchors_with_positive(targets, memory, protos, options.exclude_self)
         if bool(counted.any()):
             scale = weights.detach()[counted].mean().clamp_min(torch.finfo(weights.dtype).tiny)
             weights = weights / scale
-    tau = _adaptive_temperature(counts, options.tau0, mode=options.temperature,  # Eq. 10
-                                targets=targets)
+    tau = _adaptive_temperature(
+        counts,
+        options.tau0,
+        mode=options.temperature,  # Eq. 10
+        targets=targets,
+    )
     per_scale: list[torch.Tensor] = []
     embeddings: list[torch.Tensor | None] = []
     has_positive = targets.new_zeros(0, dtype=torch.bool)
     for idx, s in enumerate(scales):
         z = _pool_features(features, s)  # Eq. 8: Pool_s ...
         projection = None if projections is None else projections[idx]
-        if (memory is None and protos is None and not need_embeddings
-                and not options.class_average and _fast.projected_applies(projection, z, tau)):
+        if (
+            memory is None
+            and protos is None
+            and not need_embeddings
+            and not options.class_average
+            and _fast.projected_applies(projection, z, tau)
+        ):
             dtype = _compute_dtype(z)
             embeddings.append(None)
             loss_s, has_positive = _fast.projected_contrastive(
-                z.to(dtype), projection, targets, tau.to(dtype), options.form,
-                options.exclude_self, _norm_eps(dtype), _contrastive_reference)
+                z.to(dtype),
+                projection,
+                targets,
+                tau.to(dtype),
+                options.form,
+                options.exclude_self,
+                _norm_eps(dtype),
+                _contrastive_reference,
+            )
         else:
             if projection is not None:
                 z = projection(z)  # ... then Proj_s
@@ -594,8 +671,15 @@ def _multiscale_loss(
                 mem_z = p if mem_z is None else torch.cat([mem_z.to(p.dtype), p])
                 mem_t = labels if mem_t is None else torch.cat([mem_t.to(targets.device), labels])
             loss_s, has_positive = contrastive_per_anchor(  # Eq. 9, 11
-                z, targets, tau, form=options.form, exclude_self=options.exclude_self,
-                memory_z=mem_z, memory_targets=mem_t, class_average=options.class_average)
+                z,
+                targets,
+                tau,
+                form=options.form,
+                exclude_self=options.exclude_self,
+                memory_z=mem_z,
+                memory_targets=mem_t,
+                class_average=options.class_average,
+            )
         per_scale.append(_reduce(loss_s * weights, has_positive, options.reduction))
     stacked = torch.stack(per_scale)
     loss = stacked.mean(dim=0)  # Eq. 12: the mean over scales
@@ -710,11 +794,19 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
         self.num_classes = check_positive_int("num_classes", num_classes)
         self.feature_dim = check_positive_int("feature_dim", feature_dim)
         self.options = MCCLOptions(
-            scales=_check_scales(scales), tau0=tau0, temperature=temperature, form=form,
-            exclude_self=exclude_self, class_weighting=class_weighting, difficulty=difficulty,
-            detach_difficulty=detach_difficulty, reduction=reduction,
-            class_average=class_average, class_complements=class_complements,
-            weight_norm=weight_norm)
+            scales=_check_scales(scales),
+            tau0=tau0,
+            temperature=temperature,
+            form=form,
+            exclude_self=exclude_self,
+            class_weighting=class_weighting,
+            difficulty=difficulty,
+            detach_difficulty=detach_difficulty,
+            reduction=reduction,
+            class_average=class_average,
+            class_complements=class_complements,
+            weight_norm=weight_norm,
+        )
         self.options.check_feature_dim(feature_dim)
         if projection_dim is not None:
             check_positive_int("projection_dim", projection_dim)
@@ -737,8 +829,9 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
                 for s in self.options.scales
             )
         if isinstance(memory_size, bool) or not isinstance(memory_size, int) or memory_size < 0:
-            raise ValueError(f"`memory_size` must be >= 0 (0 disables the memory), "
-                             f"got {memory_size!r}.")
+            raise ValueError(
+                f"`memory_size` must be >= 0 (0 disables the memory), got {memory_size!r}."
+            )
         self.gather_distributed = gather_distributed
         dims = [projection_dim or feature_dim // s for s in self.options.scales]
         self.memory = ContrastMemory(memory_size, dims, device=device) if memory_size else None
@@ -764,8 +857,9 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
         """Add a batch of labels to the running counts (done by ``forward`` in training mode)."""
         if not has_values(targets):  # meta: shapes only, nothing to count
             return
-        self.class_counts += torch.bincount(targets.to(self.class_counts.device),
-                                            minlength=self.num_classes)
+        self.class_counts += torch.bincount(
+            targets.to(self.class_counts.device), minlength=self.num_classes
+        )
 
     def reset_class_counts(self) -> None:
         """Zero the running class counts (only meaningful with ``class_counts=None``)."""
@@ -798,13 +892,17 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
         features = check_floating("features", features)
         check_ndim("features", features, 2, "(B, D)")
         if features.shape[1] != self.feature_dim:
-            raise ValueError(f"`features` must have shape (B, D) with D={self.feature_dim} "
-                             f"(feature_dim), got {describe(features)}.")
+            raise ValueError(
+                f"`features` must have shape (B, D) with D={self.feature_dim} "
+                f"(feature_dim), got {describe(features)}."
+            )
         logits = check_floating("logits", logits)
         # K first: with too few logit columns the targets would look out of range instead.
         if logits.dim() != 2 or logits.shape[1] != self.num_classes:
-            raise ValueError(f"`logits` must have shape (B, K) with K={self.num_classes} "
-                             f"(num_classes), got {describe(logits)}.")
+            raise ValueError(
+                f"`logits` must have shape (B, K) with K={self.num_classes} "
+                f"(num_classes), got {describe(logits)}."
+            )
         logits, targets = check_logits_targets(logits, targets)
         check_same_batch(features=features, logits=logits, targets=targets)
         check_finite_parameters(self)
@@ -824,24 +922,34 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
         bank = self.memory if self.training else None
         memory = bank.get() if bank is not None and len(bank) else None
         result, embeddings = _multiscale_loss(
-            features, logits, targets, counts, self.options, projections=self.projections,
-            memory=memory, return_breakdown=return_breakdown, need_embeddings=bank is not None,
-            prototypes=prototypes)
+            features,
+            logits,
+            targets,
+            counts,
+            self.options,
+            projections=self.projections,
+            memory=memory,
+            return_breakdown=return_breakdown,
+            need_embeddings=bank is not None,
+            prototypes=prototypes,
+        )
         if bank is not None:  # (need_embeddings: every scale's embeddings were formed)
             bank.push(cast(list[torch.Tensor], embeddings), targets)
         return result
 
     def extra_repr(self) -> str:
         """Options shown in ``repr()``."""
-        return (f"num_classes={self.num_classes}, feature_dim={self.feature_dim}, "
-                f"scales={self.scales}, projection_dim={self.projection_dim}, tau0={self.tau0}, "
-                f"temperature={self.temperature!r}, form={self.form!r}, "
-                f"class_average={self.class_average}, "
-                f"class_complements={self.class_complements}, "
-                f"weight_norm={self.weight_norm!r}, "
-                f"track_class_counts={self.track_class_counts}, "
-                f"memory_size={0 if self.memory is None else self.memory.size}, "
-                f"gather_distributed={self.gather_distributed}")
+        return (
+            f"num_classes={self.num_classes}, feature_dim={self.feature_dim}, "
+            f"scales={self.scales}, projection_dim={self.projection_dim}, tau0={self.tau0}, "
+            f"temperature={self.temperature!r}, form={self.form!r}, "
+            f"class_average={self.class_average}, "
+            f"class_complements={self.class_complements}, "
+            f"weight_norm={self.weight_norm!r}, "
+            f"track_class_counts={self.track_class_counts}, "
+            f"memory_size={0 if self.memory is None else self.memory.size}, "
+            f"gather_distributed={self.gather_distributed}"
+        )
 
 
 def _option_attribute(name: str) -> property:

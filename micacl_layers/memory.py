@@ -50,22 +50,30 @@ class ContrastMemory(nn.Module):
     targets: torch.Tensor  # (buffers: typed for the checker)
     pointer: torch.Tensor
 
-    def __init__(self, size: int, dims: tuple[int, ...] | list[int], *,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        size: int,
+        dims: tuple[int, ...] | list[int],
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         self.size = check_positive_int("memory_size", size)
         try:
             dims = tuple(dims)
         except TypeError:
-            raise TypeError(f"`dims` must be a sequence of positive ints (one embedding size "
-                            f"per scale), got {dims!r}.") from None
+            raise TypeError(
+                f"`dims` must be a sequence of positive ints (one embedding size "
+                f"per scale), got {dims!r}."
+            ) from None
         if not dims:
             raise ValueError("`dims` must hold at least one embedding size, got ().")
         self.dims = tuple(check_positive_int("dims", d) for d in dims)
         for i, d in enumerate(self.dims):
-            self.register_buffer(f"features_{i}", torch.zeros(size, d, device=device,
-                                                                dtype=dtype or torch.float32))
+            self.register_buffer(
+                f"features_{i}", torch.zeros(size, d, device=device, dtype=dtype or torch.float32)
+            )
         # -1 marks an empty slot; int64 buffers survive model.half().
         self.register_buffer("targets", torch.full((size,), -1, dtype=torch.long, device=device))
         self.register_buffer("pointer", torch.zeros((), dtype=torch.long, device=device))
@@ -92,18 +100,21 @@ class ContrastMemory(nn.Module):
             ValueError: A count or shape does not match ``dims`` or the targets.
         """
         if not isinstance(embeddings, (list, tuple)) or len(embeddings) != len(self.dims):
-            got = len(embeddings) if isinstance(embeddings, (list, tuple)) else describe(
-                embeddings)
-            raise ValueError(f"`embeddings` must be a list holding one tensor per scale "
-                             f"({len(self.dims)}), got {got}.")
+            got = len(embeddings) if isinstance(embeddings, (list, tuple)) else describe(embeddings)
+            raise ValueError(
+                f"`embeddings` must be a list holding one tensor per scale "
+                f"({len(self.dims)}), got {got}."
+            )
         targets = check_targets("targets", targets)
         n = targets.shape[0]
         for i, (emb, dim) in enumerate(zip(embeddings, self.dims, strict=True)):
             emb = check_floating(f"embeddings[{i}]", emb)
             check_ndim(f"embeddings[{i}]", emb, 2, "(B, dims[s])")
             if tuple(emb.shape) != (n, dim):
-                raise ValueError(f"`embeddings[{i}]` must have shape (B, dims[{i}])=({n}, {dim}) "
-                                 f"(B from `targets`), got {describe(emb)}.")
+                raise ValueError(
+                    f"`embeddings[{i}]` must have shape (B, dims[{i}])=({n}, {dim}) "
+                    f"(B from `targets`), got {describe(emb)}."
+                )
         if n == 0 or not has_values(targets) or not has_values(self.targets):
             return
         # Ignored samples (negative targets) take no slot: the queue never loses a valid

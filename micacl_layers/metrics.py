@@ -52,9 +52,7 @@ def _check_cm(cm: object) -> torch.Tensor:
     return cm
 
 
-def confusion_matrix(
-    preds: torch.Tensor, targets: torch.Tensor, num_classes: int
-) -> torch.Tensor:
+def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Count (true class, predicted class) pairs.
 
     Args:

@@ -78,25 +78,31 @@ def wian_cell(
     """
     gates = check_floating("gates", gates)
     c_prev = check_floating("c_prev", c_prev)
-    if c_prev.dim() == 0 or gates.shape[:-1] != c_prev.shape[:-1] \
-            or gates.shape[-1] != _NUM_GATES * c_prev.shape[-1]:
-        raise ValueError(f"`gates` must have shape (*, 5H) for `c_prev` of shape (*, H), got "
-                         f"gates {describe(gates)} and c_prev {describe(c_prev)}.")
+    if (
+        c_prev.dim() == 0
+        or gates.shape[:-1] != c_prev.shape[:-1]
+        or gates.shape[-1] != _NUM_GATES * c_prev.shape[-1]
+    ):
+        raise ValueError(
+            f"`gates` must have shape (*, 5H) for `c_prev` of shape (*, H), got "
+            f"gates {describe(gates)} and c_prev {describe(c_prev)}."
+        )
     if weight is not None:
         weight = _check_weight(weight, tuple(c_prev.shape), "weight", "(*, H)")
     return _wian_cell(gates, c_prev, weight)
 
 
-def _wian_cell(gates: torch.Tensor, c_prev: torch.Tensor, weight: torch.Tensor | None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def _wian_cell(
+    gates: torch.Tensor, c_prev: torch.Tensor, weight: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`wian_cell` on checked inputs (Eq. 3, 5, 6)."""
     hidden = c_prev.shape[-1]
     act = torch.sigmoid(gates)
     i = act[..., :hidden]
-    f = act[..., hidden:2 * hidden]
-    o = act[..., 3 * hidden:4 * hidden]
-    d = act[..., 4 * hidden:]
-    candidate = torch.tanh(gates[..., 2 * hidden:3 * hidden])
+    f = act[..., hidden : 2 * hidden]
+    o = act[..., 3 * hidden : 4 * hidden]
+    d = act[..., 4 * hidden :]
+    candidate = torch.tanh(gates[..., 2 * hidden : 3 * hidden])
     if weight is not None:
         d = d * weight
     c = f * c_prev + i * candidate * d
@@ -111,9 +117,15 @@ def _init_uniform(module: nn.Module, hidden_size: int) -> None:
         nn.init.uniform_(p, -bound, bound)
 
 
-def _check_weight(weight: torch.Tensor, target_shape: tuple[int, ...], name: str,
-                  layout: str, *, given: torch.Tensor | None = None, per_instance: str = ""
-                  ) -> torch.Tensor:
+def _check_weight(
+    weight: torch.Tensor,
+    target_shape: tuple[int, ...],
+    name: str,
+    layout: str,
+    *,
+    given: torch.Tensor | None = None,
+    per_instance: str = "",
+) -> torch.Tensor:
     """``weight`` broadcast to ``target_shape``.
 
     Errors describe ``given`` (what the caller passed, before a trailing 1 was added) and
@@ -170,8 +182,9 @@ def _layer_reference(
     # unbind, not proj[:, t]: one backward node for all steps instead of one zero-filled
     # full-size gradient per step.
     weights = weight.unbind(1) if weight is not None else [None] * steps
-    for p_t, w_t in zip(proj.view(dirs, steps, batch, proj.shape[-1]).unbind(1), weights,
-                        strict=True):
+    for p_t, w_t in zip(
+        proj.view(dirs, steps, batch, proj.shape[-1]).unbind(1), weights, strict=True
+    ):
         h, c = _wian_cell(torch.baddbmm(p_t, h, w_hh_t), c, w_t)  # Eq. 3, 5, 6
         outs.append(h)
     seq = torch.stack(outs, dim=1)  # (D, T, B, H), each direction in its reading order
@@ -193,16 +206,20 @@ def _saturating_bias(dtype: torch.dtype) -> float:
 
 def _check_lstm_like(name: str, module: object, kind: type[nn.Module]) -> nn.Module:
     if not isinstance(module, kind):
-        raise TypeError(f"`{name}` must be a torch.nn.{kind.__name__}, "
-                        f"got {type(module).__name__}.")
+        raise TypeError(
+            f"`{name}` must be a torch.nn.{kind.__name__}, got {type(module).__name__}."
+        )
     if getattr(module, "proj_size", 0):
-        raise ValueError(f"`{name}.proj_size` must be 0: WIAN has no projection of the hidden "
-                         f"state (nn.LSTM's proj_size), got proj_size={module.proj_size}.")
+        raise ValueError(
+            f"`{name}.proj_size` must be 0: WIAN has no projection of the hidden "
+            f"state (nn.LSTM's proj_size), got proj_size={module.proj_size}."
+        )
     return module
 
 
-def _copy_lstm_gates(target: nn.Module, source: nn.Module, suffixes: Sequence[str], hidden: int,
-                     gate_bias: float) -> None:
+def _copy_lstm_gates(
+    target: nn.Module, source: nn.Module, suffixes: Sequence[str], hidden: int, gate_bias: float
+) -> None:
     """Copy LSTM gates into the first ``4H`` rows; the dynamic gate: zero weights, ``gate_bias``.
 
     ``target`` and ``source`` name their parameters ``weight_ih{suffix}`` etc. A source without
@@ -224,41 +241,58 @@ def _copy_lstm_gates(target: nn.Module, source: nn.Module, suffixes: Sequence[st
 
 def _check_dropout(dropout: object, num_layers: int) -> float:
     # The checks and the warning of nn.LSTM, with a message naming the argument.
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or \
-            not 0.0 <= float(dropout) <= 1.0:
+    if (
+        isinstance(dropout, bool)
+        or not isinstance(dropout, (int, float))
+        or not 0.0 <= float(dropout) <= 1.0
+    ):
         raise ValueError(f"`dropout` must be a number in [0, 1], got {dropout!r}.")
     if dropout > 0 and num_layers == 1:
-        warnings.warn("dropout option adds dropout after all but last recurrent layer, so "
-                      f"non-zero dropout expects num_layers greater than 1, but got "
-                      f"dropout={dropout} and num_layers={num_layers}", UserWarning,
-                      stacklevel=3)
+        warnings.warn(
+            "dropout option adds dropout after all but last recurrent layer, so "
+            f"non-zero dropout expects num_layers greater than 1, but got "
+            f"dropout={dropout} and num_layers={num_layers}",
+            UserWarning,
+            stacklevel=3,
+        )
     return float(dropout)
 
 
 def _check_input(input: object, dtype: torch.dtype) -> torch.Tensor:
     if isinstance(input, nn.utils.rnn.PackedSequence):
-        raise TypeError("`input` must be a tensor: WIAN does not take a PackedSequence; pad the "
-                        "sequences and pass a padding mask to the head instead.")
+        raise TypeError(
+            "`input` must be a tensor: WIAN does not take a PackedSequence; pad the "
+            "sequences and pass a padding mask to the head instead."
+        )
     x = check_floating("input", input)
     # Computed in the parameters' dtype, as autocast would cast it (nn.LSTM raises instead).
     return x if x.dtype == dtype else x.to(dtype)
 
 
-def _check_state(hx: object, shape: tuple[int, ...], unbatched: bool, unbatched_dim: int,
-                 layout: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_state(
+    hx: object,
+    shape: tuple[int, ...],
+    unbatched: bool,
+    unbatched_dim: int,
+    layout: str,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``hx`` as ``(h_0, c_0)`` of ``shape`` in ``dtype``: a tuple or list of two tensors."""
-    if not isinstance(hx, (tuple, list)) or len(hx) != 2 or \
-            not all(isinstance(t, torch.Tensor) for t in hx):
-        raise TypeError(f"`hx` must be a tuple (h_0, c_0) of two tensors or None, "
-                        f"got {type(hx).__name__}.")
+    if (
+        not isinstance(hx, (tuple, list))
+        or len(hx) != 2
+        or not all(isinstance(t, torch.Tensor) for t in hx)
+    ):
+        raise TypeError(
+            f"`hx` must be a tuple (h_0, c_0) of two tensors or None, got {type(hx).__name__}."
+        )
     out = []
     for name, t in (("hx[0]", hx[0]), ("hx[1]", hx[1])):
         t = check_floating(name, t)
-        want = shape[:unbatched_dim] + shape[unbatched_dim + 1:] if unbatched else shape
+        want = shape[:unbatched_dim] + shape[unbatched_dim + 1 :] if unbatched else shape
         if tuple(t.shape) != want:
             what, where = ("unbatched ", layout.replace("B, ", "")) if unbatched else ("", layout)
-            raise ValueError(f"`{name}` must have {what}shape {where}={want}, "
-                             f"got {describe(t)}.")
+            raise ValueError(f"`{name}` must have {what}shape {where}={want}, got {describe(t)}.")
         t = t.unsqueeze(unbatched_dim) if unbatched else t
         out.append(t if t.dtype == dtype else t.to(dtype))
     return out[0], out[1]
@@ -308,17 +342,21 @@ class WIANCell(nn.Module):
 
     __prepare_scriptable__ = torchscript_unsupported
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.bias = bias
         self.weight_ih = nn.Parameter(torch.empty(_NUM_GATES * hidden_size, input_size, **factory))
-        self.weight_hh = nn.Parameter(torch.empty(_NUM_GATES * hidden_size, hidden_size,
-                                                  **factory))
+        self.weight_hh = nn.Parameter(torch.empty(_NUM_GATES * hidden_size, hidden_size, **factory))
         if bias:
             self.bias_ih = nn.Parameter(torch.empty(_NUM_GATES * hidden_size, **factory))
             self.bias_hh = nn.Parameter(torch.empty(_NUM_GATES * hidden_size, **factory))
@@ -393,8 +431,9 @@ class WIANCell(nn.Module):
         if unbatched:
             x = x.unsqueeze(0)
         if x.shape[1] != self.input_size:
-            raise ValueError(f"`input` must have shape (B, I) with I={self.input_size}, "
-                             f"got {describe(x)}.")
+            raise ValueError(
+                f"`input` must have shape (B, I) with I={self.input_size}, got {describe(x)}."
+            )
         batch = x.shape[0]
         shape = (batch, self.hidden_size)
         if hx is None:
@@ -404,8 +443,9 @@ class WIANCell(nn.Module):
         if weight is not None:
             if unbatched and weight.dim() == 1:
                 weight = weight.unsqueeze(0)
-            weight = _check_weight(weight, shape, "weight", "(B, H)", given=given,
-                                   per_instance="(B,)")
+            weight = _check_weight(
+                weight, shape, "weight", "(B, H)", given=given, per_instance="(B,)"
+            )
             weight = weight if weight.dtype == dtype else weight.to(dtype)
         gates = x @ self.weight_ih.t() + h_prev @ self.weight_hh.t()
         if self.bias_ih is not None:
@@ -496,8 +536,10 @@ class WIAN(nn.Module):
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.num_layers = check_positive_int("num_layers", num_layers)
         if proj_size != 0:
-            raise ValueError(f"`proj_size` must be 0: WIAN has no projection of the hidden "
-                             f"state (nn.LSTM's proj_size), got proj_size={proj_size!r}.")
+            raise ValueError(
+                f"`proj_size` must be 0: WIAN has no projection of the hidden "
+                f"state (nn.LSTM's proj_size), got proj_size={proj_size!r}."
+            )
         self.proj_size = 0
         self.dropout = _check_dropout(dropout, self.num_layers)
         self.bias = bool(bias)
@@ -509,10 +551,14 @@ class WIAN(nn.Module):
             layer_in = input_size if layer == 0 else hidden_size * self.num_directions
             for suffix in self._suffixes():
                 name = f"l{layer}{suffix}"
-                setattr(self, f"weight_ih_{name}",
-                        nn.Parameter(torch.empty(gates, layer_in, **factory)))
-                setattr(self, f"weight_hh_{name}",
-                        nn.Parameter(torch.empty(gates, hidden_size, **factory)))
+                setattr(
+                    self, f"weight_ih_{name}", nn.Parameter(torch.empty(gates, layer_in, **factory))
+                )
+                setattr(
+                    self,
+                    f"weight_hh_{name}",
+                    nn.Parameter(torch.empty(gates, hidden_size, **factory)),
+                )
                 if bias:
                     setattr(self, f"bias_ih_{name}", nn.Parameter(torch.empty(gates, **factory)))
                     setattr(self, f"bias_hh_{name}", nn.Parameter(torch.empty(gates, **factory)))
@@ -575,9 +621,17 @@ class WIAN(nn.Module):
         p = cast(torch.Tensor, lstm.weight_ih_l0)
         with warnings.catch_warnings():  # nn.LSTM warned about dropout with one layer already
             warnings.simplefilter("ignore", UserWarning)
-            new = cls(lstm.input_size, lstm.hidden_size, lstm.num_layers, bias=True,
-                      batch_first=lstm.batch_first, dropout=lstm.dropout,
-                      bidirectional=lstm.bidirectional, device=p.device, dtype=p.dtype)
+            new = cls(
+                lstm.input_size,
+                lstm.hidden_size,
+                lstm.num_layers,
+                bias=True,
+                batch_first=lstm.batch_first,
+                dropout=lstm.dropout,
+                bidirectional=lstm.bidirectional,
+                device=p.device,
+                dtype=p.dtype,
+            )
         bias = _saturating_bias(p.dtype) if gate_bias is None else float(gate_bias)
         suffixes = [f"_l{layer}{s}" for layer in range(new.num_layers) for s in new._suffixes()]
         _copy_lstm_gates(new, lstm, suffixes, new.hidden_size, bias)
@@ -614,22 +668,30 @@ class WIAN(nn.Module):
             if weights is not None and weights.dim() >= 2:
                 weights = weights.unsqueeze(batch_dim)
         if x.shape[-1] != self.input_size:
-            raise ValueError(f"`input` must have shape {layout} with I={self.input_size}, "
-                             f"got {describe(x)}.")
+            raise ValueError(
+                f"`input` must have shape {layout} with I={self.input_size}, got {describe(x)}."
+            )
         if not self.batch_first:
             x = x.transpose(0, 1)
         batch, steps, _ = x.shape
         if steps == 0:  # as nn.LSTM: h_n of no step at all would silently be h_0
-            raise ValueError(f"`input` must have at least one time step (T >= 1), "
-                             f"got {describe(x)}.")
+            raise ValueError(
+                f"`input` must have at least one time step (T >= 1), got {describe(x)}."
+            )
         hidden, dirs = self.hidden_size, self.num_directions
 
         w = None
         if weights is not None:
             w_layout = "(B, T, H)" if self.batch_first else "(T, B, H)"
             target = (batch, steps, hidden) if self.batch_first else (steps, batch, hidden)
-            w = _check_weight(weights, target, "weights", w_layout, given=given,
-                              per_instance="(B, T)" if self.batch_first else "(T, B)")
+            w = _check_weight(
+                weights,
+                target,
+                "weights",
+                w_layout,
+                given=given,
+                per_instance="(B, T)" if self.batch_first else "(T, B)",
+            )
             w = w if w.dtype == dtype else w.to(dtype)
             # (T, B, H), time order: both directions weigh the instance they read.
             w = w.transpose(0, 1) if self.batch_first else w
@@ -643,8 +705,11 @@ class WIAN(nn.Module):
         # Under autocast the fused kernel may run with autocast off, in one dtype (see
         # _fast.dtype_under_autocast); everything is cast to it once.
         run_dtype = _fast.dtype_under_autocast(x.device, dtype)
-        inside = (torch.autocast(x.device.type, enabled=False) if run_dtype is not None
-                  else contextlib.nullcontext())
+        inside = (
+            torch.autocast(x.device.type, enabled=False)
+            if run_dtype is not None
+            else contextlib.nullcontext()
+        )
         if run_dtype is not None and run_dtype != dtype:
             x, h0, c0 = x.to(run_dtype), h0.to(run_dtype), c0.to(run_dtype)
             w = None if w is None else w.to(run_dtype)
@@ -652,21 +717,23 @@ class WIAN(nn.Module):
         layer_input = x.transpose(0, 1)  # time-major from here on: (T, B, I)
         with inside:
             for layer in range(self.num_layers):
-                h = h0[layer * dirs:(layer + 1) * dirs]
-                c = c0[layer * dirs:(layer + 1) * dirs]
-                params = [getattr(self, f"{kind}_l{layer}{suffix}", None)
-                          for suffix in self._suffixes()
-                          for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+                h = h0[layer * dirs : (layer + 1) * dirs]
+                c = c0[layer * dirs : (layer + 1) * dirs]
+                params = [
+                    getattr(self, f"{kind}_l{layer}{suffix}", None)
+                    for suffix in self._suffixes()
+                    for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+                ]
                 if run_dtype is not None and run_dtype != dtype:
                     params = [None if p is None else p.to(run_dtype) for p in params]
                 if _fast.applies(layer_input, h, c, w, *params):
-                    layer_input, h, c = _fast.wian_layer(layer_input, h, c, w, hx is None,
-                                                         params, _layer_reference)
+                    layer_input, h, c = _fast.wian_layer(
+                        layer_input, h, c, w, hx is None, params, _layer_reference
+                    )
                 else:
                     layer_input, h, c = _layer_reference(layer_input, h, c, w, params)
                 if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                    layer_input = nn.functional.dropout(layer_input, p=self.dropout,
-                                                        training=True)
+                    layer_input = nn.functional.dropout(layer_input, p=self.dropout, training=True)
                 h_n.append(h)
                 c_n.append(c)
         layer_input = layer_input.transpose(0, 1)  # (B, T, D*H)

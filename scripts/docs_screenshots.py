@@ -41,14 +41,37 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param",
-        "source", "track", "wbr"}
+VOID = {
+    "area",
+    "base",
+    "br",
+    "col",
+    "embed",
+    "hr",
+    "img",
+    "input",
+    "link",
+    "meta",
+    "param",
+    "source",
+    "track",
+    "wbr",
+}
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-extensions", "--disable-dev-shm-usage", "--hide-scrollbars",
-    "--mute-audio", "--disable-features=Translate,MediaRouter,OptimizationHints",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--mute-audio",
+    "--disable-features=Translate,MediaRouter,OptimizationHints",
     # Nothing but the local server resolves: a page that needs the internet fails the checks.
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
 ]
@@ -74,7 +97,7 @@ class DomSummary(HTMLParser):
         self.katex = 0
         self.katex_display = 0
         self.katex_errors = 0
-        self.tags: list[str] = []          # text of KaTeX equation tags, e.g. "(7)"
+        self.tags: list[str] = []  # text of KaTeX equation tags, e.g. "(7)"
         self.ids: set[str] = set()
         self.texts: list[str] = []
         self.imgs: list[str] = []
@@ -133,8 +156,10 @@ def check_math_page(s: DomSummary, *, equations: int) -> list[str]:
     if s.arithmatex_total == 0:
         problems.append("no .arithmatex element: the page has no math at all")
     elif s.arithmatex_typeset != s.arithmatex_total:
-        problems.append(f"{s.arithmatex_total - s.arithmatex_typeset} of {s.arithmatex_total} "
-                        f"math elements were not typeset by KaTeX (raw TeX left)")
+        problems.append(
+            f"{s.arithmatex_total - s.arithmatex_typeset} of {s.arithmatex_total} "
+            f"math elements were not typeset by KaTeX (raw TeX left)"
+        )
     if s.katex_errors:
         problems.append(f"{s.katex_errors} KaTeX error(s) (.katex-error)")
     wanted = [f"({n})" for n in range(1, equations + 1)]
@@ -145,11 +170,14 @@ def check_math_page(s: DomSummary, *, equations: int) -> list[str]:
 
 
 def check_api_page(s: DomSummary, names: list[str]) -> list[str]:
-    problems = [f"API entry for {n!r} missing (no element with id {n!r})"
-                for n in names if n not in s.ids]
+    problems = [
+        f"API entry for {n!r} missing (no element with id {n!r})" for n in names if n not in s.ids
+    ]
     if s.arithmatex_total and s.arithmatex_typeset != s.arithmatex_total:
-        problems.append(f"{s.arithmatex_total - s.arithmatex_typeset} of "
-                        f"{s.arithmatex_total} docstring math elements not typeset")
+        problems.append(
+            f"{s.arithmatex_total - s.arithmatex_typeset} of "
+            f"{s.arithmatex_total} docstring math elements not typeset"
+        )
     if s.katex_errors:
         problems.append(f"{s.katex_errors} KaTeX error(s) in docstrings")
     return problems
@@ -169,18 +197,48 @@ PAGES = [
     # (path, screenshot name, check)
     ("", "home.png", lambda s: check_home_page(s)),
     ("paper-to-code/", "paper-to-code.png", lambda s: check_math_page(s, equations=13)),
-    ("api/mccl/", "api-mccl.png", lambda s: check_api_page(s, [
-        "micacl_layers.mccl.MultiscaleCategoryAwareContrastiveLoss",
-        "micacl_layers.mccl.MCCLoss", "micacl_layers.mccl.MCCLOutput",
-        "micacl_layers.mccl.multiscale_category_aware_contrastive_loss"])),
-    ("api/geiim/", "api-geiim.png", lambda s: check_api_page(s, [
-        "micacl_layers.geiim.GEIIM", "micacl_layers.geiim.instance_adjacency",
-        "micacl_layers.geiim.graph_propagate"])),
-    ("api/wian/", "api-wian.png", lambda s: check_api_page(s, [
-        "micacl_layers.wian.WIAN", "micacl_layers.wian.WIANCell",
-        "micacl_layers.wian.wian_cell"])),
-    ("quickstart/", "quickstart.png", lambda s: [] if "MCCLoss" in s.text
-     else ["'MCCLoss' not on the quickstart page"]),
+    (
+        "api/mccl/",
+        "api-mccl.png",
+        lambda s: check_api_page(
+            s,
+            [
+                "micacl_layers.mccl.MultiscaleCategoryAwareContrastiveLoss",
+                "micacl_layers.mccl.MCCLoss",
+                "micacl_layers.mccl.MCCLOutput",
+                "micacl_layers.mccl.multiscale_category_aware_contrastive_loss",
+            ],
+        ),
+    ),
+    (
+        "api/geiim/",
+        "api-geiim.png",
+        lambda s: check_api_page(
+            s,
+            [
+                "micacl_layers.geiim.GEIIM",
+                "micacl_layers.geiim.instance_adjacency",
+                "micacl_layers.geiim.graph_propagate",
+            ],
+        ),
+    ),
+    (
+        "api/wian/",
+        "api-wian.png",
+        lambda s: check_api_page(
+            s,
+            [
+                "micacl_layers.wian.WIAN",
+                "micacl_layers.wian.WIANCell",
+                "micacl_layers.wian.wian_cell",
+            ],
+        ),
+    ),
+    (
+        "quickstart/",
+        "quickstart.png",
+        lambda s: [] if "MCCLoss" in s.text else ["'MCCLoss' not on the quickstart page"],
+    ),
 ]
 
 
@@ -206,9 +264,19 @@ def free_port() -> int:
 def serve(site: Path) -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-         "--directory", str(site)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "http.server",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            str(site),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 15
@@ -240,7 +308,12 @@ def build_site(dest: Path) -> None:
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(dest)],
-        cwd=ROOT, capture_output=True, text=True, env=env, check=False)
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout + proc.stderr)
         raise RuntimeError("mkdocs build --strict failed")
@@ -252,8 +325,9 @@ def run(site: Path, out: Path, binary: str, budget_ms: int) -> int:
     with serve(site) as base:
         for path, shot, check in PAGES:
             url = base + path
-            dump = chromium(binary, [f"--virtual-time-budget={budget_ms}", "--dump-dom", url],
-                            timeout=120)
+            dump = chromium(
+                binary, [f"--virtual-time-budget={budget_ms}", "--dump-dom", url], timeout=120
+            )
             if dump.returncode != 0 or "<html" not in dump.stdout:
                 print(f"FAIL {url}: Chromium exited {dump.returncode}\n{dump.stderr[-2000:]}")
                 failures += 1
@@ -261,15 +335,24 @@ def run(site: Path, out: Path, binary: str, budget_ms: int) -> int:
             summary = summarise(dump.stdout)
             problems = check(summary)
             target = out / shot
-            shot_proc = chromium(binary, [f"--virtual-time-budget={budget_ms}",
-                                          f"--screenshot={target}", "--window-size=1280,2000",
-                                          url], timeout=120)
+            shot_proc = chromium(
+                binary,
+                [
+                    f"--virtual-time-budget={budget_ms}",
+                    f"--screenshot={target}",
+                    "--window-size=1280,2000",
+                    url,
+                ],
+                timeout=120,
+            )
             if shot_proc.returncode != 0 or not target.is_file():
                 problems.append(f"no screenshot written ({shot_proc.stderr[-500:]})")
             status = "ok  " if not problems else "FAIL"
-            print(f"{status} {url}  math typeset {summary.arithmatex_typeset}/"
-                  f"{summary.arithmatex_total}, equation tags {len(summary.tags)}, "
-                  f"screenshot {target}")
+            print(
+                f"{status} {url}  math typeset {summary.arithmatex_typeset}/"
+                f"{summary.arithmatex_total}, equation tags {len(summary.tags)}, "
+                f"screenshot {target}"
+            )
             for problem in problems:
                 print(f"     - {problem}")
             failures += bool(problems)
@@ -278,19 +361,30 @@ def run(site: Path, out: Path, binary: str, budget_ms: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--site", type=Path, default=None,
-                   help="an already built site directory (default: build one into a temp dir)")
-    p.add_argument("--out", type=Path, default=ROOT / "screenshots",
-                   help="where the screenshots go")
-    p.add_argument("--budget-ms", type=int, default=10000,
-                   help="Chromium's --virtual-time-budget (time for the pages' scripts)")
+    p.add_argument(
+        "--site",
+        type=Path,
+        default=None,
+        help="an already built site directory (default: build one into a temp dir)",
+    )
+    p.add_argument(
+        "--out", type=Path, default=ROOT / "screenshots", help="where the screenshots go"
+    )
+    p.add_argument(
+        "--budget-ms",
+        type=int,
+        default=10000,
+        help="Chromium's --virtual-time-budget (time for the pages' scripts)",
+    )
     args = p.parse_args(argv)
 
     binary = find_chromium()
     if binary is None:
-        print("docs_screenshots: Chromium not found. Install it with "
-              "`apt-get install -y chromium` (Debian/Ubuntu) or set CHROMIUM=/path/to/chromium.",
-              file=sys.stderr)
+        print(
+            "docs_screenshots: Chromium not found. Install it with "
+            "`apt-get install -y chromium` (Debian/Ubuntu) or set CHROMIUM=/path/to/chromium.",
+            file=sys.stderr,
+        )
         return 2
     with tempfile.TemporaryDirectory(prefix="docs-site-") as tmp:
         site = args.site

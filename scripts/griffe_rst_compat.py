@@ -73,8 +73,13 @@ def _convert_blocks(text: str) -> str:
             if math:
                 out += [f"{pad}$$", *(f"{pad}{b}" if b else "" for b in body), f"{pad}$$"]
             else:
-                out += [f"{pad}{match['text']}:", "", f"{pad}```text",
-                        *(f"{pad}{b}" if b else "" for b in body), f"{pad}```"]
+                out += [
+                    f"{pad}{match['text']}:",
+                    "",
+                    f"{pad}```text",
+                    *(f"{pad}{b}" if b else "" for b in body),
+                    f"{pad}```",
+                ]
             out.append("")
             i = end
             while i < len(lines) and not lines[i].strip():
@@ -94,8 +99,10 @@ def _crossref(obj: griffe.Object) -> Any:
         target = target.lstrip("~").rstrip("()")
         title = target.rsplit(".", 1)[-1] if short else target
         identifier = target if target.startswith("micacl_layers") else f"{module}.{target}"
-        return (f'<autoref identifier="{html.escape(identifier)}" optional>'
-                f"<code>{html.escape(title)}</code></autoref>")
+        return (
+            f'<autoref identifier="{html.escape(identifier)}" optional>'
+            f"<code>{html.escape(title)}</code></autoref>"
+        )
 
     return repl
 

@@ -80,15 +80,21 @@ def generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
-def randn(*shape: int, seed: int, dtype: torch.dtype = torch.float32, scale: float = 1.0,
-          requires_grad: bool = False) -> torch.Tensor:
+def randn(
+    *shape: int,
+    seed: int,
+    dtype: torch.dtype = torch.float32,
+    scale: float = 1.0,
+    requires_grad: bool = False,
+) -> torch.Tensor:
     """Standard-normal tensor drawn in float64 (so every dtype sees the same values), then cast."""
     t = (torch.randn(*shape, generator=generator(seed), dtype=torch.float64) * scale).to(dtype)
     return t.requires_grad_(requires_grad)
 
 
-def rand(*shape: int, seed: int, dtype: torch.dtype = torch.float32, low: float = 0.0,
-         high: float = 1.0) -> torch.Tensor:
+def rand(
+    *shape: int, seed: int, dtype: torch.dtype = torch.float32, low: float = 0.0, high: float = 1.0
+) -> torch.Tensor:
     """Uniform tensor in ``[low, high)``, drawn in float64 then cast."""
     t = torch.rand(*shape, generator=generator(seed), dtype=torch.float64)
     return (low + (high - low) * t).to(dtype)
@@ -154,8 +160,9 @@ EDGE_CASES = (
 )
 
 
-def edge_case(name: str, dtype: torch.dtype = torch.float32
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def edge_case(
+    name: str, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(features, logits, targets)`` for one degenerate case; features/logits are leaves that
     require grad, in ``dtype``."""
     g = generator(1234)
@@ -199,8 +206,12 @@ def torchrun_succeeded(returncode: int, stderr: str, *, work_finished: bool) -> 
 # --------------------------------------------------------------------------------------------
 
 
-def reference_wian(wian, x: torch.Tensor, weights: torch.Tensor | None,
-                   hx: tuple[torch.Tensor, torch.Tensor] | None):
+def reference_wian(
+    wian,
+    x: torch.Tensor,
+    weights: torch.Tensor | None,
+    hx: tuple[torch.Tensor, torch.Tensor] | None,
+):
     """Naive loop over layers, directions and steps, one WIANCell call per step.
 
     The cells share ``wian``'s parameters (gradients reach them). ``x`` is (B, T, I) and
@@ -223,7 +234,7 @@ def reference_wian(wian, x: torch.Tensor, weights: torch.Tensor | None,
         outputs = []
         for d, suffix in enumerate(("", "_reverse")[:dirs]):
             cell = WIANCell(layer_input.shape[-1], hidden, bias=wian.bias, dtype=x.dtype)
-            for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")[:4 if wian.bias else 2]:
+            for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")[: 4 if wian.bias else 2]:
                 setattr(cell, kind, getattr(wian, f"{kind}_l{layer}{suffix}"))
             h, c = hx[0][layer * dirs + d], hx[1][layer * dirs + d]
             out = [None] * steps

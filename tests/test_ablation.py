@@ -18,9 +18,28 @@ pytestmark = pytest.mark.slow  # end-to-end runs and process groups: not in the 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "ablation.py"
 
-TINY = ["--backbone", "tiny", "--tiny-dim", "16", "--hidden-size", "8", "--num-layers", "1",
-        "--projection-dim", "8", "--image-size", "16", "--batch-size", "8", "--workers", "0",
-        "--warmup-epochs", "0.5", "--limit-train-batches", "2"]
+TINY = [
+    "--backbone",
+    "tiny",
+    "--tiny-dim",
+    "16",
+    "--hidden-size",
+    "8",
+    "--num-layers",
+    "1",
+    "--projection-dim",
+    "8",
+    "--image-size",
+    "16",
+    "--batch-size",
+    "8",
+    "--workers",
+    "0",
+    "--warmup-epochs",
+    "0.5",
+    "--limit-train-batches",
+    "2",
+]
 
 
 ablation = load_script(SCRIPT, "ablation")
@@ -29,8 +48,15 @@ ablation = load_script(SCRIPT, "ablation")
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("dfew")
-    make_synthetic_dfew(root, total_clips=60, min_clips_per_class=5, frames=(6, 20),
-                        image_size=20, folds=(1,), seed=1)
+    make_synthetic_dfew(
+        root,
+        total_clips=60,
+        min_clips_per_class=5,
+        frames=(6, 20),
+        image_size=20,
+        folds=(1,),
+        seed=1,
+    )
     return root
 
 
@@ -53,9 +79,25 @@ def _check_numbers(cells: list[str]) -> None:
 
 def test_components_table_runs_every_setting_on_different_models(tiny_root, tmp_path):
     out = tmp_path / "abl"
-    report = ablation.main(["--table", "components", "--dataset", "dfew", "--root",
-                            str(tiny_root), "--epochs", "1", "--seeds", "0", "1",
-                            "--output", str(out), "--", *TINY])
+    report = ablation.main(
+        [
+            "--table",
+            "components",
+            "--dataset",
+            "dfew",
+            "--root",
+            str(tiny_root),
+            "--epochs",
+            "1",
+            "--seeds",
+            "0",
+            "1",
+            "--output",
+            str(out),
+            "--",
+            *TINY,
+        ]
+    )
     text = (out / "components.md").read_text()
     rows = _rows(text)
     assert set(rows) == set(ablation.COMPONENTS)
@@ -74,8 +116,11 @@ def test_components_table_runs_every_setting_on_different_models(tiny_root, tmp_
     # a -> b adds GEIIM, b -> c swaps conv1d for WIAN: three different models.
     params = [first[k]["model_params"] for k in "abc"]
     assert len(set(params)) == 3, params
-    assert first["a"]["model"] == {"aggregator": "conv1d", "geiim": False,
-                                   "weight_mode": "instance_softmax"}
+    assert first["a"]["model"] == {
+        "aggregator": "conv1d",
+        "geiim": False,
+        "weight_mode": "instance_softmax",
+    }
     assert first["b"]["model"]["geiim"] and first["c"]["model"]["aggregator"] == "wian"
     # d is c's model with the MICACL loss (which has its own MCCL projections).
     assert first["d"]["model_params"] == first["c"]["model_params"]
@@ -84,9 +129,23 @@ def test_components_table_runs_every_setting_on_different_models(tiny_root, tmp_
 
 def test_losses_table_builds_a_different_criterion_per_setting(tiny_root, tmp_path):
     out = tmp_path / "abl"
-    report = ablation.main(["--table", "losses", "--dataset", "dfew", "--root",
-                            str(tiny_root), "--epochs", "1", "--seeds", "0",
-                            "--output", str(out), *TINY])  # parse_known_args pass-through
+    report = ablation.main(
+        [
+            "--table",
+            "losses",
+            "--dataset",
+            "dfew",
+            "--root",
+            str(tiny_root),
+            "--epochs",
+            "1",
+            "--seeds",
+            "0",
+            "--output",
+            str(out),
+            *TINY,
+        ]
+    )  # parse_known_args pass-through
     rows = _rows((out / "losses.md").read_text())
     assert set(rows) == set(ablation.LOSSES)
     for cells in rows.values():

@@ -10,8 +10,15 @@ from micacl_layers import InstanceSelfAttention
 from tests.conftest import assert_finite, dtypes, randn, random_padding_mask, seeds
 
 
-@given(batch=st.integers(1, 4), steps=st.integers(1, 6), head_dim=st.integers(1, 4),
-       num_heads=st.integers(1, 4), masked=st.booleans(), dtype=dtypes, seed=seeds)
+@given(
+    batch=st.integers(1, 4),
+    steps=st.integers(1, 6),
+    head_dim=st.integers(1, 4),
+    num_heads=st.integers(1, 4),
+    masked=st.booleans(),
+    dtype=dtypes,
+    seed=seeds,
+)
 def test_shapes_and_finite(batch, steps, head_dim, num_heads, masked, dtype, seed):
     torch.manual_seed(seed)
     embed = head_dim * num_heads

@@ -28,8 +28,9 @@ TARGETS = [0, 0, 1, 1, 2, 2, 0, 1]
 
 
 def _finite_grads(module, *tensors):
-    grads = [t.grad for t in tensors] + [p.grad for p in module.parameters()
-                                         if p.requires_grad and p.grad is not None]
+    grads = [t.grad for t in tensors] + [
+        p.grad for p in module.parameters() if p.requires_grad and p.grad is not None
+    ]
     assert grads, "no gradient reached anything"
     for g in grads:
         assert torch.isfinite(g).all()
@@ -38,19 +39,42 @@ def _finite_grads(module, *tensors):
 def _cases():
     # (name, module factory, input factory, call)
     return [
-        ("geiim", lambda: GEIIM(4, 16), lambda d: (torch.randn(3, 4, 16, device=d),),
-         lambda m, x: m(x)),
-        ("wian", lambda: WIAN(16, 8, 2, batch_first=True, bidirectional=True),
-         lambda d: (torch.randn(3, 4, 16, device=d), torch.rand(3, 4, 1, device=d)),
-         lambda m, x, w: m(x, weights=w)[0]),
-        ("wian_cell", lambda: WIANCell(16, 8),
-         lambda d: (torch.randn(3, 16, device=d),), lambda m, x: m(x)[0]),
-        ("instance_weights", lambda: InstanceWeights(16, 8),
-         lambda d: (torch.randn(3, 4, 16, device=d),), lambda m, x: m(x)),
-        ("attention", lambda: InstanceSelfAttention(16, 4),
-         lambda d: (torch.randn(3, 4, 16, device=d),), lambda m, x: m(x)),
-        ("head", lambda: MICACLHead(16, 3, num_instances=4, hidden_size=8),
-         lambda d: (torch.randn(3, 4, 16, device=d),), lambda m, x: m(x)[0]),
+        (
+            "geiim",
+            lambda: GEIIM(4, 16),
+            lambda d: (torch.randn(3, 4, 16, device=d),),
+            lambda m, x: m(x),
+        ),
+        (
+            "wian",
+            lambda: WIAN(16, 8, 2, batch_first=True, bidirectional=True),
+            lambda d: (torch.randn(3, 4, 16, device=d), torch.rand(3, 4, 1, device=d)),
+            lambda m, x, w: m(x, weights=w)[0],
+        ),
+        (
+            "wian_cell",
+            lambda: WIANCell(16, 8),
+            lambda d: (torch.randn(3, 16, device=d),),
+            lambda m, x: m(x)[0],
+        ),
+        (
+            "instance_weights",
+            lambda: InstanceWeights(16, 8),
+            lambda d: (torch.randn(3, 4, 16, device=d),),
+            lambda m, x: m(x),
+        ),
+        (
+            "attention",
+            lambda: InstanceSelfAttention(16, 4),
+            lambda d: (torch.randn(3, 4, 16, device=d),),
+            lambda m, x: m(x),
+        ),
+        (
+            "head",
+            lambda: MICACLHead(16, 3, num_instances=4, hidden_size=8),
+            lambda d: (torch.randn(3, 4, 16, device=d),),
+            lambda m, x: m(x)[0],
+        ),
     ]
 
 

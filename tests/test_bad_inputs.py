@@ -35,8 +35,11 @@ def test_catalogue_is_not_empty():
 def test_documented_error(call, error, message):
     namespace: dict = {}
     exec(_setup_code(), namespace)
-    expected = getattr(__builtins__, error, None) if not isinstance(__builtins__, dict) else (
-        __builtins__.get(error))
+    expected = (
+        getattr(__builtins__, error, None)
+        if not isinstance(__builtins__, dict)
+        else (__builtins__.get(error))
+    )
     expected = expected or namespace.get(error)
     assert expected is not None, f"unknown exception type {error}"
     with pytest.raises(expected) as info:

@@ -39,8 +39,7 @@ def _loop_class_average(z, targets, cands, cand_t, tau, form):
         elif form == "log":
             out.append(math.log(den) - sum(float(z[i] @ cands[k]) / tau for k in pos) / len(pos))
         else:
-            num = sum(math.exp(float(z[i] @ cands[k]) / tau) / count[int(cand_t[k])]
-                      for k in pos)
+            num = sum(math.exp(float(z[i] @ cands[k]) / tau) / count[int(cand_t[k])] for k in pos)
             out.append(-num / den)
     return torch.tensor(out, dtype=torch.float64)
 
@@ -52,14 +51,16 @@ def test_class_average_matches_a_loop(form, with_memory):
     z = torch.randn(10, 6, generator=g, dtype=torch.float64)
     mem = torch.randn(5, 6, generator=g, dtype=torch.float64) if with_memory else None
     mem_t = torch.tensor([3, 3, 1, 0, 2]) if with_memory else None
-    loss, has = supervised_contrastive_per_anchor(z, TARGETS, 0.2, form=form, memory_z=mem,
-                                                  memory_targets=mem_t, class_average=True)
+    loss, has = supervised_contrastive_per_anchor(
+        z, TARGETS, 0.2, form=form, memory_z=mem, memory_targets=mem_t, class_average=True
+    )
     cands = z if mem is None else torch.cat([z, mem])
     cand_t = TARGETS if mem is None else torch.cat([TARGETS, mem_t])
     torch.testing.assert_close(loss, _loop_class_average(z, TARGETS, cands, cand_t, 0.2, form))
     # Class averaging changes the value wherever classes are unequally represented.
-    plain, _ = supervised_contrastive_per_anchor(z, TARGETS, 0.2, form=form, memory_z=mem,
-                                                 memory_targets=mem_t)
+    plain, _ = supervised_contrastive_per_anchor(
+        z, TARGETS, 0.2, form=form, memory_z=mem, memory_targets=mem_t
+    )
     assert not torch.allclose(loss[has], plain[has])
 
 
@@ -69,13 +70,22 @@ def test_class_complements_are_pooled_projected_candidates():
     logits = torch.randn(10, K, generator=g, dtype=torch.float64)
     protos = torch.randn(K, D, generator=g, dtype=torch.float64)
     projs = [torch.nn.Linear(D // s, 8).double() for s in (1, 2)]
-    got = mccl_loss(feats, logits, TARGETS, COUNTS, scales=(1, 2), projections=projs,
-                    form="log", class_complements=True, prototypes=protos,
-                    return_breakdown=True)
-    memory = ([projs[i](pool_features(protos, s)) for i, s in enumerate((1, 2))],
-              torch.arange(K))
-    want = mccl_loss(feats, logits, TARGETS, COUNTS, scales=(1, 2), projections=projs,
-                     form="log", memory=memory)
+    got = mccl_loss(
+        feats,
+        logits,
+        TARGETS,
+        COUNTS,
+        scales=(1, 2),
+        projections=projs,
+        form="log",
+        class_complements=True,
+        prototypes=protos,
+        return_breakdown=True,
+    )
+    memory = ([projs[i](pool_features(protos, s)) for i, s in enumerate((1, 2))], torch.arange(K))
+    want = mccl_loss(
+        feats, logits, TARGETS, COUNTS, scales=(1, 2), projections=projs, form="log", memory=memory
+    )
     torch.testing.assert_close(got.loss, want)
     # Every anchor has a positive now, the single sample of class 2 too.
     assert bool(got.has_positive.all())
@@ -83,8 +93,9 @@ def test_class_complements_are_pooled_projected_candidates():
 
 def test_batch_weight_norm_has_mean_one_over_counted_anchors():
     logits = torch.randn(10, K)
-    out = mccl_loss(torch.randn(10, D), logits, TARGETS, COUNTS, weight_norm="batch",
-                    return_breakdown=True)
+    out = mccl_loss(
+        torch.randn(10, D), logits, TARGETS, COUNTS, weight_norm="batch", return_breakdown=True
+    )
     assert not bool(out.has_positive[6])  # class 2 occurs once: no positive, not counted
     torch.testing.assert_close(out.weights[out.has_positive].mean(), torch.tensor(1.0))
     # The paper's normalisation over classes leaves the mean far from 1 on such a batch.
@@ -116,8 +127,17 @@ def test_gradcheck_float64(options, form):
     use_p = options.get("class_complements", False)
 
     def f(x, p):
-        return mccl_loss(x, logits, targets, [30.0, 10.0, 2.0], scales=(1, 2), projections=projs,
-                         form=form, prototypes=p if use_p else None, **options)
+        return mccl_loss(
+            x,
+            logits,
+            targets,
+            [30.0, 10.0, 2.0],
+            scales=(1, 2),
+            projections=projs,
+            form=form,
+            prototypes=p if use_p else None,
+            **options,
+        )
 
     assert torch.autograd.gradcheck(f, (feats, protos))
 
@@ -125,8 +145,7 @@ def test_gradcheck_float64(options, form):
 @pytest.mark.parametrize("options", OPTION_SETS)
 def test_edge_batches_are_finite(options):
     use_p = options.get("class_complements", False)
-    mccl = MCCLoss(K, D, COUNTS.long().tolist(), (1, 2), projection_dim=8, form="log",
-                   **options)
+    mccl = MCCLoss(K, D, COUNTS.long().tolist(), (1, 2), projection_dim=8, form="log", **options)
     protos = torch.randn(K, D, requires_grad=True)
     cases = {
         "no positive": torch.tensor([0, 1, 2, 3]),
@@ -135,16 +154,25 @@ def test_edge_batches_are_finite(options):
     }
     for name, targets in cases.items():
         feats = torch.randn(len(targets), D, requires_grad=True)
-        loss = mccl(feats, torch.randn(len(targets), K), targets,
-                    prototypes=protos if use_p else None)
+        loss = mccl(
+            feats, torch.randn(len(targets), K), targets, prototypes=protos if use_p else None
+        )
         assert torch.isfinite(loss), name
         loss.backward()
         assert torch.isfinite(feats.grad).all(), name
         if name == "no positive" and not use_p:
             assert loss.item() == 0.0  # nothing to contrast: an exact zero
     for dtype in (torch.float16, torch.bfloat16):
-        low = MCCLoss(K, D, COUNTS.long().tolist(), (1, 2), projection_dim=8, form="log",
-                      dtype=dtype, **options)
+        low = MCCLoss(
+            K,
+            D,
+            COUNTS.long().tolist(),
+            (1, 2),
+            projection_dim=8,
+            form="log",
+            dtype=dtype,
+            **options,
+        )
         feats = (torch.randn(10, D) * 100).to(dtype).requires_grad_(True)
         logits = torch.randn(10, K).to(dtype)
         p = protos.detach().to(dtype) if use_p else None
@@ -158,22 +186,29 @@ def test_all_zero_weights_stay_zero_under_batch_norm():
     # Every sample predicted with certainty: difficulty 0 everywhere, no 0 / 0.
     logits = torch.full((4, 2), -1e4)
     logits[torch.arange(4), torch.tensor([0, 0, 1, 1])] = 1e4
-    loss = mccl_loss(torch.randn(4, 8), logits, torch.tensor([0, 0, 1, 1]), [2.0, 2.0],
-                     weight_norm="batch")
+    loss = mccl_loss(
+        torch.randn(4, 8), logits, torch.tensor([0, 0, 1, 1]), [2.0, 2.0], weight_norm="batch"
+    )
     assert loss.item() == 0.0
 
 
 def test_default_options_are_the_paper():
     opts = MCCLOptions()
     assert (opts.class_average, opts.class_complements, opts.weight_norm) == (
-        False, False, "classes")
+        False,
+        False,
+        "classes",
+    )
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"weight_norm": "mean"}, "weight_norm"),
-    ({"class_average": 1}, "class_average"),
-    ({"class_complements": "yes"}, "class_complements"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"weight_norm": "mean"}, "weight_norm"),
+        ({"class_average": 1}, "class_average"),
+        ({"class_complements": "yes"}, "class_complements"),
+    ],
+)
 def test_bad_options_name_the_argument(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         MCCLoss(K, D, COUNTS.long().tolist(), **kwargs)
@@ -184,19 +219,27 @@ def test_prototypes_are_checked():
     with pytest.raises(ValueError, match="prototypes.*required"):
         mccl_loss(feats, logits, TARGETS, COUNTS, class_complements=True)
     with pytest.raises(ValueError, match=r"prototypes.*\(K, D\)=\(4, 16\).*shape=\(3, 16\)"):
-        mccl_loss(feats, logits, TARGETS, COUNTS, class_complements=True,
-                  prototypes=torch.randn(3, D))
+        mccl_loss(
+            feats, logits, TARGETS, COUNTS, class_complements=True, prototypes=torch.randn(3, D)
+        )
     with pytest.raises(ValueError, match="class_complements=False"):
         mccl_loss(feats, logits, TARGETS, COUNTS, prototypes=torch.randn(K, D))
 
 
 def test_cet_logit_adjustment_is_menon_ce():
     logits, targets = torch.randn(10, K), TARGETS
-    got = classification_enhancement_term(logits, targets, label_smoothing=0.1, ial_weight=0.0,
-                                          aug_weight=0.0, logit_adjustment=0.7,
-                                          class_counts=COUNTS)
-    torch.testing.assert_close(got, logit_adjusted_cross_entropy(
-        logits, targets, COUNTS, tau=0.7, label_smoothing=0.1))
+    got = classification_enhancement_term(
+        logits,
+        targets,
+        label_smoothing=0.1,
+        ial_weight=0.0,
+        aug_weight=0.0,
+        logit_adjustment=0.7,
+        class_counts=COUNTS,
+    )
+    torch.testing.assert_close(
+        got, logit_adjusted_cross_entropy(logits, targets, COUNTS, tau=0.7, label_smoothing=0.1)
+    )
     with pytest.raises(ValueError, match="class_counts.*logit_adjustment"):
         classification_enhancement_term(logits, targets, aug_weight=0.0, logit_adjustment=1.0)
     with pytest.raises(ValueError, match="logit_adjustment"):
@@ -208,7 +251,11 @@ def test_balanced_preset():
     crit = MICACLLoss.from_preset("balanced", K, D, COUNTS.long().tolist(), projection_dim=8)
     m = crit.mccl
     assert (m.form, m.class_average, m.class_complements, m.weight_norm) == (
-        "log", True, True, "batch")
+        "log",
+        True,
+        True,
+        "batch",
+    )
     assert crit.cet.logit_adjustment == 1.0 and crit.mc_weight == 0.3
     head = torch.nn.Linear(D, K)
     feats = torch.randn(10, D)
@@ -222,12 +269,23 @@ def test_balanced_preset():
         crit(feats, logits, TARGETS)
     # The paper's preset is unchanged by the new options.
     paper = MICACLLoss.from_preset("paper", K, D, COUNTS.long().tolist(), projection_dim=8)
-    assert (paper.mccl.class_average, paper.mccl.class_complements, paper.mccl.weight_norm,
-            paper.cet.logit_adjustment) == (False, False, "classes", 0.0)
+    assert (
+        paper.mccl.class_average,
+        paper.mccl.class_complements,
+        paper.mccl.weight_norm,
+        paper.cet.logit_adjustment,
+    ) == (False, False, "classes", 0.0)
 
 
 def test_option_combinations_build():
     for ca, cc, wn in itertools.product((False, True), (False, True), ("classes", "batch")):
-        m = MCCLoss(K, D, COUNTS.long().tolist(), class_average=ca, class_complements=cc,
-                    weight_norm=wn, projection_dim=4)
+        m = MCCLoss(
+            K,
+            D,
+            COUNTS.long().tolist(),
+            class_average=ca,
+            class_complements=cc,
+            weight_norm=wn,
+            projection_dim=4,
+        )
         assert f"class_average={ca}" in repr(m)

@@ -30,19 +30,27 @@ from tests.conftest import (
 )
 
 
-@given(batch=st.integers(1, 6), num_classes=st.integers(2, 5), dim=st.integers(1, 6),
-       label_smoothing=st.floats(0.0, 0.5), ial_weight=st.sampled_from([0.0, 0.1, 1.0]),
-       aug_weight=st.sampled_from([0.0, 0.1, 1.0]), dtype=dtypes, seed=seeds)
-def test_shapes_and_finite(batch, num_classes, dim, label_smoothing, ial_weight, aug_weight,
-                           dtype, seed):
+@given(
+    batch=st.integers(1, 6),
+    num_classes=st.integers(2, 5),
+    dim=st.integers(1, 6),
+    label_smoothing=st.floats(0.0, 0.5),
+    ial_weight=st.sampled_from([0.0, 0.1, 1.0]),
+    aug_weight=st.sampled_from([0.0, 0.1, 1.0]),
+    dtype=dtypes,
+    seed=seeds,
+)
+def test_shapes_and_finite(
+    batch, num_classes, dim, label_smoothing, ial_weight, aug_weight, dtype, seed
+):
     torch.manual_seed(seed)
     head = nn.Linear(dim, num_classes, dtype=dtype)
     features = randn(batch, dim, seed=seed, dtype=dtype, requires_grad=True)
     targets = randint_targets(batch, num_classes, seed=seed + 1)
-    cet = ClassificationEnhancementTerm(label_smoothing=label_smoothing, ial_weight=ial_weight,
-                                        aug_weight=aug_weight)
-    out = cet(head(features), targets, features=features, classifier=head,
-              return_breakdown=True)
+    cet = ClassificationEnhancementTerm(
+        label_smoothing=label_smoothing, ial_weight=ial_weight, aug_weight=aug_weight
+    )
+    out = cet(head(features), targets, features=features, classifier=head, return_breakdown=True)
     assert isinstance(out, CETOutput)
     for value in out:
         assert value.shape == ()
@@ -53,8 +61,9 @@ def test_shapes_and_finite(batch, num_classes, dim, label_smoothing, ial_weight,
     assert_grads_finite(head)
 
 
-def _expected_cet(logits, targets, features, head, *, label_smoothing, ial_weight, aug_weight,
-                  noise_std, seed):
+def _expected_cet(
+    logits, targets, features, head, *, label_smoothing, ial_weight, aug_weight, noise_std, seed
+):
     """Eq. 13's CET as documented, rebuilt from torch primitives in float64."""
     z = logits.double()
     ce = F.cross_entropy(z, targets, label_smoothing=label_smoothing)
@@ -66,28 +75,53 @@ def _expected_cet(logits, targets, features, head, *, label_smoothing, ial_weigh
         ial = torch.zeros_like(ial)  # documented: the breakdown reports 0 for a disabled term
     xi = torch.randn(features.shape, generator=generator(seed), dtype=features.dtype)
     rms = features.detach().pow(2).mean(1, keepdim=True).sqrt()
-    aug = F.cross_entropy(head(features + noise_std * rms * xi).double(), targets,
-                          label_smoothing=label_smoothing)
+    aug = F.cross_entropy(
+        head(features + noise_std * rms * xi).double(), targets, label_smoothing=label_smoothing
+    )
     return ce + ial_weight * ial + aug_weight * aug, ce, ial, aug
 
 
-@given(batch=st.integers(1, 6), num_classes=st.integers(2, 5), dim=st.integers(1, 6),
-       label_smoothing=st.floats(0.0, 0.5), ial_weight=st.floats(0.0, 2.0),
-       aug_weight=st.floats(0.01, 2.0), noise_std=st.floats(0.0, 1.0), seed=seeds)
-def test_matches_documented_formula(batch, num_classes, dim, label_smoothing, ial_weight,
-                                    aug_weight, noise_std, seed):
+@given(
+    batch=st.integers(1, 6),
+    num_classes=st.integers(2, 5),
+    dim=st.integers(1, 6),
+    label_smoothing=st.floats(0.0, 0.5),
+    ial_weight=st.floats(0.0, 2.0),
+    aug_weight=st.floats(0.01, 2.0),
+    noise_std=st.floats(0.0, 1.0),
+    seed=seeds,
+)
+def test_matches_documented_formula(
+    batch, num_classes, dim, label_smoothing, ial_weight, aug_weight, noise_std, seed
+):
     torch.manual_seed(seed)
     head = nn.Linear(dim, num_classes, dtype=torch.float64)
     features = randn(batch, dim, seed=seed, dtype=torch.float64)
     targets = randint_targets(batch, num_classes, seed=seed + 1)
     logits = head(features)
     got = classification_enhancement_term(
-        logits, targets, features=features, classifier=head, label_smoothing=label_smoothing,
-        ial_weight=ial_weight, aug_weight=aug_weight, aug_noise_std=noise_std,
-        generator=generator(seed + 2), return_breakdown=True)
-    expected = _expected_cet(logits, targets, features, head, label_smoothing=label_smoothing,
-                             ial_weight=ial_weight, aug_weight=aug_weight, noise_std=noise_std,
-                             seed=seed + 2)
+        logits,
+        targets,
+        features=features,
+        classifier=head,
+        label_smoothing=label_smoothing,
+        ial_weight=ial_weight,
+        aug_weight=aug_weight,
+        aug_noise_std=noise_std,
+        generator=generator(seed + 2),
+        return_breakdown=True,
+    )
+    expected = _expected_cet(
+        logits,
+        targets,
+        features,
+        head,
+        label_smoothing=label_smoothing,
+        ial_weight=ial_weight,
+        aug_weight=aug_weight,
+        noise_std=noise_std,
+        seed=seed + 2,
+    )
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b)
 
@@ -117,7 +151,8 @@ def test_noise_free_aug_term_is_the_clean_cross_entropy():
     targets = torch.tensor([0, 1, 2, 2, 1])
     torch.testing.assert_close(
         feature_augmentation_loss(features, targets, head, noise_std=0.0, label_smoothing=0.1),
-        F.cross_entropy(head(features), targets, label_smoothing=0.1))
+        F.cross_entropy(head(features), targets, label_smoothing=0.1),
+    )
 
 
 def test_noise_is_relative_to_feature_scale():
@@ -149,8 +184,7 @@ def test_aug_without_classifier_or_features_raises():
     with pytest.raises(ValueError, match="classifier"):
         classification_enhancement_term(logits, targets, features=features, aug_weight=0.1)
     with pytest.raises(ValueError, match="features"):
-        classification_enhancement_term(logits, targets, classifier=nn.Linear(8, 3),
-                                        aug_weight=0.1)
+        classification_enhancement_term(logits, targets, classifier=nn.Linear(8, 3), aug_weight=0.1)
     with pytest.raises(ValueError, match="classifier"):
         ClassificationEnhancementTerm(aug_weight=0.5)(logits, targets, features=features)
     # Without the aug term neither is needed.
@@ -174,8 +208,14 @@ def test_gradcheck_with_aug_term():
 
     def fn(z, w, b):
         return classification_enhancement_term(
-            z, targets, features=features, classifier=lambda x: F.linear(x, w, b),
-            ial_weight=0.5, aug_weight=0.7, generator=torch.Generator().manual_seed(0))
+            z,
+            targets,
+            features=features,
+            classifier=lambda x: F.linear(x, w, b),
+            ial_weight=0.5,
+            aug_weight=0.7,
+            generator=torch.Generator().manual_seed(0),
+        )
 
     assert torch.autograd.gradcheck(fn, (logits, weight, bias))
 
@@ -188,8 +228,15 @@ def test_gradcheck_features_noise_free_aug_term():
 
     def fn(f):
         return classification_enhancement_term(
-            head(f), targets, features=f, classifier=head, ial_weight=0.5, aug_weight=0.7,
-            aug_noise_std=0.0, generator=torch.Generator().manual_seed(0))
+            head(f),
+            targets,
+            features=f,
+            classifier=head,
+            ial_weight=0.5,
+            aug_weight=0.7,
+            aug_noise_std=0.0,
+            generator=torch.Generator().manual_seed(0),
+        )
 
     assert torch.autograd.gradcheck(fn, (features,))
 
@@ -208,8 +255,9 @@ def test_feature_gradient_is_that_of_the_stop_gradient_formula():
         return F.cross_entropy(head(f + frozen_noise), targets, label_smoothing=0.1)
 
     f = f0.clone().requires_grad_()
-    feature_augmentation_loss(f, targets, head, noise_std=0.3, label_smoothing=0.1,
-                              generator=generator(0)).backward()
+    feature_augmentation_loss(
+        f, targets, head, noise_std=0.3, label_smoothing=0.1, generator=generator(0)
+    ).backward()
     numeric = torch.zeros_like(f0)
     step = 1e-6
     with torch.no_grad():
@@ -226,12 +274,18 @@ def test_gradcheck_classifier_weights_through_aug_term():
     head = nn.Linear(4, 3, dtype=torch.float64)
     features = torch.randn(5, 4, dtype=torch.float64)
     targets = torch.tensor([0, 1, 2, 2, 0])
-    params = (head.weight.detach().clone().requires_grad_(),
-              head.bias.detach().clone().requires_grad_())
+    params = (
+        head.weight.detach().clone().requires_grad_(),
+        head.bias.detach().clone().requires_grad_(),
+    )
 
     def fn(w, b):
-        return feature_augmentation_loss(features, targets, lambda x: F.linear(x, w, b),
-                                         generator=torch.Generator().manual_seed(0))
+        return feature_augmentation_loss(
+            features,
+            targets,
+            lambda x: F.linear(x, w, b),
+            generator=torch.Generator().manual_seed(0),
+        )
 
     assert torch.autograd.gradcheck(fn, params)
 
@@ -255,10 +309,19 @@ def test_ignore_index(reduction_case):
     head = nn.Linear(4, 3)
     features = torch.randn(4, 4, requires_grad=True)
     logits = head(features)
-    targets = torch.full((4,), -100) if reduction_case == "all_ignored" else torch.tensor(
-        [0, -100, 2, -100])
-    out = classification_enhancement_term(logits, targets, features=features, classifier=head,
-                                          return_breakdown=True, generator=generator(0))
+    targets = (
+        torch.full((4,), -100)
+        if reduction_case == "all_ignored"
+        else torch.tensor([0, -100, 2, -100])
+    )
+    out = classification_enhancement_term(
+        logits,
+        targets,
+        features=features,
+        classifier=head,
+        return_breakdown=True,
+        generator=generator(0),
+    )
     assert_finite(*out)
     out.loss.backward()
     assert_finite(features.grad)
@@ -267,7 +330,8 @@ def test_ignore_index(reduction_case):
     else:
         keep = targets != -100
         torch.testing.assert_close(
-            out.ce, F.cross_entropy(logits[keep], targets[keep], label_smoothing=0.1))
+            out.ce, F.cross_entropy(logits[keep], targets[keep], label_smoothing=0.1)
+        )
         torch.testing.assert_close(out.ial, intensity_aware_loss(logits[keep], targets[keep]))
 
 
@@ -280,8 +344,9 @@ def test_module_equals_functional():
     torch.manual_seed(3)
     a = module(logits, targets, features=features, classifier=head, return_breakdown=True)
     torch.manual_seed(3)
-    b = classification_enhancement_term(logits, targets, features=features, classifier=head,
-                                        return_breakdown=True, **options)
+    b = classification_enhancement_term(
+        logits, targets, features=features, classifier=head, return_breakdown=True, **options
+    )
     for x, y in zip(a, b, strict=True):
         torch.testing.assert_close(x, y, atol=0, rtol=0)
     torch.testing.assert_close(a.loss, a.ce + 0.3 * a.ial + 0.4 * a.aug)

@@ -22,8 +22,9 @@ from micacl_layers.checkpoint import (
 
 
 def test_round_trip(tmp_path):
-    path = save_checkpoint({"w": torch.arange(3.0), "epoch": 4, "nested": {"a": [1, 2]}},
-                           tmp_path / "sub" / "c.pt")
+    path = save_checkpoint(
+        {"w": torch.arange(3.0), "epoch": 4, "nested": {"a": [1, 2]}}, tmp_path / "sub" / "c.pt"
+    )
     got = load_checkpoint(path)
     assert torch.equal(got["w"], torch.arange(3.0))
     assert got["epoch"] == 4 and got["nested"] == {"a": [1, 2]}

@@ -13,8 +13,11 @@ COUNTS = [1956, 1515, 2135, 1738, 1175, 116, 721]  # DFEW fold 1
 
 def _batch(seed=0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(12, 16, generator=g), torch.randn(12, 7, generator=g),
-            torch.randint(0, 7, (12,), generator=g))
+    return (
+        torch.randn(12, 16, generator=g),
+        torch.randn(12, 7, generator=g),
+        torch.randint(0, 7, (12,), generator=g),
+    )
 
 
 def _pair(given):
@@ -29,9 +32,11 @@ def _pair(given):
 @pytest.mark.parametrize("temperature", ["class_mean", "batch_mean"])
 def test_frequencies_give_the_loss_of_counts(scale, temperature):
     total = sum(COUNTS)
-    given = {"frequencies": [c / total for c in COUNTS],
-             "percent": [100 * c / total for c in COUNTS],
-             "ratios_to_max": [c / max(COUNTS) for c in COUNTS]}[scale]
+    given = {
+        "frequencies": [c / total for c in COUNTS],
+        "percent": [100 * c / total for c in COUNTS],
+        "ratios_to_max": [c / max(COUNTS) for c in COUNTS],
+    }[scale]
     torch.manual_seed(0)
     ref = MCCLoss(7, 16, COUNTS, projection_dim=8, temperature=temperature)
     other = MCCLoss(7, 16, given, projection_dim=8, temperature=temperature)
@@ -49,8 +54,9 @@ def test_whole_counts_stay_int64_and_frequencies_float64():
     assert ref.class_counts.dtype == torch.int64
     assert other.class_counts.dtype == torch.float64
     # Stored rescaled so that the smallest is 1 (ratios kept).
-    torch.testing.assert_close(other.class_counts,
-                               torch.tensor([1.5] * 6 + [1.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        other.class_counts, torch.tensor([1.5] * 6 + [1.0], dtype=torch.float64)
+    )
     # Frequencies that rescale to whole numbers are whole counts.
     assert MCCLoss(3, 4, [0.5, 0.25, 0.25]).class_counts.tolist() == [2, 1, 1]
     assert MCCLoss(3, 4, None).class_counts.dtype == torch.int64  # running counts

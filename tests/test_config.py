@@ -52,8 +52,9 @@ def test_bad_environment_variable_names_it(monkeypatch):
 def test_import_reads_the_environment_variable():
     env = {**os.environ, config.ENV_VAR: "off"}
     code = "from micacl_layers import config; print(config.get_fast_paths())"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "off"
 
 
@@ -105,9 +106,12 @@ def _whole_library_graph() -> list[torch.Tensor]:
     targets = torch.tensor([0, 0, 1, 1, 2, 2])
     mccl = MCCLoss(3, head.feature_dim, [5, 4, 3], projection_dim=64, memory_size=8)
     crit = MICACLLoss(3, head.feature_dim, class_counts=[5, 4, 3])
-    losses = [mccl(feature, logits, targets), mccl(feature, logits, targets),
-              crit(feature, logits, targets, classifier=head.classifier),
-              IntensityAwareLoss()(logits, targets)]
+    losses = [
+        mccl(feature, logits, targets),
+        mccl(feature, logits, targets),
+        crit(feature, logits, targets, classifier=head.classifier),
+        IntensityAwareLoss()(logits, targets),
+    ]
     return [out, h_n, h, geiim, *losses]
 
 
@@ -134,7 +138,7 @@ def _offset_case():
     dim, proj = 16, 64
     base = torch.randn(48, dim, generator=g, dtype=torch.float64)
     features = base + 100.0
-    weight = torch.randn(proj, dim // 2, generator=g, dtype=torch.float64) / dim ** 0.5
+    weight = torch.randn(proj, dim // 2, generator=g, dtype=torch.float64) / dim**0.5
     # Scale 2 pools pairs: the pooled offset is 100 in every column, cancelled by the bias.
     bias = -100.0 * weight.sum(dim=1)
     return features, weight, bias
@@ -150,15 +154,13 @@ def _ill_conditioned_case():
     weight = u @ torch.diag(sing) @ v.t()
     weak = v[:, -2:]  # the two weakest right-singular directions
     coeffs = torch.randn(48, 2, generator=g, dtype=torch.float64)
-    pooled = coeffs @ weak.t() + 1e-3 * torch.randn(48, dim // 2, generator=g,
-                                                    dtype=torch.float64)
+    pooled = coeffs @ weak.t() + 1e-3 * torch.randn(48, dim // 2, generator=g, dtype=torch.float64)
     features = pooled.repeat_interleave(2, dim=1)  # pooling pairs gives `pooled` back
     return features, weight, torch.zeros(proj, dtype=torch.float64)
 
 
 def _loss_and_feature_grad(features, weight, bias, dtype):
-    mccl = MCCLoss(4, features.shape[1], [9, 7, 5, 3], scales=(2,), projection_dim=64,
-                   dtype=dtype)
+    mccl = MCCLoss(4, features.shape[1], [9, 7, 5, 3], scales=(2,), projection_dim=64, dtype=dtype)
     with torch.no_grad():
         mccl.projections[0].weight.copy_(weight)
         mccl.projections[0].bias.copy_(bias)

@@ -36,19 +36,36 @@ def _seeded(fn, seed=0):
         return fn()
 
 
-@given(batch=st.integers(1, 6), num_classes=st.integers(2, 4), dim=st.integers(1, 8),
-       scales=st.sampled_from([(1,), (1, 2), (1, 2, 4)]), mc_weight=st.sampled_from([0.0, 1.0,
-                                                                                     30.0]),
-       aug_weight=st.sampled_from([0.0, 0.1]), form=st.sampled_from(["ratio", "log"]),
-       fixed_counts=st.booleans(), dtype=dtypes, seed=seeds)
-def test_shapes_and_finite(batch, num_classes, dim, scales, mc_weight, aug_weight, form,
-                           fixed_counts, dtype, seed):
+@given(
+    batch=st.integers(1, 6),
+    num_classes=st.integers(2, 4),
+    dim=st.integers(1, 8),
+    scales=st.sampled_from([(1,), (1, 2), (1, 2, 4)]),
+    mc_weight=st.sampled_from([0.0, 1.0, 30.0]),
+    aug_weight=st.sampled_from([0.0, 0.1]),
+    form=st.sampled_from(["ratio", "log"]),
+    fixed_counts=st.booleans(),
+    dtype=dtypes,
+    seed=seeds,
+)
+def test_shapes_and_finite(
+    batch, num_classes, dim, scales, mc_weight, aug_weight, form, fixed_counts, dtype, seed
+):
     scales = tuple(s for s in scales if s <= dim)
     torch.manual_seed(seed)
     head = nn.Linear(dim, num_classes, dtype=dtype)
     counts = list(range(1, num_classes + 1)) if fixed_counts else None
-    criterion = MICACLLoss(num_classes, dim, counts, scales, mc_weight=mc_weight,
-                           aug_weight=aug_weight, form=form, projection_dim=3, dtype=dtype)
+    criterion = MICACLLoss(
+        num_classes,
+        dim,
+        counts,
+        scales,
+        mc_weight=mc_weight,
+        aug_weight=aug_weight,
+        form=form,
+        projection_dim=3,
+        dtype=dtype,
+    )
     features = randn(batch, dim, seed=seed, dtype=dtype, requires_grad=True)
     targets = randint_targets(batch, num_classes, seed=seed + 1)
     out = criterion(features, head(features), targets, classifier=head, return_breakdown=True)
@@ -65,14 +82,26 @@ def test_shapes_and_finite(batch, num_classes, dim, scales, mc_weight, aug_weigh
 def test_total_is_cet_plus_weighted_mccl():
     torch.manual_seed(0)
     head = nn.Linear(16, 3)
-    criterion = MICACLLoss(3, 16, [30, 10, 5], (1, 2), mc_weight=7.0, label_smoothing=0.2,
-                           ial_weight=0.3, aug_weight=0.4, aug_noise_std=0.2, projection_dim=8,
-                           form="log", tau0=0.1)
+    criterion = MICACLLoss(
+        3,
+        16,
+        [30, 10, 5],
+        (1, 2),
+        mc_weight=7.0,
+        label_smoothing=0.2,
+        ial_weight=0.3,
+        aug_weight=0.4,
+        aug_noise_std=0.2,
+        projection_dim=8,
+        form="log",
+        tau0=0.1,
+    )
     f = torch.randn(8, 16)
     z, y = head(f), torch.tensor([0, 0, 1, 1, 2, 2, 0, 1])
     out = _seeded(lambda: criterion(f, z, y, classifier=head, return_breakdown=True))
-    cet = ClassificationEnhancementTerm(label_smoothing=0.2, ial_weight=0.3, aug_weight=0.4,
-                                        aug_noise_std=0.2)
+    cet = ClassificationEnhancementTerm(
+        label_smoothing=0.2, ial_weight=0.3, aug_weight=0.4, aug_noise_std=0.2
+    )
     expected_cet = _seeded(lambda: cet(z, y, features=f, classifier=head, return_breakdown=True))
     mccl = MCCLoss(3, 16, [30, 10, 5], (1, 2), projection_dim=8, form="log", tau0=0.1)
     mccl.load_state_dict(criterion.mccl.state_dict())
@@ -132,23 +161,43 @@ def test_gradcheck_features_and_logits():
     w.r.t. the logits and the parameters below)."""
     torch.manual_seed(0)
     head = nn.Linear(4, 3, dtype=torch.float64)
-    criterion = MICACLLoss(3, 4, [5, 3, 2], (1, 2), mc_weight=2.0, ial_weight=0.5,
-                           aug_weight=0.5, aug_noise_std=0.0, projection_dim=3,
-                           detach_difficulty=False, dtype=torch.float64)
+    criterion = MICACLLoss(
+        3,
+        4,
+        [5, 3, 2],
+        (1, 2),
+        mc_weight=2.0,
+        ial_weight=0.5,
+        aug_weight=0.5,
+        aug_noise_std=0.0,
+        projection_dim=3,
+        detach_difficulty=False,
+        dtype=torch.float64,
+    )
     features = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
     logits = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
     targets = torch.tensor([0, 0, 1, 2, 2])
     assert torch.autograd.gradcheck(
-        lambda f, z: criterion(f, z, targets, classifier=head), (features, logits))
+        lambda f, z: criterion(f, z, targets, classifier=head), (features, logits)
+    )
 
 
 @pytest.mark.parametrize("form", ["ratio", "log"])
 def test_gradcheck_logits_and_parameters_with_noisy_aug(form):
     torch.manual_seed(0)
     head = nn.Linear(4, 3, dtype=torch.float64)
-    criterion = MICACLLoss(3, 4, [5, 3, 2], (1, 2), mc_weight=2.0, aug_weight=0.5,
-                           projection_dim=2, form=form, detach_difficulty=False,
-                           dtype=torch.float64)
+    criterion = MICACLLoss(
+        3,
+        4,
+        [5, 3, 2],
+        (1, 2),
+        mc_weight=2.0,
+        aug_weight=0.5,
+        projection_dim=2,
+        form=form,
+        detach_difficulty=False,
+        dtype=torch.float64,
+    )
     features = torch.randn(5, 4, dtype=torch.float64)
     logits = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
     targets = torch.tensor([0, 0, 1, 2, 2])
@@ -158,9 +207,14 @@ def test_gradcheck_logits_and_parameters_with_noisy_aug(form):
     b = head.bias.detach().clone().requires_grad_()
 
     def fn(z, hw, hb, *ps):
-        return _seeded(lambda: torch.func.functional_call(
-            criterion, dict(zip(names, ps, strict=True)), (features, z, targets),
-            {"classifier": lambda x: nn.functional.linear(x, hw, hb)}))
+        return _seeded(
+            lambda: torch.func.functional_call(
+                criterion,
+                dict(zip(names, ps, strict=True)),
+                (features, z, targets),
+                {"classifier": lambda x: nn.functional.linear(x, hw, hb)},
+            )
+        )
 
     assert torch.autograd.gradcheck(fn, (logits, w, b, *params))
 
@@ -172,9 +226,19 @@ def test_degenerate_batches_are_finite(case, form, dtype):
     torch.manual_seed(0)
     features, logits, targets = edge_case(case, dtype)
     head = nn.Linear(EDGE_FEATURE_DIM, EDGE_NUM_CLASSES, dtype=dtype)
-    criterion = MICACLLoss(EDGE_NUM_CLASSES, EDGE_FEATURE_DIM, None, (1, 2, 4), mc_weight=30.0,
-                           ial_weight=0.5, aug_weight=0.5, projection_dim=4, form=form,
-                           detach_difficulty=False, dtype=dtype)
+    criterion = MICACLLoss(
+        EDGE_NUM_CLASSES,
+        EDGE_FEATURE_DIM,
+        None,
+        (1, 2, 4),
+        mc_weight=30.0,
+        ial_weight=0.5,
+        aug_weight=0.5,
+        projection_dim=4,
+        form=form,
+        detach_difficulty=False,
+        dtype=dtype,
+    )
     out = criterion(features, logits, targets, classifier=head, return_breakdown=True)
     assert_finite(*out)
     out.loss.backward()

@@ -74,9 +74,11 @@ def test_dfew_parses_labels_and_pads_ids(tmp_path):
         (frames_root / "00345", 2),
         (frames_root / "12345", 5),
     ]
-    assert ds.classes == list(DFEW_CLASSES) == [
-        "happy", "sad", "neutral", "angry", "surprise", "disgust", "fear"
-    ]
+    assert (
+        ds.classes
+        == list(DFEW_CLASSES)
+        == ["happy", "sad", "neutral", "angry", "surprise", "disgust", "fear"]
+    )
     assert ds.class_counts == [1, 0, 1, 0, 0, 1, 1]
     assert ds.targets == [0, 6, 2, 5]
     assert len(ds) == 4
@@ -112,8 +114,13 @@ def test_dfew_passes_generator_to_clip_transforms(tmp_path):
     dfew_tree(tmp_path, [("1", 1)], frames={"00001": 20})
 
     def make():
-        return DFEW(tmp_path, 1, "train", transform=T.train_transform(6),
-                    generator=torch.Generator().manual_seed(4))
+        return DFEW(
+            tmp_path,
+            1,
+            "train",
+            transform=T.train_transform(6),
+            generator=torch.Generator().manual_seed(4),
+        )
 
     clip_a, _ = make()[0]
     clip_b, _ = make()[0]
@@ -292,9 +299,11 @@ def test_ferv39k_parses_lines(tmp_path):
     )
     ds = FERV39k(tmp_path, "train")
     base = tmp_path / "2_ClipsforFaceCrop"
-    assert ds.classes == list(FERV39K_CLASSES) == [
-        "Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise"
-    ]
+    assert (
+        ds.classes
+        == list(FERV39K_CLASSES)
+        == ["Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise"]
+    )
     assert ds.samples == [
         (base / "Action" / "Sad" / "0010", 5),
         (base / "Daily" / "Angry" / "0001", 0),
@@ -327,8 +336,12 @@ def test_ferv39k_bad_lines_name_file_and_line(tmp_path, line, needle):
 def test_ferv39k_missing_split_and_missing_clip(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"test_All.csv"):
         FERV39k(tmp_path, "test")
-    ferv_tree(tmp_path, ["Action/Sad/0001 Sad", "Action/Fear/0002 Fear"], split="test",
-              frames={"Action/Sad/0001": 4})
+    ferv_tree(
+        tmp_path,
+        ["Action/Sad/0001 Sad", "Action/Fear/0002 Fear"],
+        split="test",
+        frames={"Action/Sad/0001": 4},
+    )
     with pytest.raises(FileNotFoundError) as err:
         FERV39k(tmp_path, "test")
     assert str(tmp_path / "2_ClipsforFaceCrop" / "Action" / "Fear" / "0002") in str(err.value)
@@ -345,8 +358,12 @@ def test_ferv39k_missing_split_and_missing_clip(tmp_path):
 def test_list_frames_natural_order_and_jpeg_only(tmp_path):
     names = ["10.jpg", "2.jpeg", "1.JPG", "frame_3.jpg", "x.png"]
     write_clip(tmp_path / "c", len(names), names=names)
-    assert [p.name for p in list_frames(tmp_path / "c")] == ["1.JPG", "2.jpeg", "10.jpg",
-                                                             "frame_3.jpg"]
+    assert [p.name for p in list_frames(tmp_path / "c")] == [
+        "1.JPG",
+        "2.jpeg",
+        "10.jpg",
+        "frame_3.jpg",
+    ]
 
 
 def test_load_frames_decodes_repeats_once_and_converts_grey(tmp_path, monkeypatch):

@@ -58,8 +58,9 @@ def _pair(root, transform, *, seed, index=0, train=True):
     """(fast item, plain item, generator states after each) with the same seed."""
     g_fast, g_plain = _gen(seed), _gen(seed)
     fast = DFEW(root, 1, "train", transform=transform, train=train, generator=g_fast)
-    plain = DFEW(root, 1, "train", transform=transform, train=train, generator=g_plain,
-                 fast_decode=False)
+    plain = DFEW(
+        root, 1, "train", transform=transform, train=train, generator=g_plain, fast_decode=False
+    )
     a, la = fast[index]
     b, lb = plain[index]
     assert la == lb
@@ -83,8 +84,9 @@ def test_train_transform_without_draft_matches_plain_path_within_rounding(faces,
 def test_test_transform_uses_draft_and_stays_close(faces, monkeypatch):
     requests = []
     real = _decode._draft_request
-    monkeypatch.setattr(_decode, "_draft_request",
-                        lambda *a: requests.append(real(*a)) or requests[-1])
+    monkeypatch.setattr(
+        _decode, "_draft_request", lambda *a: requests.append(real(*a)) or requests[-1]
+    )
     for index in range(3):
         a, b, _, _ = _pair(faces, test_transform(112), seed=0, index=index, train=False)
         assert a.shape == b.shape == (3, 16, 112, 112)
@@ -96,8 +98,9 @@ def test_test_transform_uses_draft_and_stays_close(faces, monkeypatch):
 @pytest.mark.parametrize("seed", range(4))
 def test_random_crop_with_draft_stays_close(faces, seed):
     # Crops of at least half the frame to 56 pixels: every one is at least twice the output.
-    transform = ClipCompose([ClipRandomResizedCrop(56, scale=(0.5, 1.0)),
-                             ClipRandomHorizontalFlip(), ClipColorJitter()])
+    transform = ClipCompose(
+        [ClipRandomResizedCrop(56, scale=(0.5, 1.0)), ClipRandomHorizontalFlip(), ClipColorJitter()]
+    )
     a, b, state_a, state_b = _pair(faces, transform, seed=seed, index=seed % 3)
     assert torch.equal(state_a, state_b)
     assert _psnr(a, b) >= 35
@@ -121,8 +124,10 @@ def test_no_draft_when_the_crop_is_less_than_twice_the_output():
         # a second resize and a plain callable run on the float clip, after the plan
         lambda: [ClipResize(20), ClipRandomHorizontalFlip(), ClipResize(10), lambda c: c * 0.5],
         # nested compositions are flattened
-        lambda: [ClipCompose([ClipRandomResizedCrop(16, scale=(0.3, 0.6))]),
-                 ClipCompose([ClipRandomHorizontalFlip(), ClipColorJitter(0.2, 0.8, 0.0)])],
+        lambda: [
+            ClipCompose([ClipRandomResizedCrop(16, scale=(0.3, 0.6))]),
+            ClipCompose([ClipRandomHorizontalFlip(), ClipColorJitter(0.2, 0.8, 0.0)]),
+        ],
         # colour first: nothing to plan, the whole chain runs on the full float clip
         lambda: [ClipColorJitter(), ClipRandomResizedCrop(16)],
     ],
@@ -222,8 +227,10 @@ def test_augmentation_statistics_of_the_fast_path():
     assert abs(flips / n - 0.5) <= 0.035  # > 3 standard deviations of a fair coin
 
 
-@pytest.mark.parametrize("strengths", [(0.4, 0.4, 0.4), (0.9, 0.0, 0.0), (0.0, 0.7, 0.0),
-                                       (0.0, 0.0, 0.8), (0.0, 0.0, 0.0)])
+@pytest.mark.parametrize(
+    "strengths",
+    [(0.4, 0.4, 0.4), (0.9, 0.0, 0.0), (0.0, 0.7, 0.0), (0.0, 0.0, 0.8), (0.0, 0.0, 0.0)],
+)
 def test_in_place_jitter_of_the_fast_path_equals_the_public_call(strengths):
     raw = torch.randint(0, 256, (4, 3, 10, 10), generator=_gen(0)).float()  # uint8 values
     clip = raw / 255
@@ -256,12 +263,14 @@ def test_frames_are_listed_once_at_construction(tmp_path, monkeypatch):
 
 def test_frame_order_is_numeric_for_same_pattern_and_mixed_names(tmp_path):
     rng = np.random.default_rng(0)
-    for case, names in enumerate([
-        [f"{k:03d}.jpg" for k in rng.permutation(120)],  # same pattern: sorted as text
-        [f"img_{k:04d}_b.jpeg" for k in rng.permutation(50)],
-        [f"{k}.jpg" for k in rng.permutation(120)],  # unpadded: 2 before 10
-        ["frame2.jpg", "frame10.jpg", "frame1.JPG", "Frame3.jpg"],
-    ]):
+    for case, names in enumerate(
+        [
+            [f"{k:03d}.jpg" for k in rng.permutation(120)],  # same pattern: sorted as text
+            [f"img_{k:04d}_b.jpeg" for k in rng.permutation(50)],
+            [f"{k}.jpg" for k in rng.permutation(120)],  # unpadded: 2 before 10
+            ["frame2.jpg", "frame10.jpg", "frame1.JPG", "Frame3.jpg"],
+        ]
+    ):
         folder = tmp_path / str(case)
         folder.mkdir()
         for name in names:

@@ -41,9 +41,7 @@ def test_short_clip_is_stretched_in_order():
     assert segment_indices(5, 16, train=True, generator=torch.Generator().manual_seed(9)) == (
         expected
     )
-    assert segment_indices(11, 16, train=False) == [
-        ((2 * i + 1) * 11) // 32 for i in range(16)
-    ]
+    assert segment_indices(11, 16, train=False) == [((2 * i + 1) * 11) // 32 for i in range(16)]
     assert segment_indices(1, 16, train=True) == [0] * 16
 
 

@@ -69,8 +69,9 @@ def test_dfew_layout_read_by_loader_with_dfew_proportions(tmp_path):
 
 
 def test_clip_lengths_vary_and_include_short_clips(tmp_path):
-    info = S.make_synthetic_dfew(tmp_path, total_clips=60, min_clips_per_class=5,
-                                 frames=(8, 30), image_size=8)
+    info = S.make_synthetic_dfew(
+        tmp_path, total_clips=60, min_clips_per_class=5, frames=(8, 30), image_size=8
+    )
     lengths = [c.num_frames for c in info.clips]
     assert min(lengths) >= 8 and max(lengths) <= 30
     short = [c for c in info.clips if c.num_frames < 16]
@@ -83,12 +84,13 @@ def test_clip_lengths_vary_and_include_short_clips(tmp_path):
 
 
 def test_deterministic_per_seed(tmp_path):
-    a = S.make_synthetic_dfew(tmp_path / "a", total_clips=20, min_clips_per_class=2, seed=3,
-                              **SMALL)
-    b = S.make_synthetic_dfew(tmp_path / "b", total_clips=20, min_clips_per_class=2, seed=3,
-                              **SMALL)
-    S.make_synthetic_dfew(tmp_path / "c", total_clips=20, min_clips_per_class=2, seed=4,
-                              **SMALL)
+    a = S.make_synthetic_dfew(
+        tmp_path / "a", total_clips=20, min_clips_per_class=2, seed=3, **SMALL
+    )
+    b = S.make_synthetic_dfew(
+        tmp_path / "b", total_clips=20, min_clips_per_class=2, seed=3, **SMALL
+    )
+    S.make_synthetic_dfew(tmp_path / "c", total_clips=20, min_clips_per_class=2, seed=4, **SMALL)
     assert a.clips == b.clips
     assert _tree_digest(tmp_path / "a") == _tree_digest(tmp_path / "b")
     assert _tree_digest(tmp_path / "a") != _tree_digest(tmp_path / "c")
@@ -106,8 +108,7 @@ def test_argument_validation(tmp_path):
     with pytest.raises(ValueError, match="clips_per_class"):
         S.make_synthetic_dfew(tmp_path, clips_per_class=[3] * 6)
     with pytest.raises(ValueError, match="folds"):
-        S.make_synthetic_dfew(tmp_path, total_clips=14, min_clips_per_class=2, folds=(6,),
-                              **SMALL)
+        S.make_synthetic_dfew(tmp_path, total_clips=14, min_clips_per_class=2, folds=(6,), **SMALL)
     with pytest.raises(ValueError, match="min_clips_per_class"):
         S.make_synthetic_dfew(tmp_path, min_clips_per_class=1)
     with pytest.raises(ValueError, match="scenes"):
@@ -123,8 +124,9 @@ def test_clips_per_class_overrides_total(tmp_path):
 
 
 def test_ferv39k_layout_read_by_loader(tmp_path):
-    info = S.make_synthetic_ferv39k(tmp_path, total_clips=40, min_clips_per_class=3,
-                                    scenes=("Action", "Daily"), **SMALL)
+    info = S.make_synthetic_ferv39k(
+        tmp_path, total_clips=40, min_clips_per_class=3, scenes=("Action", "Daily"), **SMALL
+    )
     assert info.classes == FERV39K_CLASSES
     train, test = FERV39k(tmp_path, "train"), FERV39k(tmp_path, "test")
     assert len(train) + len(test) == len(info.clips) == sum(info.class_counts)
@@ -141,10 +143,30 @@ def test_ferv39k_layout_read_by_loader(tmp_path):
 def test_cli_writes_dataset_without_runpy_warning(tmp_path):
     out = tmp_path / "cli"
     result = subprocess.run(
-        [sys.executable, "-W", "error::RuntimeWarning", "-m", "micacl_layers.data.synthetic",
-         "--out", str(out), "--total-clips", "14", "--min-clips-per-class", "2",
-         "--frames", "4", "6", "--image-size", "8", "--folds", "1", "3"],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-W",
+            "error::RuntimeWarning",
+            "-m",
+            "micacl_layers.data.synthetic",
+            "--out",
+            str(out),
+            "--total-clips",
+            "14",
+            "--min-clips-per-class",
+            "2",
+            "--frames",
+            "4",
+            "6",
+            "--image-size",
+            "8",
+            "--folds",
+            "1",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     written = int(result.stdout.split()[1])  # "wrote N dfew clips ..."
@@ -153,8 +175,23 @@ def test_cli_writes_dataset_without_runpy_warning(tmp_path):
 
 
 def test_cli_main_ferv39k(tmp_path, capsys):
-    S.main(["--out", str(tmp_path), "--dataset", "ferv39k", "--total-clips", "14",
-            "--min-clips-per-class", "2", "--frames", "4", "6", "--image-size", "8"])
+    S.main(
+        [
+            "--out",
+            str(tmp_path),
+            "--dataset",
+            "ferv39k",
+            "--total-clips",
+            "14",
+            "--min-clips-per-class",
+            "2",
+            "--frames",
+            "4",
+            "6",
+            "--image-size",
+            "8",
+        ]
+    )
     assert "ferv39k clips" in capsys.readouterr().out
     assert len(FERV39k(tmp_path, "train")) > 0
 

@@ -80,8 +80,9 @@ def _worker(rank, world, port, sizes, queue, options):
         # The helpers themselves: rank order, unequal sizes, no grad for labels.
         gathered = gather_without_grad(targets[local])
         ok_gather = torch.equal(gathered, targets)
-        y = gather_with_grad(torch.ones(sizes[rank], 2, dtype=torch.double,
-                                        requires_grad=True) * (rank + 1))
+        y = gather_with_grad(
+            torch.ones(sizes[rank], 2, dtype=torch.double, requires_grad=True) * (rank + 1)
+        )
         ok_rows = y.shape == (B, 2)
         # Plain values, not tensors: tensors travel as shared-memory handles that die with
         # this process, which may exit before the parent reads them.
@@ -102,8 +103,9 @@ def _run(sizes, options):
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, sizes, queue, options))
-             for r in range(2)]
+    procs = [
+        ctx.Process(target=_worker, args=(r, 2, port, sizes, queue, options)) for r in range(2)
+    ]
     for p in procs:
         p.start()
     results = [queue.get(timeout=120) for _ in procs]
@@ -119,8 +121,9 @@ def _check(sizes, options=None):
     ref_loss, ref_grads = _single_process(options)
     for _rank, loss, grads, ok_gather, ok_rows in _run(sizes, options):
         assert ok_gather and ok_rows
-        torch.testing.assert_close(torch.tensor(loss, dtype=torch.float64), ref_loss,
-                                   rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            torch.tensor(loss, dtype=torch.float64), ref_loss, rtol=0, atol=1e-6
+        )
         assert len(grads) == len(ref_grads)
         for g, r in zip(grads, ref_grads, strict=True):
             torch.testing.assert_close(torch.tensor(g, dtype=torch.float64), r, rtol=0, atol=1e-6)

@@ -53,8 +53,13 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dest = tmp_path_factory.mktemp("site")
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(dest)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"}, check=False)
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        check=False,
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{output}"
     assert "WARNING" not in output, output
@@ -70,9 +75,15 @@ def api_headings(site: Path) -> set[str]:
 
 
 def test_mkdocs_build_strict(site: Path) -> None:
-    for page in ("index.html", "quickstart/index.html", "paper-to-code/index.html",
-                 "reproduce/index.html", "faq/index.html", "changelog/index.html",
-                 "api/index.html"):
+    for page in (
+        "index.html",
+        "quickstart/index.html",
+        "paper-to-code/index.html",
+        "reproduce/index.html",
+        "faq/index.html",
+        "changelog/index.html",
+        "api/index.html",
+    ):
         assert (site / page).is_file(), page
 
 
@@ -97,7 +108,8 @@ def test_every_exported_name_has_an_api_entry(module_name: str, api_headings: se
     assert not missing, (
         f"no API entry in the built site for {module_name}.{missing}: add it to the "
         f"module's page under docs/api/ (constants without a docstring need an explicit "
-        f"`::: path` block with show_if_no_docstring)")
+        f"`::: path` block with show_if_no_docstring)"
+    )
 
 
 def test_every_public_module_has_an_api_page(api_headings: set[str]) -> None:
@@ -128,7 +140,8 @@ def test_paper_to_code_has_all_13_equations_next_to_code() -> None:
         assert numbers, f"section {title!r} has no tagged equation"
         assert "$$" in body, f"section {title!r} has no display math"
         assert re.search(r"\]\(api/[a-z_]+\.md#micacl_layers\.", body), (
-            f"section {title!r} links to no API entry (the code implementing the equation)")
+            f"section {title!r} links to no API entry (the code implementing the equation)"
+        )
         covered |= numbers
     assert covered == set(range(1, 14))
 
@@ -226,29 +239,46 @@ def docstring_gaps(obj: object) -> set[str]:
     if inspect.isclass(obj):
         if issubclass(obj, (BaseException, Warning)):
             return set()
-        fields = (getattr(obj, "_fields", None) if issubclass(obj, tuple)
-                  else [f.name for f in dataclasses.fields(obj)]
-                  if dataclasses.is_dataclass(obj) else None)
+        fields = (
+            getattr(obj, "_fields", None)
+            if issubclass(obj, tuple)
+            else [f.name for f in dataclasses.fields(obj)]
+            if dataclasses.is_dataclass(obj)
+            else None
+        )
         if fields is not None:
-            gaps |= {f"Attributes:{f}" for f in fields
-                     if not _listed(sections.get("Attributes", ""), f)}
+            gaps |= {
+                f"Attributes:{f}" for f in fields if not _listed(sections.get("Attributes", ""), f)
+            }
         else:
             params = inspect.signature(obj).parameters
             gaps |= {f"Args:{p}" for p in params if not _listed(args, p)}
-            call = (getattr(obj, "forward", None) if issubclass(obj, nn.Module)
-                    else obj.__dict__.get("__call__"))
-            if call is not None and "Shape" not in sections and any(
+            call = (
+                getattr(obj, "forward", None)
+                if issubclass(obj, nn.Module)
+                else obj.__dict__.get("__call__")
+            )
+            if (
+                call is not None
+                and "Shape" not in sections
+                and any(
                     _mentions_tensor(p.annotation)
-                    for p in inspect.signature(call).parameters.values()):
+                    for p in inspect.signature(call).parameters.values()
+                )
+            ):
                 gaps.add("Shape")
     else:
         signature = inspect.signature(obj)
         gaps |= {f"Args:{p}" for p in signature.parameters if not _listed(args, p)}
-        if (signature.return_annotation not in (None, "None", type(None))
-                and "Returns" not in sections and "Yields" not in sections):
+        if (
+            signature.return_annotation not in (None, "None", type(None))
+            and "Returns" not in sections
+            and "Yields" not in sections
+        ):
             gaps.add("Returns")
         if "Shape" not in sections and any(
-                _mentions_tensor(p.annotation) for p in signature.parameters.values()):
+            _mentions_tensor(p.annotation) for p in signature.parameters.values()
+        ):
             gaps.add("Shape")
     examples = sections.get("Example", "") + sections.get("Examples", "")
     if ">>>" not in examples:
@@ -272,10 +302,16 @@ def test_docstring_audit() -> None:
     symbols = public_symbols()
     assert len(symbols) > 40
     report = {path: gaps for path, obj in symbols.items() if (gaps := docstring_gaps(obj))}
-    new = {p: sorted(g - KNOWN_GAPS.get(p, set())) for p, g in report.items()
-           if g - KNOWN_GAPS.get(p, set())}
-    fixed = {p: sorted(g - report.get(p, set())) for p, g in KNOWN_GAPS.items()
-             if g - report.get(p, set())}
+    new = {
+        p: sorted(g - KNOWN_GAPS.get(p, set()))
+        for p, g in report.items()
+        if g - KNOWN_GAPS.get(p, set())
+    }
+    fixed = {
+        p: sorted(g - report.get(p, set()))
+        for p, g in KNOWN_GAPS.items()
+        if g - report.get(p, set())
+    }
     assert not new, f"public docstrings missing sections: {new}"
     assert not fixed, f"fixed (or removed) since listed: drop from KNOWN_GAPS: {fixed}"
 

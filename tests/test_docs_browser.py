@@ -27,8 +27,14 @@ def test_headless_chromium_sees_typeset_math(tmp_path: Path) -> None:
     pytest.importorskip("mkdocs", reason="the docs tools are in the `docs` extra")
     if _find_chromium() is None:
         pytest.skip("Chromium is not installed (apt-get install -y chromium)")
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     shots = sorted(p.name for p in tmp_path.glob("*.png"))
     assert "paper-to-code.png" in shots and "api-mccl.png" in shots, shots

@@ -58,11 +58,19 @@ def switch(request):
 # ------------------------------------------------------------------------------------------
 
 
-def _wian_case(batch, steps, in_size, hidden, layers, bidirectional, weight_kind, with_hx,
-               bias, dtype, seed=0):
+def _wian_case(
+    batch, steps, in_size, hidden, layers, bidirectional, weight_kind, with_hx, bias, dtype, seed=0
+):
     torch.manual_seed(seed)
-    wian = WIAN(in_size, hidden, layers, bidirectional=bidirectional, bias=bias,
-                batch_first=True, dtype=dtype)
+    wian = WIAN(
+        in_size,
+        hidden,
+        layers,
+        bidirectional=bidirectional,
+        bias=bias,
+        batch_first=True,
+        dtype=dtype,
+    )
     with torch.no_grad():  # wider than the default init: gates far from linear
         for p in wian.parameters():
             p.mul_(2.0)
@@ -77,11 +85,15 @@ def _wian_case(batch, steps, in_size, hidden, layers, bidirectional, weight_kind
         weights = torch.rand(batch, steps, 1, dtype=dtype)
     hx = None
     if with_hx:
-        hx = tuple(torch.randn(dirs * layers, batch, hidden, dtype=dtype, requires_grad=True)
-                   for _ in range(2))
-    grads_out = (torch.randn(batch, steps, dirs * hidden, dtype=dtype),
-                 torch.randn(dirs * layers, batch, hidden, dtype=dtype),
-                 torch.randn(dirs * layers, batch, hidden, dtype=dtype))
+        hx = tuple(
+            torch.randn(dirs * layers, batch, hidden, dtype=dtype, requires_grad=True)
+            for _ in range(2)
+        )
+    grads_out = (
+        torch.randn(batch, steps, dirs * hidden, dtype=dtype),
+        torch.randn(dirs * layers, batch, hidden, dtype=dtype),
+        torch.randn(dirs * layers, batch, hidden, dtype=dtype),
+    )
     return wian, x, weights, hx, grads_out
 
 
@@ -114,14 +126,16 @@ def test_wian_fast_path_matches_cell_loop(case, dtype, switch, monkeypatch):
     wian, x, weights, hx, grads_out = _wian_case(*case, dtype=dtype)
     calls = []
     original = wian_layer_module._WIANLayer.apply
-    monkeypatch.setattr(wian_layer_module._WIANLayer, "apply",
-                        lambda *args: calls.append(1) or original(*args))
+    monkeypatch.setattr(
+        wian_layer_module._WIANLayer, "apply", lambda *args: calls.append(1) or original(*args)
+    )
     fast = _values_and_grads(wian, lambda: wian(x, hx, weights=weights), x, weights, hx, grads_out)
     # The fast path did run wherever the switch allows it (auto: CPU float32 only).
     expected = wian.num_layers if config.enabled("wian", x.device, dtype) else 0
     assert len(calls) == expected
-    ref = _values_and_grads(wian, lambda: reference_wian(wian, x, weights, hx), x,
-                            weights, hx, grads_out)
+    ref = _values_and_grads(
+        wian, lambda: reference_wian(wian, x, weights, hx), x, weights, hx, grads_out
+    )
     for got, want in zip(fast, ref, strict=True):
         torch.testing.assert_close(got, want, **_tol(dtype))
 
@@ -131,8 +145,9 @@ def test_wian_fast_path_matches_autograd_reference(case, switch):
     wian, x, weights, hx, grads_out = _wian_case(*case, dtype=torch.float32)
     fast = _values_and_grads(wian, lambda: wian(x, hx, weights=weights), x, weights, hx, grads_out)
     with config.fast_paths("off"):
-        ref = _values_and_grads(wian, lambda: wian(x, hx, weights=weights), x, weights, hx,
-                                grads_out)
+        ref = _values_and_grads(
+            wian, lambda: wian(x, hx, weights=weights), x, weights, hx, grads_out
+        )
     for got, want in zip(fast, ref, strict=True):
         torch.testing.assert_close(got, want, **F32)
 
@@ -143,8 +158,9 @@ def test_wian_fast_path_without_onednn_matches():
     wian, x, weights, hx, grads_out = _wian_case(*WIAN_CASES[0], dtype=torch.float32)
     fast = _values_and_grads(wian, lambda: wian(x, hx, weights=weights), x, weights, hx, grads_out)
     with torch.backends.mkldnn.flags(enabled=False):
-        plain = _values_and_grads(wian, lambda: wian(x, hx, weights=weights), x, weights, hx,
-                                  grads_out)
+        plain = _values_and_grads(
+            wian, lambda: wian(x, hx, weights=weights), x, weights, hx, grads_out
+        )
     for got, want in zip(fast, plain, strict=True):
         torch.testing.assert_close(got, want, **F32)
 
@@ -169,8 +185,9 @@ def test_wian_double_backward(with_hx):
     if with_hx:
         h0 = torch.randn(4, 2, 4, dtype=torch.float64, requires_grad=True)
         c0 = torch.randn(4, 2, 4, dtype=torch.float64, requires_grad=True)
-        assert torch.autograd.gradgradcheck(lambda a, b, c, d: wian(a, (c, d), weights=b)[0],
-                                            (x, w, h0, c0))
+        assert torch.autograd.gradgradcheck(
+            lambda a, b, c, d: wian(a, (c, d), weights=b)[0], (x, w, h0, c0)
+        )
     else:
         assert torch.autograd.gradgradcheck(lambda a, b: wian(a, weights=b)[0], (x, w))
 
@@ -178,8 +195,9 @@ def test_wian_double_backward(with_hx):
 @pytest.mark.parametrize("weight_kind", ["per_step", "full"])
 def test_wian_fast_path_time_major_matches_batch_first(weight_kind):
     """``batch_first=False`` (weights handed over as (T, B, *) views): same values and grads."""
-    wian, x, weights, hx, grads_out = _wian_case(4, 5, 6, 3, 2, True, weight_kind, True, True,
-                                                 dtype=torch.float64)
+    wian, x, weights, hx, grads_out = _wian_case(
+        4, 5, 6, 3, 2, True, weight_kind, True, True, dtype=torch.float64
+    )
     time_major = WIAN(6, 3, 2, bidirectional=True, batch_first=False, dtype=torch.float64)
     time_major.load_state_dict(wian.state_dict())
     want = _values_and_grads(wian, lambda: wian(x, hx, weights=weights), x, weights, hx, grads_out)
@@ -203,8 +221,9 @@ def test_wian_backward_twice_with_retain_graph():
 
 def test_wian_torch_compile_aot_eager_values_and_gradients():
     """Dynamo + AOTAutograd (no C++ compiler involved: about a second on CPU)."""
-    wian, x, weights, _, grads_out = _wian_case(2, 4, 3, 5, 2, True, "per_step", False, True,
-                                                dtype=torch.float32)
+    wian, x, weights, _, grads_out = _wian_case(
+        2, 4, 3, 5, 2, True, "per_step", False, True, dtype=torch.float32
+    )
     compiled = torch.compile(wian, backend="aot_eager")
     fast = _values_and_grads(wian, lambda: wian(x, weights=weights), x, weights, None, grads_out)
     got = _values_and_grads(wian, lambda: compiled(x, weights=weights), x, weights, None, grads_out)
@@ -215,8 +234,9 @@ def test_wian_torch_compile_aot_eager_values_and_gradients():
 @pytest.mark.slow
 def test_wian_torch_compile_inductor():
     """The default inductor backend; compiles C++ kernels (about 15 s on a 2-core CPU)."""
-    wian, x, weights, _, grads_out = _wian_case(2, 3, 3, 4, 1, True, "per_step", False, True,
-                                                dtype=torch.float32)
+    wian, x, weights, _, grads_out = _wian_case(
+        2, 3, 3, 4, 1, True, "per_step", False, True, dtype=torch.float32
+    )
     compiled = torch.compile(wian)
     fast = _values_and_grads(wian, lambda: wian(x, weights=weights), x, weights, None, grads_out)
     got = _values_and_grads(wian, lambda: compiled(x, weights=weights), x, weights, None, grads_out)
@@ -254,12 +274,22 @@ MCCL_CASES = [
 PROJECTED_CASES = MCCL_CASES[-3:]
 
 
-def _mccl_case(batch, classes, dim, scales, projection_dim, form, exclude_self, reduction,
-               dtype, seed=0):
+def _mccl_case(
+    batch, classes, dim, scales, projection_dim, form, exclude_self, reduction, dtype, seed=0
+):
     torch.manual_seed(seed)
     counts = torch.randint(1, 60, (classes,)).tolist()
-    mccl = MCCLoss(classes, dim, counts, scales, projection_dim=projection_dim, form=form,
-                   exclude_self=exclude_self, reduction=reduction, dtype=dtype)
+    mccl = MCCLoss(
+        classes,
+        dim,
+        counts,
+        scales,
+        projection_dim=projection_dim,
+        form=form,
+        exclude_self=exclude_self,
+        reduction=reduction,
+        dtype=dtype,
+    )
     features = torch.randn(batch, dim, dtype=dtype, requires_grad=True)
     logits = torch.randn(batch, classes, dtype=dtype)
     targets = torch.randint(0, classes, (batch,))
@@ -313,13 +343,30 @@ def test_contrastive_core_with_memory_matches_reference(form, exclude_self):
         loss, has_pos = fn()
         return [loss.detach(), has_pos, *torch.autograd.grad((loss * grad_out).sum(), (z, mem))]
 
-    fast = run(lambda: mccl_module.supervised_contrastive_per_anchor(
-        z, targets, 0.1, form=form, exclude_self=exclude_self, memory_z=mem,
-        memory_targets=mem_targets))
+    fast = run(
+        lambda: mccl_module.supervised_contrastive_per_anchor(
+            z,
+            targets,
+            0.1,
+            form=form,
+            exclude_self=exclude_self,
+            memory_z=mem,
+            memory_targets=mem_targets,
+        )
+    )
     cand_targets = torch.cat([targets, mem_targets])
-    ref = run(lambda: mccl_module._contrastive_reference(
-        z, mem, targets, cand_targets, torch.tensor(0.1), form, exclude_self,
-        torch.finfo(torch.float32).tiny ** 0.5))
+    ref = run(
+        lambda: mccl_module._contrastive_reference(
+            z,
+            mem,
+            targets,
+            cand_targets,
+            torch.tensor(0.1),
+            form,
+            exclude_self,
+            torch.finfo(torch.float32).tiny ** 0.5,
+        )
+    )
     for got, want in zip(fast, ref, strict=True):
         torch.testing.assert_close(got, want, **F32)
 
@@ -369,7 +416,6 @@ def test_mccl_second_order_float32_matches_reference():
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
-
 # ------------------------------------------------------------------------------------------
 # Shared fast linear (MCCL's projections)
 # ------------------------------------------------------------------------------------------
@@ -401,7 +447,8 @@ def test_fast_linear_takes_the_onednn_path_on_cpu_float32():
     assert (type(out.grad_fn).__name__ == "_LinearFunctionBackward") == expected
     with torch.backends.mkldnn.flags(enabled=False):
         assert type(linear_module.linear(x, torch.randn(3, 8)).grad_fn).__name__ != (
-            "_LinearFunctionBackward")
+            "_LinearFunctionBackward"
+        )
 
 
 def test_fast_linear_double_backward_matches():
@@ -409,8 +456,9 @@ def test_fast_linear_double_backward_matches():
     x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
     b = torch.randn(4, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradgradcheck(lambda *a: linear_module._LinearFunction.apply(*a),
-                                        (x, w, b))
+    assert torch.autograd.gradgradcheck(
+        lambda *a: linear_module._LinearFunction.apply(*a), (x, w, b)
+    )
 
 
 def test_fast_linear_leaves_autocast_to_f_linear():
@@ -421,8 +469,11 @@ def test_fast_linear_leaves_autocast_to_f_linear():
 
 def test_mccl_projections_keep_nn_linear_state_dict():
     loss = MCCLoss(3, 16, [5, 4, 3], projection_dim=8)
-    plain = {f"projections.{k}.{n}": p for k, s in enumerate(loss.scales)
-             for n, p in torch.nn.Linear(16 // s, 8).state_dict().items()}
+    plain = {
+        f"projections.{k}.{n}": p
+        for k, s in enumerate(loss.scales)
+        for n, p in torch.nn.Linear(16 // s, 8).state_dict().items()
+    }
     assert set(plain) <= set(loss.state_dict())
     loss.load_state_dict({**loss.state_dict(), **plain})
     assert all(isinstance(p, torch.nn.Linear) for p in loss.projections)
@@ -436,8 +487,11 @@ def test_mccl_projections_keep_nn_linear_state_dict():
 def _count_projected(monkeypatch):
     calls = []
     original = contrastive_module._ProjectedContrastiveCore.apply
-    monkeypatch.setattr(contrastive_module._ProjectedContrastiveCore, "apply",
-                        lambda *a: calls.append(a[0].shape[1]) or original(*a))
+    monkeypatch.setattr(
+        contrastive_module._ProjectedContrastiveCore,
+        "apply",
+        lambda *a: calls.append(a[0].shape[1]) or original(*a),
+    )
     return calls
 
 
@@ -455,8 +509,9 @@ def test_projected_path_is_taken_where_it_pays(case, monkeypatch):
 def test_projected_path_is_skipped_when_it_would_change_behaviour(setup, monkeypatch):
     calls = _count_projected(monkeypatch)
     torch.manual_seed(0)
-    mccl = MCCLoss(3, 16, [5, 4, 3], scales=(4,), projection_dim=64,
-                   memory_size=32 if setup == "memory" else 0)
+    mccl = MCCLoss(
+        3, 16, [5, 4, 3], scales=(4,), projection_dim=64, memory_size=32 if setup == "memory" else 0
+    )
     features, logits = torch.randn(12, 16), torch.randn(12, 3)
     targets = torch.arange(12) % 3
     seen = []
@@ -465,8 +520,8 @@ def test_projected_path_is_skipped_when_it_would_change_behaviour(setup, monkeyp
     if setup == "callable":
         projection = mccl.projections[0]
         loss = mccl_module.multiscale_category_aware_contrastive_loss(
-            features, logits, targets, [5, 4, 3], scales=(4,),
-            projections=[lambda x: projection(x)])
+            features, logits, targets, [5, 4, 3], scales=(4,), projections=[lambda x: projection(x)]
+        )
     elif setup == "autocast":
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = mccl(features, logits, targets)
@@ -488,8 +543,15 @@ def test_projected_path_with_zero_and_tiny_features_matches():
     targets = torch.tensor([0, 1, 0, 1, 2, 0, 1, 2, 2, 0])
     tau = torch.tensor(0.1)
     got = contrastive_module.projected_contrastive(
-        x, lin, targets, tau, "ratio", True, torch.finfo(torch.float32).tiny ** 0.5,
-        mccl_module._contrastive_reference)[0]
+        x,
+        lin,
+        targets,
+        tau,
+        "ratio",
+        True,
+        torch.finfo(torch.float32).tiny ** 0.5,
+        mccl_module._contrastive_reference,
+    )[0]
     want = mccl_module.supervised_contrastive_per_anchor(lin(x), targets, tau)[0]
     torch.testing.assert_close(got, want, **F32)
     inputs = [x, lin.weight]
@@ -509,8 +571,10 @@ def test_projected_path_double_backward(form):
     x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradgradcheck(
         lambda x, w, b: contrastive_module._ProjectedContrastiveCore.apply(
-            x, w, b, targets, tau, form, True, 1e-150, mccl_module._contrastive_reference)[0],
-        (x, lin.weight, lin.bias))
+            x, w, b, targets, tau, form, True, 1e-150, mccl_module._contrastive_reference
+        )[0],
+        (x, lin.weight, lin.bias),
+    )
 
 
 def test_projected_path_backward_twice_with_retain_graph():

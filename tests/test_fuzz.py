@@ -95,6 +95,7 @@ def _seeded(fn):
     def call(args, device):
         torch.manual_seed(1)
         return fn(args, device)
+
     return call
 
 
@@ -110,28 +111,35 @@ def _mask(g, b):
 
 # ---- the entries ---------------------------------------------------------------------------
 
+
 def _mccl_module(g, b):
     return Case(
-        lambda a, dev: _module(lambda d: MCCLoss(K, D, COUNTS, projection_dim=4, device=d),
-                               dev)(a["features"], a["logits"], a["targets"]),
-        {"features": torch.randn(b, D, generator=g), "logits": torch.randn(b, K, generator=g),
-         "targets": _targets(g, b)},
-        {"features": "float", "logits": "float", "targets": "targets"})
+        lambda a, dev: _module(lambda d: MCCLoss(K, D, COUNTS, projection_dim=4, device=d), dev)(
+            a["features"], a["logits"], a["targets"]
+        ),
+        {
+            "features": torch.randn(b, D, generator=g),
+            "logits": torch.randn(b, K, generator=g),
+            "targets": _targets(g, b),
+        },
+        {"features": "float", "logits": "float", "targets": "targets"},
+    )
 
 
 def _mccl_identity(g, b):
     case = _mccl_module(g, b)
     case.call = lambda a, dev: _module(
-        lambda d: MCCLoss(K, D, COUNTS, projection_dim=None, scales=(1, 2), device=d),
-        dev)(a["features"], a["logits"], a["targets"])
+        lambda d: MCCLoss(K, D, COUNTS, projection_dim=None, scales=(1, 2), device=d), dev
+    )(a["features"], a["logits"], a["targets"])
     case.scale_free = ("features",)
     return case
 
 
 def _mccl_functional(g, b):
     case = _mccl_module(g, b)
-    case.call = lambda a, dev: functional.mccl_loss(a["features"], a["logits"], a["targets"],
-                                                    COUNTS, scales=(1, 2))
+    case.call = lambda a, dev: functional.mccl_loss(
+        a["features"], a["logits"], a["targets"], COUNTS, scales=(1, 2)
+    )
     case.scale_free = ("features",)
     case.roles["features"] = "float_free"  # no projections: any D
     return case
@@ -140,73 +148,102 @@ def _mccl_functional(g, b):
 def _scpa(g, b):
     return Case(
         lambda a, dev: functional.supervised_contrastive_per_anchor(
-            a["z"], a["targets"], 0.1, memory_z=a["memory_z"],
-            memory_targets=a["memory_targets"]),
-        {"z": torch.randn(b, D, generator=g), "targets": _targets(g, b),
-         "memory_z": torch.randn(3, D, generator=g), "memory_targets": _targets(g, 3)},
-        {"z": "float_free", "targets": "targets", "memory_z": "float",
-         "memory_targets": "targets"},
-        num_classes=None, negative_ok=True, scale_free=("z", "memory_z"))
+            a["z"], a["targets"], 0.1, memory_z=a["memory_z"], memory_targets=a["memory_targets"]
+        ),
+        {
+            "z": torch.randn(b, D, generator=g),
+            "targets": _targets(g, b),
+            "memory_z": torch.randn(3, D, generator=g),
+            "memory_targets": _targets(g, 3),
+        },
+        {"z": "float_free", "targets": "targets", "memory_z": "float", "memory_targets": "targets"},
+        num_classes=None,
+        negative_ok=True,
+        scale_free=("z", "memory_z"),
+    )
 
 
 def _weights(g, b):
     return Case(
-        lambda a, dev: functional.category_aware_weights(a["logits"], a["targets"],
-                                                         torch.tensor(COUNTS, device=dev)),
+        lambda a, dev: functional.category_aware_weights(
+            a["logits"], a["targets"], torch.tensor(COUNTS, device=dev)
+        ),
         {"logits": torch.randn(b, K, generator=g), "targets": _targets(g, b)},
-        {"logits": "float", "targets": "targets"})
+        {"logits": "float", "targets": "targets"},
+    )
 
 
 def _temperature(g, b):
     return Case(
         lambda a, dev: functional.adaptive_temperature(
-            torch.tensor(COUNTS, device=dev), 0.1, mode="batch_mean", targets=a["targets"]),
-        {"targets": _targets(g, b)}, {"targets": "targets"}, batch_free=("targets",))
+            torch.tensor(COUNTS, device=dev), 0.1, mode="batch_mean", targets=a["targets"]
+        ),
+        {"targets": _targets(g, b)},
+        {"targets": "targets"},
+        batch_free=("targets",),
+    )
 
 
 def _pool(g, b):
-    return Case(lambda a, dev: functional.pool_features(a["features"], 2),
-                {"features": torch.randn(b, D, generator=g)}, {"features": "float_free"},
-                num_classes=None)
+    return Case(
+        lambda a, dev: functional.pool_features(a["features"], 2),
+        {"features": torch.randn(b, D, generator=g)},
+        {"features": "float_free"},
+        num_classes=None,
+    )
 
 
 def _ial(g, b):
-    return Case(lambda a, dev: IntensityAwareLoss()(a["logits"], a["targets"]),
-                {"logits": torch.randn(b, K, generator=g), "targets": _targets(g, b)},
-                {"logits": "float_free", "targets": "targets"})  # any K >= 2
+    return Case(
+        lambda a, dev: IntensityAwareLoss()(a["logits"], a["targets"]),
+        {"logits": torch.randn(b, K, generator=g), "targets": _targets(g, b)},
+        {"logits": "float_free", "targets": "targets"},
+    )  # any K >= 2
 
 
 def _ial_functional(g, b):
     case = _ial(g, b)
-    case.call = lambda a, dev: functional.intensity_aware_loss(a["logits"], a["targets"],
-                                                               reduction="none")
+    case.call = lambda a, dev: functional.intensity_aware_loss(
+        a["logits"], a["targets"], reduction="none"
+    )
     return case
 
 
 def _logit_adjusted(g, b):
-    return Case(lambda a, dev: _module(lambda d: LogitAdjustedLoss(COUNTS).to(d), dev)(
-                    a["logits"], a["targets"]),
-                {"logits": torch.randn(b, K, generator=g), "targets": _targets(g, b)},
-                {"logits": "float", "targets": "targets"})
+    return Case(
+        lambda a, dev: _module(lambda d: LogitAdjustedLoss(COUNTS).to(d), dev)(
+            a["logits"], a["targets"]
+        ),
+        {"logits": torch.randn(b, K, generator=g), "targets": _targets(g, b)},
+        {"logits": "float", "targets": "targets"},
+    )
 
 
 def _logit_adjusted_functional(g, b):
     case = _logit_adjusted(g, b)
     case.call = lambda a, dev: functional.logit_adjusted_cross_entropy(
-        a["logits"], a["targets"], COUNTS, tau=0.5, reduction="none")
+        a["logits"], a["targets"], COUNTS, tau=0.5, reduction="none"
+    )
     return case
 
 
 def _cet(g, b):
     def call(a, dev):
         head = _module(lambda d: nn.Linear(D, K, device=d), dev)
-        return ClassificationEnhancementTerm()(a["logits"], a["targets"], features=a["features"],
-                                               classifier=head)
-    return Case(_seeded(call), {"logits": torch.randn(b, K, generator=g),
-                                "targets": _targets(g, b),
-                                "features": torch.randn(b, D, generator=g)},
-                {"logits": "float", "targets": "targets", "features": "float"},
-                deterministic=False)
+        return ClassificationEnhancementTerm()(
+            a["logits"], a["targets"], features=a["features"], classifier=head
+        )
+
+    return Case(
+        _seeded(call),
+        {
+            "logits": torch.randn(b, K, generator=g),
+            "targets": _targets(g, b),
+            "features": torch.randn(b, D, generator=g),
+        },
+        {"logits": "float", "targets": "targets", "features": "float"},
+        deterministic=False,
+    )
 
 
 def _cet_functional(g, b):
@@ -215,8 +252,13 @@ def _cet_functional(g, b):
     def call(a, dev):
         head = _module(lambda d: nn.Linear(D, K, device=d), dev)
         return functional.classification_enhancement_term(
-            a["logits"], a["targets"], features=a["features"], classifier=head,
-            return_breakdown=True)
+            a["logits"],
+            a["targets"],
+            features=a["features"],
+            classifier=head,
+            return_breakdown=True,
+        )
+
     case.call = _seeded(call)
     return case
 
@@ -225,17 +267,23 @@ def _augmentation(g, b):
     def call(a, dev):
         head = _module(lambda d: nn.Linear(D, K, device=d), dev)
         return functional.feature_augmentation_loss(a["features"], a["targets"], head)
-    return Case(_seeded(call), {"features": torch.randn(b, D, generator=g),
-                                "targets": _targets(g, b)},
-                {"features": "float", "targets": "targets"}, deterministic=False)
+
+    return Case(
+        _seeded(call),
+        {"features": torch.randn(b, D, generator=g), "targets": _targets(g, b)},
+        {"features": "float", "targets": "targets"},
+        deterministic=False,
+    )
 
 
 def _criterion(g, b):
     def call(a, dev):
         head = _module(lambda d: nn.Linear(D, K, device=d), dev)
         crit = _module(lambda d: MICACLLoss(K, D, COUNTS, projection_dim=4, device=d), dev)
-        return crit(a["features"], a["logits"], a["targets"], classifier=head,
-                    return_breakdown=True)
+        return crit(
+            a["features"], a["logits"], a["targets"], classifier=head, return_breakdown=True
+        )
+
     case = _cet(g, b)
     case.call = _seeded(call)
     return case
@@ -245,31 +293,48 @@ def _geiim(g, b):
     return Case(
         lambda a, dev: _module(lambda d: GEIIM(T, D, device=d), dev)(a["x"], a["padding_mask"]),
         {"x": torch.randn(b, T, D, generator=g), "padding_mask": _mask(g, b)},
-        {"x": "float", "padding_mask": "mask"}, num_classes=None)
+        {"x": "float", "padding_mask": "mask"},
+        num_classes=None,
+    )
 
 
 def _graph(g, b):
-    return Case(lambda a, dev: functional.graph_propagate(a["x"], a["adjacency"], 0.3),
-                {"x": torch.randn(b, T, D, generator=g),
-                 "adjacency": torch.rand(T, T, generator=g).softmax(-1)},
-                {"x": "float_free", "adjacency": "float"}, num_classes=None)
+    return Case(
+        lambda a, dev: functional.graph_propagate(a["x"], a["adjacency"], 0.3),
+        {
+            "x": torch.randn(b, T, D, generator=g),
+            "adjacency": torch.rand(T, T, generator=g).softmax(-1),
+        },
+        {"x": "float_free", "adjacency": "float"},
+        num_classes=None,
+    )
 
 
 def _adjacency(g, b):
-    return Case(lambda a, dev: functional.instance_adjacency(
-        a["node_src"], a["node_dst"], padding_mask=a["padding_mask"]),
-        {"node_src": torch.randn(T, 5, generator=g), "node_dst": torch.randn(5, T, generator=g),
-         "padding_mask": _mask(g, b)},
+    return Case(
+        lambda a, dev: functional.instance_adjacency(
+            a["node_src"], a["node_dst"], padding_mask=a["padding_mask"]
+        ),
+        {
+            "node_src": torch.randn(T, 5, generator=g),
+            "node_dst": torch.randn(5, T, generator=g),
+            "padding_mask": _mask(g, b),
+        },
         {"node_src": "float", "node_dst": "float", "padding_mask": "mask_any_batch"},
-        num_classes=None)
+        num_classes=None,
+    )
 
 
 def _instance_weights(g, b):
     return Case(
         lambda a, dev: _module(lambda d: InstanceWeights(D, 6, device=d), dev)(
-            a["h"], a["padding_mask"]),
+            a["h"], a["padding_mask"]
+        ),
         {"h": torch.randn(b, T, D, generator=g), "padding_mask": _mask(g, b)},
-        {"h": "float", "padding_mask": "mask"}, num_classes=None, all_padded_ok=True)
+        {"h": "float", "padding_mask": "mask"},
+        num_classes=None,
+        all_padded_ok=True,
+    )
 
 
 def _instance_weights_functional(g, b):
@@ -282,19 +347,28 @@ def _instance_weights_functional(g, b):
 def _attention(g, b):
     return Case(
         lambda a, dev: _module(lambda d: InstanceSelfAttention(D, 2, device=d).eval(), dev)(
-            a["x"], a["padding_mask"]),
+            a["x"], a["padding_mask"]
+        ),
         {"x": torch.randn(b, T, D, generator=g), "padding_mask": _mask(g, b)},
-        {"x": "float", "padding_mask": "mask"}, num_classes=None)
+        {"x": "float", "padding_mask": "mask"},
+        num_classes=None,
+    )
 
 
 def _head(aggregator):
     def build(g, b):
         return Case(
-            lambda a, dev: _module(lambda d: _on(MICACLHead(D, K, num_instances=T, hidden_size=8,
-                                                            aggregator=aggregator), d).eval(),
-                                   dev)(a["x"], a["padding_mask"]),
+            lambda a, dev: _module(
+                lambda d: _on(
+                    MICACLHead(D, K, num_instances=T, hidden_size=8, aggregator=aggregator), d
+                ).eval(),
+                dev,
+            )(a["x"], a["padding_mask"]),
             {"x": torch.randn(b, T, D, generator=g), "padding_mask": _mask(g, b)},
-            {"x": "float", "padding_mask": "mask"}, num_classes=None)
+            {"x": "float", "padding_mask": "mask"},
+            num_classes=None,
+        )
+
     return build
 
 
@@ -307,12 +381,19 @@ def _memory(g, b):
         mem = ContrastMemory(8, dims=(D, 4), device=dev)
         mem.push([a["embeddings[0]"], a["embeddings[1]"]], a["targets"])
         return mem.get()
-    return Case(call, {"embeddings[0]": torch.randn(b, D, generator=g),
-                       "embeddings[1]": torch.randn(b, 4, generator=g),
-                       "targets": _targets(g, b)},
-                {"embeddings[0]": "float", "embeddings[1]": "float", "targets": "targets"},
-                num_classes=None,
-                negative_ok=True, meta=False)
+
+    return Case(
+        call,
+        {
+            "embeddings[0]": torch.randn(b, D, generator=g),
+            "embeddings[1]": torch.randn(b, 4, generator=g),
+            "targets": _targets(g, b),
+        },
+        {"embeddings[0]": "float", "embeddings[1]": "float", "targets": "targets"},
+        num_classes=None,
+        negative_ok=True,
+        meta=False,
+    )
 
 
 def _confusion(g, b):
@@ -320,41 +401,59 @@ def _confusion(g, b):
         m = ConfusionMatrix(K)
         m.update(a["preds_or_logits"], a["targets"])
         return m.compute()
-    return Case(call, {"preds_or_logits": torch.randn(b, K, generator=g),
-                       "targets": _targets(g, b)},
-                {"preds_or_logits": "float", "targets": "targets"}, meta=False)
+
+    return Case(
+        call,
+        {"preds_or_logits": torch.randn(b, K, generator=g), "targets": _targets(g, b)},
+        {"preds_or_logits": "float", "targets": "targets"},
+        meta=False,
+    )
 
 
 def _confusion_functional(g, b):
-    return Case(lambda a, dev: confusion_matrix(a["preds"], a["targets"], K),
-                {"preds": _targets(g, b), "targets": _targets(g, b)},
-                {"preds": "targets", "targets": "targets"}, meta=False)
+    return Case(
+        lambda a, dev: confusion_matrix(a["preds"], a["targets"], K),
+        {"preds": _targets(g, b), "targets": _targets(g, b)},
+        {"preds": "targets", "targets": "targets"},
+        meta=False,
+    )
 
 
 def _wian(g, b):
     return Case(
         lambda a, dev: _module(lambda d: WIAN(D, 6, batch_first=True, device=d), dev)(
-            a["input"], weights=a["weights"]),
+            a["input"], weights=a["weights"]
+        ),
         {"input": torch.randn(b, T, D, generator=g), "weights": torch.rand(b, T, 1, generator=g)},
-        {"input": "float", "weights": "float_broadcast"}, num_classes=None)
+        {"input": "float", "weights": "float_broadcast"},
+        num_classes=None,
+    )
 
 
 def _wian_cell(g, b):
     return Case(
         lambda a, dev: _module(lambda d: WIANCell(D, 6, device=d), dev)(
-            a["input"], weight=a["weight"]),
+            a["input"], weight=a["weight"]
+        ),
         {"input": torch.randn(b, D, generator=g), "weight": torch.rand(b, 6, generator=g)},
-        {"input": "float", "weight": "float_broadcast"}, num_classes=None)
+        {"input": "float", "weight": "float_broadcast"},
+        num_classes=None,
+    )
 
 
 def _wian_cell_functional(g, b):
     # (a function of its arguments: no parameters, so no dtype to compute in)
-    return Case(lambda a, dev: functional.wian_cell(a["gates"], a["c_prev"], a["weight"]),
-                {"gates": torch.randn(b, 5 * 6, generator=g),
-                 "c_prev": torch.randn(b, 6, generator=g),
-                 "weight": torch.rand(b, 1, generator=g)},
-                {"gates": "float", "c_prev": "float", "weight": "float_broadcast"},
-                num_classes=None, dtype_mix=())
+    return Case(
+        lambda a, dev: functional.wian_cell(a["gates"], a["c_prev"], a["weight"]),
+        {
+            "gates": torch.randn(b, 5 * 6, generator=g),
+            "c_prev": torch.randn(b, 6, generator=g),
+            "weight": torch.rand(b, 1, generator=g),
+        },
+        {"gates": "float", "c_prev": "float", "weight": "float_broadcast"},
+        num_classes=None,
+        dtype_mix=(),
+    )
 
 
 ENTRIES: dict[str, Callable[[torch.Generator, int], Case]] = {
@@ -426,8 +525,11 @@ def _mutations(case: Case) -> list[tuple[str, str, str]]:
                 out.append((name, "out_of_range", BAD))
             out.append((name, "negative", LEGAL if case.negative_ok else BAD))
         elif role in ("mask", "mask_any_batch"):
-            out += [(name, "all_padded", LEGAL if case.all_padded_ok else BAD),
-                    (name, "float_mask", BAD), (name, "mask_3d", BAD)]
+            out += [
+                (name, "all_padded", LEGAL if case.all_padded_ok else BAD),
+                (name, "float_mask", BAD),
+                (name, "mask_3d", BAD),
+            ]
             if role == "mask":
                 out.append((name, "mask_short", BAD))
     if case.meta:
@@ -528,8 +630,7 @@ def _close(got: list[torch.Tensor], want: list[torch.Tensor], mutation: str) -> 
 _BASE: dict[tuple[str, int, int], list[torch.Tensor]] = {}
 
 
-def _run(entry: str, mutation_index: int | None, seed: int, batch: int, check: bool
-         ) -> str | None:
+def _run(entry: str, mutation_index: int | None, seed: int, batch: int, check: bool) -> str | None:
     """Run one (entry, mutation); the reason it misbehaved, or ``None``."""
     g = torch.Generator().manual_seed(seed)
     case = ENTRIES[entry](g, batch)
@@ -585,6 +686,7 @@ def _run(entry: str, mutation_index: int | None, seed: int, batch: int, check: b
 
 # ---- the tests -----------------------------------------------------------------------------
 
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     # The tensors here are tiny: one thread avoids oversubscribing a shared CI machine, where
@@ -630,8 +732,13 @@ def test_every_entry_and_mutation():
 
 
 @settings(max_examples=400)
-@given(entry=st.sampled_from(sorted(ENTRIES)), index=st.integers(0, 10_000),
-       seed=st.integers(0, 2**31 - 1), batch=st.integers(2, 9), check=st.booleans())
+@given(
+    entry=st.sampled_from(sorted(ENTRIES)),
+    index=st.integers(0, 10_000),
+    seed=st.integers(0, 2**31 - 1),
+    batch=st.integers(2, 9),
+    check=st.booleans(),
+)
 def test_fuzz_public_api(entry, index, seed, batch, check):
     why = _run(entry, index, seed, batch, check)
     assert why is None, why
@@ -640,38 +747,78 @@ def test_fuzz_public_api(entry, index, seed, batch, check):
 # ---- constructor options -------------------------------------------------------------------
 
 BAD_OPTIONS: dict[str, tuple[Callable[..., Any], dict[str, list[Any]]]] = {
-    "MCCLoss": (lambda **kw: MCCLoss(K, D, COUNTS, **kw), {
-        "projection_dim": [0, -1, 2.5, "8"], "tau0": [0, -0.1, math.inf, math.nan, "0.1"],
-        "scales": [(), (0,), (1, 16), (1.5,), 3], "form": ["exp", None],
-        "temperature": ["x"], "reduction": ["avg"], "memory_size": [-1, 1.5],
-        "weight_norm": ["mean"], "class_average": [1, "yes"], "class_complements": [1]}),
-    "MCCLOptions": (MCCLOptions, {"tau0": [0, math.inf, math.nan, True], "scales": [(), (-1,)],
-                                  "form": ["x"]}),
+    "MCCLoss": (
+        lambda **kw: MCCLoss(K, D, COUNTS, **kw),
+        {
+            "projection_dim": [0, -1, 2.5, "8"],
+            "tau0": [0, -0.1, math.inf, math.nan, "0.1"],
+            "scales": [(), (0,), (1, 16), (1.5,), 3],
+            "form": ["exp", None],
+            "temperature": ["x"],
+            "reduction": ["avg"],
+            "memory_size": [-1, 1.5],
+            "weight_norm": ["mean"],
+            "class_average": [1, "yes"],
+            "class_complements": [1],
+        },
+    ),
+    "MCCLOptions": (
+        MCCLOptions,
+        {"tau0": [0, math.inf, math.nan, True], "scales": [(), (-1,)], "form": ["x"]},
+    ),
     "IntensityAwareLoss": (IntensityAwareLoss, {"reduction": ["avg", None]}),
-    "LogitAdjustedLoss": (lambda **kw: LogitAdjustedLoss(COUNTS, **kw), {
-        "tau": [-1, math.nan, "1", True], "label_smoothing": [-0.1, 1.5, math.nan],
-        "reduction": ["avg"]}),
-    "MICACLLoss": (lambda **kw: MICACLLoss(K, D, COUNTS, **kw), {
-        "mc_weight": [-1, math.inf, math.nan, "1"]}),
-    "GEIIM": (lambda **kw: GEIIM(T, D, **kw), {
-        "alpha_init": [-0.1, 1.5, math.nan], "kernel_sizes": [(2,), (0,), (1.0,)],
-        "node_dim": [0, -2]}),
-    "InstanceWeights": (lambda **kw: InstanceWeights(D, **kw), {
-        "hidden_size": [0, -1], "mode": ["softmax"]}),
-    "InstanceSelfAttention": (lambda **kw: InstanceSelfAttention(D, **kw), {
-        "num_heads": [0, 3, -2]}),
-    "MICACLHead": (lambda **kw: MICACLHead(D, K, **kw), {
-        "num_instances": [0], "hidden_size": [0], "aggregator": ["gru"]}),
-    "ContrastMemory": (lambda **kw: ContrastMemory(**{"size": 4, "dims": (3,), **kw}), {
-        "size": [0, -1], "dims": [(), (0,), 3]}),
-    "ConfusionMatrix": (lambda **kw: ConfusionMatrix(**{"num_classes": 3, **kw}), {
-        "num_classes": [0, True, 2.0]}),
+    "LogitAdjustedLoss": (
+        lambda **kw: LogitAdjustedLoss(COUNTS, **kw),
+        {
+            "tau": [-1, math.nan, "1", True],
+            "label_smoothing": [-0.1, 1.5, math.nan],
+            "reduction": ["avg"],
+        },
+    ),
+    "MICACLLoss": (
+        lambda **kw: MICACLLoss(K, D, COUNTS, **kw),
+        {"mc_weight": [-1, math.inf, math.nan, "1"]},
+    ),
+    "GEIIM": (
+        lambda **kw: GEIIM(T, D, **kw),
+        {
+            "alpha_init": [-0.1, 1.5, math.nan],
+            "kernel_sizes": [(2,), (0,), (1.0,)],
+            "node_dim": [0, -2],
+        },
+    ),
+    "InstanceWeights": (
+        lambda **kw: InstanceWeights(D, **kw),
+        {"hidden_size": [0, -1], "mode": ["softmax"]},
+    ),
+    "InstanceSelfAttention": (
+        lambda **kw: InstanceSelfAttention(D, **kw),
+        {"num_heads": [0, 3, -2]},
+    ),
+    "MICACLHead": (
+        lambda **kw: MICACLHead(D, K, **kw),
+        {"num_instances": [0], "hidden_size": [0], "aggregator": ["gru"]},
+    ),
+    "ContrastMemory": (
+        lambda **kw: ContrastMemory(**{"size": 4, "dims": (3,), **kw}),
+        {"size": [0, -1], "dims": [(), (0,), 3]},
+    ),
+    "ConfusionMatrix": (
+        lambda **kw: ConfusionMatrix(**{"num_classes": 3, **kw}),
+        {"num_classes": [0, True, 2.0]},
+    ),
 }
 
 
-@pytest.mark.parametrize(("cls", "option", "value"), [
-    (cls, option, value) for cls, (_, options) in BAD_OPTIONS.items()
-    for option, values in options.items() for value in values])
+@pytest.mark.parametrize(
+    ("cls", "option", "value"),
+    [
+        (cls, option, value)
+        for cls, (_, options) in BAD_OPTIONS.items()
+        for option, values in options.items()
+        for value in values
+    ],
+)
 def test_constructor_options_are_checked(cls, option, value):
     """A bad option is never silently accepted, and the error is ours and names it."""
     make = BAD_OPTIONS[cls][0]

@@ -29,14 +29,30 @@ def _randomise(geiim: GEIIM, seed: int) -> GEIIM:
 # ------------------------------------------------------------------------------------------
 
 
-@given(batch=st.integers(0, 4), steps=st.integers(1, 6), dim=st.integers(1, 8),
-       node_dim=st.integers(1, 5), kernels=kernel_choices, masked=st.booleans(),
-       learn_alpha=st.booleans(), dtype=dtypes, seed=seeds)
-def test_shapes_and_finite(batch, steps, dim, node_dim, kernels, masked, learn_alpha, dtype,
-                           seed):
+@given(
+    batch=st.integers(0, 4),
+    steps=st.integers(1, 6),
+    dim=st.integers(1, 8),
+    node_dim=st.integers(1, 5),
+    kernels=kernel_choices,
+    masked=st.booleans(),
+    learn_alpha=st.booleans(),
+    dtype=dtypes,
+    seed=seeds,
+)
+def test_shapes_and_finite(batch, steps, dim, node_dim, kernels, masked, learn_alpha, dtype, seed):
     torch.manual_seed(seed)
-    geiim = _randomise(GEIIM(steps, dim, node_dim=node_dim, kernel_sizes=kernels,
-                             learn_alpha=learn_alpha, dtype=dtype), seed)
+    geiim = _randomise(
+        GEIIM(
+            steps,
+            dim,
+            node_dim=node_dim,
+            kernel_sizes=kernels,
+            learn_alpha=learn_alpha,
+            dtype=dtype,
+        ),
+        seed,
+    )
     x = randn(batch, steps, dim, seed=seed, dtype=dtype)
     mask = random_padding_mask(batch, steps, seed=seed) if masked else None
     y, adj = geiim(x, mask, return_adjacency=True)
@@ -55,8 +71,13 @@ def test_shapes_and_finite(batch, steps, dim, node_dim, kernels, masked, learn_a
 # ------------------------------------------------------------------------------------------
 
 
-@given(steps=st.integers(1, 7), node_dim=st.integers(1, 6), scale=st.floats(0.01, 30.0),
-       dtype=dtypes, seed=seeds)
+@given(
+    steps=st.integers(1, 7),
+    node_dim=st.integers(1, 6),
+    scale=st.floats(0.01, 30.0),
+    dtype=dtypes,
+    seed=seeds,
+)
 def test_adjacency_is_row_stochastic(steps, node_dim, scale, dtype, seed):
     torch.manual_seed(seed)
     geiim = GEIIM(steps, 3, node_dim=node_dim, dtype=dtype)
@@ -65,11 +86,13 @@ def test_adjacency_is_row_stochastic(steps, node_dim, scale, dtype, seed):
     adj = geiim.adjacency()
     assert adj.shape == (steps, steps)
     assert bool((adj >= 0).all())
-    torch.testing.assert_close(adj.double().sum(-1), torch.ones(steps, dtype=torch.float64),
-                               **tol(dtype))
+    torch.testing.assert_close(
+        adj.double().sum(-1), torch.ones(steps, dtype=torch.float64), **tol(dtype)
+    )
     # Eq. 1 written out independently.
-    ref = torch.softmax(torch.clamp(geiim.node_src.double() @ geiim.node_dst.double(), min=0),
-                        dim=1)
+    ref = torch.softmax(
+        torch.clamp(geiim.node_src.double() @ geiim.node_dst.double(), min=0), dim=1
+    )
     torch.testing.assert_close(adj.double(), ref, **tol(dtype))
 
 
@@ -94,8 +117,9 @@ def test_masked_adjacency_ignores_padded_columns(batch, steps, seed):
 def test_instance_adjacency_functional_matches_module():
     torch.manual_seed(0)
     geiim = GEIIM(5, 4)
-    torch.testing.assert_close(instance_adjacency(geiim.node_src, geiim.node_dst),
-                               geiim.adjacency())
+    torch.testing.assert_close(
+        instance_adjacency(geiim.node_src, geiim.node_dst), geiim.adjacency()
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -103,8 +127,14 @@ def test_instance_adjacency_functional_matches_module():
 # ------------------------------------------------------------------------------------------
 
 
-@given(batch=st.integers(1, 3), steps=st.integers(1, 6), dim=st.integers(1, 6),
-       masked=st.booleans(), dtype=dtypes, seed=seeds)
+@given(
+    batch=st.integers(1, 3),
+    steps=st.integers(1, 6),
+    dim=st.integers(1, 6),
+    masked=st.booleans(),
+    dtype=dtypes,
+    seed=seeds,
+)
 def test_alpha_one_without_multiscale_is_identity(batch, steps, dim, masked, dtype, seed):
     torch.manual_seed(seed)
     geiim = GEIIM(steps, dim, alpha_init=1.0, learn_alpha=False, kernel_sizes=(), dtype=dtype)
@@ -113,12 +143,19 @@ def test_alpha_one_without_multiscale_is_identity(batch, steps, dim, masked, dty
     torch.testing.assert_close(geiim(x, mask), x, atol=0, rtol=0)
 
 
-@given(batch=st.integers(1, 3), steps=st.integers(1, 5), dim=st.integers(1, 5),
-       alpha=st.floats(0.0, 1.0), learn=st.booleans(), seed=seeds)
+@given(
+    batch=st.integers(1, 3),
+    steps=st.integers(1, 5),
+    dim=st.integers(1, 5),
+    alpha=st.floats(0.0, 1.0),
+    learn=st.booleans(),
+    seed=seeds,
+)
 def test_eq2_without_multiscale(batch, steps, dim, alpha, learn, seed):
     torch.manual_seed(seed)
-    geiim = GEIIM(steps, dim, alpha_init=alpha, learn_alpha=learn, kernel_sizes=(),
-                  dtype=torch.float64)
+    geiim = GEIIM(
+        steps, dim, alpha_init=alpha, learn_alpha=learn, kernel_sizes=(), dtype=torch.float64
+    )
     x = randn(batch, steps, dim, seed=seed, dtype=torch.float64)
     a = geiim.adjacency().detach()
     expected = alpha * x + (1 - alpha) * torch.einsum("ij,bjc->bic", a, x)
@@ -183,8 +220,13 @@ def test_multiscale_stage_changes_output_once_trained():
 # ------------------------------------------------------------------------------------------
 
 
-@given(batch=st.integers(1, 4), steps=st.integers(2, 6), dim=st.integers(1, 5),
-       kernels=kernel_choices, seed=seeds)
+@given(
+    batch=st.integers(1, 4),
+    steps=st.integers(2, 6),
+    dim=st.integers(1, 5),
+    kernels=kernel_choices,
+    seed=seeds,
+)
 def test_padded_instances_pass_through_and_do_not_leak(batch, steps, dim, kernels, seed):
     torch.manual_seed(seed)
     geiim = _randomise(GEIIM(steps, dim, kernel_sizes=kernels, dtype=torch.float64), seed)

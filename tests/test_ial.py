@@ -24,25 +24,38 @@ from tests.conftest import (
 REDUCTIONS = ("mean", "sum", "none")
 
 
-def two_logit_ce(logits: torch.Tensor, targets: torch.Tensor, reduction: str,
-                 label_smoothing: float = 0.0) -> torch.Tensor:
+def two_logit_ce(
+    logits: torch.Tensor, targets: torch.Tensor, reduction: str, label_smoothing: float = 0.0
+) -> torch.Tensor:
     """The explicit definition: CE of [z_target, z_maxother] with target 0 (Python max)."""
     rows = logits.double()
     z_target = torch.stack([rows[i, t] for i, t in enumerate(targets.tolist())])
-    z_other = torch.stack([
-        max((rows[i, k] for k in range(rows.shape[1]) if k != t), key=float)
-        for i, t in enumerate(targets.tolist())
-    ])
+    z_other = torch.stack(
+        [
+            max((rows[i, k] for k in range(rows.shape[1]) if k != t), key=float)
+            for i, t in enumerate(targets.tolist())
+        ]
+    )
     pair = torch.stack([z_target, z_other], dim=1)
-    return F.cross_entropy(pair, torch.zeros(len(targets), dtype=torch.long),
-                           reduction=reduction, label_smoothing=label_smoothing)
+    return F.cross_entropy(
+        pair,
+        torch.zeros(len(targets), dtype=torch.long),
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+    )
 
 
-@given(batch=st.integers(1, 8), num_classes=st.integers(2, 6),
-       reduction=st.sampled_from(REDUCTIONS), scale=st.sampled_from([1e-3, 1.0, 50.0]),
-       dtype=dtypes, seed=seeds)
-def test_shapes_and_equals_two_logit_cross_entropy(batch, num_classes, reduction, scale, dtype,
-                                                    seed):
+@given(
+    batch=st.integers(1, 8),
+    num_classes=st.integers(2, 6),
+    reduction=st.sampled_from(REDUCTIONS),
+    scale=st.sampled_from([1e-3, 1.0, 50.0]),
+    dtype=dtypes,
+    seed=seeds,
+)
+def test_shapes_and_equals_two_logit_cross_entropy(
+    batch, num_classes, reduction, scale, dtype, seed
+):
     logits = randn(batch, num_classes, seed=seed, dtype=dtype, scale=scale, requires_grad=True)
     targets = randint_targets(batch, num_classes, seed=seed + 1)
     loss = IntensityAwareLoss(reduction=reduction)(logits, targets)
@@ -51,8 +64,7 @@ def test_shapes_and_equals_two_logit_cross_entropy(batch, num_classes, reduction
     assert_finite(loss)
     # Computed on the very same (possibly rounded) logits, in float64.
     expected = two_logit_ce(logits.detach(), targets, reduction)
-    t = {"atol": 1e-10, "rtol": 1e-10} if dtype == torch.float64 else {"atol": 1e-5,
-                                                                       "rtol": 1e-5}
+    t = {"atol": 1e-10, "rtol": 1e-10} if dtype == torch.float64 else {"atol": 1e-5, "rtol": 1e-5}
     torch.testing.assert_close(loss.double(), expected, **t)
     loss.sum().backward()
     assert_finite(logits.grad)
@@ -61,8 +73,9 @@ def test_shapes_and_equals_two_logit_cross_entropy(batch, num_classes, reduction
 def test_two_classes_is_plain_cross_entropy():
     logits = torch.randn(9, 2, dtype=torch.float64)
     targets = torch.randint(0, 2, (9,))
-    torch.testing.assert_close(intensity_aware_loss(logits, targets),
-                               F.cross_entropy(logits, targets))
+    torch.testing.assert_close(
+        intensity_aware_loss(logits, targets), F.cross_entropy(logits, targets)
+    )
 
 
 def test_only_runner_up_matters():
@@ -76,9 +89,13 @@ def test_only_runner_up_matters():
     assert float(intensity_aware_loss(raised, torch.tensor([0]))) > float(base)
 
 
-@given(batch=st.integers(1, 8), num_classes=st.integers(2, 5),
-       reduction=st.sampled_from(REDUCTIONS), ignore_index=st.sampled_from([-100, -1, 255]),
-       seed=seeds)
+@given(
+    batch=st.integers(1, 8),
+    num_classes=st.integers(2, 5),
+    reduction=st.sampled_from(REDUCTIONS),
+    ignore_index=st.sampled_from([-100, -1, 255]),
+    seed=seeds,
+)
 def test_ignore_index(batch, num_classes, reduction, ignore_index, seed):
     logits = randn(batch, num_classes, seed=seed, dtype=torch.float64)
     targets = randint_targets(batch, num_classes, seed=seed + 1)
@@ -89,8 +106,9 @@ def test_ignore_index(batch, num_classes, reduction, ignore_index, seed):
     if reduction == "none":
         assert bool((loss[drop] == 0).all())
         if keep.any():
-            torch.testing.assert_close(loss[keep], two_logit_ce(logits[keep], targets[keep],
-                                                                "none"))
+            torch.testing.assert_close(
+                loss[keep], two_logit_ce(logits[keep], targets[keep], "none")
+            )
     elif not keep.any():
         assert float(loss) == 0.0
     else:
@@ -113,7 +131,8 @@ def test_gradcheck():
     targets = torch.tensor([0, 3, 1, 1, 2])
     assert torch.autograd.gradcheck(lambda z: intensity_aware_loss(z, targets), (logits,))
     assert torch.autograd.gradcheck(
-        lambda z: intensity_aware_loss(z, targets, reduction="none"), (logits,))
+        lambda z: intensity_aware_loss(z, targets, reduction="none"), (logits,)
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
@@ -142,16 +161,25 @@ def test_module_equals_functional(reduction):
     torch.testing.assert_close(
         module(logits, targets),
         intensity_aware_loss(logits, targets, reduction=reduction, ignore_index=-1),
-        atol=0, rtol=0)
+        atol=0,
+        rtol=0,
+    )
 
 
-@given(batch=st.integers(1, 8), num_classes=st.integers(2, 6),
-       reduction=st.sampled_from(REDUCTIONS), smoothing=st.sampled_from([0.0, 0.1, 0.5, 1.0]),
-       scale=st.sampled_from([1e-3, 1.0, 50.0]), seed=seeds)
-def test_label_smoothing_equals_two_logit_cross_entropy(batch, num_classes, reduction, smoothing,
-                                                        scale, seed):
-    logits = randn(batch, num_classes, seed=seed, dtype=torch.float64, scale=scale,
-                   requires_grad=True)
+@given(
+    batch=st.integers(1, 8),
+    num_classes=st.integers(2, 6),
+    reduction=st.sampled_from(REDUCTIONS),
+    smoothing=st.sampled_from([0.0, 0.1, 0.5, 1.0]),
+    scale=st.sampled_from([1e-3, 1.0, 50.0]),
+    seed=seeds,
+)
+def test_label_smoothing_equals_two_logit_cross_entropy(
+    batch, num_classes, reduction, smoothing, scale, seed
+):
+    logits = randn(
+        batch, num_classes, seed=seed, dtype=torch.float64, scale=scale, requires_grad=True
+    )
     targets = randint_targets(batch, num_classes, seed=seed + 1)
     module = IntensityAwareLoss(reduction=reduction, label_smoothing=smoothing)
     loss = module(logits, targets)
@@ -159,7 +187,10 @@ def test_label_smoothing_equals_two_logit_cross_entropy(batch, num_classes, redu
     torch.testing.assert_close(loss, expected, atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(
         intensity_aware_loss(logits, targets, reduction=reduction, label_smoothing=smoothing),
-        loss, atol=0, rtol=0)
+        loss,
+        atol=0,
+        rtol=0,
+    )
     loss.sum().backward()
     assert_finite(logits.grad)
 

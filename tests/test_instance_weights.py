@@ -18,9 +18,17 @@ def test_modes_listed():
     assert set(WEIGHT_MODES) == {"channel_softmax", "scaled_channel_softmax", "instance_softmax"}
 
 
-@given(batch=st.integers(1, 4), steps=st.integers(1, 6), in_features=st.integers(1, 8),
-       hidden=st.one_of(st.none(), st.integers(1, 8)), mode=modes, masked=st.booleans(),
-       scale=st.sampled_from([1e-3, 1.0, 30.0]), dtype=dtypes, seed=seeds)
+@given(
+    batch=st.integers(1, 4),
+    steps=st.integers(1, 6),
+    in_features=st.integers(1, 8),
+    hidden=st.one_of(st.none(), st.integers(1, 8)),
+    mode=modes,
+    masked=st.booleans(),
+    scale=st.sampled_from([1e-3, 1.0, 30.0]),
+    dtype=dtypes,
+    seed=seeds,
+)
 def test_shapes_and_finite(batch, steps, in_features, hidden, mode, masked, scale, dtype, seed):
     torch.manual_seed(seed)
     iw = InstanceWeights(in_features, hidden_size=hidden, mode=mode, dtype=dtype)
@@ -36,9 +44,15 @@ def test_shapes_and_finite(batch, steps, in_features, hidden, mode, masked, scal
         assert bool((w[mask] == 0).all())
 
 
-@given(batch=st.integers(1, 3), steps=st.integers(1, 6), channels=st.integers(1, 8),
-       masked=st.booleans(), scale=st.sampled_from([1e-3, 1.0, 30.0]), dtype=dtypes,
-       seed=seeds)
+@given(
+    batch=st.integers(1, 3),
+    steps=st.integers(1, 6),
+    channels=st.integers(1, 8),
+    masked=st.booleans(),
+    scale=st.sampled_from([1e-3, 1.0, 30.0]),
+    dtype=dtypes,
+    seed=seeds,
+)
 def test_mode_normalisations(batch, steps, channels, masked, scale, dtype, seed):
     h = randn(batch, steps, channels, seed=seed, dtype=dtype, scale=scale)
     mask = random_padding_mask(batch, steps, seed=seed) if masked else None
@@ -60,8 +74,9 @@ def test_mode_normalisations(batch, steps, channels, masked, scale, dtype, seed)
         idx = real[b].nonzero().squeeze(1)
         expect = torch.softmax(h[b, idx].double(), dim=0) * idx.numel()
         torch.testing.assert_close(w[b, idx], expect, **t)
-        torch.testing.assert_close(w[b, idx].mean(0), torch.ones(channels, dtype=torch.float64),
-                                   **t)
+        torch.testing.assert_close(
+            w[b, idx].mean(0), torch.ones(channels, dtype=torch.float64), **t
+        )
 
 
 def test_projection_only_when_sizes_differ():

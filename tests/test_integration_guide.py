@@ -12,8 +12,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "integration.md"
-FENCE = re.compile(r"^(?P<indent>[ \t]*)```python[^\n]*\n(?P<body>.*?)^(?P=indent)```",
-                   re.DOTALL | re.MULTILINE)
+FENCE = re.compile(
+    r"^(?P<indent>[ \t]*)```python[^\n]*\n(?P<body>.*?)^(?P=indent)```", re.DOTALL | re.MULTILINE
+)
 
 
 def _blocks() -> list[str]:
@@ -22,8 +23,15 @@ def _blocks() -> list[str]:
 
 def test_guide_has_the_steps():
     text = GUIDE.read_text("utf-8")
-    for needle in ("WIAN.from_lstm", "torch.amp.GradScaler", "DistributedDataParallel",
-                   "feature_dim", "class_counts", "mccl.parameters()", "flatten_parameters"):
+    for needle in (
+        "WIAN.from_lstm",
+        "torch.amp.GradScaler",
+        "DistributedDataParallel",
+        "feature_dim",
+        "class_counts",
+        "mccl.parameters()",
+        "flatten_parameters",
+    ):
         assert needle in text, needle
     assert len(_blocks()) >= 6
 

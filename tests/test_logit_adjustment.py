@@ -12,8 +12,7 @@ COUNTS = torch.tensor([500.0, 60.0, 7.0, 1.0])
 
 def _batch(seed=0, b=9, k=4, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(b, k, generator=g, dtype=dtype) * 3,
-            torch.randint(0, k, (b,), generator=g))
+    return (torch.randn(b, k, generator=g, dtype=dtype) * 3, torch.randint(0, k, (b,), generator=g))
 
 
 def test_tau_zero_is_plain_cross_entropy():
@@ -36,8 +35,7 @@ def test_tau_scales_the_log_prior():
     logits, targets = _batch()
     got = logit_adjusted_cross_entropy(logits, targets, COUNTS, tau=1.7, reduction="sum")
     prior = (COUNTS / COUNTS.sum()).log()
-    torch.testing.assert_close(got, F.cross_entropy(logits + 1.7 * prior, targets,
-                                                    reduction="sum"))
+    torch.testing.assert_close(got, F.cross_entropy(logits + 1.7 * prior, targets, reduction="sum"))
 
 
 def test_minimiser_is_the_balanced_predictor():
@@ -51,8 +49,7 @@ def test_minimiser_is_the_balanced_predictor():
 
         def closure(z=z, opt=opt, tau=tau):
             opt.zero_grad()
-            loss = logit_adjusted_cross_entropy(z.expand(len(targets), 3), targets, counts,
-                                                tau=tau)
+            loss = logit_adjusted_cross_entropy(z.expand(len(targets), 3), targets, counts, tau=tau)
             loss.backward()
             return loss
 
@@ -69,7 +66,8 @@ def test_gradcheck_float64():
     logits.requires_grad_(True)
     assert torch.autograd.gradcheck(
         lambda z: logit_adjusted_cross_entropy(z, targets, COUNTS, tau=0.8, label_smoothing=0.1),
-        (logits,))
+        (logits,),
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -88,8 +86,9 @@ def test_ignore_index_and_all_ignored():
     targets[:3] = -100
     got = logit_adjusted_cross_entropy(logits, targets, COUNTS)
     keep = targets != -100
-    torch.testing.assert_close(got, logit_adjusted_cross_entropy(logits[keep], targets[keep],
-                                                                 COUNTS))
+    torch.testing.assert_close(
+        got, logit_adjusted_cross_entropy(logits[keep], targets[keep], COUNTS)
+    )
     z = logits.clone().requires_grad_(True)
     zero = logit_adjusted_cross_entropy(z, torch.full((9,), -100), COUNTS)
     assert zero.item() == 0.0
@@ -111,39 +110,69 @@ def test_single_class_batch():
 
 
 def test_log_prior():
-    torch.testing.assert_close(log_prior([1, 3]), torch.tensor([math.log(0.25), math.log(0.75)],
-                                                               dtype=torch.float64))
+    torch.testing.assert_close(
+        log_prior([1, 3]), torch.tensor([math.log(0.25), math.log(0.75)], dtype=torch.float64)
+    )
 
 
 def test_module_matches_function_and_state():
     crit = LogitAdjustedLoss([500, 60, 7, 1], tau=1.5, label_smoothing=0.05)
     logits, targets = _batch()
-    torch.testing.assert_close(crit(logits, targets), logit_adjusted_cross_entropy(
-        logits, targets, COUNTS, tau=1.5, label_smoothing=0.05))
+    torch.testing.assert_close(
+        crit(logits, targets),
+        logit_adjusted_cross_entropy(logits, targets, COUNTS, tau=1.5, label_smoothing=0.05),
+    )
     crit.half()
     assert crit.class_counts.dtype == torch.long
     assert crit.state_dict()["class_counts"].tolist() == [500, 60, 7, 1]
     assert "tau=1.5" in repr(crit)
 
 
-@pytest.mark.parametrize(("call", "match"), [
-    (lambda: logit_adjusted_cross_entropy(torch.zeros(2, 3), torch.tensor([0, 1]), [1, 2]),
-     r"class_counts.*\(3,\)"),
-    (lambda: logit_adjusted_cross_entropy(torch.zeros(2, 3), torch.tensor([0, 1]), [1, 0, 2]),
-     "class_counts.*> 0"),
-    (lambda: logit_adjusted_cross_entropy(torch.zeros(2, 3), torch.tensor([0, 1]), [1, 1, 1],
-                                          tau=-1.0), "tau"),
-    (lambda: logit_adjusted_cross_entropy(torch.zeros(2, 3), torch.tensor([0, 1]), [1, 1, 1],
-                                          label_smoothing=1.5), "label_smoothing"),
-    (lambda: logit_adjusted_cross_entropy(torch.zeros(2, 3), torch.tensor([0, 1]), [1, 1, 1],
-                                          reduction="avg"), "reduction"),
-    (lambda: logit_adjusted_cross_entropy(torch.zeros(2, 3), torch.tensor([0, 3]), [1, 1, 1]),
-     "targets"),
-    (lambda: LogitAdjustedLoss([1.5, 2.0]), "whole numbers"),
-    (lambda: LogitAdjustedLoss([[1, 2]]), r"class_counts.*\(K,\)"),
-    (lambda: LogitAdjustedLoss([3, 1])(torch.zeros(2, 3), torch.tensor([0, 1])),
-     r"logits.*K=2.*shape=\(2, 3\)"),
-])
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (
+            lambda: logit_adjusted_cross_entropy(torch.zeros(2, 3), torch.tensor([0, 1]), [1, 2]),
+            r"class_counts.*\(3,\)",
+        ),
+        (
+            lambda: logit_adjusted_cross_entropy(
+                torch.zeros(2, 3), torch.tensor([0, 1]), [1, 0, 2]
+            ),
+            "class_counts.*> 0",
+        ),
+        (
+            lambda: logit_adjusted_cross_entropy(
+                torch.zeros(2, 3), torch.tensor([0, 1]), [1, 1, 1], tau=-1.0
+            ),
+            "tau",
+        ),
+        (
+            lambda: logit_adjusted_cross_entropy(
+                torch.zeros(2, 3), torch.tensor([0, 1]), [1, 1, 1], label_smoothing=1.5
+            ),
+            "label_smoothing",
+        ),
+        (
+            lambda: logit_adjusted_cross_entropy(
+                torch.zeros(2, 3), torch.tensor([0, 1]), [1, 1, 1], reduction="avg"
+            ),
+            "reduction",
+        ),
+        (
+            lambda: logit_adjusted_cross_entropy(
+                torch.zeros(2, 3), torch.tensor([0, 3]), [1, 1, 1]
+            ),
+            "targets",
+        ),
+        (lambda: LogitAdjustedLoss([1.5, 2.0]), "whole numbers"),
+        (lambda: LogitAdjustedLoss([[1, 2]]), r"class_counts.*\(K,\)"),
+        (
+            lambda: LogitAdjustedLoss([3, 1])(torch.zeros(2, 3), torch.tensor([0, 1])),
+            r"logits.*K=2.*shape=\(2, 3\)",
+        ),
+    ],
+)
 def test_bad_inputs_name_the_argument(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
@@ -151,5 +180,6 @@ def test_bad_inputs_name_the_argument(call, match):
 
 def test_integer_logits_are_rejected():
     with pytest.raises(TypeError, match="logits.*floating"):
-        logit_adjusted_cross_entropy(torch.zeros(2, 3, dtype=torch.long), torch.tensor([0, 1]),
-                                     [1, 1, 1])
+        logit_adjusted_cross_entropy(
+            torch.zeros(2, 3, dtype=torch.long), torch.tensor([0, 1]), [1, 1, 1]
+        )

@@ -69,8 +69,13 @@ def test_paired_interval_brackets_the_mean():
 @pytest.mark.slow
 def test_quick_run_end_to_end(tmp_path):
     out = tmp_path / "table.md"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--output", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--output", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     text = out.read_text()
     assert "### digits, ratio 10" in text

@@ -27,8 +27,14 @@ def _ids(case):
     return f"bf{int(batch_first)}-L{layers}-D{2 if bidir else 1}"
 
 
-def _input(batch_first: bool, unbatched: bool, batch: int = 3, steps: int = 5, size: int = 4,
-           dtype=torch.float32):
+def _input(
+    batch_first: bool,
+    unbatched: bool,
+    batch: int = 3,
+    steps: int = 5,
+    size: int = 4,
+    dtype=torch.float32,
+):
     if unbatched:
         return torch.randn(steps, size, dtype=dtype)
     return torch.randn(*((batch, steps) if batch_first else (steps, batch)), size, dtype=dtype)
@@ -59,18 +65,38 @@ def test_constructor_signature_and_defaults_match_lstm():
     assert list(_defaults(WIANCell.__init__)) == list(_defaults(nn.LSTMCell.__init__))
 
 
-@pytest.mark.parametrize(("args", "kwargs"), [
-    ((4, 6), {}),
-    ((4, 6, 2), {}),
-    ((4, 6, 2, False, True, 0.25, True), {}),  # every option positionally, as nn.LSTM allows
-    ((4, 6), {"num_layers": 3, "bias": False, "batch_first": True, "dropout": 0.5,
-              "bidirectional": True, "proj_size": 0}),
-    ((), {"input_size": 4, "hidden_size": 6, "dtype": torch.float64, "device": "cpu"}),
-])
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        ((4, 6), {}),
+        ((4, 6, 2), {}),
+        ((4, 6, 2, False, True, 0.25, True), {}),  # every option positionally, as nn.LSTM allows
+        (
+            (4, 6),
+            {
+                "num_layers": 3,
+                "bias": False,
+                "batch_first": True,
+                "dropout": 0.5,
+                "bidirectional": True,
+                "proj_size": 0,
+            },
+        ),
+        ((), {"input_size": 4, "hidden_size": 6, "dtype": torch.float64, "device": "cpu"}),
+    ],
+)
 def test_constructor_attributes_match_lstm(args, kwargs):
     wian, lstm = WIAN(*args, **kwargs), nn.LSTM(*args, **kwargs)
-    for attr in ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
-                 "bidirectional", "proj_size"):
+    for attr in (
+        "input_size",
+        "hidden_size",
+        "num_layers",
+        "bias",
+        "batch_first",
+        "dropout",
+        "bidirectional",
+        "proj_size",
+    ):
         assert getattr(wian, attr) == getattr(lstm, attr), attr
     assert wian.weight_ih_l0.dtype == lstm.weight_ih_l0.dtype
     # The same parameter names; WIAN's have five gates where nn.LSTM's have four.
@@ -81,18 +107,34 @@ def test_constructor_attributes_match_lstm(args, kwargs):
     assert not lstm_params
 
 
-@pytest.mark.parametrize("kwargs", [
-    {}, {"num_layers": 3, "bias": False, "batch_first": True, "dropout": 0.5,
-         "bidirectional": True},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {
+            "num_layers": 3,
+            "bias": False,
+            "batch_first": True,
+            "dropout": 0.5,
+            "bidirectional": True,
+        },
+    ],
+)
 def test_repr_matches_lstm(kwargs):
     assert repr(WIAN(4, 6, **kwargs)).replace("WIAN", "LSTM") == repr(nn.LSTM(4, 6, **kwargs))
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"dropout": 1.5}, {"dropout": -0.1}, {"dropout": True}, {"num_layers": 0},
-    {"hidden_size": 0}, {"no_such_option": 1},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"dropout": 1.5},
+        {"dropout": -0.1},
+        {"dropout": True},
+        {"num_layers": 0},
+        {"hidden_size": 0},
+        {"no_such_option": 1},
+    ],
+)
 def test_invalid_constructor_arguments_raise_like_lstm(kwargs):
     args = {"input_size": 4, "hidden_size": 6, **kwargs}
     with pytest.raises(Exception) as lstm_error:
@@ -184,8 +226,7 @@ def test_cell_matches_lstm_cell(unbatched, hx_kind, bias):
 def test_from_lstm_equals_lstm_with_unit_weights(case, bias):
     batch_first, layers, bidir = case
     torch.manual_seed(1)
-    lstm = nn.LSTM(5, 7, num_layers=layers, bias=bias, batch_first=batch_first,
-                   bidirectional=bidir)
+    lstm = nn.LSTM(5, 7, num_layers=layers, bias=bias, batch_first=batch_first, bidirectional=bidir)
     with torch.no_grad():  # wider than the default init: gates far from their linear range
         for p in lstm.parameters():
             p.mul_(3.0)
@@ -217,18 +258,22 @@ def test_from_lstm_copies_options_and_saturates_the_gate():
     lstm.eval()
     wian = WIAN.from_lstm(lstm)
     assert (wian.num_layers, wian.batch_first, wian.dropout, wian.bidirectional) == (
-        3, True, 0.25, True)
+        3,
+        True,
+        0.25,
+        True,
+    )
     assert not wian.training
     assert WIAN.from_lstm(lstm.train()).training
     h = 7
     for name, p in wian.named_parameters():
         if name.startswith("bias_ih"):
-            gate = p[4 * h:]
+            gate = p[4 * h :]
             assert bool((torch.sigmoid(gate) == 1.0).all()), name
         else:
-            assert bool((p[4 * h:] == 0).all()), name
+            assert bool((p[4 * h :] == 0).all()), name
         lstm_p = getattr(lstm, name)
-        assert torch.equal(p[:4 * h], lstm_p), name
+        assert torch.equal(p[: 4 * h], lstm_p), name
     # The copies are parameters of their own: training the WIAN leaves the LSTM as it was.
     assert wian.weight_ih_l0.data_ptr() != lstm.weight_ih_l0.data_ptr()
 
@@ -303,8 +348,9 @@ def test_cell_per_sample_weight():
     torch.manual_seed(5)
     cell = WIANCell(3, 3)
     x, w = torch.randn(3, 3), torch.rand(3)
-    torch.testing.assert_close(cell(x, weight=w)[0], cell(x, weight=w.unsqueeze(-1))[0],
-                               atol=0, rtol=0)
+    torch.testing.assert_close(
+        cell(x, weight=w)[0], cell(x, weight=w.unsqueeze(-1))[0], atol=0, rtol=0
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -325,8 +371,12 @@ def test_input_of_another_dtype_is_computed_in_the_parameters_dtype(dtype):
     want, _ = wian(x.float(), (hx[0].float(), hx[1].float()), weights=w.float())
     torch.testing.assert_close(out, want, atol=0, rtol=0)
     h, _ = cell(x[0], (hx[0][0], hx[1][0]), weight=w[0])
-    torch.testing.assert_close(h, cell(x[0].float(), (hx[0][0].float(), hx[1][0].float()),
-                                       weight=w[0].float())[0], atol=0, rtol=0)
+    torch.testing.assert_close(
+        h,
+        cell(x[0].float(), (hx[0][0].float(), hx[1][0].float()), weight=w[0].float())[0],
+        atol=0,
+        rtol=0,
+    )
 
 
 @pytest.mark.parametrize("switch", ["auto", "off", "on"])
@@ -353,8 +403,7 @@ def _fwd_bwd(wian, x, w, grad):
     x = x.detach().requires_grad_()
     out, (h_n, _) = wian(x, weights=w)
     (out.float() * grad).sum().add(h_n.float().sum()).backward()
-    return [out.float(), h_n.float(), x.grad.float(),
-            *[p.grad.float() for p in wian.parameters()]]
+    return [out.float(), h_n.float(), x.grad.float(), *[p.grad.float() for p in wian.parameters()]]
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
@@ -374,8 +423,9 @@ def test_fused_kernel_under_cpu_autocast(bidirectional):
     for a, b, c in zip(fused, float32, plain, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)  # float32 math
         # ... and close to what autocast's bfloat16 products give (8 significant bits).
-        torch.testing.assert_close(a, c, atol=0.05 * float(c.detach().abs().max()) + 1e-3,
-                                   rtol=0.05)
+        torch.testing.assert_close(
+            a, c, atol=0.05 * float(c.detach().abs().max()) + 1e-3, rtol=0.05
+        )
 
 
 def test_autocast_kernel_only_where_the_switch_enables_it():
@@ -405,8 +455,9 @@ def test_fused_kernel_in_bfloat16_under_autocast_with_the_switch_on():
     assert all(p.grad.dtype == torch.float32 for p in wian.parameters())
     for a, b in zip(low, float32, strict=True):
         # bfloat16 throughout (8 significant bits, the cell state included).
-        torch.testing.assert_close(a, b, atol=0.06 * float(b.detach().abs().max()) + 1e-3,
-                                   rtol=0.06)
+        torch.testing.assert_close(
+            a, b, atol=0.06 * float(b.detach().abs().max()) + 1e-3, rtol=0.06
+        )
 
 
 def test_no_warning_on_plain_construction():

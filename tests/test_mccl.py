@@ -53,17 +53,33 @@ def mccl_problems(draw, max_batch=8, max_classes=4, max_dim=8):
 # ------------------------------------------------------------------------------------------
 
 
-@given(problem=mccl_problems(), projection_dim=st.one_of(st.none(), st.integers(1, 5)),
-       form=st.sampled_from(FORMS), temperature=st.sampled_from(TEMPERATURES),
-       reduction=st.sampled_from(REDUCTIONS), fixed_counts=st.booleans(),
-       scale=st.sampled_from([1e-6, 1.0, 1e3]), dtype=dtypes, seed=seeds)
-def test_shapes_and_finite(problem, projection_dim, form, temperature, reduction, fixed_counts,
-                           scale, dtype, seed):
+@given(
+    problem=mccl_problems(),
+    projection_dim=st.one_of(st.none(), st.integers(1, 5)),
+    form=st.sampled_from(FORMS),
+    temperature=st.sampled_from(TEMPERATURES),
+    reduction=st.sampled_from(REDUCTIONS),
+    fixed_counts=st.booleans(),
+    scale=st.sampled_from([1e-6, 1.0, 1e3]),
+    dtype=dtypes,
+    seed=seeds,
+)
+def test_shapes_and_finite(
+    problem, projection_dim, form, temperature, reduction, fixed_counts, scale, dtype, seed
+):
     batch, num_classes, dim, scales, counts = problem
     torch.manual_seed(seed)
-    mccl = MCCLoss(num_classes, dim, counts if fixed_counts else None, scales,
-                   projection_dim=projection_dim, form=form, temperature=temperature,
-                   reduction=reduction, dtype=dtype)
+    mccl = MCCLoss(
+        num_classes,
+        dim,
+        counts if fixed_counts else None,
+        scales,
+        projection_dim=projection_dim,
+        form=form,
+        temperature=temperature,
+        reduction=reduction,
+        dtype=dtype,
+    )
     features = randn(batch, dim, seed=seed, dtype=dtype, scale=scale, requires_grad=True)
     logits = randn(batch, num_classes, seed=seed + 1, dtype=dtype)
     targets = randint_targets(batch, num_classes, seed=seed + 2)
@@ -90,8 +106,22 @@ def test_shapes_and_finite(problem, projection_dim, form, temperature, reduction
 # ------------------------------------------------------------------------------------------
 
 
-def brute_force_mccl(features, logits, targets, counts, *, scales, projections, tau0,
-                     temperature, form, exclude_self, class_weighting, difficulty, reduction):
+def brute_force_mccl(
+    features,
+    logits,
+    targets,
+    counts,
+    *,
+    scales,
+    projections,
+    tau0,
+    temperature,
+    form,
+    exclude_self,
+    class_weighting,
+    difficulty,
+    reduction,
+):
     """Eq. 7-12 with plain Python floats and loops.
 
     ``projections`` is None or one (weight rows, bias) pair of nested lists per scale. Class
@@ -139,13 +169,20 @@ def brute_force_mccl(features, logits, targets, counts, *, scales, projections, 
                 pooled.append(sum(f[i][start:end]) / (end - start))
             if projections is not None:
                 w_rows, bias = projections[idx]
-                pooled = [sum(wr[k] * pooled[k] for k in range(out)) + bias[r]
-                          for r, wr in enumerate(w_rows)]
+                pooled = [
+                    sum(wr[k] * pooled[k] for k in range(out)) + bias[r]
+                    for r, wr in enumerate(w_rows)
+                ]
             z.append(pooled)
         norms = [math.sqrt(sum(v * v for v in zi)) for zi in z]
         # Eq. 9: cosine similarity over tau.
-        sim = [[sum(a * b for a, b in zip(z[i], z[j], strict=True)) / (norms[i] * norms[j]) / tau
-                for j in range(batch)] for i in range(batch)]
+        sim = [
+            [
+                sum(a * b for a, b in zip(z[i], z[j], strict=True)) / (norms[i] * norms[j]) / tau
+                for j in range(batch)
+            ]
+            for i in range(batch)
+        ]
         # Eq. 11 per anchor.
         per_anchor, num_with_pos = [], 0
         for i in range(batch):
@@ -173,19 +210,47 @@ def brute_force_mccl(features, logits, targets, counts, *, scales, projections, 
     return sum(per_scale) / len(scales)
 
 
-@given(problem=mccl_problems(max_batch=7), projection_dim=st.one_of(st.none(), st.integers(1, 4)),
-       form=st.sampled_from(FORMS), temperature=st.sampled_from(TEMPERATURES),
-       reduction=st.sampled_from(REDUCTIONS), exclude_self=st.booleans(),
-       class_weighting=st.booleans(), difficulty=st.booleans(), tau0=st.floats(0.05, 1.0),
-       seed=seeds)
-def test_matches_brute_force(problem, projection_dim, form, temperature, reduction, exclude_self,
-                             class_weighting, difficulty, tau0, seed):
+@given(
+    problem=mccl_problems(max_batch=7),
+    projection_dim=st.one_of(st.none(), st.integers(1, 4)),
+    form=st.sampled_from(FORMS),
+    temperature=st.sampled_from(TEMPERATURES),
+    reduction=st.sampled_from(REDUCTIONS),
+    exclude_self=st.booleans(),
+    class_weighting=st.booleans(),
+    difficulty=st.booleans(),
+    tau0=st.floats(0.05, 1.0),
+    seed=seeds,
+)
+def test_matches_brute_force(
+    problem,
+    projection_dim,
+    form,
+    temperature,
+    reduction,
+    exclude_self,
+    class_weighting,
+    difficulty,
+    tau0,
+    seed,
+):
     batch, num_classes, dim, scales, counts = problem
     torch.manual_seed(seed)
-    mccl = MCCLoss(num_classes, dim, counts, scales, projection_dim=projection_dim, tau0=tau0,
-                   form=form, temperature=temperature, reduction=reduction,
-                   exclude_self=exclude_self, class_weighting=class_weighting,
-                   difficulty=difficulty, dtype=torch.float64)
+    mccl = MCCLoss(
+        num_classes,
+        dim,
+        counts,
+        scales,
+        projection_dim=projection_dim,
+        tau0=tau0,
+        form=form,
+        temperature=temperature,
+        reduction=reduction,
+        exclude_self=exclude_self,
+        class_weighting=class_weighting,
+        difficulty=difficulty,
+        dtype=torch.float64,
+    )
     features = randn(batch, dim, seed=seed, dtype=torch.float64)
     logits = randn(batch, num_classes, seed=seed + 1, dtype=torch.float64)
     targets = randint_targets(batch, num_classes, seed=seed + 2)
@@ -193,12 +258,24 @@ def test_matches_brute_force(problem, projection_dim, form, temperature, reducti
     if mccl.projections is not None:
         projections = [(p.weight.tolist(), p.bias.tolist()) for p in mccl.projections]
     expected = brute_force_mccl(
-        features, logits, targets, counts, scales=scales, projections=projections, tau0=tau0,
-        temperature=temperature, form=form, exclude_self=exclude_self,
-        class_weighting=class_weighting, difficulty=difficulty, reduction=reduction)
+        features,
+        logits,
+        targets,
+        counts,
+        scales=scales,
+        projections=projections,
+        tau0=tau0,
+        temperature=temperature,
+        form=form,
+        exclude_self=exclude_self,
+        class_weighting=class_weighting,
+        difficulty=difficulty,
+        reduction=reduction,
+    )
     got = mccl(features, logits, targets).detach()
-    torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64),
-                               atol=1e-8, rtol=1e-8)
+    torch.testing.assert_close(
+        got, torch.tensor(expected, dtype=torch.float64), atol=1e-8, rtol=1e-8
+    )
 
 
 def test_brute_force_is_sensitive():
@@ -206,12 +283,25 @@ def test_brute_force_is_sensitive():
     features = randn(6, 4, seed=0, dtype=torch.float64)
     logits = randn(6, 3, seed=1, dtype=torch.float64)
     targets = torch.tensor([0, 0, 1, 1, 2, 0])
-    base = {"scales": (1,), "projections": None, "tau0": 0.1, "temperature": "class_mean",
-            "form": "ratio", "exclude_self": True, "class_weighting": True, "difficulty": True,
-            "reduction": "mean"}
+    base = {
+        "scales": (1,),
+        "projections": None,
+        "tau0": 0.1,
+        "temperature": "class_mean",
+        "form": "ratio",
+        "exclude_self": True,
+        "class_weighting": True,
+        "difficulty": True,
+        "reduction": "mean",
+    }
     ref = brute_force_mccl(features, logits, targets, [5, 2, 9], **base)
-    for key, value in [("form", "log"), ("exclude_self", False), ("class_weighting", False),
-                       ("difficulty", False), ("temperature", "fixed")]:
+    for key, value in [
+        ("form", "log"),
+        ("exclude_self", False),
+        ("class_weighting", False),
+        ("difficulty", False),
+        ("temperature", "fixed"),
+    ]:
         other = brute_force_mccl(features, logits, targets, [5, 2, 9], **{**base, key: value})
         assert abs(other - ref) > 1e-6, key
 
@@ -222,9 +312,19 @@ def test_brute_force_is_sensitive():
 
 
 def _supcon_config(num_classes, dim, tau):
-    return MCCLoss(num_classes, dim, None, scales=(1,), projection_dim=None, tau0=tau,
-                   temperature="fixed", form="log", class_weighting=False, difficulty=False,
-                   dtype=torch.float64)
+    return MCCLoss(
+        num_classes,
+        dim,
+        None,
+        scales=(1,),
+        projection_dim=None,
+        tau0=tau,
+        temperature="fixed",
+        form="log",
+        class_weighting=False,
+        difficulty=False,
+        dtype=torch.float64,
+    )
 
 
 def _compare_with_supcon(features, targets, num_classes, tau):
@@ -248,8 +348,13 @@ def _compare_with_supcon(features, targets, num_classes, tau):
     torch.testing.assert_close(f1.grad, f2.grad, atol=1e-6, rtol=1e-6)
 
 
-@given(batch=st.integers(2, 12), num_classes=st.integers(2, 5), dim=st.integers(2, 10),
-       tau=st.floats(0.05, 1.0), seed=seeds)
+@given(
+    batch=st.integers(2, 12),
+    num_classes=st.integers(2, 5),
+    dim=st.integers(2, 10),
+    tau=st.floats(0.05, 1.0),
+    seed=seeds,
+)
 def test_equals_pml_supcon(batch, num_classes, dim, tau, seed):
     targets = randint_targets(batch, num_classes, seed=seed + 1)
     assume(targets.unique().numel() >= 2)
@@ -257,12 +362,15 @@ def test_equals_pml_supcon(batch, num_classes, dim, tau, seed):
     _compare_with_supcon(features, targets, num_classes, tau)
 
 
-@pytest.mark.parametrize("targets", [
-    [0, 0, 1, 2, 2, 3],  # anchors 2 and 5 lack positives
-    [0, 1, 1, 1, 2],  # anchors 0 and 4 lack positives
-    [3, 0, 0, 0, 0, 0, 0, 1],  # two singletons among a big class
-    [0, 1, 0, 1, 0, 1],  # every anchor has positives
-])
+@pytest.mark.parametrize(
+    "targets",
+    [
+        [0, 0, 1, 2, 2, 3],  # anchors 2 and 5 lack positives
+        [0, 1, 1, 1, 2],  # anchors 0 and 4 lack positives
+        [3, 0, 0, 0, 0, 0, 0, 1],  # two singletons among a big class
+        [0, 1, 0, 1, 0, 1],  # every anchor has positives
+    ],
+)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_equals_pml_supcon_with_lonely_anchors(targets, seed):
     targets = torch.tensor(targets)
@@ -275,26 +383,41 @@ def test_equals_pml_supcon_with_lonely_anchors(targets, seed):
 # ------------------------------------------------------------------------------------------
 
 
-@given(problem=mccl_problems(), projection_dim=st.one_of(st.none(), st.integers(1, 4)),
-       form=st.sampled_from(FORMS), temperature=st.sampled_from(TEMPERATURES),
-       dtype=st.sampled_from([torch.float32, torch.float64]), seed=seeds)
+@given(
+    problem=mccl_problems(),
+    projection_dim=st.one_of(st.none(), st.integers(1, 4)),
+    form=st.sampled_from(FORMS),
+    temperature=st.sampled_from(TEMPERATURES),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    seed=seeds,
+)
 def test_permutation_invariance(problem, projection_dim, form, temperature, dtype, seed):
     batch, num_classes, dim, scales, counts = problem
     torch.manual_seed(seed)
-    mccl = MCCLoss(num_classes, dim, counts, scales, projection_dim=projection_dim, form=form,
-                   temperature=temperature, dtype=dtype)
+    mccl = MCCLoss(
+        num_classes,
+        dim,
+        counts,
+        scales,
+        projection_dim=projection_dim,
+        form=form,
+        temperature=temperature,
+        dtype=dtype,
+    )
     features = randn(batch, dim, seed=seed, dtype=dtype)
     logits = randn(batch, num_classes, seed=seed + 1, dtype=dtype)
     targets = randint_targets(batch, num_classes, seed=seed + 2)
     perm = torch.randperm(batch, generator=generator(seed + 3))
     t = {"atol": 1e-6, "rtol": 1e-6} if dtype == torch.float64 else {"atol": 1e-5, "rtol": 1e-5}
     with torch.no_grad():
-        torch.testing.assert_close(mccl(features[perm], logits[perm], targets[perm]),
-                                   mccl(features, logits, targets), **t)
+        torch.testing.assert_close(
+            mccl(features[perm], logits[perm], targets[perm]), mccl(features, logits, targets), **t
+        )
         mccl.reduction = "none"
         per_anchor = mccl(features, logits, targets)
-        torch.testing.assert_close(mccl(features[perm], logits[perm], targets[perm]),
-                                   per_anchor[perm], **t)
+        torch.testing.assert_close(
+            mccl(features[perm], logits[perm], targets[perm]), per_anchor[perm], **t
+        )
 
 
 def test_reductions_agree():
@@ -335,7 +458,8 @@ def test_breakdown_is_consistent():
     torch.testing.assert_close(out.weights, category_aware_weights(logits, targets, counts))
     torch.testing.assert_close(
         out.temperature.double(),
-        adaptive_temperature(counts, 0.07, mode="batch_mean", targets=targets))
+        adaptive_temperature(counts, 0.07, mode="batch_mean", targets=targets),
+    )
     assert out.has_positive.tolist() == [True, True, True, True, False, True]
 
 
@@ -353,15 +477,19 @@ def test_category_aware_weights_normalisation_and_detach():
     torch.testing.assert_close(w.mean(), torch.tensor(1.0))  # mean over the K classes
     logits = torch.randn(3, 3, requires_grad=True)
     p = logits.softmax(-1)[torch.arange(3), targets]
-    torch.testing.assert_close(category_aware_weights(logits, targets, counts,
-                                                      class_weighting=False), 1 - p)
+    torch.testing.assert_close(
+        category_aware_weights(logits, targets, counts, class_weighting=False), 1 - p
+    )
     assert not category_aware_weights(logits, targets, counts).requires_grad
     attached = category_aware_weights(logits, targets, counts, detach_difficulty=False)
     assert attached.requires_grad
 
 
-@given(counts=st.lists(st.integers(1, 10_000), min_size=1, max_size=8),
-       tau0=st.floats(0.01, 1.0), seed=seeds)
+@given(
+    counts=st.lists(st.integers(1, 10_000), min_size=1, max_size=8),
+    tau0=st.floats(0.01, 1.0),
+    seed=seeds,
+)
 def test_adaptive_temperature(counts, tau0, seed):
     c = torch.tensor(counts, dtype=torch.float64)
     tau = float(adaptive_temperature(c, tau0))
@@ -370,8 +498,9 @@ def test_adaptive_temperature(counts, tau0, seed):
     assert float(adaptive_temperature(c, tau0, mode="fixed")) == tau0
     targets = randint_targets(5, len(counts), seed=seed)
     tb = float(adaptive_temperature(c, tau0, mode="batch_mean", targets=targets))
-    assert tb == pytest.approx(tau0 * sum(1 + counts[t] / max(counts) for t in targets.tolist())
-                               / 5)
+    assert tb == pytest.approx(
+        tau0 * sum(1 + counts[t] / max(counts) for t in targets.tolist()) / 5
+    )
 
 
 @given(batch=st.integers(1, 3), dim=st.integers(1, 12), scale=st.integers(1, 12), seed=seeds)
@@ -387,8 +516,9 @@ def test_supervised_contrastive_memory_candidates():
     torch.manual_seed(0)
     z, mem = torch.randn(3, 4, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
     targets, mem_t = torch.tensor([0, 1, 2]), torch.tensor([0, 1])
-    loss, has_pos = supervised_contrastive_per_anchor(z, targets, 0.5, form="log",
-                                                      memory_z=mem, memory_targets=mem_t)
+    loss, has_pos = supervised_contrastive_per_anchor(
+        z, targets, 0.5, form="log", memory_z=mem, memory_targets=mem_t
+    )
     assert has_pos.tolist() == [True, True, False]
     zn = torch.nn.functional.normalize(torch.cat([z, mem]), dim=1)
     sim = zn[:3] @ zn.T / 0.5
@@ -406,8 +536,16 @@ def test_supervised_contrastive_memory_candidates():
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_gradcheck_features(form, reduction):
     torch.manual_seed(0)
-    mccl = MCCLoss(3, 4, [5, 3, 1], (1, 2), projection_dim=3, form=form, reduction=reduction,
-                   dtype=torch.float64)
+    mccl = MCCLoss(
+        3,
+        4,
+        [5, 3, 1],
+        (1, 2),
+        projection_dim=3,
+        form=form,
+        reduction=reduction,
+        dtype=torch.float64,
+    )
     features = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
     logits = torch.randn(5, 3, dtype=torch.float64)
     targets = torch.tensor([0, 0, 1, 1, 2])
@@ -417,8 +555,16 @@ def test_gradcheck_features(form, reduction):
 @pytest.mark.parametrize("form", FORMS)
 def test_gradcheck_features_and_logits_attached_difficulty(form):
     torch.manual_seed(0)
-    mccl = MCCLoss(3, 4, [5, 3, 1], (1, 3), projection_dim=2, form=form,
-                   detach_difficulty=False, dtype=torch.float64)
+    mccl = MCCLoss(
+        3,
+        4,
+        [5, 3, 1],
+        (1, 3),
+        projection_dim=2,
+        form=form,
+        detach_difficulty=False,
+        dtype=torch.float64,
+    )
     features = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
     logits = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
     targets = torch.tensor([0, 2, 1, 1, 2])
@@ -436,8 +582,9 @@ def test_gradcheck_projection_parameters(form):
     params = tuple(p.detach().clone().requires_grad_() for p in mccl.parameters())
 
     def fn(*ps):
-        return torch.func.functional_call(mccl, dict(zip(names, ps, strict=True)),
-                                          (features, logits, targets))
+        return torch.func.functional_call(
+            mccl, dict(zip(names, ps, strict=True)), (features, logits, targets)
+        )
 
     assert torch.autograd.gradcheck(fn, params)
 
@@ -450,9 +597,16 @@ def test_degenerate_batches_are_finite(case, form, projection_dim, dtype):
     torch.manual_seed(0)
     features, logits, targets = edge_case(case, dtype)
     for detach in (True, False):
-        mccl = MCCLoss(EDGE_NUM_CLASSES, EDGE_FEATURE_DIM, [10, 5, 1], (1, 2, 4),
-                       projection_dim=projection_dim, form=form, detach_difficulty=detach,
-                       dtype=dtype)
+        mccl = MCCLoss(
+            EDGE_NUM_CLASSES,
+            EDGE_FEATURE_DIM,
+            [10, 5, 1],
+            (1, 2, 4),
+            projection_dim=projection_dim,
+            form=form,
+            detach_difficulty=detach,
+            dtype=dtype,
+        )
         features.grad = logits.grad = None
         loss = mccl(features, logits, targets)
         assert_finite(loss)
@@ -564,14 +718,32 @@ def test_counts_survive_dtype_casts():
 @pytest.mark.parametrize("form", FORMS)
 def test_module_equals_functional(form, reduction):
     torch.manual_seed(0)
-    mccl = MCCLoss(3, 8, [9, 4, 1], (1, 2, 4), projection_dim=5, form=form, reduction=reduction,
-                   temperature="batch_mean", detach_difficulty=False)
+    mccl = MCCLoss(
+        3,
+        8,
+        [9, 4, 1],
+        (1, 2, 4),
+        projection_dim=5,
+        form=form,
+        reduction=reduction,
+        temperature="batch_mean",
+        detach_difficulty=False,
+    )
     f, z, y = torch.randn(6, 8), torch.randn(6, 3), torch.tensor([0, 0, 1, 1, 2, 0])
     got = mccl(f, z, y, return_breakdown=True)
     ref = multiscale_category_aware_contrastive_loss(
-        f, z, y, torch.tensor([9, 4, 1]), scales=(1, 2, 4), projections=mccl.projections,
-        form=form, reduction=reduction, temperature="batch_mean", detach_difficulty=False,
-        return_breakdown=True)
+        f,
+        z,
+        y,
+        torch.tensor([9, 4, 1]),
+        scales=(1, 2, 4),
+        projections=mccl.projections,
+        form=form,
+        reduction=reduction,
+        temperature="batch_mean",
+        detach_difficulty=False,
+        return_breakdown=True,
+    )
     for a, b in zip(got, ref, strict=True):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
 

@@ -42,8 +42,9 @@ def test_against_brute_force(seed):
     # Long-tailed targets so WAR and UAR differ.
     probs = torch.tensor([30.0, 20, 25, 15, 8, 1, 4])
     targets = torch.multinomial(probs, 400, replacement=True, generator=g)
-    preds = torch.where(torch.rand(400, generator=g) < 0.6, targets,
-                        torch.randint(0, k, (400,), generator=g))
+    preds = torch.where(
+        torch.rand(400, generator=g) < 0.6, targets, torch.randint(0, k, (400,), generator=g)
+    )
     cm = confusion_matrix(preds, targets, k)
     assert torch.equal(cm, brute_cm(preds, targets, k))
     assert war(cm) == pytest.approx((preds == targets).double().mean().item())
@@ -84,8 +85,12 @@ def test_empty_matrix_is_an_error():
         war(cm)
     with pytest.raises(ValueError, match="no sample"):
         uar(cm)
-    assert confusion_matrix(torch.tensor([], dtype=torch.long),
-                            torch.tensor([], dtype=torch.long), 3).sum() == 0
+    assert (
+        confusion_matrix(
+            torch.tensor([], dtype=torch.long), torch.tensor([], dtype=torch.long), 3
+        ).sum()
+        == 0
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.int32, torch.uint8, torch.int16])
@@ -96,8 +101,11 @@ def test_integer_dtypes_accepted(dtype):
 
 def test_input_validation_messages():
     t = torch.tensor([0, 1, 2])
-    with pytest.raises(ValueError, match=r"`targets` \(shape=\(3,\), dtype=torch.int64\) holds "
-                                         r"class index 7, expected indices in \[0, 2\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"`targets` \(shape=\(3,\), dtype=torch.int64\) holds "
+        r"class index 7, expected indices in \[0, 2\]",
+    ):
         confusion_matrix(t, torch.tensor([0, 1, 7]), 3)
     with pytest.raises(ValueError, match=r"preds.*class index -1"):
         confusion_matrix(torch.tensor([0, -1, 2]), t, 3)
@@ -120,8 +128,9 @@ def test_input_validation_messages():
     with pytest.raises(ValueError, match="`num_classes` must be a positive int"):
         confusion_matrix(t, t, True)
     # Any integer dtype is a class index (the shared check of micacl_layers._validation).
-    assert torch.equal(confusion_matrix(t.to(torch.uint8), t.to(torch.int16), 3),
-                       confusion_matrix(t, t, 3))
+    assert torch.equal(
+        confusion_matrix(t.to(torch.uint8), t.to(torch.int16), 3), confusion_matrix(t, t, 3)
+    )
 
 
 def test_accumulator_logits_and_indices_agree_and_accumulate():
@@ -139,8 +148,7 @@ def test_accumulator_logits_and_indices_agree_and_accumulate():
         assert m.num_samples == 50
     assert batched.war == pytest.approx(war(expected))
     assert batched.uar == pytest.approx(uar(expected))
-    torch.testing.assert_close(batched.per_class_recall, per_class_recall(expected),
-                               equal_nan=True)
+    torch.testing.assert_close(batched.per_class_recall, per_class_recall(expected), equal_nan=True)
     # compute() is a copy; reset() clears.
     batched.compute().zero_()
     assert batched.num_samples == 50

@@ -14,8 +14,15 @@ pytest.importorskip("torchvision")
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("aggregator", ["wian", "lstm", "conv1d"])
 def test_head_shapes(batch, aggregator):
-    head = MICACLHead(24, 7, num_instances=4, hidden_size=8, aggregator=aggregator,
-                      use_geiim=aggregator != "conv1d", attention_heads=2)
+    head = MICACLHead(
+        24,
+        7,
+        num_instances=4,
+        hidden_size=8,
+        aggregator=aggregator,
+        use_geiim=aggregator != "conv1d",
+        attention_heads=2,
+    )
     logits, feature = head(torch.randn(batch, 4, 24))
     assert logits.shape == (batch, 7)
     assert feature.shape == (batch, head.feature_dim)
@@ -24,8 +31,9 @@ def test_head_shapes(batch, aggregator):
 
 def test_head_padding_mask_excludes_padded_instances_from_the_clip_feature():
     torch.manual_seed(0)
-    head = MICACLHead(16, 5, num_instances=4, hidden_size=8, bidirectional=False,
-                      attention_heads=0).eval()
+    head = MICACLHead(
+        16, 5, num_instances=4, hidden_size=8, bidirectional=False, attention_heads=0
+    ).eval()
     x = torch.randn(2, 4, 16)
     mask = torch.tensor([[False, False, False, True], [False, False, False, False]])
     y = x.clone()

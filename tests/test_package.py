@@ -18,10 +18,24 @@ from micacl_layers import functional
 HEAVY = ("torchvision", "PIL", "tqdm", "matplotlib")
 
 EXPECTED_EXPORTS = {
-    "GEIIM", "WIAN", "WIANCell", "InstanceWeights", "InstanceSelfAttention", "MCCLoss",
-    "MultiscaleCategoryAwareContrastiveLoss", "IntensityAwareLoss", "LogitAdjustedLoss",
-    "ClassificationEnhancementTerm", "MICACLLoss", "MCCLOutput", "CETOutput",
-    "MICACLLossOutput", "PRESETS", "WEIGHT_MODES", "functional", "__version__",
+    "GEIIM",
+    "WIAN",
+    "WIANCell",
+    "InstanceWeights",
+    "InstanceSelfAttention",
+    "MCCLoss",
+    "MultiscaleCategoryAwareContrastiveLoss",
+    "IntensityAwareLoss",
+    "LogitAdjustedLoss",
+    "ClassificationEnhancementTerm",
+    "MICACLLoss",
+    "MCCLOutput",
+    "CETOutput",
+    "MICACLLossOutput",
+    "PRESETS",
+    "WEIGHT_MODES",
+    "functional",
+    "__version__",
 }
 
 
@@ -33,9 +47,18 @@ def test_all_exports_resolve():
 
 
 def test_modules_are_nn_modules():
-    for name in ("GEIIM", "WIAN", "WIANCell", "InstanceWeights", "InstanceSelfAttention",
-                 "MCCLoss", "IntensityAwareLoss", "ClassificationEnhancementTerm",
-                 "MICACLLoss", "LogitAdjustedLoss"):
+    for name in (
+        "GEIIM",
+        "WIAN",
+        "WIANCell",
+        "InstanceWeights",
+        "InstanceSelfAttention",
+        "MCCLoss",
+        "IntensityAwareLoss",
+        "ClassificationEnhancementTerm",
+        "MICACLLoss",
+        "LogitAdjustedLoss",
+    ):
         assert issubclass(getattr(micacl_layers, name), nn.Module), name
 
 
@@ -57,8 +80,9 @@ def test_py_typed_marker_exists():
 
 
 def _run(code: str) -> str:
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().splitlines()[-1]
 
@@ -121,9 +145,22 @@ def test_doc_examples_run():
         wian,
     )
 
-    for module in (geiim, wian, instance_weights, attention, mccl, ial, logit_adjustment, cet,
-                   criterion):
+    for module in (
+        geiim,
+        wian,
+        instance_weights,
+        attention,
+        mccl,
+        ial,
+        logit_adjustment,
+        cet,
+        criterion,
+    ):
         torch.manual_seed(0)
-        result = doctest.testmod(module, extraglobs={"torch": torch}, verbose=False,
-                                 optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+        result = doctest.testmod(
+            module,
+            extraglobs={"torch": torch},
+            verbose=False,
+            optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
+        )
         assert result.failed == 0, module.__name__

@@ -24,12 +24,19 @@ ROOT = Path(__file__).resolve().parents[1]
 # README and quickstart must have snippets. The other pages listed here are run too; a page
 # whose blocks are illustrations (paths to real data sets, fragments) stays off the list.
 REQUIRED = ("README.md", "docs/quickstart.md")
-PAGES = ("docs/index.md", "docs/installation.md", "docs/concepts.md", "docs/paper-to-code.md",
-         "docs/reproduce.md", "docs/faq.md")
+PAGES = (
+    "docs/index.md",
+    "docs/installation.md",
+    "docs/concepts.md",
+    "docs/paper-to-code.md",
+    "docs/reproduce.md",
+    "docs/faq.md",
+)
 TORCHRUN = re.compile(r"run with: torchrun --nproc_per_node (?P<n>\d+) (?P<file>[\w.]+)")
 DONE = "snippet finished on this rank"
-FENCE = re.compile(r"^(?P<indent>[ \t]*)```python[^\n]*\n(?P<body>.*?)^(?P=indent)```",
-                   re.DOTALL | re.MULTILINE)
+FENCE = re.compile(
+    r"^(?P<indent>[ \t]*)```python[^\n]*\n(?P<body>.*?)^(?P=indent)```", re.DOTALL | re.MULTILINE
+)
 
 
 def python_blocks(path: Path) -> list[str]:
@@ -44,7 +51,7 @@ def snippet_cases() -> list[pytest.param]:
         rel = path.relative_to(ROOT).as_posix()
         for i, code in enumerate(python_blocks(path)):
             # Blocks that start processes take seconds each: not in the fast tier.
-            slow = ("mp.spawn" in code or "torchrun" in code or "init_process_group" in code)
+            slow = "mp.spawn" in code or "torchrun" in code or "init_process_group" in code
             marks = [pytest.mark.slow] if slow else []
             cases.append(pytest.param(rel, code, id=f"{rel}#{i + 1}", marks=marks))
     return cases
@@ -56,8 +63,9 @@ def test_required_pages_have_snippets(required: str) -> None:
 
 
 @pytest.mark.parametrize(("source", "code"), snippet_cases())
-def test_snippet_runs(source: str, code: str, tmp_path: Path,
-                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_snippet_runs(
+    source: str, code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     launch = TORCHRUN.search(code.splitlines()[0]) if code.strip() else None
     if launch:
@@ -68,12 +76,24 @@ def test_snippet_runs(source: str, code: str, tmp_path: Path,
         cut = code.rfind("dist.destroy_process_group()")
         cut = len(code) if cut < 0 else code.rfind("\n", 0, cut) + 1
         script.write_text(code[:cut] + marker + code[cut:])
-        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                               "--nproc_per_node", launch["n"], str(script)],
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node",
+                launch["n"],
+                str(script),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         finished = proc.stdout.count(DONE) == int(launch["n"])
         assert torchrun_succeeded(proc.returncode, proc.stderr, work_finished=finished), (
-            proc.stdout[-2000:] + proc.stderr[-2000:])
+            proc.stdout[-2000:] + proc.stderr[-2000:]
+        )
         return
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))

@@ -18,8 +18,9 @@ def test_readthedocs_config_points_at_the_mkdocs_site():
     assert config["mkdocs"]["fail_on_warning"] is True  # the strict build tests/test_docs runs
     assert "sphinx" not in config
     install = config["python"]["install"]
-    extras = {e for item in install if item.get("path") == "." for e in
-              item.get("extra_requirements", [])}
+    extras = {
+        e for item in install if item.get("path") == "." for e in item.get("extra_requirements", [])
+    }
     assert "docs" in extras
     # (tomllib is Python 3.11+; the project supports 3.10.)
     pyproject = (ROOT / "pyproject.toml").read_text("utf-8")

@@ -26,24 +26,52 @@ SCRIPT = ROOT / "examples" / "train_dfew.py"
 
 train_dfew = load_script(SCRIPT, "train_dfew")
 
-TINY = ["--backbone", "tiny", "--tiny-dim", "16", "--hidden-size", "8", "--num-layers", "1",
-        "--projection-dim", "8", "--image-size", "16", "--batch-size", "8", "--workers", "0",
-        "--warmup-epochs", "0.5", "--quiet", "--seed", "3"]
+TINY = [
+    "--backbone",
+    "tiny",
+    "--tiny-dim",
+    "16",
+    "--hidden-size",
+    "8",
+    "--num-layers",
+    "1",
+    "--projection-dim",
+    "8",
+    "--image-size",
+    "16",
+    "--batch-size",
+    "8",
+    "--workers",
+    "0",
+    "--warmup-epochs",
+    "0.5",
+    "--quiet",
+    "--seed",
+    "3",
+]
 
 
 @pytest.fixture(scope="module")
 def dfew_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("dfew")
-    make_synthetic_dfew(root, total_clips=60, min_clips_per_class=5, frames=(6, 20),
-                        image_size=20, folds=(1, 2), seed=1)
+    make_synthetic_dfew(
+        root,
+        total_clips=60,
+        min_clips_per_class=5,
+        frames=(6, 20),
+        image_size=20,
+        folds=(1, 2),
+        seed=1,
+    )
     return root
 
 
 @pytest.fixture(scope="module")
 def ferv_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("ferv")
-    make_synthetic_ferv39k(root, total_clips=40, min_clips_per_class=5, frames=(6, 20),
-                           image_size=20, seed=2)
+    make_synthetic_ferv39k(
+        root, total_clips=40, min_clips_per_class=5, frames=(6, 20), image_size=20, seed=2
+    )
     return root
 
 
@@ -53,9 +81,23 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
 
 def test_one_epoch_dfew_layout_reports_metrics_and_plots(dfew_root, tmp_path, capsys):
     out = tmp_path / "run"
-    (result,) = train_dfew.main(["--dataset", "dfew", "--root", str(dfew_root), "--fold", "1",
-                                 "--epochs", "1", "--output", str(out), "--tsne-samples", "30",
-                                 *TINY])
+    (result,) = train_dfew.main(
+        [
+            "--dataset",
+            "dfew",
+            "--root",
+            str(dfew_root),
+            "--fold",
+            "1",
+            "--epochs",
+            "1",
+            "--output",
+            str(out),
+            "--tsne-samples",
+            "30",
+            *TINY,
+        ]
+    )
     printed = capsys.readouterr().out
     assert result["final_epoch"] == 1 and result["best_epoch"] == 1
     for key in ("war", "uar"):
@@ -65,8 +107,14 @@ def test_one_epoch_dfew_layout_reports_metrics_and_plots(dfew_root, tmp_path, ca
     for name in ("Hap.", "Sad.", "Neu.", "Ang.", "Sur.", "Dis.", "Fea.", "WAR", "UAR"):
         assert name in printed
     assert "final (epoch 1)" in printed and "best UAR (epoch 1)" in printed
-    for name in ("last.pt", "best.pt", "log.csv", "results.json", "confusion_matrix.png",
-                 "tsne.png"):
+    for name in (
+        "last.pt",
+        "best.pt",
+        "log.csv",
+        "results.json",
+        "confusion_matrix.png",
+        "tsne.png",
+    ):
         assert (out / name).is_file(), name
     # Evaluation covered every test clip exactly once (nothing dropped, nothing doubled).
     cm = torch.tensor(result["final"]["confusion"])
@@ -74,16 +122,39 @@ def test_one_epoch_dfew_layout_reports_metrics_and_plots(dfew_root, tmp_path, ca
 
 
 def test_one_epoch_ferv39k_layout(ferv_root, tmp_path):
-    (result,) = train_dfew.main(["--dataset", "ferv39k", "--root", str(ferv_root),
-                                 "--epochs", "1", "--output", str(tmp_path / "ferv"),
-                                 "--no-plots", "--loss", "public_code", *TINY])
+    (result,) = train_dfew.main(
+        [
+            "--dataset",
+            "ferv39k",
+            "--root",
+            str(ferv_root),
+            "--epochs",
+            "1",
+            "--output",
+            str(tmp_path / "ferv"),
+            "--no-plots",
+            "--loss",
+            "public_code",
+            *TINY,
+        ]
+    )
     assert result["classes"][0].lower() == "angry"  # FERV39k's alphabetical class order
     assert torch.tensor(result["final"]["confusion"]).sum() > 0
 
 
 def test_resume_continues_exactly(dfew_root, tmp_path):
-    common = ["--dataset", "dfew", "--root", str(dfew_root), "--epochs", "2", "--no-plots",
-              "--limit-train-batches", "3", *TINY]
+    common = [
+        "--dataset",
+        "dfew",
+        "--root",
+        str(dfew_root),
+        "--epochs",
+        "2",
+        "--no-plots",
+        "--limit-train-batches",
+        "3",
+        *TINY,
+    ]
     straight = tmp_path / "straight"
     split = tmp_path / "split"
     train_dfew.main([*common, "--output", str(straight)])
@@ -97,18 +168,33 @@ def test_resume_continues_exactly(dfew_root, tmp_path):
         assert torch.equal(a[key], b[key]), key
     # The second epoch did change the weights, so the equality above is not vacuous.
     assert any(not torch.equal(after_one[k], b[k]) for k in b if b[k].is_floating_point())
+
     # The logged history (losses, metrics, learning rates) matches too, wall time aside.
     def history(path):
-        return [{k: v for k, v in row.items() if k != "seconds"}
-                for row in load_checkpoint(path)["history"]]
+        return [
+            {k: v for k, v in row.items() if k != "seconds"}
+            for row in load_checkpoint(path)["history"]
+        ]
 
     assert history(split / "last.pt") == history(straight / "last.pt")
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(dfew_root, tmp_path):
     out = tmp_path / "run"
-    base = ["--dataset", "dfew", "--root", str(dfew_root), "--epochs", "2", "--no-plots",
-            "--limit-train-batches", "1", "--output", str(out), *TINY]
+    base = [
+        "--dataset",
+        "dfew",
+        "--root",
+        str(dfew_root),
+        "--epochs",
+        "2",
+        "--no-plots",
+        "--limit-train-batches",
+        "1",
+        "--output",
+        str(out),
+        *TINY,
+    ]
     train_dfew.main([*base, "--stop-after", "1"])
     with pytest.raises(Exception, match="do not match"):
         train_dfew.main([*base, "--resume", "--hidden-size", "12"])
@@ -119,10 +205,21 @@ def test_help_documents_every_option():
     for action in parser._actions:
         if action.dest != "help":
             assert action.help and len(action.help) > 3, action.dest
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True,
-                          text=True, check=True)
-    for option in ("--fold", "--dataset", "--resume", "--backbone-weights", "--lr",
-                   "--weight-decay", "--min-lr", "--epochs", "--num-frames", "--image-size"):
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=True
+    )
+    for option in (
+        "--fold",
+        "--dataset",
+        "--resume",
+        "--backbone-weights",
+        "--lr",
+        "--weight-decay",
+        "--min-lr",
+        "--epochs",
+        "--num-frames",
+        "--image-size",
+    ):
         assert option in proc.stdout
 
 
@@ -146,25 +243,47 @@ def test_schedule_warms_up_then_decays_to_min_lr():
 
 def test_eval_shards_cover_every_clip_once():
     for world in (1, 2, 3):
-        shards = [train_dfew.shard_indices(10, r, world, epoch=0, seed=0, shuffle=False,
-                                           pad=False) for r in range(world)]
+        shards = [
+            train_dfew.shard_indices(10, r, world, epoch=0, seed=0, shuffle=False, pad=False)
+            for r in range(world)
+        ]
         assert sorted(i for s in shards for i in s) == list(range(10))
-        train = [train_dfew.shard_indices(10, r, world, epoch=4, seed=0, shuffle=True,
-                                          pad=True) for r in range(world)]
+        train = [
+            train_dfew.shard_indices(10, r, world, epoch=4, seed=0, shuffle=True, pad=True)
+            for r in range(world)
+        ]
         assert len({len(s) for s in train}) == 1
         assert set(i for s in train for i in s) == set(range(10))
 
 
 def test_two_steps_under_torchrun_on_cpu(dfew_root, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--standalone", str(SCRIPT), "--dataset", "dfew", "--root", str(dfew_root),
-           "--epochs", "1", "--limit-train-batches", "2", "--no-plots", "--output", str(out),
-           *TINY]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--standalone",
+        str(SCRIPT),
+        "--dataset",
+        "dfew",
+        "--root",
+        str(dfew_root),
+        "--epochs",
+        "1",
+        "--limit-train-batches",
+        "2",
+        "--no-plots",
+        "--output",
+        str(out),
+        *TINY,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     done = (out / "results.json").exists()  # written by rank 0 before the teardown
     assert torchrun_succeeded(proc.returncode, proc.stderr, work_finished=done), (
-        proc.stdout[-3000:] + proc.stderr[-3000:])
+        proc.stdout[-3000:] + proc.stderr[-3000:]
+    )
     assert "world size 2" in proc.stdout
     ckpt = load_checkpoint(out / "last.pt")
     assert ckpt["global_step"] == 2

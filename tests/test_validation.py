@@ -50,8 +50,12 @@ def call_mccl(features=None, logits=None, y=None):
 
 
 def call_mccl_fn(**kw):
-    args = {"features": feats(B, D), "logits": feats(B, K), "targets": targets(),
-            "class_counts": [5, 3, 2]}
+    args = {
+        "features": feats(B, D),
+        "logits": feats(B, K),
+        "targets": targets(),
+        "class_counts": [5, 3, 2],
+    }
     args.update(kw)
     return multiscale_category_aware_contrastive_loss(**args)
 
@@ -62,31 +66,60 @@ CASES = [
     # ---- MCCLoss: features / logits / targets -------------------------------------------------
     ("mccl-features-1d", lambda: call_mccl(features=feats(D)), ValueError, "`features`"),
     ("mccl-features-3d", lambda: call_mccl(features=feats(B, 2, D)), ValueError, "`features`"),
-    ("mccl-features-wrong-D", lambda: call_mccl(features=feats(B, D + 1)), ValueError,
-     "feature_dim"),
-    ("mccl-features-int", lambda: call_mccl(features=torch.ones(B, D, dtype=torch.long)),
-     TypeError, "`features`"),
-    ("mccl-features-not-tensor", lambda: call_mccl(features=[[0.0] * D] * B), TypeError,
-     "`features`"),
+    (
+        "mccl-features-wrong-D",
+        lambda: call_mccl(features=feats(B, D + 1)),
+        ValueError,
+        "feature_dim",
+    ),
+    (
+        "mccl-features-int",
+        lambda: call_mccl(features=torch.ones(B, D, dtype=torch.long)),
+        TypeError,
+        "`features`",
+    ),
+    (
+        "mccl-features-not-tensor",
+        lambda: call_mccl(features=[[0.0] * D] * B),
+        TypeError,
+        "`features`",
+    ),
     ("mccl-logits-1d", lambda: call_mccl(logits=feats(K)), ValueError, "`logits`"),
     ("mccl-logits-3d", lambda: call_mccl(logits=feats(B, K, 1)), ValueError, "`logits`"),
-    ("mccl-logits-wrong-K", lambda: call_mccl(logits=feats(B, K + 1)), ValueError,
-     "num_classes"),
-    ("mccl-logits-int", lambda: call_mccl(logits=torch.zeros(B, K, dtype=torch.long)),
-     TypeError, "`logits`"),
+    ("mccl-logits-wrong-K", lambda: call_mccl(logits=feats(B, K + 1)), ValueError, "num_classes"),
+    (
+        "mccl-logits-int",
+        lambda: call_mccl(logits=torch.zeros(B, K, dtype=torch.long)),
+        TypeError,
+        "`logits`",
+    ),
     ("mccl-targets-float", lambda: call_mccl(y=torch.zeros(B)), TypeError, "`targets`"),
-    ("mccl-targets-bool", lambda: call_mccl(y=torch.zeros(B, dtype=torch.bool)), TypeError,
-     "`targets`"),
-    ("mccl-targets-2d", lambda: call_mccl(y=torch.zeros(B, 1, dtype=torch.long)), ValueError,
-     "`targets`"),
-    ("mccl-targets-negative", lambda: call_mccl(y=targets(0, -1, 2, 0)), ValueError,
-     "`targets`"),
-    ("mccl-targets-too-big", lambda: call_mccl(y=targets(0, 3, 2, 0)), ValueError,
-     "`targets`"),
-    ("mccl-batch-features-vs-logits", lambda: call_mccl(features=feats(B + 1, D)), ValueError,
-     "`features`.*`logits`|`logits`.*`features`"),
-    ("mccl-batch-logits-vs-targets", lambda: call_mccl(logits=feats(B + 1, K)), ValueError,
-     "`logits`.*`targets`"),
+    (
+        "mccl-targets-bool",
+        lambda: call_mccl(y=torch.zeros(B, dtype=torch.bool)),
+        TypeError,
+        "`targets`",
+    ),
+    (
+        "mccl-targets-2d",
+        lambda: call_mccl(y=torch.zeros(B, 1, dtype=torch.long)),
+        ValueError,
+        "`targets`",
+    ),
+    ("mccl-targets-negative", lambda: call_mccl(y=targets(0, -1, 2, 0)), ValueError, "`targets`"),
+    ("mccl-targets-too-big", lambda: call_mccl(y=targets(0, 3, 2, 0)), ValueError, "`targets`"),
+    (
+        "mccl-batch-features-vs-logits",
+        lambda: call_mccl(features=feats(B + 1, D)),
+        ValueError,
+        "`features`.*`logits`|`logits`.*`features`",
+    ),
+    (
+        "mccl-batch-logits-vs-targets",
+        lambda: call_mccl(logits=feats(B + 1, K)),
+        ValueError,
+        "`logits`.*`targets`",
+    ),
     ("mccl-fn-batch", lambda: call_mccl_fn(targets=targets(0, 1, 2)), ValueError, "`targets`"),
     # ---- MCCLoss: class_counts ---------------------------------------------------------------
     ("mccl-counts-short", lambda: MCCLoss(K, D, [5, 3]), ValueError, "class_counts"),
@@ -94,15 +127,21 @@ CASES = [
     ("mccl-counts-2d", lambda: MCCLoss(K, D, [[5, 3, 2]]), ValueError, "class_counts"),
     ("mccl-counts-zero", lambda: MCCLoss(K, D, [5, 0, 2]), ValueError, "class_counts"),
     ("mccl-counts-negative", lambda: MCCLoss(K, D, [5, -3, 2]), ValueError, "class_counts"),
-    ("mccl-counts-nan", lambda: MCCLoss(K, D, [5, float("nan"), 2]), ValueError,
-     "class_counts"),
+    ("mccl-counts-nan", lambda: MCCLoss(K, D, [5, float("nan"), 2]), ValueError, "class_counts"),
     ("mccl-counts-inf", lambda: MCCLoss(K, D, [5, float("inf"), 2]), ValueError, "class_counts"),
-    ("mccl-fn-counts-short", lambda: call_mccl_fn(class_counts=[1, 2]), ValueError,
-     "class_counts"),
-    ("mccl-fn-counts-zero", lambda: call_mccl_fn(class_counts=[1, 0, 2]), ValueError,
-     "class_counts"),
-    ("mccl-fn-counts-negative", lambda: call_mccl_fn(class_counts=[1, -2, 2]), ValueError,
-     "class_counts"),
+    ("mccl-fn-counts-short", lambda: call_mccl_fn(class_counts=[1, 2]), ValueError, "class_counts"),
+    (
+        "mccl-fn-counts-zero",
+        lambda: call_mccl_fn(class_counts=[1, 0, 2]),
+        ValueError,
+        "class_counts",
+    ),
+    (
+        "mccl-fn-counts-negative",
+        lambda: call_mccl_fn(class_counts=[1, -2, 2]),
+        ValueError,
+        "class_counts",
+    ),
     # ---- MCCLoss: options --------------------------------------------------------------------
     ("mccl-scales-empty", lambda: MCCLoss(K, D, scales=()), ValueError, "scales"),
     ("mccl-scales-zero", lambda: MCCLoss(K, D, scales=(1, 0)), ValueError, "scales"),
@@ -117,95 +156,193 @@ CASES = [
     ("mccl-temperature", lambda: mccl(temperature="adaptive"), ValueError, "temperature"),
     ("mccl-fn-temperature", lambda: call_mccl_fn(temperature="x"), ValueError, "temperature"),
     ("mccl-reduction", lambda: mccl(reduction="avg"), ValueError, "reduction"),
-    ("mccl-fn-reduction", lambda: call_mccl_fn(reduction="batchmean"), ValueError,
-     "reduction"),
+    ("mccl-fn-reduction", lambda: call_mccl_fn(reduction="batchmean"), ValueError, "reduction"),
     ("mccl-tau0-zero", lambda: mccl(tau0=0.0), ValueError, "tau0"),
     ("mccl-tau0-negative", lambda: call_mccl_fn(tau0=-0.1), ValueError, "tau0"),
     ("mccl-num-classes", lambda: MCCLoss(0, D), ValueError, "num_classes"),
     ("mccl-feature-dim", lambda: MCCLoss(K, 0), ValueError, "feature_dim"),
-    ("mccl-projection-dim", lambda: MCCLoss(K, D, projection_dim=0), ValueError,
-     "projection_dim"),
-    ("mccl-projections-count", lambda: call_mccl_fn(scales=(1, 2), projections=[nn.Identity()]),
-     ValueError, "projections"),
-    ("temperature-batch-mean-needs-targets",
-     lambda: adaptive_temperature(torch.tensor([1.0, 2.0]), 0.1, mode="batch_mean"),
-     ValueError, "targets"),
-    ("temperature-mode", lambda: adaptive_temperature(torch.tensor([1.0]), 0.1, mode="x"),
-     ValueError, "temperature"),
+    ("mccl-projection-dim", lambda: MCCLoss(K, D, projection_dim=0), ValueError, "projection_dim"),
+    (
+        "mccl-projections-count",
+        lambda: call_mccl_fn(scales=(1, 2), projections=[nn.Identity()]),
+        ValueError,
+        "projections",
+    ),
+    (
+        "temperature-batch-mean-needs-targets",
+        lambda: adaptive_temperature(torch.tensor([1.0, 2.0]), 0.1, mode="batch_mean"),
+        ValueError,
+        "targets",
+    ),
+    (
+        "temperature-mode",
+        lambda: adaptive_temperature(torch.tensor([1.0]), 0.1, mode="x"),
+        ValueError,
+        "temperature",
+    ),
     # ---- IAL ---------------------------------------------------------------------------------
     ("ial-reduction", lambda: IntensityAwareLoss(reduction="avg"), ValueError, "reduction"),
-    ("ial-fn-reduction", lambda: intensity_aware_loss(feats(B, K), targets(), reduction="x"),
-     ValueError, "reduction"),
-    ("ial-one-class", lambda: intensity_aware_loss(feats(B, 1), torch.zeros(B, dtype=torch.long)),
-     ValueError, "`logits`"),
-    ("ial-logits-1d", lambda: intensity_aware_loss(feats(K), targets(0)), ValueError,
-     "`logits`"),
-    ("ial-logits-int", lambda: intensity_aware_loss(torch.zeros(B, K, dtype=torch.long),
-                                                    targets()), TypeError, "`logits`"),
-    ("ial-targets-float", lambda: intensity_aware_loss(feats(B, K), torch.zeros(B)), TypeError,
-     "`targets`"),
-    ("ial-targets-bool", lambda: intensity_aware_loss(feats(B, K), torch.ones(B, dtype=bool)),
-     TypeError, "`targets`"),
-    ("ial-targets-range", lambda: intensity_aware_loss(feats(B, K), targets(0, 1, 2, 3)),
-     ValueError, "`targets`"),
-    ("ial-targets-negative", lambda: intensity_aware_loss(feats(B, K), targets(0, 1, -1, 2)),
-     ValueError, "`targets`"),
-    ("ial-batch", lambda: intensity_aware_loss(feats(B, K), targets(0, 1)), ValueError,
-     "`logits`.*`targets`"),
+    (
+        "ial-fn-reduction",
+        lambda: intensity_aware_loss(feats(B, K), targets(), reduction="x"),
+        ValueError,
+        "reduction",
+    ),
+    (
+        "ial-one-class",
+        lambda: intensity_aware_loss(feats(B, 1), torch.zeros(B, dtype=torch.long)),
+        ValueError,
+        "`logits`",
+    ),
+    ("ial-logits-1d", lambda: intensity_aware_loss(feats(K), targets(0)), ValueError, "`logits`"),
+    (
+        "ial-logits-int",
+        lambda: intensity_aware_loss(torch.zeros(B, K, dtype=torch.long), targets()),
+        TypeError,
+        "`logits`",
+    ),
+    (
+        "ial-targets-float",
+        lambda: intensity_aware_loss(feats(B, K), torch.zeros(B)),
+        TypeError,
+        "`targets`",
+    ),
+    (
+        "ial-targets-bool",
+        lambda: intensity_aware_loss(feats(B, K), torch.ones(B, dtype=bool)),
+        TypeError,
+        "`targets`",
+    ),
+    (
+        "ial-targets-range",
+        lambda: intensity_aware_loss(feats(B, K), targets(0, 1, 2, 3)),
+        ValueError,
+        "`targets`",
+    ),
+    (
+        "ial-targets-negative",
+        lambda: intensity_aware_loss(feats(B, K), targets(0, 1, -1, 2)),
+        ValueError,
+        "`targets`",
+    ),
+    (
+        "ial-batch",
+        lambda: intensity_aware_loss(feats(B, K), targets(0, 1)),
+        ValueError,
+        "`logits`.*`targets`",
+    ),
     # ---- CET ---------------------------------------------------------------------------------
-    ("cet-aug-needs-classifier",
-     lambda: ClassificationEnhancementTerm(aug_weight=0.1)(feats(B, K), targets(),
-                                                            features=feats(B, D)),
-     ValueError, "classifier"),
-    ("cet-aug-needs-features",
-     lambda: ClassificationEnhancementTerm(aug_weight=0.1)(feats(B, K), targets(),
-                                                            classifier=head),
-     ValueError, "features"),
-    ("cet-ial-weight", lambda: classification_enhancement_term(feats(B, K), targets(),
-                                                               ial_weight=-1.0, aug_weight=0),
-     ValueError, "ial_weight"),
-    ("cet-aug-weight", lambda: classification_enhancement_term(feats(B, K), targets(),
-                                                               aug_weight=-0.5),
-     ValueError, "aug_weight"),
-    ("cet-label-smoothing", lambda: classification_enhancement_term(
-        feats(B, K), targets(), label_smoothing=1.5, aug_weight=0), ValueError,
-     "label_smoothing"),
-    ("cet-features-batch", lambda: classification_enhancement_term(
-        feats(B, K), targets(), features=feats(B + 1, D), classifier=head), ValueError,
-     "`features`"),
-    ("cet-features-int", lambda: classification_enhancement_term(
-        feats(B, K), targets(), features=torch.zeros(B, D, dtype=torch.long), classifier=head),
-     TypeError, "`features`"),
-    ("cet-targets-range", lambda: classification_enhancement_term(
-        feats(B, K), targets(0, 1, 2, 5), aug_weight=0), ValueError, "`targets`"),
-    ("aug-noise-std", lambda: feature_augmentation_loss(feats(B, D), targets(), head,
-                                                        noise_std=-1.0), ValueError,
-     "noise_std"),
-    ("aug-features-3d", lambda: feature_augmentation_loss(feats(B, 1, D), targets(), head),
-     ValueError, "`features`"),
+    (
+        "cet-aug-needs-classifier",
+        lambda: ClassificationEnhancementTerm(aug_weight=0.1)(
+            feats(B, K), targets(), features=feats(B, D)
+        ),
+        ValueError,
+        "classifier",
+    ),
+    (
+        "cet-aug-needs-features",
+        lambda: ClassificationEnhancementTerm(aug_weight=0.1)(
+            feats(B, K), targets(), classifier=head
+        ),
+        ValueError,
+        "features",
+    ),
+    (
+        "cet-ial-weight",
+        lambda: classification_enhancement_term(
+            feats(B, K), targets(), ial_weight=-1.0, aug_weight=0
+        ),
+        ValueError,
+        "ial_weight",
+    ),
+    (
+        "cet-aug-weight",
+        lambda: classification_enhancement_term(feats(B, K), targets(), aug_weight=-0.5),
+        ValueError,
+        "aug_weight",
+    ),
+    (
+        "cet-label-smoothing",
+        lambda: classification_enhancement_term(
+            feats(B, K), targets(), label_smoothing=1.5, aug_weight=0
+        ),
+        ValueError,
+        "label_smoothing",
+    ),
+    (
+        "cet-features-batch",
+        lambda: classification_enhancement_term(
+            feats(B, K), targets(), features=feats(B + 1, D), classifier=head
+        ),
+        ValueError,
+        "`features`",
+    ),
+    (
+        "cet-features-int",
+        lambda: classification_enhancement_term(
+            feats(B, K), targets(), features=torch.zeros(B, D, dtype=torch.long), classifier=head
+        ),
+        TypeError,
+        "`features`",
+    ),
+    (
+        "cet-targets-range",
+        lambda: classification_enhancement_term(feats(B, K), targets(0, 1, 2, 5), aug_weight=0),
+        ValueError,
+        "`targets`",
+    ),
+    (
+        "aug-noise-std",
+        lambda: feature_augmentation_loss(feats(B, D), targets(), head, noise_std=-1.0),
+        ValueError,
+        "noise_std",
+    ),
+    (
+        "aug-features-3d",
+        lambda: feature_augmentation_loss(feats(B, 1, D), targets(), head),
+        ValueError,
+        "`features`",
+    ),
     # ---- MICACLLoss --------------------------------------------------------------------------
     ("criterion-mc-weight", lambda: MICACLLoss(K, D, mc_weight=-1.0), ValueError, "mc_weight"),
     ("criterion-preset", lambda: MICACLLoss.from_preset("paperz", K, D), ValueError, "name"),
     ("criterion-counts", lambda: MICACLLoss(K, D, [1, 2]), ValueError, "class_counts"),
-    ("criterion-features", lambda: MICACLLoss(K, D, aug_weight=0)(feats(B, D + 2), feats(B, K),
-                                                                   targets()),
-     ValueError, "feature_dim"),
-    ("criterion-targets", lambda: MICACLLoss(K, D, aug_weight=0)(feats(B, D), feats(B, K),
-                                                                  torch.zeros(B)),
-     TypeError, "`targets`"),
+    (
+        "criterion-features",
+        lambda: MICACLLoss(K, D, aug_weight=0)(feats(B, D + 2), feats(B, K), targets()),
+        ValueError,
+        "feature_dim",
+    ),
+    (
+        "criterion-targets",
+        lambda: MICACLLoss(K, D, aug_weight=0)(feats(B, D), feats(B, K), torch.zeros(B)),
+        TypeError,
+        "`targets`",
+    ),
     # ---- GEIIM -------------------------------------------------------------------------------
     ("geiim-T", lambda: GEIIM(4, D)(feats(2, 5, D)), ValueError, "num_instances"),
     ("geiim-C", lambda: GEIIM(4, D)(feats(2, 4, D - 1)), ValueError, "dim"),
     ("geiim-x-2d", lambda: GEIIM(4, D)(feats(4, D)), ValueError, "`x`"),
-    ("geiim-x-int", lambda: GEIIM(4, D)(torch.zeros(2, 4, D, dtype=torch.long)), TypeError,
-     "`x`"),
-    ("geiim-mask-dtype", lambda: GEIIM(4, D)(feats(2, 4, D), torch.zeros(2, 4)), TypeError,
-     "padding_mask"),
-    ("geiim-mask-shape", lambda: GEIIM(4, D)(feats(2, 4, D), torch.zeros(2, 5, dtype=bool)),
-     ValueError, "padding_mask"),
-    ("geiim-mask-all-padded",
-     lambda: GEIIM(4, D)(feats(2, 4, D), torch.tensor([[True] * 4, [False] * 4])), ValueError,
-     "padding_mask"),
+    ("geiim-x-int", lambda: GEIIM(4, D)(torch.zeros(2, 4, D, dtype=torch.long)), TypeError, "`x`"),
+    (
+        "geiim-mask-dtype",
+        lambda: GEIIM(4, D)(feats(2, 4, D), torch.zeros(2, 4)),
+        TypeError,
+        "padding_mask",
+    ),
+    (
+        "geiim-mask-shape",
+        lambda: GEIIM(4, D)(feats(2, 4, D), torch.zeros(2, 5, dtype=bool)),
+        ValueError,
+        "padding_mask",
+    ),
+    (
+        "geiim-mask-all-padded",
+        lambda: GEIIM(4, D)(feats(2, 4, D), torch.tensor([[True] * 4, [False] * 4])),
+        ValueError,
+        "padding_mask",
+    ),
     ("geiim-alpha", lambda: GEIIM(4, D, alpha_init=1.5), ValueError, "alpha_init"),
     ("geiim-kernel-even", lambda: GEIIM(4, D, kernel_sizes=(1, 2)), ValueError, "kernel_sizes"),
     ("geiim-kernel-zero", lambda: GEIIM(4, D, kernel_sizes=(0,)), ValueError, "kernel_sizes"),
@@ -214,64 +351,124 @@ CASES = [
     # ---- WIANCell / WIAN ---------------------------------------------------------------------
     ("cell-x-3d", lambda: WIANCell(3, 4)(feats(2, 1, 3)), ValueError, "`input`"),
     ("cell-x-size", lambda: WIANCell(3, 4)(feats(2, 5)), ValueError, "`input`"),
-    ("cell-x-int", lambda: WIANCell(3, 4)(torch.zeros(2, 3, dtype=torch.long)), TypeError,
-     "`input`"),
-    ("cell-hx-shape", lambda: WIANCell(3, 4)(feats(2, 3), (feats(2, 5), feats(2, 4))),
-     ValueError, re.escape("hx[0]")),
+    (
+        "cell-x-int",
+        lambda: WIANCell(3, 4)(torch.zeros(2, 3, dtype=torch.long)),
+        TypeError,
+        "`input`",
+    ),
+    (
+        "cell-hx-shape",
+        lambda: WIANCell(3, 4)(feats(2, 3), (feats(2, 5), feats(2, 4))),
+        ValueError,
+        re.escape("hx[0]"),
+    ),
     ("cell-hx-type", lambda: WIANCell(3, 4)(feats(2, 3), feats(2, 4)), TypeError, "`hx`"),
-    ("cell-weight-shape", lambda: WIANCell(3, 4)(feats(2, 3), weight=feats(2, 3)), ValueError,
-     "`weight`"),
-    ("cell-weight-int", lambda: WIANCell(3, 4)(feats(2, 3),
-                                               weight=torch.ones(2, 4, dtype=torch.long)),
-     TypeError, "`weight`"),
+    (
+        "cell-weight-shape",
+        lambda: WIANCell(3, 4)(feats(2, 3), weight=feats(2, 3)),
+        ValueError,
+        "`weight`",
+    ),
+    (
+        "cell-weight-int",
+        lambda: WIANCell(3, 4)(feats(2, 3), weight=torch.ones(2, 4, dtype=torch.long)),
+        TypeError,
+        "`weight`",
+    ),
     ("cell-hidden-size", lambda: WIANCell(3, 0), ValueError, "hidden_size"),
     ("cell-from-lstm", lambda: WIANCell.from_lstm_cell(nn.GRUCell(3, 4)), TypeError, "`cell`"),
     ("wian-x-4d", lambda: WIAN(3, 4)(feats(2, 5, 3, 1)), ValueError, "`input`"),
     ("wian-x-1d", lambda: WIAN(3, 4)(feats(3)), ValueError, "`input`"),
     ("wian-x-size", lambda: WIAN(3, 4)(feats(2, 5, 2)), ValueError, "`input`"),
-    ("wian-x-int", lambda: WIAN(3, 4)(torch.zeros(2, 5, 3, dtype=torch.long)), TypeError,
-     "`input`"),
-    ("wian-x-packed", lambda: WIAN(3, 4)(nn.utils.rnn.pack_sequence([feats(2, 3)])), TypeError,
-     "PackedSequence"),
-    ("wian-weights-shape", lambda: WIAN(3, 4, batch_first=True)(feats(2, 5, 3),
-                                                                weights=feats(2, 4, 1)),
-     ValueError, "`weights`"),
-    ("wian-weights-time-major", lambda: WIAN(3, 4)(feats(5, 2, 3), weights=feats(2, 5, 1)),
-     ValueError, "`weights`"),
-    ("wian-weights-int", lambda: WIAN(3, 4)(feats(2, 5, 3),
-                                            weights=torch.ones(2, 5, 1, dtype=int)),
-     TypeError, "`weights`"),
-    ("wian-hx-shape", lambda: WIAN(3, 4, num_layers=2, batch_first=True)(
-        feats(2, 5, 3), hx=(feats(1, 2, 4), feats(2, 2, 4))), ValueError, re.escape("hx[0]")),
+    (
+        "wian-x-int",
+        lambda: WIAN(3, 4)(torch.zeros(2, 5, 3, dtype=torch.long)),
+        TypeError,
+        "`input`",
+    ),
+    (
+        "wian-x-packed",
+        lambda: WIAN(3, 4)(nn.utils.rnn.pack_sequence([feats(2, 3)])),
+        TypeError,
+        "PackedSequence",
+    ),
+    (
+        "wian-weights-shape",
+        lambda: WIAN(3, 4, batch_first=True)(feats(2, 5, 3), weights=feats(2, 4, 1)),
+        ValueError,
+        "`weights`",
+    ),
+    (
+        "wian-weights-time-major",
+        lambda: WIAN(3, 4)(feats(5, 2, 3), weights=feats(2, 5, 1)),
+        ValueError,
+        "`weights`",
+    ),
+    (
+        "wian-weights-int",
+        lambda: WIAN(3, 4)(feats(2, 5, 3), weights=torch.ones(2, 5, 1, dtype=int)),
+        TypeError,
+        "`weights`",
+    ),
+    (
+        "wian-hx-shape",
+        lambda: WIAN(3, 4, num_layers=2, batch_first=True)(
+            feats(2, 5, 3), hx=(feats(1, 2, 4), feats(2, 2, 4))
+        ),
+        ValueError,
+        re.escape("hx[0]"),
+    ),
     ("wian-hx-type", lambda: WIAN(3, 4)(feats(2, 5, 3), hx=feats(1, 2, 4)), TypeError, "`hx`"),
     ("wian-num-layers", lambda: WIAN(3, 4, num_layers=0), ValueError, "num_layers"),
     ("wian-input-size", lambda: WIAN(0, 4), ValueError, "input_size"),
     ("wian-dropout", lambda: WIAN(3, 4, dropout=1.5), ValueError, "dropout"),
     ("wian-proj-size", lambda: WIAN(3, 4, proj_size=2), ValueError, "proj_size"),
-    ("wian-from-lstm-proj", lambda: WIAN.from_lstm(nn.LSTM(3, 4, proj_size=2)), ValueError,
-     "proj_size"),
+    (
+        "wian-from-lstm-proj",
+        lambda: WIAN.from_lstm(nn.LSTM(3, 4, proj_size=2)),
+        ValueError,
+        "proj_size",
+    ),
     ("wian-from-lstm-type", lambda: WIAN.from_lstm(nn.GRU(3, 4)), TypeError, "`lstm`"),
     # ---- InstanceWeights / attention ---------------------------------------------------------
     ("iw-mode", lambda: InstanceWeights(4, mode="softmax"), ValueError, "mode"),
     ("iw-fn-mode", lambda: instance_weights(feats(2, 3, 4), mode="x"), ValueError, "mode"),
     ("iw-h-2d", lambda: InstanceWeights(4)(feats(3, 4)), ValueError, "`h`"),
     ("iw-h-size", lambda: InstanceWeights(4)(feats(2, 3, 5)), ValueError, "`h`"),
-    ("iw-h-int", lambda: InstanceWeights(4)(torch.zeros(2, 3, 4, dtype=torch.long)), TypeError,
-     "`h`"),
-    ("iw-mask", lambda: InstanceWeights(4)(feats(2, 3, 4), torch.zeros(2, 4, dtype=bool)),
-     ValueError, "padding_mask"),
-    ("iw-mask-dtype", lambda: instance_weights(feats(2, 3, 4), padding_mask=torch.zeros(2, 3)),
-     TypeError, "padding_mask"),
+    (
+        "iw-h-int",
+        lambda: InstanceWeights(4)(torch.zeros(2, 3, 4, dtype=torch.long)),
+        TypeError,
+        "`h`",
+    ),
+    (
+        "iw-mask",
+        lambda: InstanceWeights(4)(feats(2, 3, 4), torch.zeros(2, 4, dtype=bool)),
+        ValueError,
+        "padding_mask",
+    ),
+    (
+        "iw-mask-dtype",
+        lambda: instance_weights(feats(2, 3, 4), padding_mask=torch.zeros(2, 3)),
+        TypeError,
+        "padding_mask",
+    ),
     ("iw-in-features", lambda: InstanceWeights(0), ValueError, "in_features"),
     ("attn-heads", lambda: InstanceSelfAttention(10, num_heads=3), ValueError, "num_heads"),
-    ("attn-x-size", lambda: InstanceSelfAttention(8, num_heads=2)(feats(2, 3, 6)), ValueError,
-     "`x`"),
+    (
+        "attn-x-size",
+        lambda: InstanceSelfAttention(8, num_heads=2)(feats(2, 3, 6)),
+        ValueError,
+        "`x`",
+    ),
     ("attn-x-2d", lambda: InstanceSelfAttention(8, num_heads=2)(feats(3, 8)), ValueError, "`x`"),
 ]
 
 
-@pytest.mark.parametrize(("make", "exc", "match"), [c[1:] for c in CASES],
-                         ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("make", "exc", "match"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 def test_bad_input_raises_named_error(make, exc, match):
     with pytest.raises(exc, match=match):
         make()
@@ -294,12 +491,12 @@ def test_good_inputs_pass():
     call_mccl()
     call_mccl_fn()
     intensity_aware_loss(feats(B, K), targets())
-    classification_enhancement_term(feats(B, K), targets(), features=feats(B, D),
-                                    classifier=head)
+    classification_enhancement_term(feats(B, K), targets(), features=feats(B, D), classifier=head)
     GEIIM(4, D)(feats(2, 4, D), torch.tensor([[False, True, True, True], [False] * 4]))
     WIANCell(3, 4)(feats(2, 3), (feats(2, 4), feats(2, 4)), weight=feats(2, 1))
-    WIAN(3, 4, num_layers=2, batch_first=True)(feats(2, 5, 3), (feats(2, 2, 4), feats(2, 2, 4)),
-                                               weights=feats(2, 5, 1))
+    WIAN(3, 4, num_layers=2, batch_first=True)(
+        feats(2, 5, 3), (feats(2, 2, 4), feats(2, 2, 4)), weights=feats(2, 5, 1)
+    )
     WIAN(3, 4)(feats(5, 2, 3), weights=feats(5, 2, 1))
     InstanceWeights(4)(feats(2, 3, 4), torch.zeros(2, 3, dtype=bool))
     InstanceSelfAttention(8, num_heads=2)(feats(2, 3, 8))
@@ -337,8 +534,7 @@ COUNTS = [5, 3, 2]
 
 def _batch(seed=0, b=6, d=D, k=K):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(b, d, generator=g), torch.randn(b, k, generator=g),
-            torch.arange(b) % k)
+    return (torch.randn(b, d, generator=g), torch.randn(b, k, generator=g), torch.arange(b) % k)
 
 
 def _target_calls():
@@ -350,21 +546,24 @@ def _target_calls():
         def call(y):
             torch.manual_seed(0)
             return fn(y)
+
         return call
 
     return {
         "MCCLoss": lambda y: mccl()(f, z, y),
         "mccl_loss": lambda y: multiscale_category_aware_contrastive_loss(f, z, y, COUNTS),
         "IntensityAwareLoss": lambda y: IntensityAwareLoss()(z, y),
-        "CET": seeded(lambda y: ClassificationEnhancementTerm()(z, y, features=f,
-                                                                classifier=lin)),
-        "MICACLLoss": seeded(lambda y: MICACLLoss(K, D, COUNTS, projection_dim=4)(
-            f, z, y, classifier=lin)),
-        "supervised_contrastive_per_anchor":
-            lambda y: supervised_contrastive_per_anchor(f, y, 0.1)[0],
+        "CET": seeded(lambda y: ClassificationEnhancementTerm()(z, y, features=f, classifier=lin)),
+        "MICACLLoss": seeded(
+            lambda y: MICACLLoss(K, D, COUNTS, projection_dim=4)(f, z, y, classifier=lin)
+        ),
+        "supervised_contrastive_per_anchor": lambda y: supervised_contrastive_per_anchor(f, y, 0.1)[
+            0
+        ],
         "category_aware_weights": lambda y: category_aware_weights(z, y, torch.tensor(COUNTS)),
         "adaptive_temperature": lambda y: adaptive_temperature(
-            torch.tensor([5.0, 3.0, 2.0]), 0.1, mode="batch_mean", targets=y),
+            torch.tensor([5.0, 3.0, 2.0]), 0.1, mode="batch_mean", targets=y
+        ),
         "ContrastMemory.push": lambda y: _pushed(f, y),
         "ConfusionMatrix": lambda y: _confusion(z, y),
     }
@@ -454,7 +653,7 @@ def test_family3_cosine_similarity_is_independent_of_scale(mode, dtype):
     f = f.to(dtype)
     loss_fn = MCCLoss(K, D, COUNTS, projection_dim=None)
     tiny, huge = torch.finfo(dtype).tiny, torch.finfo(dtype).max
-    scales = [1e20, 1e-30, 2.0 ** 100, huge / float(f.abs().max()) / 2, tiny * 4]
+    scales = [1e20, 1e-30, 2.0**100, huge / float(f.abs().max()) / 2, tiny * 4]
     with config.fast_paths(mode):
         expected = loss_fn(f, z, y)
         for s in scales:
@@ -463,7 +662,7 @@ def test_family3_cosine_similarity_is_independent_of_scale(mode, dtype):
         # The per-anchor term and its gradient: d loss(s f) / d(s f) = grad(f) / s.
         x = f.clone().requires_grad_()
         supervised_contrastive_per_anchor(x, y, 0.1)[0].sum().backward()
-        for s in (2.0 ** 70, 2.0 ** -70):
+        for s in (2.0**70, 2.0**-70):
             xs = (f * s).requires_grad_()
             supervised_contrastive_per_anchor(xs, y, 0.1)[0].sum().backward()
             assert _relative_gap(xs.grad * s, x.grad) < 1e-5
@@ -479,11 +678,14 @@ def test_family3_rescaled_cosine_keeps_exact_gradients(mode):
     y, my = torch.tensor([0, 0, 1, 1, 2]), torch.tensor([0, 1, 2])
     with config.fast_paths(mode):
         assert torch.autograd.gradcheck(
-            lambda a, m: supervised_contrastive_per_anchor(a, y, 0.2, memory_z=m,
-                                                           memory_targets=my)[0],
-            (z, mem))
+            lambda a, m: supervised_contrastive_per_anchor(
+                a, y, 0.2, memory_z=m, memory_targets=my
+            )[0],
+            (z, mem),
+        )
         assert torch.autograd.gradcheck(
-            lambda a: supervised_contrastive_per_anchor(a, y, 0.2, form="log")[0], (z,))
+            lambda a: supervised_contrastive_per_anchor(a, y, 0.2, form="log")[0], (z,)
+        )
 
 
 def test_family3_projected_path_is_scale_free_too():
@@ -517,28 +719,44 @@ def _nan_calls():
     return [
         ("MCCLoss-features", lambda: mccl()(nan_f, z, y), "features", (1, 2)),
         ("MCCLoss-logits", lambda: mccl()(f, nan_z, y), "logits", (2, 0)),
-        ("mccl_loss", lambda: multiscale_category_aware_contrastive_loss(nan_f, z, y, COUNTS),
-         "features", (1, 2)),
+        (
+            "mccl_loss",
+            lambda: multiscale_category_aware_contrastive_loss(nan_f, z, y, COUNTS),
+            "features",
+            (1, 2),
+        ),
         ("IAL", lambda: IntensityAwareLoss()(nan_z, y), "logits", (2, 0)),
-        ("CET", lambda: ClassificationEnhancementTerm()(z, y, features=nan_f, classifier=lin),
-         "features", (1, 2)),
-        ("MICACLLoss", lambda: MICACLLoss(K, D, COUNTS, projection_dim=4)(
-            f, nan_z, y, classifier=lin), "logits", (2, 0)),
+        (
+            "CET",
+            lambda: ClassificationEnhancementTerm()(z, y, features=nan_f, classifier=lin),
+            "features",
+            (1, 2),
+        ),
+        (
+            "MICACLLoss",
+            lambda: MICACLLoss(K, D, COUNTS, projection_dim=4)(f, nan_z, y, classifier=lin),
+            "logits",
+            (2, 0),
+        ),
         ("scpa", lambda: supervised_contrastive_per_anchor(nan_f, y, 0.1), "z", (1, 2)),
         ("pool_features", lambda: pool_features(nan_f, 2), "features", (1, 2)),
         ("GEIIM", lambda: GEIIM(4, D)(nan_x), "x", (1, 3, 0)),
         ("graph_propagate", lambda: graph_propagate(nan_x, torch.eye(4), 0.5), "x", (1, 3, 0)),
         ("InstanceWeights", lambda: InstanceWeights(D)(nan_x), "h", (1, 3, 0)),
         ("attention", lambda: InstanceSelfAttention(D, 2)(nan_x), "x", (1, 3, 0)),
-        ("MICACLHead", lambda: MICACLHead(D, K, num_instances=4, hidden_size=8)(nan_x), "x",
-         (1, 3, 0)),
-        ("ConfusionMatrix", lambda: ConfusionMatrix(K).update(nan_z, y), "preds_or_logits",
-         (2, 0)),
+        (
+            "MICACLHead",
+            lambda: MICACLHead(D, K, num_instances=4, hidden_size=8)(nan_x),
+            "x",
+            (1, 3, 0),
+        ),
+        ("ConfusionMatrix", lambda: ConfusionMatrix(K).update(nan_z, y), "preds_or_logits", (2, 0)),
     ]
 
 
-@pytest.mark.parametrize(("call", "name", "index"), [c[1:] for c in _nan_calls()],
-                         ids=[c[0] for c in _nan_calls()])
+@pytest.mark.parametrize(
+    ("call", "name", "index"), [c[1:] for c in _nan_calls()], ids=[c[0] for c in _nan_calls()]
+)
 def test_family4_check_finite_names_the_argument_and_first_bad_index(call, name, index):
     """Issue example: a NaN or inf in features, logits or weights gave a silent NaN."""
     with config.check_finite(), pytest.raises(ValueError) as info:
@@ -556,8 +774,14 @@ def test_family4_check_finite_is_off_by_default_and_checks_parameters():
     geiim = GEIIM(4, D)
     with torch.no_grad():
         geiim.node_src[2, 1] = float("inf")
-    with config.check_finite(), pytest.raises(ValueError, match=r"`GEIIM.node_src` holds inf "
-                                                                r"at index \(2, 1\)"):
+    with (
+        config.check_finite(),
+        pytest.raises(
+            ValueError,
+            match=r"`GEIIM.node_src` holds inf "
+            r"at index \(2, 1\)",
+        ),
+    ):
         geiim(torch.randn(2, 4, D))
     previous = config.get_check_finite()
     config.set_check_finite(True)
@@ -570,8 +794,9 @@ def test_family4_check_finite_is_off_by_default_and_checks_parameters():
         config.set_check_finite("yes")
 
 
-@pytest.mark.parametrize(("value", "expected"), [("1", True), ("true", True), (" On ", True),
-                                                 ("0", False), ("", False)])
+@pytest.mark.parametrize(
+    ("value", "expected"), [("1", True), ("true", True), (" On ", True), ("0", False), ("", False)]
+)
 def test_family4_environment_variable_gives_the_start_value(value, expected, monkeypatch):
     monkeypatch.setenv(config.CHECK_FINITE_ENV_VAR, value)
     assert config._check_finite_from_environment() is expected
@@ -583,8 +808,9 @@ def test_family4_environment_variable_gives_the_start_value(value, expected, mon
 def test_family4_import_reads_the_environment_variable():
     env = {**os.environ, config.CHECK_FINITE_ENV_VAR: "1"}
     code = "from micacl_layers import config; print(config.get_check_finite())"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "True"
 
 
@@ -596,12 +822,20 @@ def _meta_cases():
     lin = nn.Linear(D, K, device=meta)
     return [
         ("MCCLoss", lambda: MCCLoss(K, D, COUNTS, projection_dim=4, device=meta)(f, z, y), ()),
-        ("MCCLoss-running-counts-memory", lambda: MCCLoss(
-            K, D, projection_dim=4, memory_size=8, device=meta)(f, z, y), ()),
+        (
+            "MCCLoss-running-counts-memory",
+            lambda: MCCLoss(K, D, projection_dim=4, memory_size=8, device=meta)(f, z, y),
+            (),
+        ),
         ("IAL", lambda: IntensityAwareLoss()(z, y), ()),
         ("CET", lambda: ClassificationEnhancementTerm()(z, y, features=f, classifier=lin), ()),
-        ("MICACLLoss", lambda: MICACLLoss(K, D, COUNTS, projection_dim=4, device=meta)(
-            f, z, y, classifier=lin), ()),
+        (
+            "MICACLLoss",
+            lambda: MICACLLoss(K, D, COUNTS, projection_dim=4, device=meta)(
+                f, z, y, classifier=lin
+            ),
+            (),
+        ),
         ("GEIIM", lambda: GEIIM(4, D, device=meta)(x, mask), (2, 4, D)),
         ("InstanceWeights", lambda: InstanceWeights(D, 6, device=meta)(x, mask), (2, 4, 6)),
         ("attention", lambda: InstanceSelfAttention(D, 2, device=meta)(x, mask), (2, 4, D)),
@@ -609,8 +843,9 @@ def _meta_cases():
     ]
 
 
-@pytest.mark.parametrize(("call", "shape"), [c[1:] for c in _meta_cases()],
-                         ids=[c[0] for c in _meta_cases()])
+@pytest.mark.parametrize(
+    ("call", "shape"), [c[1:] for c in _meta_cases()], ids=[c[0] for c in _meta_cases()]
+)
 def test_family5_meta_device_forward_gives_shapes(call, shape):
     """Issue example: `.item()` on meta, "unknown device type for autocast", `nonzero`."""
     out = call()
@@ -628,8 +863,9 @@ def test_family5_meta_head(aggregator):
 @pytest.mark.parametrize("aggregator", ["wian", "lstm", "conv1d"])
 def test_family6_head_without_geiim_rejects_a_fully_padded_clip(aggregator):
     """Issue example: MICACLHead(use_geiim=False) with a fully padded clip gave NaN logits."""
-    head = MICACLHead(D, K, num_instances=4, hidden_size=8, use_geiim=False,
-                      aggregator=aggregator).eval()
+    head = MICACLHead(
+        D, K, num_instances=4, hidden_size=8, use_geiim=False, aggregator=aggregator
+    ).eval()
     x = torch.randn(2, 4, D)
     with pytest.raises(ValueError, match="`padding_mask` marks every instance"):
         head(x, torch.tensor([[True] * 4, [False] * 4]))
@@ -655,57 +891,126 @@ def test_family7_cet_classifier_with_another_class_count_and_tau0_inf():
     f, z, y = _batch()
     with pytest.raises(ValueError, match="`classifier` must map `features`.*K=3"):
         ClassificationEnhancementTerm()(z, y, features=f, classifier=nn.Linear(D, 5))
-    for make in (lambda: MCCLoss(K, D, tau0=float("inf")),
-                 lambda: adaptive_temperature(torch.tensor([1.0, 2.0]), float("inf")),
-                 lambda: call_mccl_fn(tau0=float("inf")),
-                 lambda: MCCLoss(K, D, tau0=float("nan"))):
+    for make in (
+        lambda: MCCLoss(K, D, tau0=float("inf")),
+        lambda: adaptive_temperature(torch.tensor([1.0, 2.0]), float("inf")),
+        lambda: call_mccl_fn(tau0=float("inf")),
+        lambda: MCCLoss(K, D, tau0=float("nan")),
+    ):
         with pytest.raises(ValueError, match="`tau0` must be a positive float"):
             make()
 
 
 FUNCTIONAL_CASES = [
-    ("scpa-temperature-0", lambda: supervised_contrastive_per_anchor(feats(B, D), targets(), 0.0),
-     ValueError, "`temperature`"),
-    ("scpa-temperature-negative",
-     lambda: supervised_contrastive_per_anchor(feats(B, D), targets(), -1.0), ValueError,
-     "`temperature`"),
-    ("scpa-temperature-tensor-nan", lambda: supervised_contrastive_per_anchor(
-        feats(B, D), targets(), torch.tensor(float("nan"))), ValueError, "`temperature`"),
-    ("scpa-float-targets", lambda: supervised_contrastive_per_anchor(
-        feats(B, D), targets().float(), 0.1), TypeError, "`targets`"),
-    ("scpa-memory-without-targets", lambda: supervised_contrastive_per_anchor(
-        feats(B, D), targets(), 0.1, memory_z=feats(3, D)), ValueError, "`memory_targets`"),
-    ("scpa-memory-size", lambda: supervised_contrastive_per_anchor(
-        feats(B, D), targets(), 0.1, memory_z=feats(3, D + 1), memory_targets=targets(0, 1, 2)),
-     ValueError, "`memory_z`"),
-    ("scpa-batch", lambda: supervised_contrastive_per_anchor(feats(B, D), targets(0, 1), 0.1),
-     ValueError, "batch sizes differ"),
+    (
+        "scpa-temperature-0",
+        lambda: supervised_contrastive_per_anchor(feats(B, D), targets(), 0.0),
+        ValueError,
+        "`temperature`",
+    ),
+    (
+        "scpa-temperature-negative",
+        lambda: supervised_contrastive_per_anchor(feats(B, D), targets(), -1.0),
+        ValueError,
+        "`temperature`",
+    ),
+    (
+        "scpa-temperature-tensor-nan",
+        lambda: supervised_contrastive_per_anchor(
+            feats(B, D), targets(), torch.tensor(float("nan"))
+        ),
+        ValueError,
+        "`temperature`",
+    ),
+    (
+        "scpa-float-targets",
+        lambda: supervised_contrastive_per_anchor(feats(B, D), targets().float(), 0.1),
+        TypeError,
+        "`targets`",
+    ),
+    (
+        "scpa-memory-without-targets",
+        lambda: supervised_contrastive_per_anchor(
+            feats(B, D), targets(), 0.1, memory_z=feats(3, D)
+        ),
+        ValueError,
+        "`memory_targets`",
+    ),
+    (
+        "scpa-memory-size",
+        lambda: supervised_contrastive_per_anchor(
+            feats(B, D), targets(), 0.1, memory_z=feats(3, D + 1), memory_targets=targets(0, 1, 2)
+        ),
+        ValueError,
+        "`memory_z`",
+    ),
+    (
+        "scpa-batch",
+        lambda: supervised_contrastive_per_anchor(feats(B, D), targets(0, 1), 0.1),
+        ValueError,
+        "batch sizes differ",
+    ),
     ("pool-scale-too-big", lambda: pool_features(feats(2, 4), 8), ValueError, "`scale`"),
     ("pool-scale-zero", lambda: pool_features(feats(2, 4), 0), ValueError, "`scale`"),
     ("pool-features-1d", lambda: pool_features(feats(4), 2), ValueError, "`features`"),
-    ("graph-adjacency-size", lambda: graph_propagate(feats(2, 4, D), torch.eye(3), 0.3),
-     ValueError, "`adjacency`"),
-    ("graph-alpha", lambda: graph_propagate(feats(2, 4, D), torch.eye(4), 1.5), ValueError,
-     "`alpha`"),
-    ("adjacency-all-padded", lambda: instance_adjacency(
-        feats(4, 3), feats(3, 4), padding_mask=torch.ones(2, 4, dtype=torch.bool)), ValueError,
-     "`padding_mask` marks every instance"),
-    ("adjacency-shapes", lambda: instance_adjacency(feats(4, 3), feats(4, 3)), ValueError,
-     "`node_dst`"),
-    ("weights-counts-shape", lambda: category_aware_weights(feats(B, K), targets(),
-                                                            torch.tensor([1.0, 2.0])),
-     ValueError, "`class_counts`"),
-    ("weights-counts-string", lambda: category_aware_weights(feats(B, K), targets(), "abc"),
-     TypeError, "`class_counts`"),
-    ("temperature-counts-nan", lambda: adaptive_temperature(torch.tensor([1.0, float("nan")]),
-                                                            0.1), ValueError, "`class_counts`"),
-    ("aug-classifier-not-callable", lambda: feature_augmentation_loss(feats(B, D), targets(), 3),
-     TypeError, "`classifier`"),
+    (
+        "graph-adjacency-size",
+        lambda: graph_propagate(feats(2, 4, D), torch.eye(3), 0.3),
+        ValueError,
+        "`adjacency`",
+    ),
+    (
+        "graph-alpha",
+        lambda: graph_propagate(feats(2, 4, D), torch.eye(4), 1.5),
+        ValueError,
+        "`alpha`",
+    ),
+    (
+        "adjacency-all-padded",
+        lambda: instance_adjacency(
+            feats(4, 3), feats(3, 4), padding_mask=torch.ones(2, 4, dtype=torch.bool)
+        ),
+        ValueError,
+        "`padding_mask` marks every instance",
+    ),
+    (
+        "adjacency-shapes",
+        lambda: instance_adjacency(feats(4, 3), feats(4, 3)),
+        ValueError,
+        "`node_dst`",
+    ),
+    (
+        "weights-counts-shape",
+        lambda: category_aware_weights(feats(B, K), targets(), torch.tensor([1.0, 2.0])),
+        ValueError,
+        "`class_counts`",
+    ),
+    (
+        "weights-counts-string",
+        lambda: category_aware_weights(feats(B, K), targets(), "abc"),
+        TypeError,
+        "`class_counts`",
+    ),
+    (
+        "temperature-counts-nan",
+        lambda: adaptive_temperature(torch.tensor([1.0, float("nan")]), 0.1),
+        ValueError,
+        "`class_counts`",
+    ),
+    (
+        "aug-classifier-not-callable",
+        lambda: feature_augmentation_loss(feats(B, D), targets(), 3),
+        TypeError,
+        "`classifier`",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("make", "exc", "match"), [c[1:] for c in FUNCTIONAL_CASES],
-                         ids=[c[0] for c in FUNCTIONAL_CASES])
+@pytest.mark.parametrize(
+    ("make", "exc", "match"),
+    [c[1:] for c in FUNCTIONAL_CASES],
+    ids=[c[0] for c in FUNCTIONAL_CASES],
+)
 def test_family8_functional_forms_check_like_the_modules(make, exc, match):
     """Issue example: temperature 0 gave NaN, pool_features(x, 8) on 4 features an empty
     tensor, a wrong-sized adjacency torch's bmm error, ..."""
@@ -743,13 +1048,29 @@ def test_family10_small_ones(tmp_path):
         MCCLoss(K, D, class_counts=[1, "x", 2])
 
 
-@pytest.mark.parametrize("make", [
-    lambda: mccl(), lambda: GEIIM(4, D), lambda: MICACLLoss(K, D),
-    lambda: ClassificationEnhancementTerm(), lambda: ContrastMemory(4, dims=(3,)),
-    lambda: MICACLHead(D, K, num_instances=4, hidden_size=8),
-    lambda: WIAN(D, 4), lambda: WIANCell(D, 4),
-], ids=["MCCLoss", "GEIIM", "MICACLLoss", "CET", "ContrastMemory", "MICACLHead", "WIAN",
-        "WIANCell"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: mccl(),
+        lambda: GEIIM(4, D),
+        lambda: MICACLLoss(K, D),
+        lambda: ClassificationEnhancementTerm(),
+        lambda: ContrastMemory(4, dims=(3,)),
+        lambda: MICACLHead(D, K, num_instances=4, hidden_size=8),
+        lambda: WIAN(D, 4),
+        lambda: WIANCell(D, 4),
+    ],
+    ids=[
+        "MCCLoss",
+        "GEIIM",
+        "MICACLLoss",
+        "CET",
+        "ContrastMemory",
+        "MICACLHead",
+        "WIAN",
+        "WIANCell",
+    ],
+)
 def test_family10_torchscript_raises_our_clear_error(make):
     with pytest.raises(RuntimeError, match="does not support TorchScript.*torch.compile"):
         torch.jit.script(make())

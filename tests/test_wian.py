@@ -15,8 +15,16 @@ from tests.conftest import assert_finite, dtypes, rand, randn, reference_wian, s
 SATURATE = 50.0  # sigmoid(50 +- a few) == 1.0 exactly in float64 (1 - 2e-22 rounds to 1)
 
 
-def _weights(kind: str, batch: int, steps: int, hidden: int, *, seed: int, dtype: torch.dtype,
-             batch_first: bool = True) -> torch.Tensor | None:
+def _weights(
+    kind: str,
+    batch: int,
+    steps: int,
+    hidden: int,
+    *,
+    seed: int,
+    dtype: torch.dtype,
+    batch_first: bool = True,
+) -> torch.Tensor | None:
     """Instance weights of layout (B, T, *) (or (T, B, *) if not batch_first)."""
     if kind == "none":
         return None
@@ -33,9 +41,9 @@ def _saturate_dynamic_gate(module: nn.Module, hidden: int) -> None:
     with torch.no_grad():
         for name, p in module.named_parameters():
             if name.startswith("bias_ih"):
-                p[4 * hidden:] = SATURATE
+                p[4 * hidden :] = SATURATE
             elif name.startswith("bias_hh"):
-                p[4 * hidden:] = 0.0
+                p[4 * hidden :] = 0.0
 
 
 # ------------------------------------------------------------------------------------------
@@ -43,9 +51,16 @@ def _saturate_dynamic_gate(module: nn.Module, hidden: int) -> None:
 # ------------------------------------------------------------------------------------------
 
 
-@given(batch=st.integers(0, 4), in_size=st.integers(1, 6), hidden=st.integers(1, 6),
-       weight_kind=st.sampled_from(["none", "full", "single", "scalar"]), with_hx=st.booleans(),
-       bias=st.booleans(), dtype=dtypes, seed=seeds)
+@given(
+    batch=st.integers(0, 4),
+    in_size=st.integers(1, 6),
+    hidden=st.integers(1, 6),
+    weight_kind=st.sampled_from(["none", "full", "single", "scalar"]),
+    with_hx=st.booleans(),
+    bias=st.booleans(),
+    dtype=dtypes,
+    seed=seeds,
+)
 def test_cell_shapes(batch, in_size, hidden, weight_kind, with_hx, bias, dtype, seed):
     """batch == 0 stands for an unbatched input."""
     torch.manual_seed(seed)
@@ -54,8 +69,10 @@ def test_cell_shapes(batch, in_size, hidden, weight_kind, with_hx, bias, dtype, 
     x = randn(*lead, in_size, seed=seed, dtype=dtype)
     hx = None
     if with_hx:
-        hx = (randn(*lead, hidden, seed=seed + 1, dtype=dtype),
-              randn(*lead, hidden, seed=seed + 2, dtype=dtype))
+        hx = (
+            randn(*lead, hidden, seed=seed + 1, dtype=dtype),
+            randn(*lead, hidden, seed=seed + 2, dtype=dtype),
+        )
     weight = {
         "none": None,
         "full": rand(*lead, hidden, seed=seed + 3, dtype=dtype),
@@ -85,14 +102,16 @@ def test_cell_equals_lstmcell_when_gate_saturated(weight, bias):
             _saturate_dynamic_gate(cell, hidden)
         else:
             # No bias to saturate with: make the gate's pre-activation large through the input.
-            cell.weight_ih[4 * hidden:] = 0.0
-            cell.weight_hh[4 * hidden:] = 0.0
-            cell.weight_ih[4 * hidden:, 0] = SATURATE
+            cell.weight_ih[4 * hidden :] = 0.0
+            cell.weight_hh[4 * hidden :] = 0.0
+            cell.weight_ih[4 * hidden :, 0] = SATURATE
     x = torch.randn(batch, in_size, dtype=torch.float64)
     if not bias:
         x[:, 0] = 1.0
-    hx = (torch.randn(batch, hidden, dtype=torch.float64),
-          torch.randn(batch, hidden, dtype=torch.float64))
+    hx = (
+        torch.randn(batch, hidden, dtype=torch.float64),
+        torch.randn(batch, hidden, dtype=torch.float64),
+    )
     w = None if weight == "none" else torch.ones(batch, hidden, dtype=torch.float64)
     h, c = cell(x, hx, weight=w)
     h_ref, c_ref = lstm(x, hx)
@@ -112,8 +131,12 @@ def test_cell_follows_eq3_5_6():
 
     def gate(k):
         rows = slice(k * hidden, (k + 1) * hidden)
-        return (x @ cell.weight_ih[rows].T + h0 @ cell.weight_hh[rows].T
-                + cell.bias_ih[rows] + cell.bias_hh[rows])
+        return (
+            x @ cell.weight_ih[rows].T
+            + h0 @ cell.weight_hh[rows].T
+            + cell.bias_ih[rows]
+            + cell.bias_hh[rows]
+        )
 
     i, f, o = torch.sigmoid(gate(0)), torch.sigmoid(gate(1)), torch.sigmoid(gate(3))
     cand = torch.tanh(gate(2))
@@ -132,8 +155,12 @@ def test_cell_zero_weight_keeps_cell_state_decaying_only():
     c0 = torch.randn(2, 4, dtype=torch.float64)
     h0 = torch.randn(2, 4, dtype=torch.float64)
     _, c = cell(x, (h0, c0), weight=torch.zeros(2, 1, dtype=torch.float64))
-    f = torch.sigmoid(x @ cell.weight_ih[4:8].T + h0 @ cell.weight_hh[4:8].T
-                      + cell.bias_ih[4:8] + cell.bias_hh[4:8])
+    f = torch.sigmoid(
+        x @ cell.weight_ih[4:8].T
+        + h0 @ cell.weight_hh[4:8].T
+        + cell.bias_ih[4:8]
+        + cell.bias_hh[4:8]
+    )
     torch.testing.assert_close(c, f * c0)
 
 
@@ -174,16 +201,42 @@ def test_cell_gradcheck():
 # ------------------------------------------------------------------------------------------
 
 
-@given(batch=st.integers(0, 3), steps=st.integers(1, 5), in_size=st.integers(1, 5),
-       hidden=st.integers(1, 5), num_layers=st.integers(1, 3), bidirectional=st.booleans(),
-       batch_first=st.booleans(), weight_kind=weight_kinds, with_hx=st.booleans(),
-       dtype=dtypes, seed=seeds)
-def test_wian_shapes(batch, steps, in_size, hidden, num_layers, bidirectional, batch_first,
-                     weight_kind, with_hx, dtype, seed):
+@given(
+    batch=st.integers(0, 3),
+    steps=st.integers(1, 5),
+    in_size=st.integers(1, 5),
+    hidden=st.integers(1, 5),
+    num_layers=st.integers(1, 3),
+    bidirectional=st.booleans(),
+    batch_first=st.booleans(),
+    weight_kind=weight_kinds,
+    with_hx=st.booleans(),
+    dtype=dtypes,
+    seed=seeds,
+)
+def test_wian_shapes(
+    batch,
+    steps,
+    in_size,
+    hidden,
+    num_layers,
+    bidirectional,
+    batch_first,
+    weight_kind,
+    with_hx,
+    dtype,
+    seed,
+):
     """batch == 0 stands for an unbatched (T, I) input."""
     torch.manual_seed(seed)
-    wian = WIAN(in_size, hidden, num_layers=num_layers, bidirectional=bidirectional,
-                batch_first=batch_first, dtype=dtype)
+    wian = WIAN(
+        in_size,
+        hidden,
+        num_layers=num_layers,
+        bidirectional=bidirectional,
+        batch_first=batch_first,
+        dtype=dtype,
+    )
     dirs = 2 if bidirectional else 1
     unbatched = batch == 0
     b = 1 if unbatched else batch
@@ -191,8 +244,7 @@ def test_wian_shapes(batch, steps, in_size, hidden, num_layers, bidirectional, b
     w = _weights(weight_kind, b, steps, hidden, seed=seed + 1, dtype=dtype)
     hx = None
     if with_hx:
-        hx = tuple(randn(dirs * num_layers, b, hidden, seed=seed + k, dtype=dtype)
-                   for k in (2, 3))
+        hx = tuple(randn(dirs * num_layers, b, hidden, seed=seed + k, dtype=dtype) for k in (2, 3))
     if not batch_first:
         x = x.transpose(0, 1)
         w = None if w is None else w.transpose(0, 1)
@@ -219,10 +271,22 @@ def test_wian_shapes(batch, steps, in_size, hidden, num_layers, bidirectional, b
 def test_wian_equals_lstm_when_gate_saturated(bidirectional, batch_first, num_layers, weight):
     torch.manual_seed(0)
     in_size, hidden, batch, steps = 5, 4, 3, 6
-    lstm = nn.LSTM(in_size, hidden, num_layers=num_layers, bidirectional=bidirectional,
-                   batch_first=batch_first, dtype=torch.float64)
-    wian = WIAN(in_size, hidden, num_layers=num_layers, bidirectional=bidirectional,
-                batch_first=batch_first, dtype=torch.float64)
+    lstm = nn.LSTM(
+        in_size,
+        hidden,
+        num_layers=num_layers,
+        bidirectional=bidirectional,
+        batch_first=batch_first,
+        dtype=torch.float64,
+    )
+    wian = WIAN(
+        in_size,
+        hidden,
+        num_layers=num_layers,
+        bidirectional=bidirectional,
+        batch_first=batch_first,
+        dtype=torch.float64,
+    )
     wian_params = dict(wian.named_parameters())
     lstm_params = dict(lstm.named_parameters())
     assert set(wian_params) == set(lstm_params)
@@ -249,15 +313,44 @@ def test_wian_equals_lstm_when_gate_saturated(bidirectional, batch_first, num_la
     torch.testing.assert_close(c_n, c_ref, atol=1e-12, rtol=0)
 
 
-@given(batch=st.integers(1, 3), steps=st.integers(1, 5), in_size=st.integers(1, 4),
-       hidden=st.integers(1, 4), num_layers=st.integers(1, 3), bidirectional=st.booleans(),
-       batch_first=st.booleans(), weight_kind=weight_kinds, with_hx=st.booleans(),
-       bias=st.booleans(), dtype=st.sampled_from([torch.float32, torch.float64]), seed=seeds)
-def test_wian_equals_naive_cell_loop(batch, steps, in_size, hidden, num_layers, bidirectional,
-                                     batch_first, weight_kind, with_hx, bias, dtype, seed):
+@given(
+    batch=st.integers(1, 3),
+    steps=st.integers(1, 5),
+    in_size=st.integers(1, 4),
+    hidden=st.integers(1, 4),
+    num_layers=st.integers(1, 3),
+    bidirectional=st.booleans(),
+    batch_first=st.booleans(),
+    weight_kind=weight_kinds,
+    with_hx=st.booleans(),
+    bias=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    seed=seeds,
+)
+def test_wian_equals_naive_cell_loop(
+    batch,
+    steps,
+    in_size,
+    hidden,
+    num_layers,
+    bidirectional,
+    batch_first,
+    weight_kind,
+    with_hx,
+    bias,
+    dtype,
+    seed,
+):
     torch.manual_seed(seed)
-    wian = WIAN(in_size, hidden, num_layers=num_layers, bidirectional=bidirectional,
-                batch_first=batch_first, bias=bias, dtype=dtype)
+    wian = WIAN(
+        in_size,
+        hidden,
+        num_layers=num_layers,
+        bidirectional=bidirectional,
+        batch_first=batch_first,
+        bias=bias,
+        dtype=dtype,
+    )
     with torch.no_grad():  # wider than the default init, so the gates are far from linear
         for p in wian.parameters():
             p.mul_(3.0)
@@ -266,8 +359,9 @@ def test_wian_equals_naive_cell_loop(batch, steps, in_size, hidden, num_layers, 
     w = _weights(weight_kind, batch, steps, hidden, seed=seed + 1, dtype=dtype)
     hx = None
     if with_hx:
-        hx = tuple(randn(dirs * num_layers, batch, hidden, seed=seed + k, dtype=dtype)
-                   for k in (2, 3))
+        hx = tuple(
+            randn(dirs * num_layers, batch, hidden, seed=seed + k, dtype=dtype) for k in (2, 3)
+        )
     out_ref, (h_ref, c_ref) = reference_wian(wian, x, w, hx)
     if not batch_first:
         x = x.transpose(0, 1)
@@ -310,8 +404,9 @@ def test_weights_broadcast_and_ones_equal_none():
     x = torch.randn(2, 5, 3, dtype=torch.float64)
     w1 = torch.rand(2, 5, 1, dtype=torch.float64)
     torch.testing.assert_close(wian(x, weights=w1)[0], wian(x, weights=w1.expand(2, 5, 4))[0])
-    torch.testing.assert_close(wian(x, weights=torch.ones(2, 5, 4, dtype=torch.float64))[0],
-                               wian(x)[0])
+    torch.testing.assert_close(
+        wian(x, weights=torch.ones(2, 5, 4, dtype=torch.float64))[0], wian(x)[0]
+    )
 
 
 @pytest.mark.parametrize("switch", ["on", "off"])
@@ -342,15 +437,17 @@ def _check_empty_batch(batch_first, bidirectional):
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_wian_unbatched_equals_batch_of_one(batch_first):
     torch.manual_seed(0)
-    wian = WIAN(3, 4, num_layers=2, bidirectional=True, batch_first=batch_first,
-                dtype=torch.float64)
+    wian = WIAN(
+        3, 4, num_layers=2, bidirectional=True, batch_first=batch_first, dtype=torch.float64
+    )
     x = torch.randn(5, 3, dtype=torch.float64)
     w = torch.rand(5, 4, dtype=torch.float64)
     hx = (torch.randn(4, 4, dtype=torch.float64), torch.randn(4, 4, dtype=torch.float64))
     out, (h_n, c_n) = wian(x, hx, weights=w)
     dim = 0 if batch_first else 1
-    out_b, (h_b, c_b) = wian(x.unsqueeze(dim), (hx[0].unsqueeze(1), hx[1].unsqueeze(1)),
-                             weights=w.unsqueeze(dim))
+    out_b, (h_b, c_b) = wian(
+        x.unsqueeze(dim), (hx[0].unsqueeze(1), hx[1].unsqueeze(1)), weights=w.unsqueeze(dim)
+    )
     torch.testing.assert_close(out, out_b.squeeze(dim))
     torch.testing.assert_close(h_n, h_b.squeeze(1))
     torch.testing.assert_close(c_n, c_b.squeeze(1))
@@ -411,8 +508,11 @@ def test_wian_state_dict_round_trip():
     x, w = torch.randn(2, 5, 3), torch.rand(2, 5, 1)
     assert not torch.allclose(a(x, weights=w)[0], b(x, weights=w)[0])
     b.load_state_dict(a.state_dict())
-    for ya, yb in zip(a(x, weights=w)[1] + (a(x, weights=w)[0],),
-                      b(x, weights=w)[1] + (b(x, weights=w)[0],), strict=True):
+    for ya, yb in zip(
+        a(x, weights=w)[1] + (a(x, weights=w)[0],),
+        b(x, weights=w)[1] + (b(x, weights=w)[0],),
+        strict=True,
+    ):
         torch.testing.assert_close(ya, yb, atol=0, rtol=0)
 
 

@@ -45,6 +45,7 @@ _KEEP_ENTRIES = 1 << 22
 # Rows per strip of the symmetric A A^T (only the upper block triangle is computed).
 _GRAM_BLOCK = 256
 
+
 def no_autocast(device_type: str) -> contextlib.AbstractContextManager[None]:
     """``torch.autocast(device_type, enabled=False)``, or nothing where autocast does not exist.
 
@@ -68,7 +69,7 @@ def _projected_gram(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         rows = slice(i, min(i + block, n))
         strip = mm_t(q[rows], x[i:])
         out[rows, i:] = strip
-        out[i + block:, rows] = strip[:, block:].t()
+        out[i + block :, rows] = strip[:, block:].t()
     return out
 
 
@@ -80,8 +81,9 @@ def _gram(a: torch.Tensor) -> torch.Tensor:
     return _projected_gram(a, a)
 
 
-def _similarities(anchors: torch.Tensor, mem: torch.Tensor | None, temperature: torch.Tensor,
-                  exclude_self: bool) -> torch.Tensor:
+def _similarities(
+    anchors: torch.Tensor, mem: torch.Tensor | None, temperature: torch.Tensor, exclude_self: bool
+) -> torch.Tensor:
     """``S = A C^T / tau`` with ``C = [A; mem]``, self entries set to ``finfo.min``."""
     if mem is None:
         sim = _gram(anchors)
@@ -89,7 +91,7 @@ def _similarities(anchors: torch.Tensor, mem: torch.Tensor | None, temperature: 
         sim = mm_t(anchors, torch.cat([anchors, mem], dim=0))
     sim.div_(temperature)
     if exclude_self:
-        sim[:, :anchors.shape[0]].diagonal().fill_(torch.finfo(sim.dtype).min)
+        sim[:, : anchors.shape[0]].diagonal().fill_(torch.finfo(sim.dtype).min)
     return sim
 
 
@@ -98,8 +100,9 @@ def _row_blocks(rows: int, cols: int) -> list[tuple[int, int]]:
     return [(start, min(start + step, rows)) for start in range(0, rows, step)]
 
 
-def _positive_block(targets: torch.Tensor, cand_targets: torch.Tensor, start: int, stop: int,
-                    exclude_self: bool) -> torch.Tensor:
+def _positive_block(
+    targets: torch.Tensor, cand_targets: torch.Tensor, start: int, stop: int, exclude_self: bool
+) -> torch.Tensor:
     """Rows ``start:stop`` of the positive mask ``P`` (same class, minus self)."""
     mask = targets[start:stop, None] == cand_targets[None, :]
     if exclude_self:
@@ -107,12 +110,12 @@ def _positive_block(targets: torch.Tensor, cand_targets: torch.Tensor, start: in
     return mask
 
 
-def _positive_counts(targets: torch.Tensor, cand_targets: torch.Tensor,
-                     exclude_self: bool) -> torch.Tensor:
+def _positive_counts(
+    targets: torch.Tensor, cand_targets: torch.Tensor, exclude_self: bool
+) -> torch.Tensor:
     """``|P(i)|`` without a ``(B, M)`` mask: how often each anchor's class occurs."""
     ordered = cand_targets.sort().values
-    counts = (torch.searchsorted(ordered, targets, right=True)
-              - torch.searchsorted(ordered, targets))
+    counts = torch.searchsorted(ordered, targets, right=True) - torch.searchsorted(ordered, targets)
     return counts - 1 if exclude_self else counts
 
 
@@ -155,8 +158,9 @@ def _normalize(z: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]
     return scaled.div_(denom), torch.cat([denom, scale], dim=1)
 
 
-def _normalize_backward(grad: torch.Tensor, unit: torch.Tensor, norms: torch.Tensor,
-                        eps: float) -> torch.Tensor:
+def _normalize_backward(
+    grad: torch.Tensor, unit: torch.Tensor, norms: torch.Tensor, eps: float
+) -> torch.Tensor:
     """Gradient through :func:`_normalize`, in place of ``grad``: ``(g - u (u . g)) / |z|``.
 
     With ``|z| = denom * scale`` applied as two divisions (their product may overflow). Where
@@ -204,8 +208,9 @@ def _loss_from_similarities(ctx, sim, targets, cand_targets, form, exclude_self,
     return loss, has_positive, (maxes, total, aux)
 
 
-def _similarity_grad(ctx, grad_loss, recompute, targets, cand_targets, temperature, maxes,
-                     total, aux, has_positive):
+def _similarity_grad(
+    ctx, grad_loss, recompute, targets, cand_targets, temperature, maxes, total, aux, has_positive
+):
     """``dL/dS`` ``(B, M)`` for ``S = A C^T``, the ``1 / tau`` folded in.
 
     Written into the buffer of ``exp(S / tau - max)`` that the forward kept (or that
@@ -254,8 +259,9 @@ class _ContrastiveCore(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z, mem, targets, cand_targets, temperature, form,
-                exclude_self, eps, reference):
+    def forward(
+        ctx, z, mem, targets, cand_targets, temperature, form, exclude_self, eps, reference
+    ):
         ctx.reference = reference
         anchors, denom = _normalize(z, eps)
         mem_unit = mem_denom = None
@@ -263,33 +269,76 @@ class _ContrastiveCore(torch.autograd.Function):
             mem_unit, mem_denom = _normalize(mem, eps)
         num_pos = _positive_counts(targets, cand_targets, exclude_self)
         sim = _similarities(anchors, mem_unit, temperature, exclude_self)
-        loss, has_positive, stats = _loss_from_similarities(ctx, sim, targets, cand_targets,
-                                                            form, exclude_self, num_pos)
+        loss, has_positive, stats = _loss_from_similarities(
+            ctx, sim, targets, cand_targets, form, exclude_self, num_pos
+        )
         ctx.eps = eps
-        ctx.save_for_backward(z, mem, anchors, denom, mem_unit, mem_denom, targets,
-                              cand_targets, temperature, *stats, has_positive)
+        ctx.save_for_backward(
+            z,
+            mem,
+            anchors,
+            denom,
+            mem_unit,
+            mem_denom,
+            targets,
+            cand_targets,
+            temperature,
+            *stats,
+            has_positive,
+        )
         return loss, has_positive
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_has_positive):
-        (z, mem, anchors, denom, mem_unit, mem_denom, targets, cand_targets, temperature,
-         maxes, total, aux, has_positive) = ctx.saved_tensors
+        (
+            z,
+            mem,
+            anchors,
+            denom,
+            mem_unit,
+            mem_denom,
+            targets,
+            cand_targets,
+            temperature,
+            maxes,
+            total,
+            aux,
+            has_positive,
+        ) = ctx.saved_tensors
         if torch.is_grad_enabled():
             # create_graph=True (double backward): differentiate the reference formulation.
             with torch.enable_grad():
-                loss, _ = ctx.reference(z, mem, targets, cand_targets, temperature,
-                                        ctx.form, ctx.exclude_self, ctx.eps)
+                loss, _ = ctx.reference(
+                    z, mem, targets, cand_targets, temperature, ctx.form, ctx.exclude_self, ctx.eps
+                )
             inputs = [t for t in (z, mem) if t is not None and t.requires_grad]
-            found = iter(torch.autograd.grad(loss, inputs, grad_loss, create_graph=True,
-                                             allow_unused=True))
-            return (next(found) if z.requires_grad else None,
-                    next(found) if mem is not None and mem.requires_grad else None,
-                    None, None, None, None, None, None, None)
+            found = iter(
+                torch.autograd.grad(loss, inputs, grad_loss, create_graph=True, allow_unused=True)
+            )
+            return (
+                next(found) if z.requires_grad else None,
+                next(found) if mem is not None and mem.requires_grad else None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+            )
         with no_autocast(z.device.type):
             grad = _similarity_grad(
-                ctx, grad_loss,
+                ctx,
+                grad_loss,
                 lambda: _similarities(anchors, mem_unit, temperature, ctx.exclude_self),
-                targets, cand_targets, temperature, maxes, total, aux, has_positive)
+                targets,
+                cand_targets,
+                temperature,
+                maxes,
+                total,
+                aux,
+                has_positive,
+            )
             grad_anchors, grad_mem = _ContrastiveCore._products(ctx, grad, anchors, mem_unit)
         grad_z = grad_m = None
         if grad_anchors is not None:
@@ -331,8 +380,7 @@ class _ProjectedContrastiveCore(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, targets, temperature, form,
-                exclude_self, eps, reference):
+    def forward(ctx, x, weight, bias, targets, temperature, form, exclude_self, eps, reference):
         ctx.reference = reference
         if bias is None:
             xa, wa = x, weight
@@ -350,11 +398,25 @@ class _ProjectedContrastiveCore(torch.autograd.Function):
         denom = (q * xa).sum(dim=1).clamp_min(0).sqrt().clamp_min(eps)
         num_pos = _positive_counts(targets, targets, exclude_self)
         sim = _ProjectedContrastiveCore._similarities(q, xa, denom, temperature, exclude_self)
-        loss, has_positive, stats = _loss_from_similarities(ctx, sim, targets, targets, form,
-                                                            exclude_self, num_pos)
+        loss, has_positive, stats = _loss_from_similarities(
+            ctx, sim, targets, targets, form, exclude_self, num_pos
+        )
         ctx.eps, ctx.has_bias = eps, bias is not None
-        ctx.save_for_backward(x, weight, bias, xa, wa, gram, q, denom, scale, targets,
-                              temperature, *stats, has_positive)
+        ctx.save_for_backward(
+            x,
+            weight,
+            bias,
+            xa,
+            wa,
+            gram,
+            q,
+            denom,
+            scale,
+            targets,
+            temperature,
+            *stats,
+            has_positive,
+        )
         return loss, has_positive
 
     @staticmethod
@@ -368,26 +430,54 @@ class _ProjectedContrastiveCore(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_has_positive):
-        (x, weight, bias, xa, wa, gram, q, denom, scale, targets, temperature, maxes, total,
-         aux, has_positive) = ctx.saved_tensors
+        (
+            x,
+            weight,
+            bias,
+            xa,
+            wa,
+            gram,
+            q,
+            denom,
+            scale,
+            targets,
+            temperature,
+            maxes,
+            total,
+            aux,
+            has_positive,
+        ) = ctx.saved_tensors
         if torch.is_grad_enabled():
             # create_graph=True (double backward): differentiate the reference formulation.
             inputs = [t for t in (x, weight, bias) if t is not None and t.requires_grad]
             with torch.enable_grad():
                 z = F.linear(x, weight, bias)
-                loss, _ = ctx.reference(z, None, targets, targets, temperature,
-                                        ctx.form, ctx.exclude_self, ctx.eps)
-            found = iter(torch.autograd.grad(loss, inputs, grad_loss, create_graph=True,
-                                             allow_unused=True))
-            grads = [next(found) if t is not None and t.requires_grad else None
-                     for t in (x, weight, bias)]
+                loss, _ = ctx.reference(
+                    z, None, targets, targets, temperature, ctx.form, ctx.exclude_self, ctx.eps
+                )
+            found = iter(
+                torch.autograd.grad(loss, inputs, grad_loss, create_graph=True, allow_unused=True)
+            )
+            grads = [
+                next(found) if t is not None and t.requires_grad else None
+                for t in (x, weight, bias)
+            ]
             return (*grads, None, None, None, None, None, None)
         with no_autocast(x.device.type):
             grad = _similarity_grad(
-                ctx, grad_loss,
-                lambda: _ProjectedContrastiveCore._similarities(q, xa, denom, temperature,
-                                                                ctx.exclude_self),
-                targets, targets, temperature, maxes, total, aux, has_positive)
+                ctx,
+                grad_loss,
+                lambda: _ProjectedContrastiveCore._similarities(
+                    q, xa, denom, temperature, ctx.exclude_self
+                ),
+                targets,
+                targets,
+                temperature,
+                maxes,
+                total,
+                aux,
+                has_positive,
+            )
             # dL/dA = G_s A with G_s = G + G^T and A = z / |z|; through the normalisation,
             # dL/dz = H z with H = N^-1 G_s N^-1 - diag(r / |z|^2), N = diag(|z|) and
             # r_i = A_i . (G_s A)_i (zero where the norm was clamped, as there z / eps is
@@ -402,10 +492,10 @@ class _ProjectedContrastiveCore(torch.autograd.Function):
         needs = ctx.needs_input_grad
         grad_x = grad_w = grad_b = None
         if needs[0]:
-            grad_x = (hx @ gram)[:, :x.shape[1]].div_(scale)
+            grad_x = (hx @ gram)[:, : x.shape[1]].div_(scale)
         if needs[1] or needs[2]:
             grad_wa = wa @ mm_t(xa.t(), hx.t())  # W' (x'^T H x')
-            grad_w = grad_wa[:, :x.shape[1]] if needs[1] else None
+            grad_w = grad_wa[:, : x.shape[1]] if needs[1] else None
             grad_b = grad_wa[:, -1] if ctx.has_bias and needs[2] else None
         return grad_x, grad_w, grad_b, None, None, None, None, None, None
 
@@ -416,14 +506,19 @@ def contrastive_applies(z: torch.Tensor, temperature: torch.Tensor) -> bool:
     Not for a temperature that needs a gradient (the core treats it as a constant), an empty
     batch (nothing to save), or where the switch says no.
     """
-    return (not torch.jit.is_scripting() and not temperature.requires_grad and z.shape[0] > 0
-            and config.enabled("contrastive", z.device, z.dtype))
+    return (
+        not torch.jit.is_scripting()
+        and not temperature.requires_grad
+        and z.shape[0] > 0
+        and config.enabled("contrastive", z.device, z.dtype)
+    )
 
 
 def contrastive(z, mem, targets, cand_targets, temperature, form, exclude_self, eps, reference):
     """:class:`_ContrastiveCore` (the arguments of the plain formulation, then the formulation)."""
-    return _ContrastiveCore.apply(z, mem, targets, cand_targets, temperature, form,
-                                  exclude_self, eps, reference)
+    return _ContrastiveCore.apply(
+        z, mem, targets, cand_targets, temperature, form, exclude_self, eps, reference
+    )
 
 
 def projected_applies(projection: object, x: torch.Tensor, tau: torch.Tensor) -> bool:
@@ -441,8 +536,7 @@ def projected_applies(projection: object, x: torch.Tensor, tau: torch.Tensor) ->
         return False
     if projection._forward_hooks or projection._forward_pre_hooks:
         return False
-    if (torch.jit.is_scripting() or torch.is_autocast_enabled(x.device.type)
-            or tau.requires_grad):
+    if torch.jit.is_scripting() or torch.is_autocast_enabled(x.device.type) or tau.requires_grad:
         return False
     if not (x.is_floating_point() and x.dtype == projection.weight.dtype):
         return False
@@ -451,11 +545,11 @@ def projected_applies(projection: object, x: torch.Tensor, tau: torch.Tensor) ->
     return 2 * (x.shape[1] + 1) <= projection.out_features
 
 
-def projected_contrastive(x, projection, targets, temperature, form, exclude_self, eps,
-                          reference):
+def projected_contrastive(x, projection, targets, temperature, form, exclude_self, eps, reference):
     """The contrastive term of ``projection(x)`` without forming it (``x`` in compute dtype)."""
     weight = projection.weight.to(x.dtype)
     bias = None if projection.bias is None else projection.bias.to(x.dtype)
     with no_autocast(x.device.type):
-        return _ProjectedContrastiveCore.apply(x, weight, bias, targets, temperature, form,
-                                               exclude_self, eps, reference)
+        return _ProjectedContrastiveCore.apply(
+            x, weight, bias, targets, temperature, form, exclude_self, eps, reference
+        )

@@ -12,7 +12,6 @@ CI tests, ``_TESTED_TORCH``) are checked once at import: on another release, or 
 the operator, the fallback runs and nothing else changes.
 """
 
-
 from __future__ import annotations
 
 import torch
@@ -32,24 +31,30 @@ def _torch_release() -> tuple[int, int]:
     return int(major), int(minor)
 
 
-_HAS_ONEDNN_LINEAR = (_torch_release() in _TESTED_TORCH
-                      and torch.backends.mkldnn.is_available()
-                      and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-                      and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+_HAS_ONEDNN_LINEAR = (
+    _torch_release() in _TESTED_TORCH
+    and torch.backends.mkldnn.is_available()
+    and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+)
 
 
 def onednn_usable(t: torch.Tensor) -> bool:
     """Whether products with ``t`` run through oneDNN's linear kernel (switch ``"on"`` only)."""
     # (oneDNN cannot describe a product with an empty operand: an empty batch falls back.)
-    return (_HAS_ONEDNN_LINEAR and t.device.type == "cpu" and t.dtype == torch.float32
-            and t.numel() > 0 and bool(torch.backends.mkldnn.enabled)
-            and config.enabled("onednn", t.device, t.dtype))
+    return (
+        _HAS_ONEDNN_LINEAR
+        and t.device.type == "cpu"
+        and t.dtype == torch.float32
+        and t.numel() > 0
+        and bool(torch.backends.mkldnn.enabled)
+        and config.enabled("onednn", t.device, t.dtype)
+    )
 
 
 def _onednn_operands(x: torch.Tensor, y: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether ``x @ y^T (+ bias)`` can run through oneDNN's linear kernel."""
-    return (onednn_usable(x) and onednn_usable(y)
-            and (bias is None or bias.dtype == x.dtype))
+    return onednn_usable(x) and onednn_usable(y) and (bias is None or bias.dtype == x.dtype)
 
 
 def mm_t(x: torch.Tensor, y: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -72,13 +77,15 @@ class Products:
         if not self.onednn:
             self.weights_t = torch.stack(weights).transpose(1, 2)  # (D, K, N)
         elif pack_rows is not None:
-            self.weights = [torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), pack_rows)
-                            for w in weights]
+            self.weights = [
+                torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), pack_rows) for w in weights
+            ]
         else:
             self.weights = weights
 
-    def each(self, x: torch.Tensor, add: torch.Tensor | list[torch.Tensor] | None = None
-             ) -> list[torch.Tensor]:
+    def each(
+        self, x: torch.Tensor, add: torch.Tensor | list[torch.Tensor] | None = None
+    ) -> list[torch.Tensor]:
         """One ``(rows, N)`` product per direction; ``add[k]`` is ``(rows, N)`` or ``(N,)``."""
         if not self.onednn:
             if isinstance(add, list):
@@ -97,9 +104,11 @@ class Products:
             return torch.bmm(x, self.weights_t).sum(dim=0)
         total = None
         for k, w in enumerate(self.weights):
-            total = (torch.ops.mkldnn._linear_pointwise(x[k], w, None, "none", [], "")
-                     if total is None else
-                     torch.ops.mkldnn._linear_pointwise.binary(x[k], total, w, None, "add"))
+            total = (
+                torch.ops.mkldnn._linear_pointwise(x[k], w, None, "none", [], "")
+                if total is None
+                else torch.ops.mkldnn._linear_pointwise.binary(x[k], total, w, None, "add")
+            )
         assert total is not None  # (there is at least one direction)
         return total
 
@@ -137,16 +146,18 @@ class _LinearFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
-           ) -> torch.Tensor:
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear`` (same values and gradients), faster on CPU in float32 for 2-D input.
 
     Falls back to ``F.linear`` for other shapes, devices and dtypes, under autocast (whose
     casts it leaves to ``F.linear``) and under ``torch.compile``.
     """
-    if (x.dim() == 2 and _onednn_operands(x, weight, bias)
-            and not torch.is_autocast_enabled(x.device.type)
-            and not torch.compiler.is_compiling()):
+    if (
+        x.dim() == 2
+        and _onednn_operands(x, weight, bias)
+        and not torch.is_autocast_enabled(x.device.type)
+        and not torch.compiler.is_compiling()
+    ):
         return _LinearFunction.apply(x, weight, bias)
     return F.linear(x, weight, bias)
 

@@ -76,9 +76,15 @@ def dtype_under_autocast(device: torch.device, dtype: torch.dtype) -> torch.dtyp
     return dtype if config.enabled("wian", device, dtype) else None
 
 
-def wian_layer(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, weight: torch.Tensor | None,
-               zero_state: bool, params: Params, reference: Reference
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def wian_layer(
+    x: torch.Tensor,
+    h0: torch.Tensor,
+    c0: torch.Tensor,
+    weight: torch.Tensor | None,
+    zero_state: bool,
+    params: Params,
+    reference: Reference,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One layer: :class:`_WIANLayer` with the arguments of the plain formulation.
 
     ``zero_state``: ``h0`` is known to be all zeros (no ``hx`` given).
@@ -113,8 +119,10 @@ def _step_pairs(buf: torch.Tensor, rows: list[tuple[int, ...]]) -> list[torch.Te
     row = buf.stride(1)
     shape, strides = (2, *buf.shape[2:]), buf.stride()[2:]
     span, base = buf.shape[1], buf.storage_offset()
-    return [buf.as_strided(shape, ((span + r1 - r0) * row, *strides), base + r0 * row)
-            for r0, r1 in rows]
+    return [
+        buf.as_strided(shape, ((span + r1 - r0) * row, *strides), base + r0 * row)
+        for r0, r1 in rows
+    ]
 
 
 class _WIANLayer(torch.autograd.Function):
@@ -136,11 +144,11 @@ class _WIANLayer(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, h0, c0, weight, zero_state, reference,
-                *params):
+    def forward(ctx, x, h0, c0, weight, zero_state, reference, *params):
         ctx.reference = reference
-        acts, flat, hs, cs, tanh_c, i_cand, d_all = _WIANLayer.run(x, h0, c0, weight,
-                                                                   zero_state, params)
+        acts, flat, hs, cs, tanh_c, i_cand, d_all = _WIANLayer.run(
+            x, h0, c0, weight, zero_state, params
+        )
         ctx.zero_state = zero_state
         # The backward turns the activations into the gate gradients in place, so they are
         # handed over rather than saved; a second backward (retain_graph) recomputes them.
@@ -149,7 +157,7 @@ class _WIANLayer(torch.autograd.Function):
         ctx.save_for_backward(x, flat, h0, c0, weight, hs, cs, tanh_c, i_cand, d_all, *params)
         dirs, steps = hs.shape[0], x.shape[0]
         out = hs.new_empty(steps, x.shape[1], dirs, hs.shape[-1])
-        out.copy_(hs[:, 1:steps + 1].permute(1, 2, 0, 3))
+        out.copy_(hs[:, 1 : steps + 1].permute(1, 2, 0, 3))
         last = _step_rows(dirs, steps)[2][-1]  # each direction's state after its last step
         h_n = torch.stack([hs[k, r] for k, r in enumerate(last)])
         c_n = torch.stack([cs[k, r] for k, r in enumerate(last)])
@@ -171,8 +179,10 @@ class _WIANLayer(torch.autograd.Function):
         hidden = gates // _NUM_GATES
         flat = x.reshape(steps * batch, x.shape[-1])  # (explicit: batch may be 0)
         # Per direction (no stacked copy), time order: (T, B, 5H) each.
-        proj = [p.view(steps, batch, gates)
-                for p in Products(w_ih).each(flat.expand(dirs, -1, -1), bias)]
+        proj = [
+            p.view(steps, batch, gates)
+            for p in Products(w_ih).each(flat.expand(dirs, -1, -1), bias)
+        ]
         acts = x.new_empty(dirs, steps, batch, gates)  # activations; candidate slot: tanh
         hs = x.new_empty(dirs, steps + 2, batch, hidden)
         cs = x.new_empty(dirs, steps + 2, batch, hidden)
@@ -231,8 +241,9 @@ class _WIANLayer(torch.autograd.Function):
         (x, flat_x, h0, c0, weight, hs, cs, tanh_c, i_cand, d_all, *params) = ctx.saved_tensors
         if torch.is_grad_enabled():
             # create_graph=True (double backward): differentiate the reference formulation.
-            return _reference_backward(ctx, (x, h0, c0, weight, *params),
-                                       (grad_out, grad_h, grad_c))
+            return _reference_backward(
+                ctx, (x, h0, c0, weight, *params), (grad_out, grad_h, grad_c)
+            )
         needs = ctx.needs_input_grad
         steps, batch, _ = x.shape
         dirs = len(params) // 4
@@ -315,8 +326,10 @@ class _WIANLayer(torch.autograd.Function):
                 # The steps after the first in reading order: times first.. forward, ..T-1-first
                 # backward.
                 lo = first if k == 0 else 0
-                d_w_hh = _weight_grad(acts[k, lo:lo + steps - first].reshape(n, gates),
-                                      _state_rows(hs, k, lo, steps - first).reshape(n, hidden))
+                d_w_hh = _weight_grad(
+                    acts[k, lo : lo + steps - first].reshape(n, gates),
+                    _state_rows(hs, k, lo, steps - first).reshape(n, hidden),
+                )
             d_b_ih = d_b_hh = None
             if needs[w_ih_i + 2] or needs[w_ih_i + 3]:
                 d_b = flat_grads[k].sum(dim=0)
@@ -338,11 +351,12 @@ def _state_rows(states: torch.Tensor, k: int, start: int, count: int) -> torch.T
     ``states`` is ``hs`` or ``cs``, ``(D, T + 2, B, H)``.
     """
     lo = start if k == 0 else start + 2  # the reverse direction's previous state is after it
-    return states[k, lo:lo + count]
+    return states[k, lo : lo + count]
 
 
-def _step_rows(dirs: int, steps: int
-               ) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]], list[tuple[int, ...]]]:
+def _step_rows(
+    dirs: int, steps: int
+) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]], list[tuple[int, ...]]]:
     """Per loop step ``t`` and direction: the row of the time it reads, of its old and new state.
 
     The first indexes the ``T``-row buffers, the other two ``hs`` and ``cs``. The forward
@@ -363,14 +377,18 @@ def _reference_backward(ctx, inputs, grads):
     with torch.enable_grad():
         outs = ctx.reference(reads, h0, c0, weight, params)
     needs = [*ctx.needs_input_grad[:4], *ctx.needs_input_grad[6:]]
-    wanted = [k for k, (t, need) in enumerate(zip(inputs, needs, strict=True))
-              if need and t is not None]
+    wanted = [
+        k for k, (t, need) in enumerate(zip(inputs, needs, strict=True)) if need and t is not None
+    ]
     pairs = [(o, g) for o, g in zip(outs, grads, strict=True) if g is not None]
-    found = torch.autograd.grad([o for o, _ in pairs], [inputs[k] for k in wanted],
-                                [g for _, g in pairs], create_graph=True, allow_unused=True)
+    found = torch.autograd.grad(
+        [o for o, _ in pairs],
+        [inputs[k] for k in wanted],
+        [g for _, g in pairs],
+        create_graph=True,
+        allow_unused=True,
+    )
     result: list[torch.Tensor | None] = [None] * len(inputs)
     for k, g in zip(wanted, found, strict=True):
         result[k] = g
     return (*result[:4], None, None, *result[4:])
-
-

@@ -49,7 +49,6 @@ from .transforms import (
 __all__ = ["GeometryPlan", "decode_planned", "open_frame", "plan_geometry", "to_float_clip"]
 
 
-
 @dataclass
 class GeometryPlan:
     """The geometric steps of a transform, folded into one crop, one resize and one flip.
@@ -189,8 +188,7 @@ def _decode_one(img: Any, path: str, plan: GeometryPlan, image_mod: ModuleType) 
         if plan.size is not None and any(v != int(v) for v in box):
             # The box falls between the small frame's pixels: Pillow resamples a fractional
             # box directly (rounding it would shift the crop by up to a pixel).
-            rgb = rgb.resize((plan.size[1], plan.size[0]), image_mod.Resampling.BILINEAR,
-                             box=box)
+            rgb = rgb.resize((plan.size[1], plan.size[0]), image_mod.Resampling.BILINEAR, box=box)
         elif box != (0, 0, *rgb.size):
             # Cut in Pillow, before the pixels are exported: less to copy.
             rgb = rgb.crop(tuple(int(v) for v in box))
@@ -251,8 +249,9 @@ def decode_planned(
     assert plan is not None, "paths must not be empty"
     frames = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
     if plan.size is not None and tuple(frames.shape[-2:]) != plan.size:
-        frames = F.interpolate(frames, size=plan.size, mode="bilinear", align_corners=False,
-                               antialias=True)
+        frames = F.interpolate(
+            frames, size=plan.size, mode="bilinear", align_corners=False, antialias=True
+        )
     return frames, plan
 
 

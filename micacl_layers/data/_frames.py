@@ -410,21 +410,20 @@ class ClipFolderDataset(Dataset[tuple[torch.Tensor, int]]):
     def _check_output(self, clip: object) -> None:
         if not isinstance(clip, torch.Tensor) or clip.ndim != 4:
             got = tuple(clip.shape) if isinstance(clip, torch.Tensor) else type(clip)
-            raise ValueError(
-                f"{self.name}: transform must return a (T, C, H, W) tensor, got {got}"
-            )
+            raise ValueError(f"{self.name}: transform must return a (T, C, H, W) tensor, got {got}")
 
     def _load(self, frame_dir: Path, names: list[str]) -> torch.Tensor:
-        idx = segment_indices(len(names), self.num_frames, train=self.train,
-                              generator=self.generator)
+        idx = segment_indices(
+            len(names), self.num_frames, train=self.train, generator=self.generator
+        )
         # Plain strings: building 16 Path objects per clip costs more than decoding a frame.
         folder = os.fspath(frame_dir)
         paths = [os.path.join(folder, names[i]) for i in idx]
         transform = self.transform
         if self.fast_decode and isinstance(transform, ClipTransform):
             frames, plan = decode_planned(
-                paths, lambda h, w: plan_geometry(transform, h, w, self.generator),
-                require_pil())
+                paths, lambda h, w: plan_geometry(transform, h, w, self.generator), require_pil()
+            )
             return to_float_clip(frames, plan, self.generator, self._check_output)
         clip = load_frames(paths)
         if transform is not None:

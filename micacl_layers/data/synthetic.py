@@ -275,9 +275,7 @@ def render_clip(
 # ----------------------------------------------------------------------------- layout
 
 
-def _allocate(
-    total: int, weights: Sequence[float], minimum: int
-) -> list[int]:
+def _allocate(total: int, weights: Sequence[float], minimum: int) -> list[int]:
     """Split ``total`` in proportion to ``weights`` (largest remainder), at least ``minimum``."""
     w = np.asarray(weights, dtype=np.float64)
     exact = total * w / w.sum()
@@ -513,10 +511,10 @@ def make_synthetic_ferv39k(
         emotion = FERV39K_CLASSES[label]
         rel = f"{scene}/{emotion}/{number:04d}"
         rng = np.random.default_rng(np.random.SeedSequence([seed, 2, index]))
-        video = render_clip(DFEW_CLASSES[dfew_index[label]], length, image_size=image_size,
-                            rng=rng)
-        _write_frames(root / "2_ClipsforFaceCrop" / scene / emotion / f"{number:04d}", video,
-                      jpeg_quality)
+        video = render_clip(DFEW_CLASSES[dfew_index[label]], length, image_size=image_size, rng=rng)
+        _write_frames(
+            root / "2_ClipsforFaceCrop" / scene / emotion / f"{number:04d}", video, jpeg_quality
+        )
         clips.append(SyntheticClip(rel, label, length, group))
     setups = root / "4_setups" / "All_scenes"
     setups.mkdir(parents=True)
@@ -543,11 +541,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--dataset", choices=("dfew", "ferv39k"), default="dfew")
-    parser.add_argument("--total-clips", type=int, default=None,
-                        help="clips in all (default: 1000 for dfew, 200 for ferv39k)")
+    parser.add_argument(
+        "--total-clips",
+        type=int,
+        default=None,
+        help="clips in all (default: 1000 for dfew, 200 for ferv39k)",
+    )
     parser.add_argument("--min-clips-per-class", type=int, default=None)
-    parser.add_argument("--frames", type=int, nargs=2, metavar=("LOW", "HIGH"), default=None,
-                        help="range of clip lengths (default: 8 48 for dfew, 8 47 for ferv39k)")
+    parser.add_argument(
+        "--frames",
+        type=int,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        default=None,
+        help="range of clip lengths (default: 8 48 for dfew, 8 47 for ferv39k)",
+    )
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--folds", type=int, nargs="+", default=[1], help="DFEW folds to write")
     parser.add_argument("--seed", type=int, default=0)

@@ -43,8 +43,7 @@ def _check_clip(clip: torch.Tensor, name: str = "clip", *, rgb: bool = False) ->
         raise TypeError(f"{name} must be a torch.Tensor of shape (T, C, H, W), got {type(clip)}")
     if clip.ndim != 4:
         raise ValueError(
-            f"{name} must have shape (T, C, H, W), got shape {tuple(clip.shape)} "
-            f"({clip.ndim} dims)"
+            f"{name} must have shape (T, C, H, W), got shape {tuple(clip.shape)} ({clip.ndim} dims)"
         )
     if not clip.is_floating_point():
         raise TypeError(
@@ -61,8 +60,10 @@ def _check_clip(clip: torch.Tensor, name: str = "clip", *, rgb: bool = False) ->
 def _pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
     if isinstance(size, int) and not isinstance(size, bool):
         pair = (size, size)
-    elif isinstance(size, Sequence) and len(size) == 2 and all(
-        isinstance(s, int) and not isinstance(s, bool) for s in size
+    elif (
+        isinstance(size, Sequence)
+        and len(size) == 2
+        and all(isinstance(s, int) and not isinstance(s, bool) for s in size)
     ):
         pair = (int(size[0]), int(size[1]))
     else:

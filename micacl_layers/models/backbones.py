@@ -14,8 +14,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["KINETICS_MEAN", "KINETICS_STD", "R3D18_WEIGHTS_URL", "TinyVideoBackbone",
-           "r3d18_backbone"]
+__all__ = [
+    "KINETICS_MEAN",
+    "KINETICS_STD",
+    "R3D18_WEIGHTS_URL",
+    "TinyVideoBackbone",
+    "r3d18_backbone",
+]
 
 # Statistics the torchvision Kinetics-400 video weights were trained with.
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
@@ -95,8 +100,9 @@ class TinyVideoBackbone(nn.Module):
         torch.Size([2, 64])
     """
 
-    def __init__(self, out_dim: int = 128, *, width: int = 16, normalize_input: bool = True
-                 ) -> None:
+    def __init__(
+        self, out_dim: int = 128, *, width: int = 16, normalize_input: bool = True
+    ) -> None:
         super().__init__()
         # A network this small has no capacity to spare for lighting and colour changes:
         # standardising each snippet per channel removes them before the first convolution.

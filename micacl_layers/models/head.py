@@ -106,35 +106,51 @@ class MICACLHead(nn.Module):
         self.num_instances = check_positive_int("num_instances", num_instances)
         if aggregator not in ("wian", "lstm", "conv1d"):
             raise ValueError(
-                f"`aggregator` must be 'wian', 'lstm' or 'conv1d', got {aggregator!r}.")
+                f"`aggregator` must be 'wian', 'lstm' or 'conv1d', got {aggregator!r}."
+            )
         self.aggregator_kind = aggregator
-        self.geiim = (GEIIM(num_instances, in_dim, node_dim=node_dim, kernel_sizes=kernel_sizes)
-                      if use_geiim else None)
+        self.geiim = (
+            GEIIM(num_instances, in_dim, node_dim=node_dim, kernel_sizes=kernel_sizes)
+            if use_geiim
+            else None
+        )
         dirs = 2 if bidirectional else 1
         if aggregator == "wian":
             self.instance_weights = InstanceWeights(in_dim, hidden_size, mode=weight_mode)
-            self.aggregator = WIAN(in_dim, hidden_size, num_layers, batch_first=True,
-                                   dropout=dropout if num_layers > 1 else 0.0,
-                                   bidirectional=bidirectional)
+            self.aggregator = WIAN(
+                in_dim,
+                hidden_size,
+                num_layers,
+                batch_first=True,
+                dropout=dropout if num_layers > 1 else 0.0,
+                bidirectional=bidirectional,
+            )
             feature_dim = dirs * hidden_size
         elif aggregator == "lstm":
             self.instance_weights = None
-            self.aggregator = nn.LSTM(in_dim, hidden_size, num_layers, batch_first=True,
-                                      dropout=dropout if num_layers > 1 else 0.0,
-                                      bidirectional=bidirectional)
+            self.aggregator = nn.LSTM(
+                in_dim,
+                hidden_size,
+                num_layers,
+                batch_first=True,
+                dropout=dropout if num_layers > 1 else 0.0,
+                bidirectional=bidirectional,
+            )
             feature_dim = dirs * hidden_size
         else:
             self.instance_weights = None
             self.aggregator = _Conv1dAggregator(in_dim, hidden_size)
             feature_dim = hidden_size
         self.feature_dim = feature_dim
-        self.attention = (InstanceSelfAttention(feature_dim, attention_heads)
-                          if attention_heads else None)
+        self.attention = (
+            InstanceSelfAttention(feature_dim, attention_heads) if attention_heads else None
+        )
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(feature_dim, num_classes)
 
-    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, padding_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Classify a batch of instance bags.
 
         Args:
@@ -154,13 +170,16 @@ class MICACLHead(nn.Module):
         x = check_floating("x", x)
         check_ndim("x", x, 3, "(B, T, C)")
         if x.shape[1] != self.num_instances or x.shape[2] != self.in_dim:
-            raise ValueError(f"`x` must have shape (B, T, C)=(B, {self.num_instances}, "
-                             f"{self.in_dim}), got {describe(x)}.")
+            raise ValueError(
+                f"`x` must have shape (B, T, C)=(B, {self.num_instances}, "
+                f"{self.in_dim}), got {describe(x)}."
+            )
         if padding_mask is not None:
             # Checked here for every configuration (not only by GEIIM): a clip whose every
             # instance is padded has nothing to pool, and would give NaN logits.
             padding_mask = check_some_real_instance(
-                check_padding_mask(padding_mask, x.shape[0], self.num_instances))
+                check_padding_mask(padding_mask, x.shape[0], self.num_instances)
+            )
         check_finite_parameters(self)
         # Input of another floating dtype runs in the head's parameter dtype, as autocast would.
         x = to_parameter_dtype(x, self.classifier.weight)

@@ -73,8 +73,9 @@ class MICACL(nn.Module):
         check_positive_int("num_frames", num_frames)
         check_positive_int("num_instances", num_instances)
         if num_frames % num_instances:
-            raise ValueError(f"`num_instances` ({num_instances}) must divide `num_frames` "
-                             f"({num_frames}).")
+            raise ValueError(
+                f"`num_instances` ({num_instances}) must divide `num_frames` ({num_frames})."
+            )
         self.num_frames = num_frames
         self.num_instances = num_instances
         if backbone == "r3d_18":
@@ -88,10 +89,12 @@ class MICACL(nn.Module):
         else:
             raise ValueError(f"`backbone` must be 'r3d_18' or 'tiny', got {backbone!r}.")
         self.normalize = normalize
-        self.register_buffer("mean", torch.tensor(KINETICS_MEAN).view(1, 3, 1, 1, 1),
-                             persistent=False)
-        self.register_buffer("std", torch.tensor(KINETICS_STD).view(1, 3, 1, 1, 1),
-                             persistent=False)
+        self.register_buffer(
+            "mean", torch.tensor(KINETICS_MEAN).view(1, 3, 1, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(KINETICS_STD).view(1, 3, 1, 1, 1), persistent=False
+        )
         self.head = MICACLHead(in_dim, num_classes, num_instances=num_instances, **head_options)
 
     @property
@@ -109,8 +112,10 @@ class MICACL(nn.Module):
         clip = check_floating("clip", clip)
         check_ndim("clip", clip, 5, "(B, 3, F, H, W)")
         if clip.shape[1] != 3 or clip.shape[2] != self.num_frames:
-            raise ValueError(f"`clip` must have shape (B, 3, F, H, W) with F={self.num_frames}, "
-                             f"got {describe(clip)}.")
+            raise ValueError(
+                f"`clip` must have shape (B, 3, F, H, W) with F={self.num_frames}, "
+                f"got {describe(clip)}."
+            )
         if self.normalize:
             clip = (clip - self.mean.to(clip.dtype)) / self.std.to(clip.dtype)
         b, c, f, h, w = clip.shape
