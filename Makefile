@@ -59,6 +59,8 @@ docs-check: venv
 
 lint: venv
 	$(BIN)/ruff check micacl_layers tests examples benchmarks scripts
+	$(BIN)/ruff format --check micacl_layers tests examples benchmarks scripts
+	$(BIN)/mypy micacl_layers
 
 bench: venv
 	$(BIN)/python benchmarks/run.py
