@@ -86,6 +86,11 @@ LOSSES: dict[str, tuple[str, list[str], str | None]] = {
         ["--loss", "micacl"],
         "logit_adjusted",
     ),
+    "balanced": (
+        "'balanced' preset: logit-adjusted CE + 0.3 x balanced MCCL (log form)",
+        ["--loss", "micacl"],
+        "balanced",
+    ),
 }
 TABLES = {"components": COMPONENTS, "losses": LOSSES}
 
@@ -160,6 +165,11 @@ def custom_criterion(kind: str, args, model, class_counts: list[int]) -> nn.Modu
         )
     if kind == "logit_adjusted":
         return LogitAdjustedCE(class_counts, tau=1.0)
+    if kind == "balanced":
+        # The preset as users build it; only the model-size options follow the command line.
+        return MICACLLoss.from_preset(
+            "balanced", k, d, class_counts, projection_dim=args.projection_dim
+        )
     raise ValueError(kind)
 
 
