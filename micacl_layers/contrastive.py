@@ -189,33 +189,29 @@ def contrastive_per_anchor(
     # Under torch.autocast the matmul below would run in float16/bfloat16 again: the
     # similarities and their log-sum-exp must stay in float32, so autocast is off here.
     with no_autocast(z.device.type):
-        return _contrastive_per_anchor(
-            z,
-            targets,
-            temperature,
-            form=form,
-            exclude_self=exclude_self,
-            memory_z=memory_z,
-            memory_targets=memory_targets,
-            class_average=class_average,
-        )
-
-
-def _contrastive_per_anchor(
-    z, targets, temperature, *, form, exclude_self, memory_z, memory_targets, class_average=False
-):
-    dtype = _compute_dtype(z)
-    eps = _norm_eps(dtype)
-    z = z.to(dtype)
-    mem, cand_targets = None, targets
-    if memory_z is not None:
-        mem = memory_z.to(device=z.device, dtype=dtype)
-        cand_targets = torch.cat([targets, memory_targets.to(targets.device)], dim=0)
-    temperature = torch.as_tensor(temperature, dtype=dtype, device=z.device)
-    if z.shape[0] == 0:  # no anchors: nothing to contrast, an empty loss still on the graph
-        return z.sum(dim=1), targets.new_zeros(0, dtype=torch.bool)
-    if not class_average and _fast.contrastive_applies(z, temperature):
-        return _fast.contrastive(
+        dtype = _compute_dtype(z)
+        eps = _norm_eps(dtype)
+        z = z.to(dtype)
+        mem, cand_targets = None, targets
+        if memory_z is not None:
+            mem = memory_z.to(device=z.device, dtype=dtype)
+            cand_targets = torch.cat([targets, memory_targets.to(targets.device)], dim=0)
+        temperature = torch.as_tensor(temperature, dtype=dtype, device=z.device)
+        if z.shape[0] == 0:  # no anchors: nothing to contrast, an empty loss still on the graph
+            return z.sum(dim=1), targets.new_zeros(0, dtype=torch.bool)
+        if not class_average and _fast.contrastive_applies(z, temperature):
+            return _fast.contrastive(
+                z,
+                mem,
+                targets,
+                cand_targets,
+                temperature,
+                form,
+                exclude_self,
+                eps,
+                _contrastive_reference,
+            )
+        return _contrastive_reference(
             z,
             mem,
             targets,
@@ -224,19 +220,8 @@ def _contrastive_per_anchor(
             form,
             exclude_self,
             eps,
-            _contrastive_reference,
+            class_average=class_average,
         )
-    return _contrastive_reference(
-        z,
-        mem,
-        targets,
-        cand_targets,
-        temperature,
-        form,
-        exclude_self,
-        eps,
-        class_average=class_average,
-    )
 
 
 def _contrastive_reference(

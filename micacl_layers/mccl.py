@@ -385,7 +385,7 @@ class MCCLOptions:
         ValueError: `tau0` must be a positive float (finite), got 0.0.
     """
 
-    scales: tuple[int, ...] = (1, 2, 4)
+    scales: Sequence[int] = (1, 2, 4)  # (stored as a tuple)
     tau0: float = 0.07
     temperature: TemperatureMode = "class_mean"
     form: Form = "ratio"
@@ -498,7 +498,7 @@ def multiscale_category_aware_contrastive_loss(
         torch.Size([])
     """
     options = MCCLOptions(
-        scales=_check_scales(scales),
+        scales=scales,
         tau0=tau0,
         temperature=temperature,
         form=form,
@@ -794,7 +794,7 @@ class MultiscaleCategoryAwareContrastiveLoss(nn.Module):
         self.num_classes = check_positive_int("num_classes", num_classes)
         self.feature_dim = check_positive_int("feature_dim", feature_dim)
         self.options = MCCLOptions(
-            scales=_check_scales(scales),
+            scales=scales,
             tau0=tau0,
             temperature=temperature,
             form=form,

@@ -115,20 +115,15 @@ class MICACLHead(nn.Module):
             else None
         )
         dirs = 2 if bidirectional else 1
-        if aggregator == "wian":
-            self.instance_weights = InstanceWeights(in_dim, hidden_size, mode=weight_mode)
-            self.aggregator = WIAN(
-                in_dim,
-                hidden_size,
-                num_layers,
-                batch_first=True,
-                dropout=dropout if num_layers > 1 else 0.0,
-                bidirectional=bidirectional,
+        if aggregator in ("wian", "lstm"):
+            # WIAN takes nn.LSTM's arguments: one construction for both recurrent choices.
+            recurrent = WIAN if aggregator == "wian" else nn.LSTM
+            self.instance_weights = (
+                InstanceWeights(in_dim, hidden_size, mode=weight_mode)
+                if aggregator == "wian"
+                else None
             )
-            feature_dim = dirs * hidden_size
-        elif aggregator == "lstm":
-            self.instance_weights = None
-            self.aggregator = nn.LSTM(
+            self.aggregator = recurrent(
                 in_dim,
                 hidden_size,
                 num_layers,
