@@ -8,7 +8,7 @@ error from deep inside torch.
 from __future__ import annotations
 
 import contextlib
-import numbers
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -235,11 +235,20 @@ def check_some_real_instance(mask: torch.Tensor, name: str = "padding_mask") -> 
     return mask
 
 
-def check_positive_int(name: str, value: object) -> int:
-    """A positive Python (or NumPy) integer, returned as ``int``; bool is rejected."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
-    return int(value)
+def check_positive_int(name: str, value: object, *, type_error: bool = False) -> int:
+    """A positive integer, returned as ``int``: an int, NumPy or 0-d integer tensor; not a bool.
+
+    Raises ``ValueError``; with ``type_error=True`` a value that is no integer at all (or a
+    bool) raises ``TypeError`` instead, as the frame samplers always have.
+    """
+    try:
+        number = None if isinstance(value, bool) else operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        number = None
+    if number is None or number < 1:
+        error = TypeError if number is None and type_error else ValueError
+        raise error(f"`{name}` must be a positive int, got {value!r}.")
+    return number
 
 
 def check_class_counts(class_counts: object, num_classes: int) -> torch.Tensor:
@@ -273,3 +282,35 @@ def check_class_counts(class_counts: object, num_classes: int) -> torch.Tensor:
     if not bool((counts == counts.round()).all()):
         counts = counts / counts.min()
     return counts
+
+
+def check_features_logits(
+    features: object,
+    logits: object,
+    targets: object,
+    *,
+    feature_dim: int | None = None,
+    num_classes: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clip features ``(B, D)``, logits ``(B, K)`` and targets ``(B,)`` of one batch.
+
+    ``feature_dim`` and ``num_classes``, where given, are the sizes a Module was built for.
+    """
+    features = check_floating("features", features)
+    check_ndim("features", features, 2, "(B, D)")
+    if feature_dim is not None and features.shape[1] != feature_dim:
+        raise ValueError(
+            f"`features` must have shape (B, D) with D={feature_dim} "
+            f"(feature_dim), got {describe(features)}."
+        )
+    if num_classes is not None:
+        logits = check_floating("logits", logits)
+        # K first: with too few logit columns the targets would look out of range instead.
+        if logits.dim() != 2 or logits.shape[1] != num_classes:
+            raise ValueError(
+                f"`logits` must have shape (B, K) with K={num_classes} "
+                f"(num_classes), got {describe(logits)}."
+            )
+    logits, targets = check_logits_targets(logits, targets)
+    check_same_batch(features=features, logits=logits, targets=targets)
+    return features, logits, targets

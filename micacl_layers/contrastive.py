@@ -224,6 +224,28 @@ def contrastive_per_anchor(
         )
 
 
+def projected_fast(z, projection, targets, temperature, *, form, exclude_self):
+    """The term of ``projection(z)`` by the fast kernel that never forms it, or ``None``.
+
+    ``None`` where :mod:`micacl_layers.config` does not enable that kernel (the default) or it
+    does not apply (see ``_fast.contrastive.projected_applies``): project, then call
+    :func:`contrastive_per_anchor`.
+    """
+    if not _fast.projected_applies(projection, z, temperature):
+        return None
+    dtype = _compute_dtype(z)
+    return _fast.projected_contrastive(
+        z.to(dtype),
+        projection,
+        targets,
+        temperature.to(dtype),
+        form,
+        exclude_self,
+        _norm_eps(dtype),
+        _contrastive_reference,
+    )
+
+
 def _contrastive_reference(
     z: torch.Tensor,
     mem: torch.Tensor | None,

@@ -10,6 +10,8 @@ batches' worth is typical), or :meth:`ContrastMemory.reset` it after large updat
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -49,6 +51,15 @@ class ContrastMemory(nn.Module):
 
     targets: torch.Tensor  # (buffers: typed for the checker)
     pointer: torch.Tensor
+
+    @classmethod
+    def optional(
+        cls, size: object, dims: Sequence[int], *, device: torch.device | str | None = None
+    ) -> ContrastMemory | None:
+        """A memory of ``size`` samples, or ``None`` for ``size=0`` (a loss's ``memory_size``)."""
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ValueError(f"`memory_size` must be >= 0 (0 disables the memory), got {size!r}.")
+        return cls(size, list(dims), device=device) if size else None
 
     def __init__(
         self,

@@ -9,19 +9,19 @@ instance weight :math:`w_t` (from GEIIM, see :mod:`micacl_layers.instance_weight
 - Eq. 5, the weighted cell update: :math:`c_t = f_t \cdot c_{t-1} + i_t \cdot \tilde c_t \cdot d_t`;
 - Eq. 6, the hidden state: :math:`h_t = o_t \cdot \tanh(c_t)`.
 
-:func:`wian_cell` is one step; :class:`WIANCell` and :class:`WIAN` are drop-ins for
-``nn.LSTMCell`` / ``nn.LSTM`` (constructor arguments and defaults, ``forward(input, hx)``,
-parameter names, shapes, ``hx`` layout, multi-layer and bidirectional semantics, unbatched
-inputs), with the instance weights as a keyword argument; ``from_lstm`` / ``from_lstm_cell``
-start from a trained LSTM. A layer over all time steps is written here in plain
-autograd (:func:`_layer_reference`); a fused kernel with the same values may replace it, as
-:mod:`micacl_layers.config` decides (see the "Internals" docs page).
+:func:`~micacl_layers.wian_cell.wian_cell` is one step and
+:class:`~micacl_layers.wian_cell.WIANCell` the ``nn.LSTMCell`` drop-in
+(:mod:`micacl_layers.wian_cell`); :class:`WIAN` is the ``nn.LSTM`` drop-in (constructor
+arguments and defaults, ``forward(input, hx)``, parameter names, shapes, ``hx`` layout,
+multi-layer and bidirectional semantics, unbatched inputs), with the instance weights as a
+keyword argument; ``from_lstm`` starts from a trained LSTM. A layer over all time steps is
+written here in plain autograd (:func:`_layer_reference`); a fused kernel with the same values
+may replace it, as :mod:`micacl_layers.config` decides (see the "Internals" docs page).
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 from collections.abc import Sequence
 from typing import Any, cast
@@ -30,121 +30,23 @@ import torch
 from torch import nn
 
 from micacl_layers._fast import wian_layer as _fast
+from micacl_layers._lstm_conversion import check_lstm_like, copy_lstm_gates, saturating_bias
+from micacl_layers._recurrent_checks import (
+    check_dropout,
+    check_input,
+    check_state,
+    check_weight,
+    per_instance,
+)
 from micacl_layers._validation import (
-    check_finite,
-    check_floating,
     check_ndim,
     check_positive_int,
     describe,
     torchscript_unsupported,
 )
+from micacl_layers.wian_cell import _NUM_GATES, WIANCell, _init_uniform, _wian_cell, wian_cell
 
 __all__ = ["WIAN", "WIANCell", "wian_cell"]
-
-_NUM_GATES = 5  # input, forget, candidate, output (nn.LSTM order), then the dynamic weight gate
-
-
-def wian_cell(
-    gates: torch.Tensor,
-    c_prev: torch.Tensor,
-    weight: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""One WIAN step from pre-activation gates (Eq. 3, 5, 6).
-
-    .. math::
-        d_t = \sigma(s_t) \cdot w_t, \quad
-        c_t = f_t \cdot c_{t-1} + i_t \cdot \tilde c_t \cdot d_t, \quad
-        h_t = o_t \cdot \tanh(c_t)
-
-    Args:
-        gates: Pre-activations ``W x_t + U h_{t-1} + b`` of the five gates, concatenated in the
-            order input, forget, candidate, output (as ``nn.LSTM``), dynamic weight gate.
-        c_prev: Previous cell state :math:`c_{t-1}`.
-        weight: Instance weight :math:`w_t`, broadcastable to ``c_prev``; ``None`` means 1.
-
-    Returns:
-        ``(h_t, c_t)``.
-
-    Shape:
-        - gates: :math:`(*, 5H)`
-        - c_prev: :math:`(*, H)`
-        - weight: broadcastable to :math:`(*, H)`
-        - Output: two tensors of shape :math:`(*, H)`
-
-    Example:
-        >>> h, c = wian_cell(torch.randn(3, 5 * 8), torch.zeros(3, 8))
-        >>> h.shape, c.shape
-        (torch.Size([3, 8]), torch.Size([3, 8]))
-    """
-    gates = check_floating("gates", gates)
-    c_prev = check_floating("c_prev", c_prev)
-    if (
-        c_prev.dim() == 0
-        or gates.shape[:-1] != c_prev.shape[:-1]
-        or gates.shape[-1] != _NUM_GATES * c_prev.shape[-1]
-    ):
-        raise ValueError(
-            f"`gates` must have shape (*, 5H) for `c_prev` of shape (*, H), got "
-            f"gates {describe(gates)} and c_prev {describe(c_prev)}."
-        )
-    if weight is not None:
-        weight = _check_weight(weight, tuple(c_prev.shape), "weight", "(*, H)")
-    return _wian_cell(gates, c_prev, weight)
-
-
-def _wian_cell(
-    gates: torch.Tensor, c_prev: torch.Tensor, weight: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`wian_cell` on checked inputs (Eq. 3, 5, 6)."""
-    hidden = c_prev.shape[-1]
-    act = torch.sigmoid(gates)
-    i = act[..., :hidden]
-    f = act[..., hidden : 2 * hidden]
-    o = act[..., 3 * hidden : 4 * hidden]
-    d = act[..., 4 * hidden :]
-    candidate = torch.tanh(gates[..., 2 * hidden : 3 * hidden])
-    if weight is not None:
-        d = d * weight
-    c = f * c_prev + i * candidate * d
-    h = o * torch.tanh(c)
-    return h, c
-
-
-def _init_uniform(module: nn.Module, hidden_size: int) -> None:
-    # nn.LSTM's initialisation, so a WIAN is a drop-in replacement at step zero.
-    bound = 1.0 / math.sqrt(hidden_size)
-    for p in module.parameters():
-        nn.init.uniform_(p, -bound, bound)
-
-
-def _check_weight(
-    weight: torch.Tensor,
-    target_shape: tuple[int, ...],
-    name: str,
-    layout: str,
-    *,
-    given: torch.Tensor | None = None,
-    per_instance: str = "",
-) -> torch.Tensor:
-    """``weight`` broadcast to ``target_shape``.
-
-    Errors describe ``given`` (what the caller passed, before a trailing 1 was added) and
-    mention the ``per_instance`` layout.
-    """
-    given = weight if given is None else given
-    if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"`{name}` must be a tensor or None, got {type(weight).__name__}.")
-    if not weight.is_floating_point():
-        raise TypeError(f"`{name}` must be floating point, got {describe(weight)}.")
-    check_finite(name, given if isinstance(given, torch.Tensor) else weight)
-    try:
-        return weight.broadcast_to(target_shape)
-    except RuntimeError:
-        also = f" or of shape {per_instance} (one weight per instance)" if per_instance else ""
-        raise ValueError(
-            f"`{name}` must be broadcastable to {layout}={target_shape}{also}, "
-            f"got {describe(given)}."
-        ) from None
 
 
 def _layer_reference(
@@ -190,274 +92,6 @@ def _layer_reference(
     seq = torch.stack(outs, dim=1)  # (D, T, B, H), each direction in its reading order
     out = torch.cat([seq[0], seq[1].flip(0)], dim=-1) if dirs == 2 else seq[0]
     return out, h, c
-
-
-def _saturating_bias(dtype: torch.dtype) -> float:
-    """A dynamic-gate bias ``b`` with ``sigmoid(b) == 1.0`` exactly in ``dtype``.
-
-    The smallest integer that saturates on the CPU kernel (float32: 17, float64: 37, float16: 9,
-    bfloat16: 7 with torch 2.14), plus 1 as a margin for other devices' ``sigmoid``.
-    """
-    for b in range(1, 100):
-        if torch.sigmoid(torch.tensor(float(b), dtype=dtype)).item() == 1.0:
-            return float(b + 1)
-    raise ValueError(f"no bias saturates sigmoid in {dtype}")  # pragma: no cover
-
-
-def _check_lstm_like(name: str, module: object, kind: type[nn.Module]) -> nn.Module:
-    if not isinstance(module, kind):
-        raise TypeError(
-            f"`{name}` must be a torch.nn.{kind.__name__}, got {type(module).__name__}."
-        )
-    if getattr(module, "proj_size", 0):
-        raise ValueError(
-            f"`{name}.proj_size` must be 0: WIAN has no projection of the hidden "
-            f"state (nn.LSTM's proj_size), got proj_size={module.proj_size}."
-        )
-    return module
-
-
-def _copy_lstm_gates(
-    target: nn.Module, source: nn.Module, suffixes: Sequence[str], hidden: int, gate_bias: float
-) -> None:
-    """Copy LSTM gates into the first ``4H`` rows; the dynamic gate: zero weights, ``gate_bias``.
-
-    ``target`` and ``source`` name their parameters ``weight_ih{suffix}`` etc. A source without
-    biases gives zero gate biases (its output is unchanged: it adds nothing).
-    """
-    rows = 4 * hidden
-    with torch.no_grad():
-        for suffix in suffixes:
-            for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                dst = getattr(target, kind + suffix)
-                src = getattr(source, kind + suffix, None)
-                if src is None:
-                    dst[:rows].zero_()
-                else:
-                    dst[:rows].copy_(src)
-                # sigma(b_ih + b_hh + 0 x + 0 h) = sigma(gate_bias) == 1.0 exactly.
-                dst[rows:].fill_(gate_bias if kind == "bias_ih" else 0.0)
-
-
-def _check_dropout(dropout: object, num_layers: int) -> float:
-    # The checks and the warning of nn.LSTM, with a message naming the argument.
-    if (
-        isinstance(dropout, bool)
-        or not isinstance(dropout, (int, float))
-        or not 0.0 <= float(dropout) <= 1.0
-    ):
-        raise ValueError(f"`dropout` must be a number in [0, 1], got {dropout!r}.")
-    if dropout > 0 and num_layers == 1:
-        warnings.warn(
-            "dropout option adds dropout after all but last recurrent layer, so "
-            f"non-zero dropout expects num_layers greater than 1, but got "
-            f"dropout={dropout} and num_layers={num_layers}",
-            UserWarning,
-            stacklevel=3,
-        )
-    return float(dropout)
-
-
-def _check_input(input: object, dtype: torch.dtype) -> torch.Tensor:
-    if isinstance(input, nn.utils.rnn.PackedSequence):
-        raise TypeError(
-            "`input` must be a tensor: WIAN does not take a PackedSequence; pad the "
-            "sequences and pass a padding mask to the head instead."
-        )
-    x = check_floating("input", input)
-    # Computed in the parameters' dtype, as autocast would cast it (nn.LSTM raises instead).
-    return x if x.dtype == dtype else x.to(dtype)
-
-
-def _check_state(
-    hx: object,
-    shape: tuple[int, ...],
-    unbatched: bool,
-    unbatched_dim: int,
-    layout: str,
-    dtype: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``hx`` as ``(h_0, c_0)`` of ``shape`` in ``dtype``: a tuple or list of two tensors."""
-    if (
-        not isinstance(hx, (tuple, list))
-        or len(hx) != 2
-        or not all(isinstance(t, torch.Tensor) for t in hx)
-    ):
-        raise TypeError(
-            f"`hx` must be a tuple (h_0, c_0) of two tensors or None, got {type(hx).__name__}."
-        )
-    out = []
-    for name, t in (("hx[0]", hx[0]), ("hx[1]", hx[1])):
-        t = check_floating(name, t)
-        want = shape[:unbatched_dim] + shape[unbatched_dim + 1 :] if unbatched else shape
-        if tuple(t.shape) != want:
-            what, where = ("unbatched ", layout.replace("B, ", "")) if unbatched else ("", layout)
-            raise ValueError(f"`{name}` must have {what}shape {where}={want}, got {describe(t)}.")
-        t = t.unsqueeze(unbatched_dim) if unbatched else t
-        out.append(t if t.dtype == dtype else t.to(dtype))
-    return out[0], out[1]
-
-
-def _per_instance(weights: object, name: str, input_dim: int) -> torch.Tensor:
-    """Weights with one dimension fewer than the input: one per instance, a trailing 1 added."""
-    if not isinstance(weights, torch.Tensor):
-        raise TypeError(f"`{name}` must be a tensor or None, got {type(weights).__name__}.")
-    return weights.unsqueeze(-1) if weights.dim() == input_dim - 1 else weights
-
-
-class WIANCell(nn.Module):
-    r"""A single WIAN step, the ``nn.LSTMCell`` of MICACL's Weighted Instance Aggregation Network.
-
-    Implements Eq. 3 (dynamic weight gate), Eq. 5 (weighted cell update) and Eq. 6 (hidden
-    state) exactly; with :math:`w_t = 1` and the dynamic gate saturated at 1 it is ``nn.LSTMCell``.
-    Parameters ``weight_ih`` ``(5H, I)``, ``weight_hh`` ``(5H, H)``, ``bias_ih``, ``bias_hh``
-    ``(5H,)`` hold the gates in the order input, forget, candidate, output, dynamic weight; the
-    first ``4H`` rows are laid out exactly as in ``nn.LSTMCell``.
-
-    The constructor and ``forward(input, hx)`` are those of ``nn.LSTMCell``, so replacing the
-    class name in working code is correct; the instance weight is the keyword ``weight``.
-    :meth:`from_lstm_cell` starts from a trained ``nn.LSTMCell``. An input (or ``hx``) of another
-    floating dtype than the parameters is computed in the parameters' dtype.
-
-    Args:
-        input_size: Features ``I`` of :math:`x_t`.
-        hidden_size: Features ``H`` of the hidden and cell states.
-        bias: Whether to use the biases ``bias_ih`` and ``bias_hh``.
-        device: Parameter device.
-        dtype: Parameter dtype.
-
-    Shape:
-        - input: :math:`(B, I)` or unbatched :math:`(I,)`
-        - hx: ``(h_0, c_0)``, each :math:`(B, H)` (or :math:`(H,)`); zeros if ``None``
-        - weight: :math:`(B,)` (one per sample) or broadcastable to :math:`(B, H)`; ``None``
-          means 1
-        - Output: ``(h_1, c_1)``, each :math:`(B, H)` (or :math:`(H,)`)
-
-    Example:
-        >>> cell = WIANCell(10, 20)
-        >>> h, c = cell(torch.randn(3, 10), weight=torch.rand(3))
-        >>> h.shape
-        torch.Size([3, 20])
-    """
-
-    __prepare_scriptable__ = torchscript_unsupported
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        bias: bool = True,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        factory: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.input_size = check_positive_int("input_size", input_size)
-        self.hidden_size = check_positive_int("hidden_size", hidden_size)
-        self.bias = bias
-        self.weight_ih = nn.Parameter(torch.empty(_NUM_GATES * hidden_size, input_size, **factory))
-        self.weight_hh = nn.Parameter(torch.empty(_NUM_GATES * hidden_size, hidden_size, **factory))
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(_NUM_GATES * hidden_size, **factory))
-            self.bias_hh = nn.Parameter(torch.empty(_NUM_GATES * hidden_size, **factory))
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Uniform in :math:`\\pm 1/\\sqrt{H}`, as ``nn.LSTMCell``."""
-        _init_uniform(self, self.hidden_size)
-
-    @classmethod
-    def from_lstm_cell(cls, cell: nn.LSTMCell, *, gate_bias: float | None = None) -> WIANCell:
-        r"""A WIANCell that computes what ``cell`` computes, to start training from it.
-
-        The four LSTM gates are copied into the first ``4H`` rows. The dynamic weight gate gets
-        zero weights and the bias ``gate_bias``, so :math:`\sigma(\cdot) = 1` exactly and, with
-        instance weight 1, the output equals the LSTM's to rounding. The cell always has biases
-        (a bias-free LSTM's gate biases start at zero).
-
-        Args:
-            cell: The ``nn.LSTMCell`` to copy; its device and dtype are kept.
-            gate_bias: The dynamic gate's bias. ``None``: the smallest saturating value (plus 1)
-                in the parameters' dtype, 18 in float32 and 38 in float64. See
-                :meth:`WIAN.from_lstm` for what that means for training.
-
-        Returns:
-            A new ``WIANCell``, in ``cell``'s training mode.
-
-        Raises:
-            TypeError: If ``cell`` is not an ``nn.LSTMCell``.
-
-        Example:
-            >>> lstm_cell = nn.LSTMCell(4, 3)
-            >>> x = torch.randn(2, 4)
-            >>> h, _ = WIANCell.from_lstm_cell(lstm_cell)(x)
-            >>> bool(torch.allclose(h, lstm_cell(x)[0], atol=1e-6))
-            True
-        """
-        _check_lstm_like("cell", cell, nn.LSTMCell)
-        p = cell.weight_ih
-        new = cls(cell.input_size, cell.hidden_size, bias=True, device=p.device, dtype=p.dtype)
-        bias = _saturating_bias(p.dtype) if gate_bias is None else float(gate_bias)
-        _copy_lstm_gates(new, cell, ("",), cell.hidden_size, bias)
-        return new.train(cell.training)
-
-    def forward(
-        self,
-        input: torch.Tensor,
-        hx: tuple[torch.Tensor, torch.Tensor] | list[torch.Tensor] | None = None,
-        *,
-        weight: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Advance one step.
-
-        Args:
-            input: Input :math:`x_t`.
-            hx: ``(h_{t-1}, c_{t-1})`` (a tuple or list); zeros if ``None``.
-            weight: Instance weight :math:`w_t`; ``None`` means 1.
-
-        Returns:
-            ``(h_t, c_t)``.
-        """
-        dtype = self.weight_ih.dtype
-        x = _check_input(input, dtype)
-        check_ndim("input", x, (1, 2), "(B, I) or (I,)")
-        unbatched = x.dim() == 1
-        given = weight
-        if weight is not None:
-            weight = _per_instance(weight, "weight", x.dim())
-        if unbatched:
-            x = x.unsqueeze(0)
-        if x.shape[1] != self.input_size:
-            raise ValueError(
-                f"`input` must have shape (B, I) with I={self.input_size}, got {describe(x)}."
-            )
-        batch = x.shape[0]
-        shape = (batch, self.hidden_size)
-        if hx is None:
-            h_prev = c_prev = x.new_zeros(shape)
-        else:
-            h_prev, c_prev = _check_state(hx, shape, unbatched, 0, "(B, H)", dtype)
-        if weight is not None:
-            if unbatched and weight.dim() == 1:
-                weight = weight.unsqueeze(0)
-            weight = _check_weight(
-                weight, shape, "weight", "(B, H)", given=given, per_instance="(B,)"
-            )
-            weight = weight if weight.dtype == dtype else weight.to(dtype)
-        gates = x @ self.weight_ih.t() + h_prev @ self.weight_hh.t()
-        if self.bias_ih is not None:
-            gates = gates + (self.bias_ih + self.bias_hh)
-        h, c = _wian_cell(gates, c_prev, weight)
-        if unbatched:
-            return h.squeeze(0), c.squeeze(0)
-        return h, c
-
-    def extra_repr(self) -> str:
-        """Options shown in ``repr()``."""
-        return f"{self.input_size}, {self.hidden_size}, bias={self.bias}"
 
 
 class WIAN(nn.Module):
@@ -541,7 +175,7 @@ class WIAN(nn.Module):
                 f"state (nn.LSTM's proj_size), got proj_size={proj_size!r}."
             )
         self.proj_size = 0
-        self.dropout = _check_dropout(dropout, self.num_layers)
+        self.dropout = check_dropout(dropout, self.num_layers)
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
@@ -617,7 +251,7 @@ class WIAN(nn.Module):
             >>> bool(torch.allclose(out, lstm(x)[0], atol=1e-6))
             True
         """
-        _check_lstm_like("lstm", lstm, nn.LSTM)
+        check_lstm_like("lstm", lstm, nn.LSTM)
         p = cast(torch.Tensor, lstm.weight_ih_l0)
         with warnings.catch_warnings():  # nn.LSTM warned about dropout with one layer already
             warnings.simplefilter("ignore", UserWarning)
@@ -632,9 +266,9 @@ class WIAN(nn.Module):
                 device=p.device,
                 dtype=p.dtype,
             )
-        bias = _saturating_bias(p.dtype) if gate_bias is None else float(gate_bias)
+        bias = saturating_bias(p.dtype) if gate_bias is None else float(gate_bias)
         suffixes = [f"_l{layer}{s}" for layer in range(new.num_layers) for s in new._suffixes()]
-        _copy_lstm_gates(new, lstm, suffixes, new.hidden_size, bias)
+        copy_lstm_gates(new, lstm, suffixes, new.hidden_size, bias)
         return new.train(lstm.training)
 
     def forward(
@@ -655,12 +289,12 @@ class WIAN(nn.Module):
             ``output, (h_n, c_n)`` exactly as ``nn.LSTM``.
         """
         dtype = cast(torch.Tensor, self.weight_ih_l0).dtype
-        x = _check_input(input, dtype)
+        x = check_input(input, dtype)
         layout = "(B, T, I)" if self.batch_first else "(T, B, I)"
         check_ndim("input", x, (2, 3), f"{layout} or unbatched (T, I)")
         given = weights
         if weights is not None:
-            weights = _per_instance(weights, "weights", x.dim())
+            weights = per_instance(weights, "weights", x.dim())
         unbatched = x.dim() == 2
         batch_dim = 0 if self.batch_first else 1
         if unbatched:
@@ -684,7 +318,7 @@ class WIAN(nn.Module):
         if weights is not None:
             w_layout = "(B, T, H)" if self.batch_first else "(T, B, H)"
             target = (batch, steps, hidden) if self.batch_first else (steps, batch, hidden)
-            w = _check_weight(
+            w = check_weight(
                 weights,
                 target,
                 "weights",
@@ -700,7 +334,7 @@ class WIAN(nn.Module):
         if hx is None:
             h0 = c0 = x.new_zeros(state_shape)
         else:
-            h0, c0 = _check_state(hx, state_shape, unbatched, 1, "(D*num_layers, B, H)", dtype)
+            h0, c0 = check_state(hx, state_shape, unbatched, 1, "(D*num_layers, B, H)", dtype)
 
         # Under autocast the fused kernel may run with autocast off, in one dtype (see
         # _fast.dtype_under_autocast); everything is cast to it once.

@@ -186,7 +186,6 @@ SECTION = re.compile(r"^([A-Z][A-Za-z ]*):\s*$")
 KNOWN_GAPS: dict[str, set[str]] = {
     "micacl_layers.cet.CETOutput": {"Example"},
     "micacl_layers.criterion.MICACLLossOutput": {"Example"},
-    "micacl_layers.mccl.MCCLOutput": {"Example"},
     "micacl_layers.data._frames.SkippedClip": {"Example"},
     "micacl_layers.data.synthetic.SyntheticClip": {"Example"},
     "micacl_layers.data.synthetic.SyntheticInfo": {"Example"},

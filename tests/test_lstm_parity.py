@@ -312,7 +312,7 @@ def test_from_lstm_keeps_the_device_meta():
 
 
 def test_saturating_bias_values_documented():
-    from micacl_layers.wian import _saturating_bias
+    from micacl_layers._lstm_conversion import saturating_bias as _saturating_bias
 
     for dtype, smallest in ((torch.float32, 17), (torch.float64, 37)):
         assert torch.sigmoid(torch.tensor(float(smallest), dtype=dtype)).item() == 1.0

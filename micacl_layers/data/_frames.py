@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from micacl_layers._validation import check_positive_int
+
 from ._decode import decode_planned, plan_geometry, to_float_clip
 from .sampling import segment_indices
 from .transforms import ClipTransform
@@ -318,8 +320,7 @@ class ClipFolderDataset(Dataset[tuple[torch.Tensor, int]]):
         fast_decode: bool = True,
     ) -> None:
         require_pil()
-        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
-            raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
+        check_positive_int("num_frames", num_frames)
         self.name = name
         self.classes = list(classes)
         self.split_file = split_file

@@ -13,25 +13,11 @@ indices are filled.
 
 from __future__ import annotations
 
-import operator
-from typing import Any
-
 import torch
 
+from micacl_layers._validation import check_positive_int
+
 __all__ = ["segment_indices"]
-
-
-def _positive_int(value: Any, name: str) -> int:
-    # bool is an int subclass; True frames is almost certainly a bug at the call site.
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got bool {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
 
 
 def segment_indices(
@@ -79,8 +65,8 @@ def segment_indices(
         >>> len(idx), idx == sorted(idx), 0 <= idx[0] < 6
         (16, True, True)
     """
-    n = _positive_int(num_frames, "num_frames")
-    s = _positive_int(num_segments, "num_segments")
+    n = check_positive_int("num_frames", num_frames, type_error=True)
+    s = check_positive_int("num_segments", num_segments, type_error=True)
     if n < s:
         return [((2 * i + 1) * n) // (2 * s) for i in range(s)]
     # Plain Python ints: a dozen tiny tensor ops cost more than decoding a frame would.

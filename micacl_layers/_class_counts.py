@@ -1,0 +1,68 @@
+"""Class counts a loss holds as a buffer: fixed at construction or counted like running stats."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from micacl_layers._validation import check_class_counts, has_values
+
+
+class RunningClassCounts(nn.Module):
+    """Base for a loss with a ``class_counts`` buffer (``(K,)``, saved in the ``state_dict``).
+
+    Fixed counts (e.g. a data set's ``class_counts``) are stored as int64 when whole and as
+    float64 when they are frequencies (rescaled so that the smallest is 1), so that
+    ``model.half()`` or ``.double()`` never round them. ``None`` counts the targets seen in
+    training mode, like BatchNorm's running statistics.
+    """
+
+    class_counts: torch.Tensor  # (a buffer: typed for the checker)
+
+    def _init_class_counts(
+        self,
+        class_counts: torch.Tensor | Sequence[float] | None,
+        num_classes: int,
+        device: torch.device | str | None,
+    ) -> None:
+        self.track_class_counts = class_counts is None
+        if class_counts is None:
+            counts = torch.zeros(num_classes, dtype=torch.long, device=device)
+        else:
+            checked = check_class_counts(class_counts, num_classes)  # frequencies: min -> 1
+            whole = bool((checked == checked.round()).all())
+            counts = checked.to(device=device, dtype=torch.long if whole else torch.float64)
+        self.register_buffer("class_counts", counts)
+
+    @torch.no_grad()
+    def _apply(self, fn, recurse=True):
+        # .half(), .to(dtype) etc. convert floating buffers: fixed non-integer counts (given as
+        # frequencies) keep their float64 values and only follow the device.
+        counts = self.class_counts
+        result = super()._apply(fn, recurse)
+        if counts.is_floating_point() and self.class_counts.dtype != torch.float64:
+            self.class_counts = counts.to(self.class_counts.device)
+        return result
+
+    def update_class_counts(self, targets: torch.Tensor) -> None:
+        """Add a batch of labels to the running counts (done by ``forward`` in training mode)."""
+        if not has_values(targets):  # meta: shapes only, nothing to count
+            return
+        self.class_counts += torch.bincount(
+            targets.to(self.class_counts.device), minlength=self.class_counts.shape[0]
+        )
+
+    def reset_class_counts(self) -> None:
+        """Zero the running class counts (only meaningful with ``class_counts=None``)."""
+        if not self.track_class_counts:
+            raise RuntimeError("class counts were fixed at construction; nothing to reset.")
+        self.class_counts.zero_()
+
+    def _counts_for_loss(self, targets: torch.Tensor) -> torch.Tensor:
+        """Count ``targets`` when tracking in training mode; the counts a loss should use."""
+        if self.track_class_counts and self.training:
+            self.update_class_counts(targets)
+        # A class not seen yet counts as one sample, so its weight stays finite.
+        return self.class_counts.clamp_min(1) if self.track_class_counts else self.class_counts

@@ -1,0 +1,55 @@
+"""Copying a trained ``nn.LSTM`` / ``nn.LSTMCell`` into WIAN's first four gates (``from_lstm``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def saturating_bias(dtype: torch.dtype) -> float:
+    """A dynamic-gate bias ``b`` with ``sigmoid(b) == 1.0`` exactly in ``dtype``.
+
+    The smallest integer that saturates on the CPU kernel (float32: 17, float64: 37, float16: 9,
+    bfloat16: 7 with torch 2.14), plus 1 as a margin for other devices' ``sigmoid``.
+    """
+    for b in range(1, 100):
+        if torch.sigmoid(torch.tensor(float(b), dtype=dtype)).item() == 1.0:
+            return float(b + 1)
+    raise ValueError(f"no bias saturates sigmoid in {dtype}")  # pragma: no cover
+
+
+def check_lstm_like(name: str, module: object, kind: type[nn.Module]) -> nn.Module:
+    if not isinstance(module, kind):
+        raise TypeError(
+            f"`{name}` must be a torch.nn.{kind.__name__}, got {type(module).__name__}."
+        )
+    if getattr(module, "proj_size", 0):
+        raise ValueError(
+            f"`{name}.proj_size` must be 0: WIAN has no projection of the hidden "
+            f"state (nn.LSTM's proj_size), got proj_size={module.proj_size}."
+        )
+    return module
+
+
+def copy_lstm_gates(
+    target: nn.Module, source: nn.Module, suffixes: Sequence[str], hidden: int, gate_bias: float
+) -> None:
+    """Copy LSTM gates into the first ``4H`` rows; the dynamic gate: zero weights, ``gate_bias``.
+
+    ``target`` and ``source`` name their parameters ``weight_ih{suffix}`` etc. A source without
+    biases gives zero gate biases (its output is unchanged: it adds nothing).
+    """
+    rows = 4 * hidden
+    with torch.no_grad():
+        for suffix in suffixes:
+            for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                dst = getattr(target, kind + suffix)
+                src = getattr(source, kind + suffix, None)
+                if src is None:
+                    dst[:rows].zero_()
+                else:
+                    dst[:rows].copy_(src)
+                # sigma(b_ih + b_hh + 0 x + 0 h) = sigma(gate_bias) == 1.0 exactly.
+                dst[rows:].fill_(gate_bias if kind == "bias_ih" else 0.0)

@@ -1,0 +1,106 @@
+"""Checks of WIAN's arguments in ``nn.LSTM``'s layouts, with errors that name the argument."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from micacl_layers._validation import check_finite, check_floating, describe
+
+
+def check_weight(
+    weight: torch.Tensor,
+    target_shape: tuple[int, ...],
+    name: str,
+    layout: str,
+    *,
+    given: torch.Tensor | None = None,
+    per_instance: str = "",
+) -> torch.Tensor:
+    """``weight`` broadcast to ``target_shape``.
+
+    Errors describe ``given`` (what the caller passed, before a trailing 1 was added) and
+    mention the ``per_instance`` layout.
+    """
+    given = weight if given is None else given
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"`{name}` must be a tensor or None, got {type(weight).__name__}.")
+    if not weight.is_floating_point():
+        raise TypeError(f"`{name}` must be floating point, got {describe(weight)}.")
+    check_finite(name, given if isinstance(given, torch.Tensor) else weight)
+    try:
+        return weight.broadcast_to(target_shape)
+    except RuntimeError:
+        also = f" or of shape {per_instance} (one weight per instance)" if per_instance else ""
+        raise ValueError(
+            f"`{name}` must be broadcastable to {layout}={target_shape}{also}, "
+            f"got {describe(given)}."
+        ) from None
+
+
+def check_dropout(dropout: object, num_layers: int) -> float:
+    # The checks and the warning of nn.LSTM, with a message naming the argument.
+    if (
+        isinstance(dropout, bool)
+        or not isinstance(dropout, (int, float))
+        or not 0.0 <= float(dropout) <= 1.0
+    ):
+        raise ValueError(f"`dropout` must be a number in [0, 1], got {dropout!r}.")
+    if dropout > 0 and num_layers == 1:
+        warnings.warn(
+            "dropout option adds dropout after all but last recurrent layer, so "
+            f"non-zero dropout expects num_layers greater than 1, but got "
+            f"dropout={dropout} and num_layers={num_layers}",
+            UserWarning,
+            stacklevel=3,
+        )
+    return float(dropout)
+
+
+def check_input(input: object, dtype: torch.dtype) -> torch.Tensor:
+    if isinstance(input, nn.utils.rnn.PackedSequence):
+        raise TypeError(
+            "`input` must be a tensor: WIAN does not take a PackedSequence; pad the "
+            "sequences and pass a padding mask to the head instead."
+        )
+    x = check_floating("input", input)
+    # Computed in the parameters' dtype, as autocast would cast it (nn.LSTM raises instead).
+    return x if x.dtype == dtype else x.to(dtype)
+
+
+def check_state(
+    hx: object,
+    shape: tuple[int, ...],
+    unbatched: bool,
+    unbatched_dim: int,
+    layout: str,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``hx`` as ``(h_0, c_0)`` of ``shape`` in ``dtype``: a tuple or list of two tensors."""
+    if (
+        not isinstance(hx, (tuple, list))
+        or len(hx) != 2
+        or not all(isinstance(t, torch.Tensor) for t in hx)
+    ):
+        raise TypeError(
+            f"`hx` must be a tuple (h_0, c_0) of two tensors or None, got {type(hx).__name__}."
+        )
+    out = []
+    for name, t in (("hx[0]", hx[0]), ("hx[1]", hx[1])):
+        t = check_floating(name, t)
+        want = shape[:unbatched_dim] + shape[unbatched_dim + 1 :] if unbatched else shape
+        if tuple(t.shape) != want:
+            what, where = ("unbatched ", layout.replace("B, ", "")) if unbatched else ("", layout)
+            raise ValueError(f"`{name}` must have {what}shape {where}={want}, got {describe(t)}.")
+        t = t.unsqueeze(unbatched_dim) if unbatched else t
+        out.append(t if t.dtype == dtype else t.to(dtype))
+    return out[0], out[1]
+
+
+def per_instance(weights: object, name: str, input_dim: int) -> torch.Tensor:
+    """Weights with one dimension fewer than the input: one per instance, a trailing 1 added."""
+    if not isinstance(weights, torch.Tensor):
+        raise TypeError(f"`{name}` must be a tensor or None, got {type(weights).__name__}.")
+    return weights.unsqueeze(-1) if weights.dim() == input_dim - 1 else weights
