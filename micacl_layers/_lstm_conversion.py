@@ -34,14 +34,23 @@ def check_lstm_like(name: str, module: object, kind: type[nn.Module]) -> nn.Modu
 
 
 def copy_lstm_gates(
-    target: nn.Module, source: nn.Module, suffixes: Sequence[str], hidden: int, gate_bias: float
-) -> None:
+    target: nn.Module,
+    source: nn.Module,
+    suffixes: Sequence[str],
+    hidden: int,
+    gate_bias: float | None,
+) -> nn.Module:
     """Copy LSTM gates into the first ``4H`` rows; the dynamic gate: zero weights, ``gate_bias``.
+
+    ``gate_bias=None`` takes :func:`saturating_bias` of the target's dtype. Returns ``target``,
+    in ``source``'s training mode.
 
     ``target`` and ``source`` name their parameters ``weight_ih{suffix}`` etc. A source without
     biases gives zero gate biases (its output is unchanged: it adds nothing).
     """
     rows = 4 * hidden
+    if gate_bias is None:
+        gate_bias = saturating_bias(next(target.parameters()).dtype)
     with torch.no_grad():
         for suffix in suffixes:
             for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
@@ -53,3 +62,4 @@ def copy_lstm_gates(
                     dst[:rows].copy_(src)
                 # sigma(b_ih + b_hh + 0 x + 0 h) = sigma(gate_bias) == 1.0 exactly.
                 dst[rows:].fill_(gate_bias if kind == "bias_ih" else 0.0)
+    return target.train(source.training)

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from micacl_layers._fast import wian_layer as _fast
-from micacl_layers._lstm_conversion import check_lstm_like, copy_lstm_gates, saturating_bias
+from micacl_layers._lstm_conversion import check_lstm_like, copy_lstm_gates
 from micacl_layers._recurrent_checks import (
     check_dropout,
     check_input,
@@ -266,10 +266,9 @@ class WIAN(nn.Module):
                 device=p.device,
                 dtype=p.dtype,
             )
-        bias = saturating_bias(p.dtype) if gate_bias is None else float(gate_bias)
+        bias = None if gate_bias is None else float(gate_bias)
         suffixes = [f"_l{layer}{s}" for layer in range(new.num_layers) for s in new._suffixes()]
-        copy_lstm_gates(new, lstm, suffixes, new.hidden_size, bias)
-        return new.train(lstm.training)
+        return cast(WIAN, copy_lstm_gates(new, lstm, suffixes, new.hidden_size, bias))
 
     def forward(
         self,

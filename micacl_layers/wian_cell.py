@@ -12,12 +12,12 @@ The layer over all time steps, :class:`~micacl_layers.wian.WIAN`, is in :mod:`mi
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from micacl_layers._lstm_conversion import check_lstm_like, copy_lstm_gates, saturating_bias
+from micacl_layers._lstm_conversion import check_lstm_like, copy_lstm_gates
 from micacl_layers._recurrent_checks import check_input, check_state, check_weight, per_instance
 from micacl_layers._validation import (
     check_floating,
@@ -200,9 +200,8 @@ class WIANCell(nn.Module):
         check_lstm_like("cell", cell, nn.LSTMCell)
         p = cell.weight_ih
         new = cls(cell.input_size, cell.hidden_size, bias=True, device=p.device, dtype=p.dtype)
-        bias = saturating_bias(p.dtype) if gate_bias is None else float(gate_bias)
-        copy_lstm_gates(new, cell, ("",), cell.hidden_size, bias)
-        return new.train(cell.training)
+        bias = None if gate_bias is None else float(gate_bias)
+        return cast(WIANCell, copy_lstm_gates(new, cell, ("",), cell.hidden_size, bias))
 
     def forward(
         self,
