@@ -25,7 +25,8 @@ balanced validation split from what is left, and trains on a long-tailed split o
 Model: a 3-layer temporal 1-D CNN whose per-step features ``(B, T, 64)`` are mean-pooled to a
 clip feature, followed by a linear classifier (the per-step features would feed a
 :class:`~micacl_layers.models.MICACLHead` as well). AdamW, fixed number of steps, no
-augmentation; all choices fixed before any test result was seen.
+augmentation but in the ``*_aug`` methods (two views); all choices fixed before any test result
+was seen.
 
 Metrics on the balanced test split: UAR (mean per-class recall), WAR (per-class recall weighted
 by the training class frequencies, i.e. the accuracy on a test set distributed like the training
