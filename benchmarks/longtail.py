@@ -25,7 +25,8 @@ balanced validation split from what is left, and trains on a long-tailed split o
 Model: a 3-layer temporal 1-D CNN whose per-step features ``(B, T, 64)`` are mean-pooled to a
 clip feature, followed by a linear classifier (the per-step features would feed a
 :class:`~micacl_layers.models.MICACLHead` as well). AdamW, fixed number of steps, no
-augmentation; all choices fixed before any test result was seen.
+augmentation but in the ``*_aug`` methods (two views); all choices fixed before any test result
+was seen.
 
 Metrics on the balanced test split: UAR (mean per-class recall), WAR (per-class recall weighted
 by the training class frequencies, i.e. the accuracy on a test set distributed like the training
@@ -197,6 +198,9 @@ class Method:
     lam: float = 1.0
     bal: dict = field(default_factory=dict)  # balanced options of MCCLoss
     aug: bool = False  # two augmented views of each batch (CE on both, views are positives)
+    ramp: float = 0.0  # fraction of the steps over which the contrastive weight rises from 0
+    la_difficulty: bool = False  # Eq. 7's difficulty from the logit-adjusted probabilities
+    centres: bool = False  # learned class centres (PaCo) as the class complements
 
 
 # Hyper-parameters fixed a priori from the papers: label smoothing 0.1 (Szegedy et al. 2016 and
@@ -261,6 +265,44 @@ for _key in ("la", "la_mccl", "la_supcon", "la_bal", "la_bal_l0.3"):
     METHODS[f"{_key}_aug"] = Method(
         _m.name + ", 2 views", ce=_m.ce, aux=_m.aux, lam=_m.lam, bal=dict(_m.bal), aug=True
     )
+# Third validation round (issue 13), each fixed a priori on top of the "balanced" preset's
+# LA-CE + 0.3 x balanced MCCL, one knob at a time, one value each:
+# - learned class centres (PaCo, Cui et al. ICCV 2021; GPaCo) as the class complements in place
+#   of the classifier's weight rows: a free (K, D) parameter, pooled and projected like the
+#   features, present in every batch;
+# - the contrastive weight ramped linearly from 0 over the first half of training, so that the
+#   contrastive term acts once cross-entropy has shaped the features;
+# - Eq. 7's difficulty factor (1 - p) from the logit-adjusted probabilities, the ones the LA-CE
+#   loss trains, rather than the raw ones (which are low for the tail classes by construction).
+_base = METHODS["la_bal_l0.3"]
+METHODS["la_bal_l0.3_centres"] = Method(
+    "LA-CE + 0.3 x balanced MCCL, learned centres (PaCo)",
+    ce="la",
+    aux="bal",
+    lam=0.3,
+    bal=dict(_base.bal),
+    centres=True,
+)
+METHODS["la_bal_l0.3_ramp"] = Method(
+    "LA-CE + 0.3 x balanced MCCL, weight ramped over 1st half",
+    ce="la",
+    aux="bal",
+    lam=0.3,
+    bal=dict(_base.bal),
+    ramp=0.5,
+)
+METHODS["la_bal_l0.3_ladiff"] = Method(
+    "LA-CE + 0.3 x balanced MCCL, LA difficulty",
+    ce="la",
+    aux="bal",
+    lam=0.3,
+    bal=dict(_base.bal),
+    la_difficulty=True,
+)
+# The paper's MCCL with the same change of difficulty (its only use of the logits).
+METHODS["la_mccl_ladiff"] = Method(
+    "LA-CE + MCCL (paper), LA difficulty", ce="la", aux="mccl", la_difficulty=True
+)
 # The rows of the test table in docs/longtail.md, and the candidates of the validation round.
 FULL_METHODS = ["ce", "ls", "la", "bs", "cb", "supcon", "mccl", "la_mccl", "la_bal", "la_bal_l0.3"]
 SELECT_METHODS = [
@@ -328,6 +370,12 @@ def train_eval(ds: DataSet, split: Split, method: Method, seed: int, cfg: RunCon
         aux = nn.Sequential(
             nn.Linear(cfg.width, cfg.width), nn.ReLU(), nn.Linear(cfg.width, cfg.proj_dim)
         )
+    centres: nn.Parameter | None = None
+    if method.centres:
+        # PaCo's learnable class centres, initialised like a linear layer's rows.
+        centres = nn.Parameter(torch.empty(num_classes, cfg.width))
+        nn.init.kaiming_uniform_(centres, a=math.sqrt(5))
+        params.append(centres)
     if aux is not None:
         params += list(aux.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -341,7 +389,7 @@ def train_eval(ds: DataSet, split: Split, method: Method, seed: int, cfg: RunCon
     n = len(ytr)
     batch = min(cfg.batch, n)
     model.train()
-    for _ in range(cfg.steps):
+    for step in range(cfg.steps):
         idx = torch.randperm(n, generator=gen)[:batch]
         xb, yb = xtr[idx], ytr[idx]
         if method.aug:
@@ -359,14 +407,21 @@ def train_eval(ds: DataSet, split: Split, method: Method, seed: int, cfg: RunCon
             loss = F.cross_entropy(logits + counts.log(), yb)
         else:
             loss = F.cross_entropy(logits, yb, weight=cb_w)
+        lam = method.lam
+        if method.ramp > 0:
+            lam = lam * min(1.0, step / (method.ramp * cfg.steps))
+        # MCCL reads the logits only for Eq. 7's difficulty factor.
+        dlogits = logits + log_prior(counts) if method.la_difficulty else logits
         if method.aux == "mccl":
-            loss = loss + method.lam * aux(feats, logits, yb)
+            loss = loss + lam * aux(feats, dlogits, yb)
         elif method.aux == "supcon":
             per, has = supervised_contrastive_per_anchor(aux(feats), yb, 0.1, form="log")
-            loss = loss + method.lam * per.sum() / has.sum().clamp_min(1)
+            loss = loss + lam * per.sum() / has.sum().clamp_min(1)
         elif method.aux == "bal":
-            protos = model.classifier.weight if method.bal.get("class_complements") else None
-            loss = loss + method.lam * aux(feats, logits, yb, prototypes=protos)
+            protos = None
+            if method.bal.get("class_complements"):
+                protos = centres if centres is not None else model.classifier.weight
+            loss = loss + lam * aux(feats, dlogits, yb, prototypes=protos)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -526,6 +581,9 @@ def _fmt(vals):
     return f"{a.mean():.1f} ± {a.std(ddof=1) if len(a) > 1 else 0:.1f}"
 
 
+REF_NAMES = {"ce": "CE", "la": "LA-CE", "la_aug": "LA-CE 2 views"}
+
+
 def render(results, info, keys, elapsed, args, cfg) -> str:
     try:
         commit = subprocess.run(
@@ -541,7 +599,7 @@ def render(results, info, keys, elapsed, args, cfg) -> str:
         f"{elapsed:.0f} s total.",
         "",
     ]
-    refs = [r for r in ("ce", "la") if r in keys]
+    refs = [r for r in ("ce", "la", "la_aug") if r in keys]
     for (set_name, r), by_key in results.items():
         eff, ntrain = info[(set_name, r)]
         lines.append(
@@ -550,7 +608,7 @@ def render(results, info, keys, elapsed, args, cfg) -> str:
         )
         lines.append("")
         head = "| method | UAR | WAR | tail recall |"
-        head += "".join(f" ΔUAR vs {'CE' if x == 'ce' else 'LA-CE'} [95 % CI] |" for x in refs)
+        head += "".join(f" ΔUAR vs {REF_NAMES[x]} [95 % CI] |" for x in refs)
         lines += [head, "|" + "---|" * (4 + len(refs))]
         for k in keys:
             runs = by_key[k]
@@ -570,7 +628,7 @@ def render(results, info, keys, elapsed, args, cfg) -> str:
     lines.append("### Mean over all settings (UAR; paired by seed)")
     lines.append("")
     head = "| method | mean UAR | mean tail recall |"
-    head += "".join(f" ΔUAR vs {'CE' if x == 'ce' else 'LA-CE'} [95 % CI] |" for x in refs)
+    head += "".join(f" ΔUAR vs {REF_NAMES[x]} [95 % CI] |" for x in refs)
     lines += [head, "|" + "---|" * (3 + len(refs))]
     settings = list(results)
     common = sorted(set.intersection(*[set(results[st][keys[0]]) for st in settings]))

@@ -89,3 +89,21 @@ def test_quick_run_end_to_end(tmp_path):
     rows = [r for r in text.splitlines() if r.startswith("| CE |")]
     uar = float(rows[0].split("|")[2].split("±")[0])
     assert 0.0 <= uar <= 100.0
+
+
+def test_ramped_contrastive_weight_starts_at_zero(digits):
+    # One step of a ramped method is a step of LA-CE alone: the contrastive weight is 0 at step 0.
+    split = longtail.make_split(digits, 10.0, seed=0, select=True)
+    cfg = longtail.RunConfig(steps=1)
+    ramp = longtail.METHODS["la_bal_l0.3_ramp"]
+    assert ramp.ramp > 0
+    got = longtail.train_eval(digits, split, ramp, 0, cfg)
+    assert got == longtail.train_eval(digits, split, longtail.METHODS["la"], 0, cfg)
+
+
+@pytest.mark.parametrize("key", ["la_bal_l0.3_centres", "la_bal_l0.3_ladiff", "la_mccl_aug"])
+def test_round_three_candidates_train(digits, key):
+    split = longtail.make_split(digits, 100.0, seed=0, select=True)
+    out = longtail.train_eval(digits, split, longtail.METHODS[key], 0, longtail.RunConfig(steps=3))
+    assert set(out) == {"uar", "war", "tail"}
+    assert all(0.0 <= v <= 100.0 for v in out.values())
