@@ -8,7 +8,7 @@ error from deep inside torch.
 from __future__ import annotations
 
 import contextlib
-import operator
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -236,15 +236,20 @@ def check_some_real_instance(mask: torch.Tensor, name: str = "padding_mask") -> 
 
 
 def check_positive_int(name: str, value: object, *, type_error: bool = False) -> int:
-    """A positive integer, returned as ``int``: an int, NumPy or 0-d integer tensor; not a bool.
+    """A positive integer, returned as ``int``: an int, a NumPy integer or a 0-d integer tensor.
 
-    Raises ``ValueError``; with ``type_error=True`` a value that is no integer at all (or a
-    bool) raises ``TypeError`` instead, as the frame samplers always have.
+    A bool (or bool tensor), a float, a tensor of more than one dimension or of a floating
+    dtype, or one without values (meta) is not an integer. Raises ``ValueError``; with
+    ``type_error=True`` a value that is no integer at all raises ``TypeError`` instead, as the
+    frame samplers always have.
     """
-    try:
-        number = None if isinstance(value, bool) else operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        number = None
+    number: int | None = None
+    if isinstance(value, torch.Tensor):
+        real = not (value.is_floating_point() or value.is_complex())
+        if value.dim() == 0 and real and value.dtype != torch.bool and has_values(value):
+            number = int(value.item())
+    elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        number = int(value)
     if number is None or number < 1:
         error = TypeError if number is None and type_error else ValueError
         raise error(f"`{name}` must be a positive int, got {value!r}.")
@@ -292,7 +297,7 @@ def check_features_logits(
     feature_dim: int | None = None,
     num_classes: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Clip features ``(B, D)``, logits ``(B, K)`` and targets ``(B,)`` of one batch.
+    """Check one batch's clip features ``(B, D)``, logits ``(B, K)`` and targets ``(B,)``.
 
     ``feature_dim`` and ``num_classes``, where given, are the sizes a Module was built for.
     """

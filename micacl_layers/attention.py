@@ -58,8 +58,8 @@ class InstanceSelfAttention(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        check_positive_int("embed_dim", embed_dim)
-        check_positive_int("num_heads", num_heads)
+        embed_dim = check_positive_int("embed_dim", embed_dim)
+        num_heads = check_positive_int("num_heads", num_heads)
         if embed_dim % num_heads:
             raise ValueError(f"`num_heads` ({num_heads}) must divide `embed_dim` ({embed_dim}).")
         self.embed_dim = embed_dim

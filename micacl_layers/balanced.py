@@ -6,9 +6,9 @@ denominators, and a class seen once in a batch has no positive. BCL's remedies, 
 
 - class-averaged sums (``class_average``), in :mod:`micacl_layers.contrastive`;
 - class complements (``class_complements``): one prototype per class, pooled and projected like
-  the features, joins every batch as a candidate (:func:`complement_candidates`);
+  the features, joins every batch as a candidate (``_with_complements``);
 - anchor weights whose mean over the batch is 1 (``weight_norm="batch"``,
-  :func:`normalise_over_anchors`).
+  ``_batch_normalised``).
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ from collections.abc import Callable, Sequence
 import torch
 
 from micacl_layers._validation import check_floating, describe
-from micacl_layers.mccl_options import MCCLOptions
 
 
-def check_prototypes(
-    prototypes: object, options: MCCLOptions, num_classes: int, features: torch.Tensor
+def _checked_prototypes(
+    prototypes: object, class_complements: bool, num_classes: int, features: torch.Tensor
 ) -> torch.Tensor | None:
     """The ``(K, D)`` prototypes ``class_complements`` needs, or ``None`` without it."""
-    if not options.class_complements:
+    if not class_complements:
         if prototypes is not None:
             raise ValueError(
                 "`prototypes` were given but class_complements=False; set "
@@ -65,7 +64,7 @@ def _anchors_with_positive(
     return per_class[targets] > (1 if exclude_self else 0)
 
 
-def normalise_over_anchors(
+def _batch_normalised(
     weights: torch.Tensor,
     targets: torch.Tensor,
     memory: tuple[Sequence[torch.Tensor], torch.Tensor] | None,
@@ -79,18 +78,17 @@ def normalise_over_anchors(
     return weights / weights.detach()[counted].mean().clamp_min(torch.finfo(weights.dtype).tiny)
 
 
-def complement_candidates(
+def _with_complements(
     protos: torch.Tensor,
     pool: Callable[[torch.Tensor], torch.Tensor],
     projection: Callable[[torch.Tensor], torch.Tensor] | None,
     memory_z: torch.Tensor | None,
     memory_targets: torch.Tensor | None,
-    device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The class prototypes of one scale, appended to the memory's candidates (never anchors)."""
     z = pool(protos)
     z = z if projection is None else projection(z)
-    labels = torch.arange(protos.shape[0], device=device)
+    labels = torch.arange(protos.shape[0], device=z.device)
     if memory_z is None or memory_targets is None:
         return z, labels
-    return torch.cat([memory_z.to(z.dtype), z]), torch.cat([memory_targets.to(device), labels])
+    return torch.cat([memory_z.to(z.dtype), z]), torch.cat([memory_targets.to(z.device), labels])

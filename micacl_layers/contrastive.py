@@ -224,7 +224,7 @@ def contrastive_per_anchor(
         )
 
 
-def projected_fast(z, projection, targets, temperature, *, form, exclude_self):
+def _projected_fast(z, projection, targets, temperature, *, form, exclude_self):
     """The term of ``projection(z)`` by the fast kernel that never forms it, or ``None``.
 
     ``None`` where :mod:`micacl_layers.config` does not enable that kernel (the default) or it

@@ -39,7 +39,7 @@ from micacl_layers._validation import (
     to_parameter_dtype,
     torchscript_unsupported,
 )
-from micacl_layers.balanced import check_prototypes, complement_candidates, normalise_over_anchors
+from micacl_layers.balanced import _batch_normalised, _checked_prototypes, _with_complements
 from micacl_layers.category_aware import (
     TemperatureMode,
     WeightNorm,
@@ -50,12 +50,12 @@ from micacl_layers.category_aware import (
 )
 from micacl_layers.contrastive import (
     Form,
+    _projected_fast,
     contrastive_per_anchor,
-    projected_fast,
     supervised_contrastive_per_anchor,
 )
 from micacl_layers.distributed import gather_with_grad, gather_without_grad, is_distributed
-from micacl_layers.mccl_options import MCCLOptions, MCCLOutput, Reduction, expose_options
+from micacl_layers.mccl_options import MCCLOptions, MCCLOutput, Reduction, _expose_options
 from micacl_layers.memory import ContrastMemory
 from micacl_layers.multiscale import _pool_features, pool_features, scale_projections
 
@@ -202,8 +202,7 @@ def _multiscale_loss(
     options.check_feature_dim(features.shape[1])
     options._check_per_scale("projections", projections, "callable")
     options._check_per_scale("memory", None if memory is None else memory[0], "embedding tensor")
-
-    protos = check_prototypes(prototypes, options, logits.shape[1], features)
+    protos = _checked_prototypes(prototypes, options.class_complements, logits.shape[1], features)
     weights = _category_aware_weights(  # Eq. 7
         logits,
         targets,
@@ -213,7 +212,7 @@ def _multiscale_loss(
         detach_difficulty=options.detach_difficulty,
     )
     if options.weight_norm == "batch":
-        weights = normalise_over_anchors(weights, targets, memory, protos, options.exclude_self)
+        weights = _batch_normalised(weights, targets, memory, protos, options.exclude_self)
     tau = _adaptive_temperature(counts, options.tau0, mode=options.temperature, targets=targets)
     per_scale: list[torch.Tensor] = []
     embeddings: list[torch.Tensor | None] = []
@@ -223,7 +222,7 @@ def _multiscale_loss(
         projection = None if projections is None else projections[idx]
         fused = None
         if memory is None and protos is None and not (need_embeddings or options.class_average):
-            fused = projected_fast(  # (None unless the switch enables that kernel)
+            fused = _projected_fast(  # (None unless the switch enables that kernel)
                 z, projection, targets, tau, form=options.form, exclude_self=options.exclude_self
             )
         if fused is not None:
@@ -235,9 +234,7 @@ def _multiscale_loss(
             mem_z, mem_t = (None, None) if memory is None else (memory[0][idx], memory[1])
             if protos is not None:
                 pool = functools.partial(_pool_features, scale=s)
-                mem_z, mem_t = complement_candidates(
-                    protos, pool, projection, mem_z, mem_t, targets.device
-                )
+                mem_z, mem_t = _with_complements(protos, pool, projection, mem_z, mem_t)
             loss_s, has_positive = contrastive_per_anchor(  # Eq. 9, 11
                 z,
                 targets,
@@ -256,7 +253,7 @@ def _multiscale_loss(
     return loss, embeddings
 
 
-@expose_options
+@_expose_options
 class MultiscaleCategoryAwareContrastiveLoss(RunningClassCounts):
     r"""Multiscale Category-aware Contrastive Learning loss (MICACL Eq. 7-12). Alias: ``MCCLoss``.
 
@@ -273,12 +270,10 @@ class MultiscaleCategoryAwareContrastiveLoss(RunningClassCounts):
     See :func:`multiscale_category_aware_contrastive_loss` for the computation; every choice
     where the paper is ambiguous is documented on the "Paper to code" page.
 
-    Dtypes: features of another floating dtype than the projections (float16/bfloat16 features
-    that left an autocast region, float64 data) are cast to the projections' dtype before they
-    are projected, as ``torch.autocast`` would cast them (under an active autocast, autocast
-    decides); the similarities then run in float32 (float64 for float64 parameters). Targets
-    may have any integer dtype. TorchScript is not supported (``torch.jit.script`` raises a
-    ``RuntimeError`` that says so); ``torch.compile`` is.
+    Dtypes: features of another floating dtype than the projections are cast to it before the
+    projections, as ``torch.autocast`` would (under autocast, autocast decides); similarities run
+    in float32 (float64 for float64 parameters); targets may have any integer dtype.
+    ``torch.jit.script`` raises a ``RuntimeError`` that points to ``torch.compile``, which works.
 
     Args:
         num_classes: Number of classes ``K``.
@@ -361,8 +356,11 @@ class MultiscaleCategoryAwareContrastiveLoss(RunningClassCounts):
         super().__init__()
         self.num_classes = check_positive_int("num_classes", num_classes)
         self.feature_dim = check_positive_int("feature_dim", feature_dim)
+        # The keywords are the options (never rebound before this line); see the signature test.
         self.options = MCCLOptions._from_arguments(locals())
         self.options.check_feature_dim(feature_dim)
+        if projection_dim is not None:  # (checked before the counts, as always)
+            projection_dim = check_positive_int("projection_dim", projection_dim)
         self.projection_dim = projection_dim
         self._init_class_counts(class_counts, num_classes, device)
         self.projections = scale_projections(  # (None without a projection_dim)

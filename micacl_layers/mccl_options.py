@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence, Sized
-from typing import Any, Literal, NamedTuple, cast
+from typing import Any, Literal, NamedTuple
 
 import torch
 
+from micacl_layers._validation import check_positive_int
 from micacl_layers.category_aware import (
     _TEMPERATURES,
     _WEIGHT_NORMS,
@@ -15,12 +16,11 @@ from micacl_layers.category_aware import (
     WeightNorm,
     _check_tau0,
 )
-from micacl_layers.contrastive import Form
+from micacl_layers.contrastive import _FORMS, Form
 
 __all__ = ["MCCLOptions", "MCCLOutput"]
 
 Reduction = Literal["mean", "sum", "none"]
-_FORMS = ("ratio", "log")  # (the forms of micacl_layers.contrastive)
 _REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -29,9 +29,13 @@ def _check_scales(scales: object) -> tuple[int, ...]:
         values: tuple[object, ...] = tuple(scales)  # type: ignore[arg-type]
     except TypeError:
         raise TypeError(f"`scales` must be a sequence of ints, got {scales!r}.") from None
-    if not values or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in values):
+    try:
+        checked = tuple(check_positive_int("scales", s) for s in values)
+    except ValueError:
+        checked = ()
+    if not checked:
         raise ValueError(f"`scales` must be a non-empty sequence of positive ints, got {values!r}.")
-    return cast(tuple[int, ...], values)
+    return checked
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
@@ -156,7 +160,7 @@ class MCCLOptions:
             )
 
 
-def expose_options(cls: type) -> type:
+def _expose_options(cls: type) -> type:
     """Class decorator: one property per :class:`MCCLOptions` field, over ``self.options``.
 
     Reading ``mccl.form`` reads the options; assigning it builds new, validated options (and

@@ -57,9 +57,15 @@ class ContrastMemory(nn.Module):
         cls, size: object, dims: Sequence[int], *, device: torch.device | str | None = None
     ) -> ContrastMemory | None:
         """A memory of ``size`` samples, or ``None`` for ``size=0`` (a loss's ``memory_size``)."""
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise ValueError(f"`memory_size` must be >= 0 (0 disables the memory), got {size!r}.")
-        return cls(size, list(dims), device=device) if size else None
+        if not isinstance(size, (bool, torch.Tensor)) and size == 0:
+            return None
+        try:
+            size = check_positive_int("memory_size", size)
+        except ValueError:
+            raise ValueError(
+                f"`memory_size` must be >= 0 (0 disables the memory), got {size!r}."
+            ) from None
+        return cls(size, list(dims), device=device)
 
     def __init__(
         self,

@@ -39,7 +39,7 @@ def pool_features(features: torch.Tensor, scale: int) -> torch.Tensor:
     """
     features = check_floating("features", features)
     check_ndim("features", features, 2, "(B, D)")
-    check_positive_int("scale", scale)
+    scale = check_positive_int("scale", scale)
     if scale > features.shape[1]:
         raise ValueError(
             f"`scale` must lie in [1, D={features.shape[1]}] so that D // scale "
@@ -89,7 +89,7 @@ def scale_projections(
     """
     if projection_dim is None:
         return None
-    check_positive_int("projection_dim", projection_dim)
+    projection_dim = check_positive_int("projection_dim", projection_dim)
     # FastLinear is nn.Linear (same parameters and values) with an optional faster product.
     return nn.ModuleList(
         FastLinear(feature_dim // s, projection_dim, device=device, dtype=dtype) for s in scales

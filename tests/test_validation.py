@@ -1087,3 +1087,64 @@ def test_shared_positive_int_and_describe():
     assert describe(torch.zeros(2, 3)) == "shape=(2, 3), dtype=torch.float32"
     with pytest.raises(ValueError, match="`num_classes` must be a positive int, got 0"):
         confusion_matrix(targets(), targets(), 0)
+
+
+def test_positive_int_takes_zero_dim_integer_tensors_only():
+    from micacl_layers._validation import check_positive_int
+
+    assert check_positive_int("n", torch.tensor(3)) == 3
+    assert type(check_positive_int("n", torch.tensor(3, dtype=torch.uint8))) is int
+    bad = [
+        torch.tensor(True),
+        torch.tensor([3]),
+        torch.tensor([[3]]),
+        torch.tensor(3.0),
+        torch.tensor(0),
+        torch.empty((), dtype=torch.long, device="meta"),
+    ]
+    for value in bad:
+        with pytest.raises(ValueError, match="`n` must be a positive int"):
+            check_positive_int("n", value)
+    # The samplers' convention: a value that is no integer is a TypeError, a small one is not.
+    for value in (2.0, True, torch.tensor([3]), "3"):
+        with pytest.raises(TypeError, match="`n` must be a positive int"):
+            check_positive_int("n", value, type_error=True)
+    with pytest.raises(ValueError, match="`n` must be a positive int"):
+        check_positive_int("n", 0, type_error=True)
+
+
+def test_integer_arguments_are_stored_as_int_whatever_integer_type_was_given():
+    from micacl_layers import MCCLoss
+    from micacl_layers.attention import InstanceSelfAttention
+    from micacl_layers.models import MICACL
+
+    att = InstanceSelfAttention(torch.tensor(8), torch.tensor(2))
+    assert type(att.embed_dim) is int
+    mccl = MCCLoss(3, 8, projection_dim=torch.tensor(4), memory_size=torch.tensor(4).numpy()[()])
+    assert type(mccl.projection_dim) is int and mccl.memory is not None
+    assert mccl.memory.size == 4 and type(mccl.memory.size) is int
+    assert MCCLoss(3, 8, scales=(torch.tensor(1).numpy()[()], 2)).scales == (1, 2)
+    model = MICACL(7, num_frames=torch.tensor(8), num_instances=torch.tensor(2), tiny_dim=16)
+    assert type(model.num_frames) is int
+
+
+def test_mccl_checks_projection_dim_before_class_counts():
+    from micacl_layers import MCCLoss
+
+    with pytest.raises(ValueError, match="`projection_dim` must be a positive int"):
+        MCCLoss(3, 8, class_counts=[1, 2], projection_dim=0)
+
+
+def test_mccl_option_keywords_match_the_options_fields():
+    # MCCLoss and the functional form build MCCLOptions from their keywords of the same names:
+    # every field must be a keyword of both, with the field's default.
+    import dataclasses
+    import inspect
+
+    from micacl_layers.mccl import MCCLOptions, MCCLoss, multiscale_category_aware_contrastive_loss
+
+    for fn in (MCCLoss.__init__, multiscale_category_aware_contrastive_loss):
+        params = inspect.signature(fn).parameters
+        for field in dataclasses.fields(MCCLOptions):
+            assert field.name in params, (fn, field.name)
+            assert params[field.name].default == field.default, (fn, field.name)

@@ -320,7 +320,7 @@ class ClipFolderDataset(Dataset[tuple[torch.Tensor, int]]):
         fast_decode: bool = True,
     ) -> None:
         require_pil()
-        check_positive_int("num_frames", num_frames)
+        num_frames = check_positive_int("num_frames", num_frames)
         self.name = name
         self.classes = list(classes)
         self.split_file = split_file

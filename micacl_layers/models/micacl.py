@@ -70,8 +70,8 @@ class MICACL(nn.Module):
         **head_options: Any,
     ) -> None:
         super().__init__()
-        check_positive_int("num_frames", num_frames)
-        check_positive_int("num_instances", num_instances)
+        num_frames = check_positive_int("num_frames", num_frames)
+        num_instances = check_positive_int("num_instances", num_instances)
         if num_frames % num_instances:
             raise ValueError(
                 f"`num_instances` ({num_instances}) must divide `num_frames` ({num_frames})."
