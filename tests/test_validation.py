@@ -1124,7 +1124,9 @@ def test_integer_arguments_are_stored_as_int_whatever_integer_type_was_given():
     assert type(mccl.projection_dim) is int and mccl.memory is not None
     assert mccl.memory.size == 4 and type(mccl.memory.size) is int
     assert MCCLoss(3, 8, scales=(torch.tensor(1).numpy()[()], 2)).scales == (1, 2)
-    model = MICACL(7, num_frames=torch.tensor(8), num_instances=torch.tensor(2), tiny_dim=16)
+    model = MICACL(
+        7, backbone="tiny", num_frames=torch.tensor(8), num_instances=torch.tensor(2), tiny_dim=16
+    )
     assert type(model.num_frames) is int
 
 
