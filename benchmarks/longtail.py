@@ -49,7 +49,7 @@ import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -275,30 +275,14 @@ for _key in ("la", "la_mccl", "la_supcon", "la_bal", "la_bal_l0.3"):
 # - Eq. 7's difficulty factor (1 - p) from the logit-adjusted probabilities, the ones the LA-CE
 #   loss trains, rather than the raw ones (which are low for the tail classes by construction).
 _base = METHODS["la_bal_l0.3"]
-METHODS["la_bal_l0.3_centres"] = Method(
-    "LA-CE + 0.3 x balanced MCCL, learned centres (PaCo)",
-    ce="la",
-    aux="bal",
-    lam=0.3,
-    bal=dict(_base.bal),
-    centres=True,
-)
-METHODS["la_bal_l0.3_ramp"] = Method(
-    "LA-CE + 0.3 x balanced MCCL, weight ramped over 1st half",
-    ce="la",
-    aux="bal",
-    lam=0.3,
-    bal=dict(_base.bal),
-    ramp=0.5,
-)
-METHODS["la_bal_l0.3_ladiff"] = Method(
-    "LA-CE + 0.3 x balanced MCCL, LA difficulty",
-    ce="la",
-    aux="bal",
-    lam=0.3,
-    bal=dict(_base.bal),
-    la_difficulty=True,
-)
+for _key, _name, _change in (
+    ("centres", "learned centres (PaCo)", {"centres": True}),
+    ("ramp", "weight ramped over 1st half", {"ramp": 0.5}),
+    ("ladiff", "LA difficulty", {"la_difficulty": True}),
+):
+    METHODS[f"la_bal_l0.3_{_key}"] = replace(
+        _base, name=f"LA-CE + 0.3 x balanced MCCL, {_name}", bal=dict(_base.bal), **_change
+    )
 # The paper's MCCL with the same change of difficulty (its only use of the logits).
 METHODS["la_mccl_ladiff"] = Method(
     "LA-CE + MCCL (paper), LA difficulty", ce="la", aux="mccl", la_difficulty=True
