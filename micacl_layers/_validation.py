@@ -8,6 +8,7 @@ error from deep inside torch.
 from __future__ import annotations
 
 import contextlib
+import math
 import numbers
 from collections.abc import Sequence
 
@@ -254,6 +255,13 @@ def check_positive_int(name: str, value: object, *, type_error: bool = False) ->
         error = TypeError if number is None and type_error else ValueError
         raise error(f"`{name}` must be a positive int, got {value!r}.")
     return number
+
+
+def check_nonnegative_float(name: str, value: object) -> float:
+    """A finite number >= 0 (a weight, a noise level), returned as ``float``; bool is rejected."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ValueError(f"`{name}` must be >= 0 (finite), got {value!r}.")
+    return float(value)
 
 
 def check_class_counts(class_counts: object, num_classes: int) -> torch.Tensor:

@@ -27,6 +27,7 @@ from micacl_layers._validation import (
     check_floating,
     check_logits_targets,
     check_ndim,
+    check_nonnegative_float,
     check_same_batch,
     describe,
     has_values,
@@ -144,12 +145,7 @@ def _feature_augmentation_loss(
             f"`classifier` must be a callable mapping features to logits, "
             f"got {type(classifier).__name__}."
         )
-    if (
-        isinstance(noise_std, bool)
-        or not isinstance(noise_std, (int, float))
-        or not 0 <= noise_std < float("inf")
-    ):
-        raise ValueError(f"`noise_std` must be >= 0 (finite), got {noise_std!r}.")
+    check_nonnegative_float("noise_std", noise_std)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"`label_smoothing` must lie in [0, 1], got {label_smoothing!r}.")
     if isinstance(classifier, nn.Module):
@@ -258,12 +254,7 @@ def classification_enhancement_term(
         ("aug_weight", aug_weight),
         ("logit_adjustment", logit_adjustment),
     ):
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not 0 <= value < float("inf")
-        ):
-            raise ValueError(f"`{name}` must be >= 0 (finite), got {value!r}.")
+        check_nonnegative_float(name, value)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"`label_smoothing` must lie in [0, 1], got {label_smoothing!r}.")
     work = _work(logits)

@@ -199,29 +199,10 @@ def contrastive_per_anchor(
         temperature = torch.as_tensor(temperature, dtype=dtype, device=z.device)
         if z.shape[0] == 0:  # no anchors: nothing to contrast, an empty loss still on the graph
             return z.sum(dim=1), targets.new_zeros(0, dtype=torch.bool)
+        args = (z, mem, targets, cand_targets, temperature, form, exclude_self, eps)
         if not class_average and _fast.contrastive_applies(z, temperature):
-            return _fast.contrastive(
-                z,
-                mem,
-                targets,
-                cand_targets,
-                temperature,
-                form,
-                exclude_self,
-                eps,
-                _contrastive_reference,
-            )
-        return _contrastive_reference(
-            z,
-            mem,
-            targets,
-            cand_targets,
-            temperature,
-            form,
-            exclude_self,
-            eps,
-            class_average=class_average,
-        )
+            return _fast.contrastive(*args, _contrastive_reference)
+        return _contrastive_reference(*args, class_average=class_average)
 
 
 def _projected_fast(z, projection, targets, temperature, *, form, exclude_self):

@@ -21,6 +21,7 @@ from torch import nn
 from micacl_layers._validation import (
     check_floating,
     check_ndim,
+    check_nonnegative_float,
     describe,
     torchscript_unsupported,
 )
@@ -143,13 +144,7 @@ class MICACLLoss(nn.Module):
         **mccl_options: Any,
     ) -> None:
         super().__init__()
-        if (
-            isinstance(mc_weight, bool)
-            or not isinstance(mc_weight, (int, float))
-            or not 0 <= mc_weight < float("inf")
-        ):
-            raise ValueError(f"`mc_weight` must be >= 0 (finite), got {mc_weight!r}.")
-        self.mc_weight = float(mc_weight)
+        self.mc_weight = check_nonnegative_float("mc_weight", mc_weight)
         self.cet = ClassificationEnhancementTerm(
             label_smoothing=label_smoothing,
             ial_weight=ial_weight,
