@@ -11,6 +11,7 @@ from micacl_layers.data import (
     DFEW,
     ClipColorJitter,
     ClipCompose,
+    ClipNormalize,
     ClipRandomHorizontalFlip,
     ClipRandomResizedCrop,
     ClipResize,
@@ -18,6 +19,7 @@ from micacl_layers.data import (
     _decode,
     _frames,
     render_clip,
+    segment_indices,
     test_transform,
     train_transform,
 )
@@ -35,9 +37,11 @@ def _psnr(a, b):
     return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
-def _face_tree(root, *, clips=3, size=224, frames=20, seed=0):
+def _face_tree(root, *, clips=3, size=224, frames=20, seed=0, upscale_to=None):
     """DFEW layout whose clips are the synthetic renderer's faces (head, features, shading,
-    pixel noise), at ``size`` pixels: natural-looking content, not flat test patterns."""
+    pixel noise), at ``size`` pixels: natural-looking content, not flat test patterns.
+    ``upscale_to`` enlarges each frame (bicubic) before saving, as DFEW's face crops from film
+    frames mostly are."""
     rng = np.random.default_rng(seed)
     dfew_tree(root, [(str(i + 1), i % 7 + 1) for i in range(clips)])
     for i in range(clips):
@@ -45,7 +49,10 @@ def _face_tree(root, *, clips=3, size=224, frames=20, seed=0):
         folder.mkdir(parents=True)
         video = render_clip("surprise", frames, image_size=size, rng=rng)
         for t, frame in enumerate(video):
-            Image.fromarray(frame).save(folder / f"{t + 1:05d}.jpg", quality=90)
+            image = Image.fromarray(frame)
+            if upscale_to is not None:
+                image = image.resize((upscale_to, upscale_to), Image.Resampling.BICUBIC)
+            image.save(folder / f"{t + 1:05d}.jpg", quality=90)
     return root
 
 
@@ -54,12 +61,20 @@ def faces(tmp_path_factory):
     return _face_tree(tmp_path_factory.mktemp("faces"))
 
 
-def _pair(root, transform, *, seed, index=0, train=True):
-    """(fast item, plain item, generator states after each) with the same seed."""
+def _pair(root, transform, *, seed, index=0, train=True, **options):
+    """(fast item, plain item, generator states after each) with the same seed; ``options``
+    go to both data sets."""
     g_fast, g_plain = _gen(seed), _gen(seed)
-    fast = DFEW(root, 1, "train", transform=transform, train=train, generator=g_fast)
+    fast = DFEW(root, 1, "train", transform=transform, train=train, generator=g_fast, **options)
     plain = DFEW(
-        root, 1, "train", transform=transform, train=train, generator=g_plain, fast_decode=False
+        root,
+        1,
+        "train",
+        transform=transform,
+        train=train,
+        generator=g_plain,
+        fast_decode=False,
+        **options,
     )
     a, la = fast[index]
     b, lb = plain[index]
@@ -244,6 +259,150 @@ def test_in_place_jitter_of_the_fast_path_equals_the_public_call(strengths):
         out = jitter._jitter(raw.clone(), _gen(seed), inplace=True, scale=1 / 255)
         torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
         assert 0 <= out.min() and out.max() <= 1
+
+
+# ------------------------------------------------------------------------ uint8 clips, draft rules
+
+
+@pytest.fixture(scope="module")
+def film_faces(tmp_path_factory):
+    return _face_tree(tmp_path_factory.mktemp("film_faces"), size=112, upscale_to=224)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_uint8_clips_are_the_float_clips_before_the_division(faces, seed):
+    geometric = train_transform(112, color_jitter=False)
+    g_u8, g_f = _gen(seed), _gen(seed)
+    u8 = DFEW(faces, 1, "train", transform=geometric, generator=g_u8, output_dtype=torch.uint8)
+    f32 = DFEW(faces, 1, "train", transform=geometric, generator=g_f)
+    a, la = u8[seed % 3]
+    b, lb = f32[seed % 3]
+    assert la == lb and a.dtype == torch.uint8 and a.shape == b.shape == (3, 16, 112, 112)
+    assert a.is_contiguous()
+    assert torch.equal(g_u8.get_state(), g_f.get_state())  # same frames, crop and flip
+    torch.testing.assert_close(a.float() / 255, b, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_uint8_clips_of_the_plain_path_round_its_float_pixels(faces, seed):
+    a, b, state_a, state_b = _pair(
+        faces, train_transform(112, color_jitter=False), seed=seed, output_dtype=torch.uint8
+    )
+    assert a.dtype == b.dtype == torch.uint8 and a.shape == b.shape
+    assert torch.equal(state_a, state_b)
+    assert (a.int() - b.int()).abs().max().item() <= 3
+
+
+def test_uint8_clips_without_a_transform_are_the_stored_frames(faces):
+    ds = DFEW(faces, 1, "train", train=False, output_dtype=torch.uint8)
+    plain = DFEW(faces, 1, "train", train=False)
+    clip, _ = ds[0]
+    assert clip.dtype == torch.uint8 and clip.shape == (3, 16, 224, 224)
+    torch.testing.assert_close(clip.float() / 255, plain[0][0], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("transform", "named"),
+    [
+        (lambda: train_transform(16), "ClipColorJitter"),
+        (lambda: ClipCompose([ClipResize(8), ClipResize(4)]), "ClipResize"),
+        (
+            lambda: ClipCompose([ClipResize(8), ClipNormalize([0.5] * 3, [0.2] * 3)]),
+            "ClipNormalize",
+        ),
+        (lambda: lambda clip: clip, "lambda"),
+    ],
+)
+def test_uint8_clips_refuse_a_transform_that_needs_float_pixels(faces, transform, named):
+    with pytest.raises(ValueError, match=f"output_dtype=torch.uint8 .* got the step .*{named}"):
+        DFEW(faces, 1, "train", transform=transform(), output_dtype=torch.uint8)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        (
+            {"output_dtype": torch.float64},
+            "output_dtype must be torch.float32 or torch.uint8, got torch.float64",
+        ),
+        ({"output_dtype": "uint8"}, "output_dtype must be .* got 'uint8'"),
+        ({"draft": "always"}, "draft must be one of \\('crop', 'frame', 'never'\\), got 'always'"),
+        ({"draft": None}, "draft must be one of .* got None"),
+    ],
+)
+def test_bad_draft_or_output_dtype_is_named(faces, options, match):
+    with pytest.raises(ValueError, match=match):
+        DFEW(faces, 1, "train", **options)
+
+
+def test_draft_rules():
+    crop = _decode.GeometryPlan((10, 20, 130, 140), (112, 112), False)  # 120x120 crop
+    full = _decode.GeometryPlan((0, 0, 224, 224), (112, 112), False)
+    assert _decode._draft_request(crop, 224, 224, "crop") is None
+    assert _decode._draft_request(crop, 224, 224, "frame") == (112, 112)
+    assert _decode._draft_request(crop, 200, 224, "frame") is None  # 112 > half of 200
+    assert _decode._draft_request(full, 224, 224, "crop") == (112, 112)
+    assert _decode._draft_request(full, 224, 224, "never") is None
+    assert _decode._draft_request(crop, 224, 224) is None  # "crop" is the default rule
+
+
+def _sampled_paths(root, index):
+    ds = DFEW(root, 1, "train")
+    folder, _ = ds.samples[index]
+    names = ds._frames(folder)
+    return [str(folder / names[i]) for i in segment_indices(len(names), 16, train=False)]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_draft_frame_train_crops_stay_within_the_documented_psnr(faces, film_faces, seed):
+    # A random crop cut from the half-size frame, against the full decode of the same box.
+    # Faces enlarged from 112 (as film face crops are) keep their detail at half size; faces
+    # rendered at 224 lose their per-pixel noise (docs/data.md gives both figures).
+    for root, floor in ((film_faces, 35), (faces, 28)):
+        paths = _sampled_paths(root, seed % 3)
+        plan = _decode.plan_geometry(train_transform(112), 224, 224, _gen(seed))
+        drawn = plan.box
+        small, snapped = _decode.decode_planned(paths, lambda h, w, p=plan: p, Image, draft="frame")
+        assert (
+            max(abs(a - b) for a, b in zip(drawn, snapped.box, strict=True)) <= 1
+        )  # one full pixel
+        assert all(v % 2 == 0 for v in snapped.box)
+        full, _ = _decode.decode_planned(paths, lambda h, w, p=snapped: p, Image, draft="never")
+        assert small.shape == full.shape == (16, 3, 112, 112)
+        assert _psnr(small.float() / 255, full.float() / 255) >= floor
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_draft_frame_makes_the_same_draws(faces, seed):
+    a, b, state_a, state_b = _pair(faces, train_transform(112), seed=seed, draft="frame")
+    assert a.shape == b.shape == (3, 16, 112, 112) and a.dtype == torch.float32
+    assert torch.equal(state_a, state_b)  # frames, crop, flip and jitter: the same draws
+
+
+def test_snapped_boxes_stay_inside_the_frame_and_on_the_small_grid():
+    for scale, size in ((0.5, (224, 224)), (0.5, (225, 223)), (0.25, (300, 200))):
+        step = round(1 / scale)
+        for box in [(0, 0, *size), (1, 1, size[0] - 1, size[1] - 1), (size[0] - 1, 0, *size)]:
+            left, top, right, bottom = _decode._snap(box, scale, size)
+            assert all(v % step == 0 for v in (left, top, right, bottom))
+            assert 0 <= left < right <= size[0] and 0 <= top < bottom <= size[1]
+            assert (
+                max(abs(a - b) for a, b in zip(box, (left, top, right, bottom), strict=True))
+                <= step
+            )
+
+
+def test_draft_frame_cuts_edge_boxes_inside_the_small_frame(faces):
+    paths = _sampled_paths(faces, 0)[:2]
+    for box in [(0, 0, 224, 224), (1, 1, 223, 223), (223, 0, 224, 3), (0, 221, 5, 224)]:
+        plan = _decode.GeometryPlan(box, (112, 112), False)
+        frames, _ = _decode.decode_planned(paths, lambda h, w, p=plan: p, Image, draft="frame")
+        assert frames.shape == (2, 3, 112, 112) and frames.dtype == torch.uint8
+
+
+def test_draft_never_decodes_the_test_resize_in_full(faces):
+    a, b, _, _ = _pair(faces, test_transform(112), seed=0, train=False, draft="never")
+    assert (a - b).abs().max().item() <= 3 / 255
 
 
 # ----------------------------------------------------------------------------- listing, errors

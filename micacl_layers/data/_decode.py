@@ -46,7 +46,16 @@ from .transforms import (
     ClipTransform,
 )
 
-__all__ = ["GeometryPlan", "decode_planned", "open_frame", "plan_geometry", "to_float_clip"]
+__all__ = [
+    "DRAFT_RULES",
+    "GeometryPlan",
+    "decode_planned",
+    "non_geometric_step",
+    "open_frame",
+    "plan_geometry",
+    "to_float_clip",
+    "to_uint8_clip",
+]
 
 
 @dataclass
@@ -127,19 +136,34 @@ def plan_geometry(
     return GeometryPlan(box, size, flip, [])
 
 
-def _draft_request(plan: GeometryPlan, height: int, width: int) -> tuple[int, int] | None:
+DRAFT_RULES = ("crop", "frame", "never")
+
+
+def _draft_request(
+    plan: GeometryPlan, height: int, width: int, rule: str = "crop"
+) -> tuple[int, int] | None:
     """The ``(width, height)`` to ask Pillow's draft mode for, or ``None`` to decode in full.
 
-    Draft mode is used only when the output is at most half the crop in both directions:
-    Pillow then decodes at the largest of 1/2, 1/4, 1/8 of the frame whose crop is still at
-    least the output size, so the resize never has less resolution to work from than the
-    output needs (``ClipResize(112)`` of a 224x224 frame decodes at 112x112). A random crop
-    smaller than twice the output is decoded in full.
+    ``rule`` (one of :data:`DRAFT_RULES`) says when a frame is decoded smaller:
+
+    - ``"crop"``: only when the output is at most half the crop in both directions. Pillow
+      then decodes at the largest of 1/2, 1/4, 1/8 of the frame whose crop is still at least
+      the output size, so the resize never has less resolution to work from than the output
+      needs (``ClipResize(112)`` of a 224x224 frame decodes at 112x112). A random crop
+      smaller than twice the output is decoded in full.
+    - ``"frame"``: whenever the output is at most half the *frame*, at the smallest scale whose
+      frame is still at least the output size. A random crop is then cut from the smaller
+      frame and enlarged from fewer pixels than a full decode has: faster, softer.
+    - ``"never"``: always in full.
     """
-    if plan.size is None:
+    if plan.size is None or rule == "never":
         return None
-    left, top, right, bottom = plan.box
     out_h, out_w = plan.size
+    if rule == "frame":
+        if 2 * out_h > height or 2 * out_w > width:
+            return None
+        return out_w, out_h
+    left, top, right, bottom = plan.box
     crop_h, crop_w = bottom - top, right - left
     if 2 * out_h > crop_h or 2 * out_w > crop_w:
         return None
@@ -169,21 +193,49 @@ def open_frame(path: str | Path, image_mod: ModuleType) -> Any:
         raise _corrupt(path, err) from err
 
 
-def _decode_one(img: Any, path: str, plan: GeometryPlan, image_mod: ModuleType) -> np.ndarray:
+def _snap(
+    box: tuple[int, int, int, int], scale: float, size: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """Move a full-frame box onto the pixels of the frame decoded at ``scale`` (1/2, 1/4, 1/8).
+
+    Each edge moves to the nearest multiple of ``1 / scale`` full-frame pixels (at most half a
+    small pixel: one full pixel at 1/2), kept inside the frame and at least one small pixel
+    wide, so the small frame's crop needs no resampling between its pixels. ``size`` is the
+    full frame's ``(width, height)``.
+    """
+    step = round(1 / scale)
+    # Whole small pixels only: of a frame whose side is not a multiple of the step, the last
+    # small pixel covers less than `step` full ones.
+    small_w, small_h = size[0] // step, size[1] // step
+    left, top = min(round(box[0] * scale), small_w - 1), min(round(box[1] * scale), small_h - 1)
+    right = min(max(round(box[2] * scale), left + 1), small_w)
+    bottom = min(max(round(box[3] * scale), top + 1), small_h)
+    return left * step, top * step, right * step, bottom * step
+
+
+def _decode_one(
+    img: Any, path: str, plan: GeometryPlan, image_mod: ModuleType, rule: str
+) -> np.ndarray:
     """Decode an opened frame and cut out the plan's box: ``(h, w, 3)`` uint8.
 
-    With draft mode the box is cut from the smaller frame; a box whose edges fall between
-    that frame's pixels is resampled to the output size here, by Pillow.
+    With draft mode the box is cut from the smaller frame. A box whose edges fall between that
+    frame's pixels is resampled to the output size here, by Pillow, under the ``"crop"`` rule
+    (exact, and rare: the crop is at least twice the output). Under ``"frame"`` the plan's box
+    is first moved onto the small frame's pixels (:func:`_snap`; ``plan.box`` is updated, so
+    the returned plan says which box was cut), because resampling every frame in Pillow costs
+    more than the smaller decode saves.
     """
     width, height = img.size
     try:
-        request = _draft_request(plan, height, width)
+        request = _draft_request(plan, height, width, rule)
         scale = 1.0
         if request is not None and img.format == "JPEG":
             drafted = img.draft("RGB", request)
             if drafted is not None:
                 scale = drafted[1][2] / width  # draft box: (0, 0, W / s, H / s)
         rgb = img if img.mode == "RGB" else img.convert("RGB")
+        if rule == "frame" and scale != 1.0:
+            plan.box = _snap(plan.box, scale, (width, height))  # no-op after the first frame
         box = tuple(v * scale for v in plan.box)
         if plan.size is not None and any(v != int(v) for v in box):
             # The box falls between the small frame's pixels: Pillow resamples a fractional
@@ -201,6 +253,8 @@ def decode_planned(
     paths: Sequence[str | os.PathLike[str]],
     make_plan: Callable[[int, int], GeometryPlan],
     image_mod: ModuleType,
+    *,
+    draft: str = "crop",
 ) -> tuple[torch.Tensor, GeometryPlan]:
     """Decode frames straight to their plan's crop and size, in uint8.
 
@@ -214,6 +268,8 @@ def decode_planned(
         make_plan: ``make_plan(height, width)``, e.g. :func:`plan_geometry` for the clip's
             transform and generator.
         image_mod: ``PIL.Image``.
+        draft: When to decode in JPEG draft mode, one of :data:`DRAFT_RULES` (see
+            :func:`_draft_request`).
 
     Returns:
         ``(frames, plan)``: the uint8 clip, in channels-last memory, and the plan.
@@ -244,7 +300,7 @@ def decode_planned(
                         f"frame {path!r} is {w}x{h} but {first[0]!r} in the same clip is "
                         f"{w0}x{h0}; all frames of a clip must have one size"
                     )
-                decoded[path] = _decode_one(img, path, plan, image_mod)  # type: ignore[arg-type]
+                decoded[path] = _decode_one(img, path, plan, image_mod, draft)  # type: ignore[arg-type]
         arrays.append(decoded[path])
     assert plan is not None, "paths must not be empty"
     frames = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
@@ -253,6 +309,41 @@ def decode_planned(
             frames, size=plan.size, mode="bilinear", align_corners=False, antialias=True
         )
     return frames, plan
+
+
+def non_geometric_step(transform: object) -> object | None:
+    """The first step of ``transform`` that :func:`plan_geometry` would leave to ``rest``.
+
+    ``None`` when the whole chain folds into one plan (crop or resize, and flips), as the
+    uint8 output of the data sets requires; ``transform=None`` is an empty chain.
+    """
+    if transform is None:
+        return None
+    sized = False
+    for step in _flatten(transform):
+        if _is(step, ClipRandomHorizontalFlip):
+            continue
+        if not sized and (_is(step, ClipRandomResizedCrop) or _is(step, ClipResize)):
+            sized = True
+            continue
+        return step
+    return None
+
+
+def to_uint8_clip(frames: torch.Tensor, plan: GeometryPlan) -> torch.Tensor:
+    """Flip a clip from :func:`decode_planned` and make it channel-first, still uint8.
+
+    Args:
+        frames: uint8 ``(T, 3, H, W)``.
+        plan: The clip's plan; its ``rest`` must be empty.
+
+    Returns:
+        uint8 clip ``(C, T, H, W)``, contiguous.
+    """
+    assert not plan.rest, "a uint8 clip's transform must fold into its plan"
+    if plan.flip:
+        frames = frames.flip(-1)
+    return frames.transpose(0, 1).contiguous()
 
 
 def to_float_clip(

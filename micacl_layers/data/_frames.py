@@ -22,9 +22,16 @@ from torch.utils.data import Dataset
 
 from micacl_layers._validation import check_positive_int
 
-from ._decode import decode_planned, plan_geometry, to_float_clip
+from ._decode import (
+    DRAFT_RULES,
+    decode_planned,
+    non_geometric_step,
+    plan_geometry,
+    to_float_clip,
+    to_uint8_clip,
+)
 from .sampling import segment_indices
-from .transforms import ClipTransform
+from .transforms import ClipCompose, ClipTransform
 
 __all__ = [
     "ClipFolderDataset",
@@ -296,10 +303,17 @@ class ClipFolderDataset(Dataset[tuple[torch.Tensor, int]]):
         fast_decode: Decode straight at the size the transform needs (see
             :mod:`~micacl_layers.data._decode`); ``False`` decodes every frame at full size in
             float and runs the transform on that (the plain path).
+        draft: When the fast path decodes in JPEG draft mode: ``"crop"``, ``"frame"`` or
+            ``"never"`` (see :func:`~micacl_layers.data._decode._draft_request`).
+        output_dtype: ``torch.float32`` (values in ``[0, 1]``) or ``torch.uint8`` (``0..255``,
+            for colour steps on the device; the transform may then hold only a crop or resize
+            and flips).
 
     Raises:
         ImportError: If Pillow is missing.
-        ValueError: If ``num_frames`` is not a positive int.
+        ValueError: If ``num_frames`` is not a positive int, ``draft`` or ``output_dtype`` is
+            not one of its values, or a uint8 output is asked of a transform with a step that
+            needs float pixels.
         FileNotFoundError: If ``frames_root`` is missing, if a clip folder is missing or has no
             JPEG (unless ``skip_bad_clips``), or if every clip was skipped.
     """
@@ -318,9 +332,27 @@ class ClipFolderDataset(Dataset[tuple[torch.Tensor, int]]):
         skip_bad_clips: bool,
         generator: torch.Generator | None,
         fast_decode: bool = True,
+        draft: str = "crop",
+        output_dtype: torch.dtype = torch.float32,
     ) -> None:
         require_pil()
         num_frames = check_positive_int("num_frames", num_frames)
+        if draft not in DRAFT_RULES:
+            raise ValueError(f"{name}: draft must be one of {DRAFT_RULES}, got {draft!r}")
+        if output_dtype not in (torch.float32, torch.uint8):
+            raise ValueError(
+                f"{name}: output_dtype must be torch.float32 or torch.uint8, got {output_dtype!r}"
+            )
+        if output_dtype == torch.uint8:
+            step = non_geometric_step(transform)
+            if step is not None:
+                raise ValueError(
+                    f"{name}: output_dtype=torch.uint8 returns the clip before any colour "
+                    "step, so the transform may hold only one ClipRandomResizedCrop or ClipResize "
+                    f"and ClipRandomHorizontalFlip steps; got the step {step!r}. "
+                    "Run colour jitter and normalisation on the device, on the batch "
+                    "(ClipBatchColorJitter), or keep output_dtype=torch.float32"
+                )
         self.name = name
         self.classes = list(classes)
         self.split_file = split_file
@@ -330,6 +362,8 @@ class ClipFolderDataset(Dataset[tuple[torch.Tensor, int]]):
         self.train = bool(train)
         self.generator = generator
         self.fast_decode = bool(fast_decode)
+        self.draft = draft
+        self.output_dtype = output_dtype
         if not frames_root.is_dir():
             raise FileNotFoundError(
                 f"{name}: frame folder root {str(frames_root)!r} does not exist (split file "
@@ -421,10 +455,19 @@ class ClipFolderDataset(Dataset[tuple[torch.Tensor, int]]):
         folder = os.fspath(frame_dir)
         paths = [os.path.join(folder, names[i]) for i in idx]
         transform = self.transform
+        uint8 = self.output_dtype == torch.uint8
+        if uint8 and transform is None:
+            transform = ClipCompose([])  # nothing to do: the fast path exports the frames as is
         if self.fast_decode and isinstance(transform, ClipTransform):
+            chain = transform
             frames, plan = decode_planned(
-                paths, lambda h, w: plan_geometry(transform, h, w, self.generator), require_pil()
+                paths,
+                lambda h, w: plan_geometry(chain, h, w, self.generator),
+                require_pil(),
+                draft=self.draft,
             )
+            if uint8:
+                return to_uint8_clip(frames, plan)
             return to_float_clip(frames, plan, self.generator, self._check_output)
         clip = load_frames(paths)
         if transform is not None:
@@ -433,6 +476,8 @@ class ClipFolderDataset(Dataset[tuple[torch.Tensor, int]]):
             else:
                 clip = transform(clip)
             self._check_output(clip)
+        if uint8:  # the plain path's float pixels, rounded as the fast path's uint8 ones
+            clip = clip.mul(255.0).round_().clamp_(0.0, 255.0).to(torch.uint8)
         return clip.permute(1, 0, 2, 3).contiguous()
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
@@ -445,8 +490,8 @@ class ClipFolderDataset(Dataset[tuple[torch.Tensor, int]]):
             index: Sample index.
 
         Returns:
-            ``(clip, label)``: clip float32 of shape ``(C, T, H, W)`` (channel-first, for 3-D
-            CNNs) and the 0-based label.
+            ``(clip, label)``: clip of shape ``(C, T, H, W)`` (channel-first, for 3-D CNNs),
+            float32 (or uint8 with ``output_dtype=torch.uint8``), and the 0-based label.
 
         Raises:
             FileNotFoundError: If the clip's folder lost its frames since construction.

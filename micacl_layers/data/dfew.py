@@ -145,6 +145,20 @@ class DFEW(ClipFolderDataset):
             (full-size float decode, then the transform); pixels within rounding without
             draft mode (see ``docs/data.md`` for both figures). Plain callables always get the
             plain path.
+        draft: When the fast path uses JPEG draft mode. ``"crop"`` (default): only when the
+            output is at most half the crop, so no crop is decoded below the output's
+            resolution (the test transform's 224 -> 112 resize is; ``train_transform``'s
+            random crops of a 224x224 frame are not). ``"frame"``: whenever the output is at
+            most half the frame, for speed: random crops are then cut from the half-size
+            frame, softer than from a full decode (``docs/data.md`` has the PSNR).
+            ``"never"``: always decode in full.
+        output_dtype: ``torch.float32`` (default) or ``torch.uint8``. With uint8 the clip is
+            returned in ``0..255`` straight after the crop, resize and flip, so ``transform``
+            may hold only those steps (one ``ClipRandomResizedCrop`` or ``ClipResize``, and
+            ``ClipRandomHorizontalFlip``; ``ValueError`` otherwise); convert and jitter the
+            batch on the device with
+            :class:`~micacl_layers.data.batch_transforms.ClipBatchColorJitter`. Moves a
+            quarter of the bytes to the GPU, and leaves the worker only the decode.
 
     Attributes:
         classes: ``list(DFEW_CLASSES)``.
@@ -154,10 +168,12 @@ class DFEW(ClipFolderDataset):
 
     Shape:
         - Item: ``(clip, label)``; clip :math:`(C, T, H, W)` = ``(3, num_frames, H, W)``,
-          float32 in ``[0, 1]`` (unless ``transform`` normalises); label an int in ``0..6``.
+          float32 in ``[0, 1]`` (unless ``transform`` normalises), or uint8 in ``0..255`` with
+          ``output_dtype=torch.uint8``; label an int in ``0..6``.
 
     Raises:
-        ValueError: For a bad ``fold``/``split``/``num_frames`` or a bad split-file line
+        ValueError: For a bad ``fold``/``split``/``num_frames``/``draft``/``output_dtype``, a
+            transform that cannot give uint8 clips, or a bad split-file line
             (``path:line: ...``).
         FileNotFoundError: If the split file, the frame root or a clip folder is missing or a
             clip folder is empty (the latter two unless ``skip_bad_clips``).
@@ -188,6 +204,8 @@ class DFEW(ClipFolderDataset):
         skip_bad_clips: bool = False,
         generator: torch.Generator | None = None,
         fast_decode: bool = True,
+        draft: str = "crop",
+        output_dtype: torch.dtype = torch.float32,
     ) -> None:
         if isinstance(fold, bool) or not isinstance(fold, int) or not 1 <= fold <= 5:
             raise ValueError(f"fold must be an int in 1..5, got {fold!r}")
@@ -216,4 +234,6 @@ class DFEW(ClipFolderDataset):
             skip_bad_clips=skip_bad_clips,
             generator=generator,
             fast_decode=fast_decode,
+            draft=draft,
+            output_dtype=output_dtype,
         )

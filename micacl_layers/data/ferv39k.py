@@ -115,6 +115,8 @@ class FERV39k(ClipFolderDataset):
             them; ``.skipped`` holds them.
         generator: Randomness for frame sampling and for this package's clip transforms.
         fast_decode: As for :class:`~micacl_layers.data.dfew.DFEW`.
+        draft: As for :class:`~micacl_layers.data.dfew.DFEW`.
+        output_dtype: As for :class:`~micacl_layers.data.dfew.DFEW`.
 
     Attributes:
         classes: ``list(FERV39K_CLASSES)``.
@@ -124,7 +126,8 @@ class FERV39k(ClipFolderDataset):
 
     Shape:
         - Item: ``(clip, label)``; clip :math:`(C, T, H, W)` = ``(3, num_frames, H, W)``,
-          float32 in ``[0, 1]``; label an int in ``0..6``.
+          float32 in ``[0, 1]`` (uint8 in ``0..255`` with ``output_dtype=torch.uint8``); label
+          an int in ``0..6``.
 
     Raises:
         ValueError: For a bad ``split``/``num_frames`` or a bad split-file line.
@@ -154,6 +157,8 @@ class FERV39k(ClipFolderDataset):
         skip_bad_clips: bool = False,
         generator: torch.Generator | None = None,
         fast_decode: bool = True,
+        draft: str = "crop",
+        output_dtype: torch.dtype = torch.float32,
     ) -> None:
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -177,4 +182,6 @@ class FERV39k(ClipFolderDataset):
             skip_bad_clips=skip_bad_clips,
             generator=generator,
             fast_decode=fast_decode,
+            draft=draft,
+            output_dtype=output_dtype,
         )

@@ -37,6 +37,9 @@ __all__ = [
 # ITU-R BT.601 luma weights, the same as PIL's "L" conversion.
 _LUMA = (0.299, 0.587, 0.114)
 
+# Brightness, contrast and saturation strengths of the MICACL training recipe.
+_TRAIN_JITTER = (0.4, 0.4, 0.4)
+
 
 def _check_clip(clip: torch.Tensor, name: str = "clip", *, rgb: bool = False) -> None:
     if not isinstance(clip, torch.Tensor):
@@ -528,7 +531,10 @@ class ClipCompose(ClipTransform):
 
 
 def train_transform(
-    image_size: int = 112, *, generator: torch.Generator | None = None
+    image_size: int = 112,
+    *,
+    generator: torch.Generator | None = None,
+    color_jitter: bool = True,
 ) -> ClipCompose:
     """The MICACL training augmentation.
 
@@ -539,6 +545,10 @@ def train_transform(
     Args:
         image_size: Output height and width.
         generator: Default source of randomness for all three random steps.
+        color_jitter: ``False`` leaves the colour jitter out: the chain a data set with
+            ``output_dtype=torch.uint8`` needs, with the jitter run on the device by
+            :class:`~micacl_layers.data.batch_transforms.ClipBatchColorJitter` (same
+            strengths, same statistics).
 
     Returns:
         The composed transform, for clips ``(T, 3, H, W)`` in ``[0, 1]``.
@@ -547,14 +557,16 @@ def train_transform(
         >>> t = train_transform(56, generator=torch.Generator().manual_seed(0))
         >>> t(torch.rand(16, 3, 64, 64)).shape
         torch.Size([16, 3, 56, 56])
+        >>> len(train_transform(56, color_jitter=False).transforms)
+        2
     """
-    return ClipCompose(
-        [
-            ClipRandomResizedCrop(image_size, generator=generator),
-            ClipRandomHorizontalFlip(0.5, generator=generator),
-            ClipColorJitter(0.4, 0.4, 0.4, generator=generator),
-        ]
-    )
+    steps: list[ClipTransform] = [
+        ClipRandomResizedCrop(image_size, generator=generator),
+        ClipRandomHorizontalFlip(0.5, generator=generator),
+    ]
+    if color_jitter:
+        steps.append(ClipColorJitter(*_TRAIN_JITTER, generator=generator))
+    return ClipCompose(steps)
 
 
 def test_transform(image_size: int = 112) -> ClipCompose:
