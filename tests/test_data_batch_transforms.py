@@ -36,7 +36,7 @@ def _per_clip(clips, strengths, seed):
 def _textbook(clips, order, factors, enabled=(True, True, True)):
     """One clip at a time, in float64: x <- clamp(a x + (1 - a) ref, 0, 1) per enabled op."""
     out = []
-    for clip, ops, f in zip(clips.double(), order.tolist(), factors.double()):
+    for clip, ops, f in zip(clips.double(), order.tolist(), factors.double(), strict=True):
         x = clip / 255 if clips.dtype == torch.uint8 else clip
         for op in ops:
             if not enabled[op]:

@@ -1,5 +1,7 @@
-"""Data loading for DFER: DFEW/FERV39k clip data sets, frame sampling, clip augmentation
-(per clip in the loader, or batched on the device for ``uint8`` clips).
+"""Data loading for DFER: DFEW/FERV39k clip data sets, frame sampling, clip augmentation.
+
+The clip transforms run per clip in the loader; ``ClipBatchColorJitter`` is the colour jitter
+for a collated ``uint8`` batch on the device.
 
 Needs Pillow for reading and writing JPEG frames (``pip install micacl-layers[data]``); sampling
 and transforms are plain torch. Pillow is imported only when frames are read or written, and a
