@@ -211,6 +211,16 @@ def test_output_follows_the_clips_device():
     assert out.device.type == "meta" and out.shape == clips.shape and out.dtype == torch.float32
 
 
+def test_parameters_on_the_device():
+    # The function takes order and factors on any device (here `meta`, as clips); their values
+    # are then not checked, since that would read them back.
+    clips = torch.empty(2, 3, 2, 4, 4, dtype=torch.uint8, device="meta")
+    order = torch.empty(2, 3, dtype=torch.int64, device="meta")
+    factors = torch.empty(2, 3, device="meta")
+    out = clip_batch_color_jitter(clips, order, factors, out_dtype=torch.bfloat16)
+    assert out.device.type == "meta" and out.shape == clips.shape and out.dtype == torch.bfloat16
+
+
 # --------------------------------------------------------------------------- edges and errors
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
 def test_empty_batch(dtype):
@@ -265,6 +275,16 @@ def test_bad_clips(clips, error, words):
 def test_bad_strengths(name, value):
     with pytest.raises(ValueError, match=f"`{name}` must be >= 0"):
         ClipBatchColorJitter(**{name: value})
+
+
+def test_bad_call_draws_nothing():
+    gen = _gen(0)
+    state = gen.get_state()
+    with pytest.raises(TypeError, match="`out_dtype` must be a floating"):
+        ClipBatchColorJitter(generator=gen)(_batch(b=2), out_dtype=torch.uint8)
+    with pytest.raises(ValueError, match="`clips`"):
+        ClipBatchColorJitter(generator=gen)(_batch(b=2)[:, :2])
+    assert torch.equal(gen.get_state(), state)
 
 
 def test_bad_generator():
