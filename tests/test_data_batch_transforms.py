@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from micacl_layers.data import ClipBatchColorJitter, ClipColorJitter, clip_batch_color_jitter
 
 STRENGTHS = [(0.4, 0.4, 0.4), (0.4, 0.0, 0.4), (0.0, 0.4, 0.0), (0.0, 0.0, 0.0), (0.9, 0.9, 0.9)]
+# The CUDA case runs where a GPU is at hand (scripts/gpu_check.sh runs the tests named cuda).
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 LUMA = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)
 
 
@@ -201,6 +203,22 @@ def test_half_precision_input():
     assert out.dtype == torch.float32
     ref = _per_clip(clips.float(), (0.4, 0.4, 0.4), 7)
     torch.testing.assert_close(out, ref, atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_cpu_seed_gives_the_same_jitter_on_every_device(device):
+    clips = _batch(b=4, t=4, h=16, w=16)
+    ref = _per_clip(clips, (0.4, 0.4, 0.4), 8).float()
+    on_device = clips.to(device)
+    if device == "cuda":  # an error if the call waits for the GPU (e.g. a blocking copy)
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = ClipBatchColorJitter(generator=_gen(8))(on_device)
+    finally:
+        if device == "cuda":
+            torch.cuda.set_sync_debug_mode("default")
+    assert out.device.type == device and out.dtype == torch.float32
+    torch.testing.assert_close(out.cpu(), ref, atol=1e-5, rtol=0)
 
 
 def test_output_follows_the_clips_device():
