@@ -1,5 +1,8 @@
 """Data loading for DFER: DFEW/FERV39k clip data sets, frame sampling, clip augmentation.
 
+The clip transforms run per clip in the loader; ``ClipBatchColorJitter`` is the colour jitter
+for a collated ``uint8`` batch on the device.
+
 Needs Pillow for reading and writing JPEG frames (``pip install micacl-layers[data]``); sampling
 and transforms are plain torch. Pillow is imported only when frames are read or written, and a
 missing Pillow raises an ``ImportError`` that says how to install it. Nothing here imports
@@ -9,6 +12,7 @@ torchvision.
 from typing import Any
 
 from ._frames import CorruptFrameError, SkippedClip, SkippedClipsWarning, list_frames, load_frames
+from .batch_transforms import ClipBatchColorJitter, clip_batch_color_jitter
 from .dfew import DFEW, DFEW_CLASSES
 from .ferv39k import FERV39K_CLASSES, FERV39k
 from .sampling import segment_indices
@@ -28,6 +32,7 @@ __all__ = [
     "DFEW",
     "DFEW_CLASSES",
     "FERV39K_CLASSES",
+    "ClipBatchColorJitter",
     "ClipColorJitter",
     "ClipCompose",
     "ClipNormalize",
@@ -39,6 +44,7 @@ __all__ = [
     "FERV39k",
     "SkippedClip",
     "SkippedClipsWarning",
+    "clip_batch_color_jitter",
     "list_frames",
     "load_frames",
     "make_synthetic_dfew",
