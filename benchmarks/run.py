@@ -751,13 +751,23 @@ def bench_data(args: argparse.Namespace, device: torch.device) -> tuple[list[Row
 
     from micacl_layers.data import DFEW, test_transform, train_transform
 
+    geometric = train_transform(112, color_jitter=False)
+    uint8 = {"output_dtype": torch.uint8}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # DataLoader sets 1 thread in each worker
     try:
         with tempfile.TemporaryDirectory() as tmp:
             root = _data_tree(Path(tmp), args.quick)
-            train = DFEW(root, 1, "train", transform=train_transform(112))
-            test = DFEW(root, 1, "train", transform=test_transform(112), train=False)
+            loaders = {
+                TRAIN: DFEW(root, 1, "train", transform=train_transform(112)),
+                TRAIN_UINT8: DFEW(root, 1, "train", transform=geometric, **uint8),
+                TRAIN_FAST: DFEW(root, 1, "train", transform=geometric, draft="frame", **uint8),
+                TEST: DFEW(root, 1, "train", transform=test_transform(112), train=False),
+                TEST_UINT8: DFEW(
+                    root, 1, "train", transform=test_transform(112), train=False, **uint8
+                ),
+            }
+            train, test = loaders[TRAIN], loaders[TEST]
             plain = DFEW(root, 1, "train", transform=train_transform(112), fast_decode=False)
             old_train, old_test = legacy_train_transform(112), legacy_test_transform(112)
             n = len(train)
@@ -769,28 +779,37 @@ def bench_data(args: argparse.Namespace, device: torch.device) -> tuple[list[Row
 
                 return fn
 
-            cases = {
-                "train, this loader": epoch(train.__getitem__),
-                "train, legacy loader (bfb3b80)": epoch(
-                    lambda i: legacy_getitem(train, old_train, i)
-                ),
-                "train, fast_decode=False": epoch(plain.__getitem__),
-                "test, this loader": epoch(test.__getitem__),
-                "test, legacy loader (bfb3b80)": epoch(lambda i: legacy_getitem(test, old_test, i)),
-                "PIL full decode (floor)": _decode_floor(train, None),
-                "PIL draft decode at 112 (floor)": _decode_floor(train, 112),
-            }
+            cases = {name: epoch(ds.__getitem__) for name, ds in loaders.items() if "train" in name}
+            cases["train, legacy loader (bfb3b80)"] = epoch(
+                lambda i: legacy_getitem(train, old_train, i)
+            )
+            cases["train, fast_decode=False"] = epoch(plain.__getitem__)
+            cases.update(
+                {name: epoch(ds.__getitem__) for name, ds in loaders.items() if "test" in name}
+            )
+            cases["test, legacy loader (bfb3b80)"] = epoch(
+                lambda i: legacy_getitem(test, old_test, i)
+            )
+            cases["PIL full decode (floor)"] = _decode_floor(train, None)
+            cases["PIL draft decode at 112 (floor)"] = _decode_floor(train, 112)
             repeats = args.repeats or (5 if args.quick else 11)
             times = interleaved(cases, repeats, warmup=1, device=torch.device("cpu"))
             ms = {k: _median_ms(v) / n for k, v in times.items()}
             spread = {k: _spread(v) for k, v in times.items()}
-            workers = {k: _loader_clips_per_s(train, k, 2 if args.quick else 3) for k in (0, 1, 2)}
+            workers = {
+                name: {
+                    k: _loader_clips_per_s(loaders[name], k, 2 if args.quick else 3)
+                    for k in (0, 1, 2)
+                }
+                for name in (TRAIN, TRAIN_FAST)
+            }
             psnr = {
                 name: _fast_vs_plain_psnr(root, tf)
                 for name, tf in (("train", train_transform(112)), ("test", test_transform(112)))
             }
     finally:
         torch.set_num_threads(threads)
+    jitter_ms = _device_jitter_ms(device, repeats)
 
     legacy = {
         "train": ms["train, legacy loader (bfb3b80)"],
@@ -818,33 +837,57 @@ def bench_data(args: argparse.Namespace, device: torch.device) -> tuple[list[Row
             f"{floors[1]} | {100 * spread[name]:.0f}% |"
         )
     lines.append("")
-    train_speedup = legacy["train"] / ms["train, this loader"]
-    to_draft = ms["train, this loader"] / draft
     lines.append(
-        f"Targets (train transform): ≥ 2× the legacy loader: "
-        f"{'met' if train_speedup >= 2 else 'NOT met'} ({train_speedup:.2f}×); within 1.3× of "
-        f"the draft-decode floor: {'met' if to_draft <= 1.3 else 'NOT met'} "
-        f"({to_draft:.2f}×; {ms['train, this loader'] / full:.2f}× the full-decode floor)."
+        f"The uint8 rows leave the colour jitter to the device: `ClipBatchColorJitter` on a "
+        f"batch of 8 uint8 clips (3×16×112×112) on {device.type} costs {jitter_ms:.2f} ms a "
+        f"clip there ({torch.get_num_threads()} threads), in the training process."
     )
     lines.append("")
-    lines.append(
-        "`DataLoader(batch_size=8, shuffle=True)` over the same train clips, "
-        "this loader: "
-        + ", ".join(f"{k} worker{'s' * (k != 1)} {v:.1f} clips/s" for k, v in workers.items())
-        + f" (on {os.cpu_count()} logical cores; 0 workers loads in the main process)."
-    )
+    for name in (TRAIN, TRAIN_UINT8, TRAIN_FAST):
+        speedup, to_draft = legacy["train"] / ms[name], ms[name] / draft
+        lines.append(
+            f"- Targets, `{name}`: ≥ 2× the legacy loader: "
+            f"{'met' if speedup >= 2 else 'NOT met'} ({speedup:.2f}×); within 1.3× of the "
+            f"draft-decode floor: {'met' if to_draft <= 1.3 else 'NOT met'} ({to_draft:.2f}×; "
+            f"{ms[name] / full:.2f}× the full-decode floor)."
+        )
+    lines.append("")
+    for name, rates in workers.items():
+        lines.append(
+            f"- `DataLoader(batch_size=8, shuffle=True)` over the same train clips, `{name}`: "
+            + ", ".join(f"{k} worker{'s' * (k != 1)} {v:.1f} clips/s" for k, v in rates.items())
+            + f" (on {os.cpu_count()} logical cores; 0 workers loads in the main process)."
+        )
     lines.append("")
     lines.append(
-        "Pixels, this loader against `fast_decode=False` (full decode, float transforms), same "
-        "clips and generator seeds, PSNR over all clips (min / median per clip): "
+        "Pixels, the fast path against `fast_decode=False` (full decode, float transforms), "
+        "same clips and generator seeds, PSNR over all clips (min / median per clip): "
         + "; ".join(
             f"{name} transform {p[0]:.1f} dB ({p[1]:.1f} / {p[2]:.1f}), max |diff| "
             f"{p[3] * 255:.1f}/255"
             for name, p in psnr.items()
         )
-        + "."
+        + ". For `draft='frame'` see `benchmarks/draft_train_crops.py` (its crops are cut from "
+        "the half-size frame, their box moved by up to a pixel)."
     )
     return [], ["\n".join(lines)]
+
+
+TRAIN = "train, this loader"
+TRAIN_UINT8 = "train, uint8 clips (colour on the device)"
+TRAIN_FAST = "train, uint8 clips, draft='frame'"
+TEST = "test, this loader"
+TEST_UINT8 = "test, uint8 clips"
+
+
+def _device_jitter_ms(device: torch.device, repeats: int) -> float:
+    """ms per clip of the batched colour jitter the uint8 loader rows leave to the device."""
+    from micacl_layers.data import ClipBatchColorJitter
+
+    batch = torch.randint(0, 256, (8, 3, 16, 112, 112), dtype=torch.uint8, device=device)
+    jitter = ClipBatchColorJitter(0.4, 0.4, 0.4, generator=torch.Generator().manual_seed(0))
+    times = interleaved({"jitter": lambda: jitter(batch)}, repeats, warmup=2, device=device)
+    return _median_ms(times["jitter"]) / batch.shape[0]
 
 
 def _fast_vs_plain_psnr(root: Path, transform: object) -> tuple[float, float, float, float]:

@@ -164,6 +164,25 @@ def build_parser() -> argparse.ArgumentParser:
         "or CPUs",
     )
     g.add_argument(
+        "--augment-on",
+        choices=("auto", "worker", "device"),
+        default="auto",
+        help="where the colour jitter and the conversion to float run: 'worker' in the "
+        "data-loader workers (float32 clips); 'device' on each batch on the training device "
+        "(ClipBatchColorJitter; the workers return uint8 clips after the crop and flip, so "
+        "they only decode, and a quarter of the bytes go to the GPU); 'auto' is 'device' on "
+        "CUDA and 'worker' otherwise. Same augmentation statistics either way",
+    )
+    g.add_argument(
+        "--draft",
+        choices=("crop", "frame", "never"),
+        default="crop",
+        help="when the loader decodes JPEG frames at reduced size (Pillow's draft mode): "
+        "'crop' only where no resolution is lost (the test-time resize of 224 to 112); "
+        "'frame' for the random train crops too (faster, slightly softer crops, each "
+        "edge moved by at most one pixel; docs/data.md has the figures); 'never'",
+    )
+    g.add_argument(
         "--skip-bad-clips",
         action="store_true",
         help="skip clips with missing/empty frame folders (each one reported) instead of stopping",
@@ -357,6 +376,10 @@ class Runtime:
                 self.amp_dtype = torch.float16
             else:
                 self.amp_dtype = torch.bfloat16
+        # uint8 clips from the workers, colour jitter on the batch (see --augment-on).
+        self.device_augment = args.augment_on == "device" or (
+            args.augment_on == "auto" and self.device.type == "cuda"
+        )
         # Loss scaling is only needed (and only correct) for float16.
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype == torch.float16
@@ -390,6 +413,22 @@ def worker_init(worker_id: int) -> None:
 
 
 # ----------------------------------------------------------------------------- data
+JITTER = (0.4, 0.4, 0.4)  # brightness, contrast, saturation
+
+
+def batch_generator(seed: int, epoch: int, rank: int, step: int) -> torch.Generator:
+    """The device-side colour jitter's randomness for one batch: a function of (seed, epoch,
+    rank, step), like EpochSeeded's per clip, so a resumed run jitters as the straight one."""
+    return torch.Generator().manual_seed(
+        ((seed * 1_000_003 + epoch) * 10_000_019 + step) * 1_009 + rank
+    )
+
+
+def as_float(clips: torch.Tensor) -> torch.Tensor:
+    """uint8 clips (--augment-on device) to float in [0, 1]; float clips unchanged."""
+    return clips.float().div_(255.0) if clips.dtype == torch.uint8 else clips
+
+
 class EpochSeeded(Dataset):
     """Makes each clip's frame sampling and augmentation a function of (seed, epoch, index).
 
@@ -455,14 +494,19 @@ def build_datasets(args: argparse.Namespace, fold: int, rt: Runtime):
             if rt.distributed:
                 dist.barrier()
         dataset = "dfew"
-    common = {"num_frames": args.num_frames, "skip_bad_clips": args.skip_bad_clips}
-    train_tf = ClipCompose(
-        [
-            ClipRandomResizedCrop(args.image_size, scale=(args.crop_scale, 1.0)),
-            ClipRandomHorizontalFlip(0.5),
-            ClipColorJitter(0.4, 0.4, 0.4),
-        ]
-    )
+    common = {
+        "num_frames": args.num_frames,
+        "skip_bad_clips": args.skip_bad_clips,
+        "draft": args.draft,
+        "output_dtype": torch.uint8 if rt.device_augment else torch.float32,
+    }
+    steps = [
+        ClipRandomResizedCrop(args.image_size, scale=(args.crop_scale, 1.0)),
+        ClipRandomHorizontalFlip(0.5),
+    ]
+    if not rt.device_augment:  # else ClipBatchColorJitter(*JITTER) on the device
+        steps.append(ClipColorJitter(*JITTER))
+    train_tf = ClipCompose(steps)
     if dataset == "dfew":
         train = DFEW(root, fold, "train", transform=train_tf, **common)
         test = DFEW(root, fold, "test", transform=test_transform(args.image_size), **common)
@@ -721,7 +765,7 @@ def evaluate(
     for i, (clips, targets) in enumerate(progress(loader, total, "eval", rt, args)):
         if args.limit_eval_batches is not None and i >= args.limit_eval_batches:
             break
-        clips = clips.to(rt.device, non_blocking=True)
+        clips = as_float(clips.to(rt.device, non_blocking=True))
         with rt.autocast():
             logits, feature = model(clips)
         cm.update(logits.float().cpu(), targets)
@@ -761,6 +805,9 @@ def train_one_fold(args: argparse.Namespace, fold: int, out: Path, rt: Runtime) 
     params = [p for p in step_module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, eps=1e-8)
     seeded = EpochSeeded(train_set, args.seed)
+    from micacl_layers.data import ClipBatchColorJitter
+
+    jitter = ClipBatchColorJitter(*JITTER)
     steps_per_epoch = math.ceil(
         len(
             shard_indices(
@@ -844,6 +891,8 @@ def train_one_fold(args: argparse.Namespace, fold: int, out: Path, rt: Runtime) 
                 group["lr"] = lr
             clips = clips.to(rt.device, non_blocking=True)
             targets = targets.to(rt.device, non_blocking=True)
+            if rt.device_augment:
+                clips = jitter(clips, generator=batch_generator(args.seed, epoch, rt.rank, i))
             with rt.autocast():
                 loss, parts = runner(clips, targets)
             if not torch.isfinite(loss):

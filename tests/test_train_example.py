@@ -142,7 +142,9 @@ def test_one_epoch_ferv39k_layout(ferv_root, tmp_path):
     assert torch.tensor(result["final"]["confusion"]).sum() > 0
 
 
-def test_resume_continues_exactly(dfew_root, tmp_path):
+@pytest.mark.parametrize("augment_on", ["worker", "device"])
+def test_resume_continues_exactly(dfew_root, tmp_path, augment_on):
+    # "device": uint8 clips from the loader, the colour jitter on the batch (seeded per step).
     common = [
         "--dataset",
         "dfew",
@@ -153,6 +155,8 @@ def test_resume_continues_exactly(dfew_root, tmp_path):
         "--no-plots",
         "--limit-train-batches",
         "3",
+        "--augment-on",
+        augment_on,
         *TINY,
     ]
     straight = tmp_path / "straight"
@@ -177,6 +181,30 @@ def test_resume_continues_exactly(dfew_root, tmp_path):
         ]
 
     assert history(split / "last.pt") == history(straight / "last.pt")
+
+
+@pytest.mark.parametrize(
+    ("augment_on", "dtype"), [("worker", torch.float32), ("device", torch.uint8)]
+)
+def test_augment_on_device_gives_uint8_clips_without_the_jitter(dfew_root, augment_on, dtype):
+    args = train_dfew.parse_args(
+        ["--dataset", "dfew", "--root", str(dfew_root), "--augment-on", augment_on, *TINY]
+    )
+    rt = train_dfew.Runtime(args)
+    assert rt.device_augment == (augment_on == "device")
+    train, test = train_dfew.build_datasets(args, 1, rt)
+    assert train.output_dtype == test.output_dtype == dtype
+    steps = [type(t).__name__ for t in train.transform.transforms]
+    assert ("ClipColorJitter" in steps) == (augment_on == "worker")
+    clip, _ = train[0]
+    assert clip.dtype == dtype and clip.shape == (3, 16, 16, 16)
+    # The batch jitter's draws are a function of (seed, epoch, rank, step) alone.
+    g1, g2 = train_dfew.batch_generator(3, 1, 0, 5), train_dfew.batch_generator(3, 1, 0, 5)
+    assert torch.equal(g1.get_state(), g2.get_state())
+    others = [
+        train_dfew.batch_generator(*key) for key in ((3, 2, 0, 5), (3, 1, 1, 5), (3, 1, 0, 6))
+    ]
+    assert all(not torch.equal(g1.get_state(), g.get_state()) for g in others)
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(dfew_root, tmp_path):

@@ -214,20 +214,25 @@ def _snap(
 
 
 def _decode_one(
-    img: Any, path: str, plan: GeometryPlan, image_mod: ModuleType, rule: str
+    img: Any,
+    path: str,
+    plan: GeometryPlan,
+    request: tuple[int, int] | None,
+    rule: str,
+    image_mod: ModuleType,
 ) -> np.ndarray:
     """Decode an opened frame and cut out the plan's box: ``(h, w, 3)`` uint8.
 
-    With draft mode the box is cut from the smaller frame. A box whose edges fall between that
-    frame's pixels is resampled to the output size here, by Pillow, under the ``"crop"`` rule
-    (exact, and rare: the crop is at least twice the output). Under ``"frame"`` the plan's box
-    is first moved onto the small frame's pixels (:func:`_snap`; ``plan.box`` is updated, so
-    the returned plan says which box was cut), because resampling every frame in Pillow costs
-    more than the smaller decode saves.
+    ``request`` is the clip's :func:`_draft_request`. With draft mode the box is cut from the
+    smaller frame. A box whose edges fall between that frame's pixels is resampled to the
+    output size here, by Pillow, under the ``"crop"`` rule (exact, and rare: the crop is at
+    least twice the output). Under ``"frame"`` the plan's box is first moved onto the small
+    frame's pixels (:func:`_snap`; ``plan.box`` is updated, so the returned plan says which
+    box was cut), because resampling every frame in Pillow costs more than the smaller decode
+    saves.
     """
     width, height = img.size
     try:
-        request = _draft_request(plan, height, width, rule)
         scale = 1.0
         if request is not None and img.format == "JPEG":
             drafted = img.draft("RGB", request)
@@ -242,8 +247,12 @@ def _decode_one(
             # box directly (rounding it would shift the crop by up to a pixel).
             rgb = rgb.resize((plan.size[1], plan.size[0]), image_mod.Resampling.BILINEAR, box=box)
         elif box != (0, 0, *rgb.size):
-            # Cut in Pillow, before the pixels are exported: less to copy.
-            rgb = rgb.crop(tuple(int(v) for v in box))
+            left, top, right, bottom = (int(v) for v in box)
+            if scale != 1.0:
+                # A small frame is cheaper to export whole and slice (the stack copies the
+                # slice) than to crop in Pillow first; a full-size one is not.
+                return np.asarray(rgb)[top:bottom, left:right]
+            rgb = rgb.crop((left, top, right, bottom))
         return np.asarray(rgb)
     except (OSError, SyntaxError, ValueError) as err:
         raise _corrupt(path, err) from err
@@ -294,13 +303,14 @@ def decode_planned(
                 if first is None:
                     first = (path, img.size)
                     plan = make_plan(img.size[1], img.size[0])
+                    request = _draft_request(plan, img.size[1], img.size[0], draft)
                 elif img.size != first[1]:
                     (w, h), (w0, h0) = img.size, first[1]
                     raise ValueError(
                         f"frame {path!r} is {w}x{h} but {first[0]!r} in the same clip is "
                         f"{w0}x{h0}; all frames of a clip must have one size"
                     )
-                decoded[path] = _decode_one(img, path, plan, image_mod, draft)  # type: ignore[arg-type]
+                decoded[path] = _decode_one(img, path, plan, request, draft, image_mod)  # type: ignore[arg-type]
         arrays.append(decoded[path])
     assert plan is not None, "paths must not be empty"
     frames = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
@@ -341,9 +351,11 @@ def to_uint8_clip(frames: torch.Tensor, plan: GeometryPlan) -> torch.Tensor:
         uint8 clip ``(C, T, H, W)``, contiguous.
     """
     assert not plan.rest, "a uint8 clip's transform must fold into its plan"
+    out = frames.numpy().transpose(1, 0, 2, 3)
     if plan.flip:
-        frames = frames.flip(-1)
-    return frames.transpose(0, 1).contiguous()
+        out = out[..., ::-1]
+    # One strided copy in NumPy does the flip and the transpose; torch.flip would be a second.
+    return torch.from_numpy(np.ascontiguousarray(out))
 
 
 def to_float_clip(

@@ -2,9 +2,9 @@
 
 The clip loaders can hand out ``uint8`` clips, so a worker does not spend its time converting
 full-size frames to float and jittering them one clip at a time. The float conversion and the
-colour jitter then run in the training loop, **batched, on the device** (a GPU does them for a
-batch in well under a millisecond): collate the clips to ``(B, 3, T, H, W)``, move the batch,
-and call :class:`ClipBatchColorJitter`.
+colour jitter then run in the training loop, **batched, on the device** (what that costs on
+a GPU is measured by ``benchmarks/run.py --device cuda --only data``): collate the clips to
+``(B, 3, T, H, W)``, move the batch, and call :class:`ClipBatchColorJitter`.
 
 Same statistics as :class:`~micacl_layers.data.transforms.ClipColorJitter`: each clip gets its
 own random order of brightness, contrast and saturation and its own three factors, the
