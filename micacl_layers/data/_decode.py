@@ -11,16 +11,22 @@ steps are this package's ``ClipRandomResizedCrop``, ``ClipResize`` and
    the same generator calls in the same order as the transforms themselves would make, and
    folds them into one crop box, one output size and one flip;
 2. :func:`decode_planned` decodes each frame, with Pillow's JPEG *draft* mode (DCT scaling by
-   1/2, 1/4 or 1/8, no full-size decode) when the output is at most half the crop, so that the
-   smaller frame still has at least the output's resolution; it keeps only the crop, in uint8,
-   and resizes the clip in one uint8 call (antialiased bilinear, the filter of ``ClipResize``);
+   1/2, 1/4 or 1/8, no full-size decode) where the data set's ``draft`` rule allows it
+   (:func:`_draft_request`: by default only when the output is at most half the crop, so that
+   the smaller frame still has at least the output's resolution); it keeps only the crop, in
+   uint8, and resizes the clip in one uint8 call (antialiased bilinear, the filter of
+   ``ClipResize``);
 3. :func:`to_float_clip` flips in uint8, converts to float32 in ``[0, 1]`` once, and the rest of
-   the chain (colour jitter, normalisation, anything else) runs on the small float clip.
+   the chain (colour jitter, normalisation, anything else) runs on the small float clip; or,
+   for a data set with ``output_dtype=torch.uint8`` (a chain of geometric steps only),
+   :func:`to_uint8_clip` flips and hands the clip out in uint8, for the colour steps to run on
+   the device (:mod:`~micacl_layers.data.batch_transforms`).
 
 Same frames, same labels, same random parameters as the plain path; the pixels differ by
 uint8 rounding without draft mode, and by the resolution draft mode gives up with it
-(``docs/data.md`` has the measured figures). ``fast_decode=False`` on the data sets selects the
-plain path.
+(``docs/data.md`` has the measured figures; under ``draft="frame"`` the crop box also moves by
+up to a pixel onto the smaller frame's grid). ``fast_decode=False`` on the data sets selects
+the plain path.
 """
 
 from __future__ import annotations

@@ -139,8 +139,8 @@ class DFEW(ClipFolderDataset):
             object is copied into each worker as is: reseed it in ``worker_init_fn``.
         fast_decode: For this package's ``ClipTransform`` chains (``train_transform``,
             ``test_transform``, ...): draw the crop and flip first, then decode each sampled
-            frame straight to the crop at the output size (JPEG draft mode when the output is
-            at most half the frame), flip in uint8 and convert to float once, before the
+            frame straight to the crop at the output size (JPEG draft mode where ``draft``
+            allows), flip in uint8 and convert to float once, before the
             colour steps. Same frames and random parameters as ``False``, the plain path
             (full-size float decode, then the transform); pixels within rounding without
             draft mode (see ``docs/data.md`` for both figures). Plain callables always get the
