@@ -809,7 +809,7 @@ def bench_data(args: argparse.Namespace, device: torch.device) -> tuple[list[Row
             }
     finally:
         torch.set_num_threads(threads)
-    jitter_ms = _device_jitter_ms(device, repeats)
+    jitter_ms, worker_jitter_ms = _jitter_ms(device, repeats)
 
     legacy = {"train": "train, legacy loader (bfb3b80)", "test": "test, legacy loader (bfb3b80)"}
     full, draft = "PIL full decode (floor)", "PIL draft decode at 112 (floor)"
@@ -853,7 +853,9 @@ def bench_data(args: argparse.Namespace, device: torch.device) -> tuple[list[Row
     lines.append(
         f"The uint8 rows leave the colour jitter to the device: `ClipBatchColorJitter` on a "
         f"batch of 8 uint8 clips (3×16×112×112) on {device.type} costs {jitter_ms:.2f} ms a "
-        f"clip there ({torch.get_num_threads()} threads), in the training process."
+        f"clip there ({torch.get_num_threads()} threads), in the training process; in a "
+        f"worker (the float conversion and jitter of the float rows, one thread, clip by "
+        f"clip) {worker_jitter_ms:.2f} ms a clip, measured side by side."
     )
     lines.append("")
     for name in (TRAIN, TRAIN_UINT8, TRAIN_FAST):
@@ -894,14 +896,31 @@ TEST = "test, this loader"
 TEST_UINT8 = "test, uint8 clips"
 
 
-def _device_jitter_ms(device: torch.device, repeats: int) -> float:
-    """ms per clip of the batched colour jitter the uint8 loader rows leave to the device."""
-    from micacl_layers.data import ClipBatchColorJitter
+def _jitter_ms(device: torch.device, repeats: int) -> tuple[float, float]:
+    """ms per clip of the colour jitter the uint8 loader rows leave to the device: batched on
+    ``device`` (this process's threads), and, side by side, what a worker does instead (the
+    fast path's float conversion and in-place jitter, clip by clip, on one CPU thread)."""
+    from micacl_layers.data import ClipBatchColorJitter, ClipColorJitter
 
-    batch = torch.randint(0, 256, (8, 3, 16, 112, 112), dtype=torch.uint8, device=device)
-    jitter = ClipBatchColorJitter(0.4, 0.4, 0.4, generator=torch.Generator().manual_seed(0))
-    times = interleaved({"jitter": lambda: jitter(batch)}, repeats, warmup=2, device=device)
-    return _median_ms(times["jitter"]) / batch.shape[0]
+    batch = torch.randint(0, 256, (8, 3, 16, 112, 112), dtype=torch.uint8)
+    on_device = batch.to(device)
+    batched = ClipBatchColorJitter(0.4, 0.4, 0.4, generator=torch.Generator().manual_seed(0))
+    per_clip = ClipColorJitter(0.4, 0.4, 0.4)
+    g = torch.Generator().manual_seed(0)
+    threads = torch.get_num_threads()
+
+    def in_workers() -> None:
+        torch.set_num_threads(1)
+        try:
+            for clip in batch:
+                out = torch.empty(clip.shape, dtype=torch.float32).copy_(clip)
+                per_clip._jitter(out.transpose(0, 1), g, inplace=True, scale=1 / 255)
+        finally:
+            torch.set_num_threads(threads)
+
+    cases = {"batched": lambda: batched(on_device), "in workers": in_workers}
+    times = interleaved(cases, repeats, warmup=2, device=device)
+    return tuple(_median_ms(times[k]) / batch.shape[0] for k in cases)  # type: ignore[return-value]
 
 
 def _fast_vs_plain_psnr(root: Path, transform: object) -> tuple[float, float, float, float]:

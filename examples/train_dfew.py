@@ -180,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="when the loader decodes JPEG frames at reduced size (Pillow's draft mode): "
         "'crop' only where no resolution is lost (the test-time resize of 224 to 112); "
         "'frame' for the random train crops too (faster, slightly softer crops, each "
-        "edge moved by at most one pixel; docs/data.md has the figures); 'never'",
+        "edge moved onto the half-size frame's pixels, by at most one pixel of the frame; "
+        "docs/data.md has the figures); 'never'",
     )
     g.add_argument(
         "--skip-bad-clips",
@@ -416,12 +417,16 @@ def worker_init(worker_id: int) -> None:
 JITTER = (0.4, 0.4, 0.4)  # brightness, contrast, saturation
 
 
+# Generator seeds of (seed, epoch, ...) tuples, wrapped into the range manual_seed takes so that
+# any --seed works (the products pass 2**64 from --seed 1829 on).
+_SEED_RANGE = 2**63
+
+
 def batch_generator(seed: int, epoch: int, rank: int, step: int) -> torch.Generator:
     """The device-side colour jitter's randomness for one batch: a function of (seed, epoch,
     rank, step), like EpochSeeded's per clip, so a resumed run jitters as the straight one."""
-    return torch.Generator().manual_seed(
-        ((seed * 1_000_003 + epoch) * 10_000_019 + step) * 1_009 + rank
-    )
+    mixed = ((seed * 1_000_003 + epoch) * 10_000_019 + step) * 1_009 + rank
+    return torch.Generator().manual_seed(mixed % _SEED_RANGE)
 
 
 def as_float(clips: torch.Tensor) -> torch.Tensor:
@@ -444,7 +449,7 @@ class EpochSeeded(Dataset):
 
     def __getitem__(self, index: int):
         g = torch.Generator()
-        g.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+        g.manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index) % _SEED_RANGE)
         self.base.generator = g
         return self.base[index]
 

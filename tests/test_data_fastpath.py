@@ -325,7 +325,6 @@ def test_uint8_clips_refuse_a_transform_that_needs_float_pixels(faces, transform
             {"output_dtype": torch.float64},
             "output_dtype must be torch.float32 or torch.uint8, got torch.float64",
         ),
-        ({"output_dtype": "uint8"}, "output_dtype must be .* got 'uint8'"),
         ({"draft": "always"}, "draft must be one of \\('crop', 'frame', 'never'\\), got 'always'"),
         ({"draft": None}, "draft must be one of .* got None"),
     ],
@@ -333,6 +332,12 @@ def test_uint8_clips_refuse_a_transform_that_needs_float_pixels(faces, transform
 def test_bad_draft_or_output_dtype_is_named(faces, options, match):
     with pytest.raises(ValueError, match=match):
         DFEW(faces, 1, "train", **options)
+
+
+@pytest.mark.parametrize("value", ["uint8", None, np.uint8])
+def test_an_output_dtype_that_is_no_torch_dtype_is_a_type_error(faces, value):
+    with pytest.raises(TypeError, match="output_dtype must be a torch.dtype .* got "):
+        DFEW(faces, 1, "train", output_dtype=value)
 
 
 def test_draft_rules():
@@ -398,6 +403,30 @@ def test_draft_frame_cuts_edge_boxes_inside_the_small_frame(faces):
         plan = _decode.GeometryPlan(box, (112, 112), False)
         frames, _ = _decode.decode_planned(paths, lambda h, w, p=plan: p, Image, draft="frame")
         assert frames.shape == (2, 3, 112, 112) and frames.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("odd", ["00001.jpg", "00010.jpg"])
+@pytest.mark.parametrize(
+    ("transform", "draft", "floor"),
+    [
+        (lambda: test_transform(112), "crop", 35),
+        (lambda: train_transform(112, color_jitter=False), "frame", 20),
+    ],
+)
+def test_a_png_frame_under_a_jpeg_name_is_cut_at_the_clip_scale(
+    tmp_path, odd, transform, draft, floor
+):
+    # Draft mode shrinks only JPEGs: a PNG among them (first frame or not) is reduced to the
+    # scale of the clip's first frame, so every frame is cut at one scale.
+    root = _face_tree(tmp_path, clips=1, frames=16)
+    path = root / FRAMES / "00001" / odd
+    with Image.open(path) as img:
+        png = img.convert("RGB")
+    png.save(path, format="PNG")
+    options = {"train": False, "draft": draft, "output_dtype": torch.uint8}
+    a, b, _, _ = _pair(root, transform(), seed=0, **options)
+    assert a.shape == b.shape == (3, 16, 112, 112)
+    assert _psnr(a.float() / 255, b.float() / 255) >= floor
 
 
 def test_draft_never_decodes_the_test_resize_in_full(faces):

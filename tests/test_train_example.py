@@ -207,6 +207,18 @@ def test_augment_on_device_gives_uint8_clips_without_the_jitter(dfew_root, augme
     assert all(not torch.equal(g1.get_state(), g.get_state()) for g in others)
 
 
+@pytest.mark.parametrize("seed", [0, 3407, 2**31 - 1, 10**12])
+def test_any_seed_gives_valid_generators(dfew_root, seed):
+    # The (seed, epoch, index) products pass 2**64 from --seed 1829 on; they are wrapped.
+    train_dfew.batch_generator(seed, 299, 7, 10_000)
+    args = train_dfew.parse_args(["--dataset", "dfew", "--root", str(dfew_root), *TINY])
+    train, _ = train_dfew.build_datasets(args, 1, train_dfew.Runtime(args))
+    seeded = train_dfew.EpochSeeded(train, seed)
+    seeded.epoch = 299
+    clip, _ = seeded[len(train) - 1]
+    assert clip.shape == (3, 16, 16, 16)
+
+
 def test_resume_refuses_a_checkpoint_of_another_model(dfew_root, tmp_path):
     out = tmp_path / "run"
     base = [

@@ -205,9 +205,10 @@ def _snap(
     """Move a full-frame box onto the pixels of the frame decoded at ``scale`` (1/2, 1/4, 1/8).
 
     Each edge moves to the nearest multiple of ``1 / scale`` full-frame pixels (at most half a
-    small pixel: one full pixel at 1/2), kept inside the frame and at least one small pixel
-    wide, so the small frame's crop needs no resampling between its pixels. ``size`` is the
-    full frame's ``(width, height)``.
+    small pixel: one full pixel at 1/2), so the small frame's crop needs no resampling between
+    its pixels. Two corner cases move further: the box is kept at least one small pixel wide,
+    and inside the frame's whole small pixels (a side that is not a multiple of the step loses
+    its last, partial small pixel). ``size`` is the full frame's ``(width, height)``.
     """
     step = round(1 / scale)
     # Whole small pixels only: of a frame whose side is not a multiple of the step, the last
@@ -226,16 +227,22 @@ def _decode_one(
     request: tuple[int, int] | None,
     rule: str,
     image_mod: ModuleType,
-) -> np.ndarray:
+    clip_scale: float | None,
+) -> tuple[np.ndarray, float]:
     """Decode an opened frame and cut out the plan's box: ``(h, w, 4)`` uint8 (RGB, padding).
 
-    ``request`` is the clip's :func:`_draft_request`. With draft mode the box is cut from the
-    smaller frame. A box whose edges fall between that frame's pixels is resampled to the
-    output size here, by Pillow, under the ``"crop"`` rule (exact, and rare: the crop is at
-    least twice the output). Under ``"frame"`` the plan's box is first moved onto the small
-    frame's pixels (:func:`_snap`; ``plan.box`` is updated, so the returned plan says which
-    box was cut), because resampling every frame in Pillow costs more than the smaller decode
-    saves.
+    Returns the pixels and the scale the frame was decoded at. ``request`` is the clip's
+    :func:`_draft_request`; ``clip_scale`` the scale of the clip's first frame (``None`` for
+    the first frame itself): a frame that draft mode could not shrink as far (not a JPEG,
+    whatever its name) is reduced to that scale by Pillow, so that every frame of the clip is
+    cut at one scale.
+
+    With draft mode the box is cut from the smaller frame. A box whose edges fall between that
+    frame's pixels is resampled to the output size here, by Pillow, under the ``"crop"`` rule
+    (exact, and rare: the crop is at least twice the output). Under ``"frame"`` the plan's box
+    is first moved onto the small frame's pixels (:func:`_snap`; ``plan.box`` is updated, so
+    the returned plan says which box was cut), because resampling every frame in Pillow costs
+    more than the smaller decode saves.
     """
     width, height = img.size
     try:
@@ -245,6 +252,9 @@ def _decode_one(
             if drafted is not None:
                 scale = drafted[1][2] / width  # draft box: (0, 0, W / s, H / s)
         rgb = img if img.mode == "RGB" else img.convert("RGB")
+        if clip_scale is not None and scale != clip_scale:
+            rgb = rgb.reduce(round(scale / clip_scale))
+            scale = clip_scale
         if rule == "frame" and scale != 1.0:
             plan.box = _snap(plan.box, scale, (width, height))  # no-op after the first frame
         box = tuple(v * scale for v in plan.box)
@@ -257,9 +267,9 @@ def _decode_one(
             if scale != 1.0:
                 # A small frame is cheaper to export whole and slice (the stack copies the
                 # slice) than to crop in Pillow first; a full-size one is not.
-                return _rgbx(rgb)[top:bottom, left:right]
+                return _rgbx(rgb)[top:bottom, left:right], scale
             rgb = rgb.crop((left, top, right, bottom))
-        return _rgbx(rgb)
+        return _rgbx(rgb), scale
     except (OSError, SyntaxError, ValueError) as err:
         raise _corrupt(path, err) from err
 
@@ -314,6 +324,7 @@ def decode_planned(
     arrays = []
     first: tuple[str, tuple[int, int]] | None = None
     plan: GeometryPlan | None = None
+    clip_scale: float | None = None
     for raw in paths:
         path = os.fspath(raw)
         if path not in decoded:
@@ -328,7 +339,14 @@ def decode_planned(
                         f"frame {path!r} is {w}x{h} but {first[0]!r} in the same clip is "
                         f"{w0}x{h0}; all frames of a clip must have one size"
                     )
-                decoded[path] = _decode_one(img, path, plan, request, draft, image_mod)  # type: ignore[arg-type]
+                assert plan is not None  # made from the first frame
+                decoded[path], scale = _decode_one(
+                    img, path, plan, request, draft, image_mod, clip_scale
+                )
+                if clip_scale is None:
+                    clip_scale = scale
+                    if scale == 1.0:  # the first frame is full size: so is every other one
+                        request = None
         arrays.append(decoded[path])
     assert plan is not None, "paths must not be empty"
     frames = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)

@@ -304,7 +304,8 @@ class ClipFolderDataset(Dataset[tuple[torch.Tensor, int]]):
             :mod:`~micacl_layers.data._decode`); ``False`` decodes every frame at full size in
             float and runs the transform on that (the plain path).
         draft: When the fast path decodes in JPEG draft mode: ``"crop"``, ``"frame"`` or
-            ``"never"`` (see :func:`~micacl_layers.data._decode._draft_request`).
+            ``"never"`` (see :func:`~micacl_layers.data._decode._draft_request`); the plain
+            path (``fast_decode=False``) always decodes in full.
         output_dtype: ``torch.float32`` (values in ``[0, 1]``) or ``torch.uint8`` (``0..255``,
             for colour steps on the device; the transform may then hold only a crop or resize
             and flips).
@@ -314,6 +315,7 @@ class ClipFolderDataset(Dataset[tuple[torch.Tensor, int]]):
         ValueError: If ``num_frames`` is not a positive int, ``draft`` or ``output_dtype`` is
             not one of its values, or a uint8 output is asked of a transform with a step that
             needs float pixels.
+        TypeError: If ``output_dtype`` is not a ``torch.dtype``.
         FileNotFoundError: If ``frames_root`` is missing, if a clip folder is missing or has no
             JPEG (unless ``skip_bad_clips``), or if every clip was skipped.
     """
@@ -339,6 +341,11 @@ class ClipFolderDataset(Dataset[tuple[torch.Tensor, int]]):
         num_frames = check_positive_int("num_frames", num_frames)
         if draft not in DRAFT_RULES:
             raise ValueError(f"{name}: draft must be one of {DRAFT_RULES}, got {draft!r}")
+        if not isinstance(output_dtype, torch.dtype):
+            raise TypeError(
+                f"{name}: output_dtype must be a torch.dtype (torch.float32 or torch.uint8), got "
+                f"{output_dtype!r} of type {type(output_dtype).__name__}"
+            )
         if output_dtype not in (torch.float32, torch.uint8):
             raise ValueError(
                 f"{name}: output_dtype must be torch.float32 or torch.uint8, got {output_dtype!r}"

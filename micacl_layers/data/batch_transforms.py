@@ -235,7 +235,9 @@ class ClipBatchColorJitter(nn.Module):
     draws (a random order, then the three factors, each uniform in ``[max(0, 1 - v), 1 + v]``)
     from a CPU generator, and applies them with :func:`clip_batch_color_jitter`. With equal
     seeds the result equals ``ClipColorJitter`` applied to each clip in turn, up to float
-    rounding. No parameters and no buffers.
+    rounding, for input in ``[0, 1]`` (float input outside it is clamped after every
+    adjustment here, where ``ClipColorJitter`` skips the clamp after a brightness factor <= 1).
+    No parameters and no buffers.
 
     Args:
         brightness: Brightness jitter strength (>= 0, finite); 0 disables it.

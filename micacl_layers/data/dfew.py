@@ -175,6 +175,7 @@ class DFEW(ClipFolderDataset):
         ValueError: For a bad ``fold``/``split``/``num_frames``/``draft``/``output_dtype``, a
             transform that cannot give uint8 clips, or a bad split-file line
             (``path:line: ...``).
+        TypeError: If ``output_dtype`` is not a ``torch.dtype``.
         FileNotFoundError: If the split file, the frame root or a clip folder is missing or a
             clip folder is empty (the latter two unless ``skip_bad_clips``).
         ImportError: If Pillow is missing (``pip install micacl-layers[data]``).

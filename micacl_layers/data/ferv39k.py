@@ -130,7 +130,9 @@ class FERV39k(ClipFolderDataset):
           an int in ``0..6``.
 
     Raises:
-        ValueError: For a bad ``split``/``num_frames`` or a bad split-file line.
+        ValueError: For a bad ``split``/``num_frames``/``draft``/``output_dtype``, a transform
+            that cannot give uint8 clips, or a bad split-file line.
+        TypeError: If ``output_dtype`` is not a ``torch.dtype``.
         FileNotFoundError: If the split file, the frame root or a clip folder is missing or a
             clip folder is empty (the latter two unless ``skip_bad_clips``).
         ImportError: If Pillow is missing (``pip install micacl-layers[data]``).
