@@ -201,6 +201,7 @@ class Method:
     ramp: float = 0.0  # fraction of the steps over which the contrastive weight rises from 0
     la_difficulty: bool = False  # Eq. 7's difficulty from the logit-adjusted probabilities
     centres: bool = False  # learned class centres (PaCo) as the class complements
+    etf: bool = False  # a fixed simplex ETF (TSC) as the class complements
 
 
 # Hyper-parameters fixed a priori from the papers: label smoothing 0.1 (Szegedy et al. 2016 and
@@ -287,6 +288,25 @@ for _key, _name, _change in (
 METHODS["la_mccl_ladiff"] = Method(
     "LA-CE + MCCL (paper), LA difficulty", ce="la", aux="mccl", la_difficulty=True
 )
+# Fourth validation round (issue 13), each fixed a priori, one value each:
+# - fixed simplex-ETF class complements (targeted supervised contrastive learning, Li et al.
+#   CVPR 2022; the ETF of Papyan et al. 2020) in place of the classifier's weight rows: K
+#   maximally separated, non-trained targets, so the tail classes' complements are not pulled
+#   towards the head as a classifier trained on long-tailed data can be;
+# - weight 1 with the ramp of the third round, which narrowed the interval at weight 0.3: does it
+#   let a larger weight help?
+METHODS["la_bal_l0.3_etf"] = replace(
+    _base,
+    name="LA-CE + 0.3 x balanced MCCL, fixed simplex-ETF complements",
+    bal=dict(_base.bal),
+    etf=True,
+)
+METHODS["la_bal_l1_ramp"] = replace(
+    METHODS["la_bal"],
+    name="LA-CE + 1 x balanced MCCL, weight ramped over 1st half",
+    bal=dict(METHODS["la_bal"].bal),
+    ramp=0.5,
+)
 # The rows of the test table in docs/longtail.md, and the candidates of the validation round.
 FULL_METHODS = ["ce", "ls", "la", "bs", "cb", "supcon", "mccl", "la_mccl", "la_bal", "la_bal_l0.3"]
 SELECT_METHODS = [
@@ -311,6 +331,22 @@ class RunConfig:
     weight_decay: float = 1e-4
     width: int = 64
     proj_dim: int = 64
+
+
+def simplex_etf(num_classes: int, dim: int, *, seed: int = 0) -> torch.Tensor:
+    """``(K, D)`` rows of a simplex equiangular tight frame: unit norm, pairwise cosine -1/(K-1).
+
+    ``sqrt(K / (K - 1)) U (I_K - 11^T / K)`` (Papyan et al. 2020) with ``U`` a ``(D, K)``
+    orthonormal basis drawn from ``seed`` (its own generator, so the training seeds' draws are
+    not moved), transposed to one row per class. Needs ``2 <= K <= D``.
+    """
+    if not 2 <= num_classes <= dim:
+        raise ValueError(f"simplex_etf needs 2 <= num_classes <= dim, got {num_classes}, {dim}")
+    gen = torch.Generator().manual_seed(seed)
+    basis, _ = torch.linalg.qr(torch.randn(dim, num_classes, generator=gen, dtype=torch.float64))
+    centring = torch.eye(num_classes, dtype=torch.float64) - 1.0 / num_classes
+    etf = math.sqrt(num_classes / (num_classes - 1)) * basis @ centring
+    return etf.T.contiguous().float()
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -360,6 +396,8 @@ def train_eval(ds: DataSet, split: Split, method: Method, seed: int, cfg: RunCon
         centres = nn.Parameter(torch.empty(num_classes, cfg.width))
         nn.init.kaiming_uniform_(centres, a=math.sqrt(5))
         params.append(centres)
+    # TSC's targets are fixed: a buffer, not among the optimiser's parameters.
+    etf = simplex_etf(num_classes, cfg.width) if method.etf else None
     if aux is not None:
         params += list(aux.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -404,7 +442,12 @@ def train_eval(ds: DataSet, split: Split, method: Method, seed: int, cfg: RunCon
         elif method.aux == "bal":
             protos = None
             if method.bal.get("class_complements"):
-                protos = centres if centres is not None else model.classifier.weight
+                if etf is not None:
+                    protos = etf
+                elif centres is not None:
+                    protos = centres
+                else:
+                    protos = model.classifier.weight
             loss = loss + lam * aux(feats, dlogits, yb, prototypes=protos)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import load_script
 
@@ -107,3 +108,37 @@ def test_round_three_candidates_train(digits, key):
     out = longtail.train_eval(digits, split, longtail.METHODS[key], 0, longtail.RunConfig(steps=3))
     assert set(out) == {"uar", "war", "tail"}
     assert all(0.0 <= v <= 100.0 for v in out.values())
+
+
+@pytest.mark.parametrize("num_classes", [2, 3, 6, 10])
+def test_simplex_etf_rows_are_unit_and_equiangular(num_classes):
+    etf = longtail.simplex_etf(num_classes, 64).double()
+    assert etf.shape == (num_classes, 64)
+    assert torch.allclose(etf.norm(dim=1), torch.ones(num_classes, dtype=etf.dtype), atol=1e-6)
+    cos = etf @ etf.T
+    off = cos[~torch.eye(num_classes, dtype=torch.bool)]
+    assert torch.allclose(off, torch.full_like(off, -1 / (num_classes - 1)), atol=1e-6)
+    # Fixed: the same seed gives the same frame, another seed another one.
+    assert torch.equal(longtail.simplex_etf(num_classes, 64), longtail.simplex_etf(num_classes, 64))
+    assert not torch.allclose(etf.float(), longtail.simplex_etf(num_classes, 64, seed=1))
+
+
+def test_simplex_etf_rejects_more_classes_than_dimensions():
+    with pytest.raises(ValueError, match="num_classes <= dim"):
+        longtail.simplex_etf(65, 64)
+
+
+@pytest.mark.parametrize("key", ["la_bal_l0.3_etf", "la_bal_l1_ramp"])
+def test_round_four_candidates_train(digits, key):
+    split = longtail.make_split(digits, 100.0, seed=0, select=True)
+    out = longtail.train_eval(digits, split, longtail.METHODS[key], 0, longtail.RunConfig(steps=3))
+    assert set(out) == {"uar", "war", "tail"}
+    assert all(0.0 <= v <= 100.0 for v in out.values())
+
+
+def test_round_four_candidates_change_one_knob_each():
+    base, etf = longtail.METHODS["la_bal_l0.3"], longtail.METHODS["la_bal_l0.3_etf"]
+    assert etf.etf and not base.etf
+    assert (etf.lam, etf.bal, etf.ramp, etf.centres) == (base.lam, base.bal, 0.0, False)
+    ramp = longtail.METHODS["la_bal_l1_ramp"]
+    assert (ramp.lam, ramp.ramp, ramp.bal, ramp.etf) == (1.0, 0.5, base.bal, False)
