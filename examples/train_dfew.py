@@ -422,10 +422,14 @@ JITTER = (0.4, 0.4, 0.4)  # brightness, contrast, saturation
 _SEED_RANGE = 2**63
 
 
+def _epoch_seed(seed: int, epoch: int, index: int) -> int:
+    return (seed * 1_000_003 + epoch) * 10_000_019 + index
+
+
 def batch_generator(seed: int, epoch: int, rank: int, step: int) -> torch.Generator:
     """The device-side colour jitter's randomness for one batch: a function of (seed, epoch,
     rank, step), like EpochSeeded's per clip, so a resumed run jitters as the straight one."""
-    mixed = ((seed * 1_000_003 + epoch) * 10_000_019 + step) * 1_009 + rank
+    mixed = _epoch_seed(seed, epoch, step) * 1_009 + rank
     return torch.Generator().manual_seed(mixed % _SEED_RANGE)
 
 
@@ -449,7 +453,7 @@ class EpochSeeded(Dataset):
 
     def __getitem__(self, index: int):
         g = torch.Generator()
-        g.manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index) % _SEED_RANGE)
+        g.manual_seed(_epoch_seed(self.seed, self.epoch, index) % _SEED_RANGE)
         self.base.generator = g
         return self.base[index]
 

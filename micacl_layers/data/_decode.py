@@ -255,8 +255,8 @@ def _decode_one(
         if clip_scale is not None and scale != clip_scale:
             rgb = rgb.reduce(round(scale / clip_scale))
             scale = clip_scale
-        if rule == "frame" and scale != 1.0:
-            plan.box = _snap(plan.box, scale, (width, height))  # no-op after the first frame
+        if rule == "frame" and scale != 1.0 and clip_scale is None:  # once, at the first frame
+            plan.box = _snap(plan.box, scale, (width, height))
         box = tuple(v * scale for v in plan.box)
         if plan.size is not None and any(v != int(v) for v in box):
             # The box falls between the small frame's pixels: Pillow resamples a fractional

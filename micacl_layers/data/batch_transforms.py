@@ -43,7 +43,7 @@ from micacl_layers._validation import (
     torchscript_unsupported,
 )
 
-from .transforms import _LUMA, ClipColorJitter, _grey
+from .transforms import ClipColorJitter, _grey
 
 __all__ = ["ClipBatchColorJitter", "clip_batch_color_jitter"]
 
@@ -194,7 +194,17 @@ def clip_batch_color_jitter(
         )
     on: tuple[bool, bool, bool] = (flags[0], flags[1], flags[2])
     order, factors = _check_params(order, factors, len(clips))
+    return _jitter(clips, order, factors, on, out_dtype)
 
+
+def _jitter(
+    clips: torch.Tensor,
+    order: torch.Tensor,
+    factors: torch.Tensor,
+    on: tuple[bool, bool, bool],
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """:func:`clip_batch_color_jitter` on checked arguments (``order`` int64)."""
     # Half-precision outputs are computed in float32: one rounding at the end instead of one
     # per step, and the contrast mean of a large clip is not summed in 8 or 11 bits.
     compute = torch.promote_types(out_dtype, torch.float32)
@@ -215,8 +225,7 @@ def clip_batch_color_jitter(
         # The references come from this step's input, before it is updated in place.
         grey = _grey(x) if on[2] else None
         if on[1]:
-            means = x.mean(dim=(2, 3, 4), keepdim=True)
-            mean = means[:, 0:1] * _LUMA[0] + means[:, 1:2] * _LUMA[1] + means[:, 2:3] * _LUMA[2]
+            mean = _grey(x.mean(dim=(2, 3, 4), keepdim=True))  # each clip's mean grey
             x = (x.mul_(a) if owned else x * a).add_(w_mean * mean)
         else:
             x = x.mul_(a) if owned else x * a
@@ -329,14 +338,9 @@ class ClipBatchColorJitter(nn.Module):
         # Checked before anything is drawn, so a bad call leaves the generator as it was.
         clips = _check_clips(clips)
         out_dtype = _check_out_dtype(out_dtype)
-        order, factors = self.get_params(len(clips), generator)
-        return clip_batch_color_jitter(
-            clips,
-            order,
-            factors,
-            enabled=(self.brightness > 0, self.contrast > 0, self.saturation > 0),
-            out_dtype=out_dtype,
-        )
+        order, factors = self.get_params(len(clips), generator)  # valid by construction
+        on = (self.brightness > 0, self.contrast > 0, self.saturation > 0)
+        return _jitter(clips, order, factors, on, out_dtype)
 
     def extra_repr(self) -> str:
         """The strengths, shown in ``repr()`` as ``ClipColorJitter`` shows them."""
