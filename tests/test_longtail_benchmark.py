@@ -142,3 +142,41 @@ def test_round_four_candidates_change_one_knob_each():
     assert (etf.lam, etf.bal, etf.ramp, etf.centres) == (base.lam, base.bal, 0.0, False)
     ramp = longtail.METHODS["la_bal_l1_ramp"]
     assert (ramp.lam, ramp.ramp, ramp.bal, ramp.etf) == (1.0, 0.5, base.bal, False)
+
+
+@pytest.mark.parametrize("key", ["la_bal_l0.3_mem", "la_crt", "la_bal_l0.3_crt", "la_bal_crt"])
+def test_round_five_candidates_train(digits, key):
+    split = longtail.make_split(digits, 100.0, seed=0, select=True)
+    out = longtail.train_eval(digits, split, longtail.METHODS[key], 0, longtail.RunConfig(steps=3))
+    assert set(out) == {"uar", "war", "tail"}
+    assert all(0.0 <= v <= 100.0 for v in out.values())
+
+
+def test_round_five_candidates_change_one_knob_each():
+    base = longtail.METHODS["la_bal_l0.3"]
+    mem = longtail.METHODS["la_bal_l0.3_mem"]
+    assert (mem.lam, mem.bal, mem.memory, mem.crt_steps) == (base.lam, base.bal, 128, 0)
+    for key, ref in (
+        ("la_crt", "la"),
+        ("la_bal_l0.3_crt", "la_bal_l0.3"),
+        ("la_bal_crt", "la_bal"),
+    ):
+        m, r = longtail.METHODS[key], longtail.METHODS[ref]
+        assert (m.ce, m.aux, m.lam, m.bal, m.memory) == (r.ce, r.aux, r.lam, r.bal, r.memory)
+        assert m.crt_steps == longtail.CRT_STEPS > 0 == r.crt_steps
+
+
+def test_classifier_retraining_freezes_the_backbone_and_learns_the_rare_class():
+    # Two separated clusters, 40 samples against 2: the new classifier must get both.
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    y = torch.tensor([0] * 40 + [1] * 2)
+    x = torch.randn(42, 8, 1, generator=gen) * 0.1 + (y.float() * 2 - 1).view(-1, 1, 1)
+    model = longtail.TemporalCNN(1, 2, width=16).eval()
+    body = {k: v.clone() for k, v in model.body.state_dict().items()}
+    counts = torch.bincount(y).float()
+    longtail.retrain_classifier(model, x, y, counts, 200, 0, longtail.RunConfig())
+    assert all(torch.equal(v, model.body.state_dict()[k]) for k, v in body.items())
+    with torch.no_grad():
+        pred = model(x)[1].argmax(1)
+    assert (pred[y == 1] == 1).all() and (pred[y == 0] == 0).float().mean() > 0.9
