@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -143,3 +145,29 @@ def test_input_validation_names_the_argument():
         T.ClipColorJitter(brightness=-0.1)
     with pytest.raises(ValueError, match="p must be"):
         T.ClipRandomHorizontalFlip(1.5)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -0.1])
+@pytest.mark.parametrize("name", ["brightness", "contrast", "saturation"])
+def test_color_jitter_rejects_non_finite_strengths(name, bad):
+    # NaN passes a plain `< 0` check and would turn every pixel of the clip into NaN.
+    with pytest.raises(ValueError, match=f"`{name}` must be >= 0 \\(finite\\)"):
+        T.ClipColorJitter(**{name: bad})
+
+
+@pytest.mark.parametrize(
+    ("mean", "std", "match"),
+    [
+        ([math.nan, 0.5, 0.5], [0.5] * 3, "mean must be finite"),
+        ([0.5] * 3, [math.nan, 0.5, 0.5], "std must be positive and finite"),
+        ([0.5] * 3, [math.inf, 0.5, 0.5], "std must be positive and finite"),
+    ],
+)
+def test_normalize_rejects_non_finite_statistics(mean, std, match):
+    with pytest.raises(ValueError, match=match):
+        T.ClipNormalize(mean, std)
+
+
+def test_random_resized_crop_rejects_an_infinite_ratio():
+    with pytest.raises(ValueError, match=r"ratio must be .*finite.*inf"):
+        T.ClipRandomResizedCrop(8, ratio=(1.0, math.inf))

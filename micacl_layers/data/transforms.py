@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from micacl_layers._validation import check_nonnegative_float
+
 __all__ = [
     "ClipColorJitter",
     "ClipCompose",
@@ -171,8 +173,10 @@ class ClipRandomResizedCrop(ClipTransform):
         self.size = _pair(size, "size")
         if not (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
             raise ValueError(f"scale must be (low, high) with 0 < low <= high <= 1, got {scale}")
-        if not (len(ratio) == 2 and 0 < ratio[0] <= ratio[1]):
-            raise ValueError(f"ratio must be (low, high) with 0 < low <= high, got {ratio}")
+        if not (len(ratio) == 2 and 0 < ratio[0] <= ratio[1] < math.inf):
+            raise ValueError(
+                f"ratio must be (low, high) with 0 < low <= high (finite), got {ratio}"
+            )
         self.scale = (float(scale[0]), float(scale[1]))
         self.ratio = (float(ratio[0]), float(ratio[1]))
 
@@ -282,9 +286,9 @@ class ClipColorJitter(ClipTransform):
     Results are clamped to ``[0, 1]``.
 
     Args:
-        brightness: Brightness jitter strength (>= 0); 0 disables it.
-        contrast: Contrast jitter strength (>= 0).
-        saturation: Saturation jitter strength (>= 0).
+        brightness: Brightness jitter strength (>= 0, finite); 0 disables it.
+        contrast: Contrast jitter strength (>= 0, finite).
+        saturation: Saturation jitter strength (>= 0, finite).
         generator: Default source of randomness.
 
     Shape:
@@ -292,7 +296,7 @@ class ClipColorJitter(ClipTransform):
         - Output: same shape.
 
     Raises:
-        ValueError: If a strength is negative, or the clip is not RGB.
+        ValueError: If a strength is negative or not finite, or the clip is not RGB.
 
     Example:
         >>> frame = torch.rand(1, 3, 8, 8)
@@ -311,16 +315,10 @@ class ClipColorJitter(ClipTransform):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(generator=generator)
-        for name, value in (
-            ("brightness", brightness),
-            ("contrast", contrast),
-            ("saturation", saturation),
-        ):
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        self.brightness = float(brightness)
-        self.contrast = float(contrast)
-        self.saturation = float(saturation)
+        # NaN would pass a plain `value < 0` test and make every factor NaN.
+        self.brightness = check_nonnegative_float("brightness", brightness)
+        self.contrast = check_nonnegative_float("contrast", contrast)
+        self.saturation = check_nonnegative_float("saturation", saturation)
 
     def get_params(
         self, generator: torch.Generator | None = None
@@ -442,15 +440,15 @@ class ClipNormalize(ClipTransform):
 
     Args:
         mean: Per-channel means.
-        std: Per-channel standard deviations (all > 0).
+        std: Per-channel standard deviations (all > 0 and finite).
 
     Shape:
         - Input: :math:`(T, C, H, W)` with ``C == len(mean)``.
         - Output: same shape.
 
     Raises:
-        ValueError: If ``mean`` and ``std`` differ in length, a std is not positive, or the
-            clip's channel count does not match.
+        ValueError: If ``mean`` and ``std`` differ in length, a mean is not finite, a std is
+            not positive and finite, or the clip's channel count does not match.
 
     Example:
         >>> norm = ClipNormalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
@@ -462,8 +460,10 @@ class ClipNormalize(ClipTransform):
         super().__init__()
         if len(mean) != len(std):
             raise ValueError(f"mean and std must have the same length, got {mean} and {std}")
-        if any(v <= 0 for v in std):
-            raise ValueError(f"std must be positive, got {std}")
+        if not all(math.isfinite(v) for v in mean):
+            raise ValueError(f"mean must be finite, got {mean}")
+        if not all(0 < v < math.inf for v in std):
+            raise ValueError(f"std must be positive and finite, got {std}")
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
 
