@@ -463,6 +463,19 @@ def test_breakdown_is_consistent():
     assert out.has_positive.tolist() == [True, True, True, True, False, True]
 
 
+def test_batch_mean_temperature_of_an_empty_batch_is_eq10():
+    """The mean over no targets was NaN (in the breakdown of an empty batch's loss)."""
+    counts = torch.tensor([40, 7, 13])
+    empty = torch.zeros(0, dtype=torch.long)
+    eq10 = adaptive_temperature(counts, 0.07)
+    got = adaptive_temperature(counts, 0.07, mode="batch_mean", targets=empty)
+    torch.testing.assert_close(got, eq10)
+    mccl = MCCLoss(3, 8, counts, projection_dim=4, temperature="batch_mean")
+    out = mccl(torch.randn(0, 8), torch.randn(0, 3), empty, return_breakdown=True)
+    assert float(out.loss.detach()) == 0.0 and out.loss.grad_fn is not None
+    torch.testing.assert_close(out.temperature.double(), eq10)
+
+
 # ------------------------------------------------------------------------------------------
 # building blocks
 # ------------------------------------------------------------------------------------------
