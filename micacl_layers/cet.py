@@ -171,6 +171,8 @@ def _feature_augmentation_loss(
     augmented = features + noise_std * rms * noise
     try:
         logits = classifier(augmented)
+    except torch.OutOfMemoryError:  # (not the caller's mistake: let it through as it is)
+        raise
     except RuntimeError as err:  # e.g. torch's "shapes cannot be multiplied": say whose
         raise ValueError(
             f"`classifier` failed on the augmented `features` "

@@ -240,6 +240,8 @@ def _project(
     """``projections[idx](pooled)``, with an error that names it if it fails or gives no (B, P)."""
     try:
         z = projection(pooled)
+    except torch.OutOfMemoryError:  # (not the caller's mistake: let it through as it is)
+        raise
     except RuntimeError as err:  # e.g. torch's "shapes cannot be multiplied": say whose
         raise ValueError(
             f"`projections[{idx}]` failed on its input, the features pooled by scales[{idx}] "
@@ -314,16 +316,17 @@ def _multiscale_loss(
             loss_s, has_positive = fused
             embeddings.append(None)
         else:
-            project = None if projection is None else functools.partial(_project, projection)
-            z = z if project is None else project(z, idx)  # ... then Proj_s
+            z = z if projection is None else _project(projection, z, idx)  # ... then Proj_s
             embeddings.append(z)
             mem_z, mem_t = (None, None) if memory is None else (memory[0][idx], memory[1])
             if mem_z is not None:
                 _check_memory_size(mem_z, z, idx)
             if protos is not None:
                 pool = functools.partial(_pool_features, scale=s)
-                complement = None if project is None else functools.partial(project, idx=idx)
-                mem_z, mem_t = _with_complements(protos, pool, complement, mem_z, mem_t)
+                project = (
+                    None if projection is None else functools.partial(_project, projection, idx=idx)
+                )
+                mem_z, mem_t = _with_complements(protos, pool, project, mem_z, mem_t)
             loss_s, has_positive = contrastive_per_anchor(  # Eq. 9, 11
                 z,
                 targets,

@@ -768,3 +768,21 @@ def test_torch_compile_smoke():
     compiled = torch.compile(mccl, backend="aot_eager")
     f, z, y = torch.randn(6, 8), torch.randn(6, 3), torch.tensor([0, 0, 1, 1, 2, 2])
     torch.testing.assert_close(compiled(f, z, y), mccl(f, z, y))
+
+
+def test_out_of_memory_in_a_projection_or_classifier_is_not_reworded():
+    # Shape errors of a user's callable are re-raised naming it; running out of memory is not
+    # the caller's mistake and must reach them as torch's own OutOfMemoryError.
+    from micacl_layers import ClassificationEnhancementTerm
+    from micacl_layers.functional import multiscale_category_aware_contrastive_loss
+
+    def oom(_):
+        raise torch.OutOfMemoryError("out of memory")
+
+    f, z, y = torch.randn(4, 8), torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    with pytest.raises(torch.OutOfMemoryError):
+        multiscale_category_aware_contrastive_loss(
+            f, z, y, [5, 3, 1], scales=(1,), projections=[oom]
+        )
+    with pytest.raises(torch.OutOfMemoryError):
+        ClassificationEnhancementTerm(aug_weight=1.0)(z, y, features=f, classifier=oom)
