@@ -32,7 +32,8 @@ class RunningClassCounts(nn.Module):
             counts = torch.zeros(num_classes, dtype=torch.long, device=device)
         else:
             checked = check_class_counts(class_counts, num_classes)  # frequencies: min -> 1
-            whole = bool((checked == checked.round()).all())
+            # (meta counts have no values: stored as whole counts, shapes only)
+            whole = not has_values(checked) or bool((checked == checked.round()).all())
             counts = checked.to(device=device, dtype=torch.long if whole else torch.float64)
         self.register_buffer("class_counts", counts)
 

@@ -18,10 +18,12 @@ from torch import nn
 from micacl_layers import config
 
 __all__ = [
+    "check_bool",
     "check_class_counts",
     "check_finite",
     "check_finite_parameters",
     "check_floating",
+    "check_ignore_index",
     "check_logits_targets",
     "check_ndim",
     "check_positive_int",
@@ -194,6 +196,8 @@ def check_logits_targets(
     logits: object, targets: object, *, ignore_index: int | None = None, min_classes: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``logits`` ``(B, K)`` floating and ``targets`` ``(B,)`` integer in range."""
+    if ignore_index is not None:
+        ignore_index = check_ignore_index(ignore_index)
     logits = check_floating("logits", logits)
     check_ndim("logits", logits, 2, "(B, K)")
     if logits.shape[1] < min_classes:
@@ -257,6 +261,22 @@ def check_positive_int(name: str, value: object, *, type_error: bool = False) ->
     return number
 
 
+def check_bool(name: str, value: object) -> bool:
+    """A switch: a ``bool`` (``0``, ``"no"`` or ``None`` would silently mean something)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a bool, got {value!r}.")
+    return value
+
+
+def check_ignore_index(value: object) -> int:
+    """The target value to ignore: an int (e.g. -100), returned as ``int``; a bool is not one."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"`ignore_index` must be an int (the target value to ignore, e.g. -100), got {value!r}."
+        )
+    return int(value)
+
+
 def check_nonnegative_float(name: str, value: object) -> float:
     """A finite number >= 0 (a weight, a noise level), returned as ``float``; bool is rejected."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
@@ -270,23 +290,17 @@ def check_class_counts(class_counts: object, num_classes: int) -> torch.Tensor:
     Only the ratios between classes matter, so frequencies or ratios are accepted too: counts
     that are not all whole numbers are rescaled so that the smallest is 1 (whole counts are
     returned as they are), which keeps the losses' "a count of 0 counts as 1" guards inert.
+    Counts (after that rescaling) must be at most 2**53, where float64 stops holding every whole
+    number; bools and complex numbers are not counts. On ``meta`` only the shape is checked.
     """
-    if isinstance(class_counts, (str, bytes)):
-        raise TypeError(
-            f"`class_counts` must be a sequence of numbers or a tensor, got {class_counts!r}."
-        )
-    try:
-        counts = torch.as_tensor(class_counts, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise TypeError(
-            f"`class_counts` must be a sequence of numbers or a tensor, "
-            f"got {class_counts!r} ({err})."
-        ) from None
+    counts = _counts_tensor(class_counts)
     if counts.dim() != 1 or counts.numel() != num_classes:
         raise ValueError(
             f"`class_counts` must have shape ({num_classes},) (one count per class), "
             f"got shape={tuple(counts.shape)}."
         )
+    if not has_values(counts):  # meta: shapes only
+        return counts
     if not bool(torch.isfinite(counts).all()) or bool((counts <= 0).any()):
         raise ValueError(
             f"`class_counts` must be finite and > 0 for every class, got {counts.tolist()}; "
@@ -294,7 +308,40 @@ def check_class_counts(class_counts: object, num_classes: int) -> torch.Tensor:
         )
     if not bool((counts == counts.round()).all()):
         counts = counts / counts.min()
+    # Beyond 2**53 a count is no longer a whole float64 and its int64 buffer overflows (to a
+    # negative count); frequencies this unequal rescale to such counts, or to inf.
+    if bool((counts > _MAX_COUNT).any()):
+        raise ValueError(
+            f"`class_counts` must be at most 2**53 (and, as frequencies, the largest at most "
+            f"2**53 times the smallest), got {counts.tolist()}."
+        )
     return counts
+
+
+_MAX_COUNT = 2.0**53
+
+
+def _counts_tensor(class_counts: object) -> torch.Tensor:
+    """``class_counts`` as a float64 tensor; bools (a mask) and complex values are rejected."""
+    if isinstance(class_counts, (str, bytes)) or class_counts is None:
+        raise TypeError(
+            f"`class_counts` must be a sequence of numbers or a tensor, got {class_counts!r}."
+        )
+    try:
+        # A tensor's or an array's dtype says what it holds; a list is converted as it is.
+        raw = torch.as_tensor(class_counts) if hasattr(class_counts, "dtype") else None
+        if raw is not None and (raw.dtype == torch.bool or raw.is_complex()):
+            got = describe(raw)
+        elif isinstance(class_counts, Sequence) and any(isinstance(c, bool) for c in class_counts):
+            got = repr(class_counts)
+        else:
+            return torch.as_tensor(class_counts if raw is None else raw, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(
+            f"`class_counts` must be a sequence of numbers or a tensor, "
+            f"got {class_counts!r} ({err})."
+        ) from None
+    raise TypeError(f"`class_counts` must hold real numbers (samples per class), got {got}.")
 
 
 def check_features_logits(

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from micacl_layers._validation import check_floating, describe
+from micacl_layers._validation import check_floating, describe, has_values
 
 
 def _checked_prototypes(
@@ -72,6 +72,8 @@ def _batch_normalised(
     exclude_self: bool,
 ) -> torch.Tensor:
     """Divide the weights by their (detached) mean over the anchors Eq. 12 averages over."""
+    if not (has_values(weights) and has_values(targets)):  # meta: shapes only
+        return weights
     counted = _anchors_with_positive(targets, memory, protos, exclude_self)
     if not bool(counted.any()):
         return weights

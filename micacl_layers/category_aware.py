@@ -14,7 +14,14 @@ from typing import Literal
 
 import torch
 
-from micacl_layers._validation import check_logits_targets, check_targets, describe, has_values
+from micacl_layers._validation import (
+    _counts_tensor,
+    check_bool,
+    check_logits_targets,
+    check_targets,
+    describe,
+    has_values,
+)
 from micacl_layers.contrastive import _compute_dtype
 
 __all__ = ["adaptive_temperature", "category_aware_weights"]
@@ -77,6 +84,12 @@ def category_aware_weights(
     class_counts = _check_counts(class_counts, logits.shape[1])
     if weight_norm not in _WEIGHT_NORMS:
         raise ValueError(f"`weight_norm` must be one of {_WEIGHT_NORMS}, got {weight_norm!r}.")
+    for name, value in (
+        ("class_weighting", class_weighting),
+        ("difficulty", difficulty),
+        ("detach_difficulty", detach_difficulty),
+    ):
+        check_bool(name, value)
     return _category_aware_weights(
         logits,
         targets,
@@ -124,7 +137,8 @@ def adaptive_temperature(
 
     Modes: ``"class_mean"`` is Eq. 10 (a mean over the ``K`` classes, independent of the batch);
     ``"batch_mean"`` is the public code's variant, a mean over the batch's targets (so
-    :math:`\tau` changes with the batch composition); ``"fixed"`` returns :math:`\tau_0`.
+    :math:`\tau` changes with the batch composition; an empty batch gets Eq. 10's value);
+    ``"fixed"`` returns :math:`\tau_0`.
     :math:`\tau` lies in :math:`[\tau_0, 2\tau_0]`.
 
     Args:
@@ -157,16 +171,7 @@ def adaptive_temperature(
 def _check_counts(class_counts: object, num_classes: int | None) -> torch.Tensor:
     """Counts for the functional forms: ``(K,)`` finite numbers >= 0 (zeros count as 1)."""
     if not isinstance(class_counts, torch.Tensor):
-        if isinstance(class_counts, (str, bytes)):
-            raise TypeError(
-                f"`class_counts` must be a sequence of numbers or a tensor, got {class_counts!r}."
-            )
-        try:
-            class_counts = torch.as_tensor(class_counts, dtype=torch.float64)
-        except (TypeError, ValueError, RuntimeError):
-            raise TypeError(
-                f"`class_counts` must be a sequence of numbers or a tensor, got {class_counts!r}."
-            ) from None
+        class_counts = _counts_tensor(class_counts)  # (bools, a mask, are a TypeError)
     if class_counts.is_complex() or class_counts.dtype == torch.bool:
         raise TypeError(f"`class_counts` must hold real numbers, got {describe(class_counts)}.")
     expected = "(K,)" if num_classes is None else f"({num_classes},)"
@@ -201,5 +206,6 @@ def _adaptive_temperature(class_counts, tau0, *, mode, targets):
     if mode == "batch_mean":
         if targets is None:
             raise ValueError("`targets` is required for temperature='batch_mean'.")
-        ratio = ratio[targets.to(counts.device)]
+        if targets.numel():  # (an empty batch has no mean: Eq. 10's mean over the classes)
+            ratio = ratio[targets.to(counts.device)]
     return tau0 * (1.0 + ratio).mean()

@@ -25,6 +25,7 @@ from torch import nn
 
 from micacl_layers._validation import (
     check_floating,
+    check_ignore_index,
     check_logits_targets,
     check_ndim,
     check_nonnegative_float,
@@ -65,6 +66,12 @@ class CETOutput(NamedTuple):
 
 def _work(t: torch.Tensor) -> torch.Tensor:
     return t.double() if t.dtype == torch.float64 else t.float()
+
+
+def _check_label_smoothing(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"`label_smoothing` must lie in [0, 1], got {value!r}.")
+    return float(value)
 
 
 def _all_ignored(targets: torch.Tensor, ignore_index: int) -> bool:
@@ -146,8 +153,8 @@ def _feature_augmentation_loss(
             f"got {type(classifier).__name__}."
         )
     check_nonnegative_float("noise_std", noise_std)
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"`label_smoothing` must lie in [0, 1], got {label_smoothing!r}.")
+    label_smoothing = _check_label_smoothing(label_smoothing)
+    ignore_index = check_ignore_index(ignore_index)
     if isinstance(classifier, nn.Module):
         # Features that left an autocast region (float16/bfloat16) meet a float32 classifier
         # outside it here: cast them to its parameters' dtype, as autocast would.
@@ -164,6 +171,8 @@ def _feature_augmentation_loss(
     augmented = features + noise_std * rms * noise
     try:
         logits = classifier(augmented)
+    except torch.OutOfMemoryError:  # (not the caller's mistake: let it through as it is)
+        raise
     except RuntimeError as err:  # e.g. torch's "shapes cannot be multiplied": say whose
         raise ValueError(
             f"`classifier` failed on the augmented `features` "
@@ -255,8 +264,9 @@ def classification_enhancement_term(
         ("logit_adjustment", logit_adjustment),
     ):
         check_nonnegative_float(name, value)
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"`label_smoothing` must lie in [0, 1], got {label_smoothing!r}.")
+    label_smoothing = _check_label_smoothing(label_smoothing)
+    ignore_index = check_ignore_index(ignore_index)
+    check_nonnegative_float("aug_noise_std", aug_noise_std)
     work = _work(logits)
     zero = work.sum() * 0.0
     if _all_ignored(targets, ignore_index):
@@ -345,18 +355,13 @@ class ClassificationEnhancementTerm(nn.Module):
         logit_adjustment: float = 0.0,
     ) -> None:
         super().__init__()
-        if (
-            isinstance(logit_adjustment, bool)
-            or not isinstance(logit_adjustment, (int, float))
-            or not logit_adjustment >= 0
-        ):
-            raise ValueError(f"`logit_adjustment` must be a number >= 0, got {logit_adjustment!r}.")
-        self.logit_adjustment = float(logit_adjustment)
-        self.label_smoothing = label_smoothing
-        self.ial_weight = ial_weight
-        self.aug_weight = aug_weight
-        self.aug_noise_std = aug_noise_std
-        self.ignore_index = ignore_index
+        # Checked here, not at the first forward (the functional form checks them again).
+        self.logit_adjustment = check_nonnegative_float("logit_adjustment", logit_adjustment)
+        self.label_smoothing = _check_label_smoothing(label_smoothing)
+        self.ial_weight = check_nonnegative_float("ial_weight", ial_weight)
+        self.aug_weight = check_nonnegative_float("aug_weight", aug_weight)
+        self.aug_noise_std = check_nonnegative_float("aug_noise_std", aug_noise_std)
+        self.ignore_index = check_ignore_index(ignore_index)
 
     __prepare_scriptable__ = torchscript_unsupported
 

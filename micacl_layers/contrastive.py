@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from micacl_layers._fast import contrastive as _fast
 from micacl_layers._validation import (
+    check_bool,
     check_floating,
     check_ndim,
     check_same_batch,
@@ -170,6 +171,8 @@ def supervised_contrastive_per_anchor(
         check_same_batch(memory_z=memory_z, memory_targets=memory_targets)
     if form not in _FORMS:
         raise ValueError(f"`form` must be one of {_FORMS}, got {form!r}.")
+    check_bool("exclude_self", exclude_self)
+    check_bool("class_average", class_average)
     return contrastive_per_anchor(
         z,
         targets,
@@ -227,6 +230,19 @@ def _projected_fast(z, projection, targets, temperature, *, form, exclude_self):
     )
 
 
+def _label_counts(labels: torch.Tensor) -> torch.Tensor:
+    """For each entry of ``labels`` ``(M,)``, how many entries share its label, ``(M,)``.
+
+    By ``torch.unique``, not ``bincount``: the labels of a contrastive loss are free (negative
+    ones or ``10**12`` are labels too, and ``bincount`` would fail on the one and allocate a
+    bin per integer up to the other). On ``meta`` (shapes only) every count is 1.
+    """
+    if not has_values(labels):
+        return torch.ones_like(labels)
+    _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    return counts[inverse]
+
+
 def _contrastive_reference(
     z: torch.Tensor,
     mem: torch.Tensor | None,
@@ -265,8 +281,7 @@ def _contrastive_reference(
     weighted = sim
     if class_average:
         # log(1 / count of the candidate's class among the anchor's candidates), self excluded.
-        per_class = torch.bincount(cand_targets, minlength=int(cand_targets.max()) + 1)
-        count = per_class[cand_targets][None, :].expand(batch, -1).to(sim.dtype)
+        count = _label_counts(cand_targets)[None, :].expand(batch, -1).to(sim.dtype)
         if exclude_self:
             count = count - (targets[:, None] == cand_targets[None, :]).to(sim.dtype)
         weighted = sim - count.clamp_min(1.0).log()

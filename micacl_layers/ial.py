@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from micacl_layers._validation import check_logits_targets
+from micacl_layers._validation import check_ignore_index, check_logits_targets
 
 __all__ = ["IntensityAwareLoss", "intensity_aware_loss"]
 
@@ -72,6 +72,7 @@ def intensity_aware_loss(
     if reduction not in _REDUCTIONS:
         raise ValueError(f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}.")
     smoothing = _check_label_smoothing(label_smoothing)
+    ignore_index = check_ignore_index(ignore_index)
     logits, targets = check_logits_targets(
         logits, targets, ignore_index=ignore_index, min_classes=2
     )
@@ -122,7 +123,7 @@ class IntensityAwareLoss(nn.Module):
         if reduction not in _REDUCTIONS:
             raise ValueError(f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}.")
         self.reduction = reduction
-        self.ignore_index = ignore_index
+        self.ignore_index = check_ignore_index(ignore_index)
         self.label_smoothing = _check_label_smoothing(label_smoothing)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ gain over plain cross-entropy.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -19,10 +20,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from micacl_layers._validation import (
+    _counts_tensor,
     check_class_counts,
     check_floating,
+    check_ignore_index,
     check_logits_targets,
     describe,
+    has_values,
 )
 
 __all__ = ["LogitAdjustedLoss", "log_prior", "logit_adjusted_cross_entropy"]
@@ -32,8 +36,10 @@ _REDUCTIONS = ("mean", "sum", "none")
 
 
 def _check_options(tau: object, label_smoothing: object, reduction: object) -> None:
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau >= 0:
-        raise ValueError(f"`tau` must be a number >= 0 (0 is plain cross-entropy), got {tau!r}.")
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 <= tau < math.inf:
+        raise ValueError(
+            f"`tau` must be a number >= 0 (finite; 0 is plain cross-entropy), got {tau!r}."
+        )
     if (
         isinstance(label_smoothing, bool)
         or not isinstance(label_smoothing, (int, float))
@@ -45,7 +51,7 @@ def _check_options(tau: object, label_smoothing: object, reduction: object) -> N
 
 
 def _counts_of_any_length(class_counts: object) -> torch.Tensor:
-    counts = torch.as_tensor(class_counts, dtype=torch.float64)
+    counts = _counts_tensor(class_counts)
     if counts.dim() != 1 or counts.numel() == 0:
         raise ValueError(
             f"`class_counts` must have shape (K,) with K >= 1 (one count per "
@@ -118,6 +124,7 @@ def logit_adjusted_cross_entropy(
         tensor(0.8370)
     """
     _check_options(tau, label_smoothing, reduction)
+    ignore_index = check_ignore_index(ignore_index)
     logits, targets = check_logits_targets(logits, targets, ignore_index=ignore_index)
     counts = check_class_counts(class_counts, logits.shape[1])
     return _logit_adjusted_cross_entropy(
@@ -198,14 +205,14 @@ class LogitAdjustedLoss(nn.Module):
         super().__init__()
         _check_options(tau, label_smoothing, reduction)
         counts = _counts_of_any_length(class_counts)
-        if not bool((counts == counts.round()).all()):
+        if has_values(counts) and not bool((counts == counts.round()).all()):
             raise ValueError(f"`class_counts` must be whole numbers, got {counts.tolist()}.")
         self.class_counts: torch.Tensor
         self.register_buffer("class_counts", counts.to(torch.long))
         self.tau = float(tau)
         self.label_smoothing = float(label_smoothing)
         self.reduction = reduction
-        self.ignore_index = ignore_index
+        self.ignore_index = check_ignore_index(ignore_index)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Compute the loss; see :func:`logit_adjusted_cross_entropy`."""

@@ -32,10 +32,16 @@ from torch import nn
 
 from micacl_layers._class_counts import RunningClassCounts
 from micacl_layers._validation import (
+    check_bool,
     check_class_counts,
     check_features_logits,
     check_finite_parameters,
+    check_floating,
+    check_ndim,
     check_positive_int,
+    check_same_batch,
+    check_targets,
+    describe,
     to_parameter_dtype,
     torchscript_unsupported,
 )
@@ -135,8 +141,9 @@ def multiscale_category_aware_contrastive_loss(
         reduction: ``"mean"`` (over anchors with positives), ``"sum"`` or ``"none"``.
         return_breakdown: Return an :class:`MCCLOutput` instead of the loss alone.
         memory: Extra contrast candidates ``(embeddings, targets)``: one ``(M, P_s)`` tensor of
-            already-projected embeddings per scale and their ``(M,)`` labels (e.g. a
-            :class:`~micacl_layers.memory.ContrastMemory`); they are never anchors.
+            already-projected embeddings per scale and their ``(M,)`` labels, class indices in
+            ``[0, K)`` (e.g. a :class:`~micacl_layers.memory.ContrastMemory`'s ``get()``); they
+            are never anchors.
         class_average: Class-averaged sums (BCL); see :class:`MCCLOptions`.
         class_complements: Class prototypes as candidates (BCL); needs ``prototypes``.
         weight_norm: ``"classes"`` (Eq. 7) or ``"batch"``; see :class:`MCCLOptions`.
@@ -171,12 +178,86 @@ def multiscale_category_aware_contrastive_loss(
         counts,
         options,
         projections=projections,
-        memory=memory,
+        memory=_checked_memory(memory, len(options.scales), logits.shape[1]),
         return_breakdown=return_breakdown,
         need_embeddings=False,
         prototypes=prototypes,
     )
     return result
+
+
+def _checked_memory(
+    memory: object, num_scales: int, num_classes: int
+) -> tuple[list[torch.Tensor], torch.Tensor] | None:
+    """The functional form's ``memory``: one floating ``(M, P_s)`` per scale, ``(M,)`` labels.
+
+    The labels are class indices of the batch's classes (``[0, K)``), as those of a
+    :class:`~micacl_layers.memory.ContrastMemory`. Each ``P_s`` is checked against the scale's
+    embeddings once they are formed (``_check_memory_size``).
+    """
+    if memory is None:
+        return None
+    if not isinstance(memory, (tuple, list)) or len(memory) != 2:
+        raise TypeError(
+            f"`memory` must be a pair (embeddings, targets): one (M, P_s) tensor per scale and "
+            f"their (M,) labels, got {_what(memory)}."
+        )
+    embeddings, labels = memory
+    if not isinstance(embeddings, (tuple, list)) or len(embeddings) != num_scales:
+        got = len(embeddings) if isinstance(embeddings, (tuple, list)) else describe(embeddings)
+        raise ValueError(
+            f"`memory` must hold one embedding tensor per scale ({num_scales}), got {got}."
+        )
+    labels = check_targets("memory[1]", labels, num_classes)
+    checked = []
+    for i, emb in enumerate(embeddings):
+        name = f"memory[0][{i}]"
+        emb = check_floating(name, emb)
+        check_ndim(name, emb, 2, "(M, P_s)")
+        check_same_batch(**{name: emb, "memory[1]": labels})
+        checked.append(emb)
+    return checked, labels
+
+
+def _what(value: object) -> str:
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}"
+    return describe(value)
+
+
+def _check_memory_size(mem_z: torch.Tensor, z: torch.Tensor, idx: int) -> None:
+    """Memory embeddings of scale ``idx`` must have the size of that scale's embeddings."""
+    if mem_z.shape[1] != z.shape[1]:
+        raise ValueError(
+            f"`memory[0][{idx}]` must have shape (M, P)=(M, {z.shape[1]}) like the embeddings "
+            f"of scales[{idx}] ({describe(z)}), got {describe(mem_z)}."
+        )
+
+
+def _project(
+    projection: Callable[[torch.Tensor], torch.Tensor], pooled: torch.Tensor, idx: int
+) -> torch.Tensor:
+    """``projections[idx](pooled)``, with an error that names it if it fails or gives no (B, P)."""
+    try:
+        z = projection(pooled)
+    except torch.OutOfMemoryError:  # (not the caller's mistake: let it through as it is)
+        raise
+    except RuntimeError as err:  # e.g. torch's "shapes cannot be multiplied": say whose
+        raise ValueError(
+            f"`projections[{idx}]` failed on its input, the features pooled by scales[{idx}] "
+            f"({describe(pooled)}); it must map (B, D // s) to (B, P): {err}"
+        ) from err
+    if (
+        not isinstance(z, torch.Tensor)
+        or not z.is_floating_point()
+        or z.dim() != 2
+        or z.shape[0] != pooled.shape[0]
+    ):
+        raise ValueError(
+            f"`projections[{idx}]` must map the pooled features ({describe(pooled)}) to a "
+            f"floating (B, P) tensor, got {describe(z)}."
+        )
+    return z
 
 
 def _multiscale_loss(
@@ -201,6 +282,12 @@ def _multiscale_loss(
     scales = options.scales
     options.check_feature_dim(features.shape[1])
     options._check_per_scale("projections", projections, "callable")
+    for idx, projection in enumerate(projections or ()):
+        if not callable(projection):
+            raise TypeError(
+                f"`projections[{idx}]` must be a callable (e.g. nn.Linear(D // s, P)), "
+                f"got {type(projection).__name__}."
+            )
     options._check_per_scale("memory", None if memory is None else memory[0], "embedding tensor")
     protos = _checked_prototypes(prototypes, options.class_complements, logits.shape[1], features)
     weights = _category_aware_weights(  # Eq. 7
@@ -229,12 +316,17 @@ def _multiscale_loss(
             loss_s, has_positive = fused
             embeddings.append(None)
         else:
-            z = z if projection is None else projection(z)  # ... then Proj_s
+            z = z if projection is None else _project(projection, z, idx)  # ... then Proj_s
             embeddings.append(z)
             mem_z, mem_t = (None, None) if memory is None else (memory[0][idx], memory[1])
+            if mem_z is not None:
+                _check_memory_size(mem_z, z, idx)
             if protos is not None:
                 pool = functools.partial(_pool_features, scale=s)
-                mem_z, mem_t = _with_complements(protos, pool, projection, mem_z, mem_t)
+                project = (
+                    None if projection is None else functools.partial(_project, projection, idx=idx)
+                )
+                mem_z, mem_t = _with_complements(protos, pool, project, mem_z, mem_t)
             loss_s, has_positive = contrastive_per_anchor(  # Eq. 9, 11
                 z,
                 targets,
@@ -270,9 +362,10 @@ class MultiscaleCategoryAwareContrastiveLoss(RunningClassCounts):
     See :func:`multiscale_category_aware_contrastive_loss` for the computation; every choice
     where the paper is ambiguous is documented on the "Paper to code" page.
 
-    Dtypes: features of another floating dtype than the projections are cast to it before the
-    projections, as ``torch.autocast`` would (under autocast, autocast decides); similarities run
-    in float32 (float64 for float64 parameters); targets may have any integer dtype.
+    Dtypes: features (and prototypes) of another floating dtype than the projections are cast
+    to it before the projections, as ``torch.autocast`` would (under autocast, autocast
+    decides); similarities run in float32 (float64 for float64 parameters); targets may have
+    any integer dtype.
     ``torch.jit.script`` raises a ``RuntimeError`` that points to ``torch.compile``, which works.
 
     Args:
@@ -359,6 +452,11 @@ class MultiscaleCategoryAwareContrastiveLoss(RunningClassCounts):
         # The keywords are the options (never rebound before this line); see the signature test.
         self.options = MCCLOptions._from_arguments(locals())
         self.options.check_feature_dim(feature_dim)
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(
+                f"`dtype` (of the projections) must be a floating torch.dtype or None, "
+                f"got {dtype!r}."
+            )
         if projection_dim is not None:  # (checked before the counts, as always)
             projection_dim = check_positive_int("projection_dim", projection_dim)
         self.projection_dim = projection_dim
@@ -366,7 +464,7 @@ class MultiscaleCategoryAwareContrastiveLoss(RunningClassCounts):
         self.projections = scale_projections(  # (None without a projection_dim)
             feature_dim, self.options.scales, projection_dim, device=device, dtype=dtype
         )
-        self.gather_distributed = gather_distributed
+        self.gather_distributed = check_bool("gather_distributed", gather_distributed)
         dims = [projection_dim or feature_dim // s for s in self.options.scales]
         self.memory = ContrastMemory.optional(memory_size, dims, device=device)
 
@@ -405,8 +503,12 @@ class MultiscaleCategoryAwareContrastiveLoss(RunningClassCounts):
         check_finite_parameters(self)
         if self.projections is not None:
             # Features from an autocast region (float16/bfloat16) or float64 data meet the
-            # projections in their dtype, as autocast would cast them.
-            features = to_parameter_dtype(features, cast(nn.Linear, self.projections[0]).weight)
+            # projections in their dtype, as autocast would cast them; so do the prototypes
+            # (the weight rows of a classifier kept in another dtype, e.g. after `.half()`).
+            weight = cast(nn.Linear, self.projections[0]).weight
+            features = to_parameter_dtype(features, weight)
+            if isinstance(prototypes, torch.Tensor) and prototypes.is_floating_point():
+                prototypes = to_parameter_dtype(prototypes, weight)
         if self.gather_distributed and is_distributed():
             # Every rank computes the loss of the global batch; see micacl_layers.distributed
             # for why DDP then needs no gradient rescaling.

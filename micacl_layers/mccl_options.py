@@ -8,7 +8,7 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 
-from micacl_layers._validation import check_positive_int
+from micacl_layers._validation import check_bool, check_positive_int
 from micacl_layers.category_aware import (
     _TEMPERATURES,
     _WEIGHT_NORMS,
@@ -22,6 +22,14 @@ __all__ = ["MCCLOptions", "MCCLOutput"]
 
 Reduction = Literal["mean", "sum", "none"]
 _REDUCTIONS = ("mean", "sum", "none")
+_SWITCHES = (
+    "exclude_self",
+    "class_weighting",
+    "difficulty",
+    "detach_difficulty",
+    "class_average",
+    "class_complements",
+)
 
 
 def _check_scales(scales: object) -> tuple[int, ...]:
@@ -131,9 +139,8 @@ class MCCLOptions:
         _check_choice("form", self.form, _FORMS)
         _check_choice("reduction", self.reduction, _REDUCTIONS)
         _check_choice("weight_norm", self.weight_norm, _WEIGHT_NORMS)
-        for name in ("class_average", "class_complements"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"`{name}` must be a bool, got {getattr(self, name)!r}.")
+        for name in _SWITCHES:
+            check_bool(name, getattr(self, name))
 
     @classmethod
     def _from_arguments(cls, arguments: Mapping[str, Any]) -> MCCLOptions:

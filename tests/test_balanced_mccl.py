@@ -289,3 +289,53 @@ def test_option_combinations_build():
             projection_dim=4,
         )
         assert f"class_average={ca}" in repr(m)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_prototypes_of_another_dtype_meet_the_projections_in_theirs(dtype):
+    """A classifier kept in another dtype (`.half()`, `.double()`) gave torch's "mat1 and mat2
+    must have the same dtype"; its weight rows are cast like the features, as autocast would."""
+    torch.manual_seed(0)
+    m = MCCLoss(K, D, COUNTS.long().tolist(), projection_dim=8, class_complements=True)
+    feats, logits = torch.randn(10, D), torch.randn(10, K)
+    protos = torch.randn(K, D).to(dtype).requires_grad_(True)
+    got = m(feats, logits, TARGETS, prototypes=protos)
+    want = m(feats, logits, TARGETS, prototypes=protos.detach().float())
+    torch.testing.assert_close(got, want)
+    got.backward()
+    assert protos.grad is not None and protos.grad.dtype == dtype
+    assert torch.isfinite(protos.grad.float()).all()
+    # The "balanced" preset with a float64 classifier and float32 features.
+    crit = MICACLLoss.from_preset("balanced", K, D, COUNTS.long().tolist(), projection_dim=8)
+    head = torch.nn.Linear(D, K).to(dtype)
+    loss = crit(feats, head(feats.to(dtype)).float(), TARGETS, classifier=head)
+    assert torch.isfinite(loss)
+
+
+def test_class_average_takes_any_labels():
+    """bincount raised on negative labels and tried to allocate 8 TB for a label of 1e12; the
+    labels of the contrastive term are free, and only their equality matters."""
+    torch.manual_seed(0)
+    z, mem = torch.randn(10, D), torch.randn(5, D)
+    mem_t = torch.tensor([0, 1, 2, 3, 0])
+    relabel = torch.tensor([-7, 10**12, -1, 4])  # class k -> relabel[k]
+    for form in ("ratio", "log"):
+        want = supervised_contrastive_per_anchor(
+            z, TARGETS, 0.1, form=form, memory_z=mem, memory_targets=mem_t, class_average=True
+        )
+        got = supervised_contrastive_per_anchor(
+            z,
+            relabel[TARGETS],
+            0.1,
+            form=form,
+            memory_z=mem,
+            memory_targets=relabel[mem_t],
+            class_average=True,
+        )
+        torch.testing.assert_close(got[0], want[0])
+        assert torch.equal(got[1], want[1])
+    # ... and the values are BCL Eq. 5's (the loop), whatever the labels.
+    z64, labels = z.double(), relabel[TARGETS]
+    loop = _loop_class_average(z64, labels, z64, labels, 0.1, "log")
+    got, _ = supervised_contrastive_per_anchor(z64, labels, 0.1, form="log", class_average=True)
+    torch.testing.assert_close(got, loop)

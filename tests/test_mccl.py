@@ -463,6 +463,19 @@ def test_breakdown_is_consistent():
     assert out.has_positive.tolist() == [True, True, True, True, False, True]
 
 
+def test_batch_mean_temperature_of_an_empty_batch_is_eq10():
+    """The mean over no targets was NaN (in the breakdown of an empty batch's loss)."""
+    counts = torch.tensor([40, 7, 13])
+    empty = torch.zeros(0, dtype=torch.long)
+    eq10 = adaptive_temperature(counts, 0.07)
+    got = adaptive_temperature(counts, 0.07, mode="batch_mean", targets=empty)
+    torch.testing.assert_close(got, eq10)
+    mccl = MCCLoss(3, 8, counts, projection_dim=4, temperature="batch_mean")
+    out = mccl(torch.randn(0, 8), torch.randn(0, 3), empty, return_breakdown=True)
+    assert float(out.loss.detach()) == 0.0 and out.loss.grad_fn is not None
+    torch.testing.assert_close(out.temperature.double(), eq10)
+
+
 # ------------------------------------------------------------------------------------------
 # building blocks
 # ------------------------------------------------------------------------------------------
@@ -755,3 +768,21 @@ def test_torch_compile_smoke():
     compiled = torch.compile(mccl, backend="aot_eager")
     f, z, y = torch.randn(6, 8), torch.randn(6, 3), torch.tensor([0, 0, 1, 1, 2, 2])
     torch.testing.assert_close(compiled(f, z, y), mccl(f, z, y))
+
+
+def test_out_of_memory_in_a_projection_or_classifier_is_not_reworded():
+    # Shape errors of a user's callable are re-raised naming it; running out of memory is not
+    # the caller's mistake and must reach them as torch's own OutOfMemoryError.
+    from micacl_layers import ClassificationEnhancementTerm
+    from micacl_layers.functional import multiscale_category_aware_contrastive_loss
+
+    def oom(_):
+        raise torch.OutOfMemoryError("out of memory")
+
+    f, z, y = torch.randn(4, 8), torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    with pytest.raises(torch.OutOfMemoryError):
+        multiscale_category_aware_contrastive_loss(
+            f, z, y, [5, 3, 1], scales=(1,), projections=[oom]
+        )
+    with pytest.raises(torch.OutOfMemoryError):
+        ClassificationEnhancementTerm(aug_weight=1.0)(z, y, features=f, classifier=oom)

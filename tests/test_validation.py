@@ -15,6 +15,7 @@ from micacl_layers import (
     InstanceSelfAttention,
     InstanceWeights,
     IntensityAwareLoss,
+    LogitAdjustedLoss,
     MCCLoss,
     MICACLLoss,
     WIANCell,
@@ -840,6 +841,49 @@ def _meta_cases():
         ("InstanceWeights", lambda: InstanceWeights(D, 6, device=meta)(x, mask), (2, 4, 6)),
         ("attention", lambda: InstanceSelfAttention(D, 2, device=meta)(x, mask), (2, 4, D)),
         ("scpa", lambda: supervised_contrastive_per_anchor(f, y, 0.1)[0], (6,)),
+        # The balanced options read values (class sizes, the weights' batch mean): skipped on
+        # meta, where `.item()` and bincount's size raised.
+        (
+            "scpa-class-average",
+            lambda: supervised_contrastive_per_anchor(f, y, 0.1, class_average=True)[0],
+            (6,),
+        ),
+        *(
+            (
+                f"MCCLoss-{name}",
+                lambda options=options: MCCLoss(
+                    K, D, COUNTS, projection_dim=4, device=meta, **options
+                )(f, z, y, prototypes=lin.weight if options.get("class_complements") else None),
+                (),
+            )
+            for name, options in (
+                ("class-average", {"class_average": True}),
+                ("weight-norm-batch", {"weight_norm": "batch"}),
+                (
+                    "bcl",
+                    {"class_average": True, "class_complements": True, "weight_norm": "batch"},
+                ),
+            )
+        ),
+        (
+            "MICACLLoss-balanced-preset",
+            lambda: MICACLLoss.from_preset("balanced", K, D, COUNTS, projection_dim=4, device=meta)(
+                f, z, y, classifier=lin
+            ),
+            (),
+        ),
+        (
+            "mccl-fn-meta-counts",
+            lambda: call_mccl_fn(
+                features=f, logits=z, targets=y, class_counts=torch.tensor(COUNTS, device=meta)
+            ),
+            (),
+        ),
+        (
+            "LogitAdjustedLoss-meta-counts",
+            lambda: LogitAdjustedLoss(torch.tensor([5, 3, 2], device=meta))(z, y),
+            (),
+        ),
     ]
 
 
