@@ -22,6 +22,7 @@ from micacl_layers._validation import (
     check_floating,
     check_ndim,
     check_nonnegative_float,
+    check_positive_int,
     describe,
     torchscript_unsupported,
 )
@@ -99,7 +100,7 @@ class MICACLLoss(nn.Module):
     this module's parameters).
 
     Args:
-        num_classes: Number of classes ``K``.
+        num_classes: Number of classes ``K`` (at least 2: the cross-entropy needs two).
         feature_dim: Clip feature size ``D``.
         class_counts: Samples per class, or ``None`` for running counts.
         scales: MCCL pooling scales.
@@ -144,6 +145,12 @@ class MICACLLoss(nn.Module):
         **mccl_options: Any,
     ) -> None:
         super().__init__()
+        # The CET's cross-entropy needs two classes: fail here, not at every forward.
+        if check_positive_int("num_classes", num_classes) < 2:
+            raise ValueError(
+                f"`num_classes` must be >= 2 for MICACLLoss (its cross-entropy needs two "
+                f"classes), got {num_classes!r}."
+            )
         self.mc_weight = check_nonnegative_float("mc_weight", mc_weight)
         self.cet = ClassificationEnhancementTerm(
             label_smoothing=label_smoothing,

@@ -115,6 +115,7 @@ class IntensityAwareLoss(nn.Module):
 
     def __init__(
         self,
+        *,
         reduction: Literal["mean", "sum", "none"] = "mean",
         ignore_index: int = -100,
         label_smoothing: float = 0.0,
