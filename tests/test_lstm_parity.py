@@ -124,9 +124,19 @@ def test_repr_matches_lstm(kwargs):
     assert repr(WIAN(4, 6, **kwargs)).replace("WIAN", "LSTM") == repr(nn.LSTM(4, 6, **kwargs))
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_cell_repr_matches_lstm_cell(bias):
+    # nn.LSTMCell shows the bias only when it is not the default.
+    got = repr(WIANCell(4, 6, bias=bias)).replace("WIANCell", "LSTMCell")
+    assert got == repr(nn.LSTMCell(4, 6, bias=bias))
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
+        {"bias": None},
+        {"bias": 0},
+        {"batch_first": 1},
         {"dropout": 1.5},
         {"dropout": -0.1},
         {"dropout": True},
