@@ -7,6 +7,8 @@ adds local interaction at several temporal extents.
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from micacl_layers._validation import (
+    check_device,
     check_finite_parameters,
     check_floating,
     check_ndim,
@@ -229,8 +232,19 @@ class GEIIM(nn.Module):
         self.num_instances = check_positive_int("num_instances", num_instances)
         self.dim = check_positive_int("dim", dim)
         self.node_dim = check_positive_int("node_dim", node_dim)
-        if not 0.0 <= float(alpha_init) <= 1.0:
+        alpha = math.nan  # (a string, None or a bool is no number: the error below)
+        if not isinstance(alpha_init, (bool, str)):
+            with contextlib.suppress(TypeError, ValueError, RuntimeError):
+                alpha = float(alpha_init)
+        if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"`alpha_init` must lie in [0, 1], got {alpha_init!r}.")
+        alpha_init = alpha
+        # (Checked with or without the multiscale stage it applies to.)
+        is_number = isinstance(dropout, (int, float)) and not isinstance(dropout, bool)
+        if not is_number or not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"`dropout` must be a number in [0, 1], got {dropout!r}.")
+        if kernel_sizes is not None and not isinstance(kernel_sizes, Sequence):
+            raise ValueError(f"`kernel_sizes` must hold odd positive ints, got {kernel_sizes!r}.")
         kernel_sizes = tuple(kernel_sizes or ())
         for k in kernel_sizes:
             if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
@@ -308,8 +322,10 @@ class GEIIM(nn.Module):
                 f"`x` must have shape (B, T, C)=(B, {self.num_instances}, {self.dim}) "
                 f"(num_instances={self.num_instances}, dim={self.dim}), got {describe(x)}."
             )
+        check_device("x", x, self.node_src.device, "GEIIM")
         if padding_mask is not None:
             padding_mask = _check_padding_mask(padding_mask, x.shape[0], self.num_instances)
+            check_device("padding_mask", padding_mask, self.node_src.device, "GEIIM")
         check_finite_parameters(self)
         # Another floating dtype than the parameters' (float16/bfloat16 from an autocast
         # region, float64 data) is computed in the parameters' dtype, as autocast would.
