@@ -215,6 +215,25 @@ class WIAN(nn.Module):
         """Uniform in :math:`\\pm 1/\\sqrt{H}`, as ``nn.LSTM``."""
         _init_uniform(self, self.hidden_size)
 
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        """The parameters of each layer and direction, as ``nn.LSTM.all_weights``.
+
+        One list per layer and direction (layer-major, as ``h_n``): ``weight_ih``, ``weight_hh``
+        and, with biases, ``bias_ih``, ``bias_hh``; code that walks them (say, to set the
+        forget gate's bias rows ``H:2H``) reads the same gate layout as in ``nn.LSTM``.
+        """
+        kinds = (
+            ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            if self.bias
+            else ("weight_ih", "weight_hh")
+        )
+        return [
+            [getattr(self, f"{kind}_l{layer}{suffix}") for kind in kinds]
+            for layer in range(self.num_layers)
+            for suffix in self._suffixes()
+        ]
+
     def flatten_parameters(self) -> None:
         """Do nothing: there is no cuDNN weight buffer to compact.
 
