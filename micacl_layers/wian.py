@@ -40,6 +40,7 @@ from micacl_layers._recurrent_checks import (
 )
 from micacl_layers._validation import (
     check_device,
+    check_finite_parameters,
     check_ndim,
     check_positive_int,
     describe,
@@ -318,6 +319,7 @@ class WIAN(nn.Module):
         parameter = cast(torch.Tensor, self.weight_ih_l0)
         dtype = parameter.dtype
         x = check_input(input, parameter, "WIAN")
+        check_finite_parameters(self)  # (with config.check_finite on, as every layer)
         layout = "(B, T, I)" if self.batch_first else "(T, B, I)"
         check_ndim("input", x, (2, 3), f"{layout} or unbatched (T, I)")
         given = weights

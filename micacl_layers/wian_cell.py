@@ -21,6 +21,7 @@ from micacl_layers._lstm_conversion import check_lstm_like, copy_lstm_gates
 from micacl_layers._recurrent_checks import check_input, check_state, check_weight, per_instance
 from micacl_layers._validation import (
     check_device,
+    check_finite_parameters,
     check_floating,
     check_ndim,
     check_positive_int,
@@ -223,6 +224,7 @@ class WIANCell(nn.Module):
         """
         dtype = self.weight_ih.dtype
         x = check_input(input, self.weight_ih, "WIANCell")
+        check_finite_parameters(self)  # (with config.check_finite on, as every layer)
         check_ndim("input", x, (1, 2), "(B, I) or (I,)")
         unbatched = x.dim() == 1
         given = weight
