@@ -8,7 +8,8 @@ self-attention -> instance pooling -> classifier.
 
 from __future__ import annotations
 
-import numbers
+import contextlib
+import operator
 from typing import Literal
 
 import torch
@@ -146,26 +147,22 @@ class MICACLHead(nn.Module):
             self.aggregator = _Conv1dAggregator(in_dim, hidden_size)
             feature_dim = hidden_size
         self.feature_dim = feature_dim
-        if (
-            isinstance(attention_heads, bool)
-            or not isinstance(attention_heads, numbers.Integral)
-            or attention_heads < 0
-        ):
+        heads = -1  # (a bool, a float or anything else that is no integer: the error below)
+        if not isinstance(attention_heads, bool):
+            with contextlib.suppress(TypeError):
+                heads = operator.index(attention_heads)
+        if heads < 0:
             raise ValueError(
                 f"`attention_heads` must be an int >= 0 (0 leaves the attention out), "
                 f"got {attention_heads!r}."
             )
-        if attention_heads:
-            heads = int(attention_heads)
-            if feature_dim % heads:
-                raise ValueError(
-                    f"`attention_heads` ({heads}) must divide the clip feature size "
-                    f"{feature_dim} (hidden_size={hidden_size}, bidirectional={bidirectional}, "
-                    f"aggregator={aggregator!r}), or be 0 to leave the attention out."
-                )
-        self.attention = (
-            InstanceSelfAttention(feature_dim, int(attention_heads)) if attention_heads else None
-        )
+        if heads and feature_dim % heads:
+            raise ValueError(
+                f"`attention_heads` ({heads}) must divide the clip feature size "
+                f"{feature_dim} (hidden_size={hidden_size}, bidirectional={bidirectional}, "
+                f"aggregator={aggregator!r}), or be 0 to leave the attention out."
+            )
+        self.attention = InstanceSelfAttention(feature_dim, heads) if heads else None
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(feature_dim, num_classes)
 
