@@ -161,6 +161,11 @@ def _graph_propagate(
     return alpha * x + (1.0 - alpha) * torch.matmul(adjacency.to(x.dtype), x)
 
 
+def _alpha_logit(alpha: float) -> torch.Tensor:
+    # In float64, so an alpha_init of 0 or 1 stays finite before rounding to the parameter.
+    return torch.logit(torch.tensor(alpha, dtype=torch.float64), eps=1e-12)
+
+
 class GEIIM(nn.Module):
     r"""Graph-Enhanced Instance Interaction Module (MICACL Eq. 1-2 plus multiscale convolutions).
 
@@ -254,10 +259,9 @@ class GEIIM(nn.Module):
         self.node_src = nn.Parameter(torch.empty(num_instances, node_dim, **factory))
         self.node_dst = nn.Parameter(torch.empty(node_dim, num_instances, **factory))
         self.learn_alpha = learn_alpha
+        self.alpha_init = alpha_init
         if learn_alpha:
-            # logit computed in float64 so alpha_init of 0 or 1 stays finite before rounding.
-            a = torch.tensor(float(alpha_init), dtype=torch.float64)
-            theta = torch.logit(a, eps=1e-12).to(dtype or torch.get_default_dtype())
+            theta = _alpha_logit(alpha_init).to(dtype or torch.get_default_dtype())
             self.alpha_logit = nn.Parameter(theta.to(device))
         else:
             self.register_buffer("alpha_fixed", torch.tensor(float(alpha_init), **factory))
@@ -275,7 +279,11 @@ class GEIIM(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Re-initialise the parameters (node embeddings give unit-variance graph scores)."""
+        """Re-initialise the parameters (node embeddings give unit-variance graph scores).
+
+        :math:`\alpha` returns to ``alpha_init`` too, so a module built on ``meta`` and then
+        given storage with ``to_empty`` is, after this call, the module ``__init__`` builds.
+        """
         std = self.node_dim**-0.25
         nn.init.normal_(self.node_src, std=std)
         nn.init.normal_(self.node_dst, std=std)
@@ -284,6 +292,11 @@ class GEIIM(nn.Module):
                 conv.reset_parameters()  # type: ignore[operator]
             nn.init.zeros_(self.fuse.weight)
             nn.init.zeros_(self.fuse.bias)
+        with torch.no_grad():  # (the values __init__ gave: copy_ rounds as .to(dtype) did)
+            if self.learn_alpha:
+                self.alpha_logit.copy_(_alpha_logit(self.alpha_init))
+            else:
+                self.alpha_fixed.fill_(self.alpha_init)
 
     __prepare_scriptable__ = torchscript_unsupported
 
