@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import Sequence
 
 import torch
@@ -33,6 +35,18 @@ def check_lstm_like(name: str, module: object, kind: type[nn.Module]) -> nn.Modu
     return module
 
 
+def _check_gate_bias(gate_bias: object) -> float:
+    # A NaN bias makes every output NaN; an infinite one lasts only until weight decay
+    # computes inf - inf. (Anything float() takes, a NumPy number or a 0-d tensor, is a number.)
+    value = math.nan
+    if not isinstance(gate_bias, (bool, str)):
+        with contextlib.suppress(TypeError, ValueError, RuntimeError, NotImplementedError):
+            value = float(gate_bias)  # type: ignore[arg-type]
+    if not math.isfinite(value):
+        raise ValueError(f"`gate_bias` must be a finite number or None, got {gate_bias!r}.")
+    return value
+
+
 def copy_lstm_gates(
     target: nn.Module,
     source: nn.Module,
@@ -51,6 +65,8 @@ def copy_lstm_gates(
     rows = 4 * hidden
     if gate_bias is None:
         gate_bias = saturating_bias(next(target.parameters()).dtype)
+    else:
+        gate_bias = _check_gate_bias(gate_bias)
     with torch.no_grad():
         for suffix in suffixes:
             for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):

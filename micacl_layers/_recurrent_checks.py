@@ -7,7 +7,7 @@ import warnings
 import torch
 from torch import nn
 
-from micacl_layers._validation import check_finite, check_floating, describe
+from micacl_layers._validation import check_device, check_finite, check_floating, describe
 
 
 def check_weight(
@@ -18,25 +18,31 @@ def check_weight(
     *,
     given: torch.Tensor | None = None,
     per_instance: str = "",
+    unbatched_dim: int | None = None,
 ) -> torch.Tensor:
     """``weight`` broadcast to ``target_shape``.
 
-    Errors describe ``given`` (what the caller passed, before a trailing 1 was added) and
-    mention the ``per_instance`` layout.
+    Errors describe ``given`` (what the caller passed, before a trailing 1 or a batch
+    dimension was added) and mention the ``per_instance`` layout. For an unbatched input,
+    ``unbatched_dim`` is the batch dimension added to ``target_shape``: the error shows the
+    shape without it, in the unbatched ``layout`` the caller passed.
     """
     given = weight if given is None else given
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"`{name}` must be a tensor or None, got {type(weight).__name__}.")
     if not weight.is_floating_point():
-        raise TypeError(f"`{name}` must be floating point, got {describe(weight)}.")
+        raise TypeError(f"`{name}` must be floating point, got {describe(given)}.")
     check_finite(name, given if isinstance(given, torch.Tensor) else weight)
     try:
         return weight.broadcast_to(target_shape)
     except RuntimeError:
+        shown, where = target_shape, layout
+        if unbatched_dim is not None:
+            shown = target_shape[:unbatched_dim] + target_shape[unbatched_dim + 1 :]
+            where = f"unbatched {layout}"
         also = f" or of shape {per_instance} (one weight per instance)" if per_instance else ""
         raise ValueError(
-            f"`{name}` must be broadcastable to {layout}={target_shape}{also}, "
-            f"got {describe(given)}."
+            f"`{name}` must be broadcastable to {where}={shown}{also}, got {describe(given)}."
         ) from None
 
 
@@ -59,13 +65,16 @@ def check_dropout(dropout: object, num_layers: int) -> float:
     return float(dropout)
 
 
-def check_input(input: object, dtype: torch.dtype) -> torch.Tensor:
+def check_input(input: object, parameter: torch.Tensor, owner: str) -> torch.Tensor:
+    """``input`` as a floating tensor on ``parameter``'s device, in ``parameter``'s dtype."""
     if isinstance(input, nn.utils.rnn.PackedSequence):
         raise TypeError(
             "`input` must be a tensor: WIAN does not take a PackedSequence; pad the "
             "sequences and pass a padding mask to the head instead."
         )
     x = check_floating("input", input)
+    check_device("input", x, parameter.device, owner)
+    dtype = parameter.dtype
     # Computed in the parameters' dtype, as autocast would cast it (nn.LSTM raises instead).
     return x if x.dtype == dtype else x.to(dtype)
 
@@ -76,9 +85,14 @@ def check_state(
     unbatched: bool,
     unbatched_dim: int,
     layout: str,
-    dtype: torch.dtype,
+    parameter: torch.Tensor,
+    owner: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``hx`` as ``(h_0, c_0)`` of ``shape`` in ``dtype``: a tuple or list of two tensors."""
+    """``hx`` as ``(h_0, c_0)`` of ``shape`` on ``parameter``'s device, in its dtype.
+
+    ``hx`` is a tuple or list of two tensors.
+    """
+    dtype = parameter.dtype
     if (
         not isinstance(hx, (tuple, list))
         or len(hx) != 2
@@ -94,6 +108,7 @@ def check_state(
         if tuple(t.shape) != want:
             what, where = ("unbatched ", layout.replace("B, ", "")) if unbatched else ("", layout)
             raise ValueError(f"`{name}` must have {what}shape {where}={want}, got {describe(t)}.")
+        check_device(name, t, parameter.device, owner)
         t = t.unsqueeze(unbatched_dim) if unbatched else t
         out.append(t if t.dtype == dtype else t.to(dtype))
     return out[0], out[1]

@@ -20,6 +20,7 @@ from micacl_layers import config
 __all__ = [
     "check_bool",
     "check_class_counts",
+    "check_device",
     "check_finite",
     "check_finite_parameters",
     "check_floating",
@@ -136,6 +137,20 @@ def check_floating(name: str, t: object) -> torch.Tensor:
         )
     check_finite(name, t)
     return t
+
+
+def check_device(name: str, t: torch.Tensor, device: torch.device, owner: str) -> None:
+    """``t`` on ``device``, where ``owner``'s parameters are.
+
+    Torch's own errors for a tensor on another device come from deep inside an operator
+    (or, for a ``meta`` tensor, as a ``NotImplementedError`` about copying); this one names the
+    argument and both devices.
+    """
+    if t.device != device:
+        raise ValueError(
+            f"`{name}` must be on the device of the {owner}'s parameters ({device}), got "
+            f"{describe(t)} on {t.device}; move it with `.to({str(device)!r})`."
+        )
 
 
 def check_ndim(name: str, t: torch.Tensor, ndims: int | Sequence[int], layout: str) -> None:

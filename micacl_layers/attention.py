@@ -92,6 +92,10 @@ class InstanceSelfAttention(nn.Module):
             padding_mask = check_some_real_instance(
                 check_padding_mask(padding_mask, x.shape[0], x.shape[1])
             )
+            if not x.shape[0]:
+                # An empty batch has nothing to mask, and nn.MultiheadAttention (without
+                # attention weights) fails to reshape an empty mask: as without one.
+                padding_mask = None
         check_finite_parameters(self)
         # Another floating dtype than the parameters' runs in theirs, as autocast would.
         x = to_parameter_dtype(x, self.norm.weight)

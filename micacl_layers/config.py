@@ -231,13 +231,21 @@ def check_finite(enabled: bool = True) -> Iterator[None]:
         _check_finite = previous
 
 
+def _functorch_transform_active() -> bool:
+    # Under torch.func.grad / jacrev / vmap an autograd.Function must define setup_context,
+    # which the kernels do not: they step aside, as under torch.compile. torch has no public
+    # query for an active transform; where this one is missing, none is taken to be active.
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return active is not None and bool(active())
+
+
 def enabled(kernel: str, device: torch.device, dtype: torch.dtype) -> bool:
     """Whether the fast path ``kernel`` may run for tensors on ``device`` of ``dtype``.
 
-    Only the setting is consulted here; each kernel adds its own conditions (no
-    ``torch.compile``, no double backward, ...).
+    The setting is consulted here, and no kernel runs under ``torch.compile`` or a
+    ``torch.func`` transform; each kernel adds its own conditions (no double backward, ...).
     """
-    if _mode == "off" or torch.compiler.is_compiling():
+    if _mode == "off" or torch.compiler.is_compiling() or _functorch_transform_active():
         return False
     if _mode == "on":
         return True

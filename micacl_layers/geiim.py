@@ -7,6 +7,8 @@ adds local interaction at several temporal extents.
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from micacl_layers._validation import (
+    check_device,
     check_finite_parameters,
     check_floating,
     check_ndim,
@@ -158,6 +161,11 @@ def _graph_propagate(
     return alpha * x + (1.0 - alpha) * torch.matmul(adjacency.to(x.dtype), x)
 
 
+def _alpha_logit(alpha: float) -> torch.Tensor:
+    # In float64, so an alpha_init of 0 or 1 stays finite before rounding to the parameter.
+    return torch.logit(torch.tensor(alpha, dtype=torch.float64), eps=1e-12)
+
+
 class GEIIM(nn.Module):
     r"""Graph-Enhanced Instance Interaction Module (MICACL Eq. 1-2 plus multiscale convolutions).
 
@@ -229,8 +237,19 @@ class GEIIM(nn.Module):
         self.num_instances = check_positive_int("num_instances", num_instances)
         self.dim = check_positive_int("dim", dim)
         self.node_dim = check_positive_int("node_dim", node_dim)
-        if not 0.0 <= float(alpha_init) <= 1.0:
+        alpha = math.nan  # (a string, None or a bool is no number: the error below)
+        if not isinstance(alpha_init, (bool, str)):
+            with contextlib.suppress(TypeError, ValueError, RuntimeError):
+                alpha = float(alpha_init)
+        if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"`alpha_init` must lie in [0, 1], got {alpha_init!r}.")
+        alpha_init = alpha
+        # (Checked with or without the multiscale stage it applies to.)
+        is_number = isinstance(dropout, (int, float)) and not isinstance(dropout, bool)
+        if not is_number or not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"`dropout` must be a number in [0, 1], got {dropout!r}.")
+        if kernel_sizes is not None and not isinstance(kernel_sizes, Sequence):
+            raise ValueError(f"`kernel_sizes` must hold odd positive ints, got {kernel_sizes!r}.")
         kernel_sizes = tuple(kernel_sizes or ())
         for k in kernel_sizes:
             if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
@@ -240,10 +259,9 @@ class GEIIM(nn.Module):
         self.node_src = nn.Parameter(torch.empty(num_instances, node_dim, **factory))
         self.node_dst = nn.Parameter(torch.empty(node_dim, num_instances, **factory))
         self.learn_alpha = learn_alpha
+        self.alpha_init = alpha_init
         if learn_alpha:
-            # logit computed in float64 so alpha_init of 0 or 1 stays finite before rounding.
-            a = torch.tensor(float(alpha_init), dtype=torch.float64)
-            theta = torch.logit(a, eps=1e-12).to(dtype or torch.get_default_dtype())
+            theta = _alpha_logit(alpha_init).to(dtype or torch.get_default_dtype())
             self.alpha_logit = nn.Parameter(theta.to(device))
         else:
             self.register_buffer("alpha_fixed", torch.tensor(float(alpha_init), **factory))
@@ -261,7 +279,11 @@ class GEIIM(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Re-initialise the parameters (node embeddings give unit-variance graph scores)."""
+        """Re-initialise the parameters (node embeddings give unit-variance graph scores).
+
+        :math:`\alpha` returns to ``alpha_init`` too, so a module built on ``meta`` and then
+        given storage with ``to_empty`` is, after this call, the module ``__init__`` builds.
+        """
         std = self.node_dim**-0.25
         nn.init.normal_(self.node_src, std=std)
         nn.init.normal_(self.node_dst, std=std)
@@ -270,6 +292,11 @@ class GEIIM(nn.Module):
                 conv.reset_parameters()  # type: ignore[operator]
             nn.init.zeros_(self.fuse.weight)
             nn.init.zeros_(self.fuse.bias)
+        with torch.no_grad():  # (the values __init__ gave: copy_ rounds as .to(dtype) did)
+            if self.learn_alpha:
+                self.alpha_logit.copy_(_alpha_logit(self.alpha_init))
+            else:
+                self.alpha_fixed.fill_(self.alpha_init)
 
     __prepare_scriptable__ = torchscript_unsupported
 
@@ -308,8 +335,10 @@ class GEIIM(nn.Module):
                 f"`x` must have shape (B, T, C)=(B, {self.num_instances}, {self.dim}) "
                 f"(num_instances={self.num_instances}, dim={self.dim}), got {describe(x)}."
             )
+        check_device("x", x, self.node_src.device, "GEIIM")
         if padding_mask is not None:
             padding_mask = _check_padding_mask(padding_mask, x.shape[0], self.num_instances)
+            check_device("padding_mask", padding_mask, self.node_src.device, "GEIIM")
         check_finite_parameters(self)
         # Another floating dtype than the parameters' (float16/bfloat16 from an autocast
         # region, float64 data) is computed in the parameters' dtype, as autocast would.

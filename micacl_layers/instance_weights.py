@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from micacl_layers._validation import (
+    check_finite_parameters,
     check_floating,
     check_ndim,
     check_padding_mask,
@@ -143,6 +144,9 @@ class InstanceWeights(nn.Module):
             raise ValueError(
                 f"`h` must have shape (B, T, C) with C={self.in_features}, got {describe(h)}."
             )
+        # (With config.check_finite on: a NaN in the projection would be reported as one
+        # in the projected `h`, a tensor the caller never passed.)
+        check_finite_parameters(self)
         if isinstance(self.proj, nn.Linear):  # another dtype runs in the projection's
             h = to_parameter_dtype(h, self.proj.weight)
         return instance_weights(self.proj(h), mode=self.mode, padding_mask=padding_mask)

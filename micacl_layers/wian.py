@@ -39,6 +39,8 @@ from micacl_layers._recurrent_checks import (
     per_instance,
 )
 from micacl_layers._validation import (
+    check_device,
+    check_finite_parameters,
     check_ndim,
     check_positive_int,
     describe,
@@ -109,14 +111,19 @@ class WIAN(nn.Module):
     reverse direction uses the weight of the instance it is reading, so an instance weighs the
     same in both directions.
 
-    Inputs and ``hx`` of another floating dtype than the parameters are computed in the
-    parameters' dtype (``nn.LSTM`` raises). Under ``torch.autocast`` the fused kernel (where the
-    :mod:`~micacl_layers.config` switch enables it for the parameters' device and dtype) runs in
-    the parameters' dtype with autocast off inside it: float32 math for float32 parameters, one
-    cast of the inputs, a float32 output. With the switch ``"on"`` it runs in the autocast dtype
-    instead (inputs and parameters cast once, an output in that dtype: faster where the CPU has
-    bfloat16 products, with the cell state rounded to bfloat16). Otherwise the plain path runs
-    with autocast's casts.
+    A wrong argument is a ``ValueError`` or ``TypeError`` that names it, before any arithmetic:
+    where ``nn.LSTM`` raises a ``RuntimeError`` (an ``hx`` of the wrong shape, an input or ``hx``
+    on another device than the parameters, a sequence of length 0), WIAN raises a
+    ``ValueError``. Inputs and ``hx`` of another floating dtype than the parameters are computed
+    in the parameters' dtype (``nn.LSTM`` raises).
+
+    Under ``torch.autocast`` the fused kernel (where the :mod:`~micacl_layers.config` switch
+    enables it for the parameters' device and dtype) runs in the parameters' dtype with autocast
+    off inside it: float32 math for float32 parameters, one cast of the inputs, a float32
+    output. With the switch ``"on"`` it runs in the autocast dtype instead (inputs and
+    parameters cast once, an output in that dtype: faster where the CPU has bfloat16 products,
+    with the cell state rounded to bfloat16). Otherwise the plain path runs with autocast's
+    casts.
 
     Args:
         input_size: Features ``I`` per instance.
@@ -176,8 +183,12 @@ class WIAN(nn.Module):
             )
         self.proj_size = 0
         self.dropout = check_dropout(dropout, self.num_layers)
-        self.bias = bool(bias)
-        self.batch_first = bool(batch_first)
+        # As nn.LSTM: a non-bool bias (None, 0) would silently mean "no biases".
+        for name, flag in (("bias", bias), ("batch_first", batch_first)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"`{name}` must be a bool, got {flag!r}.")
+        self.bias = bias
+        self.batch_first = batch_first
         self.bidirectional = bool(bidirectional)
         self.num_directions = 2 if bidirectional else 1
         gates = _NUM_GATES * hidden_size
@@ -204,6 +215,25 @@ class WIAN(nn.Module):
     def reset_parameters(self) -> None:
         """Uniform in :math:`\\pm 1/\\sqrt{H}`, as ``nn.LSTM``."""
         _init_uniform(self, self.hidden_size)
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        """The parameters of each layer and direction, as ``nn.LSTM.all_weights``.
+
+        One list per layer and direction (layer-major, as ``h_n``): ``weight_ih``, ``weight_hh``
+        and, with biases, ``bias_ih``, ``bias_hh``; code that walks them (say, to set the
+        forget gate's bias rows ``H:2H``) reads the same gate layout as in ``nn.LSTM``.
+        """
+        kinds = (
+            ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            if self.bias
+            else ("weight_ih", "weight_hh")
+        )
+        return [
+            [getattr(self, f"{kind}_l{layer}{suffix}") for kind in kinds]
+            for layer in range(self.num_layers)
+            for suffix in self._suffixes()
+        ]
 
     def flatten_parameters(self) -> None:
         """Do nothing: there is no cuDNN weight buffer to compact.
@@ -242,7 +272,7 @@ class WIAN(nn.Module):
 
         Raises:
             TypeError: If ``lstm`` is not an ``nn.LSTM``.
-            ValueError: If ``lstm.proj_size > 0``.
+            ValueError: If ``lstm.proj_size > 0``, or ``gate_bias`` is not a finite number.
 
         Example:
             >>> lstm = nn.LSTM(4, 3, num_layers=2, bidirectional=True)
@@ -266,9 +296,8 @@ class WIAN(nn.Module):
                 device=p.device,
                 dtype=p.dtype,
             )
-        bias = None if gate_bias is None else float(gate_bias)
         suffixes = [f"_l{layer}{s}" for layer in range(new.num_layers) for s in new._suffixes()]
-        return cast(WIAN, copy_lstm_gates(new, lstm, suffixes, new.hidden_size, bias))
+        return cast(WIAN, copy_lstm_gates(new, lstm, suffixes, new.hidden_size, gate_bias))
 
     def forward(
         self,
@@ -287,8 +316,10 @@ class WIAN(nn.Module):
         Returns:
             ``output, (h_n, c_n)`` exactly as ``nn.LSTM``.
         """
-        dtype = cast(torch.Tensor, self.weight_ih_l0).dtype
-        x = check_input(input, dtype)
+        parameter = cast(torch.Tensor, self.weight_ih_l0)
+        dtype = parameter.dtype
+        x = check_input(input, parameter, "WIAN")
+        check_finite_parameters(self)  # (with config.check_finite on, as every layer)
         layout = "(B, T, I)" if self.batch_first else "(T, B, I)"
         check_ndim("input", x, (2, 3), f"{layout} or unbatched (T, I)")
         given = weights
@@ -317,14 +348,19 @@ class WIAN(nn.Module):
         if weights is not None:
             w_layout = "(B, T, H)" if self.batch_first else "(T, B, H)"
             target = (batch, steps, hidden) if self.batch_first else (steps, batch, hidden)
+            per = "(B, T)" if self.batch_first else "(T, B)"
+            if unbatched:  # (errors in the layout the caller used)
+                w_layout, per = "(T, H)", "(T,)"
             w = check_weight(
                 weights,
                 target,
                 "weights",
                 w_layout,
                 given=given,
-                per_instance="(B, T)" if self.batch_first else "(T, B)",
+                per_instance=per,
+                unbatched_dim=batch_dim if unbatched else None,
             )
+            check_device("weights", cast(torch.Tensor, given), parameter.device, "WIAN")
             w = w if w.dtype == dtype else w.to(dtype)
             # (T, B, H), time order: both directions weigh the instance they read.
             w = w.transpose(0, 1) if self.batch_first else w
@@ -333,7 +369,9 @@ class WIAN(nn.Module):
         if hx is None:
             h0 = c0 = x.new_zeros(state_shape)
         else:
-            h0, c0 = check_state(hx, state_shape, unbatched, 1, "(D*num_layers, B, H)", dtype)
+            h0, c0 = check_state(
+                hx, state_shape, unbatched, 1, "(D*num_layers, B, H)", parameter, "WIAN"
+            )
 
         # Under autocast the fused kernel may run with autocast off, in one dtype (see
         # _fast.dtype_under_autocast); everything is cast to it once.

@@ -20,6 +20,8 @@ from torch import nn
 from micacl_layers._lstm_conversion import check_lstm_like, copy_lstm_gates
 from micacl_layers._recurrent_checks import check_input, check_state, check_weight, per_instance
 from micacl_layers._validation import (
+    check_device,
+    check_finite_parameters,
     check_floating,
     check_ndim,
     check_positive_int,
@@ -189,6 +191,7 @@ class WIANCell(nn.Module):
 
         Raises:
             TypeError: If ``cell`` is not an ``nn.LSTMCell``.
+            ValueError: If ``gate_bias`` is not a finite number.
 
         Example:
             >>> lstm_cell = nn.LSTMCell(4, 3)
@@ -200,8 +203,7 @@ class WIANCell(nn.Module):
         check_lstm_like("cell", cell, nn.LSTMCell)
         p = cell.weight_ih
         new = cls(cell.input_size, cell.hidden_size, bias=True, device=p.device, dtype=p.dtype)
-        bias = None if gate_bias is None else float(gate_bias)
-        return cast(WIANCell, copy_lstm_gates(new, cell, ("",), cell.hidden_size, bias))
+        return cast(WIANCell, copy_lstm_gates(new, cell, ("",), cell.hidden_size, gate_bias))
 
     def forward(
         self,
@@ -221,7 +223,8 @@ class WIANCell(nn.Module):
             ``(h_t, c_t)``.
         """
         dtype = self.weight_ih.dtype
-        x = check_input(input, dtype)
+        x = check_input(input, self.weight_ih, "WIANCell")
+        check_finite_parameters(self)  # (with config.check_finite on, as every layer)
         check_ndim("input", x, (1, 2), "(B, I) or (I,)")
         unbatched = x.dim() == 1
         given = weight
@@ -238,13 +241,22 @@ class WIANCell(nn.Module):
         if hx is None:
             h_prev = c_prev = x.new_zeros(shape)
         else:
-            h_prev, c_prev = check_state(hx, shape, unbatched, 0, "(B, H)", dtype)
+            h_prev, c_prev = check_state(
+                hx, shape, unbatched, 0, "(B, H)", self.weight_ih, "WIANCell"
+            )
         if weight is not None:
             if unbatched and weight.dim() == 1:
                 weight = weight.unsqueeze(0)
             weight = check_weight(
-                weight, shape, "weight", "(B, H)", given=given, per_instance="(B,)"
+                weight,
+                shape,
+                "weight",
+                "(H,)" if unbatched else "(B, H)",
+                given=given,
+                per_instance="()" if unbatched else "(B,)",
+                unbatched_dim=0 if unbatched else None,
             )
+            check_device("weight", cast(torch.Tensor, given), self.weight_ih.device, "WIANCell")
             weight = weight if weight.dtype == dtype else weight.to(dtype)
         gates = x @ self.weight_ih.t() + h_prev @ self.weight_hh.t()
         if self.bias_ih is not None:
@@ -256,4 +268,6 @@ class WIANCell(nn.Module):
 
     def extra_repr(self) -> str:
         """Options shown in ``repr()``."""
-        return f"{self.input_size}, {self.hidden_size}, bias={self.bias}"
+        # As nn.LSTMCell's: the bias only when it is not the default.
+        s = f"{self.input_size}, {self.hidden_size}"
+        return s if self.bias is True else f"{s}, bias={self.bias}"

@@ -43,6 +43,16 @@ def test_equals_prenorm_residual_mha():
     torch.testing.assert_close(attn(x, mask), ref)
 
 
+def test_empty_batch_with_padding_mask_gives_an_empty_output():
+    # nn.MultiheadAttention without attention weights cannot reshape an empty mask.
+    attn = InstanceSelfAttention(8, num_heads=2)
+    x = torch.randn(0, 4, 8, requires_grad=True)
+    y = attn(x, torch.zeros(0, 4, dtype=torch.bool))
+    assert y.shape == (0, 4, 8)
+    y.sum().backward()
+    assert x.grad.shape == (0, 4, 8)
+
+
 def test_padded_keys_do_not_influence_real_queries():
     torch.manual_seed(0)
     attn = InstanceSelfAttention(8, num_heads=2, dtype=torch.float64).eval()

@@ -74,6 +74,33 @@ def test_auto_enables_only_what_was_measured():
         assert config.enabled("wian", cuda, torch.bfloat16)
 
 
+@pytest.mark.parametrize("switch", ["auto", "on"])
+def test_kernels_step_aside_under_torch_func_transforms(switch):
+    """torch.func.grad and jacrev work on nn.LSTM; an autograd.Function without setup_context
+    (the kernels) raised under them, so the kernels step aside and autograd's values come out."""
+    torch.manual_seed(0)
+    wian = WIAN(4, 6, bidirectional=True)
+    mccl = MCCLoss(3, 8, [5, 3, 1], projection_dim=None)
+    x, w = torch.randn(5, 3, 4), torch.rand(5, 3)
+    f, z, y = torch.randn(6, 8), torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+
+    def wian_loss(x):
+        return wian(x, weights=w)[0].square().sum()
+
+    with config.fast_paths(switch):
+        grad_x = torch.func.grad(wian_loss)(x)
+        grad_f = torch.func.grad(lambda f: mccl(f, z, y))(f)
+        jac = torch.func.jacrev(lambda x: wian(x)[1][0].sum(dim=(0, 1)))(x)
+    with config.fast_paths("off"):
+        xr, fr = x.clone().requires_grad_(), f.clone().requires_grad_()
+        (want_x,) = torch.autograd.grad(wian_loss(xr), xr)
+        (want_f,) = torch.autograd.grad(mccl(fr, z, y), fr)
+        want_jac = torch.autograd.functional.jacobian(lambda x: wian(x)[1][0].sum(dim=(0, 1)), x)
+    torch.testing.assert_close(grad_x, want_x)
+    torch.testing.assert_close(grad_f, want_f)
+    torch.testing.assert_close(jac, want_jac)
+
+
 # ------------------------------------------------------------------------------------------
 # Switch off: no custom autograd Function anywhere in the graph
 # ------------------------------------------------------------------------------------------

@@ -180,6 +180,20 @@ def test_alpha_init_is_respected(alpha_init):
     assert torch.isfinite(geiim.alpha_logit).all()
 
 
+@pytest.mark.parametrize("learn", [True, False])
+def test_deferred_initialisation_restores_alpha(learn):
+    """Built on meta, given storage by to_empty (which holds garbage), reset: as __init__."""
+    want = GEIIM(4, 8, alpha_init=0.3, learn_alpha=learn)
+    geiim = GEIIM(4, 8, alpha_init=0.3, learn_alpha=learn, device="meta").to_empty(device="cpu")
+    with torch.no_grad():
+        for t in [*geiim.parameters(), *geiim.buffers()]:
+            t.fill_(float("nan"))
+    geiim.reset_parameters()
+    for name, t in [*geiim.named_parameters(), *geiim.named_buffers()]:
+        assert bool(torch.isfinite(t).all()), name
+    assert torch.equal(geiim.alpha, want.alpha)  # the very value, not only close
+
+
 def test_alpha_receives_gradient_when_learnable():
     torch.manual_seed(0)
     geiim = GEIIM(4, 3, kernel_sizes=())

@@ -124,9 +124,19 @@ def test_repr_matches_lstm(kwargs):
     assert repr(WIAN(4, 6, **kwargs)).replace("WIAN", "LSTM") == repr(nn.LSTM(4, 6, **kwargs))
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_cell_repr_matches_lstm_cell(bias):
+    # nn.LSTMCell shows the bias only when it is not the default.
+    got = repr(WIANCell(4, 6, bias=bias)).replace("WIANCell", "LSTMCell")
+    assert got == repr(nn.LSTMCell(4, 6, bias=bias))
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
+        {"bias": None},
+        {"bias": 0},
+        {"batch_first": 1},
         {"dropout": 1.5},
         {"dropout": -0.1},
         {"dropout": True},
@@ -154,6 +164,17 @@ def test_proj_size_is_a_clear_error():
         WIAN(4, 6, proj_size=3)
     with pytest.raises(ValueError, match="proj_size"):
         WIAN.from_lstm(nn.LSTM(4, 6, proj_size=3))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_all_weights_are_laid_out_as_in_lstm(bias):
+    wian = WIAN(4, 6, 2, bias=bias, bidirectional=True)
+    lstm = nn.LSTM(4, 6, 2, bias=bias, bidirectional=True)
+    got = [[p.shape for p in group] for group in wian.all_weights]
+    want = [[(q.shape[0] * 5 // 4, *q.shape[1:]) for q in group] for group in lstm.all_weights]
+    assert got == want
+    # The very parameters, not copies: what is written through all_weights is trained.
+    assert wian.all_weights[3][1] is wian.weight_hh_l1_reverse
 
 
 def test_flatten_parameters_is_a_no_op():

@@ -29,6 +29,13 @@ def test_head_shapes(batch, aggregator):
     assert head.classifier(feature).shape == (batch, 7)
 
 
+@pytest.mark.parametrize("aggregator", ["wian", "lstm", "conv1d"])
+def test_head_empty_batch_with_padding_mask(aggregator):
+    head = MICACLHead(8, 3, num_instances=4, hidden_size=8, aggregator=aggregator).eval()
+    logits, feature = head(torch.randn(0, 4, 8), torch.zeros(0, 4, dtype=torch.bool))
+    assert logits.shape == (0, 3) and feature.shape == (0, head.feature_dim)
+
+
 def test_head_padding_mask_excludes_padded_instances_from_the_clip_feature():
     torch.manual_seed(0)
     head = MICACLHead(

@@ -796,6 +796,30 @@ def test_family4_check_finite_is_off_by_default_and_checks_parameters():
 
 
 @pytest.mark.parametrize(
+    ("make", "call", "name"),
+    [
+        (lambda: WIAN(D, 6), lambda m: m(torch.randn(3, 2, D)), "WIAN.weight_hh_l0"),
+        (lambda: WIANCell(D, 6), lambda m: m(torch.randn(2, D)), "WIANCell.weight_hh"),
+        (
+            lambda: InstanceWeights(D, 6),
+            lambda m: m(torch.randn(2, 4, D)),
+            "InstanceWeights.proj.weight",
+        ),
+    ],
+    ids=["WIAN", "WIANCell", "InstanceWeights"],
+)
+def test_family4_check_finite_checks_the_recurrent_layers_parameters(make, call, name):
+    """With the check on, a NaN parameter of these layers gave a silent NaN output (WIAN,
+    WIANCell) or was reported in a tensor the caller never passed (InstanceWeights' `h`)."""
+    module = make()
+    parameter = dict(module.named_parameters())[name.split(".", 1)[1]]
+    with torch.no_grad():
+        parameter.view(-1)[1] = float("nan")
+    with config.check_finite(), pytest.raises(ValueError, match=f"`{name}` holds nan"):
+        call(module)
+
+
+@pytest.mark.parametrize(
     ("value", "expected"), [("1", True), ("true", True), (" On ", True), ("0", False), ("", False)]
 )
 def test_family4_environment_variable_gives_the_start_value(value, expected, monkeypatch):

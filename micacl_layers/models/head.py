@@ -8,12 +8,15 @@ self-attention -> instance pooling -> classifier.
 
 from __future__ import annotations
 
+import contextlib
+import operator
 from typing import Literal
 
 import torch
 from torch import nn
 
 from micacl_layers._validation import (
+    check_device,
     check_finite_parameters,
     check_floating,
     check_ndim,
@@ -25,7 +28,7 @@ from micacl_layers._validation import (
 )
 from micacl_layers.attention import InstanceSelfAttention
 from micacl_layers.geiim import GEIIM
-from micacl_layers.instance_weights import InstanceWeights, WeightMode
+from micacl_layers.instance_weights import WEIGHT_MODES, InstanceWeights, WeightMode
 from micacl_layers.wian import WIAN
 
 __all__ = ["MICACLHead"]
@@ -109,6 +112,13 @@ class MICACLHead(nn.Module):
                 f"`aggregator` must be 'wian', 'lstm' or 'conv1d', got {aggregator!r}."
             )
         self.aggregator_kind = aggregator
+        # The options handed to the parts are checked here, so errors name the head's argument
+        # (`weight_mode`, not InstanceWeights' `mode`; `attention_heads`, not `num_heads`).
+        if weight_mode not in WEIGHT_MODES:
+            raise ValueError(f"`weight_mode` must be one of {WEIGHT_MODES}, got {weight_mode!r}.")
+        is_number = isinstance(dropout, (int, float)) and not isinstance(dropout, bool)
+        if not is_number or not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"`dropout` must be a number in [0, 1], got {dropout!r}.")
         self.geiim = (
             GEIIM(num_instances, in_dim, node_dim=node_dim, kernel_sizes=kernel_sizes)
             if use_geiim
@@ -137,9 +147,22 @@ class MICACLHead(nn.Module):
             self.aggregator = _Conv1dAggregator(in_dim, hidden_size)
             feature_dim = hidden_size
         self.feature_dim = feature_dim
-        self.attention = (
-            InstanceSelfAttention(feature_dim, attention_heads) if attention_heads else None
-        )
+        heads = -1  # (a bool, a float or anything else that is no integer: the error below)
+        if not isinstance(attention_heads, bool):
+            with contextlib.suppress(TypeError):
+                heads = operator.index(attention_heads)
+        if heads < 0:
+            raise ValueError(
+                f"`attention_heads` must be an int >= 0 (0 leaves the attention out), "
+                f"got {attention_heads!r}."
+            )
+        if heads and feature_dim % heads:
+            raise ValueError(
+                f"`attention_heads` ({heads}) must divide the clip feature size "
+                f"{feature_dim} (hidden_size={hidden_size}, bidirectional={bidirectional}, "
+                f"aggregator={aggregator!r}), or be 0 to leave the attention out."
+            )
+        self.attention = InstanceSelfAttention(feature_dim, heads) if heads else None
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(feature_dim, num_classes)
 
@@ -169,12 +192,14 @@ class MICACLHead(nn.Module):
                 f"`x` must have shape (B, T, C)=(B, {self.num_instances}, "
                 f"{self.in_dim}), got {describe(x)}."
             )
+        check_device("x", x, self.classifier.weight.device, "MICACLHead")
         if padding_mask is not None:
             # Checked here for every configuration (not only by GEIIM): a clip whose every
             # instance is padded has nothing to pool, and would give NaN logits.
             padding_mask = check_some_real_instance(
                 check_padding_mask(padding_mask, x.shape[0], self.num_instances)
             )
+            check_device("padding_mask", padding_mask, x.device, "MICACLHead")
         check_finite_parameters(self)
         # Input of another floating dtype runs in the head's parameter dtype, as autocast would.
         x = to_parameter_dtype(x, self.classifier.weight)
