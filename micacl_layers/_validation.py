@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -18,6 +18,7 @@ from torch import nn
 from micacl_layers import config
 
 __all__ = [
+    "call_named",
     "check_bool",
     "check_class_counts",
     "check_device",
@@ -274,6 +275,22 @@ def check_positive_int(name: str, value: object, *, type_error: bool = False) ->
         error = TypeError if number is None and type_error else ValueError
         raise error(f"`{name}` must be a positive int, got {value!r}.")
     return number
+
+
+def call_named(
+    name: str, fn: Callable[[torch.Tensor], object], x: torch.Tensor, hint: str
+) -> object:
+    """``fn(x)`` for the caller's callable ``name``: a failure inside it names ``name``.
+
+    torch's own message (say, "shapes cannot be multiplied") does not say whose callable failed.
+    Running out of memory is not the caller's mistake and passes through unchanged.
+    """
+    try:
+        return fn(x)
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as err:
+        raise ValueError(f"`{name}` failed on its input ({describe(x)}); {hint}: {err}") from err
 
 
 def check_bool(name: str, value: object) -> bool:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from micacl_layers._validation import (
+    call_named,
     check_floating,
     check_ignore_index,
     check_logits_targets,
@@ -169,16 +170,13 @@ def _feature_augmentation_loss(
         else torch.randn_like(features)
     )
     augmented = features + noise_std * rms * noise
-    try:
-        logits = classifier(augmented)
-    except torch.OutOfMemoryError:  # (not the caller's mistake: let it through as it is)
-        raise
-    except RuntimeError as err:  # e.g. torch's "shapes cannot be multiplied": say whose
-        raise ValueError(
-            f"`classifier` failed on the augmented `features` "
-            f"({describe(features)}); pass the classifier that produced `logits` "
-            f"and the features it saw: {err}"
-        ) from err
+    logits = call_named(
+        "classifier",
+        classifier,
+        augmented,
+        "the input is the augmented `features`; pass the classifier that produced `logits` and "
+        "the features it saw",
+    )
     if (
         not isinstance(logits, torch.Tensor)
         or logits.dim() != 2

@@ -32,6 +32,7 @@ from torch import nn
 
 from micacl_layers._class_counts import RunningClassCounts
 from micacl_layers._validation import (
+    call_named,
     check_bool,
     check_class_counts,
     check_features_logits,
@@ -238,15 +239,12 @@ def _project(
     projection: Callable[[torch.Tensor], torch.Tensor], pooled: torch.Tensor, idx: int
 ) -> torch.Tensor:
     """``projections[idx](pooled)``, with an error that names it if it fails or gives no (B, P)."""
-    try:
-        z = projection(pooled)
-    except torch.OutOfMemoryError:  # (not the caller's mistake: let it through as it is)
-        raise
-    except RuntimeError as err:  # e.g. torch's "shapes cannot be multiplied": say whose
-        raise ValueError(
-            f"`projections[{idx}]` failed on its input, the features pooled by scales[{idx}] "
-            f"({describe(pooled)}); it must map (B, D // s) to (B, P): {err}"
-        ) from err
+    z = call_named(
+        f"projections[{idx}]",
+        projection,
+        pooled,
+        f"the input is the features pooled by scales[{idx}]; it must map (B, D // s) to (B, P)",
+    )
     if (
         not isinstance(z, torch.Tensor)
         or not z.is_floating_point()
