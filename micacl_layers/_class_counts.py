@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from micacl_layers._validation import check_class_counts, has_values
+from micacl_layers._validation import check_class_counts, has_values, values_on_cpu
 
 
 class RunningClassCounts(nn.Module):
@@ -28,14 +28,38 @@ class RunningClassCounts(nn.Module):
         device: torch.device | str | None,
     ) -> None:
         self.track_class_counts = class_counts is None
+        # The counts as built, kept on the CPU for reset_parameters: a module built on meta and
+        # materialised with to_empty() holds uninitialised memory in its buffers.
+        self._built_counts: torch.Tensor | None = None
         if class_counts is None:
             counts = torch.zeros(num_classes, dtype=torch.long, device=device)
         else:
-            checked = check_class_counts(class_counts, num_classes)  # frequencies: min -> 1
+            # (a list is read on the CPU even inside a `with torch.device("meta")` block, so
+            # that it keeps its values; a tensor stays where it is)
+            with values_on_cpu(class_counts):
+                checked = check_class_counts(class_counts, num_classes)  # frequencies: min -> 1
             # (meta counts have no values: stored as whole counts, shapes only)
             whole = not has_values(checked) or bool((checked == checked.round()).all())
-            counts = checked.to(device=device, dtype=torch.long if whole else torch.float64)
+            dtype = torch.long if whole else torch.float64
+            if has_values(checked):
+                self._built_counts = checked.to(device="cpu", dtype=dtype)
+            # (device None: a tensor's own device; a list's the default one, or that of a
+            # `with torch.device(...)` block)
+            if device is None and not isinstance(class_counts, torch.Tensor):
+                device = torch.empty(0).device
+            counts = checked.to(device=device, dtype=dtype)
         self.register_buffer("class_counts", counts)
+
+    @torch.no_grad()
+    def _reset_class_counts_buffer(self) -> None:
+        """``class_counts`` as built: the given counts again, or zero running counts.
+
+        Counts given as a ``meta`` tensor have no values to restore; load a ``state_dict``.
+        """
+        if self.track_class_counts:
+            self.class_counts.zero_()
+        elif self._built_counts is not None:
+            self.class_counts.copy_(self._built_counts)
 
     @torch.no_grad()
     def _apply(self, fn, recurse=True):

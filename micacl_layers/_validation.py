@@ -35,6 +35,7 @@ __all__ = [
     "has_values",
     "no_autocast",
     "to_parameter_dtype",
+    "values_on_cpu",
 ]
 
 
@@ -275,6 +276,15 @@ def check_positive_int(name: str, value: object, *, type_error: bool = False) ->
         error = TypeError if number is None and type_error else ValueError
         raise error(f"`{name}` must be a positive int, got {value!r}.")
     return number
+
+
+def values_on_cpu(value: object) -> contextlib.AbstractContextManager:
+    """Where a list of numbers becomes a tensor: on the CPU, even in a ``torch.device`` block.
+
+    Inside ``with torch.device("meta")`` a list would become a meta tensor and lose its values
+    (which ``reset_parameters`` restores after ``to_empty()``); a tensor keeps its device.
+    """
+    return contextlib.nullcontext() if isinstance(value, torch.Tensor) else torch.device("cpu")
 
 
 def call_named(

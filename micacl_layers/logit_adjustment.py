@@ -27,6 +27,7 @@ from micacl_layers._validation import (
     check_logits_targets,
     describe,
     has_values,
+    values_on_cpu,
 )
 
 __all__ = ["LogitAdjustedLoss", "log_prior", "logit_adjusted_cross_entropy"]
@@ -204,15 +205,26 @@ class LogitAdjustedLoss(nn.Module):
     ) -> None:
         super().__init__()
         _check_options(tau, label_smoothing, reduction)
-        counts = _counts_of_any_length(class_counts)
+        with values_on_cpu(class_counts):
+            counts = _counts_of_any_length(class_counts)
         if has_values(counts) and not bool((counts == counts.round()).all()):
             raise ValueError(f"`class_counts` must be whole numbers, got {counts.tolist()}.")
         self.class_counts: torch.Tensor
-        self.register_buffer("class_counts", counts.to(torch.long))
+        # (a list's on the default device, or that of a `with torch.device(...)` block)
+        device = class_counts.device if isinstance(class_counts, torch.Tensor) else None
+        self.register_buffer("class_counts", counts.to(device or torch.empty(0).device, torch.long))
+        # For reset_parameters after to_empty() (None: counts given on meta have no values).
+        self._built_counts = counts.to(torch.long).cpu() if has_values(counts) else None
         self.tau = float(tau)
         self.label_smoothing = float(label_smoothing)
         self.reduction = reduction
         self.ignore_index = check_ignore_index(ignore_index)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Restore ``class_counts`` as built (after ``to_empty()`` they are uninitialised)."""
+        if self._built_counts is not None:
+            self.class_counts.copy_(self._built_counts)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Compute the loss; see :func:`logit_adjusted_cross_entropy`."""

@@ -473,6 +473,18 @@ class MultiscaleCategoryAwareContrastiveLoss(RunningClassCounts):
         if self.memory is not None:
             self.memory.reset()
 
+    def reset_parameters(self) -> None:
+        """Re-initialise the projections, restore ``class_counts`` as built, empty the memory.
+
+        For a loss built on the ``meta`` device and materialised with ``to_empty()``, whose
+        buffers then hold uninitialised memory (``class_counts`` given as a ``meta`` tensor has
+        no values to restore: load a ``state_dict`` instead).
+        """
+        for projection in self.projections or ():
+            cast(nn.Linear, projection).reset_parameters()
+        self._reset_class_counts_buffer()
+        self.reset_memory()
+
     def forward(
         self,
         features: torch.Tensor,

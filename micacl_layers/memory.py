@@ -171,6 +171,10 @@ class ContrastMemory(nn.Module):
         for i in range(len(self.dims)):
             self._features(i).zero_()
 
+    def reset_parameters(self) -> None:
+        """Empty the queue (:meth:`reset`), for the usual walk after ``to_empty()``."""
+        self.reset()
+
     def extra_repr(self) -> str:
         """Options shown in ``repr()``."""
         return f"size={self.size}, dims={self.dims}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from micacl_layers import MCCLoss, MICACLLoss
+from micacl_layers import LogitAdjustedLoss, MCCLoss, MICACLLoss
 from micacl_layers.functional import multiscale_category_aware_contrastive_loss
 
 COUNTS = [1956, 1515, 2135, 1738, 1175, 116, 721]  # DFEW fold 1
@@ -103,3 +103,55 @@ def test_running_counts_stay_integer():
 def test_non_positive_frequencies_still_a_clear_error(bad):
     with pytest.raises(ValueError, match="`class_counts` must be finite and > 0"):
         MCCLoss(3, 8, bad)
+
+
+def _garbage(module):
+    # What to_empty() may leave in a buffer: uninitialised memory, here made explicit.
+    for buf in module.buffers():
+        buf.fill_(7 if not buf.is_floating_point() else float("nan"))
+
+
+@pytest.mark.parametrize(
+    ("counts", "expected"),
+    [
+        ([5, 3, 1], torch.tensor([5, 3, 1])),
+        ([0.5, 0.3, 0.1], torch.tensor([5.0, 3.0, 1.0], dtype=torch.float64)),
+        (None, torch.zeros(3, dtype=torch.long)),
+    ],
+)
+@pytest.mark.parametrize("how", ["device", "context"])
+def test_reset_parameters_restores_a_loss_built_on_meta(counts, expected, how):
+    kwargs = {"projection_dim": 4, "memory_size": 4}
+    if how == "device":
+        mccl = MCCLoss(3, 8, counts, device="meta", **kwargs)
+    else:
+        with torch.device("meta"):
+            mccl = MCCLoss(3, 8, counts, **kwargs)
+    assert mccl.class_counts.device.type == "meta"
+    mccl = mccl.to_empty(device="cpu")
+    _garbage(mccl)
+    mccl.reset_parameters()
+    assert mccl.class_counts.dtype == expected.dtype
+    assert torch.allclose(mccl.class_counts, expected)
+    assert len(mccl.memory) == 0 and int(mccl.memory.pointer) == 0
+    assert all(bool(p.isfinite().all()) for p in mccl.parameters())
+    f, z, y = torch.randn(4, 8), torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    ref = MCCLoss(3, 8, counts, **kwargs)
+    ref.load_state_dict(mccl.state_dict())
+    assert torch.equal(mccl(f, z, y), ref(f, z, y))
+
+
+def test_reset_parameters_restores_logit_adjusted_counts_built_on_meta():
+    with torch.device("meta"):
+        loss = LogitAdjustedLoss([5, 3, 1])
+    loss = loss.to_empty(device="cpu")
+    _garbage(loss)
+    loss.reset_parameters()
+    assert torch.equal(loss.class_counts, torch.tensor([5, 3, 1]))
+
+
+def test_counts_given_as_a_tensor_stay_on_its_device():
+    meta = torch.tensor([5, 3, 1], device="meta")
+    assert MCCLoss(3, 8, meta).class_counts.device.type == "meta"
+    assert LogitAdjustedLoss(meta).class_counts.device.type == "meta"
+    assert MCCLoss(3, 8, [5, 3, 1]).class_counts.device.type == "cpu"
