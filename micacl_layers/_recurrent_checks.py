@@ -7,7 +7,13 @@ import warnings
 import torch
 from torch import nn
 
-from micacl_layers._validation import check_device, check_finite, check_floating, describe
+from micacl_layers._validation import (
+    check_device,
+    check_finite,
+    check_floating,
+    describe,
+    is_real,
+)
 
 
 def check_weight(
@@ -48,11 +54,7 @@ def check_weight(
 
 def check_dropout(dropout: object, num_layers: int) -> float:
     # The checks and the warning of nn.LSTM, with a message naming the argument.
-    if (
-        isinstance(dropout, bool)
-        or not isinstance(dropout, (int, float))
-        or not 0.0 <= float(dropout) <= 1.0
-    ):
+    if not is_real(dropout) or not 0.0 <= float(dropout) <= 1.0:
         raise ValueError(f"`dropout` must be a number in [0, 1], got {dropout!r}.")
     if dropout > 0 and num_layers == 1:
         warnings.warn(

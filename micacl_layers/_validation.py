@@ -11,6 +11,7 @@ import contextlib
 import math
 import numbers
 from collections.abc import Callable, Sequence
+from typing import TypeGuard
 
 import torch
 from torch import nn
@@ -33,6 +34,7 @@ __all__ = [
     "check_targets",
     "describe",
     "has_values",
+    "is_real",
     "no_autocast",
     "to_parameter_dtype",
     "values_on_cpu",
@@ -303,6 +305,11 @@ def call_named(
         raise ValueError(f"`{name}` failed on its input ({describe(x)}); {hint}: {err}") from err
 
 
+def is_real(value: object) -> TypeGuard[float]:
+    """A real number of Python, NumPy (``np.float32(0.1)``) or the like; a bool is not one."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_bool(name: str, value: object) -> bool:
     """A switch: a ``bool`` (``0``, ``"no"`` or ``None`` would silently mean something)."""
     if not isinstance(value, bool):
@@ -321,7 +328,7 @@ def check_ignore_index(value: object) -> int:
 
 def check_nonnegative_float(name: str, value: object) -> float:
     """A finite number >= 0 (a weight, a noise level), returned as ``float``; bool is rejected."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+    if not is_real(value) or not 0 <= value < math.inf:
         raise ValueError(f"`{name}` must be >= 0 (finite), got {value!r}.")
     return float(value)
 

@@ -21,6 +21,7 @@ from micacl_layers._validation import (
     check_targets,
     describe,
     has_values,
+    is_real,
 )
 from micacl_layers.contrastive import _compute_dtype
 
@@ -161,7 +162,7 @@ def adaptive_temperature(
     """
     if mode not in _TEMPERATURES:
         raise ValueError(f"`temperature` must be one of {_TEMPERATURES}, got {mode!r}.")
-    _check_tau0(tau0)
+    tau0 = _check_tau0(tau0)
     class_counts = _check_counts(class_counts, None)
     if mode == "batch_mean" and targets is not None:
         targets = check_targets("targets", targets, class_counts.shape[-1])
@@ -193,9 +194,10 @@ def _check_counts(class_counts: object, num_classes: int | None) -> torch.Tensor
     return class_counts
 
 
-def _check_tau0(tau0: object) -> None:
-    if isinstance(tau0, bool) or not isinstance(tau0, (int, float)) or not 0 < tau0 < float("inf"):
+def _check_tau0(tau0: object) -> float:
+    if not is_real(tau0) or not 0 < tau0 < float("inf"):
         raise ValueError(f"`tau0` must be a positive float (finite), got {tau0!r}.")
+    return float(tau0)
 
 
 def _adaptive_temperature(class_counts, tau0, *, mode, targets):

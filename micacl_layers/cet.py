@@ -33,6 +33,7 @@ from micacl_layers._validation import (
     check_same_batch,
     describe,
     has_values,
+    is_real,
     to_parameter_dtype,
     torchscript_unsupported,
 )
@@ -70,7 +71,7 @@ def _work(t: torch.Tensor) -> torch.Tensor:
 
 
 def _check_label_smoothing(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+    if not is_real(value) or not 0.0 <= value <= 1.0:
         raise ValueError(f"`label_smoothing` must lie in [0, 1], got {value!r}.")
     return float(value)
 

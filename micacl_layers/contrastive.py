@@ -23,6 +23,7 @@ from micacl_layers._validation import (
     check_targets,
     describe,
     has_values,
+    is_real,
     no_autocast,
 )
 
@@ -63,7 +64,7 @@ def _normalize(z: torch.Tensor, eps: float) -> torch.Tensor:
     return F.normalize(z / _row_scale(z), dim=-1, eps=eps)
 
 
-def _check_temperature(temperature: object) -> None:
+def _check_temperature(temperature: object) -> torch.Tensor | float:
     if isinstance(temperature, torch.Tensor):
         if temperature.numel() != 1 or not temperature.is_floating_point():
             raise ValueError(
@@ -74,13 +75,10 @@ def _check_temperature(temperature: object) -> None:
             value = float(temperature.detach())
             if not 0.0 < value < float("inf"):
                 raise ValueError(f"`temperature` must be positive and finite, got {value!r}.")
-        return
-    if (
-        isinstance(temperature, bool)
-        or not isinstance(temperature, (int, float))
-        or not 0.0 < temperature < float("inf")
-    ):
+        return temperature
+    if not is_real(temperature) or not 0.0 < temperature < float("inf"):
         raise ValueError(f"`temperature` must be a positive finite float, got {temperature!r}.")
+    return float(temperature)
 
 
 def supervised_contrastive_per_anchor(
@@ -148,7 +146,7 @@ def supervised_contrastive_per_anchor(
     check_ndim("z", z, 2, "(B, P)")
     targets = check_targets("targets", targets)
     check_same_batch(z=z, targets=targets)
-    _check_temperature(temperature)
+    temperature = _check_temperature(temperature)
     if (memory_z is None) != (memory_targets is None):
         missing, given = (
             ("memory_targets", "memory_z")

@@ -25,6 +25,7 @@ from micacl_layers._validation import (
     check_positive_int,
     check_some_real_instance,
     describe,
+    is_real,
     to_parameter_dtype,
     torchscript_unsupported,
 )
@@ -150,8 +151,10 @@ def graph_propagate(
                 f"`alpha` must be a float in [0, 1] or a one-element floating "
                 f"tensor, got {describe(alpha)}."
             )
-    elif isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+    elif not is_real(alpha) or not 0 <= alpha <= 1:
         raise ValueError(f"`alpha` must be a float in [0, 1], got {alpha!r}.")
+    else:
+        alpha = float(alpha)
     return _graph_propagate(x, adjacency, alpha)
 
 
@@ -245,9 +248,9 @@ class GEIIM(nn.Module):
             raise ValueError(f"`alpha_init` must lie in [0, 1], got {alpha_init!r}.")
         alpha_init = alpha
         # (Checked with or without the multiscale stage it applies to.)
-        is_number = isinstance(dropout, (int, float)) and not isinstance(dropout, bool)
-        if not is_number or not 0.0 <= dropout <= 1.0:
+        if not is_real(dropout) or not 0.0 <= dropout <= 1.0:
             raise ValueError(f"`dropout` must be a number in [0, 1], got {dropout!r}.")
+        dropout = float(dropout)
         if kernel_sizes is not None and not isinstance(kernel_sizes, Sequence):
             raise ValueError(f"`kernel_sizes` must hold odd positive ints, got {kernel_sizes!r}.")
         kernel_sizes = tuple(kernel_sizes or ())

@@ -13,7 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from micacl_layers._validation import check_ignore_index, check_logits_targets
+from micacl_layers._validation import (
+    check_ignore_index,
+    check_logits_targets,
+    is_real,
+)
 
 __all__ = ["IntensityAwareLoss", "intensity_aware_loss"]
 
@@ -21,11 +25,7 @@ _REDUCTIONS = ("mean", "sum", "none")
 
 
 def _check_label_smoothing(value: object) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not 0.0 <= float(value) <= 1.0
-    ):
+    if not is_real(value) or not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"`label_smoothing` must be a number in [0, 1], got {value!r}.")
     return float(value)
 

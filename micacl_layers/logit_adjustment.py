@@ -27,6 +27,7 @@ from micacl_layers._validation import (
     check_logits_targets,
     describe,
     has_values,
+    is_real,
     values_on_cpu,
 )
 
@@ -36,19 +37,16 @@ Reduction = Literal["mean", "sum", "none"]
 _REDUCTIONS = ("mean", "sum", "none")
 
 
-def _check_options(tau: object, label_smoothing: object, reduction: object) -> None:
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 <= tau < math.inf:
+def _check_options(tau: object, label_smoothing: object, reduction: object) -> tuple[float, float]:
+    if not is_real(tau) or not 0 <= tau < math.inf:
         raise ValueError(
             f"`tau` must be a number >= 0 (finite; 0 is plain cross-entropy), got {tau!r}."
         )
-    if (
-        isinstance(label_smoothing, bool)
-        or not isinstance(label_smoothing, (int, float))
-        or not 0.0 <= label_smoothing <= 1.0
-    ):
+    if not is_real(label_smoothing) or not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"`label_smoothing` must lie in [0, 1], got {label_smoothing!r}.")
     if reduction not in _REDUCTIONS:
         raise ValueError(f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}.")
+    return float(tau), float(label_smoothing)
 
 
 def _counts_of_any_length(class_counts: object) -> torch.Tensor:
@@ -124,7 +122,7 @@ def logit_adjusted_cross_entropy(
         >>> logit_adjusted_cross_entropy(logits, torch.tensor([0, 1]), [3.0, 1.0])
         tensor(0.8370)
     """
-    _check_options(tau, label_smoothing, reduction)
+    tau, label_smoothing = _check_options(tau, label_smoothing, reduction)
     ignore_index = check_ignore_index(ignore_index)
     logits, targets = check_logits_targets(logits, targets, ignore_index=ignore_index)
     counts = check_class_counts(class_counts, logits.shape[1])
@@ -204,7 +202,7 @@ class LogitAdjustedLoss(nn.Module):
         ignore_index: int = -100,
     ) -> None:
         super().__init__()
-        _check_options(tau, label_smoothing, reduction)
+        tau, label_smoothing = _check_options(tau, label_smoothing, reduction)
         with values_on_cpu(class_counts):
             counts = _counts_of_any_length(class_counts)
         if has_values(counts) and not bool((counts == counts.round()).all()):

@@ -133,8 +133,7 @@ class MCCLOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", _check_scales(self.scales))
-        _check_tau0(self.tau0)
-        object.__setattr__(self, "tau0", float(self.tau0))
+        object.__setattr__(self, "tau0", _check_tau0(self.tau0))
         _check_choice("temperature", self.temperature, _TEMPERATURES)
         _check_choice("form", self.form, _FORMS)
         _check_choice("reduction", self.reduction, _REDUCTIONS)
