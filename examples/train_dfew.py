@@ -99,6 +99,7 @@ DEMO_DEFAULTS = {
     "projection_dim": 64,
     "workers": 2,
     "tsne_samples": 500,
+    "overwrite": True,  # `make demo` reruns into runs/demo
 }
 
 
@@ -285,6 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue from <output>/last.pt exactly where it stopped",
     )
     r.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in an --output that holds one (its last.pt, best.pt and logs are "
+        "replaced); without it such a run is refused, so that forgetting --resume loses nothing",
+    )
+    r.add_argument(
         "--stop-after",
         type=int,
         default=None,
@@ -343,9 +350,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--root is required for --dataset {args.dataset}")
     if args.fold != "all" and args.fold not in {"1", "2", "3", "4", "5"}:
         parser.error(f"--fold must be 1..5 or 'all', got {args.fold!r}")
+    check_numbers(parser, args)
     if args.num_frames % args.num_instances:
         parser.error("--num-instances must divide --num-frames")
     return args
+
+
+# (option, smallest value); options of None ("not set") are not checked.
+_AT_LEAST = (
+    ("num_frames", 1),
+    ("num_instances", 1),
+    ("image_size", 1),
+    ("batch_size", 1),
+    ("epochs", 0),
+    ("workers", 0),
+    ("warmup_epochs", 0),
+    ("stop_after", 1),
+    ("limit_train_batches", 1),
+    ("limit_eval_batches", 1),
+    ("tsne_samples", 0),
+    ("synthetic_clips", 1),
+)
+# torch.manual_seed's range: --seed goes to it as is (seed_everything).
+_SEED_MIN, _SEED_END = -(2**63), 2**64
+
+
+def check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse out-of-range numbers here, naming the option, rather than as a ZeroDivisionError
+    or an overflow inside torch once the data set is built."""
+    for dest, low in _AT_LEAST:
+        value = getattr(args, dest)
+        if value is not None and not value >= low:  # `not >=`: NaN fails too
+            flag = "--" + dest.replace("_", "-")
+            parser.error(f"{flag} must be >= {low}, got {value}")
+    if not 0.0 < args.crop_scale <= 1.0:
+        parser.error(f"--crop-scale must be in (0, 1], got {args.crop_scale}")
+    if not _SEED_MIN <= args.seed < _SEED_END:
+        parser.error(
+            f"--seed must be in [-2**63, 2**64) (torch.manual_seed's range), got {args.seed}"
+        )
 
 
 # ----------------------------------------------------------------------------- runtime
@@ -464,7 +507,10 @@ def shard_indices(
     """This rank's indices. Training pads to equal shards (so DDP steps match); evaluation
     never pads, so no clip is counted twice and none is dropped."""
     if shuffle:
-        g = torch.Generator().manual_seed(seed * 7919 + epoch)
+        mixed = seed * 7919 + epoch
+        if not _SEED_MIN <= mixed < _SEED_END:  # wrapped only where manual_seed would refuse,
+            mixed %= _SEED_RANGE  # so every seed that worked keeps its shuffle
+        g = torch.Generator().manual_seed(mixed)
         order = torch.randperm(n, generator=g).tolist()
     else:
         order = list(range(n))
@@ -799,7 +845,24 @@ def evaluate(
     return metrics, features, labs
 
 
-def train_one_fold(args: argparse.Namespace, fold: int, out: Path, rt: Runtime) -> dict:
+def train_one_fold(
+    args: argparse.Namespace, fold: int, out: Path, rt: Runtime, *, resume_may_start: bool = False
+) -> dict:
+    """Train and evaluate one fold in ``out``. ``resume_may_start``: under ``--resume``, a fold
+    without a checkpoint starts from scratch (the folds after the one a ``--fold all`` run
+    stopped in) instead of failing."""
+    last_path = out / "last.pt"
+    resume = args.resume and last_path.is_file()
+    if args.resume and not resume:
+        if not resume_may_start:
+            raise SystemExit(f"--resume: no checkpoint at {last_path}")
+        rt.log(f"[fold {fold}] --resume: no checkpoint at {last_path} yet; starting this fold")
+    if not args.resume and last_path.is_file() and not args.overwrite:
+        # A rerun without --resume would replace best.pt after one epoch, and last.pt with it.
+        raise SystemExit(
+            f"{last_path} holds a run already: pass --resume to continue it, --overwrite to "
+            f"start again over it, or another --output"
+        )
     seed_everything(args.seed)
     train_set, test_set = build_datasets(args, fold, rt)
     classes = list(train_set.classes)
@@ -836,10 +899,7 @@ def train_one_fold(args: argparse.Namespace, fold: int, out: Path, rt: Runtime) 
 
     start_epoch, global_step, history = 0, 0, []
     best: dict[str, Any] | None = None
-    last_path = out / "last.pt"
-    if args.resume:
-        if not last_path.is_file():
-            raise SystemExit(f"--resume: no checkpoint at {last_path}")
+    if resume:
         ckpt = load_checkpoint(last_path, map_location="cpu")
         if ckpt.get("shape") != shape_signature(args):
             raise CheckpointError(
@@ -1032,10 +1092,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"device {rt.device}, world size {rt.world_size}, amp {rt.amp_dtype}, "
         f"torch {torch.__version__}, threads {torch.get_num_threads()}"
     )
+    outs = [args.output / f"fold{fold}" if len(folds) > 1 else args.output for fold in folds]
+    if args.resume and not any((out / "last.pt").is_file() for out in outs):
+        raise SystemExit(
+            f"--resume: no checkpoint at {' or '.join(str(o / 'last.pt') for o in outs)}"
+        )
     results = []
-    for fold in folds:
-        out = args.output / f"fold{fold}" if len(folds) > 1 else args.output
-        results.append(train_one_fold(args, fold, out, rt))
+    for fold, out in zip(folds, outs, strict=True):
+        # Under --fold all, the folds after the one that stopped have no checkpoint yet.
+        results.append(train_one_fold(args, fold, out, rt, resume_may_start=len(folds) > 1))
     if len(results) > 1 and rt.main and all("final" in r for r in results):
         rt.log("\nMean over folds (final epoch / best epoch per fold):")
         for which in ("final", "best"):

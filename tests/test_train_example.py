@@ -331,3 +331,122 @@ def test_two_steps_under_torchrun_on_cpu(dfew_root, tmp_path):
     result = json.loads((out / "results.json").read_text())
     test_clips = len(DFEW(dfew_root, 1, "test"))
     assert int(torch.tensor(result["final"]["confusion"]).sum()) == test_clips
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--batch-size", "0"),  # was a ZeroDivisionError once the data sets were built
+        ("--num-instances", "0"),  # was a ZeroDivisionError in parse_args
+        ("--num-frames", "0"),
+        ("--image-size", "0"),
+        ("--workers", "-1"),
+        ("--epochs", "-1"),
+        ("--stop-after", "0"),
+        ("--limit-train-batches", "0"),
+        ("--crop-scale", "0"),
+        ("--crop-scale", "1.5"),
+        ("--seed", str(2**64)),  # was an overflow inside torch.manual_seed
+    ],
+)
+def test_out_of_range_numbers_are_refused_naming_the_option(option, value, capsys):
+    with pytest.raises(SystemExit):
+        train_dfew.parse_args(["--dataset", "synthetic", option, value])
+    err = capsys.readouterr().err
+    assert option in err and value in err
+
+
+def test_shuffle_works_for_every_accepted_seed_and_keeps_the_old_orders():
+    # seed * 7919 passed torch.manual_seed's range from --seed ~2.3e15 on (an overflow error).
+    for seed in (2**62, 2**64 - 1, -(2**63)):
+        order = train_dfew.shard_indices(50, 0, 1, epoch=3, seed=seed, shuffle=True, pad=True)
+        assert sorted(order) == list(range(50))
+    # Seeds that worked before give the same shuffle as before.
+    for seed in (0, 3, -5, 10**12):
+        g = torch.Generator().manual_seed(seed * 7919 + 2)
+        expected = torch.randperm(50, generator=g).tolist()
+        assert train_dfew.shard_indices(50, 0, 1, epoch=2, seed=seed, shuffle=True, pad=True) == (
+            expected
+        )
+
+
+def test_a_rerun_without_resume_does_not_replace_the_run(dfew_root, tmp_path):
+    out = tmp_path / "run"
+    argv = [
+        "--dataset",
+        "dfew",
+        "--root",
+        str(dfew_root),
+        "--epochs",
+        "1",
+        "--no-plots",
+        "--limit-train-batches",
+        "1",
+        "--limit-eval-batches",
+        "1",
+        "--output",
+        str(out),
+        *TINY,
+    ]
+    train_dfew.main(argv)
+    before = {name: (out / name).read_bytes() for name in ("last.pt", "best.pt")}
+    # The same command again, --resume forgotten: it used to train over last.pt and best.pt.
+    with pytest.raises(SystemExit, match="holds a run already.*--resume.*--overwrite"):
+        train_dfew.main([*argv, "--seed", "4"])
+    assert {name: (out / name).read_bytes() for name in before} == before
+    train_dfew.main([*argv, "--seed", "4", "--overwrite"])
+    assert (out / "last.pt").read_bytes() != before["last.pt"]
+
+
+def test_fold_all_resume_starts_the_folds_not_reached_yet(tmp_path):
+    root = tmp_path / "dfew5"
+    make_synthetic_dfew(
+        root,
+        total_clips=35,
+        min_clips_per_class=5,
+        frames=(6, 10),
+        image_size=20,
+        folds=(1, 2, 3, 4, 5),
+        seed=1,
+    )
+    out = tmp_path / "all"
+    argv = [
+        "--dataset",
+        "dfew",
+        "--root",
+        str(root),
+        "--fold",
+        "all",
+        "--epochs",
+        "1",
+        "--no-plots",
+        "--limit-train-batches",
+        "1",
+        "--limit-eval-batches",
+        "1",
+        "--output",
+        str(out),
+        *TINY,
+    ]
+    with pytest.raises(SystemExit, match="no checkpoint"):  # nothing to resume at all
+        train_dfew.main([*argv, "--resume"])
+    real = train_dfew.train_one_fold
+
+    def crash_in_fold_3(args, fold, *rest, **kw):
+        if fold == 3:
+            raise KeyboardInterrupt  # the job was killed before fold 3's first checkpoint
+        return real(args, fold, *rest, **kw)
+
+    train_dfew.train_one_fold = crash_in_fold_3
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_dfew.main(argv)
+    finally:
+        train_dfew.train_one_fold = real
+    done = (out / "fold1" / "last.pt").read_bytes()
+    # --resume used to stop at fold 3 ("no checkpoint"): folds 3-5 could not be run.
+    results = train_dfew.main([*argv, "--resume"])
+    assert [r["fold"] for r in results] == [1, 2, 3, 4, 5]
+    assert all("final" in r for r in results)
+    assert (out / "fold1" / "last.pt").read_bytes() == done  # fold 1 was finished: not retrained
+    assert all((out / f"fold{k}" / "last.pt").is_file() for k in (3, 4, 5))
