@@ -8,6 +8,8 @@ problems into errors that name the file and line, checking every clip folder up 
 
 from __future__ import annotations
 
+import codecs
+import io
 import os
 import re
 import warnings
@@ -107,7 +109,8 @@ def list_frames(frame_dir: str | os.PathLike[str]) -> list[Path]:
 
     Frames are sorted by file name, comparing runs of digits numerically (so ``2.jpg`` comes
     before ``10.jpg``; zero-padded names sort as plain text would). ``.jpg`` and ``.jpeg`` in any
-    case count as frames; other files are ignored.
+    case count as frames; other files, folders, and hidden names (starting with ``.``, such as
+    the ``._00001.jpg`` metadata files macOS leaves on copied drives) are ignored.
 
     Args:
         frame_dir: The clip's folder.
@@ -122,7 +125,7 @@ def list_frames(frame_dir: str | os.PathLike[str]) -> list[Path]:
     Example:
         >>> import tempfile
         >>> d = Path(tempfile.mkdtemp())
-        >>> for name in ["10.jpg", "2.jpg", "notes.txt", "1.JPG"]:
+        >>> for name in ["10.jpg", "2.jpg", "notes.txt", "1.JPG", "._1.jpg"]:
         ...     _ = (d / name).write_bytes(b"")
         >>> [p.name for p in list_frames(d)]
         ['1.JPG', '2.jpg', '10.jpg']
@@ -136,7 +139,14 @@ _DIGITS_TO_ZERO = str.maketrans("0123456789", "0000000000")
 
 def _frame_names(frame_dir: Path) -> list[str]:
     with os.scandir(frame_dir) as entries:
-        names = [e.name for e in entries if _is_jpeg(e.name) and e.is_file()]
+        # Hidden "._*.jpg" files are macOS metadata, not frames (they sort first and do not
+        # decode). A dangling link is kept: it is a missing frame, named when it is read, not
+        # a clip silently one frame shorter.
+        names = [
+            e.name
+            for e in entries
+            if _is_jpeg(e.name) and not e.name.startswith(".") and not e.is_dir()
+        ]
     # Names that differ only in their digits (00001.jpg, 00002.jpg, ...: every clip of DFEW
     # and FERV39k) sort the same as text and numerically; plain sorting them is ~20x cheaper,
     # which matters when construction lists 39k folders.
@@ -250,7 +260,8 @@ def split_error(path: str | os.PathLike[str], line: int, message: str) -> ValueE
 def read_split_lines(path: str | os.PathLike[str], dataset: str) -> list[tuple[int, str]]:
     """Read a split file's non-blank lines with their 1-based line numbers.
 
-    A UTF-8 byte-order mark is ignored and trailing whitespace stripped.
+    The file is read as UTF-8 (a byte-order mark is ignored), or as UTF-16 if it starts with a
+    UTF-16 byte-order mark (spreadsheets' "Unicode text"); trailing whitespace is stripped.
 
     Args:
         path: The split file.
@@ -261,7 +272,7 @@ def read_split_lines(path: str | os.PathLike[str], dataset: str) -> list[tuple[i
 
     Raises:
         FileNotFoundError: If the file does not exist (naming it).
-        ValueError: If it holds no non-blank line.
+        ValueError: If it holds no non-blank line, or is not UTF-8 text (naming the line).
 
     Example:
         >>> import tempfile
@@ -276,8 +287,23 @@ def read_split_lines(path: str | os.PathLike[str], dataset: str) -> list[tuple[i
             f"{dataset} split file {str(path)!r} does not exist; check `root` and the data "
             "set's layout (see docs/data.md)"
         )
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        lines = [(i, text.rstrip()) for i, text in enumerate(f, start=1) if text.strip()]
+    raw = path.read_bytes()
+    utf16 = raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+    try:
+        decoded = raw.decode("utf-16" if utf16 else "utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        codec = "UTF-16" if utf16 else "UTF-8"
+        raise ValueError(
+            f"{path}:{line}: {dataset} split file is not {codec} text (byte "
+            f"{raw[err.start]:#04x} at offset {err.start}); save it as UTF-8"
+        ) from None
+    # newline="": lines end at \n, \r\n or \r, as when the file is iterated in text mode.
+    lines = [
+        (i, text.rstrip())
+        for i, text in enumerate(io.StringIO(decoded, newline=""), start=1)
+        if text.strip()
+    ]
     if not lines:
         raise ValueError(f"{path}:1: {dataset} split file is empty")
     return lines
