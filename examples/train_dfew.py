@@ -34,6 +34,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -520,6 +521,13 @@ def shard_indices(
     return order[rank::world]
 
 
+SYNTHETIC_RECORD = "train_dfew_synthetic.json"
+
+
+def synthetic_options(args: argparse.Namespace) -> dict[str, int]:
+    return {"synthetic_clips": args.synthetic_clips, "seed": args.seed}
+
+
 def build_datasets(args: argparse.Namespace, fold: int, rt: Runtime):
     from micacl_layers.data import (
         DFEW,
@@ -546,8 +554,21 @@ def build_datasets(args: argparse.Namespace, fold: int, rt: Runtime):
                     folds=(1, 2, 3, 4, 5),
                     seed=args.seed,
                 )
+                # What it was made with: a later run with other values is told it reuses it.
+                (root / SYNTHETIC_RECORD).write_text(json.dumps(synthetic_options(args)))
             if rt.distributed:
                 dist.barrier()
+        else:
+            made = root / SYNTHETIC_RECORD
+            asked = synthetic_options(args)
+            was = json.loads(made.read_text()) if made.is_file() else asked
+            if was != asked:
+                warnings.warn(
+                    f"{root} holds synthetic data generated with {was}, not this run's {asked}: "
+                    "it is used as it is; delete it, or pass another --root, to generate a new "
+                    "set",
+                    stacklevel=2,
+                )
         dataset = "dfew"
     common = {
         "num_frames": args.num_frames,
@@ -674,6 +695,34 @@ def _as_tuple(obj: Any) -> Any:
 
 def shape_signature(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in SHAPE_OPTIONS}
+
+
+# Options that do not change what a run computes (where it reads and writes, how much it
+# prints, how many workers load the same clips): a resumed run may change them.
+RUN_ONLY_OPTIONS = (
+    "root",
+    "output",
+    "resume",
+    "overwrite",
+    "stop_after",
+    "quiet",
+    "workers",
+    "device",
+    "no_plots",
+    "tsne_samples",
+    "demo",
+    "fold",  # the fold itself is checked: last.pt records it
+)
+
+
+def result_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The other options a resumed run should share with the run it continues (the seed, the
+    schedule, the batch size, ...): a resume with other values warns."""
+    return {
+        k: str(v) if isinstance(v, Path) else v
+        for k, v in sorted(vars(args).items())
+        if k not in SHAPE_OPTIONS and k not in RUN_ONLY_OPTIONS
+    }
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -899,6 +948,7 @@ def train_one_fold(
 
     start_epoch, global_step, history = 0, 0, []
     best: dict[str, Any] | None = None
+    options = result_options(args)
     if resume:
         ckpt = load_checkpoint(last_path, map_location="cpu")
         if ckpt.get("shape") != shape_signature(args):
@@ -906,9 +956,35 @@ def train_one_fold(
                 f"{last_path} was written with options {ckpt.get('shape')}, which do not "
                 f"match this run's {shape_signature(args)}."
             )
+        if ckpt.get("fold", fold) != fold:  # same shapes, other clips: a silent mix
+            raise CheckpointError(
+                f"{last_path} holds a run of fold {ckpt['fold']}, not of fold {fold}; "
+                "pass that fold, or another --output."
+            )
+        changed = {
+            k: (v, options.get(k))
+            for k, v in ckpt.get("options", options).items()
+            if options.get(k) != v
+        }
+        if changed:
+            warnings.warn(
+                f"{last_path}: resuming with other options than the run was started with, so "
+                "the result is not the uninterrupted run's: "
+                + ", ".join(
+                    f"--{k.replace('_', '-')} {a!r} -> {b!r}" for k, (a, b) in changed.items()
+                ),
+                stacklevel=2,
+            )
         load_state_dict_checked(step_module, ckpt["train_step"], source=str(last_path))
         optimizer.load_state_dict(ckpt["optimizer"])
-        rt.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt["scaler"] or not rt.scaler.is_enabled():
+            rt.scaler.load_state_dict(ckpt["scaler"])
+        else:  # saved without float16 (CPU, bfloat16): torch raises on the empty state
+            warnings.warn(
+                f"{last_path} was saved without float16 loss scaling (on the CPU or with "
+                "bfloat16); the loss scale starts from its default here",
+                stacklevel=2,
+            )
         start_epoch, global_step = ckpt["epoch"] + 1, ckpt["global_step"]
         history, best = ckpt["history"], ckpt["best"]
         set_rng_state(ckpt["rng"])
@@ -1027,6 +1103,8 @@ def train_one_fold(
                     "best": best,
                     "rng": rng_state(),
                     "shape": shape_signature(args),
+                    "fold": fold,
+                    "options": options,
                 },
                 last_path,
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -450,3 +451,76 @@ def test_fold_all_resume_starts_the_folds_not_reached_yet(tmp_path):
     assert all("final" in r for r in results)
     assert (out / "fold1" / "last.pt").read_bytes() == done  # fold 1 was finished: not retrained
     assert all((out / f"fold{k}" / "last.pt").is_file() for k in (3, 4, 5))
+
+
+def test_resume_with_other_options_warns_and_another_fold_is_refused(dfew_root, tmp_path):
+    out = tmp_path / "run"
+    base = [
+        "--dataset",
+        "dfew",
+        "--root",
+        str(dfew_root),
+        "--epochs",
+        "2",
+        "--no-plots",
+        "--limit-train-batches",
+        "1",
+        "--limit-eval-batches",
+        "1",
+        "--output",
+        str(out),
+        *TINY,
+    ]
+    train_dfew.main([*base, "--stop-after", "1"])
+    # Fold 2 has the same shapes but other clips: it trained on, mixing the two folds.
+    with pytest.raises(train_dfew.CheckpointError, match="fold 1, not of fold 2"):
+        train_dfew.main([*base, "--resume", "--fold", "2"])
+    # Another batch size and seed: silently not the run it continues.
+    with pytest.warns(UserWarning, match=r"--batch-size 8 -> 4.*--seed 3 -> 5"):
+        train_dfew.main([*base, "--resume", "--batch-size", "4", "--seed", "5"])
+
+
+def test_synthetic_data_made_with_other_options_is_reused_with_a_warning(tmp_path):
+    # An existing synthetic tree is reused: another --synthetic-clips or --seed was silently
+    # ignored (the run trained on the old set).
+    root = tmp_path / "syn"
+    argv = ["--dataset", "synthetic", "--root", str(root), "--synthetic-clips", "14", *TINY]
+    args = train_dfew.parse_args(argv)
+    rt = train_dfew.Runtime(args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        first, _ = train_dfew.build_datasets(args, 1, rt)  # generates it
+        train_dfew.build_datasets(args, 1, rt)  # the same options: reused, no warning
+    args = train_dfew.parse_args([*argv, "--synthetic-clips", "20", "--seed", "4"])
+    with pytest.warns(UserWarning, match=r"'synthetic_clips': 14, 'seed': 3\}, not this run"):
+        again, _ = train_dfew.build_datasets(args, 1, rt)
+    assert again.samples == first.samples
+
+
+def test_resume_onto_float16_loss_scaling_from_a_run_without_it(dfew_root, tmp_path):
+    # A CPU or bfloat16 run resumed on a float16 GPU: GradScaler.load_state_dict raised torch's
+    # "The source state dict is empty" from inside the resume.
+    argv = [
+        "--dataset",
+        "dfew",
+        "--root",
+        str(dfew_root),
+        "--epochs",
+        "2",
+        "--no-plots",
+        "--limit-train-batches",
+        "1",
+        "--limit-eval-batches",
+        "1",
+        "--output",
+        str(tmp_path / "run"),
+        *TINY,
+    ]
+    train_dfew.main([*argv, "--stop-after", "1"])
+    args = train_dfew.parse_args([*argv, "--resume"])
+    rt = train_dfew.Runtime(args)
+    rt.scaler = torch.amp.GradScaler("cpu", enabled=True)  # as on a float16 GPU
+    with pytest.warns(UserWarning, match="saved without float16 loss scaling"):
+        result = train_dfew.train_one_fold(args, 1, tmp_path / "run", rt)
+    assert result["final_epoch"] == 2
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["scaler"]  # now saved with its state
