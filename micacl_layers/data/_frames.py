@@ -40,6 +40,7 @@ __all__ = [
     "CorruptFrameError",
     "SkippedClip",
     "SkippedClipsWarning",
+    "check_clip_options",
     "list_frames",
     "load_frames",
     "read_split_lines",
@@ -309,6 +310,55 @@ def read_split_lines(path: str | os.PathLike[str], dataset: str) -> list[tuple[i
     return lines
 
 
+def check_clip_options(
+    name: str,
+    *,
+    root: object,
+    transform: object,
+    train: object,
+    skip_bad_clips: object,
+    generator: object,
+    fast_decode: object,
+) -> None:
+    """Check the options the DFEW and FERV39k loaders share, before any file is read.
+
+    Args:
+        name: Data set name for the messages.
+        root: Must be a ``str`` or ``os.PathLike``.
+        transform: ``None`` or a callable.
+        train: ``None`` (from the split) or a ``bool``.
+        skip_bad_clips: A ``bool``.
+        generator: ``None`` or a CPU ``torch.Generator``.
+        fast_decode: A ``bool``.
+
+    Raises:
+        TypeError: Naming the option, what it got and what it takes. (``train="false"`` or
+            ``skip_bad_clips="no"`` were truthy; a bad ``generator`` or ``transform`` failed
+            inside torch, or as "object is not callable", at the first item.)
+
+    Example:
+        >>> check_clip_options("DFEW", root="/data", transform=None, train=None,
+        ...                    skip_bad_clips=False, generator=None, fast_decode=True)
+    """
+    if not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"{name}: `root` must be a str or os.PathLike, got {root!r}")
+    if transform is not None and not callable(transform):
+        raise TypeError(
+            f"{name}: `transform` must be callable on a (T, C, H, W) clip, or None, got "
+            f"{transform!r} of type {type(transform).__name__}"
+        )
+    if train is not None and not isinstance(train, bool):
+        raise TypeError(f"{name}: `train` must be a bool or None (from the split), got {train!r}")
+    for option, value in (("skip_bad_clips", skip_bad_clips), ("fast_decode", fast_decode)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name}: `{option}` must be a bool, got {value!r}")
+    if generator is not None and not (
+        isinstance(generator, torch.Generator) and generator.device.type == "cpu"
+    ):
+        got = generator.device if isinstance(generator, torch.Generator) else repr(generator)
+        raise TypeError(f"{name}: `generator` must be a CPU torch.Generator or None, got {got}")
+
+
 class ClipFolderDataset(Dataset[tuple[torch.Tensor, int]]):
     """A data set of clips stored as folders of JPEG frames.
 
@@ -364,6 +414,15 @@ class ClipFolderDataset(Dataset[tuple[torch.Tensor, int]]):
         output_dtype: torch.dtype = torch.float32,
     ) -> None:
         require_pil()
+        check_clip_options(
+            name,
+            root=frames_root,
+            transform=transform,
+            train=train,
+            skip_bad_clips=skip_bad_clips,
+            generator=generator,
+            fast_decode=fast_decode,
+        )
         num_frames = check_positive_int("num_frames", num_frames)
         if draft not in DRAFT_RULES:
             raise ValueError(f"{name}: draft must be one of {DRAFT_RULES}, got {draft!r}")
