@@ -679,6 +679,18 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
+def rng_states(rt: Runtime) -> list[dict[str, Any]]:
+    """Every rank's RNG states, in rank order (a collective: all ranks call it). Each rank's
+    generators advance on their own (its GPU's dropout, on its device), so a resumed rank
+    needs its own states back, not rank 0's."""
+    state = rng_state()
+    if not rt.distributed:
+        return [state]
+    states: list[Any] = [None] * rt.world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(_as_tuple(state["python"]))
     n = state["numpy"]
@@ -987,7 +999,11 @@ def train_one_fold(
             )
         start_epoch, global_step = ckpt["epoch"] + 1, ckpt["global_step"]
         history, best = ckpt["history"], ckpt["best"]
-        set_rng_state(ckpt["rng"])
+        per_rank = ckpt.get("rng_per_rank")  # absent in checkpoints of older versions
+        if per_rank is not None and len(per_rank) == rt.world_size:
+            set_rng_state(per_rank[rt.rank])
+        else:  # another world size: the shards differ anyway, so the run cannot be exact
+            set_rng_state(ckpt["rng"])
         rt.log(f"[fold {fold}] resumed from {last_path} after epoch {ckpt['epoch'] + 1}")
 
     runner = step_module
@@ -1086,6 +1102,7 @@ def train_one_fold(
             f"  WAR {100 * metrics['war']:.2f}  UAR {100 * metrics['uar']:.2f}"
             f"  ({record['seconds']:.0f}s)"
         )
+        states = rng_states(rt)  # before `if rt.main`: every rank takes part
         if rt.main:
             write_csv(out / "log.csv", history, classes)
             if writer is not None:
@@ -1101,7 +1118,8 @@ def train_one_fold(
                     "global_step": global_step,
                     "history": history,
                     "best": best,
-                    "rng": rng_state(),
+                    "rng": states[0],
+                    "rng_per_rank": states,
                     "shape": shape_signature(args),
                     "fold": fold,
                     "options": options,

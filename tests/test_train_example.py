@@ -524,3 +524,75 @@ def test_resume_onto_float16_loss_scaling_from_a_run_without_it(dfew_root, tmp_p
         result = train_dfew.train_one_fold(args, 1, tmp_path / "run", rt)
     assert result["final_epoch"] == 2
     assert load_checkpoint(tmp_path / "run" / "last.pt")["scaler"]  # now saved with its state
+
+
+DESYNC_DRIVER = """
+import sys
+import torch
+from pathlib import Path
+spec_path, args = Path(sys.argv[1]), sys.argv[2:]
+import importlib.util
+spec = importlib.util.spec_from_file_location("train_dfew", spec_path)
+td = importlib.util.module_from_spec(spec)
+sys.modules["train_dfew"] = td
+spec.loader.exec_module(td)
+real = td.evaluate
+def evaluate(*a, **k):
+    out = real(*a, **k)
+    # Each rank's generator advances on its own, as each GPU's dropout does on its device.
+    torch.rand(int(torch.distributed.get_rank()) + 1)
+    return out
+td.evaluate = evaluate
+td.main(args)
+"""
+
+
+def test_resume_under_torchrun_restores_each_ranks_rng(dfew_root, tmp_path):
+    # last.pt held rank 0's RNG state only, and every rank resumed from it: rank 1's dropout
+    # then drew other masks than in the uninterrupted run (on GPUs each rank's CUDA generator
+    # advances on its own device; here the driver makes the CPU generators differ).
+    driver = tmp_path / "driver.py"
+    driver.write_text(DESYNC_DRIVER)
+    common = [
+        "--dataset",
+        "dfew",
+        "--root",
+        str(dfew_root),
+        "--epochs",
+        "2",
+        "--no-plots",
+        "--limit-train-batches",
+        "2",
+        "--limit-eval-batches",
+        "1",
+        "--dropout",
+        "0.5",
+        *TINY,
+    ]
+
+    def torchrun(out, *extra):
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--standalone",
+            str(driver),
+            str(SCRIPT),
+            *common,
+            "--output",
+            str(out),
+            *extra,
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        done = (out / "last.pt").exists()
+        assert torchrun_succeeded(proc.returncode, proc.stderr, work_finished=done), (
+            proc.stdout[-3000:] + proc.stderr[-3000:]
+        )
+
+    torchrun(tmp_path / "straight")
+    torchrun(tmp_path / "split", "--stop-after", "1")
+    torchrun(tmp_path / "split", "--resume")
+    a, b = _state(tmp_path / "straight" / "last.pt"), _state(tmp_path / "split" / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
