@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 import warnings
@@ -431,3 +432,33 @@ def test_list_frames_ignores_macos_metadata_and_keeps_dangling_links(tmp_path):
     assert [p.name for p in list_frames(clip)] == [f"{k:05d}.jpg" for k in (1, 2, 3, 4)]
     with pytest.raises(FileNotFoundError, match=r"00004\.jpg"):
         load_frames(list_frames(clip))
+
+
+def test_frame_order_does_not_depend_on_the_listing_order(tmp_path, monkeypatch):
+    # "1.jpg" and "01.jpg" compare equal numerically: their order followed os.scandir's,
+    # which differs between file systems (so a clip's sampled frames did too).
+    write_clip(tmp_path / "c", 4, names=["1.jpg", "01.jpg", "2.jpg", "x10.jpg"])
+    real = os.scandir
+
+    class Reversed:
+        def __init__(self, path):
+            self.entries = list(real(path))[::-1]
+
+        def __enter__(self):
+            return iter(self.entries)
+
+        def __exit__(self, *exc):
+            return False
+
+    forward = [p.name for p in list_frames(tmp_path / "c")]
+    monkeypatch.setattr(os, "scandir", Reversed)
+    assert (
+        [p.name for p in list_frames(tmp_path / "c")]
+        == forward
+        == [
+            "01.jpg",
+            "1.jpg",
+            "2.jpg",
+            "x10.jpg",
+        ]
+    )

@@ -155,7 +155,10 @@ def _frame_names(frame_dir: Path) -> list[str]:
     if all(name.translate(_DIGITS_TO_ZERO) == pattern for name in names):
         names.sort()
     else:
-        names.sort(key=_natural_key)
+        # The name breaks ties ("1.jpg" and "01.jpg" have one key): else the order, hence the
+        # sampled frames, would follow the file system's listing order, which differs between
+        # machines.
+        names.sort(key=lambda name: (_natural_key(name), name))
     return names
 
 
