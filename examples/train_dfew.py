@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="stop after this many epochs in this invocation (e.g. to fit a job's "
-        "time limit), leaving last.pt for --resume",
+        "time limit; with --fold all, counted over the folds), leaving last.pt for --resume",
     )
     r.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     r.add_argument(
@@ -425,6 +425,8 @@ class Runtime:
         self.device_augment = args.augment_on == "device" or (
             args.augment_on == "auto" and self.device.type == "cuda"
         )
+        # Epochs trained by this invocation, over all its folds: --stop-after counts these.
+        self.epochs_trained = 0
         # Loss scaling is only needed (and only correct) for float16.
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype == torch.float16
@@ -1020,7 +1022,7 @@ def train_one_fold(
             writer = SummaryWriter(str(out / "tb"))
 
     for epoch in range(start_epoch, args.epochs):
-        if args.stop_after is not None and epoch - start_epoch >= args.stop_after:
+        if args.stop_after is not None and rt.epochs_trained >= args.stop_after:
             rt.log(
                 f"[fold {fold}] stopping after {args.stop_after} epoch(s) as asked; "
                 f"continue with --resume"
@@ -1126,6 +1128,7 @@ def train_one_fold(
                 },
                 last_path,
             )
+        rt.epochs_trained += 1
     if writer is not None:
         writer.close()
 
@@ -1197,6 +1200,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for fold, out in zip(folds, outs, strict=True):
         # Under --fold all, the folds after the one that stopped have no checkpoint yet.
         results.append(train_one_fold(args, fold, out, rt, resume_may_start=len(folds) > 1))
+        if "stopped_after_epoch" in results[-1]:
+            break  # --stop-after's epochs are spent: the later folds are for the next --resume
     if len(results) > 1 and rt.main and all("final" in r for r in results):
         rt.log("\nMean over folds (final epoch / best epoch per fold):")
         for which in ("final", "best"):

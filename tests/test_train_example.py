@@ -399,8 +399,9 @@ def test_a_rerun_without_resume_does_not_replace_the_run(dfew_root, tmp_path):
     assert (out / "last.pt").read_bytes() != before["last.pt"]
 
 
-def test_fold_all_resume_starts_the_folds_not_reached_yet(tmp_path):
-    root = tmp_path / "dfew5"
+@pytest.fixture(scope="module")
+def dfew5_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dfew5")
     make_synthetic_dfew(
         root,
         total_clips=35,
@@ -410,6 +411,11 @@ def test_fold_all_resume_starts_the_folds_not_reached_yet(tmp_path):
         folds=(1, 2, 3, 4, 5),
         seed=1,
     )
+    return root
+
+
+def test_fold_all_resume_starts_the_folds_not_reached_yet(dfew5_root, tmp_path):
+    root = dfew5_root
     out = tmp_path / "all"
     argv = [
         "--dataset",
@@ -596,3 +602,32 @@ def test_resume_under_torchrun_restores_each_ranks_rng(dfew_root, tmp_path):
     torchrun(tmp_path / "split", "--resume")
     a, b = _state(tmp_path / "straight" / "last.pt"), _state(tmp_path / "split" / "last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def test_stop_after_counts_the_epochs_of_every_fold(dfew5_root, tmp_path):
+    # --stop-after N "in this invocation" trained N epochs in *each* fold under --fold all:
+    # five times the job's time limit it was set for.
+    argv = [
+        "--dataset",
+        "dfew",
+        "--root",
+        str(dfew5_root),
+        "--fold",
+        "all",
+        "--epochs",
+        "2",
+        "--no-plots",
+        "--limit-train-batches",
+        "1",
+        "--limit-eval-batches",
+        "1",
+        "--output",
+        str(tmp_path / "all"),
+        *TINY,
+    ]
+    results = train_dfew.main([*argv, "--stop-after", "3"])
+    assert results[0]["final_epoch"] == 2  # fold 1: both epochs
+    assert results[1:] == [{"fold": 2, "stopped_after_epoch": 1}]  # fold 2: the third epoch
+    assert not (tmp_path / "all" / "fold3").exists()
+    results = train_dfew.main([*argv, "--resume"])
+    assert [r["final_epoch"] for r in results] == [2, 2, 2, 2, 2]
