@@ -37,6 +37,10 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
     Returns:
         The target path.
 
+    Raises:
+        TypeError: If ``obj`` is not a mapping or ``path`` not a path.
+        IsADirectoryError: If ``path`` is a directory.
+
     Example:
         >>> import tempfile, os
         >>> target = os.path.join(tempfile.mkdtemp(), "ckpt.pt")
@@ -56,6 +60,10 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
     # Through a symbolic link (last.pt -> a file on other storage), replace the file it points
     # to: replacing the link itself would leave the target stale.
     target = Path(os.path.realpath(path))
+    if target.is_dir():
+        raise IsADirectoryError(
+            f"checkpoint path '{path}' is a directory; pass a file in it, e.g. '{path / 'last.pt'}'"
+        )
     tmp = os.path.join(target.parent, f".{target.name}.{secrets.token_hex(8)}.tmp")
     # os.open with 0o666 rather than mkstemp's 0o600: the checkpoint gets the mode any new
     # file gets under the umask (readable by the group on a shared cluster), as torch.save's.
@@ -88,6 +96,7 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> di
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
+        IsADirectoryError: ``path`` is a directory.
         CheckpointError: the file is truncated, corrupt, or holds objects that are not allowed
             under ``weights_only=True``.
 
@@ -99,6 +108,11 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> di
         tensor([1., 1.])
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"checkpoint '{path}' is a directory; pass the checkpoint file in it (e.g. "
+            f"'{path / 'last.pt'}')."
+        )
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint '{path}' does not exist.")
     try:
