@@ -908,6 +908,13 @@ def evaluate(
     return metrics, features, labs
 
 
+def refuse_to_overwrite(last_path: Path) -> None:
+    raise SystemExit(
+        f"{last_path} holds a run already: pass --resume to continue it, --overwrite to "
+        f"start again over it, or another --output"
+    )
+
+
 def train_one_fold(
     args: argparse.Namespace, fold: int, out: Path, rt: Runtime, *, resume_may_start: bool = False
 ) -> dict:
@@ -922,10 +929,7 @@ def train_one_fold(
         rt.log(f"[fold {fold}] --resume: no checkpoint at {last_path} yet; starting this fold")
     if not args.resume and last_path.is_file() and not args.overwrite:
         # A rerun without --resume would replace best.pt after one epoch, and last.pt with it.
-        raise SystemExit(
-            f"{last_path} holds a run already: pass --resume to continue it, --overwrite to "
-            f"start again over it, or another --output"
-        )
+        refuse_to_overwrite(last_path)
     seed_everything(args.seed)
     train_set, test_set = build_datasets(args, fold, rt)
     classes = list(train_set.classes)
@@ -1192,7 +1196,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"torch {torch.__version__}, threads {torch.get_num_threads()}"
     )
     outs = [args.output / f"fold{fold}" if len(folds) > 1 else args.output for fold in folds]
-    if args.resume and not any((out / "last.pt").is_file() for out in outs):
+    taken = [out / "last.pt" for out in outs if (out / "last.pt").is_file()]
+    if taken and not args.resume and not args.overwrite:
+        refuse_to_overwrite(taken[0])  # now, not after the folds before it have trained
+    if args.resume and not taken:
         raise SystemExit(
             f"--resume: no checkpoint at {' or '.join(str(o / 'last.pt') for o in outs)}"
         )

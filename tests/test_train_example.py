@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import warnings
@@ -457,6 +458,12 @@ def test_fold_all_resume_starts_the_folds_not_reached_yet(dfew5_root, tmp_path):
     assert all("final" in r for r in results)
     assert (out / "fold1" / "last.pt").read_bytes() == done  # fold 1 was finished: not retrained
     assert all((out / f"fold{k}" / "last.pt").is_file() for k in (3, 4, 5))
+    # Without --resume, a fold's run in the output is found before any fold trains.
+    shutil.rmtree(out / "fold1")
+    shutil.rmtree(out / "fold2")
+    with pytest.raises(SystemExit, match=r"fold3.last\.pt holds a run already"):
+        train_dfew.main(argv)
+    assert not (out / "fold1").exists()
 
 
 def test_resume_with_other_options_warns_and_another_fold_is_refused(dfew_root, tmp_path):
