@@ -442,7 +442,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     f"{' '.join(shlex.quote(a) for a in run_argv)}",
                     flush=True,
                 )
-                rec = run_one(td, run_argv, custom)
+                # A setting without ablation_run.json (never run, or interrupted) starts
+                # again in its folder: train_dfew refuses that without --overwrite.
+                rec = run_one(td, [*run_argv, "--overwrite"], custom)
                 rec.update(setting=name, seed=seed, argv=run_argv, output=str(out))
                 saved.write_text(json.dumps(rec, indent=2))
             runs.setdefault(name, []).append(rec)

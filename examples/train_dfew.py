@@ -34,6 +34,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,7 @@ DEMO_DEFAULTS = {
     "projection_dim": 64,
     "workers": 2,
     "tsne_samples": 500,
+    "overwrite": True,  # `make demo` reruns into runs/demo
 }
 
 
@@ -285,11 +287,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue from <output>/last.pt exactly where it stopped",
     )
     r.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in an --output that holds one (its last.pt, best.pt and logs are "
+        "replaced); without it such a run is refused, so that forgetting --resume loses nothing",
+    )
+    r.add_argument(
         "--stop-after",
         type=int,
         default=None,
         help="stop after this many epochs in this invocation (e.g. to fit a job's "
-        "time limit), leaving last.pt for --resume",
+        "time limit; with --fold all, counted over the folds), leaving last.pt for --resume",
     )
     r.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     r.add_argument(
@@ -343,9 +351,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--root is required for --dataset {args.dataset}")
     if args.fold != "all" and args.fold not in {"1", "2", "3", "4", "5"}:
         parser.error(f"--fold must be 1..5 or 'all', got {args.fold!r}")
+    check_numbers(parser, args)
     if args.num_frames % args.num_instances:
         parser.error("--num-instances must divide --num-frames")
     return args
+
+
+# (option, smallest value); options of None ("not set") are not checked.
+_AT_LEAST = (
+    ("num_frames", 1),
+    ("num_instances", 1),
+    ("image_size", 1),
+    ("batch_size", 1),
+    ("epochs", 0),
+    ("workers", 0),
+    ("warmup_epochs", 0),
+    ("stop_after", 1),
+    ("limit_train_batches", 1),
+    ("limit_eval_batches", 1),
+    ("tsne_samples", 0),
+    ("synthetic_clips", 1),
+)
+# torch.manual_seed's range: --seed goes to it as is (seed_everything).
+_SEED_MIN, _SEED_END = -(2**63), 2**64
+
+
+def check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse out-of-range numbers here, naming the option, rather than as a ZeroDivisionError
+    or an overflow inside torch once the data set is built."""
+    for dest, low in _AT_LEAST:
+        value = getattr(args, dest)
+        if value is not None and not value >= low:  # `not >=`: NaN fails too
+            flag = "--" + dest.replace("_", "-")
+            parser.error(f"{flag} must be >= {low}, got {value}")
+    if not 0.0 < args.crop_scale <= 1.0:
+        parser.error(f"--crop-scale must be in (0, 1], got {args.crop_scale}")
+    if not _SEED_MIN <= args.seed < _SEED_END:
+        parser.error(
+            f"--seed must be in [-2**63, 2**64) (torch.manual_seed's range), got {args.seed}"
+        )
 
 
 # ----------------------------------------------------------------------------- runtime
@@ -381,6 +425,8 @@ class Runtime:
         self.device_augment = args.augment_on == "device" or (
             args.augment_on == "auto" and self.device.type == "cuda"
         )
+        # Epochs trained by this invocation, over all its folds: --stop-after counts these.
+        self.epochs_trained = 0
         # Loss scaling is only needed (and only correct) for float16.
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype == torch.float16
@@ -464,7 +510,10 @@ def shard_indices(
     """This rank's indices. Training pads to equal shards (so DDP steps match); evaluation
     never pads, so no clip is counted twice and none is dropped."""
     if shuffle:
-        g = torch.Generator().manual_seed(seed * 7919 + epoch)
+        mixed = seed * 7919 + epoch
+        if not _SEED_MIN <= mixed < _SEED_END:  # wrapped only where manual_seed would refuse,
+            mixed %= _SEED_RANGE  # so every seed that worked keeps its shuffle
+        g = torch.Generator().manual_seed(mixed)
         order = torch.randperm(n, generator=g).tolist()
     else:
         order = list(range(n))
@@ -472,6 +521,13 @@ def shard_indices(
         total = math.ceil(n / world) * world
         order = order + order[: total - n]
     return order[rank::world]
+
+
+SYNTHETIC_RECORD = "train_dfew_synthetic.json"
+
+
+def synthetic_options(args: argparse.Namespace) -> dict[str, int]:
+    return {"synthetic_clips": args.synthetic_clips, "seed": args.seed}
 
 
 def build_datasets(args: argparse.Namespace, fold: int, rt: Runtime):
@@ -500,8 +556,21 @@ def build_datasets(args: argparse.Namespace, fold: int, rt: Runtime):
                     folds=(1, 2, 3, 4, 5),
                     seed=args.seed,
                 )
+                # What it was made with: a later run with other values is told it reuses it.
+                (root / SYNTHETIC_RECORD).write_text(json.dumps(synthetic_options(args)))
             if rt.distributed:
                 dist.barrier()
+        else:
+            made = root / SYNTHETIC_RECORD
+            asked = synthetic_options(args)
+            was = json.loads(made.read_text()) if made.is_file() else asked
+            if was != asked:
+                warnings.warn(
+                    f"{root} holds synthetic data generated with {was}, not this run's {asked}: "
+                    "it is used as it is; delete it, or pass another --root, to generate a new "
+                    "set",
+                    stacklevel=2,
+                )
         dataset = "dfew"
     common = {
         "num_frames": args.num_frames,
@@ -612,6 +681,18 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
+def rng_states(rt: Runtime) -> list[dict[str, Any]]:
+    """Every rank's RNG states, in rank order (a collective: all ranks call it). Each rank's
+    generators advance on their own (its GPU's dropout, on its device), so a resumed rank
+    needs its own states back, not rank 0's."""
+    state = rng_state()
+    if not rt.distributed:
+        return [state]
+    states: list[Any] = [None] * rt.world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(_as_tuple(state["python"]))
     n = state["numpy"]
@@ -628,6 +709,34 @@ def _as_tuple(obj: Any) -> Any:
 
 def shape_signature(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in SHAPE_OPTIONS}
+
+
+# Options that do not change what a run computes (where it reads and writes, how much it
+# prints, how many workers load the same clips): a resumed run may change them.
+RUN_ONLY_OPTIONS = (
+    "root",
+    "output",
+    "resume",
+    "overwrite",
+    "stop_after",
+    "quiet",
+    "workers",
+    "device",
+    "no_plots",
+    "tsne_samples",
+    "demo",
+    "fold",  # the fold itself is checked: last.pt records it
+)
+
+
+def result_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The other options a resumed run should share with the run it continues (the seed, the
+    schedule, the batch size, ...): a resume with other values warns."""
+    return {
+        k: str(v) if isinstance(v, Path) else v
+        for k, v in sorted(vars(args).items())
+        if k not in SHAPE_OPTIONS and k not in RUN_ONLY_OPTIONS
+    }
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -799,7 +908,28 @@ def evaluate(
     return metrics, features, labs
 
 
-def train_one_fold(args: argparse.Namespace, fold: int, out: Path, rt: Runtime) -> dict:
+def refuse_to_overwrite(last_path: Path) -> None:
+    raise SystemExit(
+        f"{last_path} holds a run already: pass --resume to continue it, --overwrite to "
+        f"start again over it, or another --output"
+    )
+
+
+def train_one_fold(
+    args: argparse.Namespace, fold: int, out: Path, rt: Runtime, *, resume_may_start: bool = False
+) -> dict:
+    """Train and evaluate one fold in ``out``. ``resume_may_start``: under ``--resume``, a fold
+    without a checkpoint starts from scratch (the folds after the one a ``--fold all`` run
+    stopped in) instead of failing."""
+    last_path = out / "last.pt"
+    resume = args.resume and last_path.is_file()
+    if args.resume and not resume:
+        if not resume_may_start:
+            raise SystemExit(f"--resume: no checkpoint at {last_path}")
+        rt.log(f"[fold {fold}] --resume: no checkpoint at {last_path} yet; starting this fold")
+    if not args.resume and last_path.is_file() and not args.overwrite:
+        # A rerun without --resume would replace best.pt after one epoch, and last.pt with it.
+        refuse_to_overwrite(last_path)
     seed_everything(args.seed)
     train_set, test_set = build_datasets(args, fold, rt)
     classes = list(train_set.classes)
@@ -836,22 +966,50 @@ def train_one_fold(args: argparse.Namespace, fold: int, out: Path, rt: Runtime) 
 
     start_epoch, global_step, history = 0, 0, []
     best: dict[str, Any] | None = None
-    last_path = out / "last.pt"
-    if args.resume:
-        if not last_path.is_file():
-            raise SystemExit(f"--resume: no checkpoint at {last_path}")
+    options = result_options(args)
+    if resume:
         ckpt = load_checkpoint(last_path, map_location="cpu")
         if ckpt.get("shape") != shape_signature(args):
             raise CheckpointError(
                 f"{last_path} was written with options {ckpt.get('shape')}, which do not "
                 f"match this run's {shape_signature(args)}."
             )
+        if ckpt.get("fold", fold) != fold:  # same shapes, other clips: a silent mix
+            raise CheckpointError(
+                f"{last_path} holds a run of fold {ckpt['fold']}, not of fold {fold}; "
+                "pass that fold, or another --output."
+            )
+        changed = {
+            k: (v, options.get(k))
+            for k, v in ckpt.get("options", options).items()
+            if options.get(k) != v
+        }
+        if changed:
+            warnings.warn(
+                f"{last_path}: resuming with other options than the run was started with, so "
+                "the result is not the uninterrupted run's: "
+                + ", ".join(
+                    f"--{k.replace('_', '-')} {a!r} -> {b!r}" for k, (a, b) in changed.items()
+                ),
+                stacklevel=2,
+            )
         load_state_dict_checked(step_module, ckpt["train_step"], source=str(last_path))
         optimizer.load_state_dict(ckpt["optimizer"])
-        rt.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt["scaler"] or not rt.scaler.is_enabled():
+            rt.scaler.load_state_dict(ckpt["scaler"])
+        else:  # saved without float16 (CPU, bfloat16): torch raises on the empty state
+            warnings.warn(
+                f"{last_path} was saved without float16 loss scaling (on the CPU or with "
+                "bfloat16); the loss scale starts from its default here",
+                stacklevel=2,
+            )
         start_epoch, global_step = ckpt["epoch"] + 1, ckpt["global_step"]
         history, best = ckpt["history"], ckpt["best"]
-        set_rng_state(ckpt["rng"])
+        per_rank = ckpt.get("rng_per_rank")  # absent in checkpoints of older versions
+        if per_rank is not None and len(per_rank) == rt.world_size:
+            set_rng_state(per_rank[rt.rank])
+        else:  # another world size: the shards differ anyway, so the run cannot be exact
+            set_rng_state(ckpt["rng"])
         rt.log(f"[fold {fold}] resumed from {last_path} after epoch {ckpt['epoch'] + 1}")
 
     runner = step_module
@@ -868,7 +1026,7 @@ def train_one_fold(args: argparse.Namespace, fold: int, out: Path, rt: Runtime) 
             writer = SummaryWriter(str(out / "tb"))
 
     for epoch in range(start_epoch, args.epochs):
-        if args.stop_after is not None and epoch - start_epoch >= args.stop_after:
+        if args.stop_after is not None and rt.epochs_trained >= args.stop_after:
             rt.log(
                 f"[fold {fold}] stopping after {args.stop_after} epoch(s) as asked; "
                 f"continue with --resume"
@@ -950,6 +1108,7 @@ def train_one_fold(args: argparse.Namespace, fold: int, out: Path, rt: Runtime) 
             f"  WAR {100 * metrics['war']:.2f}  UAR {100 * metrics['uar']:.2f}"
             f"  ({record['seconds']:.0f}s)"
         )
+        states = rng_states(rt)  # before `if rt.main`: every rank takes part
         if rt.main:
             write_csv(out / "log.csv", history, classes)
             if writer is not None:
@@ -965,11 +1124,15 @@ def train_one_fold(args: argparse.Namespace, fold: int, out: Path, rt: Runtime) 
                     "global_step": global_step,
                     "history": history,
                     "best": best,
-                    "rng": rng_state(),
+                    "rng": states[0],
+                    "rng_per_rank": states,
                     "shape": shape_signature(args),
+                    "fold": fold,
+                    "options": options,
                 },
                 last_path,
             )
+        rt.epochs_trained += 1
     if writer is not None:
         writer.close()
 
@@ -1032,10 +1195,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"device {rt.device}, world size {rt.world_size}, amp {rt.amp_dtype}, "
         f"torch {torch.__version__}, threads {torch.get_num_threads()}"
     )
+    outs = [args.output / f"fold{fold}" if len(folds) > 1 else args.output for fold in folds]
+    taken = [out / "last.pt" for out in outs if (out / "last.pt").is_file()]
+    if taken and not args.resume and not args.overwrite:
+        refuse_to_overwrite(taken[0])  # now, not after the folds before it have trained
+    if args.resume and not taken:
+        raise SystemExit(
+            f"--resume: no checkpoint at {' or '.join(str(o / 'last.pt') for o in outs)}"
+        )
     results = []
-    for fold in folds:
-        out = args.output / f"fold{fold}" if len(folds) > 1 else args.output
-        results.append(train_one_fold(args, fold, out, rt))
+    for fold, out in zip(folds, outs, strict=True):
+        # Under --fold all, the folds after the one that stopped have no checkpoint yet.
+        results.append(train_one_fold(args, fold, out, rt, resume_may_start=len(folds) > 1))
+        if "stopped_after_epoch" in results[-1]:
+            break  # --stop-after's epochs are spent: the later folds are for the next --resume
     if len(results) > 1 and rt.main and all("final" in r for r in results):
         rt.log("\nMean over folds (final epoch / best epoch per fold):")
         for which in ("final", "best"):

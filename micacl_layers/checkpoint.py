@@ -2,14 +2,17 @@
 
 ``save_checkpoint`` writes to a temporary file in the target's folder, flushes it to disk, then
 renames it over the target (atomic on POSIX and Windows): a process killed mid-write leaves the
-previous checkpoint intact. ``load_checkpoint`` always uses ``weights_only=True``, so a checkpoint
+previous checkpoint intact. The file gets the mode a plain ``torch.save`` would give it (the
+umask's for a new file, the old one's for a replaced file), and a symbolic link is written
+through, not replaced. ``load_checkpoint`` always uses ``weights_only=True``, so a checkpoint
 can hold tensors, numbers, strings, lists, tuples and dicts, but never runs pickled code.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,10 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
     Returns:
         The target path.
 
+    Raises:
+        TypeError: If ``obj`` is not a mapping or ``path`` not a path.
+        IsADirectoryError: If ``path`` is a directory.
+
     Example:
         >>> import tempfile, os
         >>> target = os.path.join(tempfile.mkdtemp(), "ckpt.pt")
@@ -50,13 +57,25 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
         raise TypeError(f"`path` must be a str or os.PathLike, got {type(path).__name__}.")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # Through a symbolic link (last.pt -> a file on other storage), replace the file it points
+    # to: replacing the link itself would leave the target stale.
+    target = Path(os.path.realpath(path))
+    if target.is_dir():
+        raise IsADirectoryError(
+            f"checkpoint path '{path}' is a directory; pass a file in it, e.g. '{path / 'last.pt'}'"
+        )
+    tmp = os.path.join(target.parent, f".{target.name}.{secrets.token_hex(8)}.tmp")
+    # os.open with 0o666 rather than mkstemp's 0o600: the checkpoint gets the mode any new
+    # file gets under the umask (readable by the group on a shared cluster), as torch.save's.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(dict(obj), fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if target.is_file():  # an existing checkpoint keeps its mode, as an overwrite would
+            os.chmod(tmp, stat.S_IMODE(target.stat().st_mode))
+        os.replace(tmp, target)
     except BaseException:
         # Leave no half-written temporary behind; the previous checkpoint is untouched.
         if os.path.exists(tmp):
@@ -77,6 +96,7 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> di
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
+        IsADirectoryError: ``path`` is a directory.
         CheckpointError: the file is truncated, corrupt, or holds objects that are not allowed
             under ``weights_only=True``.
 
@@ -88,6 +108,11 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> di
         tensor([1., 1.])
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"checkpoint '{path}' is a directory; pass the checkpoint file in it (e.g. "
+            f"'{path / 'last.pt'}')."
+        )
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint '{path}' does not exist.")
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -91,3 +92,24 @@ def test_killed_writer_leaves_previous_checkpoint_loadable(tmp_path):
     got = load_checkpoint(target)
     assert got["epoch"] >= 1
     assert got["w"].numel() in (4, 40_000_000)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes and symbolic links")
+def test_checkpoint_gets_a_plain_files_mode_and_writes_through_links(tmp_path):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    new = save_checkpoint({"epoch": 1}, tmp_path / "new.pt")
+    # Was always 0o600 (mkstemp's): teammates could not read a run's checkpoints.
+    assert stat.S_IMODE(new.stat().st_mode) == 0o666 & ~umask
+    new.chmod(0o640)
+    save_checkpoint({"epoch": 2}, new)
+    assert stat.S_IMODE(new.stat().st_mode) == 0o640  # a replaced file keeps its mode
+    # last.pt -> storage/last.pt: the link was replaced by a file, leaving storage's stale.
+    (tmp_path / "storage").mkdir()
+    real = tmp_path / "storage" / "last.pt"
+    save_checkpoint({"epoch": 1}, real)
+    link = tmp_path / "last.pt"
+    link.symlink_to(real)
+    save_checkpoint({"epoch": 2}, link)
+    assert link.is_symlink() and load_checkpoint(real)["epoch"] == 2
+    assert not [p for p in tmp_path.rglob("*.tmp")]

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 import warnings
@@ -399,3 +400,65 @@ def test_importing_data_needs_neither_pillow_nor_torchvision():
         "assert 'micacl_layers.data.synthetic' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ----------------------------------------------------------------------------- adversarial pass
+
+
+def test_split_file_not_utf8_is_named_utf16_is_read(tmp_path):
+    path = dfew_tree(tmp_path, [("1", "3")], frames={"00001": 4})
+    # Latin-1 (a spreadsheet's default export): was a bare UnicodeDecodeError naming no file.
+    path.write_bytes(b"video_name,label\n1,3\n2,4 # caf\xe9\n")
+    with pytest.raises(ValueError, match=r"set_1\.csv:3: DFEW split file is not UTF-8"):
+        DFEW(tmp_path, 1, "train")
+    # UTF-16 with its byte-order mark (spreadsheets' "Unicode text"): read as what it says.
+    path.write_bytes("video_name,label\r\n1,3\r\n".encode("utf-16"))
+    ds = DFEW(tmp_path, 1, "train")
+    assert [label for _, label in ds.samples] == [2]
+    ferv = ferv_tree(tmp_path / "f", ["Action/Sad/0010 Sad"], frames={"Action/Sad/0010": 3})
+    ferv.write_bytes(b"Action/Sad/0010 Sad\n\xff\n")
+    with pytest.raises(ValueError, match=r"train_All\.csv:2: FERV39k split file is not UTF-8"):
+        FERV39k(tmp_path / "f", "train")
+
+
+def test_list_frames_ignores_macos_metadata_and_keeps_dangling_links(tmp_path):
+    clip = tmp_path / "c"
+    write_clip(clip, 3)
+    # macOS leaves "._<name>" metadata files on copied drives: they sorted first as frame 0,
+    # shifting the sampling, and did not decode.
+    (clip / "._00001.jpg").write_bytes(b"\x00\x05\x16\x07Mac OS X")
+    (clip / ".hidden.jpg").write_bytes(b"")
+    (clip / "00004.jpg").symlink_to(clip / "gone.jpg")  # a frame whose file is missing
+    assert [p.name for p in list_frames(clip)] == [f"{k:05d}.jpg" for k in (1, 2, 3, 4)]
+    with pytest.raises(FileNotFoundError, match=r"00004\.jpg"):
+        load_frames(list_frames(clip))
+
+
+def test_frame_order_does_not_depend_on_the_listing_order(tmp_path, monkeypatch):
+    # "1.jpg" and "01.jpg" compare equal numerically: their order followed os.scandir's,
+    # which differs between file systems (so a clip's sampled frames did too).
+    write_clip(tmp_path / "c", 4, names=["1.jpg", "01.jpg", "2.jpg", "x10.jpg"])
+    real = os.scandir
+
+    class Reversed:
+        def __init__(self, path):
+            self.entries = list(real(path))[::-1]
+
+        def __enter__(self):
+            return iter(self.entries)
+
+        def __exit__(self, *exc):
+            return False
+
+    forward = [p.name for p in list_frames(tmp_path / "c")]
+    monkeypatch.setattr(os, "scandir", Reversed)
+    assert (
+        [p.name for p in list_frames(tmp_path / "c")]
+        == forward
+        == [
+            "01.jpg",
+            "1.jpg",
+            "2.jpg",
+            "x10.jpg",
+        ]
+    )

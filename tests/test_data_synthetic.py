@@ -248,3 +248,36 @@ def test_segment_sampling_sees_the_synthetic_pulse():
     idx = segment_indices(40, 16, train=False)
     sampled = torch.tensor(cur["mouth"][idx])
     assert sampled[:8].max() > 0.5 and sampled[8:].max() < 0.3
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        # Each was truncated silently (a float count, fold 1.7 -> 1), or failed deep inside
+        # numpy, PIL or Python without naming the argument.
+        ({"folds": 1}, "folds must be a non-empty sequence of ints in 1..5, got 1"),
+        ({"folds": (1.7,)}, "folds must be a non-empty sequence of ints in 1..5"),
+        ({"clips_per_class": [2.9] * 7}, "clips_per_class must give 7 positive int counts"),
+        ({"total_clips": 14.9}, "total_clips must be an int >= 1, got 14.9"),
+        ({"frames": 5}, "frames must be (low, high) ints"),
+        ({"image_size": 8.5}, "image_size must be an int >= 8, got 8.5"),
+        ({"seed": -1}, "seed must be an int >= 0, got -1"),
+        ({"seed": 1.5}, "seed must be an int >= 0, got 1.5"),
+        ({"jpeg_quality": 200}, "jpeg_quality must be an int in 1..100, got 200"),
+    ],
+)
+def test_generator_arguments_are_checked_by_name(tmp_path, options, needle):
+    kwargs = {"total_clips": 14, "min_clips_per_class": 2, **SMALL, **options}
+    with pytest.raises(ValueError) as info:
+        S.make_synthetic_dfew(tmp_path, **kwargs)
+    assert needle in str(info.value)
+    assert not (tmp_path / "Clip").exists()  # checked before anything is written
+
+
+def test_ferv39k_scenes_the_loader_could_not_read_are_refused(tmp_path):
+    # "Action Movie/Sad/0001 Sad" was written, and the split-file parser then refused it.
+    for scenes in (("Action Movie",), ("a,b",), ("..",), "Action"):
+        with pytest.raises(ValueError, match="scenes must be folder names"):
+            S.make_synthetic_ferv39k(tmp_path, scenes=scenes, **SMALL)
+    with pytest.raises(TypeError, match="rng must be a numpy.random.Generator"):
+        S.render_clip("happy", 3, image_size=8, rng=0)

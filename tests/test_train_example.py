@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -331,3 +333,308 @@ def test_two_steps_under_torchrun_on_cpu(dfew_root, tmp_path):
     result = json.loads((out / "results.json").read_text())
     test_clips = len(DFEW(dfew_root, 1, "test"))
     assert int(torch.tensor(result["final"]["confusion"]).sum()) == test_clips
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--batch-size", "0"),  # was a ZeroDivisionError once the data sets were built
+        ("--num-instances", "0"),  # was a ZeroDivisionError in parse_args
+        ("--num-frames", "0"),
+        ("--image-size", "0"),
+        ("--workers", "-1"),
+        ("--epochs", "-1"),
+        ("--stop-after", "0"),
+        ("--limit-train-batches", "0"),
+        ("--crop-scale", "0"),
+        ("--crop-scale", "1.5"),
+        ("--seed", str(2**64)),  # was an overflow inside torch.manual_seed
+    ],
+)
+def test_out_of_range_numbers_are_refused_naming_the_option(option, value, capsys):
+    with pytest.raises(SystemExit):
+        train_dfew.parse_args(["--dataset", "synthetic", option, value])
+    err = capsys.readouterr().err
+    assert option in err and value in err
+
+
+def test_shuffle_works_for_every_accepted_seed_and_keeps_the_old_orders():
+    # seed * 7919 passed torch.manual_seed's range from --seed ~2.3e15 on (an overflow error).
+    for seed in (2**62, 2**64 - 1, -(2**63)):
+        order = train_dfew.shard_indices(50, 0, 1, epoch=3, seed=seed, shuffle=True, pad=True)
+        assert sorted(order) == list(range(50))
+    # Seeds that worked before give the same shuffle as before.
+    for seed in (0, 3, -5, 10**12):
+        g = torch.Generator().manual_seed(seed * 7919 + 2)
+        expected = torch.randperm(50, generator=g).tolist()
+        assert train_dfew.shard_indices(50, 0, 1, epoch=2, seed=seed, shuffle=True, pad=True) == (
+            expected
+        )
+
+
+def test_a_rerun_without_resume_does_not_replace_the_run(dfew_root, tmp_path):
+    out = tmp_path / "run"
+    argv = [
+        "--dataset",
+        "dfew",
+        "--root",
+        str(dfew_root),
+        "--epochs",
+        "1",
+        "--no-plots",
+        "--limit-train-batches",
+        "1",
+        "--limit-eval-batches",
+        "1",
+        "--output",
+        str(out),
+        *TINY,
+    ]
+    train_dfew.main(argv)
+    before = {name: (out / name).read_bytes() for name in ("last.pt", "best.pt")}
+    # The same command again, --resume forgotten: it used to train over last.pt and best.pt.
+    with pytest.raises(SystemExit, match="holds a run already.*--resume.*--overwrite"):
+        train_dfew.main([*argv, "--seed", "4"])
+    assert {name: (out / name).read_bytes() for name in before} == before
+    train_dfew.main([*argv, "--seed", "4", "--overwrite"])
+    assert (out / "last.pt").read_bytes() != before["last.pt"]
+
+
+@pytest.fixture(scope="module")
+def dfew5_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dfew5")
+    make_synthetic_dfew(
+        root,
+        total_clips=35,
+        min_clips_per_class=5,
+        frames=(6, 10),
+        image_size=20,
+        folds=(1, 2, 3, 4, 5),
+        seed=1,
+    )
+    return root
+
+
+def test_fold_all_resume_starts_the_folds_not_reached_yet(dfew5_root, tmp_path):
+    root = dfew5_root
+    out = tmp_path / "all"
+    argv = [
+        "--dataset",
+        "dfew",
+        "--root",
+        str(root),
+        "--fold",
+        "all",
+        "--epochs",
+        "1",
+        "--no-plots",
+        "--limit-train-batches",
+        "1",
+        "--limit-eval-batches",
+        "1",
+        "--output",
+        str(out),
+        *TINY,
+    ]
+    with pytest.raises(SystemExit, match="no checkpoint"):  # nothing to resume at all
+        train_dfew.main([*argv, "--resume"])
+    real = train_dfew.train_one_fold
+
+    def crash_in_fold_3(args, fold, *rest, **kw):
+        if fold == 3:
+            raise KeyboardInterrupt  # the job was killed before fold 3's first checkpoint
+        return real(args, fold, *rest, **kw)
+
+    train_dfew.train_one_fold = crash_in_fold_3
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_dfew.main(argv)
+    finally:
+        train_dfew.train_one_fold = real
+    done = (out / "fold1" / "last.pt").read_bytes()
+    # --resume used to stop at fold 3 ("no checkpoint"): folds 3-5 could not be run.
+    results = train_dfew.main([*argv, "--resume"])
+    assert [r["fold"] for r in results] == [1, 2, 3, 4, 5]
+    assert all("final" in r for r in results)
+    assert (out / "fold1" / "last.pt").read_bytes() == done  # fold 1 was finished: not retrained
+    assert all((out / f"fold{k}" / "last.pt").is_file() for k in (3, 4, 5))
+    # Without --resume, a fold's run in the output is found before any fold trains.
+    shutil.rmtree(out / "fold1")
+    shutil.rmtree(out / "fold2")
+    with pytest.raises(SystemExit, match=r"fold3.last\.pt holds a run already"):
+        train_dfew.main(argv)
+    assert not (out / "fold1").exists()
+
+
+def test_resume_with_other_options_warns_and_another_fold_is_refused(dfew_root, tmp_path):
+    out = tmp_path / "run"
+    base = [
+        "--dataset",
+        "dfew",
+        "--root",
+        str(dfew_root),
+        "--epochs",
+        "2",
+        "--no-plots",
+        "--limit-train-batches",
+        "1",
+        "--limit-eval-batches",
+        "1",
+        "--output",
+        str(out),
+        *TINY,
+    ]
+    train_dfew.main([*base, "--stop-after", "1"])
+    # Fold 2 has the same shapes but other clips: it trained on, mixing the two folds.
+    with pytest.raises(train_dfew.CheckpointError, match="fold 1, not of fold 2"):
+        train_dfew.main([*base, "--resume", "--fold", "2"])
+    # Another batch size and seed: silently not the run it continues.
+    with pytest.warns(UserWarning, match=r"--batch-size 8 -> 4.*--seed 3 -> 5"):
+        train_dfew.main([*base, "--resume", "--batch-size", "4", "--seed", "5"])
+
+
+def test_synthetic_data_made_with_other_options_is_reused_with_a_warning(tmp_path):
+    # An existing synthetic tree is reused: another --synthetic-clips or --seed was silently
+    # ignored (the run trained on the old set).
+    root = tmp_path / "syn"
+    argv = ["--dataset", "synthetic", "--root", str(root), "--synthetic-clips", "14", *TINY]
+    args = train_dfew.parse_args(argv)
+    rt = train_dfew.Runtime(args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        first, _ = train_dfew.build_datasets(args, 1, rt)  # generates it
+        train_dfew.build_datasets(args, 1, rt)  # the same options: reused, no warning
+    args = train_dfew.parse_args([*argv, "--synthetic-clips", "20", "--seed", "4"])
+    with pytest.warns(UserWarning, match=r"'synthetic_clips': 14, 'seed': 3\}, not this run"):
+        again, _ = train_dfew.build_datasets(args, 1, rt)
+    assert again.samples == first.samples
+
+
+def test_resume_onto_float16_loss_scaling_from_a_run_without_it(dfew_root, tmp_path):
+    # A CPU or bfloat16 run resumed on a float16 GPU: GradScaler.load_state_dict raised torch's
+    # "The source state dict is empty" from inside the resume.
+    argv = [
+        "--dataset",
+        "dfew",
+        "--root",
+        str(dfew_root),
+        "--epochs",
+        "2",
+        "--no-plots",
+        "--limit-train-batches",
+        "1",
+        "--limit-eval-batches",
+        "1",
+        "--output",
+        str(tmp_path / "run"),
+        *TINY,
+    ]
+    train_dfew.main([*argv, "--stop-after", "1"])
+    args = train_dfew.parse_args([*argv, "--resume"])
+    rt = train_dfew.Runtime(args)
+    rt.scaler = torch.amp.GradScaler("cpu", enabled=True)  # as on a float16 GPU
+    with pytest.warns(UserWarning, match="saved without float16 loss scaling"):
+        result = train_dfew.train_one_fold(args, 1, tmp_path / "run", rt)
+    assert result["final_epoch"] == 2
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["scaler"]  # now saved with its state
+
+
+DESYNC_DRIVER = """
+import sys
+import torch
+from pathlib import Path
+spec_path, args = Path(sys.argv[1]), sys.argv[2:]
+import importlib.util
+spec = importlib.util.spec_from_file_location("train_dfew", spec_path)
+td = importlib.util.module_from_spec(spec)
+sys.modules["train_dfew"] = td
+spec.loader.exec_module(td)
+real = td.evaluate
+def evaluate(*a, **k):
+    out = real(*a, **k)
+    # Each rank's generator advances on its own, as each GPU's dropout does on its device.
+    torch.rand(int(torch.distributed.get_rank()) + 1)
+    return out
+td.evaluate = evaluate
+td.main(args)
+"""
+
+
+def test_resume_under_torchrun_restores_each_ranks_rng(dfew_root, tmp_path):
+    # last.pt held rank 0's RNG state only, and every rank resumed from it: rank 1's dropout
+    # then drew other masks than in the uninterrupted run (on GPUs each rank's CUDA generator
+    # advances on its own device; here the driver makes the CPU generators differ).
+    driver = tmp_path / "driver.py"
+    driver.write_text(DESYNC_DRIVER)
+    common = [
+        "--dataset",
+        "dfew",
+        "--root",
+        str(dfew_root),
+        "--epochs",
+        "2",
+        "--no-plots",
+        "--limit-train-batches",
+        "2",
+        "--limit-eval-batches",
+        "1",
+        "--dropout",
+        "0.5",
+        *TINY,
+    ]
+
+    def torchrun(out, *extra):
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--standalone",
+            str(driver),
+            str(SCRIPT),
+            *common,
+            "--output",
+            str(out),
+            *extra,
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        done = (out / "last.pt").exists()
+        assert torchrun_succeeded(proc.returncode, proc.stderr, work_finished=done), (
+            proc.stdout[-3000:] + proc.stderr[-3000:]
+        )
+
+    torchrun(tmp_path / "straight")
+    torchrun(tmp_path / "split", "--stop-after", "1")
+    torchrun(tmp_path / "split", "--resume")
+    a, b = _state(tmp_path / "straight" / "last.pt"), _state(tmp_path / "split" / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def test_stop_after_counts_the_epochs_of_every_fold(dfew5_root, tmp_path):
+    # --stop-after N "in this invocation" trained N epochs in *each* fold under --fold all:
+    # five times the job's time limit it was set for.
+    argv = [
+        "--dataset",
+        "dfew",
+        "--root",
+        str(dfew5_root),
+        "--fold",
+        "all",
+        "--epochs",
+        "2",
+        "--no-plots",
+        "--limit-train-batches",
+        "1",
+        "--limit-eval-batches",
+        "1",
+        "--output",
+        str(tmp_path / "all"),
+        *TINY,
+    ]
+    results = train_dfew.main([*argv, "--stop-after", "3"])
+    assert results[0]["final_epoch"] == 2  # fold 1: both epochs
+    assert results[1:] == [{"fold": 2, "stopped_after_epoch": 1}]  # fold 2: the third epoch
+    assert not (tmp_path / "all" / "fold3").exists()
+    results = train_dfew.main([*argv, "--resume"])
+    assert [r["final_epoch"] for r in results] == [2, 2, 2, 2, 2]

@@ -8,6 +8,8 @@ problems into errors that name the file and line, checking every clip folder up 
 
 from __future__ import annotations
 
+import codecs
+import io
 import os
 import re
 import warnings
@@ -38,6 +40,7 @@ __all__ = [
     "CorruptFrameError",
     "SkippedClip",
     "SkippedClipsWarning",
+    "check_clip_options",
     "list_frames",
     "load_frames",
     "read_split_lines",
@@ -107,7 +110,8 @@ def list_frames(frame_dir: str | os.PathLike[str]) -> list[Path]:
 
     Frames are sorted by file name, comparing runs of digits numerically (so ``2.jpg`` comes
     before ``10.jpg``; zero-padded names sort as plain text would). ``.jpg`` and ``.jpeg`` in any
-    case count as frames; other files are ignored.
+    case count as frames; other files, folders, and hidden names (starting with ``.``, such as
+    the ``._00001.jpg`` metadata files macOS leaves on copied drives) are ignored.
 
     Args:
         frame_dir: The clip's folder.
@@ -122,7 +126,7 @@ def list_frames(frame_dir: str | os.PathLike[str]) -> list[Path]:
     Example:
         >>> import tempfile
         >>> d = Path(tempfile.mkdtemp())
-        >>> for name in ["10.jpg", "2.jpg", "notes.txt", "1.JPG"]:
+        >>> for name in ["10.jpg", "2.jpg", "notes.txt", "1.JPG", "._1.jpg"]:
         ...     _ = (d / name).write_bytes(b"")
         >>> [p.name for p in list_frames(d)]
         ['1.JPG', '2.jpg', '10.jpg']
@@ -136,7 +140,14 @@ _DIGITS_TO_ZERO = str.maketrans("0123456789", "0000000000")
 
 def _frame_names(frame_dir: Path) -> list[str]:
     with os.scandir(frame_dir) as entries:
-        names = [e.name for e in entries if _is_jpeg(e.name) and e.is_file()]
+        # Hidden "._*.jpg" files are macOS metadata, not frames (they sort first and do not
+        # decode). A dangling link is kept: it is a missing frame, named when it is read, not
+        # a clip silently one frame shorter.
+        names = [
+            e.name
+            for e in entries
+            if _is_jpeg(e.name) and not e.name.startswith(".") and not e.is_dir()
+        ]
     # Names that differ only in their digits (00001.jpg, 00002.jpg, ...: every clip of DFEW
     # and FERV39k) sort the same as text and numerically; plain sorting them is ~20x cheaper,
     # which matters when construction lists 39k folders.
@@ -144,7 +155,10 @@ def _frame_names(frame_dir: Path) -> list[str]:
     if all(name.translate(_DIGITS_TO_ZERO) == pattern for name in names):
         names.sort()
     else:
-        names.sort(key=_natural_key)
+        # The name breaks ties ("1.jpg" and "01.jpg" have one key): else the order, hence the
+        # sampled frames, would follow the file system's listing order, which differs between
+        # machines.
+        names.sort(key=lambda name: (_natural_key(name), name))
     return names
 
 
@@ -250,7 +264,8 @@ def split_error(path: str | os.PathLike[str], line: int, message: str) -> ValueE
 def read_split_lines(path: str | os.PathLike[str], dataset: str) -> list[tuple[int, str]]:
     """Read a split file's non-blank lines with their 1-based line numbers.
 
-    A UTF-8 byte-order mark is ignored and trailing whitespace stripped.
+    The file is read as UTF-8 (a byte-order mark is ignored), or as UTF-16 if it starts with a
+    UTF-16 byte-order mark (spreadsheets' "Unicode text"); trailing whitespace is stripped.
 
     Args:
         path: The split file.
@@ -261,7 +276,7 @@ def read_split_lines(path: str | os.PathLike[str], dataset: str) -> list[tuple[i
 
     Raises:
         FileNotFoundError: If the file does not exist (naming it).
-        ValueError: If it holds no non-blank line.
+        ValueError: If it holds no non-blank line, or is not UTF-8 text (naming the line).
 
     Example:
         >>> import tempfile
@@ -276,11 +291,75 @@ def read_split_lines(path: str | os.PathLike[str], dataset: str) -> list[tuple[i
             f"{dataset} split file {str(path)!r} does not exist; check `root` and the data "
             "set's layout (see docs/data.md)"
         )
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        lines = [(i, text.rstrip()) for i, text in enumerate(f, start=1) if text.strip()]
+    raw = path.read_bytes()
+    utf16 = raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+    try:
+        decoded = raw.decode("utf-16" if utf16 else "utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        codec = "UTF-16" if utf16 else "UTF-8"
+        raise ValueError(
+            f"{path}:{line}: {dataset} split file is not {codec} text (byte "
+            f"{raw[err.start]:#04x} at offset {err.start}); save it as UTF-8"
+        ) from None
+    # newline="": lines end at \n, \r\n or \r, as when the file is iterated in text mode.
+    lines = [
+        (i, text.rstrip())
+        for i, text in enumerate(io.StringIO(decoded, newline=""), start=1)
+        if text.strip()
+    ]
     if not lines:
         raise ValueError(f"{path}:1: {dataset} split file is empty")
     return lines
+
+
+def check_clip_options(
+    name: str,
+    *,
+    root: object,
+    transform: object,
+    train: object,
+    skip_bad_clips: object,
+    generator: object,
+    fast_decode: object,
+) -> None:
+    """Check the options the DFEW and FERV39k loaders share, before any file is read.
+
+    Args:
+        name: Data set name for the messages.
+        root: Must be a ``str`` or ``os.PathLike``.
+        transform: ``None`` or a callable.
+        train: ``None`` (from the split) or a ``bool``.
+        skip_bad_clips: A ``bool``.
+        generator: ``None`` or a CPU ``torch.Generator``.
+        fast_decode: A ``bool``.
+
+    Raises:
+        TypeError: Naming the option, what it got and what it takes. (``train="false"`` or
+            ``skip_bad_clips="no"`` were truthy; a bad ``generator`` or ``transform`` failed
+            inside torch, or as "object is not callable", at the first item.)
+
+    Example:
+        >>> check_clip_options("DFEW", root="/data", transform=None, train=None,
+        ...                    skip_bad_clips=False, generator=None, fast_decode=True)
+    """
+    if not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"{name}: `root` must be a str or os.PathLike, got {root!r}")
+    if transform is not None and not callable(transform):
+        raise TypeError(
+            f"{name}: `transform` must be callable on a (T, C, H, W) clip, or None, got "
+            f"{transform!r} of type {type(transform).__name__}"
+        )
+    if train is not None and not isinstance(train, bool):
+        raise TypeError(f"{name}: `train` must be a bool or None (from the split), got {train!r}")
+    for option, value in (("skip_bad_clips", skip_bad_clips), ("fast_decode", fast_decode)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name}: `{option}` must be a bool, got {value!r}")
+    if generator is not None and not (
+        isinstance(generator, torch.Generator) and generator.device.type == "cpu"
+    ):
+        got = generator.device if isinstance(generator, torch.Generator) else repr(generator)
+        raise TypeError(f"{name}: `generator` must be a CPU torch.Generator or None, got {got}")
 
 
 class ClipFolderDataset(Dataset[tuple[torch.Tensor, int]]):
@@ -338,6 +417,15 @@ class ClipFolderDataset(Dataset[tuple[torch.Tensor, int]]):
         output_dtype: torch.dtype = torch.float32,
     ) -> None:
         require_pil()
+        check_clip_options(
+            name,
+            root=frames_root,
+            transform=transform,
+            train=train,
+            skip_bad_clips=skip_bad_clips,
+            generator=generator,
+            fast_decode=fast_decode,
+        )
         num_frames = check_positive_int("num_frames", num_frames)
         if draft not in DRAFT_RULES:
             raise ValueError(f"{name}: draft must be one of {DRAFT_RULES}, got {draft!r}")

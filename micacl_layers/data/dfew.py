@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ._frames import ClipFolderDataset, read_split_lines, split_error
+from ._frames import ClipFolderDataset, check_clip_options, read_split_lines, split_error
 
 __all__ = ["DFEW", "DFEW_CLASSES", "parse_dfew_split"]
 
@@ -175,7 +175,9 @@ class DFEW(ClipFolderDataset):
         ValueError: For a bad ``fold``/``split``/``num_frames``/``draft``/``output_dtype``, a
             transform that cannot give uint8 clips, or a bad split-file line
             (``path:line: ...``).
-        TypeError: If ``output_dtype`` is not a ``torch.dtype``.
+        TypeError: If ``output_dtype`` is not a ``torch.dtype``, ``root`` is not a path,
+            ``transform`` is not callable, ``train``/``skip_bad_clips``/``fast_decode``
+            is not a bool, or ``generator`` is not a CPU ``torch.Generator``.
         FileNotFoundError: If the split file, the frame root or a clip folder is missing or a
             clip folder is empty (the latter two unless ``skip_bad_clips``).
         ImportError: If Pillow is missing (``pip install micacl-layers[data]``).
@@ -208,6 +210,15 @@ class DFEW(ClipFolderDataset):
         draft: str = "crop",
         output_dtype: torch.dtype = torch.float32,
     ) -> None:
+        check_clip_options(
+            "DFEW",
+            root=root,
+            transform=transform,
+            train=train,
+            skip_bad_clips=skip_bad_clips,
+            generator=generator,
+            fast_decode=fast_decode,
+        )
         if isinstance(fold, bool) or not isinstance(fold, int) or not 1 <= fold <= 5:
             raise ValueError(f"fold must be an int in 1..5, got {fold!r}")
         if split not in ("train", "test"):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ._frames import ClipFolderDataset, read_split_lines, split_error
+from ._frames import ClipFolderDataset, check_clip_options, read_split_lines, split_error
 
 __all__ = ["FERV39K_CLASSES", "FERV39k", "parse_ferv39k_split"]
 
@@ -132,7 +132,9 @@ class FERV39k(ClipFolderDataset):
     Raises:
         ValueError: For a bad ``split``/``num_frames``/``draft``/``output_dtype``, a transform
             that cannot give uint8 clips, or a bad split-file line.
-        TypeError: If ``output_dtype`` is not a ``torch.dtype``.
+        TypeError: If ``output_dtype`` is not a ``torch.dtype``, ``root`` is not a path,
+            ``transform`` is not callable, ``train``/``skip_bad_clips``/``fast_decode``
+            is not a bool, or ``generator`` is not a CPU ``torch.Generator``.
         FileNotFoundError: If the split file, the frame root or a clip folder is missing or a
             clip folder is empty (the latter two unless ``skip_bad_clips``).
         ImportError: If Pillow is missing (``pip install micacl-layers[data]``).
@@ -162,6 +164,15 @@ class FERV39k(ClipFolderDataset):
         draft: str = "crop",
         output_dtype: torch.dtype = torch.float32,
     ) -> None:
+        check_clip_options(
+            "FERV39k",
+            root=root,
+            transform=transform,
+            train=train,
+            skip_bad_clips=skip_bad_clips,
+            generator=generator,
+            fast_decode=fast_decode,
+        )
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         self.root = Path(root)

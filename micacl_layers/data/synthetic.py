@@ -28,6 +28,7 @@ Run ``python -m micacl_layers.data.synthetic --out DIR`` to write a data set fro
 from __future__ import annotations
 
 import argparse
+import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -193,12 +194,17 @@ def render_clip(
 
     Raises:
         ValueError: If ``class_name`` is unknown, ``num_frames < 1`` or ``image_size < 8``.
+        TypeError: If ``rng`` is not a ``numpy.random.Generator``.
 
     Example:
         >>> clip = render_clip("surprise", 20, image_size=32, rng=np.random.default_rng(0))
         >>> clip.shape, clip.dtype
         ((20, 32, 32, 3), dtype('uint8'))
     """
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(
+            f"rng must be a numpy.random.Generator (np.random.default_rng(seed)), got {rng!r}"
+        )
     name = class_name.lower()
     if name not in DFEW_CLASSES:
         raise ValueError(f"class_name must be one of {DFEW_CLASSES}, got {class_name!r}")
@@ -298,29 +304,54 @@ def _lengths(n: int, frames: tuple[int, int], rng: np.random.Generator) -> np.nd
     return lengths
 
 
+def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
+    # numbers.Integral takes numpy ints; a float or a bool would be truncated or mean 1.
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not ok or value < low or (high is not None and value > high):
+        expected = f">= {low}" if high is None else f"in {low}..{high}"
+        raise ValueError(f"{name} must be an int {expected}, got {value!r}")
+    return int(value)
+
+
 def _check_args(
     total_clips: int,
     clips_per_class: Sequence[int] | None,
     frames: tuple[int, int],
     image_size: int,
     min_clips_per_class: int,
+    seed: int,
+    jpeg_quality: int,
 ) -> None:
-    if clips_per_class is None and total_clips < 1:
-        raise ValueError(f"total_clips must be >= 1, got {total_clips}")
-    if clips_per_class is not None:
-        if len(clips_per_class) != 7 or any(int(c) < 1 for c in clips_per_class):
-            raise ValueError(
-                f"clips_per_class must give 7 positive counts, got {list(clips_per_class)}"
+    if clips_per_class is None:
+        _check_int("total_clips", total_clips, 1)
+    else:
+        if (
+            isinstance(clips_per_class, (str, bytes))
+            or not isinstance(clips_per_class, Sequence)
+            or len(clips_per_class) != 7
+            or any(
+                isinstance(c, bool) or not isinstance(c, numbers.Integral) or c < 1
+                for c in clips_per_class
             )
-    if len(frames) != 2 or not 1 <= frames[0] <= frames[1]:
-        raise ValueError(f"frames must be (low, high) with 1 <= low <= high, got {frames}")
-    if image_size < 8:
-        raise ValueError(f"image_size must be >= 8, got {image_size}")
-    if min_clips_per_class < 2:
+        ):
+            raise ValueError(
+                f"clips_per_class must give 7 positive int counts, got {clips_per_class!r}"
+            )
+    if (
+        not isinstance(frames, Sequence)
+        or len(frames) != 2
+        or not all(isinstance(f, numbers.Integral) and not isinstance(f, bool) for f in frames)
+        or not 1 <= frames[0] <= frames[1]
+    ):
+        raise ValueError(f"frames must be (low, high) ints with 1 <= low <= high, got {frames!r}")
+    _check_int("image_size", image_size, 8)
+    if not (isinstance(min_clips_per_class, numbers.Integral) and min_clips_per_class >= 2):
         raise ValueError(
             f"min_clips_per_class must be >= 2 (one train and one test clip), got "
-            f"{min_clips_per_class}"
+            f"{min_clips_per_class!r}"
         )
+    _check_int("seed", seed, 0)  # numpy's SeedSequence takes non-negative ints only
+    _check_int("jpeg_quality", jpeg_quality, 1, 100)
 
 
 def _plan(
@@ -409,14 +440,22 @@ def make_synthetic_dfew(
         >>> info.class_counts  # happy, sad, neutral, angry, surprise, disgust, fear
         [6, 5, 7, 6, 4, 2, 2]
     """
-    _check_args(total_clips, clips_per_class, frames, image_size, min_clips_per_class)
+    _check_args(
+        total_clips, clips_per_class, frames, image_size, min_clips_per_class, seed, jpeg_quality
+    )
     if clips_per_class is None:
         counts = _allocate(total_clips, DFEW_TRAIN_FOLD1_COUNTS, min_clips_per_class)
     else:
         counts = [int(c) for c in clips_per_class]
+    if (
+        isinstance(folds, (str, bytes))
+        or not isinstance(folds, Sequence)
+        or not folds
+        or any(isinstance(f, bool) or not isinstance(f, numbers.Integral) for f in folds)
+        or any(not 1 <= f <= _NUM_GROUPS for f in folds)
+    ):
+        raise ValueError(f"folds must be a non-empty sequence of ints in 1..5, got {folds!r}")
     folds = [int(f) for f in folds]
-    if not folds or any(not 1 <= f <= _NUM_GROUPS for f in folds):
-        raise ValueError(f"folds must be a non-empty selection of 1..5, got {folds}")
     root = Path(root)
     _fresh(root, "Clip", "EmoLabel_DataSplit")
     plan = _plan(counts, frames, seed)
@@ -489,9 +528,23 @@ def make_synthetic_ferv39k(
         >>> info.clips[0].clip_id
         'Daily/Angry/0001'
     """
-    _check_args(total_clips, clips_per_class, frames, image_size, min_clips_per_class)
-    if not scenes or any(not s or "/" in s or "\\" in s or s.strip() != s for s in scenes):
-        raise ValueError(f"scenes must be non-empty folder names, got {list(scenes)}")
+    _check_args(
+        total_clips, clips_per_class, frames, image_size, min_clips_per_class, seed, jpeg_quality
+    )
+    # A scene name is the first part of a split-file path, which ends at whitespace or a comma.
+    if (
+        isinstance(scenes, str)
+        or not scenes
+        or any(
+            not isinstance(s, str)
+            or s in ("", ".", "..")
+            or any(c.isspace() or c in "/\\," for c in s)
+            for s in scenes
+        )
+    ):
+        raise ValueError(
+            f"scenes must be folder names without whitespace, '/', '\\' or ',', got {scenes!r}"
+        )
     dfew_index = [DFEW_CLASSES.index(name.lower()) for name in FERV39K_CLASSES]
     if clips_per_class is None:
         weights = [DFEW_TRAIN_FOLD1_COUNTS[i] for i in dfew_index]
