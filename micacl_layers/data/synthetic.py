@@ -306,11 +306,13 @@ def _lengths(n: int, frames: tuple[int, int], rng: np.random.Generator) -> np.nd
 
 def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
     # numbers.Integral takes numpy ints; a float or a bool would be truncated or mean 1.
-    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if not ok or value < low or (high is not None and value > high):
-        expected = f">= {low}" if high is None else f"in {low}..{high}"
+    expected = f">= {low}" if high is None else f"in {low}..{high}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be an int {expected}, got {value!r}")
-    return int(value)
+    number = int(value)
+    if number < low or (high is not None and number > high):
+        raise ValueError(f"{name} must be an int {expected}, got {value!r}")
+    return number
 
 
 def _check_args(
