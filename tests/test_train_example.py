@@ -53,6 +53,14 @@ TINY = [
 ]
 
 
+def _argv(root, out, *, epochs=1, train_batches=1, fold=None):
+    """A tiny DFEW run: one batch of training and of evaluation an epoch, no plots."""
+    argv = ["--dataset", "dfew", "--root", str(root), "--epochs", str(epochs), "--no-plots"]
+    argv += ["--limit-train-batches", str(train_batches), "--limit-eval-batches", "1"]
+    argv += [] if fold is None else ["--fold", str(fold)]
+    return argv + ([] if out is None else ["--output", str(out)]) + TINY
+
+
 @pytest.fixture(scope="module")
 def dfew_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("dfew")
@@ -374,22 +382,7 @@ def test_shuffle_works_for_every_accepted_seed_and_keeps_the_old_orders():
 
 def test_a_rerun_without_resume_does_not_replace_the_run(dfew_root, tmp_path):
     out = tmp_path / "run"
-    argv = [
-        "--dataset",
-        "dfew",
-        "--root",
-        str(dfew_root),
-        "--epochs",
-        "1",
-        "--no-plots",
-        "--limit-train-batches",
-        "1",
-        "--limit-eval-batches",
-        "1",
-        "--output",
-        str(out),
-        *TINY,
-    ]
+    argv = _argv(dfew_root, out)
     train_dfew.main(argv)
     before = {name: (out / name).read_bytes() for name in ("last.pt", "best.pt")}
     # The same command again, --resume forgotten: it used to train over last.pt and best.pt.
@@ -418,24 +411,7 @@ def dfew5_root(tmp_path_factory):
 def test_fold_all_resume_starts_the_folds_not_reached_yet(dfew5_root, tmp_path):
     root = dfew5_root
     out = tmp_path / "all"
-    argv = [
-        "--dataset",
-        "dfew",
-        "--root",
-        str(root),
-        "--fold",
-        "all",
-        "--epochs",
-        "1",
-        "--no-plots",
-        "--limit-train-batches",
-        "1",
-        "--limit-eval-batches",
-        "1",
-        "--output",
-        str(out),
-        *TINY,
-    ]
+    argv = _argv(root, out, fold="all")
     with pytest.raises(SystemExit, match="no checkpoint"):  # nothing to resume at all
         train_dfew.main([*argv, "--resume"])
     real = train_dfew.train_one_fold
@@ -468,22 +444,7 @@ def test_fold_all_resume_starts_the_folds_not_reached_yet(dfew5_root, tmp_path):
 
 def test_resume_with_other_options_warns_and_another_fold_is_refused(dfew_root, tmp_path):
     out = tmp_path / "run"
-    base = [
-        "--dataset",
-        "dfew",
-        "--root",
-        str(dfew_root),
-        "--epochs",
-        "2",
-        "--no-plots",
-        "--limit-train-batches",
-        "1",
-        "--limit-eval-batches",
-        "1",
-        "--output",
-        str(out),
-        *TINY,
-    ]
+    base = _argv(dfew_root, out, epochs=2)
     train_dfew.main([*base, "--stop-after", "1"])
     # Fold 2 has the same shapes but other clips: it trained on, mixing the two folds.
     with pytest.raises(train_dfew.CheckpointError, match="fold 1, not of fold 2"):
@@ -513,22 +474,7 @@ def test_synthetic_data_made_with_other_options_is_reused_with_a_warning(tmp_pat
 def test_resume_onto_float16_loss_scaling_from_a_run_without_it(dfew_root, tmp_path):
     # A CPU or bfloat16 run resumed on a float16 GPU: GradScaler.load_state_dict raised torch's
     # "The source state dict is empty" from inside the resume.
-    argv = [
-        "--dataset",
-        "dfew",
-        "--root",
-        str(dfew_root),
-        "--epochs",
-        "2",
-        "--no-plots",
-        "--limit-train-batches",
-        "1",
-        "--limit-eval-batches",
-        "1",
-        "--output",
-        str(tmp_path / "run"),
-        *TINY,
-    ]
+    argv = _argv(dfew_root, tmp_path / "run", epochs=2)
     train_dfew.main([*argv, "--stop-after", "1"])
     args = train_dfew.parse_args([*argv, "--resume"])
     rt = train_dfew.Runtime(args)
@@ -614,24 +560,7 @@ def test_resume_under_torchrun_restores_each_ranks_rng(dfew_root, tmp_path):
 def test_stop_after_counts_the_epochs_of_every_fold(dfew5_root, tmp_path):
     # --stop-after N "in this invocation" trained N epochs in *each* fold under --fold all:
     # five times the job's time limit it was set for.
-    argv = [
-        "--dataset",
-        "dfew",
-        "--root",
-        str(dfew5_root),
-        "--fold",
-        "all",
-        "--epochs",
-        "2",
-        "--no-plots",
-        "--limit-train-batches",
-        "1",
-        "--limit-eval-batches",
-        "1",
-        "--output",
-        str(tmp_path / "all"),
-        *TINY,
-    ]
+    argv = _argv(dfew5_root, tmp_path / "all", epochs=2, fold="all")
     results = train_dfew.main([*argv, "--stop-after", "3"])
     assert results[0]["final_epoch"] == 2  # fold 1: both epochs
     assert results[1:] == [{"fold": 2, "stopped_after_epoch": 1}]  # fold 2: the third epoch
