@@ -446,7 +446,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 # again in its folder: train_dfew refuses that without --overwrite.
                 rec = run_one(td, [*run_argv, "--overwrite"], custom)
                 rec.update(setting=name, seed=seed, argv=run_argv, output=str(out))
-                saved.write_text(json.dumps(rec, indent=2))
+                td.write_text_atomic(saved, json.dumps(rec, indent=2))
             runs.setdefault(name, []).append(rec)
             print(
                 f"[{args.table}] {name} seed {seed}: final WAR "
@@ -494,7 +494,7 @@ def write_report(args, settings, runs, meta, epochs, data, td, started, *, done:
     ]
     text = "\n".join(header + body)
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / f"{args.table}.md").write_text(text)
+    td.write_text_atomic(args.output / f"{args.table}.md", text)
     report = {
         **meta,
         "complete": done,
@@ -504,7 +504,7 @@ def write_report(args, settings, runs, meta, epochs, data, td, started, *, done:
         "summary": {"final": final_rows, "best": best_rows},
         "runs": runs,
     }
-    (args.output / f"{args.table}.json").write_text(json.dumps(report, indent=2))
+    td.write_text_atomic(args.output / f"{args.table}.json", json.dumps(report, indent=2))
     return text, report
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import io
 import json
 import math
 import os
@@ -557,7 +558,7 @@ def build_datasets(args: argparse.Namespace, fold: int, rt: Runtime):
                     seed=args.seed,
                 )
                 # What it was made with: a later run with other values is told it reuses it.
-                (root / SYNTHETIC_RECORD).write_text(json.dumps(synthetic_options(args)))
+                write_text_atomic(root / SYNTHETIC_RECORD, json.dumps(synthetic_options(args)))
             if rt.distributed:
                 dist.barrier()
         else:
@@ -1163,7 +1164,7 @@ def train_one_fold(
                 ],
             )
         )
-        (out / "results.json").write_text(json.dumps(result, indent=2))
+        write_text_atomic(out / "results.json", json.dumps(result, indent=2))
         if not args.no_plots:
             save_plots(
                 out, torch.tensor(final_metrics["confusion"]), classes, feats, labels, args.seed, rt
@@ -1172,16 +1173,32 @@ def train_one_fold(
     return result
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a flushed temporary and a rename.
+
+    A run killed mid-write leaves the previous file (or none), never a truncated one that a
+    later ``--resume`` or ``ablation.py --reuse`` would fail to parse.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with tmp.open("w", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_csv(path: Path, history: list[dict], classes: list[str]) -> None:
     keys = [k for k in history[0] if k != "per_class_recall"]
     extra = [f"recall_{c}" for c in classes]
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(keys + extra)
-        for row in history:
-            w.writerow([row.get(k, "") for k in keys] + row["per_class_recall"])
-    os.replace(tmp, path)
+    rows = io.StringIO(newline="")
+    w = csv.writer(rows)
+    w.writerow(keys + extra)
+    for row in history:
+        w.writerow([row.get(k, "") for k in keys] + row["per_class_recall"])
+    write_text_atomic(path, rows.getvalue())
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -567,3 +567,20 @@ def test_stop_after_counts_the_epochs_of_every_fold(dfew5_root, tmp_path):
     assert not (tmp_path / "all" / "fold3").exists()
     results = train_dfew.main([*argv, "--resume"])
     assert [r["final_epoch"] for r in results] == [2, 2, 2, 2, 2]
+
+
+def test_results_are_written_atomically(tmp_path, monkeypatch):
+    # results.json, log.csv and ablation_run.json: a run killed mid-write used to leave a
+    # truncated file, which `ablation.py --reuse` then failed to parse.
+    path = tmp_path / "results.json"
+    train_dfew.write_text_atomic(path, '{"old": 1}')
+    assert path.read_text() == '{"old": 1}'
+
+    def killed(*_):
+        raise KeyboardInterrupt  # the rename never happens
+
+    monkeypatch.setattr(train_dfew.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_dfew.write_text_atomic(path, '{"new": 2}')
+    assert path.read_text() == '{"old": 1}'  # the previous file, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]  # no temporary left
