@@ -75,6 +75,16 @@ class InstanceSelfAttention(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
 
+    def reset_parameters(self) -> None:
+        """Re-initialise the norm and the attention, as when built.
+
+        ``nn.MultiheadAttention`` names its own ``_reset_parameters`` (private), so the usual
+        ``reset_parameters`` walk after ``to_empty()`` would leave its projections
+        uninitialised without this.
+        """
+        self.norm.reset_parameters()
+        self.attn._reset_parameters()
+
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attend across instances and add the result to ``x``.
 

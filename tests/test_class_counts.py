@@ -155,3 +155,31 @@ def test_counts_given_as_a_tensor_stay_on_its_device():
     assert MCCLoss(3, 8, meta).class_counts.device.type == "meta"
     assert LogitAdjustedLoss(meta).class_counts.device.type == "meta"
     assert MCCLoss(3, 8, [5, 3, 1]).class_counts.device.type == "cpu"
+
+
+def test_the_reset_parameters_walk_restores_every_module_built_on_meta():
+    # The FAQ's recipe for deferred initialisation, over the layers and the losses.
+    from micacl_layers import GEIIM, WIAN
+    from micacl_layers.models import MICACLHead
+
+    with torch.device("meta"):
+        built = [
+            WIAN(8, 6),
+            GEIIM(4, 8),
+            LogitAdjustedLoss([5, 3, 1]),
+            MICACLLoss(3, 8, [5, 3, 1], projection_dim=4, memory_size=4),
+            MICACLHead(8, 3, num_instances=4, hidden_size=8),
+        ]
+    for module in built:
+        module = module.to_empty(device="cpu")
+        _garbage(module)
+        for p in module.parameters():  # (uninitialised memory is often finite by chance)
+            p.data.fill_(float("nan"))
+        for part in module.modules():
+            if hasattr(part, "reset_parameters"):
+                part.reset_parameters()
+        floats = [t for t in [*module.parameters(), *module.buffers()] if t.is_floating_point()]
+        assert all(bool(t.isfinite().all()) for t in floats), type(module).__name__
+        for name, buf in module.named_buffers():
+            if name.endswith("class_counts"):
+                assert buf.tolist() == [5, 3, 1], type(module).__name__
