@@ -417,15 +417,8 @@ class ClipFolderDataset(Dataset[tuple[torch.Tensor, int]]):
         output_dtype: torch.dtype = torch.float32,
     ) -> None:
         require_pil()
-        check_clip_options(
-            name,
-            root=frames_root,
-            transform=transform,
-            train=train,
-            skip_bad_clips=skip_bad_clips,
-            generator=generator,
-            fast_decode=fast_decode,
-        )
+        # (The shared options were checked by the subclass, with check_clip_options, before it
+        # read its split file.)
         num_frames = check_positive_int("num_frames", num_frames)
         if draft not in DRAFT_RULES:
             raise ValueError(f"{name}: draft must be one of {DRAFT_RULES}, got {draft!r}")

@@ -35,7 +35,6 @@ from torch import nn
 
 from micacl_layers._validation import (
     check_ndim,
-    check_nonnegative_float,
     check_same_batch,
     check_size,
     check_tensor,
@@ -287,12 +286,13 @@ class ClipBatchColorJitter(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        self.brightness = check_nonnegative_float("brightness", brightness)
-        self.contrast = check_nonnegative_float("contrast", contrast)
-        self.saturation = check_nonnegative_float("saturation", saturation)
+        # The one definition of the draws and of the strengths' checks; its own generator
+        # stays None, ours is passed in.
+        self._params = ClipColorJitter(brightness, contrast, saturation)
+        self.brightness = self._params.brightness
+        self.contrast = self._params.contrast
+        self.saturation = self._params.saturation
         self.generator = _check_generator(generator)
-        # The one definition of the draws; its own generator stays None, ours is passed in.
-        self._params = ClipColorJitter(self.brightness, self.contrast, self.saturation)
 
     def get_params(
         self, batch_size: int, generator: torch.Generator | None = None
