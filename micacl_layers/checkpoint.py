@@ -2,16 +2,21 @@
 
 ``save_checkpoint`` writes to a temporary file in the target's folder, flushes it to disk, then
 renames it over the target (atomic on POSIX and Windows): a process killed mid-write leaves the
-previous checkpoint intact. The file gets the mode a plain ``torch.save`` would give it (the
-umask's for a new file, the old one's for a replaced file), and a symbolic link is written
-through, not replaced. ``load_checkpoint`` always uses ``weights_only=True``, so a checkpoint
-can hold tensors, numbers, strings, lists, tuples and dicts, but never runs pickled code.
+previous checkpoint intact, and its temporary is removed by the next save to the same path (a
+temporary names its writer's process and host; one whose process is gone is stale). The rename is
+made durable by syncing the folder too, where the system allows. The file gets the mode a plain
+``torch.save`` would give it (the umask's for a new file, the old one's for a replaced file), and a
+symbolic link is written through, not replaced. ``load_checkpoint`` always uses
+``weights_only=True``, so a checkpoint can hold tensors, numbers, strings, lists, tuples and dicts,
+but never runs pickled code.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import secrets
+import socket
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -64,7 +69,8 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
         raise IsADirectoryError(
             f"checkpoint path '{path}' is a directory; pass a file in it, e.g. '{path / 'last.pt'}'"
         )
-    tmp = os.path.join(target.parent, f".{target.name}.{secrets.token_hex(8)}.tmp")
+    _remove_stale_temporaries(target)
+    tmp = os.path.join(target.parent, f".{target.name}.{_writer_tag()}.{secrets.token_hex(8)}.tmp")
     # os.open with 0o666 rather than mkstemp's 0o600: the checkpoint gets the mode any new
     # file gets under the umask (readable by the group on a shared cluster), as torch.save's.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
@@ -76,12 +82,61 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
         if target.is_file():  # an existing checkpoint keeps its mode, as an overwrite would
             os.chmod(tmp, stat.S_IMODE(target.stat().st_mode))
         os.replace(tmp, target)
+        _sync_folder(target.parent)
     except BaseException:
         # Leave no half-written temporary behind; the previous checkpoint is untouched.
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def _writer_tag() -> str:
+    # Dots would make the tag ambiguous to parse back; a host name may hold them.
+    return f"{os.getpid()}@{socket.gethostname().replace('.', '_')}"
+
+
+def _remove_stale_temporaries(target: Path) -> None:
+    """Delete the temporaries of earlier saves to ``target`` whose writer no longer runs.
+
+    A save killed with SIGKILL (a preempted cluster job) cannot clean up, and each temporary is
+    a whole checkpoint. Only this host's writers can be checked, and only on POSIX (on Windows
+    ``os.kill(pid, 0)`` would signal the process): a temporary of a live process, of another
+    host or of an unknown name is left alone, so a concurrent save is never disturbed.
+    """
+    if os.name != "posix":
+        return
+    host = socket.gethostname().replace(".", "_")
+    for tmp in glob.glob(
+        os.path.join(glob.escape(str(target.parent)), f".{glob.escape(target.name)}.*.tmp")
+    ):
+        tag = os.path.basename(tmp)[len(target.name) + 2 : -len(".tmp")].split(".")[0]
+        pid, _, tmp_host = tag.partition("@")
+        if tmp_host != host or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            Path(tmp).unlink(missing_ok=True)
+        except OSError:  # alive under another user (EPERM): not ours to delete
+            continue
+
+
+def _sync_folder(folder: Path) -> None:
+    # After a power loss the rename may be lost unless the folder's entry is on disk too.
+    # Windows cannot open a folder, and some file systems refuse to sync one: both are fine.
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> dict[str, Any]:

@@ -92,6 +92,33 @@ def test_killed_writer_leaves_previous_checkpoint_loadable(tmp_path):
     got = load_checkpoint(target)
     assert got["epoch"] >= 1
     assert got["w"].numel() in (4, 40_000_000)
+    if os.name == "posix":
+        # The killed save's temporary (160 MB) was left behind for good; the next save removes it.
+        assert any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+        save_checkpoint({"epoch": 0}, target)
+        assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="writers are checked with os.kill(pid, 0)")
+def test_only_temporaries_of_gone_writers_are_removed(tmp_path):
+    import socket
+
+    host = socket.gethostname().replace(".", "_")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    names = {
+        "stale": f".last.pt.{gone.pid}@{host}.0123456789abcdef.tmp",
+        "live": f".last.pt.{os.getppid()}@{host}.0123456789abcdef.tmp",
+        "other_host": f".last.pt.{gone.pid}@elsewhere.0123456789abcdef.tmp",
+        "unknown": ".last.pt.partial.tmp",
+        "other_file": f".best.pt.{gone.pid}@{host}.0123456789abcdef.tmp",
+    }
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"x")
+    save_checkpoint({"epoch": 1}, tmp_path / "last.pt")
+    left = {p.name for p in tmp_path.iterdir()}
+    assert names["stale"] not in left
+    assert left == {"last.pt"} | {v for k, v in names.items() if k != "stale"}
 
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX file modes and symbolic links")
