@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -19,6 +20,7 @@ from micacl_layers.data import (
     load_frames,
 )
 from micacl_layers.data import transforms as T
+from micacl_layers.data.ferv39k import parse_ferv39k_split
 
 DFEW_HEADER = "video_name,label\n"
 
@@ -332,6 +334,19 @@ def test_ferv39k_bad_lines_name_file_and_line(tmp_path, line, needle):
         FERV39k(tmp_path, "train")
     assert str(err.value).startswith(f"{path}:2: ")
     assert needle in str(err.value)
+
+
+def test_ferv39k_label_that_contradicts_its_folder_is_reported(tmp_path):
+    lines = ["Action/Sad/0001 Sad", "Action/Sad/0002 Happy", "Daily/Fear/0003 angry"]
+    frames = {"Action/Sad/0001": 4, "Action/Sad/0002": 4, "Daily/Fear/0003": 4}
+    path = ferv_tree(tmp_path, lines, frames=frames)
+    with pytest.warns(
+        UserWarning, match=r"2 of 3 clips .* line 2: 'Action/Sad/0002 Happy'; line 3"
+    ):
+        ds = FERV39k(tmp_path, "train")
+    assert [label for _, label in ds.samples] == [5, 3, 0]  # the label column is the label
+    with pytest.warns(UserWarning, match=re.escape(str(path))):
+        parse_ferv39k_split(path)
 
 
 def test_ferv39k_missing_split_and_missing_clip(tmp_path):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,7 +50,10 @@ def parse_ferv39k_split(path: str | os.PathLike[str]) -> list[tuple[str, int, in
     Returns:
         ``(relative_clip_path, label, line_number)`` per clip in file order, with the path as
         ``scene/emotion/id`` and ``label`` the 0-based index into ``FERV39K_CLASSES``. Label
-        names are matched case-insensitively.
+        names are matched case-insensitively. The label column is the label; where the clip's
+        emotion folder names another class, one ``UserWarning`` lists those lines (a split
+        file with its columns from another file), as training on them would be silent label
+        noise.
 
     Raises:
         FileNotFoundError: If the file does not exist.
@@ -67,6 +71,7 @@ def parse_ferv39k_split(path: str | os.PathLike[str]) -> list[tuple[str, int, in
     by_name = {name.lower(): i for i, name in enumerate(FERV39K_CLASSES)}
     entries: list[tuple[str, int, int]] = []
     seen: dict[str, int] = {}
+    disagree: list[str] = []
     for line, text in read_split_lines(path, "FERV39k"):
         match = _LINE.match(text.strip())
         if match is None:
@@ -93,7 +98,18 @@ def parse_ferv39k_split(path: str | os.PathLike[str]) -> list[tuple[str, int, in
                 path, line, f"clip {rel!r} is listed twice (first on line {seen[rel]})"
             )
         seen[rel] = line
+        folder = by_name.get(parts[1].lower())
+        if folder is not None and folder != label:
+            disagree.append(f"line {line}: {text.strip()!r}")
         entries.append((rel, label, line))
+    if disagree:
+        warnings.warn(
+            f"{path}: {len(disagree)} of {len(entries)} clips have a label that differs from "
+            f"their emotion folder; the label column is used: {'; '.join(disagree[:10])}"
+            + (f"; and {len(disagree) - 10} more" if len(disagree) > 10 else ""),
+            UserWarning,
+            stacklevel=2,
+        )
     return entries
 
 
