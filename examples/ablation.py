@@ -359,8 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--reuse",
         action="store_true",
-        help="reuse runs already finished under --output with the same options "
-        "(to continue an interrupted table)",
+        help="reuse runs already finished under --output with the same options, and resume "
+        "an interrupted one from its last.pt (to continue an interrupted table)",
     )
     return p
 
@@ -437,15 +437,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 rec = json.loads(saved.read_text())
                 print(f"[{args.table}] {name} seed {seed}: reusing {saved}", flush=True)
             else:
+                # An interrupted run of these same options continues from its last.pt (resume
+                # is exact, so the table is the uninterrupted one's); anything else in the
+                # folder starts again, which train_dfew refuses without --overwrite.
+                begun = out / "ablation_started.json"
+                resume = (
+                    args.reuse
+                    and (out / "last.pt").is_file()
+                    and begun.is_file()
+                    and json.loads(begun.read_text())["argv"] == run_argv
+                )
                 print(
-                    f"[{args.table}] {name} seed {seed}: train_dfew "
-                    f"{' '.join(shlex.quote(a) for a in run_argv)}",
+                    f"[{args.table}] {name} seed {seed}: "
+                    + ("resuming " if resume else "")
+                    + f"train_dfew {' '.join(shlex.quote(a) for a in run_argv)}",
                     flush=True,
                 )
-                # A setting without ablation_run.json (never run, or interrupted) starts
-                # again in its folder: train_dfew refuses that without --overwrite.
-                rec = run_one(td, [*run_argv, "--overwrite"], custom)
-                rec.update(setting=name, seed=seed, argv=run_argv, output=str(out))
+                if not resume:
+                    out.mkdir(parents=True, exist_ok=True)
+                    td.write_text_atomic(begun, json.dumps({"argv": run_argv}, indent=2))
+                rec = run_one(td, [*run_argv, "--resume" if resume else "--overwrite"], custom)
+                rec.update(setting=name, seed=seed, argv=run_argv, output=str(out), resumed=resume)
                 td.write_text_atomic(saved, json.dumps(rec, indent=2))
             runs.setdefault(name, []).append(rec)
             print(

@@ -164,3 +164,55 @@ def test_losses_table_builds_a_different_criterion_per_setting(tiny_root, tmp_pa
     assert runs["logit_adj"]["criterion"]["type"] == "LogitAdjustedCE"
     # Same model everywhere except the paper-exact weight mode (same parameter count).
     assert len({r["model_params"] for r in runs.values()}) == 1
+
+
+def test_reuse_resumes_an_interrupted_run_to_the_uninterrupted_result(
+    tiny_root, tmp_path, monkeypatch
+):
+    def table(out, *extra):
+        argv = ["--table", "losses", "--settings", "ce", "--dataset", "dfew"]
+        argv += ["--root", str(tiny_root), "--epochs", "2", "--seeds", "0"]
+        return ablation.main([*argv, "--output", str(out), *extra, "--", *TINY])
+
+    straight = table(tmp_path / "straight")["runs"]["ce"][0]
+
+    class Killed(Exception):
+        pass
+
+    real_loader = ablation.load_train_dfew
+
+    def interrupted_loader():
+        td = real_loader()
+        real_main = td.main
+
+        def main(argv):
+            real_main([*argv, "--stop-after", "1"])  # epoch 1 in last.pt, then the kill
+            raise Killed
+
+        td.main = main
+        return td
+
+    out = tmp_path / "table"
+    monkeypatch.setattr(ablation, "load_train_dfew", interrupted_loader)
+    with pytest.raises(Killed):
+        table(out)
+    monkeypatch.setattr(ablation, "load_train_dfew", real_loader)
+    run_dir = out / "losses" / "ce" / "seed0"
+    assert (run_dir / "last.pt").is_file() and not (run_dir / "ablation_run.json").exists()
+    # It used to start the setting again; now it continues from epoch 2.
+    resumed = table(out, "--reuse")["runs"]["ce"][0]
+    assert resumed["resumed"] and not straight["resumed"]
+    assert resumed["final"] == straight["final"]
+    log = (run_dir / "log.csv").read_text().splitlines()
+    assert len(log) == 1 + 2  # the header and both epochs, the first from before the kill
+
+
+def test_reuse_starts_again_a_run_begun_with_other_options(tiny_root, tmp_path):
+    out = tmp_path / "table"
+    argv = ["--table", "losses", "--settings", "ce", "--dataset", "dfew", "--root"]
+    argv += [str(tiny_root), "--seeds", "0", "--output", str(out)]
+    ablation.main([*argv, "--epochs", "1", "--", *TINY])
+    run_dir = out / "losses" / "ce" / "seed0"
+    (run_dir / "ablation_run.json").unlink()  # as if killed after last.pt, before the record
+    rerun = ablation.main([*argv, "--epochs", "2", "--reuse", "--", *TINY])["runs"]["ce"][0]
+    assert not rerun["resumed"] and rerun["final_epoch"] == 2
