@@ -91,9 +91,13 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
+def _host() -> str:
+    # Dots would make a temporary's tag ambiguous to parse back; a host name may hold them.
+    return socket.gethostname().replace(".", "_")
+
+
 def _writer_tag() -> str:
-    # Dots would make the tag ambiguous to parse back; a host name may hold them.
-    return f"{os.getpid()}@{socket.gethostname().replace('.', '_')}"
+    return f"{os.getpid()}@{_host()}"
 
 
 def _remove_stale_temporaries(target: Path) -> None:
@@ -106,7 +110,7 @@ def _remove_stale_temporaries(target: Path) -> None:
     """
     if os.name != "posix":
         return
-    host = socket.gethostname().replace(".", "_")
+    host = _host()
     for tmp in glob.glob(
         os.path.join(glob.escape(str(target.parent)), f".{glob.escape(target.name)}.*.tmp")
     ):
