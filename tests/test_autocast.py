@@ -75,7 +75,27 @@ def _cases():
             lambda d: (torch.randn(3, 4, 16, device=d),),
             lambda m, x: m(x)[0],
         ),
+        (
+            "head_lstm",
+            lambda: MICACLHead(16, 3, num_instances=4, hidden_size=8, aggregator="lstm"),
+            lambda d: (torch.randn(3, 4, 16, device=d),),
+            lambda m, x: m(x)[0],
+        ),
     ]
+
+
+def test_head_runs_its_lstm_outside_cpu_autocast():
+    # torch 2.13-2.14 raise for nn.LSTM under CPU bfloat16 autocast on CPUs without AVX-512
+    # (the ablation's LSTM baseline crashed there); it now runs in float32, as WIAN's kernel.
+    torch.manual_seed(0)
+    head = MICACLHead(16, 3, num_instances=4, hidden_size=8, aggregator="lstm")
+    seen = []
+    head.aggregator.register_forward_hook(lambda m, args, out: seen.append(out[0].dtype))
+    x = torch.randn(3, 4, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, _ = head(x)
+    assert seen == [torch.float32] and torch.isfinite(logits.float()).all()
+    assert logits.dtype == torch.bfloat16  # the classifier around it still runs in bfloat16
 
 
 @pytest.mark.parametrize(("device", "dtype"), DEVICES)

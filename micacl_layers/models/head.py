@@ -62,7 +62,10 @@ class MICACLHead(nn.Module):
         attention_heads: Heads of the self-attention after WIAN; 0 disables it.
         use_geiim: Include GEIIM (``False`` for ablation settings without it).
         aggregator: ``"wian"`` (MICACL), ``"lstm"`` (plain ``nn.LSTM``) or ``"conv1d"`` (the
-            ablation baseline of Table III a).
+            ablation baseline of Table III a). Under CPU autocast the ``nn.LSTM`` runs in its
+            parameters' dtype with autocast off, as WIAN's fused kernel does there: torch
+            2.13-2.14 give it a oneDNN bfloat16 kernel that CPUs without AVX-512 lack, and
+            raise.
         weight_mode: How GEIIM output becomes WIAN's instance weights (see
             :func:`~micacl_layers.functional.instance_weights`).
         node_dim: GEIIM node-embedding size.
@@ -210,7 +213,7 @@ class MICACLHead(nn.Module):
             weights = self.instance_weights(h, padding_mask)
             seq, _ = self.aggregator(h, weights=weights)
         elif self.aggregator_kind == "lstm":
-            seq, _ = self.aggregator(h)
+            seq = _lstm_outside_cpu_autocast(self.aggregator, h)
         else:
             seq = self.aggregator(h)
         if self.attention is not None:
@@ -221,3 +224,14 @@ class MICACLHead(nn.Module):
             keep = (~padding_mask).unsqueeze(-1).to(seq.dtype)
             feature = (seq * keep).sum(dim=1) / keep.sum(dim=1)
         return self.classifier(self.dropout(feature)), feature
+
+
+def _lstm_outside_cpu_autocast(lstm: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    # Under CPU autocast, torch 2.13-2.14 hand nn.LSTM to a oneDNN bfloat16 kernel that CPUs
+    # without AVX-512 do not have ("could not create a primitive descriptor"). Running it with
+    # autocast off in the parameters' dtype works on every CPU and is what WIAN's fused kernel
+    # does under CPU autocast, so the two aggregators of the ablation compare on equal terms.
+    if h.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return lstm(h)[0]
+    with torch.autocast("cpu", enabled=False):
+        return lstm(h.to(lstm.weight_ih_l0.dtype))[0]
