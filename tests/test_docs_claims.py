@@ -46,3 +46,11 @@ def test_installation_page_lists_every_extra() -> None:
                 package, package
             )
             assert short.split("[")[0].lower() in rows[name].lower(), (name, package)
+
+
+def test_paper_to_code_counts_its_deviations() -> None:
+    page = (DOCS / "paper-to-code.md").read_text(encoding="utf-8")
+    numbers = [int(n) for n in re.findall(r"^\| D(\d+) \|", page, flags=re.MULTILINE)]
+    assert numbers == list(range(1, len(numbers) + 1)), numbers
+    stated = re.search(r"numbered D1–D(\d+)", page)
+    assert stated and int(stated[1]) == len(numbers), (stated and stated[0], len(numbers))
