@@ -54,3 +54,18 @@ def test_paper_to_code_counts_its_deviations() -> None:
     assert numbers == list(range(1, len(numbers) + 1)), numbers
     stated = re.search(r"numbered D1–D(\d+)", page)
     assert stated and int(stated[1]) == len(numbers), (stated and stated[0], len(numbers))
+
+
+def test_paper_to_code_eq12_names_the_function_whose_last_lines_average_the_scales() -> None:
+    import inspect
+
+    from micacl_layers import mccl
+
+    page = (DOCS / "paper-to-code.md").read_text(encoding="utf-8")
+    section = page.split("\\tag{12}", 1)[1].split("###", 1)[0]
+    named = re.search(r"the last lines of[^`]*`(\w+)`", section)
+    assert named, section[:300]
+    source = inspect.getsource(getattr(mccl, named[1])).strip().splitlines()
+    assert any("Eq. 12" in line for line in source[-6:]), (named[1], source[-6:])
+    for name, path in re.findall(r"`(\w+)` in `(micacl_layers/[\w/]+\.py)`", page):
+        assert f"def {name}(" in (ROOT / path).read_text(encoding="utf-8"), (name, path)
