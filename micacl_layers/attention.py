@@ -20,6 +20,7 @@ from micacl_layers._validation import (
     check_some_real_instance,
     describe,
     to_parameter_dtype,
+    torchscript_unsupported,
 )
 
 __all__ = ["InstanceSelfAttention"]
@@ -74,6 +75,8 @@ class InstanceSelfAttention(nn.Module):
             dtype=dtype,
         )
         self.dropout = nn.Dropout(dropout)
+
+    __prepare_scriptable__ = torchscript_unsupported
 
     def reset_parameters(self) -> None:
         """Re-initialise the norm and the attention, as when built.

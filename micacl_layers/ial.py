@@ -17,6 +17,7 @@ from micacl_layers._validation import (
     check_ignore_index,
     check_logits_targets,
     is_real,
+    torchscript_unsupported,
 )
 
 __all__ = ["IntensityAwareLoss", "intensity_aware_loss"]
@@ -126,6 +127,8 @@ class IntensityAwareLoss(nn.Module):
         self.reduction = reduction
         self.ignore_index = check_ignore_index(ignore_index)
         self.label_smoothing = _check_label_smoothing(label_smoothing)
+
+    __prepare_scriptable__ = torchscript_unsupported
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Compute the loss; see :func:`intensity_aware_loss`."""

@@ -21,6 +21,7 @@ from micacl_layers._validation import (
     check_positive_int,
     describe,
     to_parameter_dtype,
+    torchscript_unsupported,
 )
 
 __all__ = ["WEIGHT_MODES", "InstanceWeights", "instance_weights"]
@@ -135,6 +136,8 @@ class InstanceWeights(nn.Module):
             if self.hidden_size != in_features
             else nn.Identity()
         )
+
+    __prepare_scriptable__ = torchscript_unsupported
 
     def forward(self, h: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Compute the weights; see :func:`instance_weights`."""

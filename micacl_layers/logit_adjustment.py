@@ -28,6 +28,7 @@ from micacl_layers._validation import (
     describe,
     has_values,
     is_real,
+    torchscript_unsupported,
     values_on_cpu,
 )
 
@@ -217,6 +218,8 @@ class LogitAdjustedLoss(nn.Module):
         self.label_smoothing = float(label_smoothing)
         self.reduction = reduction
         self.ignore_index = check_ignore_index(ignore_index)
+
+    __prepare_scriptable__ = torchscript_unsupported
 
     @torch.no_grad()
     def reset_parameters(self) -> None:

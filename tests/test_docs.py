@@ -33,6 +33,7 @@ EXPORTING_MODULES = (
     "micacl_layers.metrics",
     "micacl_layers.functional",
     "micacl_layers.checkpoint",
+    "micacl_layers.config",
 )
 HEADING_ID = re.compile(r'<h[1-6] id="(micacl_layers[^"]*)" class="doc doc-heading"')
 

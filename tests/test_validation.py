@@ -527,7 +527,7 @@ from micacl_layers.functional import (  # noqa: E402
 )
 from micacl_layers.memory import ContrastMemory  # noqa: E402
 from micacl_layers.metrics import ConfusionMatrix  # noqa: E402
-from micacl_layers.models import MICACLHead  # noqa: E402
+from micacl_layers.models import MICACL, MICACLHead  # noqa: E402
 
 INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.uint8)
 COUNTS = [5, 3, 2]
@@ -1127,6 +1127,22 @@ def test_family10_small_ones(tmp_path):
         lambda: MICACLHead(D, K, num_instances=4, hidden_size=8),
         lambda: WIAN(D, 4),
         lambda: WIANCell(D, 4),
+        # (these four and the bare head gave TorchScript's own error, or a NotSupportedError
+        # that is no RuntimeError, before they said so themselves)
+        lambda: InstanceWeights(D, 4),
+        lambda: InstanceSelfAttention(D, num_heads=2),
+        lambda: LogitAdjustedLoss([5] * K),
+        lambda: IntensityAwareLoss(),
+        lambda: MICACLHead(
+            D,
+            K,
+            num_instances=4,
+            hidden_size=8,
+            use_geiim=False,
+            aggregator="lstm",
+            attention_heads=0,
+        ),
+        lambda: MICACL(K, backbone="tiny", tiny_dim=8, hidden_size=4),
     ],
     ids=[
         "MCCLoss",
@@ -1137,6 +1153,12 @@ def test_family10_small_ones(tmp_path):
         "MICACLHead",
         "WIAN",
         "WIANCell",
+        "InstanceWeights",
+        "InstanceSelfAttention",
+        "LogitAdjustedLoss",
+        "IntensityAwareLoss",
+        "MICACLHead-bare",
+        "MICACL",
     ],
 )
 def test_family10_torchscript_raises_our_clear_error(make):

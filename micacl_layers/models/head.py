@@ -26,6 +26,7 @@ from micacl_layers._validation import (
     describe,
     is_real,
     to_parameter_dtype,
+    torchscript_unsupported,
 )
 from micacl_layers.attention import InstanceSelfAttention
 from micacl_layers.geiim import GEIIM
@@ -169,6 +170,8 @@ class MICACLHead(nn.Module):
         self.attention = InstanceSelfAttention(feature_dim, heads) if heads else None
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(feature_dim, num_classes)
+
+    __prepare_scriptable__ = torchscript_unsupported
 
     def forward(
         self, x: torch.Tensor, padding_mask: torch.Tensor | None = None

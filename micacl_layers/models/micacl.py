@@ -11,7 +11,13 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from micacl_layers._validation import check_floating, check_ndim, check_positive_int, describe
+from micacl_layers._validation import (
+    check_floating,
+    check_ndim,
+    check_positive_int,
+    describe,
+    torchscript_unsupported,
+)
 from micacl_layers.models.backbones import (
     KINETICS_MEAN,
     KINETICS_STD,
@@ -122,6 +128,8 @@ class MICACL(nn.Module):
         t = self.num_instances
         snippets = clip.view(b, c, t, f // t, h, w).transpose(1, 2).reshape(b * t, c, f // t, h, w)
         return self.backbone(snippets).view(b, t, -1)
+
+    __prepare_scriptable__ = torchscript_unsupported
 
     def forward(self, clip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Classify clips; returns ``(logits, clip_feature)``."""

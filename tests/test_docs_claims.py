@@ -1,0 +1,71 @@
+"""Facts the prose pages state about the package, checked against the package itself."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+
+
+def _pyproject() -> dict:
+    # (tomllib is 3.11+, and the package supports 3.10: the two tables read by hand)
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    deps = ast.literal_eval(re.search(r"^dependencies = (\[.*?\])$", text, re.MULTILINE)[1])
+    section = text.split("[project.optional-dependencies]", 1)[1].split("\n[", 1)[0]
+    extras = {
+        m[1]: ast.literal_eval(m[2])
+        for m in re.finditer(r"^([\w-]+) = (\[.*?\])$", section, re.MULTILINE)
+    }
+    return {"project": {"dependencies": deps, "optional-dependencies": extras}}
+
+
+def test_installation_page_states_the_torch_floor_of_pyproject() -> None:
+    deps = _pyproject()["project"]["dependencies"]
+    floor = next(re.match(r"torch>=([\d.]+)", d)[1] for d in deps if d.startswith("torch"))
+    page = (DOCS / "installation.md").read_text(encoding="utf-8")
+    stated = re.search(r"PyTorch ([\d.]+) or newer", page)
+    assert stated and stated[1] == floor, (stated and stated[1], floor)
+
+
+def test_installation_page_lists_every_extra() -> None:
+    extras = _pyproject()["project"]["optional-dependencies"]
+    page = (DOCS / "installation.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]+) \|", page, flags=re.MULTILINE))
+    assert set(rows) == set(extras), sorted(set(rows) ^ set(extras))
+    for name, requirements in extras.items():
+        for req in requirements:
+            package = re.match(r"[A-Za-z0-9_.-]+", req)[0]
+            if package == "micacl-layers":  # (an extra made of other extras)
+                for other in re.findall(r"\[(.*)\]", req)[0].split(","):
+                    assert f"`{other}`" in rows[name], (name, other)
+                continue
+            short = {"pillow": "Pillow", "mkdocstrings-python": "mkdocstrings"}.get(
+                package, package
+            )
+            assert short.split("[")[0].lower() in rows[name].lower(), (name, package)
+
+
+def test_paper_to_code_counts_its_deviations() -> None:
+    page = (DOCS / "paper-to-code.md").read_text(encoding="utf-8")
+    numbers = [int(n) for n in re.findall(r"^\| D(\d+) \|", page, flags=re.MULTILINE)]
+    assert numbers == list(range(1, len(numbers) + 1)), numbers
+    stated = re.search(r"numbered D1–D(\d+)", page)
+    assert stated and int(stated[1]) == len(numbers), (stated and stated[0], len(numbers))
+
+
+def test_paper_to_code_eq12_names_the_function_whose_last_lines_average_the_scales() -> None:
+    import inspect
+
+    from micacl_layers import mccl
+
+    page = (DOCS / "paper-to-code.md").read_text(encoding="utf-8")
+    section = page.split("\\tag{12}", 1)[1].split("###", 1)[0]
+    named = re.search(r"the last lines of[^`]*`(\w+)`", section)
+    assert named, section[:300]
+    source = inspect.getsource(getattr(mccl, named[1])).strip().splitlines()
+    assert any("Eq. 12" in line for line in source[-6:]), (named[1], source[-6:])
+    for name, path in re.findall(r"`(\w+)` in `(micacl_layers/[\w/]+\.py)`", page):
+        assert f"def {name}(" in (ROOT / path).read_text(encoding="utf-8"), (name, path)
