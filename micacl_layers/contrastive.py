@@ -39,8 +39,17 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
 
 
 def _norm_eps(dtype: torch.dtype) -> float:
-    # Bounds the norm of a row from below; after _row_scale only an all-zero row reaches it.
+    # Bounds the norm of a row from below where rows are not first divided by _row_scale
+    # (the projected kernel's |W' x'|, which may be of any size).
     return torch.finfo(dtype).tiny ** 0.5
+
+
+# Bounds the norm of a row divided by its _row_scale (0.5, kept beside the kernels that use it
+# too). Its largest entry lies in [1, 2), so its norm is at least 1 and only an all-zero row is
+# clamped: that row normalises to zero, with the gradient of the unit vector over
+# eps * scale = 1/4. With tiny ** 0.5 that factor was 1e19 in float32 and 1e154 in float64, inf
+# once cast back to float16 features.
+_SCALED_NORM_EPS = _fast.SCALED_NORM_EPS
 
 
 def _row_scale(z: torch.Tensor) -> torch.Tensor:
@@ -191,7 +200,7 @@ def contrastive_per_anchor(
     # similarities and their log-sum-exp must stay in float32, so autocast is off here.
     with no_autocast(z.device.type):
         dtype = _compute_dtype(z)
-        eps = _norm_eps(dtype)
+        eps = _SCALED_NORM_EPS
         z = z.to(dtype)
         mem, cand_targets = None, targets
         if memory_z is not None:
