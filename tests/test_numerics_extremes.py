@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from micacl_layers import config
-from micacl_layers.functional import mccl_loss
+from micacl_layers.functional import feature_augmentation_loss, mccl_loss
 
 TARGETS = torch.tensor([0, 0, 1, 1, 2, 2, 0, 1])
 COUNTS = [50.0, 30.0, 5.0]
@@ -36,3 +36,47 @@ def test_zero_feature_row_has_a_bounded_gradient(dtype, fast):
     # The zero row's gradient is of the size of the other rows' (4x the unit vector's).
     assert grad[0].abs().max() <= 1e3 * others
 
+
+def _linear(weight: torch.Tensor) -> torch.nn.Linear:
+    head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=weight.dtype)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+    return head
+
+
+@pytest.mark.parametrize(
+    ("dtype", "exponent"),
+    [
+        (torch.float16, 9),  # |f| ~ 500: its square overflowed float16
+        (torch.bfloat16, 70),  # ~1e21: its square overflowed bfloat16 and float32
+        (torch.float32, 70),
+        (torch.float32, -80),  # ~1e-24: its square underflowed, so no noise was added
+        (torch.float64, 520),  # ~1e156: its square overflowed float64
+    ],
+)
+def test_feature_augmentation_noise_follows_any_feature_magnitude(dtype, exponent):
+    # The noise is relative to each row's rms: features scaled by 2**k through a classifier
+    # scaled by 2**-k give the same logits, so the same loss, with the same noise draw.
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(6, 16, generator=gen).to(dtype)
+    weight = torch.randn(3, 16, generator=gen).to(dtype)
+    targets = torch.tensor([0, 1, 2, 0, 1, 2])
+    expected = feature_augmentation_loss(
+        features,
+        targets,
+        _linear(weight),
+        noise_std=0.5,
+        generator=torch.Generator().manual_seed(1),
+    )
+    scaled = (features * 2.0**exponent).requires_grad_(True)
+    loss = feature_augmentation_loss(
+        scaled,
+        targets,
+        _linear(weight * 2.0**-exponent),
+        noise_std=0.5,
+        generator=torch.Generator().manual_seed(1),
+    )
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(scaled.grad).all()
+    tol = {torch.float16: 1e-2, torch.bfloat16: 5e-2}.get(dtype, 1e-5)
+    assert loss.item() == pytest.approx(expected.item(), rel=tol)
