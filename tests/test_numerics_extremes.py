@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from micacl_layers import config
-from micacl_layers.functional import feature_augmentation_loss, mccl_loss
+from micacl_layers.functional import category_aware_weights, feature_augmentation_loss, mccl_loss
 
 TARGETS = torch.tensor([0, 0, 1, 1, 2, 2, 0, 1])
 COUNTS = [50.0, 30.0, 5.0]
@@ -80,3 +80,24 @@ def test_feature_augmentation_noise_follows_any_feature_magnitude(dtype, exponen
     assert torch.isfinite(loss) and torch.isfinite(scaled.grad).all()
     tol = {torch.float16: 1e-2, torch.bfloat16: 5e-2}.get(dtype, 1e-5)
     assert loss.item() == pytest.approx(expected.item(), rel=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_difficulty_of_confident_samples_keeps_its_relative_precision(dtype):
+    # 1 - p_y was computed as 1 - softmax: 0 in float32 for a margin above ~17 (in float64
+    # above ~37), where 1 - p_y = sum_{k != y} p_k is a representable 2e-9 or 1e-20; under
+    # weight_norm="batch" a batch of such samples then lost the whole loss (0 / tiny).
+    margins = torch.tensor([20.0, 25.0, 45.0, 2.0])
+    logits = torch.stack([margins, torch.zeros(4)], dim=1).to(dtype)
+    targets = torch.zeros(4, dtype=torch.long)
+    counts = torch.tensor([1.0, 1.0])
+    work = logits.double()  # the closed form, from the logits as rounded to `dtype`
+    expected = torch.sigmoid(work[:, 1] - work[:, 0])
+    weights = category_aware_weights(logits, targets, counts, class_weighting=False)
+    assert weights.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    eps = torch.finfo(weights.dtype).eps
+    torch.testing.assert_close(weights.double(), expected, rtol=16 * eps, atol=0.0)
+    batch = category_aware_weights(
+        logits, targets, counts, class_weighting=False, weight_norm="batch"
+    )
+    torch.testing.assert_close(batch.double(), expected / expected.mean(), rtol=16 * eps, atol=0)
