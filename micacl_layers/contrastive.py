@@ -90,6 +90,21 @@ def _check_temperature(temperature: object) -> torch.Tensor | float:
     return float(temperature)
 
 
+def _check_temperature_fits(name: str, value: float | None, dtype: torch.dtype) -> None:
+    """``cos / tau`` stays finite in ``dtype``: ``tau`` at least its smallest normal number.
+
+    (``1 / tiny`` is below ``finfo.max`` in every floating dtype; a subnormal ``tau`` makes the
+    similarities overflow to inf, and the loss NaN.)
+    """
+    smallest = torch.finfo(dtype).tiny
+    if value is not None and value < smallest:
+        raise ValueError(
+            f"`{name}` must be at least {smallest:.4g} (finfo({dtype}).tiny) for {dtype} "
+            f"similarities, which cos / {name} would overflow, got {value!r}; pass float64 "
+            f"embeddings for a smaller one."
+        )
+
+
 def supervised_contrastive_per_anchor(
     z: torch.Tensor,
     targets: torch.Tensor,
@@ -156,6 +171,10 @@ def supervised_contrastive_per_anchor(
     targets = check_targets("targets", targets)
     check_same_batch(z=z, targets=targets)
     temperature = _check_temperature(temperature)
+    if not isinstance(temperature, torch.Tensor):
+        _check_temperature_fits("temperature", temperature, _compute_dtype(z))
+    elif has_values(temperature):  # (already read back by _check_temperature)
+        _check_temperature_fits("temperature", float(temperature.detach()), _compute_dtype(z))
     if (memory_z is None) != (memory_targets is None):
         missing, given = (
             ("memory_targets", "memory_z")

@@ -10,7 +10,12 @@ import pytest
 import torch
 
 from micacl_layers import config
-from micacl_layers.functional import category_aware_weights, feature_augmentation_loss, mccl_loss
+from micacl_layers.functional import (
+    category_aware_weights,
+    feature_augmentation_loss,
+    mccl_loss,
+    supervised_contrastive_per_anchor,
+)
 
 TARGETS = torch.tensor([0, 0, 1, 1, 2, 2, 0, 1])
 COUNTS = [50.0, 30.0, 5.0]
@@ -101,3 +106,21 @@ def test_difficulty_of_confident_samples_keeps_its_relative_precision(dtype):
         logits, targets, counts, class_weighting=False, weight_norm="batch"
     )
     torch.testing.assert_close(batch.double(), expected / expected.mean(), rtol=16 * eps, atol=0)
+
+
+def test_temperature_too_small_for_float32_similarities_is_named():
+    # Below about 1 / finfo(float32).max, cos / tau overflowed and the loss was a silent NaN.
+    gen = torch.Generator().manual_seed(0)
+    features, logits = torch.randn(8, 16, generator=gen), torch.randn(8, 3, generator=gen)
+    with pytest.raises(ValueError, match=r"`tau0`.*float32"):
+        mccl_loss(features, logits, TARGETS, COUNTS, tau0=1e-40, scales=(1,))
+    with pytest.raises(ValueError, match=r"`temperature`.*float32"):
+        supervised_contrastive_per_anchor(features.half(), TARGETS, 1e-40)
+    # float64 similarities take it: the ratio form stays a share of similarity mass.
+    loss = mccl_loss(features.double(), logits, TARGETS, COUNTS, tau0=1e-40, scales=(1,))
+    assert torch.isfinite(loss)
+    per_anchor, _ = supervised_contrastive_per_anchor(features.double(), TARGETS, 1e-40)
+    assert bool(((per_anchor >= -1) & (per_anchor <= 0)).all())
+    # The smallest normal float32 still gives a finite loss.
+    smallest = torch.finfo(torch.float32).tiny
+    assert torch.isfinite(mccl_loss(features, logits, TARGETS, COUNTS, tau0=smallest, scales=(1,)))
