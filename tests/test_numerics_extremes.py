@@ -13,6 +13,7 @@ from micacl_layers import config
 from micacl_layers.functional import (
     category_aware_weights,
     feature_augmentation_loss,
+    graph_propagate,
     mccl_loss,
     supervised_contrastive_per_anchor,
 )
@@ -124,3 +125,15 @@ def test_temperature_too_small_for_float32_similarities_is_named():
     # The smallest normal float32 still gives a finite loss.
     smallest = torch.finfo(torch.float32).tiny
     assert torch.isfinite(mccl_loss(features, logits, TARGETS, COUNTS, tau0=smallest, scales=(1,)))
+
+
+@pytest.mark.parametrize("shape", [(1,), (1, 1, 1, 1)])
+def test_graph_propagate_one_element_alpha_keeps_dtype_and_shape(shape):
+    # A one-element alpha that is not 0-d took part in type promotion (a float64 (1,) alpha made
+    # a float32 result float64) and in broadcasting (a (1, 1, 1, 1) alpha made it 4-d).
+    x = torch.randn(2, 4, 8)
+    adjacency = torch.full((4, 4), 0.25)
+    alpha = torch.full(shape, 0.3, dtype=torch.float64)
+    out = graph_propagate(x, adjacency, alpha)
+    assert out.dtype == x.dtype and out.shape == x.shape
+    torch.testing.assert_close(out, graph_propagate(x, adjacency, 0.3))
