@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from micacl_layers._fast import contrastive as _fast
 from micacl_layers._validation import (
@@ -69,8 +68,16 @@ def _row_scale(z: torch.Tensor) -> torch.Tensor:
 
 
 def _normalize(z: torch.Tensor, eps: float) -> torch.Tensor:
-    """``F.normalize(z, dim=-1, eps=eps)`` for rows of any finite magnitude (see _row_scale)."""
-    return F.normalize(z / _row_scale(z), dim=-1, eps=eps)
+    """``F.normalize(z, dim=-1, eps=eps)`` for rows of any finite magnitude (see _row_scale).
+
+    The same ops, except that the norm of an all-zero row is never differentiated (it is
+    ``eps``): torch's second derivative of a norm at 0 is NaN, which a double backward (a
+    gradient penalty) spread to every row.
+    """
+    scaled = z / _row_scale(z)
+    zero = (scaled == 0).all(dim=-1, keepdim=True)
+    norm = torch.linalg.vector_norm(torch.where(zero, 1.0, scaled), dim=-1, keepdim=True)
+    return scaled / torch.where(zero, eps, norm.clamp_min(eps))
 
 
 def _check_temperature(temperature: object) -> torch.Tensor | float:

@@ -137,3 +137,19 @@ def test_graph_propagate_one_element_alpha_keeps_dtype_and_shape(shape):
     out = graph_propagate(x, adjacency, alpha)
     assert out.dtype == x.dtype and out.shape == x.shape
     torch.testing.assert_close(out, graph_propagate(x, adjacency, 0.3))
+
+
+@pytest.mark.parametrize("fast", ["on", "off"])
+def test_zero_feature_row_double_backward_is_finite(fast):
+    # A gradient penalty through MCCL: the norm's second derivative at an all-zero row is NaN
+    # in torch (F.normalize), and it spread to every row's gradient of the gradient.
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(8, 32, generator=gen, dtype=torch.float64)
+    features[0] = 0.0
+    features.requires_grad_(True)
+    logits = torch.randn(8, 3, generator=gen, dtype=torch.float64)
+    with config.fast_paths(fast):
+        loss = mccl_loss(features, logits, TARGETS, COUNTS, scales=(1, 2))
+        (grad,) = torch.autograd.grad(loss, features, create_graph=True)
+        (grad_of_grad,) = torch.autograd.grad(grad.pow(2).sum(), features)
+    assert torch.isfinite(grad).all() and torch.isfinite(grad_of_grad).all()
