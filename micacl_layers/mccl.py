@@ -404,7 +404,7 @@ class MultiscaleCategoryAwareContrastiveLoss(RunningClassCounts):
             :mod:`micacl_layers.distributed`. With ``reduction="none"`` the output covers the
             global batch, in rank order.
         device: Parameter device.
-        dtype: Parameter dtype.
+        dtype: Parameter dtype (also that of the memory bank; float32 when ``None``).
 
     Shape:
         - features: :math:`(B, D)`
@@ -469,7 +469,9 @@ class MultiscaleCategoryAwareContrastiveLoss(RunningClassCounts):
         )
         self.gather_distributed = check_bool("gather_distributed", gather_distributed)
         dims = [projection_dim or feature_dim // s for s in self.options.scales]
-        self.memory = ContrastMemory.optional(memory_size, dims, device=device)
+        # (In the projections' dtype, as .to(dtype) would leave it: float64 embeddings are not
+        # rounded to float32 in the bank.)
+        self.memory = ContrastMemory.optional(memory_size, dims, device=device, dtype=dtype)
 
     __prepare_scriptable__ = torchscript_unsupported
 

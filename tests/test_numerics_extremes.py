@@ -6,10 +6,12 @@ float64 (or in closed form), and the tolerances are those of the dtype under tes
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
-from micacl_layers import config
+from micacl_layers import MCCLoss, config
 from micacl_layers.functional import (
     category_aware_weights,
     feature_augmentation_loss,
@@ -153,3 +155,23 @@ def test_zero_feature_row_double_backward_is_finite(fast):
         (grad,) = torch.autograd.grad(loss, features, create_graph=True)
         (grad_of_grad,) = torch.autograd.grad(grad.pow(2).sum(), features)
     assert torch.isfinite(grad).all() and torch.isfinite(grad_of_grad).all()
+
+
+def test_memory_of_a_float64_loss_keeps_float64_embeddings():
+    # MCCLoss(dtype=torch.float64) kept its memory bank in float32: past embeddings were rounded
+    # to 1e-7 in a float64 loss (the same loss converted with .double() kept them exactly).
+    torch.manual_seed(0)
+    built = MCCLoss(3, 16, [5, 3, 1], projection_dim=8, memory_size=32, dtype=torch.float64)
+    converted = copy.deepcopy(built).double()
+    gen = torch.Generator().manual_seed(1)
+    batches = [
+        (torch.randn(8, 16, generator=gen, dtype=torch.float64), torch.randn(8, 3, generator=gen))
+        for _ in range(2)
+    ]
+    losses = []
+    for loss in (built, converted):
+        for features, logits in batches:
+            value = loss(features, logits.double(), TARGETS)
+        losses.append(value)
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-14, atol=0.0)
+    assert built.memory.features_0.dtype == torch.float64
