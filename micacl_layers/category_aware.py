@@ -118,8 +118,12 @@ def _category_aware_weights(
         inv = 1.0 / class_counts.to(device=logits.device, dtype=dtype).clamp_min(1.0)
         weights = weights * (inv / inv.mean())[targets]
     if difficulty:
-        p_true = logits.to(dtype).softmax(dim=-1).gather(1, targets[:, None]).squeeze(1)
-        hard = 1.0 - p_true
+        # 1 - p_y as the softmax mass of the other classes, exp(lse_{k != y} - lse_k): the same
+        # value, without the cancellation of 1 - p_y (an exact 0 once p_y rounds to 1, 2e-9
+        # as it is at a margin of 20 in float32). (finfo.min, not -inf: K = 1 keeps its gradient.)
+        work = logits.to(dtype)
+        others = work.scatter(1, targets[:, None], torch.finfo(dtype).min)
+        hard = (others.logsumexp(dim=-1) - work.logsumexp(dim=-1)).exp()
         weights = weights * (hard.detach() if detach_difficulty else hard)
     if weight_norm == "batch" and weights.numel():
         # An all-zero batch (every sample predicted with certainty) stays zero, not NaN.

@@ -37,6 +37,7 @@ from micacl_layers._validation import (
     to_parameter_dtype,
     torchscript_unsupported,
 )
+from micacl_layers.contrastive import _row_scale
 from micacl_layers.ial import intensity_aware_loss
 from micacl_layers.logit_adjustment import logit_adjusted_cross_entropy
 
@@ -162,7 +163,10 @@ def _feature_augmentation_loss(
         # outside it here: cast them to its parameters' dtype, as autocast would.
         parameter = next((p for p in classifier.parameters() if p.is_floating_point()), None)
         features = to_parameter_dtype(features, parameter)
-    rms = features.detach().pow(2).mean(dim=1, keepdim=True).sqrt()
+    # Each row divided by a power of two near its largest entry first (exact), so the square
+    # can neither overflow (|f| > 256 in float16, 1.8e19 in float32) nor underflow to no noise.
+    scale = _row_scale(features)
+    rms = (features.detach() / scale).pow(2).mean(dim=1, keepdim=True).sqrt() * scale
     noise = (
         torch.randn(
             features.shape, generator=generator, device=features.device, dtype=features.dtype

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from micacl_layers._fast import contrastive as _fast
 from micacl_layers._validation import (
@@ -39,8 +38,17 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
 
 
 def _norm_eps(dtype: torch.dtype) -> float:
-    # Bounds the norm of a row from below; after _row_scale only an all-zero row reaches it.
+    # Bounds the norm of a row from below where rows are not first divided by _row_scale
+    # (the projected kernel's |W' x'|, which may be of any size).
     return torch.finfo(dtype).tiny ** 0.5
+
+
+# Bounds the norm of a row divided by its _row_scale (0.5, kept beside the kernels that use it
+# too). Its largest entry lies in [1, 2), so its norm is at least 1 and only an all-zero row is
+# clamped: that row normalises to zero, with the gradient of the unit vector over
+# eps * scale = 1/4. With tiny ** 0.5 that factor was 1e19 in float32 and 1e154 in float64, inf
+# once cast back to float16 features.
+_SCALED_NORM_EPS = _fast.SCALED_NORM_EPS
 
 
 def _row_scale(z: torch.Tensor) -> torch.Tensor:
@@ -60,8 +68,16 @@ def _row_scale(z: torch.Tensor) -> torch.Tensor:
 
 
 def _normalize(z: torch.Tensor, eps: float) -> torch.Tensor:
-    """``F.normalize(z, dim=-1, eps=eps)`` for rows of any finite magnitude (see _row_scale)."""
-    return F.normalize(z / _row_scale(z), dim=-1, eps=eps)
+    """``F.normalize(z, dim=-1, eps=eps)`` for rows of any finite magnitude (see _row_scale).
+
+    The same ops, except that the norm of an all-zero row is never differentiated (it is
+    ``eps``): torch's second derivative of a norm at 0 is NaN, which a double backward (a
+    gradient penalty) spread to every row.
+    """
+    scaled = z / _row_scale(z)
+    zero = (scaled == 0).all(dim=-1, keepdim=True)
+    norm = torch.linalg.vector_norm(torch.where(zero, 1.0, scaled), dim=-1, keepdim=True)
+    return scaled / torch.where(zero, eps, norm.clamp_min(eps))
 
 
 def _check_temperature(temperature: object) -> torch.Tensor | float:
@@ -79,6 +95,21 @@ def _check_temperature(temperature: object) -> torch.Tensor | float:
     if not is_real(temperature) or not 0.0 < temperature < float("inf"):
         raise ValueError(f"`temperature` must be a positive finite float, got {temperature!r}.")
     return float(temperature)
+
+
+def _check_temperature_fits(name: str, value: float | None, dtype: torch.dtype) -> None:
+    """``cos / tau`` stays finite in ``dtype``: ``tau`` at least its smallest normal number.
+
+    (``1 / tiny`` is below ``finfo.max`` in every floating dtype; a subnormal ``tau`` makes the
+    similarities overflow to inf, and the loss NaN.)
+    """
+    smallest = torch.finfo(dtype).tiny
+    if value is not None and value < smallest:
+        raise ValueError(
+            f"`{name}` must be at least {smallest:.4g} (finfo({dtype}).tiny) for {dtype} "
+            f"similarities, which cos / {name} would overflow, got {value!r}; pass float64 "
+            f"embeddings for a smaller one."
+        )
 
 
 def supervised_contrastive_per_anchor(
@@ -147,6 +178,10 @@ def supervised_contrastive_per_anchor(
     targets = check_targets("targets", targets)
     check_same_batch(z=z, targets=targets)
     temperature = _check_temperature(temperature)
+    if not isinstance(temperature, torch.Tensor):
+        _check_temperature_fits("temperature", temperature, _compute_dtype(z))
+    elif has_values(temperature):  # (already read back by _check_temperature)
+        _check_temperature_fits("temperature", float(temperature.detach()), _compute_dtype(z))
     if (memory_z is None) != (memory_targets is None):
         missing, given = (
             ("memory_targets", "memory_z")
@@ -191,7 +226,7 @@ def contrastive_per_anchor(
     # similarities and their log-sum-exp must stay in float32, so autocast is off here.
     with no_autocast(z.device.type):
         dtype = _compute_dtype(z)
-        eps = _norm_eps(dtype)
+        eps = _SCALED_NORM_EPS
         z = z.to(dtype)
         mem, cand_targets = None, targets
         if memory_z is not None:

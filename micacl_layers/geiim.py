@@ -151,6 +151,9 @@ def graph_propagate(
                 f"`alpha` must be a float in [0, 1] or a one-element floating "
                 f"tensor, got {describe(alpha)}."
             )
+        # 0-d, so that it neither broadcasts the output to its own shape nor promotes its dtype
+        # (a (1,) float64 alpha made a float32 result float64).
+        alpha = alpha.reshape(())
     elif not is_real(alpha) or not 0 <= alpha <= 1:
         raise ValueError(f"`alpha` must be a float in [0, 1], got {alpha!r}.")
     else:

@@ -57,6 +57,8 @@ from micacl_layers.category_aware import (
 )
 from micacl_layers.contrastive import (
     Form,
+    _check_temperature_fits,
+    _compute_dtype,
     _projected_fast,
     contrastive_per_anchor,
     supervised_contrastive_per_anchor,
@@ -307,6 +309,8 @@ def _multiscale_loss(
         projection = None if projections is None else projections[idx]
         fused = None
         if memory is None and protos is None and not (need_embeddings or options.class_average):
+            # (tau >= tau0 in every mode: checked without reading tau back from the device)
+            _check_temperature_fits("tau0", options.tau0, _compute_dtype(z))
             fused = _projected_fast(  # (None unless the switch enables that kernel)
                 z, projection, targets, tau, form=options.form, exclude_self=options.exclude_self
             )
@@ -315,6 +319,7 @@ def _multiscale_loss(
             embeddings.append(None)
         else:
             z = z if projection is None else _project(projection, z, idx)  # ... then Proj_s
+            _check_temperature_fits("tau0", options.tau0, _compute_dtype(z))
             embeddings.append(z)
             mem_z, mem_t = (None, None) if memory is None else (memory[0][idx], memory[1])
             if mem_z is not None:
@@ -399,7 +404,7 @@ class MultiscaleCategoryAwareContrastiveLoss(RunningClassCounts):
             :mod:`micacl_layers.distributed`. With ``reduction="none"`` the output covers the
             global batch, in rank order.
         device: Parameter device.
-        dtype: Parameter dtype.
+        dtype: Parameter dtype (also that of the memory bank; float32 when ``None``).
 
     Shape:
         - features: :math:`(B, D)`
@@ -464,7 +469,9 @@ class MultiscaleCategoryAwareContrastiveLoss(RunningClassCounts):
         )
         self.gather_distributed = check_bool("gather_distributed", gather_distributed)
         dims = [projection_dim or feature_dim // s for s in self.options.scales]
-        self.memory = ContrastMemory.optional(memory_size, dims, device=device)
+        # (In the projections' dtype, as .to(dtype) would leave it: float64 embeddings are not
+        # rounded to float32 in the bank.)
+        self.memory = ContrastMemory.optional(memory_size, dims, device=device, dtype=dtype)
 
     __prepare_scriptable__ = torchscript_unsupported
 

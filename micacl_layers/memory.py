@@ -54,7 +54,12 @@ class ContrastMemory(nn.Module):
 
     @classmethod
     def optional(
-        cls, size: object, dims: Sequence[int], *, device: torch.device | str | None = None
+        cls,
+        size: object,
+        dims: Sequence[int],
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> ContrastMemory | None:
         """A memory of ``size`` samples, or ``None`` for ``size=0`` (a loss's ``memory_size``)."""
         if not isinstance(size, (bool, torch.Tensor)) and size == 0:
@@ -65,7 +70,7 @@ class ContrastMemory(nn.Module):
             raise ValueError(
                 f"`memory_size` must be >= 0 (0 disables the memory), got {size!r}."
             ) from None
-        return cls(size, list(dims), device=device)
+        return cls(size, list(dims), device=device, dtype=dtype)
 
     def __init__(
         self,

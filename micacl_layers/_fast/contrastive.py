@@ -44,6 +44,10 @@ _BLOCK_ENTRIES = 1 << 20
 _KEEP_ENTRIES = 1 << 22
 # Rows per strip of the symmetric A A^T (only the upper block triangle is computed).
 _GRAM_BLOCK = 256
+# The eps of the plain path's normalisation (micacl_layers.contrastive reads it from here) of
+# rows divided by _row_scale: their norms are then at least 1, so only an all-zero row is
+# clamped, and, its scale being 1/2, it is divided by SCALED_NORM_EPS / 2.
+SCALED_NORM_EPS = 0.5
 
 
 def no_autocast(device_type: str) -> contextlib.AbstractContextManager[None]:
@@ -453,7 +457,14 @@ class _ProjectedContrastiveCore(torch.autograd.Function):
             with torch.enable_grad():
                 z = F.linear(x, weight, bias)
                 loss, _ = ctx.reference(
-                    z, None, targets, targets, temperature, ctx.form, ctx.exclude_self, ctx.eps
+                    z,
+                    None,
+                    targets,
+                    targets,
+                    temperature,
+                    ctx.form,
+                    ctx.exclude_self,
+                    SCALED_NORM_EPS,
                 )
             found = iter(
                 torch.autograd.grad(loss, inputs, grad_loss, create_graph=True, allow_unused=True)
@@ -487,8 +498,12 @@ class _ProjectedContrastiveCore(torch.autograd.Function):
             u = mm_t(_add_transpose_(grad), (xa * inv[:, None]).t())
             del grad
             radial = (q * u).sum(dim=1).mul_(inv)
-            radial.masked_fill_(denom <= ctx.eps, 0.0)
-            hx = u.mul_(inv[:, None]).sub_(xa * (radial * inv * inv)[:, None])
+            clamped = denom <= ctx.eps
+            radial.masked_fill_(clamped, 0.0)
+            # A clamped row (z = 0) gets the plain path's gradient: dL/dA over SCALED_NORM_EPS / 2,
+            # in the units of x' / scale.
+            row_inv = torch.where(clamped, scale[:, 0] / (SCALED_NORM_EPS / 2), inv)
+            hx = u.mul_(row_inv[:, None]).sub_(xa * (radial * inv * inv)[:, None])
         needs = ctx.needs_input_grad
         grad_x = grad_w = grad_b = None
         if needs[0]:
