@@ -237,4 +237,4 @@ def _lstm_outside_cpu_autocast(lstm: nn.Module, h: torch.Tensor) -> torch.Tensor
     if h.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
         return lstm(h)[0]
     with torch.autocast("cpu", enabled=False):
-        return lstm(h.to(lstm.weight_ih_l0.dtype))[0]
+        return lstm(h.to(next(lstm.parameters()).dtype))[0]
