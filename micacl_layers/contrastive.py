@@ -178,10 +178,13 @@ def supervised_contrastive_per_anchor(
     targets = check_targets("targets", targets)
     check_same_batch(z=z, targets=targets)
     temperature = _check_temperature(temperature)
+    # (A tensor was already read back by _check_temperature; a meta one has no value.)
+    value: float | None = None
     if not isinstance(temperature, torch.Tensor):
-        _check_temperature_fits("temperature", temperature, _compute_dtype(z))
-    elif has_values(temperature):  # (already read back by _check_temperature)
-        _check_temperature_fits("temperature", float(temperature.detach()), _compute_dtype(z))
+        value = temperature
+    elif has_values(temperature):
+        value = float(temperature.detach())
+    _check_temperature_fits("temperature", value, _compute_dtype(z))
     if (memory_z is None) != (memory_targets is None):
         missing, given = (
             ("memory_targets", "memory_z")
