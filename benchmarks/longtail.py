@@ -354,6 +354,21 @@ METHODS["la_micacl"] = Method(
     ce="micacl",
     preset={"logit_adjustment": 1.0},
 )
+# After the seventh round's test table (issue 13), for the record and on validation splits
+# only: which part of la_micacl's objective does the lifting. Each row is from_preset("paper",
+# logit_adjustment=1.0) with terms switched off: no MCCL; label smoothing alone; with IAL; with
+# the feature augmentation.
+_PAPER_LA = 'from_preset("paper", logit_adjustment=1.0)'
+_DECOMPOSITION = {
+    "la_cet": ("without MCCL", {"mc_weight": 0.0}),
+    "la_ls": ("label smoothing only", {"mc_weight": 0.0, "ial_weight": 0.0, "aug_weight": 0.0}),
+    "la_ls_ial": ("label smoothing + IAL", {"mc_weight": 0.0, "aug_weight": 0.0}),
+    "la_ls_aug": ("label smoothing + augmentation", {"mc_weight": 0.0, "ial_weight": 0.0}),
+}
+for _key, (_what, _off) in _DECOMPOSITION.items():
+    METHODS[_key] = Method(
+        f"{_PAPER_LA}, {_what}", ce="micacl", preset={"logit_adjustment": 1.0, **_off}
+    )
 # The rows of the test table in docs/longtail.md, and the candidates of the validation round.
 FULL_METHODS = ["ce", "ls", "la", "bs", "cb", "supcon", "mccl", "la_mccl", "la_bal", "la_bal_l0.3"]
 SELECT_METHODS = [
