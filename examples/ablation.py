@@ -86,6 +86,11 @@ LOSSES: dict[str, tuple[str, list[str], str | None]] = {
         ["--loss", "micacl"],
         "logit_adjusted",
     ),
+    "paper_la": (
+        "'paper_logit_adjusted' preset: CET with logit-adjusted CE + MCCL",
+        ["--loss", "paper_logit_adjusted"],
+        None,
+    ),
     "balanced": (
         "'balanced' preset: logit-adjusted CE + 0.3 x balanced MCCL (log form)",
         ["--loss", "micacl"],
@@ -183,8 +188,12 @@ def describe_criterion(criterion: nn.Module | None) -> dict[str, Any]:
             mc_weight=criterion.mc_weight,
             ial_weight=criterion.cet.ial_weight,
             aug_weight=criterion.cet.aug_weight,
+            logit_adjustment=criterion.cet.logit_adjustment,
         )
-        for name in ("form", "temperature", "scales", "class_weighting", "difficulty"):
+        for name in (
+            *("form", "temperature", "scales", "class_weighting", "difficulty"),
+            *("class_average", "class_complements", "weight_norm"),
+        ):
             if hasattr(m, name):
                 value = getattr(m, name)
                 info[f"mccl_{name}"] = list(value) if isinstance(value, tuple) else value

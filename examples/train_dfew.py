@@ -239,9 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     lo = p.add_argument_group("loss")
     lo.add_argument(
         "--loss",
-        choices=("micacl", "public_code", "ce"),
+        choices=("micacl", "paper_logit_adjusted", "public_code", "ce"),
         default="micacl",
-        help="micacl: CET + mc_weight*MCCL (Eq. 13); public_code: CE(ls 0.1) + "
+        help="micacl: CET + mc_weight*MCCL (Eq. 13, the 'paper' preset); "
+        "paper_logit_adjusted: the same with the CET's CE logit-adjusted (tau 1; the best "
+        "configuration on docs/longtail.md's benchmark); public_code: CE(ls 0.1) + "
         "30*MCCL; ce: label-smoothed cross-entropy only",
     )
     lo.add_argument(
@@ -648,7 +650,7 @@ def build_criterion(
         overrides["mc_weight"] = args.mc_weight
     if args.mccl_form is not None:
         overrides["form"] = args.mccl_form
-    preset = "paper" if args.loss == "micacl" else "public_code"
+    preset = "paper" if args.loss == "micacl" else args.loss
     return MICACLLoss.from_preset(
         preset, model.head.num_classes, model.feature_dim, class_counts=class_counts, **overrides
     )

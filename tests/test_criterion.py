@@ -263,3 +263,80 @@ def test_state_dict_round_trip():
     out_a = _seeded(lambda: a(f, head(f), y, classifier=head))
     out_b = _seeded(lambda: b(f, head(f), y, classifier=head))
     torch.testing.assert_close(out_a, out_b, atol=0, rtol=0)
+
+
+PRESET_COUNTS = [9, 4, 1]  # EDGE_NUM_CLASSES classes, long-tailed
+
+
+def _preset(name, dtype=torch.float32):
+    return MICACLLoss.from_preset(
+        name, EDGE_NUM_CLASSES, EDGE_FEATURE_DIM, PRESET_COUNTS, projection_dim=4, dtype=dtype
+    )
+
+
+def test_paper_logit_adjusted_is_paper_with_la_ce():
+    """The preset differs from "paper" only in the CET's cross-entropy: on the same projections
+    its breakdown equals "paper"'s but for the CE term, which is the logit-adjusted one."""
+    assert {**PRESETS["paper"], "logit_adjustment": 1.0} == PRESETS["paper_logit_adjusted"]
+    torch.manual_seed(0)
+    la, paper = _preset("paper_logit_adjusted"), _preset("paper")
+    paper.load_state_dict(la.state_dict())
+    head = nn.Linear(EDGE_FEATURE_DIM, EDGE_NUM_CLASSES)
+    features = torch.randn(6, EDGE_FEATURE_DIM)
+    logits = head(features)
+    targets = torch.tensor([0, 0, 0, 1, 1, 2])
+    got = _seeded(lambda: la(features, logits, targets, classifier=head, return_breakdown=True))
+    ref = _seeded(lambda: paper(features, logits, targets, classifier=head, return_breakdown=True))
+    torch.testing.assert_close(got.mccl, ref.mccl)
+    torch.testing.assert_close(got.ial, ref.ial)
+    prior = torch.tensor(PRESET_COUNTS, dtype=torch.float32)
+    want_ce = nn.functional.cross_entropy(
+        logits + (prior / prior.sum()).log(), targets, label_smoothing=0.1
+    )
+    torch.testing.assert_close(got.ce, want_ce)
+    assert not torch.allclose(got.ce, ref.ce)
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_gradchecks_in_float64(name):
+    """Features always; logits too (with Eq. 7's difficulty not detached, else the numerical
+    gradient would see it) unless the preset divides the weights by their batch mean, a
+    documented stop-gradient."""
+    through_logits = PRESETS[name].get("weight_norm") != "batch"
+    torch.manual_seed(0)
+    criterion = MICACLLoss.from_preset(
+        name,
+        3,
+        4,
+        [5, 3, 2],
+        scales=(1, 2),
+        projection_dim=3,
+        aug_noise_std=0.0,  # the noise's rms is a documented stop-gradient
+        detach_difficulty=not through_logits,
+        dtype=torch.float64,
+    )
+    head = nn.Linear(4, 3, dtype=torch.float64)
+    features = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    logits = torch.randn(5, 3, dtype=torch.float64, requires_grad=through_logits)
+    targets = torch.tensor([0, 0, 1, 2, 2])
+    assert torch.autograd.gradcheck(
+        lambda f, z: criterion(f, z, targets, classifier=head), (features, logits)
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("case", EDGE_CASES)
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_on_degenerate_batches_is_finite(name, case, dtype):
+    torch.manual_seed(0)
+    features, logits, targets = edge_case(case, dtype)
+    head = nn.Linear(EDGE_FEATURE_DIM, EDGE_NUM_CLASSES, dtype=dtype)
+    criterion = _preset(name, dtype)
+    out = criterion(features, logits, targets, classifier=head, return_breakdown=True)
+    assert_finite(*out)
+    out.loss.backward()
+    assert_finite(features.grad, logits.grad)
+    assert_grads_finite(criterion)
+    # The head feeds only the augmentation term and the class complements, which some
+    # presets leave off.
+    assert_grads_finite(head, allow_none=True)
