@@ -1,4 +1,5 @@
-"""MCCLoss(gather_distributed=True) across two CPU processes (gloo) equals one process."""
+"""MCCLoss(gather_distributed=True) across two CPU processes (gloo) equals one process, alone
+and inside the whole MICACLLoss objective."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from micacl_layers import MCCLoss
+from micacl_layers import MCCLoss, MICACLLoss
 from micacl_layers.distributed import gather_with_grad, gather_without_grad
 
 pytestmark = pytest.mark.slow  # end-to-end runs and process groups: not in the fast tier
@@ -34,20 +35,38 @@ def _models(options):
     torch.manual_seed(1)
     net = torch.nn.Linear(8, D).double()
     head = torch.nn.Linear(D, K).double()
+    options = dict(options)
+    preset = options.pop("preset", None)
+    if preset is not None:
+        # The whole objective: the CET is per sample, only its MCCL gathers. The augmentation's
+        # noise would differ between ranks and one process, so it is off (its CE stays).
+        crit = MICACLLoss.from_preset(
+            preset, K, D, [40, 20, 5], projection_dim=6, aug_noise_std=0.0, **options
+        )
+        return net, head, crit.double()
     mccl = MCCLoss(K, D, [40, 20, 5], projection_dim=6, form="log", **options).double()
     return net, head, mccl
 
 
-def _params(net, head, mccl):
-    # The head only feeds the detached difficulty factor of Eq. 7, so it gets no gradient,
-    # unless its weight rows are the class complements.
-    head_params = [head.weight] if mccl.class_complements else []
-    return [*net.parameters(), *head_params, *mccl.parameters()]
+def _mccl(criterion):
+    return criterion.mccl if isinstance(criterion, MICACLLoss) else criterion
 
 
-def _loss(mccl, head, features, targets):
-    prototypes = head.weight if mccl.class_complements else None
-    return mccl(features, head(features), targets, prototypes=prototypes)
+def _params(net, head, criterion):
+    # The head only feeds the detached difficulty factor of Eq. 7, so it gets no gradient from
+    # MCCL, unless its weight rows are the class complements; the CET trains all of it.
+    if isinstance(criterion, MICACLLoss):
+        head_params = list(head.parameters())
+    else:
+        head_params = [head.weight] if criterion.class_complements else []
+    return [*net.parameters(), *head_params, *criterion.parameters()]
+
+
+def _loss(criterion, head, features, targets):
+    if isinstance(criterion, MICACLLoss):
+        return criterion(features, head(features), targets, classifier=head)
+    prototypes = head.weight if criterion.class_complements else None
+    return criterion(features, head(features), targets, prototypes=prototypes)
 
 
 def _single_process(options):
@@ -65,7 +84,7 @@ def _worker(rank, world, port, sizes, queue, options):
     try:
         x, targets = _data()
         net, head, mccl = _models(options)
-        mccl.gather_distributed = True
+        _mccl(mccl).gather_distributed = True
         start = sum(sizes[:rank])
         local = slice(start, start + sizes[rank])
         features = net(x[local].double())
@@ -119,11 +138,20 @@ def _run(sizes, options):
 def _check(sizes, options=None):
     options = options or {}
     ref_loss, ref_grads = _single_process(options)
-    for _rank, loss, grads, ok_gather, ok_rows in _run(sizes, options):
-        assert ok_gather and ok_rows
+    results = _run(sizes, options)
+    if "preset" in options:
+        # A CET mean over each rank's shard: equal shards average to the batch's mean.
+        assert len(set(sizes)) == 1
+        mean = sum(r[1] for r in results) / len(results)
         torch.testing.assert_close(
-            torch.tensor(loss, dtype=torch.float64), ref_loss, rtol=0, atol=1e-6
+            torch.tensor(mean, dtype=torch.float64), ref_loss, rtol=0, atol=1e-6
         )
+    for _rank, loss, grads, ok_gather, ok_rows in results:
+        assert ok_gather and ok_rows
+        if "preset" not in options:
+            torch.testing.assert_close(
+                torch.tensor(loss, dtype=torch.float64), ref_loss, rtol=0, atol=1e-6
+            )
         assert len(grads) == len(ref_grads)
         for g, r in zip(grads, ref_grads, strict=True):
             torch.testing.assert_close(torch.tensor(g, dtype=torch.float64), r, rtol=0, atol=1e-6)
@@ -139,6 +167,11 @@ def test_gather_matches_single_process_unequal_shards():
 
 def test_gather_matches_single_process_balanced_options():
     _check([5, 7], BALANCED)
+
+
+@pytest.mark.parametrize("preset", ["paper_logit_adjusted", "paper"])
+def test_whole_objective_preset_matches_single_process(preset):
+    _check([6, 6], {"preset": preset})
 
 
 def test_gather_is_a_no_op_without_a_process_group():
