@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from micacl_layers import LogitAdjustedLoss
+from micacl_layers import LogitAdjustedLoss, MICACLLoss
 from micacl_layers.functional import log_prior, logit_adjusted_cross_entropy
 
 COUNTS = torch.tensor([500.0, 60.0, 7.0, 1.0])
@@ -116,7 +116,8 @@ def test_log_prior():
 
 
 def test_module_matches_function_and_state():
-    crit = LogitAdjustedLoss([500, 60, 7, 1], tau=1.5, label_smoothing=0.05)
+    with pytest.warns(UserWarning, match="label_smoothing"):  # a prior ratio of 500 overturns
+        crit = LogitAdjustedLoss([500, 60, 7, 1], tau=1.5, label_smoothing=0.05)
     logits, targets = _batch()
     torch.testing.assert_close(
         crit(logits, targets),
@@ -183,3 +184,30 @@ def test_integer_logits_are_rejected():
         logit_adjusted_cross_entropy(
             torch.zeros(2, 3, dtype=torch.long), torch.tensor([0, 1]), [1, 1, 1]
         )
+
+
+def test_smoothing_past_the_prior_ratio_bound_warns():
+    """Smoothing eps with K classes overturns a perfectly fitted head sample once the prior
+    ratio exceeds b = (1 - eps + eps/K) / (eps/K) (to the power 1/tau); at the bound's edge the
+    prediction flips, which the warning says."""
+    import warnings
+
+    eps, k = 0.1, 2
+    b = (1 - eps + eps / k) / (eps / k)  # 19
+    # The claim itself: fit the smoothed target exactly on the adjusted logits.
+    for ratio, flips in ((b * 1.01, True), (b * 0.99, False)):
+        log_prior = torch.log(torch.tensor([ratio, 1.0]) / (ratio + 1.0))
+        target = torch.tensor([1 - eps + eps / k, eps / k])
+        raw = target.log() - log_prior  # adjusted logits log(target), minus the adjustment
+        assert (int(raw.argmax()) == 1) is flips
+    with pytest.warns(UserWarning, match=r"label_smoothing=0\.1 .*prior ratio 20 exceeds 19"):
+        LogitAdjustedLoss([20, 1], label_smoothing=eps)
+    with pytest.warns(UserWarning, match="label_smoothing"):
+        MICACLLoss(2, 4, [20, 1], logit_adjustment=1.0, ial_weight=0.0, aug_weight=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LogitAdjustedLoss([18, 1], label_smoothing=eps)  # below the bound
+        LogitAdjustedLoss([20, 1])  # no smoothing
+        LogitAdjustedLoss([20, 1], label_smoothing=eps, tau=0.5)  # bound 19 ** 2
+        # With IAL and the augmentation on the raw logits (the presets) it stays quiet.
+        MICACLLoss.from_preset("paper_logit_adjusted", 2, 4, [20, 1])
