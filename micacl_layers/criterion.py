@@ -37,15 +37,16 @@ from micacl_layers.mccl import MultiscaleCategoryAwareContrastiveLoss
 
 __all__ = ["PRESETS", "MICACLLoss", "MICACLLossOutput"]
 
+# Eq. 13 with unit weights and every CET term active.
+_PAPER: dict[str, Any] = {
+    "mc_weight": 1.0,
+    "label_smoothing": 0.1,
+    "ial_weight": 0.1,
+    "aug_weight": 0.1,
+    "tau0": 0.07,
+}
 PRESETS: dict[str, dict[str, Any]] = {
-    # Eq. 13 with unit weights and every CET term active.
-    "paper": {
-        "mc_weight": 1.0,
-        "label_smoothing": 0.1,
-        "ial_weight": 0.1,
-        "aug_weight": 0.1,
-        "tau0": 0.07,
-    },
+    "paper": dict(_PAPER),
     # The public code's weights: CE with label smoothing 0.1 plus 30 x MCCL (log form, batch
     # temperature), no IAL and no (working) augmentation term. The MCCL bugs of that code
     # (self-pairs, random projections on each call, raw reciprocal weights) stay fixed.
@@ -61,14 +62,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # "paper" with the CET's cross-entropy logit-adjusted (Menon et al. 2021, tau 1 on the
     # loss's class counts); the rest is Eq. 13 as in "paper". Chosen on the validation splits of
     # benchmarks/longtail.py and the best configuration on its test splits (docs/longtail.md).
-    "paper_logit_adjusted": {
-        "mc_weight": 1.0,
-        "label_smoothing": 0.1,
-        "ial_weight": 0.1,
-        "aug_weight": 0.1,
-        "logit_adjustment": 1.0,
-        "tau0": 0.07,
-    },
+    "paper_logit_adjusted": {**_PAPER, "logit_adjustment": 1.0},
     # Not in the paper; chosen on validation splits of benchmarks/longtail.py (docs/longtail.md):
     # logit-adjusted CE (Menon et al. 2021, tau 1) + 0.3 x MCCL in the log form with Balanced
     # Contrastive Learning's class-averaged denominators and class complements (Zhu et al. 2022)
