@@ -21,15 +21,12 @@ import torch
 from torch import nn
 
 from micacl_layers._validation import (
-    _counts_tensor,
     check_floating,
     check_ndim,
     check_nonnegative_float,
     check_positive_int,
     describe,
-    has_values,
     torchscript_unsupported,
-    values_on_cpu,
 )
 from micacl_layers.cet import ClassificationEnhancementTerm, Classifier
 from micacl_layers.logit_adjustment import _warn_if_smoothing_overturns
@@ -175,13 +172,10 @@ class MICACLLoss(nn.Module):
         )
         # Only where the smoothed, adjusted CE is the whole CET: the IAL and augmentation terms
         # are on the raw logits and pull its over-correction back (docs/longtail.md).
-        if class_counts is not None and not (ial_weight or aug_weight):
-            with values_on_cpu(class_counts):
-                counts = _counts_tensor(class_counts)
-            if has_values(counts):
-                _warn_if_smoothing_overturns(
-                    counts, self.cet.logit_adjustment, self.cet.label_smoothing
-                )
+        # (The MCCL's checked CPU copy: None for running counts or counts on meta.)
+        built = self.mccl._built_counts
+        if built is not None and not (ial_weight or aug_weight):
+            _warn_if_smoothing_overturns(built, self.cet.logit_adjustment, self.cet.label_smoothing)
 
     __prepare_scriptable__ = torchscript_unsupported
 

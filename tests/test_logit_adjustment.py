@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import pytest
 import torch
@@ -190,8 +191,6 @@ def test_smoothing_past_the_prior_ratio_bound_warns():
     """Smoothing eps with K classes overturns a perfectly fitted head sample once the prior
     ratio exceeds b = (1 - eps + eps/K) / (eps/K) (to the power 1/tau); at the bound's edge the
     prediction flips, which the warning says."""
-    import warnings
-
     eps, k = 0.1, 2
     b = (1 - eps + eps / k) / (eps / k)  # 19
     # The claim itself: fit the smoothed target exactly on the adjusted logits.
