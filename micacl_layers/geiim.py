@@ -151,6 +151,12 @@ def graph_propagate(
                 f"`alpha` must be a float in [0, 1] or a one-element floating "
                 f"tensor, got {describe(alpha)}."
             )
+        # A user's tensor is checked like a float (one scalar read back; GEIIM's own learned
+        # alpha skips this function and never syncs). A meta tensor has no value to check.
+        if not alpha.is_meta and not bool(((alpha >= 0) & (alpha <= 1)).all()):
+            raise ValueError(
+                f"`alpha` must lie in [0, 1], got a tensor holding {alpha.detach().item()!r}."
+            )
         # 0-d, so that it neither broadcasts the output to its own shape nor promotes its dtype
         # (a (1,) float64 alpha made a float32 result float64).
         alpha = alpha.reshape(())

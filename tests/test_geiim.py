@@ -163,6 +163,21 @@ def test_eq2_without_multiscale(batch, steps, dim, alpha, learn, seed):
     torch.testing.assert_close(graph_propagate(x, a, alpha), expected)
 
 
+@pytest.mark.parametrize("alpha", [1.5, -0.1, float("nan")])
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_graph_propagate_rejects_alpha_outside_unit_interval(alpha, as_tensor):
+    x = torch.randn(2, 4, 3)
+    value = torch.tensor([alpha]) if as_tensor else alpha
+    with pytest.raises(ValueError, match=r"`alpha` must .*\[0, 1\]"):
+        graph_propagate(x, torch.eye(4), value)
+
+
+def test_graph_propagate_accepts_meta_alpha_tensor():
+    x = torch.randn(2, 4, 3, device="meta")
+    out = graph_propagate(x, torch.eye(4, device="meta"), torch.tensor(0.3, device="meta"))
+    assert out.shape == (2, 4, 3) and out.is_meta
+
+
 @pytest.mark.parametrize("logit", [-1e4, -50.0, -3.0, 0.0, 2.0, 50.0, 1e4])
 def test_alpha_stays_in_unit_interval(logit):
     geiim = GEIIM(3, 2)
