@@ -1188,6 +1188,15 @@ def write_text_atomic(path: Path, text: str) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        # The rename survives a power loss only once the folder's entry is on disk as well;
+        # Windows cannot open a folder, and some file systems refuse to sync one.
+        if os.name == "posix":
+            with contextlib.suppress(OSError):
+                fd = os.open(path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
     finally:
         tmp.unlink(missing_ok=True)
 

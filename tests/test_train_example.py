@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 import warnings
@@ -584,3 +586,18 @@ def test_results_are_written_atomically(tmp_path, monkeypatch):
         train_dfew.write_text_atomic(path, '{"new": 2}')
     assert path.read_text() == '{"old": 1}'  # the previous file, whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]  # no temporary left
+
+
+@pytest.mark.skipif(os.name != "posix", reason="only POSIX can open and sync a folder")
+def test_atomic_text_write_syncs_the_folder(tmp_path, monkeypatch):
+    # Without the folder's fsync the rename itself can be lost on a power cut.
+    synced = []
+    real_fsync = os.fsync
+
+    def record(fd):
+        synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+        real_fsync(fd)
+
+    monkeypatch.setattr(train_dfew.os, "fsync", record)
+    train_dfew.write_text_atomic(tmp_path / "results.json", "{}")
+    assert synced == [False, True]  # the temporary's contents, then the folder after the rename
