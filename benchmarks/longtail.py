@@ -3,7 +3,7 @@
 
 Usage::
 
-    python benchmarks/longtail.py                 # full table (~30 min on 2 cores, see docs)
+    python benchmarks/longtail.py                 # default table (~20 min on 2 cores, see docs)
     python benchmarks/longtail.py --quick         # CI smoke run (seconds)
     python benchmarks/longtail.py --select        # hyper-parameter selection on validation
     python benchmarks/longtail.py --output docs/longtail-table.md
