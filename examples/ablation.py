@@ -91,6 +91,13 @@ LOSSES: dict[str, tuple[str, list[str], str | None]] = {
         ["--loss", "paper_logit_adjusted"],
         None,
     ),
+    # The preset with its MCCL switched off: tells whether MCCL or the CET's IAL and
+    # augmentation terms make the difference to logit-adjusted CE alone.
+    "paper_la_cet": (
+        "'paper_logit_adjusted' preset without MCCL: logit-adjusted CET",
+        ["--loss", "paper_logit_adjusted", "--mc-weight", "0"],
+        None,
+    ),
     "balanced": (
         "'balanced' preset: logit-adjusted CE + 0.3 x balanced MCCL (log form)",
         ["--loss", "micacl"],
