@@ -369,11 +369,11 @@ for _key, (_what, _off) in _DECOMPOSITION.items():
     METHODS[_key] = Method(
         f"{_PAPER_LA}, {_what}", ce="micacl", preset={"logit_adjustment": 1.0, **_off}
     )
-# The rows of the test table in docs/longtail.md, and the candidates of the validation round.
 # The default table: the baselines of issue 13 (CE, label smoothing, logit adjustment,
 # balanced softmax, class-balanced CE, SupCon, the paper's MCCL) and the recommended
 # configuration, the "paper_logit_adjusted" preset. docs/longtail.md's test table has three
 # more rows (la_mccl, la_bal and la_bal_l0.3, the "balanced" preset); its command names them.
+# SELECT_METHODS: the candidates of the first validation round.
 FULL_METHODS = ["ce", "ls", "la", "bs", "cb", "supcon", "mccl", "la_micacl"]
 SELECT_METHODS = [
     "ce",
