@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader, Dataset
 from micacl_layers import MICACLLoss
 from micacl_layers.checkpoint import (
     CheckpointError,
+    _sync_folder,
     load_checkpoint,
     load_state_dict_checked,
     save_checkpoint,
@@ -1188,15 +1189,9 @@ def write_text_atomic(path: Path, text: str) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        # The rename survives a power loss only once the folder's entry is on disk as well;
-        # Windows cannot open a folder, and some file systems refuse to sync one.
-        if os.name == "posix":
-            with contextlib.suppress(OSError):
-                fd = os.open(path.parent, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+        # The rename survives a power loss only once the folder's entry is on disk as well
+        # (the same step save_checkpoint takes).
+        _sync_folder(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
