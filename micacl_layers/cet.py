@@ -25,6 +25,7 @@ from torch import nn
 
 from micacl_layers._validation import (
     call_named,
+    check_bool,
     check_floating,
     check_ignore_index,
     check_logits_targets,
@@ -216,6 +217,7 @@ def classification_enhancement_term(
     return_breakdown: bool = False,
     logit_adjustment: float = 0.0,
     class_counts: torch.Tensor | Sequence[float] | None = None,
+    balanced_smoothing: bool = False,
 ) -> torch.Tensor | CETOutput:
     r"""Classification Enhancement Term: smoothed CE + :math:`\lambda_{IAL}` IAL + feature aug.
 
@@ -240,6 +242,10 @@ def classification_enhancement_term(
         logit_adjustment: :math:`\tau \ge 0` of the logit adjustment (0: plain CE).
         class_counts: Training samples per class ``(K,)``, needed when
             ``logit_adjustment > 0``.
+        balanced_smoothing: With ``logit_adjustment > 0``, smooth the target of the raw
+            posterior rather than of the adjusted one
+            (:func:`~micacl_layers.logit_adjustment.logit_adjusted_cross_entropy`), so that the
+            smoothing cannot overturn a head sample's prediction. Not in the paper.
 
     Returns:
         A scalar loss (float32 or wider), or a :class:`CETOutput`.
@@ -268,6 +274,7 @@ def classification_enhancement_term(
     ):
         check_nonnegative_float(name, value)
     label_smoothing = _check_label_smoothing(label_smoothing)
+    balanced_smoothing = check_bool("balanced_smoothing", balanced_smoothing)
     ignore_index = check_ignore_index(ignore_index)
     check_nonnegative_float("aug_noise_std", aug_noise_std)
     work = _work(logits)
@@ -287,6 +294,7 @@ def classification_enhancement_term(
             class_counts,
             tau=logit_adjustment,
             label_smoothing=label_smoothing,
+            balanced_smoothing=balanced_smoothing,
             ignore_index=ignore_index,
         )
     else:
@@ -332,6 +340,8 @@ class ClassificationEnhancementTerm(nn.Module):
         ignore_index: Target value to ignore.
         logit_adjustment: :math:`\tau` of the logit-adjusted CE (Menon et al. 2021; 0: plain
             CE); ``forward`` then needs ``class_counts``. Not in the paper.
+        balanced_smoothing: Smooth the raw posterior's target under the logit adjustment (see
+            :func:`classification_enhancement_term`). Not in the paper.
 
     Shape:
         - logits: :math:`(B, K)`
@@ -356,10 +366,12 @@ class ClassificationEnhancementTerm(nn.Module):
         aug_noise_std: float = 0.1,
         ignore_index: int = -100,
         logit_adjustment: float = 0.0,
+        balanced_smoothing: bool = False,
     ) -> None:
         super().__init__()
         # Checked here, not at the first forward (the functional form checks them again).
         self.logit_adjustment = check_nonnegative_float("logit_adjustment", logit_adjustment)
+        self.balanced_smoothing = check_bool("balanced_smoothing", balanced_smoothing)
         self.label_smoothing = _check_label_smoothing(label_smoothing)
         self.ial_weight = check_nonnegative_float("ial_weight", ial_weight)
         self.aug_weight = check_nonnegative_float("aug_weight", aug_weight)
@@ -392,6 +404,7 @@ class ClassificationEnhancementTerm(nn.Module):
             return_breakdown=return_breakdown,
             logit_adjustment=self.logit_adjustment,
             class_counts=class_counts,
+            balanced_smoothing=self.balanced_smoothing,
         )
 
     def extra_repr(self) -> str:
@@ -399,5 +412,6 @@ class ClassificationEnhancementTerm(nn.Module):
         return (
             f"label_smoothing={self.label_smoothing}, ial_weight={self.ial_weight}, "
             f"aug_weight={self.aug_weight}, aug_noise_std={self.aug_noise_std}, "
-            f"logit_adjustment={self.logit_adjustment}"
+            f"logit_adjustment={self.logit_adjustment}, "
+            f"balanced_smoothing={self.balanced_smoothing}"
         )

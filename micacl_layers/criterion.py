@@ -119,6 +119,10 @@ class MICACLLoss(nn.Module):
         aug_noise_std: Relative noise of the feature augmentation.
         logit_adjustment: :math:`\tau` of the CET's logit-adjusted cross-entropy (Menon et al.
             2021; 0: plain CE), with the class counts of ``.mccl``. Not in the paper.
+        balanced_smoothing: With ``logit_adjustment``, smooth the raw posterior's target
+            rather than the adjusted one's
+            (:func:`~micacl_layers.logit_adjustment.logit_adjusted_cross_entropy`). Not in the
+            paper.
         **mccl_options: Further keyword options of :class:`~micacl_layers.MCCLoss`
             (``projection_dim``, ``tau0``, ``temperature``, ``form``, ...).
 
@@ -150,6 +154,7 @@ class MICACLLoss(nn.Module):
         aug_weight: float = 0.1,
         aug_noise_std: float = 0.1,
         logit_adjustment: float = 0.0,
+        balanced_smoothing: bool = False,
         **mccl_options: Any,
     ) -> None:
         super().__init__()
@@ -166,6 +171,7 @@ class MICACLLoss(nn.Module):
             aug_weight=aug_weight,
             aug_noise_std=aug_noise_std,
             logit_adjustment=logit_adjustment,
+            balanced_smoothing=balanced_smoothing,
         )
         self.mccl = MultiscaleCategoryAwareContrastiveLoss(
             num_classes, feature_dim, class_counts, scales, **mccl_options
@@ -175,7 +181,12 @@ class MICACLLoss(nn.Module):
         # (The MCCL's checked CPU copy: None for running counts or counts on meta.)
         built = self.mccl._built_counts
         if built is not None and not (ial_weight or aug_weight):
-            _warn_if_smoothing_overturns(built, self.cet.logit_adjustment, self.cet.label_smoothing)
+            _warn_if_smoothing_overturns(
+                built,
+                self.cet.logit_adjustment,
+                self.cet.label_smoothing,
+                balanced=self.cet.balanced_smoothing,
+            )
 
     __prepare_scriptable__ = torchscript_unsupported
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from micacl_layers._validation import (
     _counts_tensor,
+    check_bool,
     check_class_counts,
     check_floating,
     check_ignore_index,
@@ -52,7 +53,7 @@ def _check_options(tau: object, label_smoothing: object, reduction: object) -> t
 
 
 def _warn_if_smoothing_overturns(
-    class_counts: torch.Tensor, tau: float, label_smoothing: float
+    class_counts: torch.Tensor, tau: float, label_smoothing: float, *, balanced: bool = False
 ) -> None:
     r"""Warn when label smoothing makes the adjusted cross-entropy predict the rarer class.
 
@@ -66,9 +67,10 @@ def _warn_if_smoothing_overturns(
         class_counts: Training samples per class, ``(K,)``, all > 0, with values (not meta).
         tau: Strength of the adjustment.
         label_smoothing: Label smoothing :math:`\varepsilon` of the cross-entropy.
+        balanced: The smoothing is ``balanced_smoothing``'s, which cannot overturn.
     """
     num_classes = class_counts.numel()
-    if not (tau > 0 and label_smoothing > 0 and num_classes >= 2):
+    if balanced or not (tau > 0 and label_smoothing > 0 and num_classes >= 2):
         return
     share = label_smoothing / num_classes
     bound = math.log((1.0 - label_smoothing + share) / share) / tau
@@ -80,7 +82,7 @@ def _warn_if_smoothing_overturns(
             f"counts' largest prior ratio {ratio:.4g} exceeds {math.exp(bound):.4g}, past which a "
             f"sample of the most frequent class that fits the smoothed target exactly is "
             f"predicted as the rarest class (docs/longtail.md measured -9.7 UAR on such data). "
-            f"Use label_smoothing=0, or add terms on the raw logits.",
+            f"Use balanced_smoothing=True, label_smoothing=0, or add terms on the raw logits.",
             UserWarning,
             stacklevel=3,
         )
@@ -124,6 +126,7 @@ def logit_adjusted_cross_entropy(
     *,
     tau: float = 1.0,
     label_smoothing: float = 0.0,
+    balanced_smoothing: bool = False,
     reduction: Reduction = "mean",
     ignore_index: int = -100,
 ) -> torch.Tensor:
@@ -139,7 +142,17 @@ def logit_adjusted_cross_entropy(
         targets: Class indices (int64).
         class_counts: Training samples per class :math:`n_k`, ``(K,)``, all > 0.
         tau: Strength :math:`\tau \ge 0` of the adjustment (1 in the paper; 0 is plain CE).
-        label_smoothing: Label smoothing of the cross-entropy, in ``[0, 1]``.
+        label_smoothing: Label smoothing :math:`\varepsilon` of the cross-entropy, in
+            ``[0, 1]``.
+        balanced_smoothing: Smooth the target of the *raw* (balanced) posterior instead of the
+            adjusted one: the adjusted softmax is fitted to
+            :math:`q \propto \pi^\tau \odot ((1 - \varepsilon)\, e_y + \varepsilon / K)`, so
+            its minimiser's raw softmax is the uniformly smoothed target and predicts :math:`y`
+            at any prior ratio. With the default (``False``, what ``F.cross_entropy`` does) a
+            prior ratio past :math:`((1 - \varepsilon + \varepsilon/K) / (\varepsilon/K))^{1/\tau}`
+            turns a perfectly fitted head sample into a tail prediction
+            (``docs/longtail.md``). Not in Menon et al.; the same as the default when
+            ``tau`` or ``label_smoothing`` is 0.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         ignore_index: Target value to ignore.
 
@@ -160,6 +173,7 @@ def logit_adjusted_cross_entropy(
         tensor(0.8370)
     """
     tau, label_smoothing = _check_options(tau, label_smoothing, reduction)
+    balanced_smoothing = check_bool("balanced_smoothing", balanced_smoothing)
     ignore_index = check_ignore_index(ignore_index)
     logits, targets = check_logits_targets(logits, targets, ignore_index=ignore_index)
     counts = check_class_counts(class_counts, logits.shape[1])
@@ -169,6 +183,7 @@ def logit_adjusted_cross_entropy(
         counts,
         tau=tau,
         label_smoothing=label_smoothing,
+        balanced_smoothing=balanced_smoothing,
         reduction=reduction,
         ignore_index=ignore_index,
     )
@@ -181,6 +196,7 @@ def _logit_adjusted_cross_entropy(
     *,
     tau: float,
     label_smoothing: float,
+    balanced_smoothing: bool = False,
     reduction: str,
     ignore_index: int,
 ) -> torch.Tensor:
@@ -190,18 +206,45 @@ def _logit_adjusted_cross_entropy(
     prior = (counts / counts.sum()).log()
     adjusted = work + float(tau) * prior
     valid = targets != ignore_index
-    loss = F.cross_entropy(
-        adjusted,
-        targets,
-        label_smoothing=float(label_smoothing),
-        reduction="none",
-        ignore_index=ignore_index,
-    )
+    if balanced_smoothing and tau and label_smoothing:
+        loss = _balanced_smoothed_cross_entropy(
+            adjusted, targets, float(tau) * prior, label_smoothing, valid
+        )
+    else:
+        loss = F.cross_entropy(
+            adjusted,
+            targets,
+            label_smoothing=float(label_smoothing),
+            reduction="none",
+            ignore_index=ignore_index,
+        )
     if reduction == "none":
         return loss
     if reduction == "sum":
         return loss.sum()
     return loss.sum() / valid.sum().clamp_min(1)
+
+
+def _balanced_smoothed_cross_entropy(
+    adjusted: torch.Tensor,
+    targets: torch.Tensor,
+    shift: torch.Tensor,
+    label_smoothing: float,
+    valid: torch.Tensor,
+) -> torch.Tensor:
+    """Per-sample CE of ``adjusted`` against ``softmax(log((1 - eps) e_y + eps / K) + shift)``.
+
+    ``shift`` is ``tau * log(prior)``: the target of the raw posterior, uniformly smoothed, moved
+    into the adjusted logits' space as the logits are. Ignored samples give 0.
+    """
+    num_classes = adjusted.shape[1]
+    # scatter rather than one_hot: it needs no target values, so meta tensors pass through.
+    safe = torch.where(valid, targets, 0)
+    one_hot = torch.zeros_like(adjusted).scatter_(1, safe[:, None], 1.0)
+    raw_target = (1.0 - label_smoothing) * one_hot + label_smoothing / num_classes
+    target = (raw_target.log() + shift).softmax(dim=1)
+    loss = -(target * adjusted.log_softmax(dim=1)).sum(dim=1)
+    return torch.where(valid, loss, torch.zeros_like(loss))
 
 
 class LogitAdjustedLoss(nn.Module):
@@ -214,11 +257,14 @@ class LogitAdjustedLoss(nn.Module):
         class_counts: Training samples per class, ``(K,)``, whole numbers > 0.
         tau: Strength of the adjustment (1 in the paper; 0 is plain cross-entropy).
         label_smoothing: Label smoothing of the cross-entropy.
+        balanced_smoothing: Smooth the raw posterior's target, not the adjusted one's (see
+            :func:`logit_adjusted_cross_entropy`); never overturns, so never warns.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         ignore_index: Target value to ignore.
 
     Warns:
-        UserWarning: ``label_smoothing`` > 0 with a largest prior ratio above
+        UserWarning: ``label_smoothing`` > 0 (``balanced_smoothing=False``) with a largest prior
+            ratio above
             :math:`((1 - \varepsilon + \varepsilon/K) / (\varepsilon/K))^{1/\tau}` (19 for two
             classes at 0.1, 64 for seven): a head sample fitted exactly to the smoothed target
             is then predicted as the rarest class (``docs/longtail.md``).
@@ -241,11 +287,13 @@ class LogitAdjustedLoss(nn.Module):
         *,
         tau: float = 1.0,
         label_smoothing: float = 0.0,
+        balanced_smoothing: bool = False,
         reduction: Reduction = "mean",
         ignore_index: int = -100,
     ) -> None:
         super().__init__()
         tau, label_smoothing = _check_options(tau, label_smoothing, reduction)
+        balanced_smoothing = check_bool("balanced_smoothing", balanced_smoothing)
         with values_on_cpu(class_counts):
             counts = _counts_of_any_length(class_counts)
         if has_values(counts) and not bool((counts == counts.round()).all()):
@@ -257,9 +305,12 @@ class LogitAdjustedLoss(nn.Module):
         # For reset_parameters after to_empty() (None: counts given on meta have no values).
         self._built_counts = counts.to(torch.long).cpu() if has_values(counts) else None
         if self._built_counts is not None:
-            _warn_if_smoothing_overturns(self._built_counts, tau, label_smoothing)
+            _warn_if_smoothing_overturns(
+                self._built_counts, tau, label_smoothing, balanced=balanced_smoothing
+            )
         self.tau = float(tau)
         self.label_smoothing = float(label_smoothing)
+        self.balanced_smoothing = balanced_smoothing
         self.reduction = reduction
         self.ignore_index = check_ignore_index(ignore_index)
 
@@ -287,6 +338,7 @@ class LogitAdjustedLoss(nn.Module):
             self.class_counts,
             tau=self.tau,
             label_smoothing=self.label_smoothing,
+            balanced_smoothing=self.balanced_smoothing,
             reduction=self.reduction,
             ignore_index=self.ignore_index,
         )
@@ -295,5 +347,6 @@ class LogitAdjustedLoss(nn.Module):
         """Options shown in ``repr()``."""
         return (
             f"num_classes={self.class_counts.numel()}, tau={self.tau}, "
-            f"label_smoothing={self.label_smoothing}, reduction={self.reduction!r}"
+            f"label_smoothing={self.label_smoothing}, "
+            f"balanced_smoothing={self.balanced_smoothing}, reduction={self.reduction!r}"
         )

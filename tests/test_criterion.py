@@ -15,6 +15,7 @@ from micacl_layers import (
     MICACLLoss,
     MICACLLossOutput,
 )
+from micacl_layers.functional import logit_adjusted_cross_entropy
 from tests.conftest import (
     EDGE_CASES,
     EDGE_FEATURE_DIM,
@@ -268,10 +269,27 @@ def test_state_dict_round_trip():
 PRESET_COUNTS = [9, 4, 1]  # EDGE_NUM_CLASSES classes, long-tailed
 
 
-def _preset(name, dtype=torch.float32):
+def _preset(name, dtype=torch.float32, **overrides):
     return MICACLLoss.from_preset(
-        name, EDGE_NUM_CLASSES, EDGE_FEATURE_DIM, PRESET_COUNTS, projection_dim=4, dtype=dtype
+        name,
+        EDGE_NUM_CLASSES,
+        EDGE_FEATURE_DIM,
+        PRESET_COUNTS,
+        projection_dim=4,
+        dtype=dtype,
+        **overrides,
     )
+
+
+# Every preset, and the options of the CET that no preset sets, on top of the preset they
+# modify.
+PRESET_CASES = [pytest.param(name, {}, id=name) for name in PRESETS] + [
+    pytest.param(
+        "paper_logit_adjusted",
+        {"balanced_smoothing": True},
+        id="paper_logit_adjusted-balanced_smoothing",
+    )
+]
 
 
 def test_paper_logit_adjusted_is_paper_with_la_ce():
@@ -297,8 +315,31 @@ def test_paper_logit_adjusted_is_paper_with_la_ce():
     assert not torch.allclose(got.ce, ref.ce)
 
 
-@pytest.mark.parametrize("name", list(PRESETS))
-def test_every_preset_gradchecks_in_float64(name):
+def test_balanced_smoothing_changes_only_the_adjusted_cross_entropy():
+    """On the same projections, balanced_smoothing=True changes the CE term (to the function's
+    balanced form) and leaves IAL, the augmentation and MCCL as they were."""
+    torch.manual_seed(0)
+    bal = _preset("paper_logit_adjusted", balanced_smoothing=True)
+    la = _preset("paper_logit_adjusted")
+    la.load_state_dict(bal.state_dict())
+    assert bal.cet.balanced_smoothing and "balanced_smoothing=True" in repr(bal.cet)
+    head = nn.Linear(EDGE_FEATURE_DIM, EDGE_NUM_CLASSES)
+    features = torch.randn(6, EDGE_FEATURE_DIM)
+    logits = head(features)
+    targets = torch.tensor([0, 0, 0, 1, 1, 2])
+    got = _seeded(lambda: bal(features, logits, targets, classifier=head, return_breakdown=True))
+    ref = _seeded(lambda: la(features, logits, targets, classifier=head, return_breakdown=True))
+    for term in ("mccl", "ial", "aug"):
+        torch.testing.assert_close(getattr(got, term), getattr(ref, term))
+    want_ce = logit_adjusted_cross_entropy(
+        logits, targets, PRESET_COUNTS, label_smoothing=0.1, balanced_smoothing=True
+    )
+    torch.testing.assert_close(got.ce, want_ce)
+    assert not torch.allclose(got.ce, ref.ce)
+
+
+@pytest.mark.parametrize(("name", "overrides"), PRESET_CASES)
+def test_every_preset_gradchecks_in_float64(name, overrides):
     """Features always; logits too (with Eq. 7's difficulty not detached, else the numerical
     gradient would see it) unless the preset divides the weights by their batch mean, a
     documented stop-gradient."""
@@ -314,6 +355,7 @@ def test_every_preset_gradchecks_in_float64(name):
         aug_noise_std=0.0,  # the noise's rms is a documented stop-gradient
         detach_difficulty=not through_logits,
         dtype=torch.float64,
+        **overrides,
     )
     head = nn.Linear(4, 3, dtype=torch.float64)
     features = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
@@ -326,12 +368,12 @@ def test_every_preset_gradchecks_in_float64(name):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("case", EDGE_CASES)
-@pytest.mark.parametrize("name", list(PRESETS))
-def test_every_preset_on_degenerate_batches_is_finite(name, case, dtype):
+@pytest.mark.parametrize(("name", "overrides"), PRESET_CASES)
+def test_every_preset_on_degenerate_batches_is_finite(name, overrides, case, dtype):
     torch.manual_seed(0)
     features, logits, targets = edge_case(case, dtype)
     head = nn.Linear(EDGE_FEATURE_DIM, EDGE_NUM_CLASSES, dtype=dtype)
-    criterion = _preset(name, dtype)
+    criterion = _preset(name, dtype, **overrides)
     out = criterion(features, logits, targets, classifier=head, return_breakdown=True)
     assert_finite(*out)
     out.loss.backward()

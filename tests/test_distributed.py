@@ -174,6 +174,10 @@ def test_whole_objective_preset_matches_single_process(preset):
     _check([6, 6], {"preset": preset})
 
 
+def test_whole_objective_with_balanced_smoothing_matches_single_process():
+    _check([6, 6], {"preset": "paper_logit_adjusted", "balanced_smoothing": True})
+
+
 def test_gather_is_a_no_op_without_a_process_group():
     mccl = MCCLoss(K, D, [4, 2, 1], projection_dim=4, gather_distributed=True)
     f, z = torch.randn(5, D), torch.randn(5, K)

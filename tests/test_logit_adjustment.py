@@ -210,3 +210,163 @@ def test_smoothing_past_the_prior_ratio_bound_warns():
         LogitAdjustedLoss([20, 1], label_smoothing=eps, tau=0.5)  # bound 19 ** 2
         # With IAL and the augmentation on the raw logits (the presets) it stays quiet.
         MICACLLoss.from_preset("paper_logit_adjusted", 2, 4, [20, 1])
+
+
+# ----------------------------------------------------------------------------- balanced smoothing
+def _balanced_target(targets, counts, tau, eps):
+    """The soft target written out: pi^tau * ((1 - eps) one-hot + eps / K), renormalised."""
+    k = len(counts)
+    raw = (1 - eps) * F.one_hot(targets, k).double() + eps / k
+    weighted = raw * (counts.double() / counts.sum()) ** tau
+    return weighted / weighted.sum(1, keepdim=True)
+
+
+def test_balanced_smoothing_written_out():
+    logits, targets = _batch(dtype=torch.float64)
+    for tau in (1.0, 0.6):
+        got = logit_adjusted_cross_entropy(
+            logits,
+            targets,
+            COUNTS,
+            tau=tau,
+            label_smoothing=0.1,
+            balanced_smoothing=True,
+            reduction="none",
+        )
+        adjusted = logits + tau * (COUNTS.double() / COUNTS.sum()).log()
+        want = -(_balanced_target(targets, COUNTS, tau, 0.1) * adjusted.log_softmax(1)).sum(1)
+        torch.testing.assert_close(got, want)
+        uniform = logit_adjusted_cross_entropy(
+            logits, targets, COUNTS, tau=tau, label_smoothing=0.1, reduction="none"
+        )
+        assert not torch.allclose(got, uniform)
+
+
+def test_balanced_smoothing_is_the_default_without_tau_or_smoothing():
+    logits, targets = _batch()
+    for tau, eps in ((0.0, 0.1), (1.0, 0.0)):
+        options = {"tau": tau, "label_smoothing": eps}
+        torch.testing.assert_close(
+            logit_adjusted_cross_entropy(
+                logits, targets, COUNTS, balanced_smoothing=True, **options
+            ),
+            logit_adjusted_cross_entropy(logits, targets, COUNTS, **options),
+        )
+
+
+def test_balanced_smoothing_keeps_the_class_past_the_overturn_bound():
+    """One free logit vector fitted to head-class samples at a prior ratio of 500, far past
+    the bound (b = 37 for 4 classes at 0.1): uniform smoothing of the adjusted target predicts
+    another class; balanced smoothing's raw softmax is the uniformly smoothed one-hot."""
+    eps, k = 0.1, 4
+    targets = torch.zeros(4, dtype=torch.long)
+    for balanced in (True, False):
+        z = torch.zeros(1, k, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS(
+            [z],
+            max_iter=500,
+            tolerance_grad=1e-12,
+            tolerance_change=1e-15,
+            line_search_fn="strong_wolfe",
+        )
+
+        def closure(z=z, opt=opt, balanced=balanced):
+            opt.zero_grad()
+            loss = logit_adjusted_cross_entropy(
+                z.expand(4, k),
+                targets,
+                COUNTS,
+                label_smoothing=eps,
+                balanced_smoothing=balanced,
+            )
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        p = z.detach().softmax(1).squeeze(0)
+        if balanced:
+            want = torch.full((k,), eps / k, dtype=torch.float64)
+            want[0] += 1 - eps
+            torch.testing.assert_close(p, want, atol=1e-6, rtol=0)
+        else:
+            assert int(p.argmax()) != 0
+
+
+def test_balanced_smoothing_gradcheck_float64():
+    logits, targets = _batch(dtype=torch.float64)
+    logits.requires_grad_(True)
+    targets[0] = -100
+    assert torch.autograd.gradcheck(
+        lambda z: logit_adjusted_cross_entropy(
+            z, targets, COUNTS, tau=0.8, label_smoothing=0.1, balanced_smoothing=True
+        ),
+        (logits,),
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_balanced_smoothing_low_precision_is_finite_and_float32(dtype):
+    logits = torch.tensor([[60000.0, -60000.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]], dtype=dtype)
+    logits.requires_grad_(True)
+    loss = logit_adjusted_cross_entropy(
+        logits, torch.tensor([1, 3]), COUNTS, label_smoothing=0.1, balanced_smoothing=True
+    )
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert torch.isfinite(logits.grad.float()).all()
+
+
+def test_balanced_smoothing_degenerate_batches():
+    options = {"label_smoothing": 0.1, "balanced_smoothing": True}
+    logits, targets = _batch()
+    targets[:3] = -100
+    keep = targets != -100
+    torch.testing.assert_close(
+        logit_adjusted_cross_entropy(logits, targets, COUNTS, **options),
+        logit_adjusted_cross_entropy(logits[keep], targets[keep], COUNTS, **options),
+    )
+    z = logits.clone().requires_grad_(True)
+    zero = logit_adjusted_cross_entropy(z, torch.full((9,), -100), COUNTS, **options)
+    zero.backward()
+    assert zero.item() == 0.0 and (z.grad == 0).all()
+    empty = torch.zeros(0, 4, requires_grad=True)
+    loss = logit_adjusted_cross_entropy(empty, torch.zeros(0, dtype=torch.long), COUNTS, **options)
+    assert loss.item() == 0.0 and loss.requires_grad
+    one = torch.randn(1, 4, requires_grad=True)  # one sample, one class
+    loss = logit_adjusted_cross_entropy(one, torch.tensor([3]), COUNTS, **options)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(one.grad).all()
+    meta = logit_adjusted_cross_entropy(
+        torch.zeros(3, 4, device="meta"),
+        torch.zeros(3, dtype=torch.long, device="meta"),
+        COUNTS.to("meta"),
+        **options,
+    )
+    assert meta.device.type == "meta" and meta.shape == ()
+
+
+def test_balanced_smoothing_module_and_no_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        crit = LogitAdjustedLoss([500, 60, 7, 1], label_smoothing=0.1, balanced_smoothing=True)
+        MICACLLoss(
+            4,
+            4,
+            [500, 60, 7, 1],
+            logit_adjustment=1.0,
+            ial_weight=0.0,
+            aug_weight=0.0,
+            balanced_smoothing=True,
+        )
+    logits, targets = _batch()
+    torch.testing.assert_close(
+        crit(logits, targets),
+        logit_adjusted_cross_entropy(
+            logits, targets, COUNTS, label_smoothing=0.1, balanced_smoothing=True
+        ),
+    )
+    assert "balanced_smoothing=True" in repr(crit)
+    with pytest.raises(TypeError, match="balanced_smoothing"):
+        LogitAdjustedLoss([3, 1], balanced_smoothing=1)
+    with pytest.raises(TypeError, match="balanced_smoothing"):
+        logit_adjusted_cross_entropy(logits, targets, COUNTS, balanced_smoothing="yes")
