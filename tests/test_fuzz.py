@@ -227,6 +227,15 @@ def _logit_adjusted_functional(g, b):
     return case
 
 
+def _logit_adjusted_balanced(g, b):
+    case = _logit_adjusted(g, b)
+    case.call = lambda a, dev: _module(
+        lambda d: LogitAdjustedLoss(COUNTS, label_smoothing=0.1, balanced_smoothing=True).to(d),
+        dev,
+    )(a["logits"], a["targets"])
+    return case
+
+
 def _cet(g, b):
     def call(a, dev):
         head = _module(lambda d: nn.Linear(D, K, device=d), dev)
@@ -468,6 +477,7 @@ ENTRIES: dict[str, Callable[[torch.Generator, int], Case]] = {
     "intensity_aware_loss": _ial_functional,
     "LogitAdjustedLoss": _logit_adjusted,
     "logit_adjusted_cross_entropy": _logit_adjusted_functional,
+    "LogitAdjustedLoss(balanced_smoothing=True)": _logit_adjusted_balanced,
     "ClassificationEnhancementTerm": _cet,
     "classification_enhancement_term": _cet_functional,
     "feature_augmentation_loss": _augmentation,
@@ -781,6 +791,7 @@ BAD_OPTIONS: dict[str, tuple[Callable[..., Any], dict[str, list[Any]]]] = {
         {
             "tau": [-1, math.nan, "1", True, math.inf],
             "label_smoothing": [-0.1, 1.5, math.nan],
+            "balanced_smoothing": [1, None, "yes"],
             "reduction": ["avg"],
             "ignore_index": [None, 1.5],
         },
@@ -793,6 +804,7 @@ BAD_OPTIONS: dict[str, tuple[Callable[..., Any], dict[str, list[Any]]]] = {
             "aug_weight": [math.inf],
             "aug_noise_std": [-1, math.nan],
             "logit_adjustment": [math.inf, math.nan],
+            "balanced_smoothing": [0, None],
             "ignore_index": [None, 1.5],
         },
     ),
