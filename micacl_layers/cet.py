@@ -40,7 +40,10 @@ from micacl_layers._validation import (
 )
 from micacl_layers.contrastive import _row_scale
 from micacl_layers.ial import intensity_aware_loss
-from micacl_layers.logit_adjustment import logit_adjusted_cross_entropy
+from micacl_layers.logit_adjustment import (
+    _warn_if_smoothing_overturns,
+    logit_adjusted_cross_entropy,
+)
 
 __all__ = [
     "CETOutput",
@@ -377,6 +380,9 @@ class ClassificationEnhancementTerm(nn.Module):
         self.aug_weight = check_nonnegative_float("aug_weight", aug_weight)
         self.aug_noise_std = check_nonnegative_float("aug_noise_std", aug_noise_std)
         self.ignore_index = check_ignore_index(ignore_index)
+        # The class counts arrive at forward, so the smoothing-overturn check runs at the first
+        # forward that has them (MICACLLoss, which checks its counts at construction, sets it).
+        self._smoothing_checked = False
 
     __prepare_scriptable__ = torchscript_unsupported
 
@@ -390,8 +396,16 @@ class ClassificationEnhancementTerm(nn.Module):
         class_counts: torch.Tensor | Sequence[float] | None = None,
         return_breakdown: bool = False,
     ) -> torch.Tensor | CETOutput:
-        """Compute the CET; see :func:`classification_enhancement_term`."""
-        return classification_enhancement_term(
+        """Compute the CET; see :func:`classification_enhancement_term`.
+
+        Warns:
+            UserWarning: Once, at the first call with ``class_counts``, if the smoothed,
+                logit-adjusted cross-entropy is the whole CET (``ial_weight`` and
+                ``aug_weight`` 0) and the counts' largest prior ratio is past the bound of
+                :class:`~micacl_layers.LogitAdjustedLoss`, where a head sample fitted
+                exactly is predicted as the rarest class.
+        """
+        out = classification_enhancement_term(
             logits,
             targets,
             features=features,
@@ -406,6 +420,23 @@ class ClassificationEnhancementTerm(nn.Module):
             class_counts=class_counts,
             balanced_smoothing=self.balanced_smoothing,
         )
+        if class_counts is not None and not self._smoothing_checked:
+            self._check_smoothing(class_counts)
+        return out
+
+    def _check_smoothing(self, class_counts: torch.Tensor | Sequence[float]) -> None:
+        """The overturn warning, once; the counts were validated by the call before."""
+        self._smoothing_checked = True
+        if self.ial_weight or self.aug_weight:
+            return  # terms on the raw logits pull the over-correction back
+        counts = torch.as_tensor(class_counts)
+        if has_values(counts):  # one host copy of K numbers, once
+            _warn_if_smoothing_overturns(
+                counts,
+                self.logit_adjustment,
+                self.label_smoothing,
+                balanced=self.balanced_smoothing,
+            )
 
     def extra_repr(self) -> str:
         """Options shown in ``repr()``."""

@@ -180,6 +180,9 @@ class MICACLLoss(nn.Module):
         # are on the raw logits and pull its over-correction back (docs/longtail.md).
         # (The MCCL's checked CPU copy: None for running counts or counts on meta.)
         built = self.mccl._built_counts
+        # Checked here, once, on the counts given; the CET would check the same counts at the
+        # first forward.
+        self.cet._smoothing_checked = built is not None
         if built is not None and not (ial_weight or aug_weight):
             _warn_if_smoothing_overturns(
                 built,

@@ -350,3 +350,32 @@ def test_module_equals_functional():
     for x, y in zip(a, b, strict=True):
         torch.testing.assert_close(x, y, atol=0, rtol=0)
     torch.testing.assert_close(a.loss, a.ce + 0.3 * a.ial + 0.4 * a.aug)
+
+
+def test_module_warns_once_when_smoothing_overturns_at_its_first_counts():
+    """The counts come with forward: the module checks them once, at the first call that has
+    them, when the smoothed, adjusted CE is its whole CET (the bound for 2 classes at 0.1 is 19).
+    """
+    import warnings
+
+    from micacl_layers import MICACLLoss
+
+    z, y = torch.randn(4, 2), torch.tensor([0, 1, 0, 1])
+    alone = {"logit_adjustment": 1.0, "ial_weight": 0.0, "aug_weight": 0.0}
+    cet = ClassificationEnhancementTerm(**alone)
+    with pytest.warns(UserWarning, match=r"prior ratio 20 exceeds 19"):
+        cet(z, y, class_counts=[20, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cet(z, y, class_counts=[20, 1])  # once per module
+        ClassificationEnhancementTerm(**alone)(z, y, class_counts=[18, 1])  # below the bound
+        ClassificationEnhancementTerm(**alone, balanced_smoothing=True)(z, y, class_counts=[20, 1])
+        with_raw_terms = ClassificationEnhancementTerm(logit_adjustment=1.0, aug_weight=0.0)
+        with_raw_terms(z, y, class_counts=[20, 1])
+        meta = ClassificationEnhancementTerm(**alone)
+        meta(z.to("meta"), y.to("meta"), class_counts=torch.tensor([20, 1], device="meta"))
+    # MICACLLoss checks its counts when built and not again at forward.
+    with pytest.warns(UserWarning, match="prior ratio 20") as record:
+        crit = MICACLLoss(2, 4, [20, 1], projection_dim=2, **alone)
+        crit(torch.randn(4, 4), z, y)
+    assert len(record) == 1
