@@ -196,6 +196,8 @@ def describe_criterion(criterion: nn.Module | None) -> dict[str, Any]:
             ial_weight=criterion.cet.ial_weight,
             aug_weight=criterion.cet.aug_weight,
             logit_adjustment=criterion.cet.logit_adjustment,
+            label_smoothing=criterion.cet.label_smoothing,
+            balanced_smoothing=criterion.cet.balanced_smoothing,
         )
         for name in (
             *("form", "temperature", "scales", "class_weighting", "difficulty"),

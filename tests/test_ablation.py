@@ -163,6 +163,7 @@ def test_losses_table_builds_a_different_criterion_per_setting(tiny_root, tmp_pa
     assert runs["ce_ial"]["criterion"]["mc_weight"] == 0.0
     assert runs["logit_adj"]["criterion"]["type"] == "LogitAdjustedCE"
     assert runs["paper_la"]["criterion"]["logit_adjustment"] == 1.0
+    assert runs["paper_la"]["criterion"]["balanced_smoothing"] is False
     assert runs["paper_la_cet"]["criterion"]["logit_adjustment"] == 1.0
     assert runs["paper_la_cet"]["criterion"]["mc_weight"] == 0.0
     assert runs["micacl"]["criterion"]["logit_adjustment"] == 0.0
