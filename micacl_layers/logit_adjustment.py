@@ -155,8 +155,8 @@ def logit_adjusted_cross_entropy(
             (``docs/longtail.md``). Not in Menon et al.; the same as the default when
             ``tau`` or ``label_smoothing`` is 0. Measured there, it under-corrects instead
             (a rarest-class sample's target is mostly on the head classes, so at the start of
-            training its gradient is a third of plain logit adjustment's at imbalance 100):
-            not recommended for UAR.
+            training its gradient is a quarter to a third of plain logit adjustment's at
+            imbalance 100): not recommended for UAR.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         ignore_index: Target value to ignore.
 
