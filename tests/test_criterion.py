@@ -292,19 +292,29 @@ PRESET_CASES = [pytest.param(name, {}, id=name) for name in PRESETS] + [
 ]
 
 
-def test_paper_logit_adjusted_is_paper_with_la_ce():
-    """The preset differs from "paper" only in the CET's cross-entropy: on the same projections
-    its breakdown equals "paper"'s but for the CE term, which is the logit-adjusted one."""
-    assert {**PRESETS["paper"], "logit_adjustment": 1.0} == PRESETS["paper_logit_adjusted"]
+def _breakdowns_on_shared_projections(criterion, other):
+    """Both breakdowns on one batch, ``other`` given ``criterion``'s projections and the same
+    augmentation noise."""
+    other.load_state_dict(criterion.state_dict())
     torch.manual_seed(0)
-    la, paper = _preset("paper_logit_adjusted"), _preset("paper")
-    paper.load_state_dict(la.state_dict())
     head = nn.Linear(EDGE_FEATURE_DIM, EDGE_NUM_CLASSES)
     features = torch.randn(6, EDGE_FEATURE_DIM)
     logits = head(features)
     targets = torch.tensor([0, 0, 0, 1, 1, 2])
-    got = _seeded(lambda: la(features, logits, targets, classifier=head, return_breakdown=True))
-    ref = _seeded(lambda: paper(features, logits, targets, classifier=head, return_breakdown=True))
+    out = [
+        _seeded(lambda c=c: c(features, logits, targets, classifier=head, return_breakdown=True))
+        for c in (criterion, other)
+    ]
+    return out[0], out[1], logits, targets
+
+
+def test_paper_logit_adjusted_is_paper_with_la_ce():
+    """The preset differs from "paper" only in the CET's cross-entropy: on the same projections
+    its breakdown equals "paper"'s but for the CE term, which is the logit-adjusted one."""
+    assert {**PRESETS["paper"], "logit_adjustment": 1.0} == PRESETS["paper_logit_adjusted"]
+    got, ref, logits, targets = _breakdowns_on_shared_projections(
+        _preset("paper_logit_adjusted"), _preset("paper")
+    )
     torch.testing.assert_close(got.mccl, ref.mccl)
     torch.testing.assert_close(got.ial, ref.ial)
     prior = torch.tensor(PRESET_COUNTS, dtype=torch.float32)
@@ -318,17 +328,11 @@ def test_paper_logit_adjusted_is_paper_with_la_ce():
 def test_balanced_smoothing_changes_only_the_adjusted_cross_entropy():
     """On the same projections, balanced_smoothing=True changes the CE term (to the function's
     balanced form) and leaves IAL, the augmentation and MCCL as they were."""
-    torch.manual_seed(0)
     bal = _preset("paper_logit_adjusted", balanced_smoothing=True)
-    la = _preset("paper_logit_adjusted")
-    la.load_state_dict(bal.state_dict())
     assert bal.cet.balanced_smoothing and "balanced_smoothing=True" in repr(bal.cet)
-    head = nn.Linear(EDGE_FEATURE_DIM, EDGE_NUM_CLASSES)
-    features = torch.randn(6, EDGE_FEATURE_DIM)
-    logits = head(features)
-    targets = torch.tensor([0, 0, 0, 1, 1, 2])
-    got = _seeded(lambda: bal(features, logits, targets, classifier=head, return_breakdown=True))
-    ref = _seeded(lambda: la(features, logits, targets, classifier=head, return_breakdown=True))
+    got, ref, logits, targets = _breakdowns_on_shared_projections(
+        bal, _preset("paper_logit_adjusted")
+    )
     for term in ("mccl", "ial", "aug"):
         torch.testing.assert_close(getattr(got, term), getattr(ref, term))
     want_ce = logit_adjusted_cross_entropy(
