@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from micacl_layers import CETOutput, ClassificationEnhancementTerm
+from micacl_layers import CETOutput, ClassificationEnhancementTerm, MICACLLoss
 from micacl_layers.functional import (
     classification_enhancement_term,
     feature_augmentation_loss,
@@ -356,10 +358,6 @@ def test_module_warns_once_when_smoothing_overturns_at_its_first_counts():
     """The counts come with forward: the module checks them once, at the first call that has
     them, when the smoothed, adjusted CE is its whole CET (the bound for 2 classes at 0.1 is 19).
     """
-    import warnings
-
-    from micacl_layers import MICACLLoss
-
     z, y = torch.randn(4, 2), torch.tensor([0, 1, 0, 1])
     alone = {"logit_adjustment": 1.0, "ial_weight": 0.0, "aug_weight": 0.0}
     cet = ClassificationEnhancementTerm(**alone)
