@@ -365,29 +365,33 @@ _DECOMPOSITION = {
     "la_ls_ial": ("label smoothing + IAL", {"mc_weight": 0.0, "aug_weight": 0.0}),
     "la_ls_aug": ("label smoothing + augmentation", {"mc_weight": 0.0, "ial_weight": 0.0}),
 }
-for _key, (_what, _off) in _DECOMPOSITION.items():
-    METHODS[_key] = Method(
-        f"{_PAPER_LA}, {_what}", ce="micacl", preset={"logit_adjustment": 1.0, **_off}
-    )
+
+
+def _add_paper_la_rows(rows: dict[str, tuple[str, dict]]) -> None:
+    """METHODS rows of from_preset("paper", logit_adjustment=1.0) with options changed."""
+    for key, (what, changed) in rows.items():
+        METHODS[key] = Method(
+            f"{_PAPER_LA}, {what}", ce="micacl", preset={"logit_adjustment": 1.0, **changed}
+        )
+
+
+_add_paper_la_rows(_DECOMPOSITION)
 # Eighth validation round (issue 13), fixed a priori: the decomposition above found that label
 # smoothing on the adjusted logits over-corrects towards the tail (-9.7 alone). The library's
 # balanced_smoothing=True smooths the raw posterior's target instead, so that the smoothing
 # cannot overturn a head sample at any prior ratio (docs/longtail.md derives both). Candidates:
 # the preset and the preset without MCCL with it; la_ls_bls checks the derivation.
-_BALANCED_SMOOTHING = {
-    "la_micacl_bls": ("balanced smoothing", {}),
-    "la_cet_bls": ("without MCCL, balanced smoothing", {"mc_weight": 0.0}),
-    "la_ls_bls": (
-        "label smoothing only, balanced smoothing",
-        {"mc_weight": 0.0, "ial_weight": 0.0, "aug_weight": 0.0},
-    ),
-}
-for _key, (_what, _off) in _BALANCED_SMOOTHING.items():
-    METHODS[_key] = Method(
-        f"{_PAPER_LA}, {_what}",
-        ce="micacl",
-        preset={"logit_adjustment": 1.0, "balanced_smoothing": True, **_off},
-    )
+_BLS = {"balanced_smoothing": True}
+_add_paper_la_rows(
+    {
+        "la_micacl_bls": ("balanced smoothing", _BLS),
+        "la_cet_bls": ("without MCCL, balanced smoothing", {**_BLS, "mc_weight": 0.0}),
+        "la_ls_bls": (
+            "label smoothing only, balanced smoothing",
+            {**_BLS, "mc_weight": 0.0, "ial_weight": 0.0, "aug_weight": 0.0},
+        ),
+    }
+)
 # The default table: the baselines of issue 13 (CE, label smoothing, logit adjustment,
 # balanced softmax, class-balanced CE, SupCon, the paper's MCCL) and the recommended
 # configuration, the "paper_logit_adjusted" preset. docs/longtail.md's test table has three

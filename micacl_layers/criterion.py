@@ -29,7 +29,6 @@ from micacl_layers._validation import (
     torchscript_unsupported,
 )
 from micacl_layers.cet import ClassificationEnhancementTerm, Classifier
-from micacl_layers.logit_adjustment import _warn_if_smoothing_overturns
 from micacl_layers.mccl import MultiscaleCategoryAwareContrastiveLoss
 
 __all__ = ["PRESETS", "MICACLLoss", "MICACLLossOutput"]
@@ -180,16 +179,9 @@ class MICACLLoss(nn.Module):
         # are on the raw logits and pull its over-correction back (docs/longtail.md).
         # (The MCCL's checked CPU copy: None for running counts or counts on meta.)
         built = self.mccl._built_counts
-        # Checked here, once, on the counts given; the CET would check the same counts at the
-        # first forward.
-        self.cet._smoothing_checked = built is not None
-        if built is not None and not (ial_weight or aug_weight):
-            _warn_if_smoothing_overturns(
-                built,
-                self.cet.logit_adjustment,
-                self.cet.label_smoothing,
-                balanced=self.cet.balanced_smoothing,
-            )
+        if built is not None:
+            # Now rather than at the CET's first forward, which then does not check again.
+            self.cet._check_smoothing(built)
 
     __prepare_scriptable__ = torchscript_unsupported
 

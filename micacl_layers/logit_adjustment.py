@@ -200,7 +200,7 @@ def _logit_adjusted_cross_entropy(
     *,
     tau: float,
     label_smoothing: float,
-    balanced_smoothing: bool = False,
+    balanced_smoothing: bool,
     reduction: str,
     ignore_index: int,
 ) -> torch.Tensor:
