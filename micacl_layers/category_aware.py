@@ -61,6 +61,7 @@ def category_aware_weights(
         logits: Classifier logits :math:`y_p`.
         targets: Class indices.
         class_counts: Samples per class :math:`n_c`, ``(K,)``; zeros are treated as 1.
+            Frequencies are rescaled so that the smallest non-zero one is 1.
         class_weighting: Use the class factor (``False``: 1 for every class).
         difficulty: Use the difficulty factor (``False``: 1 for every sample).
         detach_difficulty: Stop gradients through the difficulty factor.
@@ -147,7 +148,8 @@ def adaptive_temperature(
     :math:`\tau` lies in :math:`[\tau_0, 2\tau_0]`.
 
     Args:
-        class_counts: Samples per class, ``(K,)``.
+        class_counts: Samples per class, ``(K,)`` (or frequencies, as for
+            :func:`category_aware_weights`).
         tau0: Base temperature :math:`\tau_0 > 0`.
         mode: ``"class_mean"``, ``"batch_mean"`` or ``"fixed"``.
         targets: The batch's class indices, needed for ``"batch_mean"``.
@@ -174,7 +176,10 @@ def adaptive_temperature(
 
 
 def _check_counts(class_counts: object, num_classes: int | None) -> torch.Tensor:
-    """Counts for the functional forms: ``(K,)`` finite numbers >= 0 (zeros count as 1)."""
+    """Counts for the functional forms: ``(K,)`` finite numbers >= 0 (zeros count as 1).
+
+    Non-whole counts (frequencies) come back rescaled so that the smallest non-zero one is 1.
+    """
     if not isinstance(class_counts, torch.Tensor):
         class_counts = _counts_tensor(class_counts)  # (bools, a mask, are a TypeError)
     if class_counts.is_complex() or class_counts.dtype == torch.bool:
@@ -195,6 +200,12 @@ def _check_counts(class_counts: object, num_classes: int | None) -> torch.Tensor
             raise ValueError(
                 f"`class_counts` must be finite and >= 0, got {class_counts.tolist()}."
             )
+        # Only the ratios matter, but "a count of 0 counts as 1" would flatten frequencies
+        # (all < 1) to ones: as the losses do, non-whole counts are rescaled so that the
+        # smallest non-zero one is 1.
+        nonzero = class_counts[class_counts > 0]
+        if nonzero.numel() and not bool((class_counts == class_counts.round()).all()):
+            class_counts = class_counts / nonzero.min()
     return class_counts
 
 

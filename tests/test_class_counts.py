@@ -183,3 +183,30 @@ def test_the_reset_parameters_walk_restores_every_module_built_on_meta():
         for name, buf in module.named_buffers():
             if name.endswith("class_counts"):
                 assert buf.tolist() == [5, 3, 1], type(module).__name__
+
+
+@pytest.mark.parametrize("scale", [1 / sum(COUNTS), 1 / max(COUNTS), 100 / sum(COUNTS)])
+@pytest.mark.parametrize("mode", ["class_mean", "batch_mean"])
+def test_public_weight_and_temperature_functions_take_frequencies(scale, mode):
+    # Their "a count of 0 counts as 1" guard must not turn frequencies (all < 1) into ones.
+    from micacl_layers.functional import adaptive_temperature, category_aware_weights
+
+    given = torch.tensor([c * scale for c in COUNTS], dtype=torch.float64)
+    counts = torch.tensor(COUNTS, dtype=torch.float64)
+    _, z, y = _batch()
+    torch.testing.assert_close(
+        category_aware_weights(z, y, given), category_aware_weights(z, y, counts)
+    )
+    torch.testing.assert_close(
+        adaptive_temperature(given, 0.1, mode=mode, targets=y),
+        adaptive_temperature(counts, 0.1, mode=mode, targets=y),
+    )
+
+
+def test_public_functions_rescale_frequencies_by_the_smallest_nonzero_count():
+    # Zeros stay legal there (a class absent from a running count) and still count as 1.
+    from micacl_layers.functional import category_aware_weights
+
+    z, y = torch.zeros(3, 3), torch.tensor([0, 1, 2])
+    got = category_aware_weights(z, y, torch.tensor([0.5, 0.25, 0.0]))
+    torch.testing.assert_close(got, category_aware_weights(z, y, torch.tensor([2.0, 1.0, 0.0])))
