@@ -26,6 +26,7 @@ __all__ = [
     "check_finite",
     "check_finite_parameters",
     "check_floating",
+    "check_generator",
     "check_ignore_index",
     "check_logits_targets",
     "check_ndim",
@@ -314,6 +315,16 @@ def check_bool(name: str, value: object) -> bool:
     """A switch: a ``bool`` (``0``, ``"no"`` or ``None`` would silently mean something)."""
     if not isinstance(value, bool):
         raise TypeError(f"`{name}` must be a bool, got {value!r}.")
+    return value
+
+
+def check_generator(value: object) -> torch.Generator | None:
+    """A random generator: a ``torch.Generator`` or ``None`` (torch's own error lists overloads)."""
+    if value is not None and not isinstance(value, torch.Generator):
+        raise TypeError(
+            f"`generator` must be a torch.Generator or None, got {value!r}; seed one with "
+            f"`torch.Generator().manual_seed(seed)`."
+        )
     return value
 
 

@@ -26,7 +26,9 @@ from torch import nn
 from micacl_layers._validation import (
     call_named,
     check_bool,
+    check_class_counts,
     check_floating,
+    check_generator,
     check_ignore_index,
     check_logits_targets,
     check_ndim,
@@ -162,6 +164,7 @@ def _feature_augmentation_loss(
     check_nonnegative_float("noise_std", noise_std)
     label_smoothing = _check_label_smoothing(label_smoothing)
     ignore_index = check_ignore_index(ignore_index)
+    generator = check_generator(generator)
     if isinstance(classifier, nn.Module):
         # Features that left an autocast region (float16/bfloat16) meet a float32 classifier
         # outside it here: cast them to its parameters' dtype, as autocast would.
@@ -244,7 +247,7 @@ def classification_enhancement_term(
         return_breakdown: Return a :class:`CETOutput`.
         logit_adjustment: :math:`\tau \ge 0` of the logit adjustment (0: plain CE).
         class_counts: Training samples per class ``(K,)``, needed when
-            ``logit_adjustment > 0``.
+            ``logit_adjustment > 0`` (checked whenever given).
         balanced_smoothing: With ``logit_adjustment > 0``, smooth the target of the raw
             posterior rather than of the adjusted one
             (:func:`~micacl_layers.logit_adjustment.logit_adjusted_cross_entropy`), so that the
@@ -280,6 +283,12 @@ def classification_enhancement_term(
     balanced_smoothing = check_bool("balanced_smoothing", balanced_smoothing)
     ignore_index = check_ignore_index(ignore_index)
     check_nonnegative_float("aug_noise_std", aug_noise_std)
+    return_breakdown = check_bool("return_breakdown", return_breakdown)
+    generator = check_generator(generator)
+    if class_counts is not None:
+        # Checked whenever given, so that wrong counts never pass unseen while
+        # logit_adjustment is 0 or every target is ignored.
+        check_class_counts(class_counts, logits.shape[1])
     work = _work(logits)
     zero = work.sum() * 0.0
     if _all_ignored(targets, ignore_index):

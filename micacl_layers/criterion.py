@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from micacl_layers._validation import (
+    check_bool,
     check_floating,
     check_ndim,
     check_nonnegative_float,
@@ -239,6 +240,7 @@ class MICACLLoss(nn.Module):
         Returns:
             The loss or its breakdown.
         """
+        return_breakdown = check_bool("return_breakdown", return_breakdown)
         # The features' size first: the CET feeds them to `classifier`, whose own error for a
         # wrong size would come from inside torch.
         features = check_floating("features", features)

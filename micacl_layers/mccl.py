@@ -172,6 +172,7 @@ def multiscale_category_aware_contrastive_loss(
         torch.Size([])
     """
     options = MCCLOptions._from_arguments(locals())
+    return_breakdown = check_bool("return_breakdown", return_breakdown)
     features, logits, targets = check_features_logits(features, logits, targets)
     counts = check_class_counts(class_counts, logits.shape[1])
     result, _ = _multiscale_loss(
@@ -514,6 +515,7 @@ class MultiscaleCategoryAwareContrastiveLoss(RunningClassCounts):
         Returns:
             The loss, or an :class:`MCCLOutput`.
         """
+        return_breakdown = check_bool("return_breakdown", return_breakdown)
         features, logits, targets = check_features_logits(
             features, logits, targets, feature_dim=self.feature_dim, num_classes=self.num_classes
         )
