@@ -32,6 +32,7 @@ __all__ = [
     "check_ndim",
     "check_positive_int",
     "check_same_batch",
+    "check_same_device",
     "check_targets",
     "describe",
     "has_values",
@@ -180,6 +181,18 @@ def check_same_batch(**tensors: torch.Tensor) -> None:
         raise ValueError(f"batch sizes differ: {listed}; they must be equal.")
 
 
+def check_same_device(**tensors: torch.Tensor) -> None:
+    """All named tensors on one device.
+
+    torch's own error for a mix ("Tensor on device meta is not on the expected device cpu!", or
+    "Cannot copy out of meta tensor") comes from inside an operator and names no argument.
+    """
+    devices = {name: t.device for name, t in tensors.items()}
+    if len(set(devices.values())) > 1:
+        listed = ", ".join(f"`{n}` ({describe(t)}) is on {t.device}" for n, t in tensors.items())
+        raise ValueError(f"{listed}; they must be on one device.")
+
+
 def check_targets(
     name: str, targets: object, num_classes: int | None = None, *, ignore_index: int | None = None
 ) -> torch.Tensor:
@@ -225,6 +238,8 @@ def check_logits_targets(
             f"`logits` must have at least {min_classes} classes (B, K>={min_classes}), "
             f"got {describe(logits)}."
         )
+    targets = check_tensor("targets", targets)
+    check_same_device(logits=logits, targets=targets)
     targets = check_targets("targets", targets, logits.shape[1], ignore_index=ignore_index)
     check_same_batch(logits=logits, targets=targets)
     return logits, targets
@@ -432,5 +447,6 @@ def check_features_logits(
                 f"(num_classes), got {describe(logits)}."
             )
     logits, targets = check_logits_targets(logits, targets)
+    check_same_device(features=features, logits=logits)
     check_same_batch(features=features, logits=logits, targets=targets)
     return features, logits, targets

@@ -35,6 +35,7 @@ from micacl_layers._validation import (
     call_named,
     check_bool,
     check_class_counts,
+    check_device,
     check_features_logits,
     check_finite_parameters,
     check_floating,
@@ -525,6 +526,7 @@ class MultiscaleCategoryAwareContrastiveLoss(RunningClassCounts):
             # projections in their dtype, as autocast would cast them; so do the prototypes
             # (the weight rows of a classifier kept in another dtype, e.g. after `.half()`).
             weight = cast(nn.Linear, self.projections[0]).weight
+            check_device("features", features, weight.device, "MCCLoss")
             features = to_parameter_dtype(features, weight)
             if isinstance(prototypes, torch.Tensor) and prototypes.is_floating_point():
                 prototypes = to_parameter_dtype(prototypes, weight)
