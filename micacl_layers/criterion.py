@@ -165,6 +165,15 @@ class MICACLLoss(nn.Module):
                 f"classes), got {num_classes!r}."
             )
         self.mc_weight = check_nonnegative_float("mc_weight", mc_weight)
+        reduction = mccl_options.get("reduction", "mean")
+        if reduction != "mean":
+            # The CET is a batch mean; per-anchor or summed MCCL terms added to it have no
+            # meaning as one loss (and "none" broadcast to an undocumented (B,) shape).
+            raise ValueError(
+                f"`reduction` must be 'mean' for MICACLLoss (Eq. 13 is a batch mean), got "
+                f"{reduction!r}; for per-sample terms use MCCLoss(reduction={reduction!r}) and "
+                f"ClassificationEnhancementTerm separately."
+            )
         self.cet = ClassificationEnhancementTerm(
             label_smoothing=label_smoothing,
             ial_weight=ial_weight,
