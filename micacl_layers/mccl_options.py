@@ -170,7 +170,8 @@ def _expose_options(cls: type) -> type:
     """Class decorator: one property per :class:`MCCLOptions` field, over ``self.options``.
 
     Reading ``mccl.form`` reads the options; assigning it builds new, validated options (and
-    checks them against ``self.feature_dim``).
+    checks them against ``self.feature_dim``); a refused value leaves the options as they were.
+    ``scales`` cannot change once ``self`` holds parts built per scale (projections, memory).
     """
 
     def attribute(name: str) -> property:
@@ -179,8 +180,16 @@ def _expose_options(cls: type) -> type:
 
         def set_(self: Any, value: object) -> None:
             changes: dict[str, Any] = {name: value}
-            self.options = dataclasses.replace(self.options, **changes)
-            self.options.check_feature_dim(self.feature_dim)
+            options = dataclasses.replace(self.options, **changes)
+            options.check_feature_dim(self.feature_dim)
+            built = [part for part in ("projections", "memory") if getattr(self, part) is not None]
+            if options.scales != self.options.scales and built:
+                raise ValueError(
+                    f"`scales` cannot change after construction: the {' and '.join(built)} were "
+                    f"built for scales={self.options.scales!r}, got {options.scales!r}; build a "
+                    f"new loss with these scales."
+                )
+            self.options = options
 
         return property(get, set_, doc=f"``options.{name}`` (see :class:`MCCLOptions`).")
 

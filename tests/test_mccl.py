@@ -786,3 +786,35 @@ def test_out_of_memory_in_a_projection_or_classifier_is_not_reworded():
         )
     with pytest.raises(torch.OutOfMemoryError):
         ClassificationEnhancementTerm(aug_weight=1.0)(z, y, features=f, classifier=oom)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"projection_dim": 4}, {"projection_dim": None, "memory_size": 4}]
+)
+def test_scales_cannot_change_once_per_scale_parts_are_built(kwargs):
+    # The projections (D // s inputs each) and the memory (one bank per scale) were built for
+    # the scales: a new value would fail at the next forward, deep in a matmul.
+    mccl = MCCLoss(3, 8, [5, 3, 1], scales=(1, 2), **kwargs)
+    with pytest.raises(ValueError, match=r"`scales` cannot change .* built for scales=\(1, 2\)"):
+        mccl.scales = (1, 4)
+    assert mccl.scales == (1, 2)
+    mccl.scales = [1, 2]  # the same scales are no change
+    f, z, y = torch.randn(4, 8), torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    assert mccl(f, z, y).isfinite()
+
+
+def test_scales_can_change_without_projections_or_memory():
+    mccl = MCCLoss(3, 8, [5, 3, 1], scales=(1, 2), projection_dim=None)
+    mccl.scales = (1, 4)
+    f, z, y = torch.randn(4, 8), torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    want = multiscale_category_aware_contrastive_loss(
+        f, z, y, [5, 3, 1], scales=(1, 4), projections=None
+    )
+    torch.testing.assert_close(mccl(f, z, y), want)
+
+
+def test_a_refused_option_leaves_the_options_as_they_were():
+    mccl = MCCLoss(3, 8, [5, 3, 1], scales=(1, 2), projection_dim=None)
+    with pytest.raises(ValueError, match="feature_dim=8"):
+        mccl.scales = (1, 16)
+    assert mccl.scales == (1, 2)
