@@ -7,7 +7,44 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from micacl_layers._validation import check_class_counts, has_values, values_on_cpu
+from micacl_layers._validation import (
+    _counts_tensor,
+    check_class_counts,
+    has_values,
+    values_on_cpu,
+)
+
+
+def checked_loaded_counts(
+    state_dict: dict, key: str, num_classes: int, *, running: bool, whole: bool = False
+) -> torch.Tensor | None:
+    """The counts at ``state_dict[key]`` as a loss would hold them, or ``None`` to leave to torch.
+
+    A ``load_state_dict`` copies a buffer as it is: bad counts (0, negative, NaN) would load and
+    surface as an inf loss or a clamp, frequencies would be truncated into an int64 buffer. Here
+    they get the checks of construction: fixed counts finite and > 0 (frequencies rescaled so
+    that the smallest is 1; ``whole``: whole numbers only), running counts whole and >= 0. A
+    missing key, another shape (torch's own error names both) and ``meta`` are left to torch.
+    """
+    given = state_dict.get(key)
+    if not isinstance(given, torch.Tensor) or given.shape != (num_classes,) or given.is_meta:
+        return None
+    try:
+        if running:
+            counts = _counts_tensor(given)
+            if not bool(torch.isfinite(counts).all()) or bool(
+                ((counts < 0) | (counts != counts.round())).any()
+            ):
+                raise ValueError(
+                    f"running counts must be whole numbers >= 0, got {counts.tolist()}."
+                )
+            return given.long()
+        counts = check_class_counts(given, num_classes)
+        if whole and not bool((counts == counts.round()).all()):
+            raise ValueError(f"`class_counts` must be whole numbers, got {counts.tolist()}.")
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"state_dict[{key!r}]: {err}") from None
+    return counts.long() if bool((counts == counts.round()).all()) else counts
 
 
 class RunningClassCounts(nn.Module):
@@ -70,6 +107,18 @@ class RunningClassCounts(nn.Module):
         if counts.is_floating_point() and self.class_counts.dtype != torch.float64:
             self.class_counts = counts.to(self.class_counts.device)
         return result
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "class_counts"
+        counts = checked_loaded_counts(
+            state_dict, key, self.class_counts.shape[0], running=self.track_class_counts
+        )
+        if counts is not None:
+            state_dict[key] = counts  # (the loader's own copy of the caller's dict)
+            if counts.dtype != self.class_counts.dtype:
+                # Whole counts int64, frequencies float64, as at construction.
+                self.class_counts = self.class_counts.to(counts.dtype)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def update_class_counts(self, targets: torch.Tensor) -> None:
         """Add a batch of labels to the running counts (done by ``forward`` in training mode)."""

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from micacl_layers._class_counts import checked_loaded_counts
 from micacl_layers._validation import (
     _counts_tensor,
     check_bool,
@@ -325,6 +326,15 @@ class LogitAdjustedLoss(nn.Module):
         """Restore ``class_counts`` as built (after ``to_empty()`` they are uninitialised)."""
         if self._built_counts is not None:
             self.class_counts.copy_(self._built_counts)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "class_counts"
+        counts = checked_loaded_counts(
+            state_dict, key, self.class_counts.shape[0], running=False, whole=True
+        )
+        if counts is not None:
+            state_dict[key] = counts  # (the loader's own copy of the caller's dict)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Compute the loss; see :func:`logit_adjusted_cross_entropy`."""

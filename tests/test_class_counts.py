@@ -210,3 +210,75 @@ def test_public_functions_rescale_frequencies_by_the_smallest_nonzero_count():
     z, y = torch.zeros(3, 3), torch.tensor([0, 1, 2])
     got = category_aware_weights(z, y, torch.tensor([0.5, 0.25, 0.0]))
     torch.testing.assert_close(got, category_aware_weights(z, y, torch.tensor([2.0, 1.0, 0.0])))
+
+
+def test_loaded_frequencies_keep_their_values_in_a_loss_built_with_counts():
+    # The buffer takes the loaded counts' kind, as at construction: int64 would truncate them.
+    source = MCCLoss(3, 8, [0.5, 0.3, 0.2], projection_dim=4)
+    target = MCCLoss(3, 8, [5, 3, 2], projection_dim=4)
+    target.load_state_dict(source.state_dict())
+    assert target.class_counts.dtype == torch.float64
+    torch.testing.assert_close(target.class_counts, source.class_counts)
+    f, z, y = torch.randn(4, 8), torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    torch.testing.assert_close(target(f, z, y), source(f, z, y))
+    # ... and whole counts loaded into a loss built with frequencies are int64 again.
+    source.load_state_dict(MCCLoss(3, 8, [5, 3, 2], projection_dim=4).state_dict())
+    assert source.class_counts.dtype == torch.int64
+    assert source.class_counts.tolist() == [5, 3, 2]
+
+
+@pytest.mark.parametrize(
+    ("counts", "built", "match"),
+    [
+        (torch.tensor([5, -3, 1]), [5, 3, 1], "must be finite and > 0"),
+        (torch.tensor([5, 0, 1]), [5, 3, 1], "must be finite and > 0"),
+        (torch.tensor([5.0, float("nan"), 1.0]), [5, 3, 1], "must be finite and > 0"),
+        (torch.tensor([5, -1, 0]), None, "running counts must be whole numbers >= 0"),
+        (torch.tensor([5.5, 1.0, 0.0]), None, "running counts must be whole numbers >= 0"),
+        (torch.tensor([True, False, True]), [5, 3, 1], "must hold real numbers"),
+    ],
+)
+def test_bad_counts_in_a_state_dict_are_refused_by_name(counts, built, match):
+    loss = MCCLoss(3, 8, built, projection_dim=4)
+    state = loss.state_dict()
+    before = loss.class_counts.clone()
+    state["class_counts"] = counts
+    error = TypeError if counts.dtype == torch.bool else ValueError
+    with pytest.raises(error, match=rf"state_dict\['class_counts'\].*{match}"):
+        loss.load_state_dict(state)
+    assert torch.equal(loss.class_counts, before)
+
+
+def test_bad_counts_in_a_nested_state_dict_name_the_key():
+    crit = MICACLLoss(3, 8, [5, 3, 1], projection_dim=4, aug_weight=0.0)
+    state = crit.state_dict()
+    state["mccl.class_counts"] = torch.tensor([5, 0, 1])
+    with pytest.raises(ValueError, match=r"state_dict\['mccl.class_counts'\]"):
+        crit.load_state_dict(state)
+
+
+@pytest.mark.parametrize("counts", [torch.tensor([5, 0, 1]), torch.tensor([5.5, 3.0, 1.0])])
+def test_logit_adjusted_loss_refuses_bad_loaded_counts(counts):
+    loss = LogitAdjustedLoss([5, 3, 1])
+    state = loss.state_dict()
+    state["class_counts"] = counts
+    with pytest.raises(ValueError, match=r"state_dict\['class_counts'\]"):
+        loss.load_state_dict(state)
+    assert loss.class_counts.tolist() == [5, 3, 1]
+
+
+def test_good_loaded_counts_still_load_with_assign_and_on_meta():
+    source = MCCLoss(3, 8, [7, 2, 1], projection_dim=4)
+    target = MCCLoss(3, 8, [5, 3, 1], projection_dim=4)
+    target.load_state_dict(source.state_dict(), assign=True)
+    assert target.class_counts.tolist() == [7, 2, 1]
+    running = MCCLoss(3, 8, None, projection_dim=4)
+    state = {**running.state_dict(), "class_counts": torch.tensor([4.0, 0.0, 2.0])}
+    running.load_state_dict(state)
+    assert running.class_counts.dtype == torch.int64
+    assert running.class_counts.tolist() == [4, 0, 2]
+    assert state["class_counts"].dtype == torch.float32  # the caller's dict is left as it was
+    with torch.device("meta"):
+        late = MCCLoss(3, 8, [5, 3, 1], projection_dim=4)
+    late.load_state_dict(source.state_dict(), assign=True)
+    assert late.class_counts.tolist() == [7, 2, 1]
