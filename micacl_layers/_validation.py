@@ -10,6 +10,9 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import os
+import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import TypeGuard
 
@@ -40,7 +43,26 @@ __all__ = [
     "no_autocast",
     "to_parameter_dtype",
     "values_on_cpu",
+    "warn_at_caller",
 ]
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+
+
+def warn_at_caller(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` reported at the first frame outside this package and torch.
+
+    A fixed ``stacklevel`` is right for one call path only: the same check runs from a
+    constructor, from ``from_preset`` and from a ``forward`` behind ``nn.Module.__call__``.
+    """
+    frame, level = sys._getframe(1), 2
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(
+        (_PACKAGE_DIR, _TORCH_DIR)
+    ):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def describe(t: object) -> str:

@@ -12,7 +12,6 @@ gain over plain cross-entropy.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from typing import Literal
 
@@ -33,6 +32,7 @@ from micacl_layers._validation import (
     is_real,
     torchscript_unsupported,
     values_on_cpu,
+    warn_at_caller,
 )
 
 __all__ = ["LogitAdjustedLoss", "log_prior", "logit_adjusted_cross_entropy"]
@@ -78,15 +78,13 @@ def _warn_if_smoothing_overturns(
     counts = class_counts.detach().to("cpu", torch.float64)
     ratio = float(counts.max() / counts.min())
     if math.log(ratio) > bound:
-        warnings.warn(
+        warn_at_caller(
             f"label_smoothing={label_smoothing} with logit adjustment tau={tau}: the class "
             f"counts' largest prior ratio {ratio:.4g} exceeds {math.exp(bound):.4g}, past which a "
             f"sample of the most frequent class that fits the smoothed target exactly is "
             f"predicted as the rarest class (docs/longtail.md measured -9.7 UAR on such data). "
             f"Use label_smoothing=0, or add terms on the raw logits (balanced_smoothing=True "
             f"cannot overturn, but under-corrects on that benchmark).",
-            UserWarning,
-            stacklevel=3,
         )
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from micacl_layers import LogitAdjustedLoss, MICACLLoss
+from micacl_layers import ClassificationEnhancementTerm, LogitAdjustedLoss, MICACLLoss
 from micacl_layers.functional import log_prior, logit_adjusted_cross_entropy
 
 COUNTS = torch.tensor([500.0, 60.0, 7.0, 1.0])
@@ -370,3 +370,21 @@ def test_balanced_smoothing_module_and_no_warning():
         LogitAdjustedLoss([3, 1], balanced_smoothing=1)
     with pytest.raises(TypeError, match="balanced_smoothing"):
         logit_adjusted_cross_entropy(logits, targets, COUNTS, balanced_smoothing="yes")
+
+
+def test_the_overturn_warning_points_at_the_callers_line():
+    # Reported from inside the package (criterion.py, cet.py) it told the user nothing of where
+    # their own call was; each path, direct, nested or through nn.Module.__call__, names it.
+    z, y = torch.randn(4, 2), torch.tensor([0, 1, 0, 1])
+    alone = {"logit_adjustment": 1.0, "ial_weight": 0.0, "aug_weight": 0.0}
+    cet = ClassificationEnhancementTerm(**alone)
+    calls = [
+        lambda: LogitAdjustedLoss([20, 1], label_smoothing=0.1),
+        lambda: MICACLLoss(2, 4, [20, 1], projection_dim=2, **alone),
+        lambda: MICACLLoss.from_preset("paper_logit_adjusted", 2, 4, [20, 1], **alone),
+        lambda: cet(z, y, class_counts=[20, 1]),
+    ]
+    for call in calls:
+        with pytest.warns(UserWarning, match="prior ratio 20") as record:
+            call()
+        assert [w.filename for w in record] == [__file__]
