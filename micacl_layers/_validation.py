@@ -231,6 +231,15 @@ def check_targets(
             f"got {describe(targets)}."
         )
     check_ndim(name, targets, 1, "(B,)")
+    # From 2**63 on a uint64 index wraps to a negative int64 (read as ignored, or as -2**63).
+    if (
+        targets.dtype == torch.uint64
+        and has_values(targets)
+        and bool((targets.view(torch.int64) < 0).any())
+    ):
+        raise ValueError(
+            f"`{name}` must be class indices, got a value of 2**63 or more ({describe(targets)})."
+        )
     targets = targets.long()
     if num_classes is None or not targets.numel() or not has_values(targets):
         return targets
