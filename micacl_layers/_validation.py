@@ -31,6 +31,7 @@ __all__ = [
     "check_ndim",
     "check_positive_int",
     "check_same_batch",
+    "check_same_device",
     "check_targets",
     "describe",
     "has_values",
@@ -154,6 +155,19 @@ def check_device(name: str, t: torch.Tensor, device: torch.device, owner: str) -
         raise ValueError(
             f"`{name}` must be on the device of the {owner}'s parameters ({device}), got "
             f"{describe(t)} on {t.device}; move it with `.to({str(device)!r})`."
+        )
+
+
+def check_same_device(name: str, t: torch.Tensor, other: str, device: torch.device) -> None:
+    """``t`` on ``device``, where the argument ``other`` is (for functions without parameters).
+
+    Torch mixes a ``meta`` operand into a CPU result that holds no real values, or fails inside
+    an operator; this names the argument and both devices.
+    """
+    if t.device != device:
+        raise ValueError(
+            f"`{name}` must be on the device of `{other}` ({device}), got {describe(t)} on "
+            f"{t.device}; move it with `.to({str(device)!r})`."
         )
 
 

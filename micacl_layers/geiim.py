@@ -23,6 +23,7 @@ from micacl_layers._validation import (
     check_ndim,
     check_padding_mask,
     check_positive_int,
+    check_same_device,
     check_some_real_instance,
     describe,
     is_real,
@@ -90,8 +91,10 @@ def instance_adjacency(
             f"`node_dst` must have shape (d, T)=({node_dim}, {num_instances}) to "
             f"match `node_src` of {describe(node_src)}, got {describe(node_dst)}."
         )
+    check_same_device("node_dst", node_dst, "node_src", node_src.device)
     if padding_mask is not None:
         padding_mask = _check_any_batch_mask(padding_mask, num_instances)
+        check_same_device("padding_mask", padding_mask, "node_src", node_src.device)
     # Two dtypes (e.g. one embedding from an autocast region): compute in the wider one.
     dtype = torch.promote_types(node_src.dtype, node_dst.dtype)
     return _instance_adjacency(node_src.to(dtype), node_dst.to(dtype), padding_mask)
@@ -145,12 +148,15 @@ def graph_propagate(
             f"{num_instances}) or (B, T, T)=({batch}, {num_instances}, "
             f"{num_instances}) for `x` of {describe(x)}, got {describe(adjacency)}."
         )
+    check_same_device("adjacency", adjacency, "x", x.device)
     if isinstance(alpha, torch.Tensor):
         if alpha.numel() != 1 or not alpha.is_floating_point():
             raise ValueError(
                 f"`alpha` must be a float in [0, 1] or a one-element floating "
                 f"tensor, got {describe(alpha)}."
             )
+        if alpha.device.type != "cpu":  # (a CPU scalar goes with any device, as in torch)
+            check_same_device("alpha", alpha, "x", x.device)
         # A user's tensor is checked like a float (one scalar read back; GEIIM's own learned
         # alpha skips this function and never syncs). A meta tensor has no value to check.
         if not alpha.is_meta and not bool(((alpha >= 0) & (alpha <= 1)).all()):
@@ -321,6 +327,7 @@ class GEIIM(nn.Module):
         """The current adjacency of Eq. 1, ``(T, T)`` (or ``(B, T, T)`` given a padding mask)."""
         if padding_mask is not None:
             padding_mask = _check_any_batch_mask(padding_mask, self.num_instances)
+            check_device("padding_mask", padding_mask, self.node_src.device, "GEIIM")
         return _instance_adjacency(self.node_src, self.node_dst, padding_mask)
 
     def forward(
