@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from micacl_layers._validation import (
+    check_device,
     check_finite_parameters,
     check_floating,
     check_ndim,
@@ -100,11 +101,15 @@ class InstanceSelfAttention(nn.Module):
             raise ValueError(
                 f"`x` must have shape (B, T, E) with E={self.embed_dim}, got {describe(x)}."
             )
+        device = self.norm.weight.device
+        check_device("x", x, device, "InstanceSelfAttention")
         if padding_mask is not None:
             # (A sample whose every key is padded would attend to nothing: NaN.)
             padding_mask = check_some_real_instance(
                 check_padding_mask(padding_mask, x.shape[0], x.shape[1])
             )
+            # (A meta mask on CPU features was silently read as some other mask.)
+            check_device("padding_mask", padding_mask, device, "InstanceSelfAttention")
             if not x.shape[0]:
                 # An empty batch has nothing to mask, and nn.MultiheadAttention (without
                 # attention weights) fails to reshape an empty mask: as without one.
