@@ -14,11 +14,13 @@ import torch
 from torch import nn
 
 from micacl_layers._validation import (
+    check_device,
     check_finite_parameters,
     check_floating,
     check_ndim,
     check_padding_mask,
     check_positive_int,
+    check_same_device,
     describe,
     to_parameter_dtype,
     torchscript_unsupported,
@@ -72,6 +74,7 @@ def instance_weights(
         raise ValueError(f"`mode` must be one of {WEIGHT_MODES}, got {mode!r}.")
     if padding_mask is not None:
         check_padding_mask(padding_mask, *h.shape[:2])
+        check_same_device("padding_mask", padding_mask, "h", h.device)
     work = h.float() if h.dtype in (torch.float16, torch.bfloat16) else h
     if mode == "instance_softmax":
         if padding_mask is not None:
@@ -151,6 +154,7 @@ class InstanceWeights(nn.Module):
         # in the projected `h`, a tensor the caller never passed.)
         check_finite_parameters(self)
         if isinstance(self.proj, nn.Linear):  # another dtype runs in the projection's
+            check_device("h", h, self.proj.weight.device, "InstanceWeights")
             h = to_parameter_dtype(h, self.proj.weight)
         return instance_weights(self.proj(h), mode=self.mode, padding_mask=padding_mask)
 
