@@ -25,6 +25,7 @@ from micacl_layers._validation import (
     check_floating,
     check_ndim,
     check_positive_int,
+    check_same_device,
     describe,
     torchscript_unsupported,
 )
@@ -77,8 +78,10 @@ def wian_cell(
             f"`gates` must have shape (*, 5H) for `c_prev` of shape (*, H), got "
             f"gates {describe(gates)} and c_prev {describe(c_prev)}."
         )
+    check_same_device("c_prev", c_prev, "gates", gates.device)
     if weight is not None:
         weight = check_weight(weight, tuple(c_prev.shape), "weight", "(*, H)")
+        check_same_device("weight", weight, "gates", gates.device)
     return _wian_cell(gates, c_prev, weight)
 
 

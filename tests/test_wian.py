@@ -186,6 +186,15 @@ def test_functional_cell_matches_module():
     torch.testing.assert_close(c, c2)
 
 
+@pytest.mark.parametrize("name", ["c_prev", "weight"])
+def test_functional_cell_rejects_an_argument_on_another_device(name):
+    # It used to fail inside torch's sigmoid or multiply, naming neither argument.
+    args = {"gates": torch.randn(2, 20), "c_prev": torch.randn(2, 4), "weight": torch.rand(2, 1)}
+    args[name] = args[name].to("meta")
+    with pytest.raises(ValueError, match=f"`{name}` must be on the device of `gates` \\(cpu\\)"):
+        wian_cell(**args)
+
+
 def test_cell_gradcheck():
     torch.manual_seed(0)
     cell = WIANCell(3, 2, dtype=torch.float64)
