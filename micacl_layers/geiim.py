@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from micacl_layers._validation import (
+    check_bool,
     check_device,
     check_finite_parameters,
     check_floating,
@@ -276,7 +277,7 @@ class GEIIM(nn.Module):
 
         self.node_src = nn.Parameter(torch.empty(num_instances, node_dim, **factory))
         self.node_dst = nn.Parameter(torch.empty(node_dim, num_instances, **factory))
-        self.learn_alpha = learn_alpha
+        self.learn_alpha = check_bool("learn_alpha", learn_alpha)
         self.alpha_init = alpha_init
         if learn_alpha:
             theta = _alpha_logit(alpha_init).to(dtype or torch.get_default_dtype())
@@ -349,6 +350,7 @@ class GEIIM(nn.Module):
         """
         x = check_floating("x", x)
         check_ndim("x", x, 3, "(B, T, C)")
+        check_bool("return_adjacency", return_adjacency)
         if x.shape[1] != self.num_instances or x.shape[2] != self.dim:
             raise ValueError(
                 f"`x` must have shape (B, T, C)=(B, {self.num_instances}, {self.dim}) "
