@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from micacl_layers._validation import (
+    check_bool,
     check_device,
     check_finite_parameters,
     check_floating,
@@ -20,6 +21,7 @@ from micacl_layers._validation import (
     check_positive_int,
     check_some_real_instance,
     describe,
+    is_real,
     to_parameter_dtype,
     torchscript_unsupported,
 )
@@ -64,6 +66,11 @@ class InstanceSelfAttention(nn.Module):
         num_heads = check_positive_int("num_heads", num_heads)
         if embed_dim % num_heads:
             raise ValueError(f"`num_heads` ({num_heads}) must divide `embed_dim` ({embed_dim}).")
+        # (nn.Dropout takes True or NaN as a probability, and fails on a string.)
+        if not is_real(dropout) or not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"`dropout` must be a number in [0, 1], got {dropout!r}.")
+        dropout = float(dropout)
+        bias = check_bool("bias", bias)
         self.embed_dim = embed_dim
         self.norm = nn.LayerNorm(embed_dim, device=device, dtype=dtype)
         self.attn = nn.MultiheadAttention(
