@@ -272,7 +272,8 @@ class WIAN(nn.Module):
 
         Raises:
             TypeError: If ``lstm`` is not an ``nn.LSTM``.
-            ValueError: If ``lstm.proj_size > 0``, or ``gate_bias`` is not a finite number.
+            ValueError: If ``lstm.proj_size > 0``, or ``gate_bias`` is not a finite number
+                in the parameters' dtype.
 
         Example:
             >>> lstm = nn.LSTM(4, 3, num_layers=2, bidirectional=True)

@@ -194,7 +194,7 @@ class WIANCell(nn.Module):
 
         Raises:
             TypeError: If ``cell`` is not an ``nn.LSTMCell``.
-            ValueError: If ``gate_bias`` is not a finite number.
+            ValueError: If ``gate_bias`` is not a finite number in the parameters' dtype.
 
         Example:
             >>> lstm_cell = nn.LSTMCell(4, 3)
