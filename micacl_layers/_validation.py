@@ -29,6 +29,7 @@ __all__ = [
     "check_ignore_index",
     "check_logits_targets",
     "check_ndim",
+    "check_parameter_dtype",
     "check_positive_int",
     "check_same_batch",
     "check_same_device",
@@ -329,6 +330,21 @@ def check_bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"`{name}` must be a bool, got {value!r}.")
     return value
+
+
+def check_parameter_dtype(dtype: object) -> torch.dtype | None:
+    """A Module's parameter ``dtype``: a floating (or, as torch allows, complex) dtype or None.
+
+    Torch's own error for an integer dtype comes from inside ``nn.Parameter`` and names no
+    argument.
+    """
+    if dtype is None or (
+        isinstance(dtype, torch.dtype) and (dtype.is_floating_point or dtype.is_complex)
+    ):
+        return dtype
+    raise TypeError(
+        f"`dtype` (of the parameters) must be a floating-point torch.dtype or None, got {dtype!r}."
+    )
 
 
 def check_ignore_index(value: object) -> int:

@@ -18,6 +18,7 @@ from micacl_layers._validation import (
     check_floating,
     check_ndim,
     check_padding_mask,
+    check_parameter_dtype,
     check_positive_int,
     check_some_real_instance,
     describe,
@@ -71,6 +72,7 @@ class InstanceSelfAttention(nn.Module):
             raise ValueError(f"`dropout` must be a number in [0, 1], got {dropout!r}.")
         dropout = float(dropout)
         bias = check_bool("bias", bias)
+        dtype = check_parameter_dtype(dtype)
         self.embed_dim = embed_dim
         self.norm = nn.LayerNorm(embed_dim, device=device, dtype=dtype)
         self.attn = nn.MultiheadAttention(

@@ -23,6 +23,7 @@ from micacl_layers._validation import (
     check_floating,
     check_ndim,
     check_padding_mask,
+    check_parameter_dtype,
     check_positive_int,
     check_same_device,
     check_some_real_instance,
@@ -252,6 +253,7 @@ class GEIIM(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        dtype = check_parameter_dtype(dtype)
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.num_instances = check_positive_int("num_instances", num_instances)
         self.dim = check_positive_int("dim", dim)

@@ -19,6 +19,7 @@ from micacl_layers._validation import (
     check_floating,
     check_ndim,
     check_padding_mask,
+    check_parameter_dtype,
     check_positive_int,
     check_same_device,
     describe,
@@ -134,6 +135,7 @@ class InstanceWeights(nn.Module):
         if mode not in WEIGHT_MODES:
             raise ValueError(f"`mode` must be one of {WEIGHT_MODES}, got {mode!r}.")
         self.mode = mode
+        dtype = check_parameter_dtype(dtype)  # (checked with or without the projection)
         self.proj = (
             nn.Linear(in_features, self.hidden_size, device=device, dtype=dtype)
             if self.hidden_size != in_features

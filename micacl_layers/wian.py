@@ -42,6 +42,7 @@ from micacl_layers._validation import (
     check_device,
     check_finite_parameters,
     check_ndim,
+    check_parameter_dtype,
     check_positive_int,
     describe,
     torchscript_unsupported,
@@ -172,7 +173,7 @@ class WIAN(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": check_parameter_dtype(dtype)}
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.num_layers = check_positive_int("num_layers", num_layers)

@@ -24,6 +24,7 @@ from micacl_layers._validation import (
     check_finite_parameters,
     check_floating,
     check_ndim,
+    check_parameter_dtype,
     check_positive_int,
     check_same_device,
     describe,
@@ -156,7 +157,7 @@ class WIANCell(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": check_parameter_dtype(dtype)}
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.bias = bias
