@@ -119,9 +119,10 @@ class InstanceSelfAttention(nn.Module):
             )
             # (A meta mask on CPU features was silently read as some other mask.)
             check_device("padding_mask", padding_mask, device, "InstanceSelfAttention")
-            if not x.shape[0]:
-                # An empty batch has nothing to mask, and nn.MultiheadAttention (without
-                # attention weights) fails to reshape an empty mask: as without one.
+            if not padding_mask.numel():
+                # An empty batch (or no instances) has nothing to mask, and
+                # nn.MultiheadAttention (without attention weights) fails to reshape an empty
+                # mask: as without one.
                 padding_mask = None
         check_finite_parameters(self)
         # Another floating dtype than the parameters' runs in theirs, as autocast would.
