@@ -333,16 +333,17 @@ class WIAN(nn.Module):
             x = x.unsqueeze(batch_dim)
             if weights is not None and weights.dim() >= 2:
                 weights = weights.unsqueeze(batch_dim)
-        if x.shape[-1] != self.input_size:
+        if x.shape[-1] != self.input_size:  # (errors describe the input as it was passed)
+            where = "unbatched shape (T, I)" if unbatched else f"shape {layout}"
             raise ValueError(
-                f"`input` must have shape {layout} with I={self.input_size}, got {describe(x)}."
+                f"`input` must have {where} with I={self.input_size}, got {describe(input)}."
             )
         if not self.batch_first:
             x = x.transpose(0, 1)
         batch, steps, _ = x.shape
         if steps == 0:  # as nn.LSTM: h_n of no step at all would silently be h_0
             raise ValueError(
-                f"`input` must have at least one time step (T >= 1), got {describe(x)}."
+                f"`input` must have at least one time step (T >= 1), got {describe(input)}."
             )
         hidden, dirs = self.hidden_size, self.num_directions
 

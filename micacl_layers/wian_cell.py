@@ -236,9 +236,10 @@ class WIANCell(nn.Module):
             weight = per_instance(weight, "weight", x.dim())
         if unbatched:
             x = x.unsqueeze(0)
-        if x.shape[1] != self.input_size:
+        if x.shape[1] != self.input_size:  # (the error describes the input as it was passed)
+            where = "unbatched shape (I,)" if unbatched else "shape (B, I)"
             raise ValueError(
-                f"`input` must have shape (B, I) with I={self.input_size}, got {describe(x)}."
+                f"`input` must have {where} with I={self.input_size}, got {describe(input)}."
             )
         batch = x.shape[0]
         shape = (batch, self.hidden_size)
