@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import cast
 
 import torch
+import torch.autograd.forward_ad as fwad
 
 from micacl_layers import config
 from micacl_layers._fast.onednn import Products
@@ -42,7 +43,8 @@ def applies(*tensors: torch.Tensor | None) -> bool:
 
     The hand-written backward is eager-only and assumes one dtype throughout: not under
     TorchScript or autocast (whose per-op casts it does not reproduce; WIAN turns autocast off
-    around it where :func:`dtype_under_autocast` says so), nor for mixed dtypes.
+    around it where :func:`dtype_under_autocast` says so), nor for mixed dtypes, nor for
+    forward-mode AD (it has no ``jvp``; the plain path has).
     """
     first = tensors[0]
     assert first is not None
@@ -51,6 +53,8 @@ def applies(*tensors: torch.Tensor | None) -> bool:
     if torch.jit.is_scripting() or torch.is_autocast_enabled(first.device.type):
         return False
     if not all(t is None or t.dtype == first.dtype for t in tensors):
+        return False
+    if any(t is not None and fwad.unpack_dual(t).tangent is not None for t in tensors):
         return False
     return config.enabled("wian", first.device, first.dtype)
 
