@@ -557,3 +557,33 @@ def test_forward_mode_ad_under_every_switch(switch):
     want = tangent("off")
     assert bool(want.abs().sum() > 0)
     torch.testing.assert_close(tangent(switch), want, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("switch", ["auto", "on"])
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_activation_checkpointing_under_every_switch(switch, use_reentrant):
+    # The fused kernel's backward read ctx.saved_tensors twice, which non-reentrant
+    # checkpointing (torch's recommended mode) refuses: CheckpointError.
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    wian = WIAN(3, 4, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    w = torch.rand(5, 2, requires_grad=True)
+
+    def grads(mode, checkpointed):
+        for t in (x, w, *wian.parameters()):
+            t.grad = None
+        with config.fast_paths(mode):
+            if checkpointed:
+                out = checkpoint(
+                    lambda a, b: wian(a, weights=b)[0], x, w, use_reentrant=use_reentrant
+                )
+            else:
+                out = wian(x, weights=w)[0]
+            out.square().sum().backward()
+        return [t.grad.clone() for t in (x, w, *wian.parameters())]
+
+    want = grads("off", False)
+    for got, ref in zip(grads(switch, True), want, strict=True):
+        torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-5)

@@ -232,17 +232,19 @@ class _WIANLayer(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_h, grad_c):
-        device = ctx.saved_tensors[0].device.type
+        # Unpacked once: non-reentrant activation checkpointing refuses a second unpack.
+        saved = ctx.saved_tensors
+        device = saved[0].device.type
         # The backward runs in the thread that called .backward(), under its autocast state;
         # the forward ran with autocast off (see dtype_under_autocast), so must this.
         if torch.is_autocast_enabled(device):
             with torch.autocast(device, enabled=False):
-                return _WIANLayer._backward(ctx, grad_out, grad_h, grad_c)
-        return _WIANLayer._backward(ctx, grad_out, grad_h, grad_c)
+                return _WIANLayer._backward(ctx, saved, grad_out, grad_h, grad_c)
+        return _WIANLayer._backward(ctx, saved, grad_out, grad_h, grad_c)
 
     @staticmethod
-    def _backward(ctx, grad_out, grad_h, grad_c):
-        (x, flat_x, h0, c0, weight, hs, cs, tanh_c, i_cand, d_all, *params) = ctx.saved_tensors
+    def _backward(ctx, saved, grad_out, grad_h, grad_c):
+        (x, flat_x, h0, c0, weight, hs, cs, tanh_c, i_cand, d_all, *params) = saved
         if torch.is_grad_enabled():
             # create_graph=True (double backward): differentiate the reference formulation.
             return _reference_backward(
