@@ -35,7 +35,7 @@ def check_lstm_like(name: str, module: object, kind: type[nn.Module]) -> nn.Modu
     return module
 
 
-def _check_gate_bias(gate_bias: object) -> float:
+def _check_gate_bias(gate_bias: object, dtype: torch.dtype) -> float:
     # A NaN bias makes every output NaN; an infinite one lasts only until weight decay
     # computes inf - inf. (Anything float() takes, a NumPy number or a 0-d tensor, is a number.)
     value = math.nan
@@ -44,6 +44,12 @@ def _check_gate_bias(gate_bias: object) -> float:
             value = float(gate_bias)  # type: ignore[arg-type]
     if not math.isfinite(value):
         raise ValueError(f"`gate_bias` must be a finite number or None, got {gate_bias!r}.")
+    largest = torch.finfo(dtype).max  # (beyond it, fill_ fails deep inside torch)
+    if abs(value) > largest:
+        raise ValueError(
+            f"`gate_bias` must be a finite number or None, got {gate_bias!r} (beyond the "
+            f"largest {dtype}, {largest:g})."
+        )
     return value
 
 
@@ -63,10 +69,8 @@ def copy_lstm_gates(
     biases gives zero gate biases (its output is unchanged: it adds nothing).
     """
     rows = 4 * hidden
-    if gate_bias is None:
-        gate_bias = saturating_bias(next(target.parameters()).dtype)
-    else:
-        gate_bias = _check_gate_bias(gate_bias)
+    dtype = next(target.parameters()).dtype
+    gate_bias = saturating_bias(dtype) if gate_bias is None else _check_gate_bias(gate_bias, dtype)
     with torch.no_grad():
         for suffix in suffixes:
             for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):

@@ -108,7 +108,9 @@ def check_state(
         t = check_floating(name, t)
         want = shape[:unbatched_dim] + shape[unbatched_dim + 1 :] if unbatched else shape
         if tuple(t.shape) != want:
-            what, where = ("unbatched ", layout.replace("B, ", "")) if unbatched else ("", layout)
+            # (unbatched: the layout without B; "(H,)" as a tuple of one)
+            unbatched_layout = layout.replace("B, ", "").replace("(H)", "(H,)")
+            what, where = ("unbatched ", unbatched_layout) if unbatched else ("", layout)
             raise ValueError(f"`{name}` must have {what}shape {where}={want}, got {describe(t)}.")
         check_device(name, t, parameter.device, owner)
         t = t.unsqueeze(unbatched_dim) if unbatched else t

@@ -26,6 +26,7 @@ __all__ = [
     "check_bool",
     "check_class_counts",
     "check_device",
+    "check_device_of",
     "check_finite",
     "check_finite_parameters",
     "check_floating",
@@ -33,6 +34,7 @@ __all__ = [
     "check_ignore_index",
     "check_logits_targets",
     "check_ndim",
+    "check_parameter_dtype",
     "check_positive_int",
     "check_same_batch",
     "check_same_device",
@@ -178,6 +180,19 @@ def check_device(name: str, t: torch.Tensor, device: torch.device, owner: str) -
         raise ValueError(
             f"`{name}` must be on the device of the {owner}'s parameters ({device}), got "
             f"{describe(t)} on {t.device}; move it with `.to({str(device)!r})`."
+        )
+
+
+def check_device_of(name: str, t: torch.Tensor, other: str, device: torch.device) -> None:
+    """``t`` on ``device``, where the argument ``other`` is (for functions without parameters).
+
+    Torch mixes a ``meta`` operand into a CPU result that holds no real values, or fails inside
+    an operator; this names the argument and both devices.
+    """
+    if t.device != device:
+        raise ValueError(
+            f"`{name}` must be on the device of `{other}` ({device}), got {describe(t)} on "
+            f"{t.device}; move it with `.to({str(device)!r})`."
         )
 
 
@@ -372,6 +387,21 @@ def check_generator(value: object) -> torch.Generator | None:
             f"`torch.Generator().manual_seed(seed)`."
         )
     return value
+
+
+def check_parameter_dtype(dtype: object) -> torch.dtype | None:
+    """A Module's parameter ``dtype``: a floating (or, as torch allows, complex) dtype or None.
+
+    Torch's own error for an integer dtype comes from inside ``nn.Parameter`` and names no
+    argument.
+    """
+    if dtype is None or (
+        isinstance(dtype, torch.dtype) and (dtype.is_floating_point or dtype.is_complex)
+    ):
+        return dtype
+    raise TypeError(
+        f"`dtype` (of the parameters) must be a floating-point torch.dtype or None, got {dtype!r}."
+    )
 
 
 def check_ignore_index(value: object) -> int:

@@ -12,13 +12,17 @@ import torch
 from torch import nn
 
 from micacl_layers._validation import (
+    check_bool,
+    check_device,
     check_finite_parameters,
     check_floating,
     check_ndim,
     check_padding_mask,
+    check_parameter_dtype,
     check_positive_int,
     check_some_real_instance,
     describe,
+    is_real,
     to_parameter_dtype,
     torchscript_unsupported,
 )
@@ -63,6 +67,12 @@ class InstanceSelfAttention(nn.Module):
         num_heads = check_positive_int("num_heads", num_heads)
         if embed_dim % num_heads:
             raise ValueError(f"`num_heads` ({num_heads}) must divide `embed_dim` ({embed_dim}).")
+        # (nn.Dropout takes True or NaN as a probability, and fails on a string.)
+        if not is_real(dropout) or not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"`dropout` must be a number in [0, 1], got {dropout!r}.")
+        dropout = float(dropout)
+        bias = check_bool("bias", bias)
+        dtype = check_parameter_dtype(dtype)
         self.embed_dim = embed_dim
         self.norm = nn.LayerNorm(embed_dim, device=device, dtype=dtype)
         self.attn = nn.MultiheadAttention(
@@ -100,14 +110,19 @@ class InstanceSelfAttention(nn.Module):
             raise ValueError(
                 f"`x` must have shape (B, T, E) with E={self.embed_dim}, got {describe(x)}."
             )
+        device = self.norm.weight.device
+        check_device("x", x, device, "InstanceSelfAttention")
         if padding_mask is not None:
             # (A sample whose every key is padded would attend to nothing: NaN.)
             padding_mask = check_some_real_instance(
                 check_padding_mask(padding_mask, x.shape[0], x.shape[1])
             )
-            if not x.shape[0]:
-                # An empty batch has nothing to mask, and nn.MultiheadAttention (without
-                # attention weights) fails to reshape an empty mask: as without one.
+            # (A meta mask on CPU features was silently read as some other mask.)
+            check_device("padding_mask", padding_mask, device, "InstanceSelfAttention")
+            if not padding_mask.numel():
+                # An empty batch (or no instances) has nothing to mask, and
+                # nn.MultiheadAttention (without attention weights) fails to reshape an empty
+                # mask: as without one.
                 padding_mask = None
         check_finite_parameters(self)
         # Another floating dtype than the parameters' runs in theirs, as autocast would.

@@ -17,11 +17,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from micacl_layers._validation import (
+    check_bool,
     check_device,
+    check_device_of,
     check_finite_parameters,
     check_floating,
     check_ndim,
     check_padding_mask,
+    check_parameter_dtype,
     check_positive_int,
     check_some_real_instance,
     describe,
@@ -90,8 +93,10 @@ def instance_adjacency(
             f"`node_dst` must have shape (d, T)=({node_dim}, {num_instances}) to "
             f"match `node_src` of {describe(node_src)}, got {describe(node_dst)}."
         )
+    check_device_of("node_dst", node_dst, "node_src", node_src.device)
     if padding_mask is not None:
         padding_mask = _check_any_batch_mask(padding_mask, num_instances)
+        check_device_of("padding_mask", padding_mask, "node_src", node_src.device)
     # Two dtypes (e.g. one embedding from an autocast region): compute in the wider one.
     dtype = torch.promote_types(node_src.dtype, node_dst.dtype)
     return _instance_adjacency(node_src.to(dtype), node_dst.to(dtype), padding_mask)
@@ -145,12 +150,15 @@ def graph_propagate(
             f"{num_instances}) or (B, T, T)=({batch}, {num_instances}, "
             f"{num_instances}) for `x` of {describe(x)}, got {describe(adjacency)}."
         )
+    check_device_of("adjacency", adjacency, "x", x.device)
     if isinstance(alpha, torch.Tensor):
         if alpha.numel() != 1 or not alpha.is_floating_point():
             raise ValueError(
                 f"`alpha` must be a float in [0, 1] or a one-element floating "
                 f"tensor, got {describe(alpha)}."
             )
+        if alpha.device.type != "cpu":  # (a CPU scalar goes with any device, as in torch)
+            check_device_of("alpha", alpha, "x", x.device)
         # A user's tensor is checked like a float (one scalar read back; GEIIM's own learned
         # alpha skips this function and never syncs). A meta tensor has no value to check.
         if not alpha.is_meta and not bool(((alpha >= 0) & (alpha <= 1)).all()):
@@ -245,6 +253,7 @@ class GEIIM(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        dtype = check_parameter_dtype(dtype)
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.num_instances = check_positive_int("num_instances", num_instances)
         self.dim = check_positive_int("dim", dim)
@@ -270,7 +279,7 @@ class GEIIM(nn.Module):
 
         self.node_src = nn.Parameter(torch.empty(num_instances, node_dim, **factory))
         self.node_dst = nn.Parameter(torch.empty(node_dim, num_instances, **factory))
-        self.learn_alpha = learn_alpha
+        self.learn_alpha = check_bool("learn_alpha", learn_alpha)
         self.alpha_init = alpha_init
         if learn_alpha:
             theta = _alpha_logit(alpha_init).to(dtype or torch.get_default_dtype())
@@ -321,6 +330,7 @@ class GEIIM(nn.Module):
         """The current adjacency of Eq. 1, ``(T, T)`` (or ``(B, T, T)`` given a padding mask)."""
         if padding_mask is not None:
             padding_mask = _check_any_batch_mask(padding_mask, self.num_instances)
+            check_device("padding_mask", padding_mask, self.node_src.device, "GEIIM")
         return _instance_adjacency(self.node_src, self.node_dst, padding_mask)
 
     def forward(
@@ -342,6 +352,7 @@ class GEIIM(nn.Module):
         """
         x = check_floating("x", x)
         check_ndim("x", x, 3, "(B, T, C)")
+        check_bool("return_adjacency", return_adjacency)
         if x.shape[1] != self.num_instances or x.shape[2] != self.dim:
             raise ValueError(
                 f"`x` must have shape (B, T, C)=(B, {self.num_instances}, {self.dim}) "

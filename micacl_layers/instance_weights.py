@@ -14,10 +14,13 @@ import torch
 from torch import nn
 
 from micacl_layers._validation import (
+    check_device,
+    check_device_of,
     check_finite_parameters,
     check_floating,
     check_ndim,
     check_padding_mask,
+    check_parameter_dtype,
     check_positive_int,
     describe,
     to_parameter_dtype,
@@ -72,6 +75,7 @@ def instance_weights(
         raise ValueError(f"`mode` must be one of {WEIGHT_MODES}, got {mode!r}.")
     if padding_mask is not None:
         check_padding_mask(padding_mask, *h.shape[:2])
+        check_device_of("padding_mask", padding_mask, "h", h.device)
     work = h.float() if h.dtype in (torch.float16, torch.bfloat16) else h
     if mode == "instance_softmax":
         if padding_mask is not None:
@@ -131,6 +135,7 @@ class InstanceWeights(nn.Module):
         if mode not in WEIGHT_MODES:
             raise ValueError(f"`mode` must be one of {WEIGHT_MODES}, got {mode!r}.")
         self.mode = mode
+        dtype = check_parameter_dtype(dtype)  # (checked with or without the projection)
         self.proj = (
             nn.Linear(in_features, self.hidden_size, device=device, dtype=dtype)
             if self.hidden_size != in_features
@@ -151,6 +156,7 @@ class InstanceWeights(nn.Module):
         # in the projected `h`, a tensor the caller never passed.)
         check_finite_parameters(self)
         if isinstance(self.proj, nn.Linear):  # another dtype runs in the projection's
+            check_device("h", h, self.proj.weight.device, "InstanceWeights")
             h = to_parameter_dtype(h, self.proj.weight)
         return instance_weights(self.proj(h), mode=self.mode, padding_mask=padding_mask)
 

@@ -42,6 +42,7 @@ from micacl_layers._validation import (
     check_device,
     check_finite_parameters,
     check_ndim,
+    check_parameter_dtype,
     check_positive_int,
     describe,
     torchscript_unsupported,
@@ -172,7 +173,7 @@ class WIAN(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": check_parameter_dtype(dtype)}
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.num_layers = check_positive_int("num_layers", num_layers)
@@ -272,7 +273,8 @@ class WIAN(nn.Module):
 
         Raises:
             TypeError: If ``lstm`` is not an ``nn.LSTM``.
-            ValueError: If ``lstm.proj_size > 0``, or ``gate_bias`` is not a finite number.
+            ValueError: If ``lstm.proj_size > 0``, or ``gate_bias`` is not a finite number
+                in the parameters' dtype.
 
         Example:
             >>> lstm = nn.LSTM(4, 3, num_layers=2, bidirectional=True)
@@ -331,16 +333,17 @@ class WIAN(nn.Module):
             x = x.unsqueeze(batch_dim)
             if weights is not None and weights.dim() >= 2:
                 weights = weights.unsqueeze(batch_dim)
-        if x.shape[-1] != self.input_size:
+        if x.shape[-1] != self.input_size:  # (errors describe the input as it was passed)
+            where = "unbatched shape (T, I)" if unbatched else f"shape {layout}"
             raise ValueError(
-                f"`input` must have shape {layout} with I={self.input_size}, got {describe(x)}."
+                f"`input` must have {where} with I={self.input_size}, got {describe(input)}."
             )
         if not self.batch_first:
             x = x.transpose(0, 1)
         batch, steps, _ = x.shape
         if steps == 0:  # as nn.LSTM: h_n of no step at all would silently be h_0
             raise ValueError(
-                f"`input` must have at least one time step (T >= 1), got {describe(x)}."
+                f"`input` must have at least one time step (T >= 1), got {describe(input)}."
             )
         hidden, dirs = self.hidden_size, self.num_directions
 

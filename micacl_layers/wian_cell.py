@@ -21,9 +21,11 @@ from micacl_layers._lstm_conversion import check_lstm_like, copy_lstm_gates
 from micacl_layers._recurrent_checks import check_input, check_state, check_weight, per_instance
 from micacl_layers._validation import (
     check_device,
+    check_device_of,
     check_finite_parameters,
     check_floating,
     check_ndim,
+    check_parameter_dtype,
     check_positive_int,
     describe,
     torchscript_unsupported,
@@ -77,8 +79,10 @@ def wian_cell(
             f"`gates` must have shape (*, 5H) for `c_prev` of shape (*, H), got "
             f"gates {describe(gates)} and c_prev {describe(c_prev)}."
         )
+    check_device_of("c_prev", c_prev, "gates", gates.device)
     if weight is not None:
         weight = check_weight(weight, tuple(c_prev.shape), "weight", "(*, H)")
+        check_device_of("weight", weight, "gates", gates.device)
     return _wian_cell(gates, c_prev, weight)
 
 
@@ -153,7 +157,7 @@ class WIANCell(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": check_parameter_dtype(dtype)}
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.bias = bias
@@ -191,7 +195,7 @@ class WIANCell(nn.Module):
 
         Raises:
             TypeError: If ``cell`` is not an ``nn.LSTMCell``.
-            ValueError: If ``gate_bias`` is not a finite number.
+            ValueError: If ``gate_bias`` is not a finite number in the parameters' dtype.
 
         Example:
             >>> lstm_cell = nn.LSTMCell(4, 3)
@@ -232,9 +236,10 @@ class WIANCell(nn.Module):
             weight = per_instance(weight, "weight", x.dim())
         if unbatched:
             x = x.unsqueeze(0)
-        if x.shape[1] != self.input_size:
+        if x.shape[1] != self.input_size:  # (the error describes the input as it was passed)
+            where = "unbatched shape (I,)" if unbatched else "shape (B, I)"
             raise ValueError(
-                f"`input` must have shape (B, I) with I={self.input_size}, got {describe(x)}."
+                f"`input` must have {where} with I={self.input_size}, got {describe(input)}."
             )
         batch = x.shape[0]
         shape = (batch, self.hidden_size)

@@ -53,6 +53,16 @@ def test_empty_batch_with_padding_mask_gives_an_empty_output():
     assert x.grad.shape == (0, 4, 8)
 
 
+def test_no_instances_with_padding_mask_gives_an_empty_output():
+    # As without a mask; the (B, 0) mask failed inside nn.MultiheadAttention's reshape.
+    attn = InstanceSelfAttention(8, num_heads=2)
+    x = torch.randn(3, 0, 8, requires_grad=True)
+    y = attn(x, torch.zeros(3, 0, dtype=torch.bool))
+    assert y.shape == (3, 0, 8)
+    y.sum().backward()
+    assert x.grad.shape == (3, 0, 8)
+
+
 def test_padded_keys_do_not_influence_real_queries():
     torch.manual_seed(0)
     attn = InstanceSelfAttention(8, num_heads=2, dtype=torch.float64).eval()

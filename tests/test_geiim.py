@@ -333,3 +333,39 @@ def test_wrong_num_instances_raises():
     geiim = GEIIM(4, 3)
     with pytest.raises(ValueError, match="num_instances"):
         geiim(torch.randn(2, 5, 3))
+
+
+@pytest.mark.parametrize(
+    ("call", "name"),
+    [
+        (lambda x: graph_propagate(x, torch.eye(4, device="meta"), 0.3), "adjacency"),
+        (lambda x: graph_propagate(x, torch.eye(4), torch.tensor(0.3, device="meta")), "alpha"),
+        (
+            lambda x: instance_adjacency(torch.randn(4, 8), torch.randn(8, 4, device="meta")),
+            "node_dst",
+        ),
+        (
+            lambda x: instance_adjacency(
+                torch.randn(4, 8),
+                torch.randn(8, 4),
+                padding_mask=torch.zeros(2, 4, dtype=torch.bool, device="meta"),
+            ),
+            "padding_mask",
+        ),
+        (
+            lambda x: GEIIM(4, 8).adjacency(torch.zeros(2, 4, dtype=torch.bool, device="meta")),
+            "padding_mask",
+        ),
+    ],
+)
+def test_arguments_on_another_device_raise_naming_them(call, name):
+    # A meta adjacency or node embedding used to give a CPU result of no real values; a meta
+    # alpha or mask, torch's own error from inside an operator.
+    with pytest.raises(ValueError, match=f"`{name}` must be on the device"):
+        call(torch.randn(2, 4, 8))
+
+
+def test_cpu_scalar_alpha_with_features_elsewhere_is_accepted():
+    x = torch.randn(2, 4, 3, device="meta")
+    out = graph_propagate(x, torch.eye(4, device="meta"), torch.tensor(0.3))
+    assert out.shape == (2, 4, 3) and out.is_meta

@@ -186,6 +186,15 @@ def test_functional_cell_matches_module():
     torch.testing.assert_close(c, c2)
 
 
+@pytest.mark.parametrize("name", ["c_prev", "weight"])
+def test_functional_cell_rejects_an_argument_on_another_device(name):
+    # It used to fail inside torch's sigmoid or multiply, naming neither argument.
+    args = {"gates": torch.randn(2, 20), "c_prev": torch.randn(2, 4), "weight": torch.rand(2, 1)}
+    args[name] = args[name].to("meta")
+    with pytest.raises(ValueError, match=f"`{name}` must be on the device of `gates` \\(cpu\\)"):
+        wian_cell(**args)
+
+
 def test_cell_gradcheck():
     torch.manual_seed(0)
     cell = WIANCell(3, 2, dtype=torch.float64)
@@ -527,3 +536,54 @@ def test_torch_compile_smoke():
     torch.testing.assert_close(out, wian(x, weights=w)[0])
     out.sum().backward()
     assert_finite(x.grad)
+
+
+@pytest.mark.parametrize("switch", ["auto", "on"])
+def test_forward_mode_ad_under_every_switch(switch):
+    # The fused kernel has no jvp: with a dual input (or weight) it steps aside for the plain
+    # path, which forward AD goes through (it raised NotImplementedError).
+    import torch.autograd.forward_ad as fwad
+
+    torch.manual_seed(0)
+    wian = WIAN(3, 4, num_layers=2, bidirectional=True)
+    x, dx = torch.randn(5, 2, 3), torch.randn(5, 2, 3)
+    w, dw = torch.rand(5, 2), torch.randn(5, 2)
+
+    def tangent(mode):
+        with config.fast_paths(mode), fwad.dual_level():
+            out = wian(fwad.make_dual(x, dx), weights=fwad.make_dual(w, dw))[0]
+            return fwad.unpack_dual(out).tangent
+
+    want = tangent("off")
+    assert bool(want.abs().sum() > 0)
+    torch.testing.assert_close(tangent(switch), want, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("switch", ["auto", "on"])
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_activation_checkpointing_under_every_switch(switch, use_reentrant):
+    # The fused kernel's backward read ctx.saved_tensors twice, which non-reentrant
+    # checkpointing (torch's recommended mode) refuses: CheckpointError.
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    wian = WIAN(3, 4, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    w = torch.rand(5, 2, requires_grad=True)
+
+    def grads(mode, checkpointed):
+        for t in (x, w, *wian.parameters()):
+            t.grad = None
+        with config.fast_paths(mode):
+            if checkpointed:
+                out = checkpoint(
+                    lambda a, b: wian(a, weights=b)[0], x, w, use_reentrant=use_reentrant
+                )
+            else:
+                out = wian(x, weights=w)[0]
+            out.square().sum().backward()
+        return [t.grad.clone() for t in (x, w, *wian.parameters())]
+
+    want = grads("off", False)
+    for got, ref in zip(grads(switch, True), want, strict=True):
+        torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-5)

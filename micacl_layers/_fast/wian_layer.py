@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import cast
 
 import torch
+import torch.autograd.forward_ad as fwad
 
 from micacl_layers import config
 from micacl_layers._fast.onednn import Products
@@ -42,7 +43,8 @@ def applies(*tensors: torch.Tensor | None) -> bool:
 
     The hand-written backward is eager-only and assumes one dtype throughout: not under
     TorchScript or autocast (whose per-op casts it does not reproduce; WIAN turns autocast off
-    around it where :func:`dtype_under_autocast` says so), nor for mixed dtypes.
+    around it where :func:`dtype_under_autocast` says so), nor for mixed dtypes, nor for
+    forward-mode AD (it has no ``jvp``; the plain path has).
     """
     first = tensors[0]
     assert first is not None
@@ -51,6 +53,8 @@ def applies(*tensors: torch.Tensor | None) -> bool:
     if torch.jit.is_scripting() or torch.is_autocast_enabled(first.device.type):
         return False
     if not all(t is None or t.dtype == first.dtype for t in tensors):
+        return False
+    if any(t is not None and fwad.unpack_dual(t).tangent is not None for t in tensors):
         return False
     return config.enabled("wian", first.device, first.dtype)
 
@@ -228,17 +232,19 @@ class _WIANLayer(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_h, grad_c):
-        device = ctx.saved_tensors[0].device.type
+        # Unpacked once: non-reentrant activation checkpointing refuses a second unpack.
+        saved = ctx.saved_tensors
+        device = saved[0].device.type
         # The backward runs in the thread that called .backward(), under its autocast state;
         # the forward ran with autocast off (see dtype_under_autocast), so must this.
         if torch.is_autocast_enabled(device):
             with torch.autocast(device, enabled=False):
-                return _WIANLayer._backward(ctx, grad_out, grad_h, grad_c)
-        return _WIANLayer._backward(ctx, grad_out, grad_h, grad_c)
+                return _WIANLayer._backward(ctx, saved, grad_out, grad_h, grad_c)
+        return _WIANLayer._backward(ctx, saved, grad_out, grad_h, grad_c)
 
     @staticmethod
-    def _backward(ctx, grad_out, grad_h, grad_c):
-        (x, flat_x, h0, c0, weight, hs, cs, tanh_c, i_cand, d_all, *params) = ctx.saved_tensors
+    def _backward(ctx, saved, grad_out, grad_h, grad_c):
+        (x, flat_x, h0, c0, weight, hs, cs, tanh_c, i_cand, d_all, *params) = saved
         if torch.is_grad_enabled():
             # create_graph=True (double backward): differentiate the reference formulation.
             return _reference_backward(
