@@ -584,3 +584,26 @@ def test_projected_path_backward_twice_with_retain_graph():
     first = torch.autograd.grad(loss, features, retain_graph=True)[0]
     second = torch.autograd.grad(loss, features)[0]
     torch.testing.assert_close(first, second, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("switch", ["auto", "on"])
+@pytest.mark.parametrize("projection_dim", [None, 32])
+def test_contrastive_kernels_step_aside_for_forward_mode_ad(switch, projection_dim):
+    # The contrastive cores have no jvp: with dual features (or projection weights) the plain
+    # path runs, which forward AD goes through (they raised NotImplementedError).
+    import torch.autograd.forward_ad as fwad
+
+    from micacl_layers import MCCLoss
+
+    torch.manual_seed(0)
+    mccl = MCCLoss(3, 8, [5, 3, 1], projection_dim=projection_dim)
+    f, df = torch.randn(6, 8), torch.randn(6, 8)
+    z, y = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+
+    def tangent(mode):
+        with config.fast_paths(mode), fwad.dual_level():
+            return fwad.unpack_dual(mccl(fwad.make_dual(f, df), z, y)).tangent
+
+    want = tangent("off")
+    assert bool(want.abs() > 0)
+    torch.testing.assert_close(tangent(switch), want)

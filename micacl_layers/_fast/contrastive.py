@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from micacl_layers import config
-from micacl_layers._fast.onednn import FastLinear, mm_t
+from micacl_layers._fast.onednn import FastLinear, dual, mm_t
 
 __all__: list[str] = []
 
@@ -519,13 +519,14 @@ def contrastive_applies(z: torch.Tensor, temperature: torch.Tensor) -> bool:
     """Whether :func:`contrastive` may replace the plain formulation for these inputs.
 
     Not for a temperature that needs a gradient (the core treats it as a constant), an empty
-    batch (nothing to save), or where the switch says no.
+    batch (nothing to save), forward-mode AD, or where the switch says no.
     """
     return (
         not torch.jit.is_scripting()
         and not temperature.requires_grad
         and z.shape[0] > 0
         and config.enabled("contrastive", z.device, z.dtype)
+        and not dual(z)
     )
 
 
@@ -542,8 +543,8 @@ def projected_applies(projection: object, x: torch.Tensor, tau: torch.Tensor) ->
     Only where the switch allows it (``"on"``), for exactly ``nn.Linear`` /
     :class:`~micacl_layers._fast.onednn.FastLinear` without hooks of its own (whose output would
     be bypassed), outside autocast (where the projection itself would run in half precision),
-    ``torch.compile`` and learned temperatures, and when the input is at most half as wide as
-    the output (below that it costs more than it saves).
+    ``torch.compile``, learned temperatures and forward-mode AD, and when the input is at most
+    half as wide as the output (below that it costs more than it saves).
     """
     if type(projection) not in (nn.Linear, FastLinear) or not isinstance(projection, nn.Linear):
         return False
@@ -556,6 +557,8 @@ def projected_applies(projection: object, x: torch.Tensor, tau: torch.Tensor) ->
     if not (x.is_floating_point() and x.dtype == projection.weight.dtype):
         return False
     if x.shape[0] == 0:  # nothing to save; the general path returns the empty loss
+        return False
+    if dual(x, projection.weight, projection.bias):
         return False
     return 2 * (x.shape[1] + 1) <= projection.out_features
 

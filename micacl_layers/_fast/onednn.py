@@ -15,6 +15,7 @@ the operator, the fallback runs and nothing else changes.
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as fwad
 import torch.nn.functional as F
 from torch import nn
 
@@ -55,6 +56,11 @@ def onednn_usable(t: torch.Tensor) -> bool:
 def _onednn_operands(x: torch.Tensor, y: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether ``x @ y^T (+ bias)`` can run through oneDNN's linear kernel."""
     return onednn_usable(x) and onednn_usable(y) and (bias is None or bias.dtype == x.dtype)
+
+
+def dual(*tensors: torch.Tensor | None) -> bool:
+    """Whether any tensor carries a forward-mode AD tangent (the fast cores have no ``jvp``)."""
+    return any(t is not None and fwad.unpack_dual(t).tangent is not None for t in tensors)
 
 
 def mm_t(x: torch.Tensor, y: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -150,13 +156,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """``F.linear`` (same values and gradients), faster on CPU in float32 for 2-D input.
 
     Falls back to ``F.linear`` for other shapes, devices and dtypes, under autocast (whose
-    casts it leaves to ``F.linear``) and under ``torch.compile``.
+    casts it leaves to ``F.linear``), under ``torch.compile`` and for forward-mode AD.
     """
     if (
         x.dim() == 2
         and _onednn_operands(x, weight, bias)
         and not torch.is_autocast_enabled(x.device.type)
         and not torch.compiler.is_compiling()
+        and not dual(x, weight, bias)
     ):
         return _LinearFunction.apply(x, weight, bias)
     return F.linear(x, weight, bias)
