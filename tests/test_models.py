@@ -145,3 +145,12 @@ def test_micacl_rejects_bad_options_and_inputs():
     model = MICACL(7, backbone="tiny", tiny_dim=8, hidden_size=4)
     with pytest.raises(ValueError, match="clip"):
         model(torch.rand(1, 3, 8, 16, 16))
+
+
+def test_micacl_empty_batch():
+    # An empty batch failed in view(b, t, -1): a -1 is ambiguous with 0 elements.
+    torch.manual_seed(0)
+    model = MICACL(7, backbone="tiny", num_frames=4, num_instances=2, tiny_dim=16)
+    logits, feature = model(torch.randn(0, 3, 4, 16, 16))
+    assert logits.shape == (0, 7)
+    assert feature.shape == (0, model.feature_dim)

@@ -127,7 +127,8 @@ class MICACL(nn.Module):
         b, c, f, h, w = clip.shape
         t = self.num_instances
         snippets = clip.view(b, c, t, f // t, h, w).transpose(1, 2).reshape(b * t, c, f // t, h, w)
-        return self.backbone(snippets).view(b, t, -1)
+        embedded = self.backbone(snippets)
+        return embedded.view(b, t, embedded.shape[-1])  # (not -1: ambiguous for B = 0)
 
     __prepare_scriptable__ = torchscript_unsupported
 
