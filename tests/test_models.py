@@ -154,3 +154,27 @@ def test_micacl_empty_batch():
     logits, feature = model(torch.randn(0, 3, 4, 16, 16))
     assert logits.shape == (0, 7)
     assert feature.shape == (0, model.feature_dim)
+
+
+@pytest.mark.parametrize(
+    ("build", "error", "match"),
+    [
+        (
+            lambda: MICACL(7, backbone="tiny", normalize="no"),
+            TypeError,
+            "`normalize` must be a bool",
+        ),
+        (lambda: MICACL(7, backbone="tiny", tiny_dim=16.0), ValueError, "`tiny_dim` must be"),
+        (lambda: TinyVideoBackbone(0), ValueError, "`out_dim` must be a positive int"),
+        (lambda: TinyVideoBackbone(8, width=0), ValueError, "`width` must be a positive int"),
+        (
+            lambda: TinyVideoBackbone(8, normalize_input="yes"),
+            TypeError,
+            "`normalize_input` must be a bool",
+        ),
+    ],
+)
+def test_models_reject_bad_options_by_name(build, error, match):
+    # They were accepted silently ("no" is truthy, width=0 built empty layers) or failed in torch.
+    with pytest.raises(error, match=match):
+        build()

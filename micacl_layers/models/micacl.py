@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from micacl_layers._validation import (
+    check_bool,
     check_floating,
     check_ndim,
     check_positive_int,
@@ -90,11 +91,12 @@ class MICACL(nn.Module):
         elif backbone == "tiny":
             if backbone_weights is not None:
                 raise ValueError("`backbone_weights` applies to backbone='r3d_18' only.")
+            tiny_dim = check_positive_int("tiny_dim", tiny_dim)
             self.backbone = TinyVideoBackbone(tiny_dim)
             in_dim = tiny_dim
         else:
             raise ValueError(f"`backbone` must be 'r3d_18' or 'tiny', got {backbone!r}.")
-        self.normalize = normalize
+        self.normalize = check_bool("normalize", normalize)
         self.register_buffer(
             "mean", torch.tensor(KINETICS_MEAN).view(1, 3, 1, 1, 1), persistent=False
         )
