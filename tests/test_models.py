@@ -178,3 +178,18 @@ def test_models_reject_bad_options_by_name(build, error, match):
     # They were accepted silently ("no" is truthy, width=0 built empty layers) or failed in torch.
     with pytest.raises(error, match=match):
         build()
+
+
+def test_micacl_runs_float64_and_float16_clips_in_its_parameter_dtype():
+    # They failed inside conv3d ("expected scalar type Double but found Float"); the head
+    # already ran other floating dtypes in its parameter dtype, as autocast would.
+    torch.manual_seed(0)
+    model = MICACL(7, backbone="tiny", num_frames=4, num_instances=2, tiny_dim=16).eval()
+    clip = torch.rand(2, 3, 4, 16, 16)
+    logits, _ = model(clip)
+    logits64, _ = model(clip.double())
+    assert logits64.dtype == torch.float32
+    torch.testing.assert_close(logits64, logits)
+    logits16, _ = model(clip.half())
+    assert logits16.dtype == torch.float32
+    torch.testing.assert_close(logits16, model(clip.half().float())[0])

@@ -17,6 +17,7 @@ from micacl_layers._validation import (
     check_ndim,
     check_positive_int,
     describe,
+    to_parameter_dtype,
     torchscript_unsupported,
 )
 from micacl_layers.models.backbones import (
@@ -124,6 +125,8 @@ class MICACL(nn.Module):
                 f"`clip` must have shape (B, 3, F, H, W) with F={self.num_frames}, "
                 f"got {describe(clip)}."
             )
+        # Another floating dtype runs in the backbone's parameter dtype, as autocast would.
+        clip = to_parameter_dtype(clip, next(self.backbone.parameters(), None))
         if self.normalize:
             clip = (clip - self.mean.to(clip.dtype)) / self.std.to(clip.dtype)
         b, c, f, h, w = clip.shape
