@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from micacl_layers._validation import check_tensor, describe
+
 __all__ = ["gather_with_grad", "gather_without_grad", "is_distributed"]
 
 
@@ -47,6 +49,15 @@ class _GatherWithGrad(torch.autograd.Function):
         grad = grad.contiguous()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         return grad[ctx.rank * ctx.size : (ctx.rank + 1) * ctx.size]
+
+
+def _check_gatherable(tensor: object) -> torch.Tensor:
+    tensor = check_tensor("tensor", tensor)
+    if tensor.dim() == 0:
+        raise ValueError(
+            f"`tensor` must have shape (B_r, *) (rows to concatenate), got {describe(tensor)}."
+        )
+    return tensor
 
 
 def _gather_sizes(tensor: torch.Tensor) -> list[int]:
@@ -90,6 +101,7 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
         >>> gather_with_grad(x) is x  # single process: a no-op
         True
     """
+    tensor = _check_gatherable(tensor)
     if not is_distributed():
         return tensor
     sizes = _gather_sizes(tensor)
@@ -116,6 +128,7 @@ def gather_without_grad(tensor: torch.Tensor) -> torch.Tensor:
         >>> gather_without_grad(torch.tensor([1, 2])).tolist()
         [1, 2]
     """
+    tensor = _check_gatherable(tensor)
     if not is_distributed():
         return tensor
     sizes = _gather_sizes(tensor)

@@ -90,6 +90,14 @@ def scale_projections(
     if projection_dim is None:
         return None
     projection_dim = check_positive_int("projection_dim", projection_dim)
+    feature_dim = check_positive_int("feature_dim", feature_dim)
+    scales = [check_positive_int("scales", s) for s in scales]
+    for s in scales:
+        if s > feature_dim:
+            raise ValueError(
+                f"`scales` must lie in [1, feature_dim={feature_dim}] so that "
+                f"feature_dim // s features remain, got {s!r}."
+            )
     # FastLinear is nn.Linear (same parameters and values) with an optional faster product.
     return nn.ModuleList(
         FastLinear(feature_dim // s, projection_dim, device=device, dtype=dtype) for s in scales

@@ -185,3 +185,12 @@ def test_gather_is_a_no_op_without_a_process_group():
     plain = MCCLoss(K, D, [4, 2, 1], projection_dim=4)
     plain.load_state_dict(mccl.state_dict())
     torch.testing.assert_close(mccl(f, z, y), plain(f, z, y))
+
+
+@pytest.mark.parametrize("gather", [gather_with_grad, gather_without_grad])
+def test_gather_rejects_a_non_tensor_or_a_scalar_even_in_one_process(gather):
+    # One process returned them unchanged; with a process group they failed inside torch.
+    with pytest.raises(TypeError, match="`tensor` must be a torch.Tensor, got int"):
+        gather(5)
+    with pytest.raises(ValueError, match=r"`tensor` must have shape \(B_r, \*\)"):
+        gather(torch.tensor(1.0))

@@ -818,3 +818,20 @@ def test_a_refused_option_leaves_the_options_as_they_were():
     with pytest.raises(ValueError, match="feature_dim=8"):
         mccl.scales = (1, 16)
     assert mccl.scales == (1, 2)
+
+
+@pytest.mark.parametrize(
+    ("feature_dim", "scales", "match"),
+    [
+        (32, (0,), "`scales` must be a positive int"),
+        (32, (1.5,), "`scales` must be a positive int"),
+        (32, (64,), r"`scales` must lie in \[1, feature_dim=32\]"),
+        (0, (1,), "`feature_dim` must be a positive int"),
+    ],
+)
+def test_scale_projections_rejects_bad_sizes(feature_dim, scales, match):
+    # They raised ZeroDivisionError, failed inside torch.empty, or built a Linear(0, P).
+    from micacl_layers.multiscale import scale_projections
+
+    with pytest.raises(ValueError, match=match):
+        scale_projections(feature_dim, scales, 16)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from micacl_layers import MCCLoss
@@ -87,3 +88,10 @@ def test_memory_gradients_flow_only_through_the_batch():
     mccl(f, z, y).backward()
     assert torch.isfinite(f.grad).all() and f.grad.abs().sum() > 0
     assert not any(t.requires_grad for t in mccl.memory.get()[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, "float32"])
+def test_non_floating_dtype_is_refused(dtype):
+    # An integer buffer was accepted and push then truncated every embedding to an integer.
+    with pytest.raises(TypeError, match="`dtype` .* must be a floating torch.dtype"):
+        ContrastMemory(4, (3,), dtype=dtype)

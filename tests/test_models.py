@@ -145,3 +145,51 @@ def test_micacl_rejects_bad_options_and_inputs():
     model = MICACL(7, backbone="tiny", tiny_dim=8, hidden_size=4)
     with pytest.raises(ValueError, match="clip"):
         model(torch.rand(1, 3, 8, 16, 16))
+
+
+def test_micacl_empty_batch():
+    # An empty batch failed in view(b, t, -1): a -1 is ambiguous with 0 elements.
+    torch.manual_seed(0)
+    model = MICACL(7, backbone="tiny", num_frames=4, num_instances=2, tiny_dim=16)
+    logits, feature = model(torch.randn(0, 3, 4, 16, 16))
+    assert logits.shape == (0, 7)
+    assert feature.shape == (0, model.feature_dim)
+
+
+@pytest.mark.parametrize(
+    ("build", "error", "match"),
+    [
+        (
+            lambda: MICACL(7, backbone="tiny", normalize="no"),
+            TypeError,
+            "`normalize` must be a bool",
+        ),
+        (lambda: MICACL(7, backbone="tiny", tiny_dim=16.0), ValueError, "`tiny_dim` must be"),
+        (lambda: TinyVideoBackbone(0), ValueError, "`out_dim` must be a positive int"),
+        (lambda: TinyVideoBackbone(8, width=0), ValueError, "`width` must be a positive int"),
+        (
+            lambda: TinyVideoBackbone(8, normalize_input="yes"),
+            TypeError,
+            "`normalize_input` must be a bool",
+        ),
+    ],
+)
+def test_models_reject_bad_options_by_name(build, error, match):
+    # They were accepted silently ("no" is truthy, width=0 built empty layers) or failed in torch.
+    with pytest.raises(error, match=match):
+        build()
+
+
+def test_micacl_runs_float64_and_float16_clips_in_its_parameter_dtype():
+    # They failed inside conv3d ("expected scalar type Double but found Float"); the head
+    # already ran other floating dtypes in its parameter dtype, as autocast would.
+    torch.manual_seed(0)
+    model = MICACL(7, backbone="tiny", num_frames=4, num_instances=2, tiny_dim=16).eval()
+    clip = torch.rand(2, 3, 4, 16, 16)
+    logits, _ = model(clip)
+    logits64, _ = model(clip.double())
+    assert logits64.dtype == torch.float32
+    torch.testing.assert_close(logits64, logits)
+    logits16, _ = model(clip.half())
+    assert logits16.dtype == torch.float32
+    torch.testing.assert_close(logits16, model(clip.half().float())[0])

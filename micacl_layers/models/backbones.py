@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from micacl_layers._validation import check_bool, check_positive_int
+
 __all__ = [
     "KINETICS_MEAN",
     "KINETICS_STD",
@@ -104,6 +106,9 @@ class TinyVideoBackbone(nn.Module):
         self, out_dim: int = 128, *, width: int = 16, normalize_input: bool = True
     ) -> None:
         super().__init__()
+        out_dim = check_positive_int("out_dim", out_dim)
+        width = check_positive_int("width", width)
+        normalize_input = check_bool("normalize_input", normalize_input)
         # A network this small has no capacity to spare for lighting and colour changes:
         # standardising each snippet per channel removes them before the first convolution.
         self.input_norm = nn.InstanceNorm3d(3) if normalize_input else nn.Identity()

@@ -12,10 +12,12 @@ import torch
 from torch import nn
 
 from micacl_layers._validation import (
+    check_bool,
     check_floating,
     check_ndim,
     check_positive_int,
     describe,
+    to_parameter_dtype,
     torchscript_unsupported,
 )
 from micacl_layers.models.backbones import (
@@ -90,11 +92,12 @@ class MICACL(nn.Module):
         elif backbone == "tiny":
             if backbone_weights is not None:
                 raise ValueError("`backbone_weights` applies to backbone='r3d_18' only.")
+            tiny_dim = check_positive_int("tiny_dim", tiny_dim)
             self.backbone = TinyVideoBackbone(tiny_dim)
             in_dim = tiny_dim
         else:
             raise ValueError(f"`backbone` must be 'r3d_18' or 'tiny', got {backbone!r}.")
-        self.normalize = normalize
+        self.normalize = check_bool("normalize", normalize)
         self.register_buffer(
             "mean", torch.tensor(KINETICS_MEAN).view(1, 3, 1, 1, 1), persistent=False
         )
@@ -122,12 +125,15 @@ class MICACL(nn.Module):
                 f"`clip` must have shape (B, 3, F, H, W) with F={self.num_frames}, "
                 f"got {describe(clip)}."
             )
+        # Another floating dtype runs in the backbone's parameter dtype, as autocast would.
+        clip = to_parameter_dtype(clip, next(self.backbone.parameters(), None))
         if self.normalize:
             clip = (clip - self.mean.to(clip.dtype)) / self.std.to(clip.dtype)
         b, c, f, h, w = clip.shape
         t = self.num_instances
         snippets = clip.view(b, c, t, f // t, h, w).transpose(1, 2).reshape(b * t, c, f // t, h, w)
-        return self.backbone(snippets).view(b, t, -1)
+        embedded = self.backbone(snippets)
+        return embedded.view(b, t, embedded.shape[-1])  # (not -1: ambiguous for B = 0)
 
     __prepare_scriptable__ = torchscript_unsupported
 
