@@ -19,7 +19,9 @@ from micacl_layers._validation import (
     check_floating,
     check_ndim,
     check_same_batch,
+    check_same_device,
     check_targets,
+    check_tensor,
     describe,
     has_values,
     is_real,
@@ -175,6 +177,8 @@ def supervised_contrastive_per_anchor(
     """
     z = check_floating("z", z)
     check_ndim("z", z, 2, "(B, P)")
+    targets = check_tensor("targets", targets)
+    check_same_device(z=z, targets=targets)
     targets = check_targets("targets", targets)
     check_same_batch(z=z, targets=targets)
     temperature = _check_temperature(temperature)
@@ -204,6 +208,7 @@ def supervised_contrastive_per_anchor(
                 f"got {describe(memory_z)}."
             )
         memory_targets = check_targets("memory_targets", memory_targets)
+        check_same_device(z=z, memory_z=memory_z, memory_targets=memory_targets)
         check_same_batch(memory_z=memory_z, memory_targets=memory_targets)
     if form not in _FORMS:
         raise ValueError(f"`form` must be one of {_FORMS}, got {form!r}.")

@@ -142,6 +142,16 @@ class ContrastMemory(nn.Module):
                     f"`embeddings[{i}]` must have shape (B, dims[{i}])=({n}, {dim}) "
                     f"(B from `targets`), got {describe(emb)}."
                 )
+        if has_values(self.targets):
+            # Torch would copy nothing out of a meta tensor, or fail inside the copy.
+            for name, t in [("targets", targets)] + [
+                (f"embeddings[{i}]", emb) for i, emb in enumerate(embeddings)
+            ]:
+                if not has_values(t):
+                    raise ValueError(
+                        f"`{name}` ({describe(t)}) is on meta and holds no values; this "
+                        f"ContrastMemory on {self.targets.device} stores values."
+                    )
         if n == 0 or not has_values(targets) or not has_values(self.targets):
             return
         # Ignored samples (negative targets) take no slot: the queue never loses a valid
