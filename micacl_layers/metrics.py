@@ -38,15 +38,16 @@ def _check_labels(t: object, name: str, num_classes: int) -> torch.Tensor:
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise ValueError(f"`{name}` must hold integer class indices, got {describe(t)}")
     _check_has_values(t, name)
+    labels = t.long()  # (torch has no min/max for uint16-uint64)
     if t.numel() > 0:
-        lo, hi = int(t.min()), int(t.max())
+        lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= num_classes:
             bad = lo if lo < 0 else hi
             raise ValueError(
                 f"`{name}` ({describe(t)}) holds class index {bad}, expected indices in "
                 f"[0, {num_classes - 1}] for num_classes={num_classes}"
             )
-    return t.long()
+    return labels
 
 
 def _check_cm(cm: object) -> torch.Tensor:

@@ -93,10 +93,19 @@ def test_empty_matrix_is_an_error():
     )
 
 
-@pytest.mark.parametrize("dtype", [torch.int32, torch.uint8, torch.int16])
+@pytest.mark.parametrize(
+    "dtype",
+    [torch.int32, torch.uint8, torch.int16, torch.int8, torch.uint16, torch.uint32, torch.uint64],
+)
 def test_integer_dtypes_accepted(dtype):
     t = torch.tensor([0, 1, 2], dtype=dtype)
     assert confusion_matrix(t, t, 3).trace() == 3
+    # (torch has no min/max for uint16-64 on the CPU: the range check must still work.)
+    with pytest.raises(ValueError, match="holds class index 7"):
+        confusion_matrix(t, torch.tensor([0, 1, 7], dtype=dtype), 3)
+    m = ConfusionMatrix(3)
+    m.update(torch.eye(3), t)
+    assert m.war == 1.0
 
 
 def test_input_validation_messages():
