@@ -171,3 +171,21 @@ def test_normalize_rejects_non_finite_statistics(mean, std, match):
 def test_random_resized_crop_rejects_an_infinite_ratio():
     with pytest.raises(ValueError, match=r"ratio must be .*finite.*inf"):
         T.ClipRandomResizedCrop(8, ratio=(1.0, math.inf))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda g: T.ClipRandomResizedCrop(8, generator=g),
+        lambda g: T.ClipRandomHorizontalFlip(generator=g),
+        lambda g: T.ClipColorJitter(generator=g),
+        lambda g: T.train_transform(8, generator=g),
+    ],
+)
+def test_a_bad_generator_is_named_at_construction_and_at_call_time(make):
+    # It used to be stored as is and fail inside torch.rand/randperm at the first clip.
+    with pytest.raises(TypeError, match="`generator` must be a CPU torch.Generator or None, got 0"):
+        make(0)
+    with pytest.raises(TypeError, match="`generator` must be a CPU torch.Generator or None"):
+        make(None)(torch.rand(2, 3, 16, 16), generator="seed")
+    assert make(_gen(0))(torch.rand(2, 3, 16, 16)).shape[:2] == (2, 3)

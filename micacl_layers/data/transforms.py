@@ -78,6 +78,16 @@ def _pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
     return pair
 
 
+def _check_generator(generator: object) -> torch.Generator | None:
+    # Else a wrong object is kept and fails inside torch.rand at the first clip.
+    if generator is not None and not (
+        isinstance(generator, torch.Generator) and generator.device.type == "cpu"
+    ):
+        got = generator.device if isinstance(generator, torch.Generator) else repr(generator)
+        raise TypeError(f"`generator` must be a CPU torch.Generator or None, got {got}")
+    return generator
+
+
 def _grey(clip: torch.Tensor) -> torch.Tensor:
     """Luma of an RGB ``(T, 3, H, W)`` clip, ``(T, 1, H, W)``."""
     grey = clip[:, 0:1] * _LUMA[0]
@@ -107,14 +117,18 @@ class ClipTransform:
     with the clip alone.
 
     Args:
-        generator: Default source of randomness for random transforms.
+        generator: Default source of randomness for random transforms (a CPU
+            ``torch.Generator``, or ``None`` for torch's global RNG).
+
+    Raises:
+        TypeError: If ``generator`` (here or at call time) is not a CPU ``torch.Generator``.
     """
 
     def __init__(self, *, generator: torch.Generator | None = None) -> None:
-        self.generator = generator
+        self.generator = _check_generator(generator)
 
     def _gen(self, generator: torch.Generator | None) -> torch.Generator | None:
-        return generator if generator is not None else self.generator
+        return _check_generator(generator) if generator is not None else self.generator
 
     def _uniform(self, low: float, high: float, generator: torch.Generator | None) -> float:
         u = torch.rand((), generator=self._gen(generator), dtype=torch.float64).item()
