@@ -189,3 +189,11 @@ def test_a_bad_generator_is_named_at_construction_and_at_call_time(make):
     with pytest.raises(TypeError, match="`generator` must be a CPU torch.Generator or None"):
         make(None)(torch.rand(2, 3, 16, 16), generator="seed")
     assert make(_gen(0))(torch.rand(2, 3, 16, 16)).shape[:2] == (2, 3)
+
+
+@pytest.mark.parametrize("bad", ["no", "false", 0, None])
+def test_train_transform_color_jitter_must_be_a_bool(bad):
+    # "no" was truthy and kept the jitter: a uint8 data set then refused the chain, a float one
+    # jittered silently.
+    with pytest.raises(TypeError, match="`color_jitter` must be a bool"):
+        T.train_transform(8, color_jitter=bad)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from micacl_layers._validation import check_nonnegative_float
+from micacl_layers._validation import check_bool, check_nonnegative_float
 
 __all__ = [
     "ClipColorJitter",
@@ -567,6 +567,9 @@ def train_transform(
     Returns:
         The composed transform, for clips ``(T, 3, H, W)`` in ``[0, 1]``.
 
+    Raises:
+        TypeError: If ``color_jitter`` is not a bool, or ``generator`` not a CPU generator.
+
     Example:
         >>> t = train_transform(56, generator=torch.Generator().manual_seed(0))
         >>> t(torch.rand(16, 3, 64, 64)).shape
@@ -574,6 +577,7 @@ def train_transform(
         >>> len(train_transform(56, color_jitter=False).transforms)
         2
     """
+    check_bool("color_jitter", color_jitter)
     steps: list[ClipTransform] = [
         ClipRandomResizedCrop(image_size, generator=generator),
         ClipRandomHorizontalFlip(0.5, generator=generator),
