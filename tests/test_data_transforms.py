@@ -197,3 +197,16 @@ def test_train_transform_color_jitter_must_be_a_bool(bad):
     # jittered silently.
     with pytest.raises(TypeError, match="`color_jitter` must be a bool"):
         T.train_transform(8, color_jitter=bad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(
+    "make", [lambda: T.ClipResize(8), lambda: T.ClipRandomResizedCrop(8, generator=_gen(1))]
+)
+def test_resizing_a_half_precision_clip(make, dtype):
+    # torch has no antialiased bilinear kernel for half types on the CPU: this crashed inside
+    # F.interpolate ("compute_index_ranges_weights" not implemented for 'Half').
+    clip = torch.rand(2, 3, 16, 16, generator=_gen(0))
+    out = make()(clip.to(dtype))
+    assert out.dtype == dtype and out.shape == (2, 3, 8, 8)
+    torch.testing.assert_close(out.float(), make()(clip), atol=1e-2, rtol=0)

@@ -104,9 +104,12 @@ def _grey_mean(clip: torch.Tensor) -> torch.Tensor:
 def _resize(clip: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(clip.shape[-2:]) == size:
         return clip
+    # torch has no antialiased bilinear kernel for float16/bfloat16 on the CPU.
+    half_on_cpu = clip.device.type == "cpu" and clip.dtype in (torch.float16, torch.bfloat16)
+    x = clip.float() if half_on_cpu else clip
     # antialias matters when shrinking 224 -> 112: without it bilinear aliases fine texture.
-    out = F.interpolate(clip, size=size, mode="bilinear", align_corners=False, antialias=True)
-    return out.clamp_(0.0, 1.0)
+    out = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return out.clamp_(0.0, 1.0).to(clip.dtype)
 
 
 class ClipTransform:
