@@ -210,3 +210,19 @@ def test_resizing_a_half_precision_clip(make, dtype):
     out = make()(clip.to(dtype))
     assert out.dtype == dtype and out.shape == (2, 3, 8, 8)
     torch.testing.assert_close(out.float(), make()(clip), atol=1e-2, rtol=0)
+
+
+@pytest.mark.parametrize("bad", [True, "0.5", None, math.nan])
+def test_flip_probability_must_be_a_number(bad):
+    # True was taken as p=1; a string or None failed in a comparison naming nothing.
+    with pytest.raises(ValueError, match=r"p must be a number in \[0, 1\]"):
+        T.ClipRandomHorizontalFlip(bad)
+
+
+@pytest.mark.parametrize("name", ["scale", "ratio"])
+@pytest.mark.parametrize("bad", [0.5, ("a", "b"), (True, True), (0.5,), None])
+def test_crop_ranges_must_be_pairs_of_numbers(name, bad):
+    # 0.5 failed in len() and ("a", "b") in a comparison, naming nothing; (True, True) was
+    # taken as (1.0, 1.0).
+    with pytest.raises(ValueError, match=f"{name} must be \\(low, high\\)"):
+        T.ClipRandomResizedCrop(8, **{name: bad})

@@ -17,12 +17,12 @@ normalisation itself. ``ClipNormalize`` is there for models that expect normalis
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from micacl_layers._validation import check_bool, check_nonnegative_float
+from micacl_layers._validation import check_bool, check_nonnegative_float, is_real
 
 __all__ = [
     "ClipColorJitter",
@@ -86,6 +86,13 @@ def _check_generator(generator: object) -> torch.Generator | None:
         got = generator.device if isinstance(generator, torch.Generator) else repr(generator)
         raise TypeError(f"`generator` must be a CPU torch.Generator or None, got {got}")
     return generator
+
+
+def _is_real_pair(value: object) -> bool:
+    if not isinstance(value, Iterable):
+        return False
+    pair = tuple(value)
+    return len(pair) == 2 and all(is_real(v) for v in pair)
 
 
 def _grey(clip: torch.Tensor) -> torch.Tensor:
@@ -168,8 +175,8 @@ class ClipRandomResizedCrop(ClipTransform):
         - Output: :math:`(T, C, size_h, size_w)`.
 
     Raises:
-        ValueError: If ``scale`` or ``ratio`` is not an increasing positive pair, or if the clip
-            has the wrong shape.
+        ValueError: If ``scale`` or ``ratio`` is not an increasing positive pair of numbers, or
+            if the clip has the wrong shape.
 
     Example:
         >>> clip = torch.rand(16, 3, 64, 64)
@@ -188,11 +195,14 @@ class ClipRandomResizedCrop(ClipTransform):
     ) -> None:
         super().__init__(generator=generator)
         self.size = _pair(size, "size")
-        if not (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
-            raise ValueError(f"scale must be (low, high) with 0 < low <= high <= 1, got {scale}")
-        if not (len(ratio) == 2 and 0 < ratio[0] <= ratio[1] < math.inf):
+        # (A bool is not a number here: (True, True) would mean (1.0, 1.0).)
+        if not (_is_real_pair(scale) and 0 < scale[0] <= scale[1] <= 1):
             raise ValueError(
-                f"ratio must be (low, high) with 0 < low <= high (finite), got {ratio}"
+                f"scale must be (low, high) numbers with 0 < low <= high <= 1, got {scale!r}"
+            )
+        if not (_is_real_pair(ratio) and 0 < ratio[0] <= ratio[1] < math.inf):
+            raise ValueError(
+                f"ratio must be (low, high) numbers with 0 < low <= high (finite), got {ratio!r}"
             )
         self.scale = (float(scale[0]), float(scale[1]))
         self.ratio = (float(ratio[0]), float(ratio[1]))
@@ -260,7 +270,7 @@ class ClipRandomHorizontalFlip(ClipTransform):
         - Output: same shape.
 
     Raises:
-        ValueError: If ``p`` is outside ``[0, 1]``.
+        ValueError: If ``p`` is not a number in ``[0, 1]``.
 
     Example:
         >>> clip = torch.arange(4.0).view(1, 1, 1, 4) / 4
@@ -270,8 +280,8 @@ class ClipRandomHorizontalFlip(ClipTransform):
 
     def __init__(self, p: float = 0.5, *, generator: torch.Generator | None = None) -> None:
         super().__init__(generator=generator)
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p must be in [0, 1], got {p}")
+        if not (is_real(p) and 0.0 <= p <= 1.0):  # a bool is not a probability
+            raise ValueError(f"p must be a number in [0, 1], got {p!r}")
         self.p = float(p)
 
     def __call__(
