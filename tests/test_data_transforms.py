@@ -226,3 +226,14 @@ def test_crop_ranges_must_be_pairs_of_numbers(name, bad):
     # taken as (1.0, 1.0).
     with pytest.raises(ValueError, match=f"{name} must be \\(low, high\\)"):
         T.ClipRandomResizedCrop(8, **{name: bad})
+
+
+def test_compose_checks_its_steps_at_construction():
+    # A non-callable step used to be stored and fail at the first clip ("'int' object is not
+    # callable"), in a DataLoader worker; the data sets' own `transform` check passed it.
+    with pytest.raises(TypeError, match=r"`transforms\[1\]` must be callable.*got 2"):
+        T.ClipCompose([T.ClipResize(4), 2])
+    with pytest.raises(TypeError, match="`transforms` must be a sequence of callables"):
+        T.ClipCompose(T.ClipResize(4))
+    with pytest.raises(TypeError, match="`transforms` must be a sequence of callables"):
+        T.ClipCompose(None)

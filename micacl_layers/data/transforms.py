@@ -524,6 +524,9 @@ class ClipCompose(ClipTransform):
         transforms: Transforms applied in order. ``ClipTransform`` instances receive the
             ``generator``; any other callable is called with the clip alone.
 
+    Raises:
+        TypeError: If ``transforms`` is not a sequence or a step is not callable.
+
     Example:
         >>> t = ClipCompose([ClipResize(32), ClipRandomHorizontalFlip()])
         >>> t(torch.rand(8, 3, 64, 64), generator=torch.Generator().manual_seed(0)).shape
@@ -534,7 +537,17 @@ class ClipCompose(ClipTransform):
         self, transforms: Sequence[ClipTransform | Callable[[torch.Tensor], torch.Tensor]]
     ) -> None:
         super().__init__()
+        if not isinstance(transforms, Iterable):
+            raise TypeError(
+                "`transforms` must be a sequence of callables on a (T, C, H, W) clip, got "
+                f"{transforms!r}"
+            )
         self.transforms = list(transforms)
+        for i, step in enumerate(self.transforms):
+            if not callable(step):  # else it fails at the first clip, in a loader's worker
+                raise TypeError(
+                    f"`transforms[{i}]` must be callable on a (T, C, H, W) clip, got {step!r}"
+                )
 
     def __call__(
         self, clip: torch.Tensor, *, generator: torch.Generator | None = None
