@@ -154,6 +154,7 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> di
         The saved dictionary.
 
     Raises:
+        TypeError: ``path`` is not a path.
         FileNotFoundError: ``path`` does not exist.
         IsADirectoryError: ``path`` is a directory.
         CheckpointError: the file is truncated, corrupt, or holds objects that are not allowed
@@ -166,6 +167,8 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> di
         >>> load_checkpoint(target)["w"]
         tensor([1., 1.])
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`path` must be a str or os.PathLike, got {type(path).__name__}.")
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(
