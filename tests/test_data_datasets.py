@@ -398,6 +398,11 @@ def test_load_frames_decodes_repeats_once_and_converts_grey(tmp_path, monkeypatc
         load_frames([tmp_path / "c" / "2.jpg"])
     with pytest.raises(ValueError, match="at least one"):
         load_frames([])
+    # One path is a string of characters: it was read as the frames "/", "t", ... and failed
+    # with "cannot decode frame '/'".
+    for one in (tmp_path / "c" / "1.jpg", str(tmp_path / "c" / "1.jpg")):
+        with pytest.raises(TypeError, match=r"`paths` must be a sequence of frame paths.*1.jpg"):
+            load_frames(one)
 
 
 def test_missing_pillow_gives_install_hint(tmp_path, monkeypatch):
