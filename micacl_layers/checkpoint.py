@@ -45,6 +45,7 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
     Raises:
         TypeError: If ``obj`` is not a mapping or ``path`` not a path.
         IsADirectoryError: If ``path`` is a directory.
+        FileNotFoundError: If ``path`` is a symbolic link into a folder that does not exist.
 
     Example:
         >>> import tempfile, os
@@ -68,6 +69,11 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
     if target.is_dir():
         raise IsADirectoryError(
             f"checkpoint path '{path}' is a directory; pass a file in it, e.g. '{path / 'last.pt'}'"
+        )
+    if not target.parent.is_dir():  # only through a link: path.parent was created above
+        raise FileNotFoundError(
+            f"checkpoint path '{path}' is a symbolic link to '{target}', whose folder does not "
+            "exist; create it (or mount its storage), or remove the link"
         )
     _remove_stale_temporaries(target)
     tmp = os.path.join(target.parent, f".{target.name}.{_writer_tag()}.{secrets.token_hex(8)}.tmp")
@@ -154,6 +160,7 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> di
         The saved dictionary.
 
     Raises:
+        TypeError: ``path`` is not a path.
         FileNotFoundError: ``path`` does not exist.
         IsADirectoryError: ``path`` is a directory.
         CheckpointError: the file is truncated, corrupt, or holds objects that are not allowed
@@ -166,6 +173,8 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> di
         >>> load_checkpoint(target)["w"]
         tensor([1., 1.])
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`path` must be a str or os.PathLike, got {type(path).__name__}.")
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(

@@ -15,9 +15,19 @@ from __future__ import annotations
 
 import torch
 
-from micacl_layers._validation import check_finite, check_positive_int, describe
+from micacl_layers._validation import check_finite, check_positive_int, describe, has_values
 
 __all__ = ["ConfusionMatrix", "confusion_matrix", "per_class_recall", "uar", "war"]
+
+
+def _check_has_values(t: torch.Tensor, name: str) -> None:
+    # Counting needs values; a meta tensor has shapes only (torch's own error comes from deep
+    # inside the range check, naming no argument).
+    if not has_values(t):
+        raise ValueError(
+            f"`{name}` ({describe(t)}) is a meta tensor, which holds no values to count; "
+            "metrics need real class indices or scores"
+        )
 
 
 def _check_labels(t: object, name: str, num_classes: int) -> torch.Tensor:
@@ -27,15 +37,17 @@ def _check_labels(t: object, name: str, num_classes: int) -> torch.Tensor:
         raise ValueError(f"`{name}` must be 1-D class indices (B,), got {describe(t)}")
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise ValueError(f"`{name}` must hold integer class indices, got {describe(t)}")
+    _check_has_values(t, name)
+    labels = t.long()  # (torch has no min/max for uint16-uint64)
     if t.numel() > 0:
-        lo, hi = int(t.min()), int(t.max())
+        lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= num_classes:
             bad = lo if lo < 0 else hi
             raise ValueError(
                 f"`{name}` ({describe(t)}) holds class index {bad}, expected indices in "
                 f"[0, {num_classes - 1}] for num_classes={num_classes}"
             )
-    return t.long()
+    return labels
 
 
 def _check_cm(cm: object) -> torch.Tensor:
@@ -45,6 +57,7 @@ def _check_cm(cm: object) -> torch.Tensor:
         raise ValueError(f"`cm` must be a square (K, K) matrix with K >= 1, got {describe(cm)}")
     if cm.is_complex() or cm.dtype == torch.bool:
         raise ValueError(f"`cm` must hold counts (integer or float), got {describe(cm)}")
+    _check_has_values(cm, "cm")
     if cm.is_floating_point() and not bool(torch.isfinite(cm).all()):
         raise ValueError(f"`cm` ({describe(cm)}) holds NaN or inf counts")
     if bool((cm < 0).any()):
@@ -72,7 +85,8 @@ def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, num_classes: in
     Raises:
         TypeError: If an input is not a tensor.
         ValueError: If shapes differ or are not 1-D, dtypes are not integer, an index is
-            outside ``[0, K)``, or ``num_classes`` is not a positive int.
+            outside ``[0, K)``, an input is a ``meta`` tensor (no values to count), or
+            ``num_classes`` is not a positive int.
 
     Example:
         >>> confusion_matrix(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2]), 3)
@@ -107,7 +121,7 @@ def per_class_recall(cm: torch.Tensor) -> torch.Tensor:
         - Output: :math:`(K,)`.
 
     Raises:
-        ValueError: If ``cm`` is not a square non-negative matrix.
+        ValueError: If ``cm`` is not a square non-negative matrix (or is a ``meta`` tensor).
 
     Example:
         >>> per_class_recall(torch.tensor([[3, 1, 0], [0, 2, 2], [0, 0, 0]]))
@@ -217,6 +231,7 @@ class ConfusionMatrix:
         p = preds_or_logits
         if not isinstance(p, torch.Tensor):
             raise TypeError(f"`preds_or_logits` must be a torch.Tensor, got {type(p).__name__}")
+        _check_has_values(p, "preds_or_logits")
         k = self.num_classes
         if p.ndim == 2:
             if not p.is_floating_point():
@@ -244,6 +259,7 @@ class ConfusionMatrix:
             )
         if not isinstance(targets, torch.Tensor):
             raise TypeError(f"`targets` must be a torch.Tensor, got {type(targets).__name__}")
+        _check_has_values(targets, "targets")
         cm = confusion_matrix(p.detach().cpu(), targets.detach().cpu(), k)
         self._cm += cm
 

@@ -140,3 +140,14 @@ def test_checkpoint_gets_a_plain_files_mode_and_writes_through_links(tmp_path):
     save_checkpoint({"epoch": 2}, link)
     assert link.is_symlink() and load_checkpoint(real)["epoch"] == 2
     assert not [p for p in tmp_path.rglob("*.tmp")]
+
+
+def test_a_link_into_a_missing_folder_is_named(tmp_path):
+    # last.pt -> storage that is not there (not mounted): the error named a temporary file in
+    # the missing folder, a path the caller never gave.
+    link = tmp_path / "last.pt"
+    link.symlink_to(tmp_path / "gone" / "last.pt")
+    with pytest.raises(FileNotFoundError, match=r"last.pt' is a symbolic link to .*gone"):
+        save_checkpoint({"epoch": 1}, link)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+    assert link.is_symlink() and not (tmp_path / "gone").exists()

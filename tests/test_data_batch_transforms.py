@@ -305,6 +305,18 @@ def test_bad_call_draws_nothing():
     assert torch.equal(gen.get_state(), state)
 
 
+@pytest.mark.parametrize("bad", [-1, True, 2.5, None])
+def test_get_params_needs_a_batch_size(bad):
+    # -1 returned an empty draw as if for an empty batch, True crashed inside Tensor.view and
+    # 2.5 in range().
+    gen = _gen(0)
+    state = gen.get_state()
+    with pytest.raises(ValueError, match="`batch_size` must be an int >= 0"):
+        ClipBatchColorJitter(generator=gen).get_params(bad)
+    assert torch.equal(gen.get_state(), state)
+    assert ClipBatchColorJitter().get_params(0)[0].shape == (0, 3)
+
+
 def test_bad_generator():
     with pytest.raises(TypeError, match="`generator` must be a CPU torch.Generator"):
         ClipBatchColorJitter(generator=0)

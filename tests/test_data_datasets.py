@@ -173,6 +173,8 @@ def test_missing_header_named(tmp_path):
         (("3", 8), "label 8 is out of range 1..7"),
         (("3", 0), "label 0 is out of range"),
         (("3", "happy"), "label must be an integer"),
+        # int() reads "0_3" as 3 and "1_0" as 10: not how a CSV writes a label.
+        (("3", "0_3"), "label must be an integer 1..7, got '0_3'"),
         (("x3", 1), "clip id must be a number"),
         (("123456", 1), "clip id must be a number of at most 5 digits"),
         (("1", 1), "listed twice (first on line 2)"),
@@ -396,6 +398,11 @@ def test_load_frames_decodes_repeats_once_and_converts_grey(tmp_path, monkeypatc
         load_frames([tmp_path / "c" / "2.jpg"])
     with pytest.raises(ValueError, match="at least one"):
         load_frames([])
+    # One path is a string of characters: it was read as the frames "/", "t", ... and failed
+    # with "cannot decode frame '/'".
+    for one in (tmp_path / "c" / "1.jpg", str(tmp_path / "c" / "1.jpg")):
+        with pytest.raises(TypeError, match=r"`paths` must be a sequence of frame paths.*1.jpg"):
+            load_frames(one)
 
 
 def test_missing_pillow_gives_install_hint(tmp_path, monkeypatch):

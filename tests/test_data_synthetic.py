@@ -281,3 +281,21 @@ def test_ferv39k_scenes_the_loader_could_not_read_are_refused(tmp_path):
             S.make_synthetic_ferv39k(tmp_path, scenes=scenes, **SMALL)
     with pytest.raises(TypeError, match="rng must be a numpy.random.Generator"):
         S.render_clip("happy", 3, image_size=8, rng=0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"num_frames": 2.5}, "num_frames must be an int >= 1, got 2.5"),
+        ({"num_frames": True}, "num_frames must be an int >= 1, got True"),
+        ({"num_frames": "2"}, "num_frames must be an int >= 1, got '2'"),
+        ({"image_size": 8.9}, "image_size must be an int >= 8, got 8.9"),
+        ({"class_name": None}, "class_name must be one of"),
+    ],
+)
+def test_render_clip_rejects_non_int_sizes(kwargs, match):
+    # 2.5 frames gave 2, True gave 1 and an image size of 8.9 gave 8, silently; a string or
+    # None failed in a comparison or in .lower().
+    args = {"class_name": "happy", "num_frames": 3, "image_size": 8} | kwargs
+    with pytest.raises(ValueError, match=match):
+        S.render_clip(**args, rng=np.random.default_rng(0))

@@ -171,3 +171,69 @@ def test_normalize_rejects_non_finite_statistics(mean, std, match):
 def test_random_resized_crop_rejects_an_infinite_ratio():
     with pytest.raises(ValueError, match=r"ratio must be .*finite.*inf"):
         T.ClipRandomResizedCrop(8, ratio=(1.0, math.inf))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda g: T.ClipRandomResizedCrop(8, generator=g),
+        lambda g: T.ClipRandomHorizontalFlip(generator=g),
+        lambda g: T.ClipColorJitter(generator=g),
+        lambda g: T.train_transform(8, generator=g),
+    ],
+)
+def test_a_bad_generator_is_named_at_construction_and_at_call_time(make):
+    # It used to be stored as is and fail inside torch.rand/randperm at the first clip.
+    with pytest.raises(TypeError, match="`generator` must be a CPU torch.Generator or None, got 0"):
+        make(0)
+    with pytest.raises(TypeError, match="`generator` must be a CPU torch.Generator or None"):
+        make(None)(torch.rand(2, 3, 16, 16), generator="seed")
+    assert make(_gen(0))(torch.rand(2, 3, 16, 16)).shape[:2] == (2, 3)
+
+
+@pytest.mark.parametrize("bad", ["no", "false", 0, None])
+def test_train_transform_color_jitter_must_be_a_bool(bad):
+    # "no" was truthy and kept the jitter: a uint8 data set then refused the chain, a float one
+    # jittered silently.
+    with pytest.raises(TypeError, match="`color_jitter` must be a bool"):
+        T.train_transform(8, color_jitter=bad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(
+    "make", [lambda: T.ClipResize(8), lambda: T.ClipRandomResizedCrop(8, generator=_gen(1))]
+)
+def test_resizing_a_half_precision_clip(make, dtype):
+    # torch has no antialiased bilinear kernel for half types on the CPU: this crashed inside
+    # F.interpolate ("compute_index_ranges_weights" not implemented for 'Half').
+    clip = torch.rand(2, 3, 16, 16, generator=_gen(0))
+    out = make()(clip.to(dtype))
+    assert out.dtype == dtype and out.shape == (2, 3, 8, 8)
+    torch.testing.assert_close(out.float(), make()(clip), atol=1e-2, rtol=0)
+
+
+@pytest.mark.parametrize("bad", [True, "0.5", None, math.nan])
+def test_flip_probability_must_be_a_number(bad):
+    # True was taken as p=1; a string or None failed in a comparison naming nothing.
+    with pytest.raises(ValueError, match=r"p must be a number in \[0, 1\]"):
+        T.ClipRandomHorizontalFlip(bad)
+
+
+@pytest.mark.parametrize("name", ["scale", "ratio"])
+@pytest.mark.parametrize("bad", [0.5, ("a", "b"), (True, True), (0.5,), None])
+def test_crop_ranges_must_be_pairs_of_numbers(name, bad):
+    # 0.5 failed in len() and ("a", "b") in a comparison, naming nothing; (True, True) was
+    # taken as (1.0, 1.0).
+    with pytest.raises(ValueError, match=f"{name} must be \\(low, high\\)"):
+        T.ClipRandomResizedCrop(8, **{name: bad})
+
+
+def test_compose_checks_its_steps_at_construction():
+    # A non-callable step used to be stored and fail at the first clip ("'int' object is not
+    # callable"), in a DataLoader worker; the data sets' own `transform` check passed it.
+    with pytest.raises(TypeError, match=r"`transforms\[1\]` must be callable.*got 2"):
+        T.ClipCompose([T.ClipResize(4), 2])
+    with pytest.raises(TypeError, match="`transforms` must be a sequence of callables"):
+        T.ClipCompose(T.ClipResize(4))
+    with pytest.raises(TypeError, match="`transforms` must be a sequence of callables"):
+        T.ClipCompose(None)

@@ -93,10 +93,19 @@ def test_empty_matrix_is_an_error():
     )
 
 
-@pytest.mark.parametrize("dtype", [torch.int32, torch.uint8, torch.int16])
+@pytest.mark.parametrize(
+    "dtype",
+    [torch.int32, torch.uint8, torch.int16, torch.int8, torch.uint16, torch.uint32, torch.uint64],
+)
 def test_integer_dtypes_accepted(dtype):
     t = torch.tensor([0, 1, 2], dtype=dtype)
     assert confusion_matrix(t, t, 3).trace() == 3
+    # (torch has no min/max for uint16-64 on the CPU: the range check must still work.)
+    with pytest.raises(ValueError, match="holds class index 7"):
+        confusion_matrix(t, torch.tensor([0, 1, 7], dtype=dtype), 3)
+    m = ConfusionMatrix(3)
+    m.update(torch.eye(3), t)
+    assert m.war == 1.0
 
 
 def test_input_validation_messages():
@@ -182,3 +191,22 @@ def test_accumulator_ignores_grad_and_works_with_requires_grad():
     m = ConfusionMatrix(3)
     m.update(logits, torch.tensor([0, 1, 2, 0]))
     assert m.num_samples == 4
+
+
+def test_meta_tensors_give_a_clear_error():
+    # A meta tensor holds no values to count: an error naming the argument, not torch's
+    # "Tensor.item() cannot be called on meta tensors" from inside the range check.
+    t = torch.tensor([0, 1, 2])
+    with pytest.raises(ValueError, match=r"`preds` .*meta"):
+        confusion_matrix(t.to("meta"), t, 3)
+    with pytest.raises(ValueError, match=r"`targets` .*meta"):
+        confusion_matrix(t, t.to("meta"), 3)
+    for metric in (war, uar, per_class_recall):
+        with pytest.raises(ValueError, match=r"`cm` .*meta"):
+            metric(torch.ones(3, 3, device="meta"))
+    m = ConfusionMatrix(3)
+    with pytest.raises(ValueError, match=r"`preds_or_logits` .*meta"):
+        m.update(torch.randn(3, 3, device="meta"), t)
+    with pytest.raises(ValueError, match=r"`targets` .*meta"):
+        m.update(torch.randn(3, 3), t.to("meta"))
+    assert m.num_samples == 0

@@ -529,7 +529,15 @@ from micacl_layers.memory import ContrastMemory  # noqa: E402
 from micacl_layers.metrics import ConfusionMatrix  # noqa: E402
 from micacl_layers.models import MICACL, MICACLHead  # noqa: E402
 
-INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.uint8)
+INT_DTYPES = (
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.uint8,
+    torch.uint16,
+    torch.uint32,
+    torch.uint64,
+)
 COUNTS = [5, 3, 2]
 
 

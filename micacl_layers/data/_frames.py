@@ -198,6 +198,7 @@ def load_frames(paths: Sequence[str | os.PathLike[str]]) -> torch.Tensor:
 
     Raises:
         ImportError: If Pillow is missing.
+        TypeError: If ``paths`` is a single path rather than a sequence of them.
         ValueError: If ``paths`` is empty, or frames differ in size (naming the odd file).
         FileNotFoundError: If a frame file has disappeared (naming it).
         CorruptFrameError: If a frame cannot be decoded (naming it).
@@ -211,6 +212,11 @@ def load_frames(paths: Sequence[str | os.PathLike[str]]) -> torch.Tensor:
         >>> clip.shape, clip.dtype
         (torch.Size([2, 3, 6, 8]), torch.float32)
     """
+    if isinstance(paths, (str, bytes, os.PathLike)):  # else read as one frame per character
+        raise TypeError(
+            f"`paths` must be a sequence of frame paths, got the single path {paths!r}; "
+            "wrap it in a list"
+        )
     if len(paths) == 0:
         raise ValueError("paths must name at least one frame, got an empty sequence")
     image_mod = require_pil()

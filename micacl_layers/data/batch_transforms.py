@@ -28,6 +28,7 @@ each step.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -307,11 +308,20 @@ class ClipBatchColorJitter(nn.Module):
             ``(order, factors)``: an int64 ``(B, 3)`` tensor of permutations and a float64
             ``(B, 3)`` tensor of brightness, contrast and saturation factors, on the CPU.
 
+        Raises:
+            ValueError: If ``batch_size`` is not an int >= 0.
+
         Example:
             >>> order, factors = ClipBatchColorJitter().get_params(2)
             >>> order.shape, factors.dtype
             (torch.Size([2, 3]), torch.float64)
         """
+        if (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, numbers.Integral)
+            or batch_size < 0
+        ):
+            raise ValueError(f"`batch_size` must be an int >= 0, got {batch_size!r}.")
         gen = _check_generator(generator) if generator is not None else self.generator
         drawn = [self._params.get_params(gen) for _ in range(batch_size)]
         order = torch.tensor([d[0] for d in drawn], dtype=torch.int64).view(batch_size, 3)

@@ -89,12 +89,13 @@ def parse_dfew_split(path: str | os.PathLike[str]) -> list[tuple[str, int, int]]
             raise split_error(
                 path, line, f"clip id must be a number of at most 5 digits, got {raw_id!r}"
             )
-        try:
-            label = int(raw_label)
-        except ValueError:
+        # Not int() alone: it also reads "0_3" (as 3) and non-ASCII digits.
+        digits = raw_label[1:] if raw_label[:1] in "+-" else raw_label
+        if not (digits.isascii() and digits.isdigit()):
             raise split_error(
                 path, line, f"label must be an integer 1..{n_classes}, got {raw_label!r}"
-            ) from None
+            )
+        label = int(raw_label)
         if not 1 <= label <= n_classes:
             raise split_error(
                 path,

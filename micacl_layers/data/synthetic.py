@@ -193,7 +193,8 @@ def render_clip(
         - Output: :math:`(T, H, W, 3)` with ``T = num_frames``, ``H = W = image_size``.
 
     Raises:
-        ValueError: If ``class_name`` is unknown, ``num_frames < 1`` or ``image_size < 8``.
+        ValueError: If ``class_name`` is unknown, or ``num_frames`` is not an int >= 1 or
+            ``image_size`` not an int >= 8.
         TypeError: If ``rng`` is not a ``numpy.random.Generator``.
 
     Example:
@@ -205,14 +206,12 @@ def render_clip(
         raise TypeError(
             f"rng must be a numpy.random.Generator (np.random.default_rng(seed)), got {rng!r}"
         )
-    name = class_name.lower()
+    name = class_name.lower() if isinstance(class_name, str) else None
     if name not in DFEW_CLASSES:
         raise ValueError(f"class_name must be one of {DFEW_CLASSES}, got {class_name!r}")
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    if image_size < 8:
-        raise ValueError(f"image_size must be >= 8, got {image_size}")
-    t_count, size = int(num_frames), int(image_size)
+    # (int() of 2.5 frames or of True would silently give 2 or 1.)
+    t_count = _check_int("num_frames", num_frames, 1)
+    size = _check_int("image_size", image_size, 8)
     u = np.linspace(0.0, 1.0, t_count) if t_count > 1 else np.full(1, 0.5)
     cur = _curves(name, u, rng)
     eye_open = np.clip(cur["eye"] * _blinks(t_count, rng), 0.05, 1.6)

@@ -17,12 +17,12 @@ normalisation itself. ``ClipNormalize`` is there for models that expect normalis
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from micacl_layers._validation import check_nonnegative_float
+from micacl_layers._validation import check_bool, check_nonnegative_float, is_real
 
 __all__ = [
     "ClipColorJitter",
@@ -78,6 +78,23 @@ def _pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
     return pair
 
 
+def _check_generator(generator: object) -> torch.Generator | None:
+    # Else a wrong object is kept and fails inside torch.rand at the first clip.
+    if generator is not None and not (
+        isinstance(generator, torch.Generator) and generator.device.type == "cpu"
+    ):
+        got = generator.device if isinstance(generator, torch.Generator) else repr(generator)
+        raise TypeError(f"`generator` must be a CPU torch.Generator or None, got {got}")
+    return generator
+
+
+def _is_real_pair(value: object) -> bool:
+    if not isinstance(value, Iterable):
+        return False
+    pair = tuple(value)
+    return len(pair) == 2 and all(is_real(v) for v in pair)
+
+
 def _grey(clip: torch.Tensor) -> torch.Tensor:
     """Luma of an RGB ``(T, 3, H, W)`` clip, ``(T, 1, H, W)``."""
     grey = clip[:, 0:1] * _LUMA[0]
@@ -94,9 +111,12 @@ def _grey_mean(clip: torch.Tensor) -> torch.Tensor:
 def _resize(clip: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(clip.shape[-2:]) == size:
         return clip
+    # torch has no antialiased bilinear kernel for float16/bfloat16 on the CPU.
+    half_on_cpu = clip.device.type == "cpu" and clip.dtype in (torch.float16, torch.bfloat16)
+    x = clip.float() if half_on_cpu else clip
     # antialias matters when shrinking 224 -> 112: without it bilinear aliases fine texture.
-    out = F.interpolate(clip, size=size, mode="bilinear", align_corners=False, antialias=True)
-    return out.clamp_(0.0, 1.0)
+    out = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return out.clamp_(0.0, 1.0).to(clip.dtype)
 
 
 class ClipTransform:
@@ -107,14 +127,18 @@ class ClipTransform:
     with the clip alone.
 
     Args:
-        generator: Default source of randomness for random transforms.
+        generator: Default source of randomness for random transforms (a CPU
+            ``torch.Generator``, or ``None`` for torch's global RNG).
+
+    Raises:
+        TypeError: If ``generator`` (here or at call time) is not a CPU ``torch.Generator``.
     """
 
     def __init__(self, *, generator: torch.Generator | None = None) -> None:
-        self.generator = generator
+        self.generator = _check_generator(generator)
 
     def _gen(self, generator: torch.Generator | None) -> torch.Generator | None:
-        return generator if generator is not None else self.generator
+        return _check_generator(generator) if generator is not None else self.generator
 
     def _uniform(self, low: float, high: float, generator: torch.Generator | None) -> float:
         u = torch.rand((), generator=self._gen(generator), dtype=torch.float64).item()
@@ -151,8 +175,8 @@ class ClipRandomResizedCrop(ClipTransform):
         - Output: :math:`(T, C, size_h, size_w)`.
 
     Raises:
-        ValueError: If ``scale`` or ``ratio`` is not an increasing positive pair, or if the clip
-            has the wrong shape.
+        ValueError: If ``scale`` or ``ratio`` is not an increasing positive pair of numbers, or
+            if the clip has the wrong shape.
 
     Example:
         >>> clip = torch.rand(16, 3, 64, 64)
@@ -171,11 +195,14 @@ class ClipRandomResizedCrop(ClipTransform):
     ) -> None:
         super().__init__(generator=generator)
         self.size = _pair(size, "size")
-        if not (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
-            raise ValueError(f"scale must be (low, high) with 0 < low <= high <= 1, got {scale}")
-        if not (len(ratio) == 2 and 0 < ratio[0] <= ratio[1] < math.inf):
+        # (A bool is not a number here: (True, True) would mean (1.0, 1.0).)
+        if not (_is_real_pair(scale) and 0 < scale[0] <= scale[1] <= 1):
             raise ValueError(
-                f"ratio must be (low, high) with 0 < low <= high (finite), got {ratio}"
+                f"scale must be (low, high) numbers with 0 < low <= high <= 1, got {scale!r}"
+            )
+        if not (_is_real_pair(ratio) and 0 < ratio[0] <= ratio[1] < math.inf):
+            raise ValueError(
+                f"ratio must be (low, high) numbers with 0 < low <= high (finite), got {ratio!r}"
             )
         self.scale = (float(scale[0]), float(scale[1]))
         self.ratio = (float(ratio[0]), float(ratio[1]))
@@ -243,7 +270,7 @@ class ClipRandomHorizontalFlip(ClipTransform):
         - Output: same shape.
 
     Raises:
-        ValueError: If ``p`` is outside ``[0, 1]``.
+        ValueError: If ``p`` is not a number in ``[0, 1]``.
 
     Example:
         >>> clip = torch.arange(4.0).view(1, 1, 1, 4) / 4
@@ -253,8 +280,8 @@ class ClipRandomHorizontalFlip(ClipTransform):
 
     def __init__(self, p: float = 0.5, *, generator: torch.Generator | None = None) -> None:
         super().__init__(generator=generator)
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p must be in [0, 1], got {p}")
+        if not (is_real(p) and 0.0 <= p <= 1.0):  # a bool is not a probability
+            raise ValueError(f"p must be a number in [0, 1], got {p!r}")
         self.p = float(p)
 
     def __call__(
@@ -497,6 +524,9 @@ class ClipCompose(ClipTransform):
         transforms: Transforms applied in order. ``ClipTransform`` instances receive the
             ``generator``; any other callable is called with the clip alone.
 
+    Raises:
+        TypeError: If ``transforms`` is not a sequence or a step is not callable.
+
     Example:
         >>> t = ClipCompose([ClipResize(32), ClipRandomHorizontalFlip()])
         >>> t(torch.rand(8, 3, 64, 64), generator=torch.Generator().manual_seed(0)).shape
@@ -507,7 +537,17 @@ class ClipCompose(ClipTransform):
         self, transforms: Sequence[ClipTransform | Callable[[torch.Tensor], torch.Tensor]]
     ) -> None:
         super().__init__()
+        if not isinstance(transforms, Iterable):
+            raise TypeError(
+                "`transforms` must be a sequence of callables on a (T, C, H, W) clip, got "
+                f"{transforms!r}"
+            )
         self.transforms = list(transforms)
+        for i, step in enumerate(self.transforms):
+            if not callable(step):  # else it fails at the first clip, in a loader's worker
+                raise TypeError(
+                    f"`transforms[{i}]` must be callable on a (T, C, H, W) clip, got {step!r}"
+                )
 
     def __call__(
         self, clip: torch.Tensor, *, generator: torch.Generator | None = None
@@ -553,6 +593,9 @@ def train_transform(
     Returns:
         The composed transform, for clips ``(T, 3, H, W)`` in ``[0, 1]``.
 
+    Raises:
+        TypeError: If ``color_jitter`` is not a bool, or ``generator`` not a CPU generator.
+
     Example:
         >>> t = train_transform(56, generator=torch.Generator().manual_seed(0))
         >>> t(torch.rand(16, 3, 64, 64)).shape
@@ -560,6 +603,7 @@ def train_transform(
         >>> len(train_transform(56, color_jitter=False).transforms)
         2
     """
+    check_bool("color_jitter", color_jitter)
     steps: list[ClipTransform] = [
         ClipRandomResizedCrop(image_size, generator=generator),
         ClipRandomHorizontalFlip(0.5, generator=generator),
