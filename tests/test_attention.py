@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -43,24 +44,16 @@ def test_equals_prenorm_residual_mha():
     torch.testing.assert_close(attn(x, mask), ref)
 
 
-def test_empty_batch_with_padding_mask_gives_an_empty_output():
-    # nn.MultiheadAttention without attention weights cannot reshape an empty mask.
+@pytest.mark.parametrize("batch, instances", [(0, 4), (3, 0)])
+def test_empty_input_with_padding_mask_gives_an_empty_output(batch, instances):
+    # nn.MultiheadAttention without attention weights cannot reshape an empty mask: neither an
+    # empty batch's nor a (B, 0) one (no instances).
     attn = InstanceSelfAttention(8, num_heads=2)
-    x = torch.randn(0, 4, 8, requires_grad=True)
-    y = attn(x, torch.zeros(0, 4, dtype=torch.bool))
-    assert y.shape == (0, 4, 8)
+    x = torch.randn(batch, instances, 8, requires_grad=True)
+    y = attn(x, torch.zeros(batch, instances, dtype=torch.bool))
+    assert y.shape == (batch, instances, 8)
     y.sum().backward()
-    assert x.grad.shape == (0, 4, 8)
-
-
-def test_no_instances_with_padding_mask_gives_an_empty_output():
-    # As without a mask; the (B, 0) mask failed inside nn.MultiheadAttention's reshape.
-    attn = InstanceSelfAttention(8, num_heads=2)
-    x = torch.randn(3, 0, 8, requires_grad=True)
-    y = attn(x, torch.zeros(3, 0, dtype=torch.bool))
-    assert y.shape == (3, 0, 8)
-    y.sum().backward()
-    assert x.grad.shape == (3, 0, 8)
+    assert x.grad.shape == (batch, instances, 8)
 
 
 def test_padded_keys_do_not_influence_real_queries():
