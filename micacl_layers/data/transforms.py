@@ -474,8 +474,10 @@ class ClipNormalize(ClipTransform):
         - Output: same shape.
 
     Raises:
+        TypeError: If ``mean`` or ``std`` is not a sequence of numbers (bools are not).
         ValueError: If ``mean`` and ``std`` differ in length, a mean is not finite, a std is
-            not positive and finite, or the clip's channel count does not match.
+            not positive and finite or rounds to 0 in the clip's dtype, or the clip's channel
+            count does not match.
 
     Example:
         >>> norm = ClipNormalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
@@ -485,6 +487,9 @@ class ClipNormalize(ClipTransform):
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
+        for name, values in (("mean", mean), ("std", std)):
+            if isinstance(values, (str, bytes)) or not all(is_real(v) for v in values):
+                raise TypeError(f"`{name}` must be a sequence of numbers, got {values!r}")
         if len(mean) != len(std):
             raise ValueError(f"mean and std must have the same length, got {mean} and {std}")
         if not all(math.isfinite(v) for v in mean):
@@ -511,6 +516,12 @@ class ClipNormalize(ClipTransform):
             raise ValueError(
                 f"clip has {clip.shape[1]} channels (shape {tuple(clip.shape)}) but mean/std "
                 f"have {len(self.mean)}"
+            )
+        # (Rounded on the CPU: no read-back from the clip's device.)
+        if clip.is_floating_point() and bool((torch.tensor(self.std, dtype=clip.dtype) == 0).any()):
+            raise ValueError(
+                f"std {self.std} is too small for a {clip.dtype} clip: it rounds to 0 there, "
+                f"where dividing by it gives inf"
             )
         mean = clip.new_tensor(self.mean).view(1, -1, 1, 1)
         std = clip.new_tensor(self.std).view(1, -1, 1, 1)
