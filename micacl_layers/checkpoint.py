@@ -44,7 +44,7 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
 
     Raises:
         TypeError: If ``obj`` is not a mapping or ``path`` not a path.
-        IsADirectoryError: If ``path`` is a directory.
+        IsADirectoryError: If ``path`` is a directory or ends with a separator.
         FileNotFoundError: If ``path`` is a symbolic link into a folder that does not exist.
 
     Example:
@@ -61,6 +61,12 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
         )
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"`path` must be a str or os.PathLike, got {type(path).__name__}.")
+    # Path() drops a trailing separator: 'runs/last/' would become a file named 'last'.
+    if os.fspath(path).endswith(("/", os.sep)):
+        raise IsADirectoryError(
+            f"checkpoint path '{os.fspath(path)}' names a folder (it ends with a separator); "
+            f"pass a file in it, e.g. '{Path(path) / 'last.pt'}'"
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Through a symbolic link (last.pt -> a file on other storage), replace the file it points

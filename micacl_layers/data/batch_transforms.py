@@ -187,7 +187,7 @@ def clip_batch_color_jitter(
     """
     clips = _check_clips(clips)
     out_dtype = _check_out_dtype(out_dtype)
-    flags = tuple(enabled)
+    flags = tuple(enabled) if isinstance(enabled, Sequence) else ()
     if len(flags) != 3 or not all(isinstance(f, bool) for f in flags):
         raise TypeError(
             f"`enabled` must be three bools (brightness, contrast, saturation), got {enabled!r}."

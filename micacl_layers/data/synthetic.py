@@ -424,7 +424,7 @@ def make_synthetic_dfew(
         image_size: Frame height and width in pixels.
         folds: Folds (1..5) whose split files are written.
         seed: Everything written is a function of ``seed`` (and of Pillow's JPEG encoder).
-        jpeg_quality: JPEG quality 1..95.
+        jpeg_quality: JPEG quality 1..100 (Pillow advises at most 95).
 
     Returns:
         A :class:`SyntheticInfo` describing every clip.
@@ -510,7 +510,7 @@ def make_synthetic_ferv39k(
         image_size: Frame height and width in pixels.
         scenes: Scene folder names.
         seed: Everything written is a function of ``seed``.
-        jpeg_quality: JPEG quality 1..95.
+        jpeg_quality: JPEG quality 1..100 (Pillow advises at most 95).
 
     Returns:
         A :class:`SyntheticInfo` describing every clip (``clip_id`` = ``scene/emotion/id``).
