@@ -43,7 +43,10 @@ _LUMA = (0.299, 0.587, 0.114)
 _TRAIN_JITTER = (0.4, 0.4, 0.4)
 
 
-def _check_clip(clip: torch.Tensor, name: str = "clip", *, rgb: bool = False) -> None:
+def _check_clip(
+    clip: torch.Tensor, name: str = "clip", *, rgb: bool = False, pixels: bool = False
+) -> None:
+    """A float ``(T, C, H, W)`` clip; ``rgb``: 3 channels; ``pixels``: ``H, W >= 1`` (to scale)."""
     if not isinstance(clip, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (T, C, H, W), got {type(clip)}")
     if clip.ndim != 4:
@@ -54,6 +57,10 @@ def _check_clip(clip: torch.Tensor, name: str = "clip", *, rgb: bool = False) ->
         raise TypeError(
             f"{name} must be a floating-point tensor with values in [0, 1], got dtype "
             f"{clip.dtype}; convert with clip.float() / 255"
+        )
+    if pixels and min(clip.shape[2:]) == 0:
+        raise ValueError(
+            f"{name} must have H, W >= 1 to be cropped or resized, got shape {tuple(clip.shape)}"
         )
     if rgb and clip.shape[1] != 3:
         raise ValueError(
@@ -253,7 +260,7 @@ class ClipRandomResizedCrop(ClipTransform):
         Returns:
             The cropped clip of shape ``(T, C, *size)``.
         """
-        _check_clip(clip)
+        _check_clip(clip, pixels=True)
         top, left, h, w = self.get_params(clip.shape[-2], clip.shape[-1], generator)
         return _resize(clip[..., top : top + h, left : left + w], self.size)
 
@@ -455,7 +462,7 @@ class ClipResize(ClipTransform):
         Returns:
             The resized clip.
         """
-        _check_clip(clip)
+        _check_clip(clip, pixels=True)
         return _resize(clip, self.size)
 
 
