@@ -43,8 +43,8 @@ from micacl_layers._validation import (
 from micacl_layers.contrastive import _row_scale
 from micacl_layers.ial import intensity_aware_loss
 from micacl_layers.logit_adjustment import (
+    _logit_adjusted_cross_entropy,
     _warn_if_smoothing_overturns,
-    logit_adjusted_cross_entropy,
 )
 
 __all__ = [
@@ -285,28 +285,28 @@ def classification_enhancement_term(
     check_nonnegative_float("aug_noise_std", aug_noise_std)
     return_breakdown = check_bool("return_breakdown", return_breakdown)
     generator = check_generator(generator)
-    if class_counts is not None:
-        # Checked whenever given, so that wrong counts never pass unseen while
-        # logit_adjustment is 0 or every target is ignored.
-        check_class_counts(class_counts, logits.shape[1])
+    # Checked whenever given, so that wrong counts never pass unseen while logit_adjustment is 0
+    # or every target is ignored (and once: the adjusted CE below takes them checked).
+    counts = None if class_counts is None else check_class_counts(class_counts, logits.shape[1])
     work = _work(logits)
     zero = work.sum() * 0.0
     if _all_ignored(targets, ignore_index):
         ce = zero
     elif logit_adjustment:
-        if class_counts is None:
+        if counts is None:
             raise ValueError(
                 f"`class_counts` is required when logit_adjustment > 0 (got "
                 f"logit_adjustment={logit_adjustment}): pass the training split's "
                 f"samples per class, or set logit_adjustment=0."
             )
-        ce = logit_adjusted_cross_entropy(
+        ce = _logit_adjusted_cross_entropy(
             logits,
             targets,
-            class_counts,
+            counts,
             tau=logit_adjustment,
             label_smoothing=label_smoothing,
             balanced_smoothing=balanced_smoothing,
+            reduction="mean",
             ignore_index=ignore_index,
         )
     else:
