@@ -389,19 +389,20 @@ def check_generator(value: object) -> torch.Generator | None:
     return value
 
 
-def check_parameter_dtype(dtype: object) -> torch.dtype | None:
-    """A Module's parameter ``dtype``: a floating (or, as torch allows, complex) dtype or None.
+def check_parameter_dtype(
+    dtype: object, *, of: str = "the parameters", complex_ok: bool = True
+) -> torch.dtype | None:
+    """A Module's ``dtype`` (of ``of``): floating (or, ``complex_ok``, complex, as torch allows).
 
     Torch's own error for an integer dtype comes from inside ``nn.Parameter`` and names no
-    argument.
+    argument; a buffer of an integer dtype would silently truncate what it stores.
     """
     if dtype is None or (
-        isinstance(dtype, torch.dtype) and (dtype.is_floating_point or dtype.is_complex)
+        isinstance(dtype, torch.dtype)
+        and (dtype.is_floating_point or (complex_ok and dtype.is_complex))
     ):
         return dtype
-    raise TypeError(
-        f"`dtype` (of the parameters) must be a floating-point torch.dtype or None, got {dtype!r}."
-    )
+    raise TypeError(f"`dtype` (of {of}) must be a floating torch.dtype or None, got {dtype!r}.")
 
 
 def check_ignore_index(value: object) -> int:

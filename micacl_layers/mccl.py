@@ -40,6 +40,7 @@ from micacl_layers._validation import (
     check_finite_parameters,
     check_floating,
     check_ndim,
+    check_parameter_dtype,
     check_positive_int,
     check_same_batch,
     check_targets,
@@ -457,11 +458,7 @@ class MultiscaleCategoryAwareContrastiveLoss(RunningClassCounts):
         # The keywords are the options (never rebound before this line); see the signature test.
         self.options = MCCLOptions._from_arguments(locals())
         self.options.check_feature_dim(feature_dim)
-        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise TypeError(
-                f"`dtype` (of the projections) must be a floating torch.dtype or None, "
-                f"got {dtype!r}."
-            )
+        check_parameter_dtype(dtype, of="the projections", complex_ok=False)
         if projection_dim is not None:  # (checked before the counts, as always)
             projection_dim = check_positive_int("projection_dim", projection_dim)
         self.projection_dim = projection_dim

@@ -18,6 +18,7 @@ from torch import nn
 from micacl_layers._validation import (
     check_floating,
     check_ndim,
+    check_parameter_dtype,
     check_positive_int,
     check_targets,
     describe,
@@ -92,11 +93,7 @@ class ContrastMemory(nn.Module):
         if not dims:
             raise ValueError("`dims` must hold at least one embedding size, got ().")
         self.dims = tuple(check_positive_int("dims", d) for d in dims)
-        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise TypeError(
-                f"`dtype` (of the stored embeddings) must be a floating torch.dtype or None, "
-                f"got {dtype!r}."
-            )
+        check_parameter_dtype(dtype, of="the stored embeddings", complex_ok=False)
         for i, d in enumerate(self.dims):
             self.register_buffer(
                 f"features_{i}", torch.zeros(size, d, device=device, dtype=dtype or torch.float32)
