@@ -25,10 +25,9 @@ from collections.abc import Callable, Sequence
 from typing import cast
 
 import torch
-import torch.autograd.forward_ad as fwad
 
 from micacl_layers import config
-from micacl_layers._fast.onednn import Products
+from micacl_layers._fast.onednn import Products, dual
 
 __all__: list[str] = []
 
@@ -54,7 +53,7 @@ def applies(*tensors: torch.Tensor | None) -> bool:
         return False
     if not all(t is None or t.dtype == first.dtype for t in tensors):
         return False
-    if any(t is not None and fwad.unpack_dual(t).tangent is not None for t in tensors):
+    if dual(*tensors):
         return False
     return config.enabled("wian", first.device, first.dtype)
 
