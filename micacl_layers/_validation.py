@@ -379,11 +379,19 @@ def check_bool(name: str, value: object) -> bool:
     return value
 
 
-def check_generator(value: object) -> torch.Generator | None:
-    """A random generator: a ``torch.Generator`` or ``None`` (torch's own error lists overloads)."""
-    if value is not None and not isinstance(value, torch.Generator):
+def check_generator(value: object, *, cpu: bool = False) -> torch.Generator | None:
+    """A random generator, or ``None`` (``cpu``: on the CPU, where the data pipeline draws).
+
+    A wrong object would otherwise be kept and fail inside ``torch.rand`` at its first use,
+    with torch's list of overloads.
+    """
+    if value is not None and not (
+        isinstance(value, torch.Generator) and (not cpu or value.device.type == "cpu")
+    ):
+        got = value.device if isinstance(value, torch.Generator) else repr(value)
+        kind = "a CPU torch.Generator" if cpu else "a torch.Generator"
         raise TypeError(
-            f"`generator` must be a torch.Generator or None, got {value!r}; seed one with "
+            f"`generator` must be {kind} or None, got {got}; seed one with "
             f"`torch.Generator().manual_seed(seed)`."
         )
     return value

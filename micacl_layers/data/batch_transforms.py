@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from micacl_layers._validation import (
+    check_generator,
     check_ndim,
     check_same_batch,
     check_size,
@@ -293,7 +294,7 @@ class ClipBatchColorJitter(nn.Module):
         self.brightness = self._params.brightness
         self.contrast = self._params.contrast
         self.saturation = self._params.saturation
-        self.generator = _check_generator(generator)
+        self.generator = check_generator(generator, cpu=True)
 
     def get_params(
         self, batch_size: int, generator: torch.Generator | None = None
@@ -322,7 +323,7 @@ class ClipBatchColorJitter(nn.Module):
             or batch_size < 0
         ):
             raise ValueError(f"`batch_size` must be an int >= 0, got {batch_size!r}.")
-        gen = _check_generator(generator) if generator is not None else self.generator
+        gen = check_generator(generator, cpu=True) if generator is not None else self.generator
         drawn = [self._params.get_params(gen) for _ in range(batch_size)]
         order = torch.tensor([d[0] for d in drawn], dtype=torch.int64).view(batch_size, 3)
         factors = torch.tensor([d[1:] for d in drawn], dtype=torch.float64).view(batch_size, 3)
@@ -358,15 +359,3 @@ class ClipBatchColorJitter(nn.Module):
             f"brightness={self.brightness!r}, contrast={self.contrast!r}, "
             f"saturation={self.saturation!r}"
         )
-
-
-def _check_generator(generator: object) -> torch.Generator | None:
-    if generator is not None and (
-        not isinstance(generator, torch.Generator) or generator.device.type != "cpu"
-    ):
-        where = generator.device if isinstance(generator, torch.Generator) else type(generator)
-        raise TypeError(
-            f"`generator` must be a CPU torch.Generator (the parameters are drawn on the host), "
-            f"got {where}."
-        )
-    return generator

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from micacl_layers._validation import check_bool, check_positive_int
+from micacl_layers._validation import check_bool, check_generator, check_positive_int
 
 __all__ = ["segment_indices"]
 
@@ -69,11 +69,7 @@ def segment_indices(
     n = check_positive_int("num_frames", num_frames, type_error=True)
     s = check_positive_int("num_segments", num_segments, type_error=True)
     check_bool("train", train)  # None or "false" would silently pick a mode
-    if generator is not None and not (
-        isinstance(generator, torch.Generator) and generator.device.type == "cpu"
-    ):
-        got = generator.device if isinstance(generator, torch.Generator) else repr(generator)
-        raise TypeError(f"`generator` must be a CPU torch.Generator or None, got {got}.")
+    check_generator(generator, cpu=True)
     if n < s:
         return [((2 * i + 1) * n) // (2 * s) for i in range(s)]
     # Plain Python ints: a dozen tiny tensor ops cost more than decoding a frame would.

@@ -22,7 +22,12 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
-from micacl_layers._validation import check_bool, check_nonnegative_float, is_real
+from micacl_layers._validation import (
+    check_bool,
+    check_generator,
+    check_nonnegative_float,
+    is_real,
+)
 
 __all__ = [
     "ClipColorJitter",
@@ -85,16 +90,6 @@ def _pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
     return pair
 
 
-def _check_generator(generator: object) -> torch.Generator | None:
-    # Else a wrong object is kept and fails inside torch.rand at the first clip.
-    if generator is not None and not (
-        isinstance(generator, torch.Generator) and generator.device.type == "cpu"
-    ):
-        got = generator.device if isinstance(generator, torch.Generator) else repr(generator)
-        raise TypeError(f"`generator` must be a CPU torch.Generator or None, got {got}")
-    return generator
-
-
 def _is_real_pair(value: object) -> bool:
     if not isinstance(value, Iterable):
         return False
@@ -142,10 +137,10 @@ class ClipTransform:
     """
 
     def __init__(self, *, generator: torch.Generator | None = None) -> None:
-        self.generator = _check_generator(generator)
+        self.generator = check_generator(generator, cpu=True)
 
     def _gen(self, generator: torch.Generator | None) -> torch.Generator | None:
-        return _check_generator(generator) if generator is not None else self.generator
+        return check_generator(generator, cpu=True) if generator is not None else self.generator
 
     def _uniform(self, low: float, high: float, generator: torch.Generator | None) -> float:
         u = torch.rand((), generator=self._gen(generator), dtype=torch.float64).item()
