@@ -8,7 +8,9 @@ made durable by syncing the folder too, where the system allows. The file gets t
 ``torch.save`` would give it (the umask's for a new file, the old one's for a replaced file), and a
 symbolic link is written through, not replaced. ``load_checkpoint`` always uses
 ``weights_only=True``, so a checkpoint can hold tensors, numbers, strings, lists, tuples and dicts,
-but never runs pickled code.
+but never runs pickled code. ``save_checkpoint`` refuses, before it writes anything, a value that
+such a load would refuse (a numpy scalar or array, say), naming where it is: a checkpoint that
+is written but cannot be read back would be lost.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import secrets
 import socket
 import stat
+from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,7 +46,9 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
         The target path.
 
     Raises:
-        TypeError: If ``obj`` is not a mapping or ``path`` not a path.
+        TypeError: If ``obj`` is not a mapping or ``path`` not a path, or ``obj`` holds a value
+            that ``load_checkpoint`` could not read back (a numpy scalar or array, any other
+            class not allowed under ``weights_only=True``); nothing is written then.
         IsADirectoryError: If ``path`` is a directory or ends with a separator.
         FileNotFoundError: If ``path`` is a symbolic link into a folder that does not exist.
 
@@ -67,6 +72,7 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
             f"checkpoint path '{os.fspath(path)}' names a folder (it ends with a separator); "
             f"pass a file in it, e.g. '{Path(path) / 'last.pt'}'"
         )
+    _check_loadable(obj)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Through a symbolic link (last.pt -> a file on other storage), replace the file it points
@@ -101,6 +107,78 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+# What torch.load(weights_only=True) rebuilds, by exact type: a subclass (numpy.float64 is a
+# float, an IntEnum an int) is pickled under its own class, which the load refuses.
+_LEAVES = frozenset(
+    {
+        type(None),
+        bool,
+        int,
+        float,
+        complex,
+        str,
+        bytes,
+        bytearray,
+        torch.Size,
+        torch.dtype,
+        torch.device,
+        torch.layout,
+        torch.qscheme,
+        torch.Tensor,
+        nn.Parameter,
+    }
+)
+_MAPPINGS = (dict, OrderedDict, Counter)
+_SEQUENCES = (list, tuple, set)
+
+
+def _check_loadable(obj: Mapping[str, Any]) -> None:
+    """Raise ``TypeError`` naming the first value of ``obj`` that ``load_checkpoint`` would refuse.
+
+    Types registered with ``torch.serialization.add_safe_globals`` (or inside ``safe_globals``)
+    are accepted as they are, since the load accepts them too.
+    """
+    registered = {
+        g[0] if isinstance(g, tuple) else g for g in torch.serialization.get_safe_globals()
+    }
+    seen: set[int] = set()  # containers reachable twice (shared lists) are walked once
+
+    def walk(value: Any, where: str) -> None:
+        kind = type(value)
+        if kind in _LEAVES or kind in registered:
+            return
+        if kind in _MAPPINGS or kind in _SEQUENCES:
+            if id(value) in seen:
+                return
+            seen.add(id(value))
+            if kind in _MAPPINGS:
+                for key, item in value.items():
+                    walk(key, f"a key of {where}")
+                    walk(item, f"{where}[{key!r}]")
+                # A state dict's OrderedDict carries `_metadata` (module versions) along.
+                for name, item in vars(value).items() if kind is OrderedDict else ():
+                    walk(item, f"{where}.{name}")
+            else:
+                for i, item in enumerate(value):
+                    walk(item, f"{where}[{i}]" if kind is not set else f"an element of {where}")
+            return
+        name = (
+            kind.__qualname__
+            if kind.__module__ == "builtins"
+            else f"{kind.__module__}.{kind.__qualname__}"
+        )
+        raise TypeError(
+            f"save_checkpoint: {where} is a {name}, which load_checkpoint (torch.load with "
+            "weights_only=True) cannot read back, so nothing was written. Store tensors and "
+            "plain Python values (a numpy scalar: x.item(); a numpy array: torch.from_numpy(x)), "
+            "or register the type with torch.serialization.add_safe_globals."
+        )
+
+    for key, item in obj.items():
+        walk(key, "a key of obj")
+        walk(item, f"obj[{key!r}]")
 
 
 def _host() -> str:

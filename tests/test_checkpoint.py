@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -151,3 +153,52 @@ def test_a_link_into_a_missing_folder_is_named(tmp_path):
         save_checkpoint({"epoch": 1}, link)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
     assert link.is_symlink() and not (tmp_path / "gone").exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "where", "kind"),
+    [
+        ({"war": np.float64(0.5)}, "obj['best']['war']", "numpy.float64"),
+        ([1, np.arange(3)], "obj['best'][1]", "numpy.ndarray"),
+        (
+            np.random.get_state(),  # noqa: NPY002
+            "obj['best'][1]",
+            "numpy.ndarray",
+        ),
+        ({"dtype": np.dtype("f4")}, "obj['best']['dtype']", "numpy"),
+        (frozenset([1]), "obj['best']", "frozenset"),
+    ],
+)
+def test_save_refuses_what_load_cannot_read(tmp_path, value, where, kind):
+    # numpy scalars and arrays were written, and the checkpoint then refused by load_checkpoint
+    # (weights_only=True): a save that cannot be read back is lost data.
+    target = tmp_path / "last.pt"
+    save_checkpoint({"epoch": 1}, target)
+    with pytest.raises(TypeError, match=re.escape(where)) as info:
+        save_checkpoint({"epoch": 2, "best": value}, target)
+    assert kind in str(info.value) and "weights_only" in str(info.value)
+    assert load_checkpoint(target) == {"epoch": 1}  # the previous checkpoint is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_save_accepts_everything_load_reads(tmp_path):
+    from collections import Counter, OrderedDict
+
+    obj = {
+        "w": nn.Parameter(torch.ones(2)),
+        "meta": (torch.Size([2, 3]), torch.float16, torch.device("cpu"), torch.strided),
+        "plain": [None, True, 3, 2**80, 1.5, float("nan"), 1j, "s", b"b", bytearray(b"x")],
+        "maps": OrderedDict(a=Counter("ab")),
+        "keys": {0: {1, 2}, (1, "a"): []},
+        "state": nn.Linear(2, 2).state_dict(),
+    }
+    obj["shared"] = [obj["plain"], obj["plain"]]  # a list reachable twice is walked once
+    got = load_checkpoint(save_checkpoint(obj, tmp_path / "c.pt"))
+    assert got["maps"] == obj["maps"] and got["keys"] == obj["keys"]
+    assert got["meta"] == obj["meta"]
+
+
+def test_save_accepts_types_registered_as_safe(tmp_path):
+    with torch.serialization.safe_globals([np.dtype, type(np.dtype("f4"))]):
+        path = save_checkpoint({"dtype": np.dtype("f4")}, tmp_path / "c.pt")
+        assert load_checkpoint(path)["dtype"] == np.dtype("f4")

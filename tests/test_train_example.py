@@ -601,3 +601,19 @@ def test_atomic_text_write_syncs_the_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(train_dfew.os, "fsync", record)
     train_dfew.write_text_atomic(tmp_path / "results.json", "{}")
     assert synced == [False, True]  # the temporary's contents, then the folder after the rename
+
+
+def test_rng_state_round_trips_through_a_checkpoint(tmp_path):
+    # The numpy stream's state (a uint32 array and numpy ints) is stored as tensors and Python
+    # numbers: save_checkpoint refuses numpy objects, as load_checkpoint would.
+    import random
+
+    import numpy as np
+
+    np.random.seed(7)  # noqa: NPY002
+    np.random.standard_normal()  # noqa: NPY002 - a cached Gaussian is part of the state
+    path = train_dfew.save_checkpoint({"rng": train_dfew.rng_state()}, tmp_path / "rng.pt")
+    expected = (random.random(), np.random.standard_normal(), torch.rand(1))  # noqa: NPY002
+    train_dfew.set_rng_state(load_checkpoint(path)["rng"])
+    got = (random.random(), np.random.standard_normal(), torch.rand(1))  # noqa: NPY002
+    assert got[:2] == expected[:2] and torch.equal(got[2], expected[2])
