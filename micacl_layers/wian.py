@@ -218,12 +218,11 @@ class WIAN(nn.Module):
         _init_uniform(self, self.hidden_size)
 
     @property
-    def all_weights(self) -> list[list[nn.Parameter]]:
-        """The parameters of each layer and direction, as ``nn.LSTM.all_weights``.
+    def _all_weights(self) -> list[list[str]]:
+        """The parameter names of each layer and direction, as ``nn.LSTM._all_weights``.
 
-        One list per layer and direction (layer-major, as ``h_n``): ``weight_ih``, ``weight_hh``
-        and, with biases, ``bias_ih``, ``bias_hh``; code that walks them (say, to set the
-        forget gate's bias rows ``H:2H``) reads the same gate layout as in ``nn.LSTM``.
+        Private in torch, but read by code that walks an LSTM's weights by name (weight-drop
+        wrappers, custom initialisers), so kept with the same names and order.
         """
         kinds = (
             ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
@@ -231,10 +230,25 @@ class WIAN(nn.Module):
             else ("weight_ih", "weight_hh")
         )
         return [
-            [getattr(self, f"{kind}_l{layer}{suffix}") for kind in kinds]
+            [f"{kind}_l{layer}{suffix}" for kind in kinds]
             for layer in range(self.num_layers)
             for suffix in self._suffixes()
         ]
+
+    @property
+    def _flat_weights_names(self) -> list[str]:
+        """``_all_weights`` flattened, as ``nn.LSTM._flat_weights_names``."""
+        return [name for group in self._all_weights for name in group]
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        """The parameters of each layer and direction, as ``nn.LSTM.all_weights``.
+
+        One list per layer and direction (layer-major, as ``h_n``): ``weight_ih``, ``weight_hh``
+        and, with biases, ``bias_ih``, ``bias_hh``; code that walks them (say, to set the
+        forget gate's bias rows ``H:2H``) reads the same gate layout as in ``nn.LSTM``.
+        """
+        return [[getattr(self, name) for name in group] for group in self._all_weights]
 
     def flatten_parameters(self) -> None:
         """Do nothing: there is no cuDNN weight buffer to compact.

@@ -177,6 +177,17 @@ def test_all_weights_are_laid_out_as_in_lstm(bias):
     assert wian.all_weights[3][1] is wian.weight_hh_l1_reverse
 
 
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_flat_weights_names_as_in_lstm(bias, bidirectional):
+    wian = WIAN(4, 6, 3, bias=bias, bidirectional=bidirectional)
+    lstm = nn.LSTM(4, 6, 3, bias=bias, bidirectional=bidirectional)
+    assert wian._all_weights == lstm._all_weights
+    assert wian._flat_weights_names == lstm._flat_weights_names
+    params = dict(wian.named_parameters())
+    assert all(params[n] is getattr(wian, n) for n in wian._flat_weights_names)
+
+
 def test_flatten_parameters_is_a_no_op():
     torch.manual_seed(0)
     wian = WIAN(4, 6, 2, bidirectional=True)
