@@ -11,8 +11,8 @@ from micacl_layers._validation import (
     check_device,
     check_finite,
     check_floating,
+    check_unit_interval,
     describe,
-    is_real,
 )
 
 
@@ -54,9 +54,8 @@ def check_weight(
 
 def check_dropout(dropout: object, num_layers: int) -> float:
     # The checks and the warning of nn.LSTM, with a message naming the argument.
-    if not is_real(dropout) or not 0.0 <= float(dropout) <= 1.0:
-        raise ValueError(f"`dropout` must be a number in [0, 1], got {dropout!r}.")
-    if dropout > 0 and num_layers == 1:
+    p = check_unit_interval("dropout", dropout)
+    if p > 0 and num_layers == 1:
         warnings.warn(
             "dropout option adds dropout after all but last recurrent layer, so "
             f"non-zero dropout expects num_layers greater than 1, but got "
@@ -64,7 +63,7 @@ def check_dropout(dropout: object, num_layers: int) -> float:
             UserWarning,
             stacklevel=3,
         )
-    return float(dropout)
+    return p
 
 
 def check_input(input: object, parameter: torch.Tensor, owner: str) -> torch.Tensor:

@@ -169,6 +169,14 @@ def check_floating(name: str, t: object) -> torch.Tensor:
     return t
 
 
+def _check_on_device(name: str, t: torch.Tensor, device: torch.device, where: str) -> None:
+    if t.device != device:
+        raise ValueError(
+            f"`{name}` must be on the device of {where} ({device}), got {describe(t)} on "
+            f"{t.device}; move it with `.to({str(device)!r})`."
+        )
+
+
 def check_device(name: str, t: torch.Tensor, device: torch.device, owner: str) -> None:
     """``t`` on ``device``, where ``owner``'s parameters are.
 
@@ -176,11 +184,7 @@ def check_device(name: str, t: torch.Tensor, device: torch.device, owner: str) -
     (or, for a ``meta`` tensor, as a ``NotImplementedError`` about copying); this one names the
     argument and both devices.
     """
-    if t.device != device:
-        raise ValueError(
-            f"`{name}` must be on the device of the {owner}'s parameters ({device}), got "
-            f"{describe(t)} on {t.device}; move it with `.to({str(device)!r})`."
-        )
+    _check_on_device(name, t, device, f"the {owner}'s parameters")
 
 
 def check_device_of(name: str, t: torch.Tensor, other: str, device: torch.device) -> None:
@@ -189,11 +193,7 @@ def check_device_of(name: str, t: torch.Tensor, other: str, device: torch.device
     Torch mixes a ``meta`` operand into a CPU result that holds no real values, or fails inside
     an operator; this names the argument and both devices.
     """
-    if t.device != device:
-        raise ValueError(
-            f"`{name}` must be on the device of `{other}` ({device}), got {describe(t)} on "
-            f"{t.device}; move it with `.to({str(device)!r})`."
-        )
+    _check_on_device(name, t, device, f"`{other}`")
 
 
 def check_ndim(name: str, t: torch.Tensor, ndims: int | Sequence[int], layout: str) -> None:
@@ -379,19 +379,34 @@ def check_bool(name: str, value: object) -> bool:
     return value
 
 
-def check_generator(value: object, *, cpu: bool = False) -> torch.Generator | None:
+def check_unit_interval(name: str, value: object) -> float:
+    """A real number in ``[0, 1]`` (a probability: dropout, label smoothing), as a ``float``.
+
+    ``nn.Dropout`` takes ``True`` or NaN as a probability; ``F.cross_entropy`` fails inside
+    its kernel on a string. This names the argument instead.
+    """
+    if not is_real(value) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"`{name}` must be a number in [0, 1], got {value!r}.")
+    return float(value)
+
+
+def check_generator(
+    value: object, *, cpu: bool = False, owner: str | None = None
+) -> torch.Generator | None:
     """A random generator, or ``None`` (``cpu``: on the CPU, where the data pipeline draws).
 
     A wrong object would otherwise be kept and fail inside ``torch.rand`` at its first use,
-    with torch's list of overloads.
+    with torch's list of overloads. ``owner``, when given, starts the message (a data set's
+    name, as its other option errors do).
     """
     if value is not None and not (
         isinstance(value, torch.Generator) and (not cpu or value.device.type == "cpu")
     ):
         got = value.device if isinstance(value, torch.Generator) else repr(value)
         kind = "a CPU torch.Generator" if cpu else "a torch.Generator"
+        prefix = f"{owner}: " if owner else ""
         raise TypeError(
-            f"`generator` must be {kind} or None, got {got}; seed one with "
+            f"{prefix}`generator` must be {kind} or None, got {got}; seed one with "
             f"`torch.Generator().manual_seed(seed)`."
         )
     return value

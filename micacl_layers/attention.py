@@ -21,8 +21,8 @@ from micacl_layers._validation import (
     check_parameter_dtype,
     check_positive_int,
     check_some_real_instance,
+    check_unit_interval,
     describe,
-    is_real,
     to_parameter_dtype,
     torchscript_unsupported,
 )
@@ -68,9 +68,7 @@ class InstanceSelfAttention(nn.Module):
         if embed_dim % num_heads:
             raise ValueError(f"`num_heads` ({num_heads}) must divide `embed_dim` ({embed_dim}).")
         # (nn.Dropout takes True or NaN as a probability, and fails on a string.)
-        if not is_real(dropout) or not 0.0 <= dropout <= 1.0:
-            raise ValueError(f"`dropout` must be a number in [0, 1], got {dropout!r}.")
-        dropout = float(dropout)
+        dropout = check_unit_interval("dropout", dropout)
         bias = check_bool("bias", bias)
         dtype = check_parameter_dtype(dtype)
         self.embed_dim = embed_dim

@@ -34,9 +34,9 @@ from micacl_layers._validation import (
     check_ndim,
     check_nonnegative_float,
     check_same_batch,
+    check_unit_interval,
     describe,
     has_values,
-    is_real,
     to_parameter_dtype,
     torchscript_unsupported,
 )
@@ -75,12 +75,6 @@ class CETOutput(NamedTuple):
 
 def _work(t: torch.Tensor) -> torch.Tensor:
     return t.double() if t.dtype == torch.float64 else t.float()
-
-
-def _check_label_smoothing(value: object) -> float:
-    if not is_real(value) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"`label_smoothing` must lie in [0, 1], got {value!r}.")
-    return float(value)
 
 
 def _all_ignored(targets: torch.Tensor, ignore_index: int) -> bool:
@@ -162,7 +156,7 @@ def _feature_augmentation_loss(
             f"got {type(classifier).__name__}."
         )
     check_nonnegative_float("noise_std", noise_std)
-    label_smoothing = _check_label_smoothing(label_smoothing)
+    label_smoothing = check_unit_interval("label_smoothing", label_smoothing)
     ignore_index = check_ignore_index(ignore_index)
     generator = check_generator(generator)
     if isinstance(classifier, nn.Module):
@@ -279,7 +273,7 @@ def classification_enhancement_term(
         ("logit_adjustment", logit_adjustment),
     ):
         check_nonnegative_float(name, value)
-    label_smoothing = _check_label_smoothing(label_smoothing)
+    label_smoothing = check_unit_interval("label_smoothing", label_smoothing)
     balanced_smoothing = check_bool("balanced_smoothing", balanced_smoothing)
     ignore_index = check_ignore_index(ignore_index)
     check_nonnegative_float("aug_noise_std", aug_noise_std)
@@ -384,7 +378,7 @@ class ClassificationEnhancementTerm(nn.Module):
         # Checked here, not at the first forward (the functional form checks them again).
         self.logit_adjustment = check_nonnegative_float("logit_adjustment", logit_adjustment)
         self.balanced_smoothing = check_bool("balanced_smoothing", balanced_smoothing)
-        self.label_smoothing = _check_label_smoothing(label_smoothing)
+        self.label_smoothing = check_unit_interval("label_smoothing", label_smoothing)
         self.ial_weight = check_nonnegative_float("ial_weight", ial_weight)
         self.aug_weight = check_nonnegative_float("aug_weight", aug_weight)
         self.aug_noise_std = check_nonnegative_float("aug_noise_std", aug_noise_std)

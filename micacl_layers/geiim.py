@@ -27,6 +27,7 @@ from micacl_layers._validation import (
     check_parameter_dtype,
     check_positive_int,
     check_some_real_instance,
+    check_unit_interval,
     describe,
     is_real,
     to_parameter_dtype,
@@ -266,9 +267,7 @@ class GEIIM(nn.Module):
             raise ValueError(f"`alpha_init` must lie in [0, 1], got {alpha_init!r}.")
         alpha_init = alpha
         # (Checked with or without the multiscale stage it applies to.)
-        if not is_real(dropout) or not 0.0 <= dropout <= 1.0:
-            raise ValueError(f"`dropout` must be a number in [0, 1], got {dropout!r}.")
-        dropout = float(dropout)
+        dropout = check_unit_interval("dropout", dropout)
         if kernel_sizes is not None and not isinstance(kernel_sizes, Sequence):
             raise ValueError(f"`kernel_sizes` must hold odd positive ints, got {kernel_sizes!r}.")
         kernel_sizes = tuple(kernel_sizes or ())

@@ -16,19 +16,13 @@ from torch import nn
 from micacl_layers._validation import (
     check_ignore_index,
     check_logits_targets,
-    is_real,
+    check_unit_interval,
     torchscript_unsupported,
 )
 
 __all__ = ["IntensityAwareLoss", "intensity_aware_loss"]
 
 _REDUCTIONS = ("mean", "sum", "none")
-
-
-def _check_label_smoothing(value: object) -> float:
-    if not is_real(value) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"`label_smoothing` must be a number in [0, 1], got {value!r}.")
-    return float(value)
 
 
 def intensity_aware_loss(
@@ -72,7 +66,7 @@ def intensity_aware_loss(
     """
     if reduction not in _REDUCTIONS:
         raise ValueError(f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}.")
-    smoothing = _check_label_smoothing(label_smoothing)
+    smoothing = check_unit_interval("label_smoothing", label_smoothing)
     ignore_index = check_ignore_index(ignore_index)
     logits, targets = check_logits_targets(
         logits, targets, ignore_index=ignore_index, min_classes=2
@@ -126,7 +120,7 @@ class IntensityAwareLoss(nn.Module):
             raise ValueError(f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}.")
         self.reduction = reduction
         self.ignore_index = check_ignore_index(ignore_index)
-        self.label_smoothing = _check_label_smoothing(label_smoothing)
+        self.label_smoothing = check_unit_interval("label_smoothing", label_smoothing)
 
     __prepare_scriptable__ = torchscript_unsupported
 

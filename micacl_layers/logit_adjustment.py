@@ -27,6 +27,7 @@ from micacl_layers._validation import (
     check_floating,
     check_ignore_index,
     check_logits_targets,
+    check_unit_interval,
     describe,
     has_values,
     is_real,
@@ -46,11 +47,10 @@ def _check_options(tau: object, label_smoothing: object, reduction: object) -> t
         raise ValueError(
             f"`tau` must be a number >= 0 (finite; 0 is plain cross-entropy), got {tau!r}."
         )
-    if not is_real(label_smoothing) or not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"`label_smoothing` must lie in [0, 1], got {label_smoothing!r}.")
+    smoothing = check_unit_interval("label_smoothing", label_smoothing)
     if reduction not in _REDUCTIONS:
         raise ValueError(f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}.")
-    return float(tau), float(label_smoothing)
+    return float(tau), smoothing
 
 
 def _warn_if_smoothing_overturns(

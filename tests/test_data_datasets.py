@@ -147,9 +147,24 @@ def test_dfew_argument_validation(tmp_path):
         DFEW(tmp_path, 6, "train")
     with pytest.raises(ValueError, match="split"):
         DFEW(tmp_path, 1, "val")
+    # The data set's name leads, as in its other option errors, and the fix is named.
+    with pytest.raises(TypeError, match=r"^DFEW: `generator` must be a CPU .* seed one with"):
+        DFEW(tmp_path, 1, "train", generator=0)
     dfew_tree(tmp_path, [("1", 1)], frames={"00001": 20})
     with pytest.raises(ValueError, match="num_frames"):
         DFEW(tmp_path, 1, "train", num_frames=0)
+
+
+def test_dfew_fold_may_be_a_numpy_integer(tmp_path):
+    import numpy as np
+
+    dfew_tree(tmp_path, [("1", 1)], frames={"00001": 20})
+    ds = DFEW(tmp_path, np.int64(1), "train")
+    assert type(ds.fold) is int and ds.fold == 1 and len(ds) == 1
+    with pytest.raises(ValueError, match="fold must be an int in 1..5, got 2.0"):
+        DFEW(tmp_path, 2.0, "train")
+    with pytest.raises(ValueError, match="fold must be an int in 1..5"):
+        DFEW(tmp_path, np.int64(6), "train")
 
 
 def test_missing_split_file_named(tmp_path):

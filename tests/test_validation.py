@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -1248,3 +1249,19 @@ def test_mccl_option_keywords_match_the_options_fields():
         for field in dataclasses.fields(MCCLOptions):
             assert field.name in params, (fn, field.name)
             assert params[field.name].default == field.default, (fn, field.name)
+
+
+@pytest.mark.parametrize("value", [0, 1, 0.25, np.float32(0.5)])
+def test_check_unit_interval_returns_a_float(value):
+    from micacl_layers._validation import check_unit_interval
+
+    got = check_unit_interval("dropout", value)
+    assert type(got) is float and got == float(value)
+
+
+@pytest.mark.parametrize("value", [True, float("nan"), "0.1", -0.1, 1.5, None, float("inf")])
+def test_check_unit_interval_names_the_argument(value):
+    from micacl_layers._validation import check_unit_interval
+
+    with pytest.raises(ValueError, match=r"^`label_smoothing` must be a number in \[0, 1\], got "):
+        check_unit_interval("label_smoothing", value)

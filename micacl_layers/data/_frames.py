@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from micacl_layers._validation import check_positive_int
+from micacl_layers._validation import check_generator, check_positive_int
 
 from ._decode import (
     DRAFT_RULES,
@@ -361,11 +361,7 @@ def check_clip_options(
     for option, value in (("skip_bad_clips", skip_bad_clips), ("fast_decode", fast_decode)):
         if not isinstance(value, bool):
             raise TypeError(f"{name}: `{option}` must be a bool, got {value!r}")
-    if generator is not None and not (
-        isinstance(generator, torch.Generator) and generator.device.type == "cpu"
-    ):
-        got = generator.device if isinstance(generator, torch.Generator) else repr(generator)
-        raise TypeError(f"{name}: `generator` must be a CPU torch.Generator or None, got {got}")
+    check_generator(generator, cpu=True, owner=name)
 
 
 class ClipFolderDataset(Dataset[tuple[torch.Tensor, int]]):

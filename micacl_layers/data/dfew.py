@@ -15,6 +15,7 @@ label 1..7 in column 1, in DFEW's order: happy, sad, neutral, angry, surprise, d
 from __future__ import annotations
 
 import csv
+import numbers
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -125,7 +126,7 @@ class DFEW(ClipFolderDataset):
 
     Args:
         root: DFEW root folder (holding ``Clip/`` and ``EmoLabel_DataSplit/``).
-        fold: Fold 1..5.
+        fold: Fold 1..5 (an ``int`` or a NumPy integer; stored as ``int``).
         split: ``"train"`` or ``"test"``.
         num_frames: Frames sampled per clip (MICACL: 16).
         transform: Callable on a float ``(T, C, H, W)`` clip in ``[0, 1]``, e.g.
@@ -220,12 +221,13 @@ class DFEW(ClipFolderDataset):
             generator=generator,
             fast_decode=fast_decode,
         )
-        if isinstance(fold, bool) or not isinstance(fold, int) or not 1 <= fold <= 5:
+        # A fold read from a NumPy array or a sweep's config is a NumPy integer, not an int.
+        if isinstance(fold, bool) or not isinstance(fold, numbers.Integral) or not 1 <= fold <= 5:
             raise ValueError(f"fold must be an int in 1..5, got {fold!r}")
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         self.root = Path(root)
-        self.fold = fold
+        self.fold = int(fold)
         self.split = split
         split_file = (
             self.root / "EmoLabel_DataSplit" / f"{split}(single-labeled)" / f"set_{fold}.csv"

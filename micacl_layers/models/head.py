@@ -23,8 +23,8 @@ from micacl_layers._validation import (
     check_padding_mask,
     check_positive_int,
     check_some_real_instance,
+    check_unit_interval,
     describe,
-    is_real,
     to_parameter_dtype,
     torchscript_unsupported,
 )
@@ -121,9 +121,7 @@ class MICACLHead(nn.Module):
         # (`weight_mode`, not InstanceWeights' `mode`; `attention_heads`, not `num_heads`).
         if weight_mode not in WEIGHT_MODES:
             raise ValueError(f"`weight_mode` must be one of {WEIGHT_MODES}, got {weight_mode!r}.")
-        if not is_real(dropout) or not 0.0 <= dropout <= 1.0:
-            raise ValueError(f"`dropout` must be a number in [0, 1], got {dropout!r}.")
-        dropout = float(dropout)
+        dropout = check_unit_interval("dropout", dropout)
         self.geiim = (
             GEIIM(num_instances, in_dim, node_dim=node_dim, kernel_sizes=kernel_sizes)
             if use_geiim
