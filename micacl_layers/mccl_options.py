@@ -8,7 +8,7 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 
-from micacl_layers._validation import check_bool, check_positive_int
+from micacl_layers._validation import check_bool
 from micacl_layers.category_aware import (
     _TEMPERATURES,
     _WEIGHT_NORMS,
@@ -17,6 +17,7 @@ from micacl_layers.category_aware import (
     _check_tau0,
 )
 from micacl_layers.contrastive import _FORMS, Form
+from micacl_layers.multiscale import check_scales
 
 __all__ = ["MCCLOptions", "MCCLOutput"]
 
@@ -30,20 +31,6 @@ _SWITCHES = (
     "class_average",
     "class_complements",
 )
-
-
-def _check_scales(scales: object) -> tuple[int, ...]:
-    try:
-        values: tuple[object, ...] = tuple(scales)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"`scales` must be a sequence of ints, got {scales!r}.") from None
-    try:
-        checked = tuple(check_positive_int("scales", s) for s in values)
-    except ValueError:
-        checked = ()
-    if not checked:
-        raise ValueError(f"`scales` must be a non-empty sequence of positive ints, got {values!r}.")
-    return checked
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
@@ -132,7 +119,7 @@ class MCCLOptions:
     weight_norm: WeightNorm = "classes"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "scales", _check_scales(self.scales))
+        object.__setattr__(self, "scales", check_scales(self.scales))
         object.__setattr__(self, "tau0", _check_tau0(self.tau0))
         _check_choice("temperature", self.temperature, _TEMPERATURES)
         _check_choice("form", self.form, _FORMS)
@@ -159,11 +146,7 @@ class MCCLOptions:
 
     def check_feature_dim(self, feature_dim: int) -> None:
         """Every scale must leave at least one pooled feature of ``feature_dim``."""
-        if max(self.scales) > feature_dim:
-            raise ValueError(
-                f"`scales` must be a non-empty sequence of ints in "
-                f"[1, feature_dim={feature_dim}], got {self.scales!r}."
-            )
+        check_scales(self.scales, feature_dim=feature_dim)
 
 
 def _expose_options(cls: type) -> type:

@@ -16,7 +16,7 @@ from torch import nn
 from micacl_layers._fast.onednn import FastLinear
 from micacl_layers._validation import check_floating, check_ndim, check_positive_int, describe
 
-__all__ = ["pool_features", "scale_projections"]
+__all__ = ["check_scales", "pool_features", "scale_projections"]
 
 
 def pool_features(features: torch.Tensor, scale: int) -> torch.Tensor:
@@ -59,6 +59,45 @@ def _pool_features(features: torch.Tensor, scale: int) -> torch.Tensor:
     return F.adaptive_avg_pool1d(features.unsqueeze(1), dim // scale).squeeze(1)
 
 
+def check_scales(scales: object, *, feature_dim: int | None = None) -> tuple[int, ...]:
+    """Eq. 8's pooling factors: a non-empty sequence of positive ints (at most ``feature_dim``).
+
+    Shared by the loss's options and :func:`scale_projections`, so both refuse the same
+    values with the same words.
+
+    Args:
+        scales: The factors ``s``.
+        feature_dim: Feature size ``D``; when given, every ``s`` must leave ``D // s >= 1``.
+
+    Returns:
+        The factors as a tuple of ``int``.
+
+    Raises:
+        TypeError: ``scales`` is not a sequence.
+        ValueError: Empty, a factor that is not a positive int, or one above ``feature_dim``.
+
+    Example:
+        >>> check_scales([1, 2, 4], feature_dim=32)
+        (1, 2, 4)
+    """
+    try:
+        values: tuple[object, ...] = tuple(scales)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"`scales` must be a sequence of ints, got {scales!r}.") from None
+    try:
+        checked = tuple(check_positive_int("scales", s) for s in values)
+    except ValueError:
+        checked = ()
+    if not checked:
+        raise ValueError(f"`scales` must be a non-empty sequence of positive ints, got {values!r}.")
+    if feature_dim is not None and max(checked) > feature_dim:
+        raise ValueError(
+            f"`scales` must be a non-empty sequence of ints in [1, feature_dim={feature_dim}], "
+            f"got {checked!r}."
+        )
+    return checked
+
+
 def scale_projections(
     feature_dim: int,
     scales: Sequence[int],
@@ -91,13 +130,7 @@ def scale_projections(
         return None
     projection_dim = check_positive_int("projection_dim", projection_dim)
     feature_dim = check_positive_int("feature_dim", feature_dim)
-    scales = [check_positive_int("scales", s) for s in scales]
-    for s in scales:
-        if s > feature_dim:
-            raise ValueError(
-                f"`scales` must lie in [1, feature_dim={feature_dim}] so that "
-                f"feature_dim // s features remain, got {s!r}."
-            )
+    scales = check_scales(scales, feature_dim=feature_dim)
     # FastLinear is nn.Linear (same parameters and values) with an optional faster product.
     return nn.ModuleList(
         FastLinear(feature_dim // s, projection_dim, device=device, dtype=dtype) for s in scales

@@ -823,14 +823,16 @@ def test_a_refused_option_leaves_the_options_as_they_were():
 @pytest.mark.parametrize(
     ("feature_dim", "scales", "match"),
     [
-        (32, (0,), "`scales` must be a positive int"),
-        (32, (1.5,), "`scales` must be a positive int"),
-        (32, (64,), r"`scales` must lie in \[1, feature_dim=32\]"),
+        (32, (0,), "`scales` must be a non-empty sequence of positive ints"),
+        (32, (1.5,), "`scales` must be a non-empty sequence of positive ints"),
+        (32, (), "`scales` must be a non-empty sequence of positive ints"),
+        (32, (64,), r"`scales` must be a non-empty sequence of ints in \[1, feature_dim=32\]"),
         (0, (1,), "`feature_dim` must be a positive int"),
     ],
 )
 def test_scale_projections_rejects_bad_sizes(feature_dim, scales, match):
-    # They raised ZeroDivisionError, failed inside torch.empty, or built a Linear(0, P).
+    # They raised ZeroDivisionError, failed inside torch.empty, or built a Linear(0, P) (or,
+    # for no scales, an empty list); the words are MCCLoss's for the same values.
     from micacl_layers.multiscale import scale_projections
 
     with pytest.raises(ValueError, match=match):
