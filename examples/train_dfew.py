@@ -1019,7 +1019,11 @@ def train_one_fold(
     runner = step_module
     if rt.distributed:
         runner = nn.parallel.DistributedDataParallel(
-            step_module, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
+            step_module,
+            device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+            # With --mc-weight 0 MCCL's projections take no part in the loss, and DDP would
+            # otherwise wait for their gradients and fail at the next step.
+            find_unused_parameters=isinstance(criterion, MICACLLoss) and not criterion.mc_weight,
         )
     writer = None
     if rt.main:

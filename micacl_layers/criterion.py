@@ -27,9 +27,11 @@ from micacl_layers._validation import (
     check_nonnegative_float,
     check_positive_int,
     describe,
+    has_values,
     torchscript_unsupported,
 )
 from micacl_layers.cet import ClassificationEnhancementTerm, Classifier
+from micacl_layers.distributed import gather_without_grad, is_distributed
 from micacl_layers.mccl import MultiscaleCategoryAwareContrastiveLoss
 
 __all__ = ["PRESETS", "MICACLLoss", "MICACLLossOutput"]
@@ -110,7 +112,8 @@ class MICACLLoss(nn.Module):
     Args:
         num_classes: Number of classes ``K`` (at least 2: the cross-entropy needs two).
         feature_dim: Clip feature size ``D``.
-        class_counts: Samples per class, or ``None`` for running counts.
+        class_counts: Samples per class, or ``None`` for running counts (of the targets seen
+            in training mode, also with ``mc_weight=0``; held by ``.mccl``).
         scales: MCCL pooling scales.
         mc_weight: :math:`\lambda_{MC}`.
         label_smoothing: CET label smoothing.
@@ -292,6 +295,12 @@ class MICACLLoss(nn.Module):
             mccl = self.mccl(features, logits, targets, prototypes=prototypes)
         else:
             mccl = torch.zeros_like(cet.loss)
+            if self.mccl.track_class_counts and self.mccl.training and has_values(targets):
+                # MCCL's forward counts them otherwise; the logit adjustment reads these counts.
+                if self.mccl.gather_distributed and is_distributed():
+                    targets = gather_without_grad(targets)  # as MCCL would: the same on every rank
+                # (the CET has checked them: classes, or its ignore_index, which is not counted)
+                self.mccl.update_class_counts(targets[targets != self.cet.ignore_index])
         total = cet.loss + self.mc_weight * mccl
         if return_breakdown:
             return MICACLLossOutput(total, cet.loss, mccl, cet.ce, cet.ial, cet.aug)

@@ -125,6 +125,29 @@ def test_zero_mc_weight_skips_mccl():
     torch.testing.assert_close(out.loss, out.cet)
 
 
+def test_zero_mc_weight_still_counts_running_class_counts():
+    # The logit adjustment reads .mccl's running counts: skipping MCCL must not freeze them at
+    # zero (uniform prior, an adjustment that does nothing).
+    torch.manual_seed(0)
+    y = torch.tensor([0, 0, 0, 1, 1, 2])
+    on, off = (
+        MICACLLoss(3, 8, None, (1,), projection_dim=4, mc_weight=w, logit_adjustment=1.0)
+        for w in (1.0, 0.0)
+    )
+    for criterion in (on, off):
+        for _ in range(2):
+            f = torch.randn(6, 8)
+            criterion(f, torch.randn(6, 3), y, classifier=nn.Linear(8, 3))
+    assert off.mccl.class_counts.tolist() == on.mccl.class_counts.tolist() == [6, 4, 2]
+    off.eval()
+    off(torch.randn(6, 8), torch.randn(6, 3), y, classifier=nn.Linear(8, 3))
+    assert off.mccl.class_counts.tolist() == [6, 4, 2]  # eval mode counts nothing
+    off.train()
+    ignored = torch.tensor([0, -100, 2, -100, 1, 1])  # the CET's ignore_index is not counted
+    off(torch.randn(6, 8), torch.randn(6, 3), ignored, classifier=nn.Linear(8, 3))
+    assert off.mccl.class_counts.tolist() == [7, 6, 3]
+
+
 def test_presets():
     crit = MICACLLoss.from_preset("public_code", 7, 64, projection_dim=32)
     assert crit.mc_weight == 30.0

@@ -308,7 +308,9 @@ def test_eval_shards_cover_every_clip_once():
         assert set(i for s in train for i in s) == set(range(10))
 
 
-def test_two_steps_under_torchrun_on_cpu(dfew_root, tmp_path):
+# --mc-weight 0 leaves MCCL's projections out of the loss: DDP must not wait for their gradients.
+@pytest.mark.parametrize("extra", [[], ["--mc-weight", "0"]], ids=["micacl", "mc_weight_0"])
+def test_two_steps_under_torchrun_on_cpu(dfew_root, tmp_path, extra):
     out = tmp_path / "ddp"
     cmd = [
         sys.executable,
@@ -330,6 +332,7 @@ def test_two_steps_under_torchrun_on_cpu(dfew_root, tmp_path):
         "--output",
         str(out),
         *TINY,
+        *extra,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     done = (out / "results.json").exists()  # written by rank 0 before the teardown
