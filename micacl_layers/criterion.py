@@ -244,7 +244,8 @@ class MICACLLoss(nn.Module):
         Args:
             features: Clip features (the classifier's input).
             logits: Classifier logits.
-            targets: Class indices.
+            targets: Class indices; samples whose target is the CET's ``ignore_index`` (-100,
+                as in ``F.cross_entropy``) are left out of every term, MCCL's included.
             classifier: The classifier, for the CET's feature augmentation and (its weight
                 rows) MCCL's class complements.
             return_breakdown: Return a :class:`MICACLLossOutput`.
@@ -292,6 +293,12 @@ class MICACLLoss(nn.Module):
                         "weight rows are the class complements."
                     )
                 prototypes = weight
+            ignored = targets == self.cet.ignore_index  # (the CET has checked the targets)
+            if has_values(targets) and bool(ignored.any()):
+                # As the cross-entropy does, an ignored sample takes no part in the contrast:
+                # neither an anchor nor a candidate, nor counted.
+                keep = ~ignored
+                features, logits, targets = features[keep], logits[keep], targets[keep]
             mccl = self.mccl(features, logits, targets, prototypes=prototypes)
         else:
             mccl = torch.zeros_like(cet.loss)

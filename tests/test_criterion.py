@@ -148,6 +148,43 @@ def test_zero_mc_weight_still_counts_running_class_counts():
     assert off.mccl.class_counts.tolist() == [7, 6, 3]
 
 
+@pytest.mark.parametrize("preset", ["paper", "paper_logit_adjusted", "balanced"])
+def test_ignored_targets_are_left_out_of_mccl_too(preset):
+    # The CET ignores its ignore_index (-100); MCCL refused it, so a batch with ignored
+    # samples failed whenever MCCL ran (and trained with mc_weight=0).
+    torch.manual_seed(0)
+    head = nn.Linear(8, 3, dtype=torch.float64)
+    full = MICACLLoss.from_preset(preset, 3, 8, class_counts=[5, 3, 1], projection_dim=4)
+    full = full.double()
+    sub = MICACLLoss.from_preset(preset, 3, 8, class_counts=[5, 3, 1], projection_dim=4)
+    sub = sub.double()
+    sub.load_state_dict(full.state_dict())
+    features = torch.randn(6, 8, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([0, -100, 2, 1, -100, 1])
+    keep = targets != -100
+    got = _seeded(
+        lambda: full(features, head(features), targets, classifier=head, return_breakdown=True)
+    )
+    want = _seeded(
+        lambda: sub(
+            features[keep],
+            head(features[keep]),
+            targets[keep],
+            classifier=head,
+            return_breakdown=True,
+        )
+    )
+    torch.testing.assert_close(got.mccl, want.mccl)
+    torch.testing.assert_close(got.ce, want.ce)
+    (grad,) = torch.autograd.grad(got.mccl, features)
+    assert grad[~keep].abs().max() == 0 and grad[keep].abs().max() > 0
+    # Every sample ignored: MCCL has no anchors, a graph-connected 0.
+    none = full(
+        features, head(features), torch.full((6,), -100), classifier=head, return_breakdown=True
+    )
+    assert none.mccl.item() == 0 and none.mccl.requires_grad
+
+
 def test_presets():
     crit = MICACLLoss.from_preset("public_code", 7, 64, projection_dim=32)
     assert crit.mc_weight == 30.0
