@@ -69,3 +69,20 @@ def test_paper_to_code_eq12_names_the_function_whose_last_lines_average_the_scal
     assert any("Eq. 12" in line for line in source[-6:]), (named[1], source[-6:])
     for name, path in re.findall(r"`(\w+)` in `(micacl_layers/[\w/]+\.py)`", page):
         assert f"def {name}(" in (ROOT / path).read_text(encoding="utf-8"), (name, path)
+
+
+def test_api_index_has_a_row_for_every_api_page_and_its_names_exist() -> None:
+    import importlib
+
+    index = (DOCS / "api" / "index.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| \[`(micacl_layers[\w.]*)`\]\(([\w.]+\.md)\) \| (.*) \|$", index, re.M)
+    linked = {page for _, page, _ in rows}
+    pages = {p.name for p in (DOCS / "api").glob("*.md")} - {"index.md"}
+    assert pages <= linked, sorted(pages - linked)
+    for module_name, page, contents in rows:
+        assert f"::: {module_name}\n" in (DOCS / "api" / page).read_text(encoding="utf-8")
+        module = importlib.import_module(module_name)
+        root = importlib.import_module("micacl_layers")
+        words = {"models", "data", "uint8", "nn"}  # an extra's name, a dtype, torch.nn
+        for name in set(re.findall(r"`([A-Za-z_]\w*)`", contents)) - words:
+            assert hasattr(module, name) or hasattr(root, name), (module_name, name)
