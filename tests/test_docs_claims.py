@@ -86,3 +86,22 @@ def test_api_index_has_a_row_for_every_api_page_and_its_names_exist() -> None:
         words = {"models", "data", "uint8", "nn"}  # an extra's name, a dtype, torch.nn
         for name in set(re.findall(r"`([A-Za-z_]\w*)`", contents)) - words:
             assert hasattr(module, name) or hasattr(root, name), (module_name, name)
+
+
+def test_ablation_page_states_the_size_of_the_synthetic_set_the_script_makes() -> None:
+    import importlib.util
+
+    from micacl_layers.data.synthetic import DFEW_TRAIN_FOLD1_COUNTS, _allocate
+
+    spec = importlib.util.spec_from_file_location("ablation", ROOT / "examples" / "ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    preset = ablation.SYNTHETIC_PRESET
+    counts = _allocate(preset["clips"], DFEW_TRAIN_FOLD1_COUNTS, preset["min_clips_per_class"])
+    page = (DOCS / "ablation.md").read_text(encoding="utf-8")
+    stated = re.search(r"set of\s+(\d+) clips once under .*?`--synthetic-clips (\d+)`", page, re.S)
+    assert stated, "the ablation page no longer says how large the synthetic set is"
+    assert (int(stated[1]), int(stated[2])) == (sum(counts), preset["clips"]), stated[0]
+    split = re.search(r"\((\d+) training clips, .*?; (\d+) test clips\)", page, re.S)
+    assert split and int(split[1]) + int(split[2]) == sum(counts), split and split[0]
+    assert f"Synthetic data ({sum(counts)} clips" in page
