@@ -108,7 +108,7 @@ TABLES = {"components": COMPONENTS, "losses": LOSSES}
 
 # The synthetic CPU preset: --demo's tiny model at a smaller size and a shorter schedule, so a
 # 3-seed table fits in ~20 minutes on two cores (see docs/ablation.md for the timings).
-SYNTHETIC_PRESET = {"clips": 600, "epochs": 10, "image_size": 32}
+SYNTHETIC_PRESET = {"clips": 600, "min_clips_per_class": 25, "epochs": 10, "image_size": 32}
 
 
 def load_train_dfew():
@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             make_synthetic_dfew(
                 root,
                 total_clips=args.synthetic_clips,
-                min_clips_per_class=25,
+                min_clips_per_class=SYNTHETIC_PRESET["min_clips_per_class"],
                 folds=(1, 2, 3, 4, 5),
                 seed=args.data_seed,
             )

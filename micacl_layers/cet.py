@@ -65,6 +65,14 @@ class CETOutput(NamedTuple):
         ce: Label-smoothed cross-entropy.
         ial: Intensity-aware loss (0 when its weight is 0).
         aug: Feature-augmentation term (0 when its weight is 0).
+
+    Example:
+        >>> cet = ClassificationEnhancementTerm(aug_weight=0.0)
+        >>> out = cet(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]), return_breakdown=True)
+        >>> out._fields
+        ('loss', 'ce', 'ial', 'aug')
+        >>> bool(torch.isclose(out.loss, out.ce + cet.ial_weight * out.ial)), out.aug.item() == 0
+        (True, True)
     """
 
     loss: torch.Tensor

@@ -92,6 +92,16 @@ class MICACLLossOutput(NamedTuple):
         ce: Label-smoothed cross-entropy part of the CET.
         ial: Intensity-aware part of the CET.
         aug: Feature-augmentation part of the CET.
+
+    Example:
+        >>> criterion = MICACLLoss(3, 8, class_counts=[5, 3, 2], projection_dim=4,
+        ...                        aug_weight=0.0)
+        >>> out = criterion(torch.randn(6, 8), torch.randn(6, 3),
+        ...                 torch.tensor([0, 0, 1, 1, 2, 2]), return_breakdown=True)
+        >>> out._fields
+        ('loss', 'cet', 'mccl', 'ce', 'ial', 'aug')
+        >>> bool(torch.isclose(out.loss, out.cet + criterion.mc_weight * out.mccl))
+        True
     """
 
     loss: torch.Tensor

@@ -26,6 +26,10 @@ __all__ = ["gather_with_grad", "gather_without_grad", "is_distributed"]
 def is_distributed() -> bool:
     """``True`` when a process group with more than one rank is initialised.
 
+    Returns:
+        ``False`` without ``torch.distributed``, without an initialised process group, or with
+        a world size of 1.
+
     Example:
         >>> is_distributed()
         False

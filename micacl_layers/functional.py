@@ -1,6 +1,8 @@
-"""Functional forms of every layer step and loss (kornia style).
+"""Functional forms of the layers' equation steps and of the losses (kornia style).
 
-Each Module of the package stores its options and parameters and calls one of these.
+The Modules store their options and parameters and call these. Three computations have no
+functional form: ``InstanceSelfAttention``, GEIIM's multiscale convolutions and
+``MICACLLoss``'s weighted sum of the CET and MCCL.
 """
 
 from micacl_layers.cet import classification_enhancement_term, feature_augmentation_loss

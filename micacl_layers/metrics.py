@@ -142,6 +142,9 @@ def war(cm: torch.Tensor) -> float:
     Returns:
         WAR in ``[0, 1]``.
 
+    Shape:
+        - cm: :math:`(K, K)`.
+
     Raises:
         ValueError: If ``cm`` is malformed or counts no sample.
 
@@ -167,6 +170,9 @@ def uar(cm: torch.Tensor) -> float:
 
     Returns:
         UAR in ``[0, 1]``.
+
+    Shape:
+        - cm: :math:`(K, K)`.
 
     Raises:
         ValueError: If ``cm`` is malformed or counts no sample.

@@ -184,18 +184,7 @@ SECTION = re.compile(r"^([A-Z][A-Za-z ]*):\s*$")
 
 # Gaps in library docstrings found by the audit below, to be fixed in the library; remove an
 # entry when its docstring is completed (the test fails on a stale entry, and on any new gap).
-KNOWN_GAPS: dict[str, set[str]] = {
-    "micacl_layers.cet.CETOutput": {"Example"},
-    "micacl_layers.criterion.MICACLLossOutput": {"Example"},
-    "micacl_layers.data._frames.SkippedClip": {"Example"},
-    "micacl_layers.data.synthetic.SyntheticClip": {"Example"},
-    "micacl_layers.data.synthetic.SyntheticInfo": {"Example"},
-    "micacl_layers.data.transforms.ClipTransform": {"Shape", "Example"},
-    "micacl_layers.data.transforms.ClipCompose": {"Shape"},
-    "micacl_layers.distributed.is_distributed": {"Returns"},
-    "micacl_layers.metrics.uar": {"Shape"},
-    "micacl_layers.metrics.war": {"Shape"},
-}
+KNOWN_GAPS: dict[str, set[str]] = {}
 
 
 def _sections(doc: str) -> dict[str, str]:

@@ -69,3 +69,145 @@ def test_paper_to_code_eq12_names_the_function_whose_last_lines_average_the_scal
     assert any("Eq. 12" in line for line in source[-6:]), (named[1], source[-6:])
     for name, path in re.findall(r"`(\w+)` in `(micacl_layers/[\w/]+\.py)`", page):
         assert f"def {name}(" in (ROOT / path).read_text(encoding="utf-8"), (name, path)
+
+
+def test_api_index_has_a_row_for_every_api_page_and_its_names_exist() -> None:
+    import importlib
+
+    index = (DOCS / "api" / "index.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| \[`(micacl_layers[\w.]*)`\]\(([\w.]+\.md)\) \| (.*) \|$", index, re.M)
+    linked = {page for _, page, _ in rows}
+    pages = {p.name for p in (DOCS / "api").glob("*.md")} - {"index.md"}
+    assert pages <= linked, sorted(pages - linked)
+    for module_name, page, contents in rows:
+        assert f"::: {module_name}\n" in (DOCS / "api" / page).read_text(encoding="utf-8")
+        module = importlib.import_module(module_name)
+        root = importlib.import_module("micacl_layers")
+        words = {"models", "data", "uint8", "nn"}  # an extra's name, a dtype, torch.nn
+        for name in set(re.findall(r"`([A-Za-z_]\w*)`", contents)) - words:
+            assert hasattr(module, name) or hasattr(root, name), (module_name, name)
+
+
+def test_ablation_page_states_the_size_of_the_synthetic_set_the_script_makes() -> None:
+    import importlib.util
+
+    from micacl_layers.data.synthetic import DFEW_TRAIN_FOLD1_COUNTS, _allocate
+
+    spec = importlib.util.spec_from_file_location("ablation", ROOT / "examples" / "ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    preset = ablation.SYNTHETIC_PRESET
+    counts = _allocate(preset["clips"], DFEW_TRAIN_FOLD1_COUNTS, preset["min_clips_per_class"])
+    page = (DOCS / "ablation.md").read_text(encoding="utf-8")
+    stated = re.search(r"set of\s+(\d+) clips once under .*?`--synthetic-clips (\d+)`", page, re.S)
+    assert stated, "the ablation page no longer says how large the synthetic set is"
+    assert (int(stated[1]), int(stated[2])) == (sum(counts), preset["clips"]), stated[0]
+    split = re.search(r"\((\d+) training clips, .*?; (\d+) test clips\)", page, re.S)
+    assert split and int(split[1]) + int(split[2]) == sum(counts), split and split[0]
+    assert f"Synthetic data ({sum(counts)} clips" in page
+
+
+def _our_callable(dotted: str) -> object | None:
+    """What a page names as ``Name``, ``Name.method`` or ``module.Name``, if this package's."""
+    import importlib
+
+    parts = dotted.removeprefix("micacl_layers.").split(".")
+    for prefix in ("models", "data", "metrics", "functional", "checkpoint", "memory", "config"):
+        if parts[0] == prefix and len(parts) > 1:
+            parts = parts[1:]
+    for name in (
+        "micacl_layers",
+        "micacl_layers.functional",
+        "micacl_layers.models",
+        "micacl_layers.data",
+        "micacl_layers.data.transforms",
+        "micacl_layers.data.synthetic",
+        "micacl_layers.metrics",
+        "micacl_layers.checkpoint",
+        "micacl_layers.memory",
+        "micacl_layers.config",
+    ):
+        obj: object = importlib.import_module(name)
+        try:
+            for part in parts:
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        ours = getattr(obj, "__module__", "") or ""
+        return obj if callable(obj) and ours.startswith("micacl_layers") else None
+    return None
+
+
+def _documented_signatures() -> list[tuple[str, str, str]]:
+    """``(page, name, parameters)`` for every inline `Name(a, *, b=1)` of the prose pages.
+
+    Code blocks are left out (they run in tests of their own), and so is bad-inputs.md, whose
+    calls on its own variables tests/test_bad_inputs.py executes.
+    """
+    found = []
+    pages = [ROOT / "README.md", *sorted(p for p in DOCS.glob("*.md") if p.name != "bad-inputs.md")]
+    for page in pages:
+        text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+        text = text.replace("\n", " ")
+        for m in re.finditer(r"`((?:\w+\.)*\w+)\(([^`()]*(?:\([^`()]*\)[^`()]*)*)\)`", text):
+            found.append((page.name, m[1], m[2]))
+    return found
+
+
+def test_inline_signatures_match_the_code() -> None:
+    """An inline `Name(a, b=1, *, c=None)` names the parameters, in order, with the defaults.
+
+    A text that does not parse as a parameter list (`train_transform(112)`) is a call, and so
+    is one of keywords only without `*` (`MICACLLoss(mc_weight=0)`): of a call, only the
+    keyword names are checked.
+    """
+    import ast
+    import inspect
+
+    import torch
+
+    checked = 0
+    for page, name, text in _documented_signatures():
+        obj = _our_callable(name)
+        if obj is None:
+            continue
+        signature = inspect.signature(obj)
+        params = re.sub(r"=\s*\.\.\.", "=Ellipsis", text)  # `MCCLoss(class_counts=...)`
+        params = re.sub(r",?\s*\.\.\.[\w ]*", "", params).strip().strip(",")  # `(..., b=1)`
+        params = re.sub(r",\s*\*$", "", params)  # `FERV39k(root, split, *, ...same options)`
+        try:
+            tree = ast.parse(f"def f({params}): pass").body[0].args
+        except SyntaxError:
+            continue
+        positional = tree.posonlyargs + tree.args
+        defaults = [None] * (len(positional) - len(tree.defaults)) + list(tree.defaults)
+        items = list(zip(positional, defaults, strict=True))
+        items += list(zip(tree.kwonlyargs, tree.kw_defaults, strict=True))
+        where = f"{page}: `{name}({text})`"
+        names = {arg.arg for arg, _ in items}
+        accepted = set(signature.parameters)
+        if "mccl_options" in accepted:  # MICACLLoss hands these to its MCCLoss
+            from micacl_layers import MCCLoss
+
+            accepted |= set(inspect.signature(MCCLoss).parameters)
+        assert names <= accepted, (where, sorted(names - accepted))
+        if "*" not in params and all(d is not None for _, d in items):
+            continue  # a call with these values, not a statement of the defaults
+        leading = [arg.arg for arg in positional]
+        assert [p for p in signature.parameters if p in leading] == leading, where
+        for arg, default in items:
+            if default is None:
+                continue
+            stated = eval(compile(ast.Expression(default), page, "eval"), {"torch": torch})
+            actual = signature.parameters[arg.arg].default
+            if stated is Ellipsis:
+                continue
+            if isinstance(actual, tuple) and isinstance(stated, tuple):
+                same = len(stated) == len(actual) and all(
+                    a == b or abs(a - b) < 1e-9 for a, b in zip(stated, actual, strict=True)
+                )
+            else:
+                same = stated == actual
+            assert same, (where, arg.arg, stated, actual)
+        checked += 1
+    assert checked >= 10, checked

@@ -88,6 +88,18 @@ class SkippedClip(NamedTuple):
         label: Its 0-based label.
         reason: Why it was skipped (``"missing"``, ``"not a directory"``, ``"no JPEG frames"``).
         line: Line number of the clip in the split file.
+
+    Example:
+        >>> import shutil, tempfile, warnings
+        >>> from micacl_layers.data import DFEW, make_synthetic_dfew
+        >>> root = make_synthetic_dfew(tempfile.mkdtemp(), total_clips=14, frames=(6, 8),
+        ...                            image_size=16, min_clips_per_class=2).root
+        >>> shutil.rmtree(Path(root) / "Clip" / "clip_224x224" / "00001")
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")  # the SkippedClipsWarning that lists them
+        ...     splits = [DFEW(root, 1, s, skip_bad_clips=True) for s in ("train", "test")]
+        >>> [(c.frame_dir.name, c.reason) for ds in splits for c in ds.skipped]
+        [('00001', 'missing')]
     """
 
     frame_dir: Path

@@ -67,6 +67,14 @@ class SyntheticClip:
         num_frames: Number of frames written.
         test_group: Cross-validation group 0..4; DFEW fold ``k`` tests on group ``k - 1``,
             FERV39k tests on group 0.
+
+    Example:
+        >>> import tempfile
+        >>> info = make_synthetic_dfew(tempfile.mkdtemp(), total_clips=14, frames=(6, 8),
+        ...                            image_size=16, min_clips_per_class=2)
+        >>> clip = info.clips[0]
+        >>> len(clip.clip_id), 6 <= clip.num_frames <= 8, clip.test_group in range(5)
+        (5, True, True)
     """
 
     clip_id: str
@@ -85,6 +93,13 @@ class SyntheticInfo:
         classes: Class names in label order.
         clips: Every clip written.
         class_counts: Clips per class (all splits together).
+
+    Example:
+        >>> import tempfile
+        >>> info = make_synthetic_dfew(tempfile.mkdtemp(), total_clips=14, frames=(6, 8),
+        ...                            image_size=16, min_clips_per_class=2)
+        >>> info.dataset, list(info.classes[:2]), sum(info.class_counts) == len(info.clips)
+        ('dfew', ['happy', 'sad'], True)
     """
 
     root: Path

@@ -132,8 +132,20 @@ class ClipTransform:
         generator: Default source of randomness for random transforms (a CPU
             ``torch.Generator``, or ``None`` for torch's global RNG).
 
+    Shape:
+        - clip: :math:`(T, C, H, W)`, floating point in ``[0, 1]``.
+        - Output: :math:`(T, C, H', W')`.
+
     Raises:
         TypeError: If ``generator`` (here or at call time) is not a CPU ``torch.Generator``.
+
+    Example:
+        >>> class ClipInvert(ClipTransform):
+        ...     def __call__(self, clip, *, generator=None):
+        ...         return 1.0 - clip
+        >>> t = ClipCompose([ClipResize(8), ClipInvert()])
+        >>> t(torch.zeros(4, 3, 16, 16)).shape, t(torch.zeros(4, 3, 16, 16)).min().item()
+        (torch.Size([4, 3, 8, 8]), 1.0)
     """
 
     def __init__(self, *, generator: torch.Generator | None = None) -> None:
@@ -536,6 +548,10 @@ class ClipCompose(ClipTransform):
     Args:
         transforms: Transforms applied in order. ``ClipTransform`` instances receive the
             ``generator``; any other callable is called with the clip alone.
+
+    Shape:
+        - clip: :math:`(T, C, H, W)`.
+        - Output: what the last step returns, :math:`(T, C, H', W')` for this package's steps.
 
     Raises:
         TypeError: If ``transforms`` is not a sequence or a step is not callable.
