@@ -20,10 +20,12 @@ pytestmark = pytest.mark.slow  # end-to-end runs and process groups: not in the 
 B, D, K = 12, 16, 3
 
 
-def _data():
+def _data(options=None):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(B, 8, generator=g)
     targets = torch.tensor([0, 1, 2, 0, 0, 1, 2, 2, 0, 1, 1, 0])
+    for row in (options or {}).get("ignored", ()):
+        targets[row] = -100  # the CET's ignore_index
     return x, targets
 
 
@@ -35,7 +37,7 @@ def _models(options):
     torch.manual_seed(1)
     net = torch.nn.Linear(8, D).double()
     head = torch.nn.Linear(D, K).double()
-    options = dict(options)
+    options = {k: v for k, v in options.items() if k not in ("ignored", "mccl_part")}
     preset = options.pop("preset", None)
     if preset is not None:
         # The whole objective: the CET is per sample, only its MCCL gathers. The augmentation's
@@ -52,46 +54,48 @@ def _mccl(criterion):
     return criterion.mccl if isinstance(criterion, MICACLLoss) else criterion
 
 
-def _params(net, head, criterion):
+def _params(net, head, criterion, mccl_part=False):
     # The head only feeds the detached difficulty factor of Eq. 7, so it gets no gradient from
     # MCCL, unless its weight rows are the class complements; the CET trains all of it.
-    if isinstance(criterion, MICACLLoss):
+    if isinstance(criterion, MICACLLoss) and not mccl_part:
         head_params = list(head.parameters())
     else:
-        head_params = [head.weight] if criterion.class_complements else []
+        head_params = [head.weight] if _mccl(criterion).class_complements else []
     return [*net.parameters(), *head_params, *criterion.parameters()]
 
 
-def _loss(criterion, head, features, targets):
+def _loss(criterion, head, features, targets, mccl_part=False):
     if isinstance(criterion, MICACLLoss):
-        return criterion(features, head(features), targets, classifier=head)
+        out = criterion(features, head(features), targets, classifier=head, return_breakdown=True)
+        return out.mccl if mccl_part else out.loss
     prototypes = head.weight if criterion.class_complements else None
     return criterion(features, head(features), targets, prototypes=prototypes)
 
 
 def _single_process(options):
-    x, targets = _data()
+    x, targets = _data(options)
     net, head, mccl = _models(options)
     features = net(x.double())
-    loss = _loss(mccl, head, features, targets)
+    part = options.get("mccl_part", False)
+    loss = _loss(mccl, head, features, targets, part)
     loss.backward()
-    return loss.detach(), [p.grad.clone() for p in _params(net, head, mccl)]
+    return loss.detach(), [p.grad.clone() for p in _params(net, head, mccl, part)]
 
 
 def _worker(rank, world, port, sizes, queue, options):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        x, targets = _data()
+        x, targets = _data(options)
         net, head, mccl = _models(options)
         _mccl(mccl).gather_distributed = True
         start = sum(sizes[:rank])
         local = slice(start, start + sizes[rank])
         features = net(x[local].double())
-        loss = _loss(mccl, head, features, targets[local])
+        loss = _loss(mccl, head, features, targets[local], options.get("mccl_part", False))
         loss.backward()
         grads = []
-        for p in _params(net, head, mccl):
+        for p in _params(net, head, mccl, options.get("mccl_part", False)):
             # What DDP does: average the gradients over ranks.
             g = p.grad.clone()
             dist.all_reduce(g)
@@ -139,7 +143,7 @@ def _check(sizes, options=None):
     options = options or {}
     ref_loss, ref_grads = _single_process(options)
     results = _run(sizes, options)
-    if "preset" in options:
+    if "preset" in options and not options.get("mccl_part"):
         # A CET mean over each rank's shard: equal shards average to the batch's mean.
         assert len(set(sizes)) == 1
         mean = sum(r[1] for r in results) / len(results)
@@ -148,7 +152,7 @@ def _check(sizes, options=None):
         )
     for _rank, loss, grads, ok_gather, ok_rows in results:
         assert ok_gather and ok_rows
-        if "preset" not in options:
+        if "preset" not in options or options.get("mccl_part"):
             torch.testing.assert_close(
                 torch.tensor(loss, dtype=torch.float64), ref_loss, rtol=0, atol=1e-6
             )
@@ -176,6 +180,14 @@ def test_whole_objective_preset_matches_single_process(preset):
 
 def test_whole_objective_with_balanced_smoothing_matches_single_process():
     _check([6, 6], {"preset": "paper_logit_adjusted", "balanced_smoothing": True})
+
+
+@pytest.mark.parametrize("ignored", [(0, 1, 3, 5), (0, 1, 2, 3, 4, 5)])
+def test_ignored_targets_leave_the_gathered_mccl_as_one_process(ignored):
+    # MICACLLoss drops ignore_index samples before MCCL gathers: rank 0 keeps two of its six,
+    # or none (unequal shards into the gather, one of them empty), and MCCL's part equals one
+    # process's on the batch.
+    _check([6, 6], {"preset": "paper", "ignored": ignored, "mccl_part": True})
 
 
 def test_gather_is_a_no_op_without_a_process_group():
