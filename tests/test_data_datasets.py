@@ -499,3 +499,10 @@ def test_frame_order_does_not_depend_on_the_listing_order(tmp_path, monkeypatch)
             "x10.jpg",
         ]
     )
+
+
+def test_list_frames_with_non_decimal_digit_characters(tmp_path):
+    # "²" is str.isdigit() but not a decimal digit: int("²") raised "invalid literal for int()"
+    # at construction, naming neither the folder nor the file.
+    write_clip(tmp_path / "c", 3, names=["1²2.jpg", "2.jpg", "1.jpg"])
+    assert [p.name for p in list_frames(tmp_path / "c")] == ["1.jpg", "1²2.jpg", "2.jpg"]

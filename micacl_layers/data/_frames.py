@@ -97,8 +97,10 @@ class SkippedClip(NamedTuple):
 
 
 def _natural_key(name: str) -> list[int | str]:
-    # DFEW names frames 00001.jpg...; a numeric compare also keeps 2.jpg before 10.jpg.
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+    # DFEW names frames 00001.jpg...; a numeric compare also keeps 2.jpg before 10.jpg. The
+    # split puts the digit runs at the odd positions; part.isdigit() would also pick out "²",
+    # which is not a decimal digit and which int() refuses.
+    return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", name))]
 
 
 def _is_jpeg(name: str) -> bool:
