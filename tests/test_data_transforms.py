@@ -237,3 +237,17 @@ def test_compose_checks_its_steps_at_construction():
         T.ClipCompose(T.ClipResize(4))
     with pytest.raises(TypeError, match="`transforms` must be a sequence of callables"):
         T.ClipCompose(None)
+
+
+def test_sizes_may_be_numpy_integers():
+    # A size read from a NumPy array or a sweep's config is a NumPy integer: it was refused as
+    # "size must be an int ..., got np.int64(8)", where the data sets take one as `fold`.
+    np = pytest.importorskip("numpy")
+    assert T.ClipResize(np.int64(8)).size == (8, 8)
+    crop = T.ClipRandomResizedCrop((np.int32(4), 6))
+    assert crop.size == (4, 6) and all(type(s) is int for s in crop.size)
+    assert T.train_transform(np.int64(8))(torch.rand(2, 3, 16, 16)).shape == (2, 3, 8, 8)
+    assert T.test_transform(np.uint8(8)).transforms[0].size == (8, 8)
+    for bad in (np.float64(8.0), np.bool_(True), (np.int64(4), 2.0)):
+        with pytest.raises(TypeError, match="size must be an int"):
+            T.ClipResize(bad)

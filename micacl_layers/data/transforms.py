@@ -17,6 +17,7 @@ normalisation itself. ``ClipNormalize`` is there for models that expect normalis
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -74,14 +75,16 @@ def _check_clip(
         )
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
-    if isinstance(size, int) and not isinstance(size, bool):
-        pair = (size, size)
-    elif (
-        isinstance(size, Sequence)
-        and len(size) == 2
-        and all(isinstance(s, int) and not isinstance(s, bool) for s in size)
-    ):
+    # numbers.Integral takes NumPy integers (a size read from an array or a config), as the
+    # data sets' `fold` does; a bool is not a size.
+    if isinstance(size, numbers.Integral) and not isinstance(size, bool):
+        pair = (int(size), int(size))
+    elif isinstance(size, Sequence) and len(size) == 2 and all(_is_int(s) for s in size):
         pair = (int(size[0]), int(size[1]))
     else:
         raise TypeError(f"{name} must be an int or a (height, width) pair of ints, got {size!r}")
