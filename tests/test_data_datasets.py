@@ -506,3 +506,21 @@ def test_list_frames_with_non_decimal_digit_characters(tmp_path):
     # at construction, naming neither the folder nor the file.
     write_clip(tmp_path / "c", 3, names=["1²2.jpg", "2.jpg", "1.jpg"])
     assert [p.name for p in list_frames(tmp_path / "c")] == ["1.jpg", "1²2.jpg", "2.jpg"]
+
+
+def test_item_index_must_be_one_int_in_range(tmp_path):
+    dfew_tree(tmp_path, [("1", 1), ("2", 2)], frames={"00001": 3, "00002": 3})
+    ds = DFEW(tmp_path, 1, "train")
+    assert ds[-1][1] == ds[1][1] == 1  # negative indices count from the end, as in a list
+    np = pytest.importorskip("numpy")
+    assert ds[np.int64(1)][1] == ds[torch.tensor(1)][1] == 1
+    # A slice unpacked two samples as (frame_dir, label) and failed inside os.scandir with
+    # "path should be string ..., not tuple"; three failed with "too many values to unpack".
+    for bad in (slice(0, 2), slice(0, 3), 1.0, "0", [0, 1]):
+        with pytest.raises(TypeError, match=r"DFEW: `index` must be an int, got .*Subset"):
+            ds[bad]
+    # IndexError, as a list's: it also ends `for clip, label in ds`.
+    for bad in (2, -3):
+        with pytest.raises(IndexError, match=rf"DFEW: index {bad} is out of range for 2 clips"):
+            ds[bad]
+    assert len(list(ds)) == 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import io
+import operator
 import os
 import re
 import warnings
@@ -586,10 +587,25 @@ class ClipFolderDataset(Dataset[tuple[torch.Tensor, int]]):
             float32 (or uint8 with ``output_dtype=torch.uint8``), and the 0-based label.
 
         Raises:
+            TypeError: If ``index`` is not an integer (a slice, a float, a list).
+            IndexError: If ``index`` is out of range (negative ones count from the end).
             FileNotFoundError: If the clip's folder lost its frames since construction.
             CorruptFrameError: If a sampled frame cannot be decoded (naming the file).
         """
-        frame_dir, label = self.samples[index]
+        try:
+            i = operator.index(index)
+        except TypeError:
+            # Else a slice of samples is unpacked as one (frame_dir, label) and fails deep in
+            # os.scandir, or as "too many values to unpack".
+            raise TypeError(
+                f"{self.name}: `index` must be an int, got {index!r} of type "
+                f"{type(index).__name__}; items are loaded one at a time "
+                "(torch.utils.data.Subset selects several)"
+            ) from None
+        if not -len(self.samples) <= i < len(self.samples):
+            # IndexError, as a list's: it is also what ends iteration over the data set.
+            raise IndexError(f"{self.name}: index {i} is out of range for {len(self)} clips")
+        frame_dir, label = self.samples[i]
         try:
             clip = self._load(frame_dir, self._frames(frame_dir))
         except FileNotFoundError:
