@@ -299,3 +299,16 @@ def test_render_clip_rejects_non_int_sizes(kwargs, match):
     args = {"class_name": "happy", "num_frames": 3, "image_size": 8} | kwargs
     with pytest.raises(ValueError, match=match):
         S.render_clip(**args, rng=np.random.default_rng(0))
+
+
+def test_a_root_under_home_is_expanded_as_torchvision_does(tmp_path, monkeypatch):
+    # "~/data" was taken literally: the generators wrote under ./~ in the working directory,
+    # and the loaders looked there (torchvision's data sets expand it).
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    small = {"frames": (2, 3), "image_size": 8, "min_clips_per_class": 2}
+    info = S.make_synthetic_dfew("~/dfew", total_clips=14, **small)
+    assert info.root == tmp_path / "dfew" and not (tmp_path / "~").exists()
+    assert DFEW("~/dfew", 1, "train").root == tmp_path / "dfew"
+    S.make_synthetic_ferv39k("~/ferv", total_clips=14, **small)
+    assert len(FERV39k("~/ferv", "test")) > 0 and not (tmp_path / "~").exists()

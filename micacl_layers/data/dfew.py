@@ -125,7 +125,8 @@ class DFEW(ClipFolderDataset):
     ``(T, C, H, W)`` clip and returns it channel-first.
 
     Args:
-        root: DFEW root folder (holding ``Clip/`` and ``EmoLabel_DataSplit/``).
+        root: DFEW root folder (holding ``Clip/`` and ``EmoLabel_DataSplit/``); a leading
+            ``~`` is the home folder.
         fold: Fold 1..5 (an ``int`` or a NumPy integer; stored as ``int``).
         split: ``"train"`` or ``"test"``.
         num_frames: Frames sampled per clip (MICACL: 16).
@@ -226,7 +227,7 @@ class DFEW(ClipFolderDataset):
             raise ValueError(f"fold must be an int in 1..5, got {fold!r}")
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        self.root = Path(root)
+        self.root = Path(root).expanduser()  # as torchvision's data sets: "~/DFEW" is home
         self.fold = int(fold)
         self.split = split
         split_file = (

@@ -121,7 +121,8 @@ class FERV39k(ClipFolderDataset):
     its 31,088 training clips are shorter than 16 frames: they are stretched, never dropped.
 
     Args:
-        root: FERV39k root folder (holding ``2_ClipsforFaceCrop/`` and ``4_setups/``).
+        root: FERV39k root folder (holding ``2_ClipsforFaceCrop/`` and ``4_setups/``); a
+            leading ``~`` is the home folder.
         split: ``"train"`` or ``"test"``.
         num_frames: Frames sampled per clip (MICACL: 16).
         transform: Callable on a float ``(T, C, H, W)`` clip in ``[0, 1]``.
@@ -191,7 +192,7 @@ class FERV39k(ClipFolderDataset):
         )
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        self.root = Path(root)
+        self.root = Path(root).expanduser()  # as torchvision's data sets
         self.split = split
         split_file = self.root / "4_setups" / "All_scenes" / f"{split}_All.csv"
         frames_root = self.root / "2_ClipsforFaceCrop"

@@ -457,7 +457,7 @@ def make_synthetic_dfew(
     ):
         raise ValueError(f"folds must be a non-empty sequence of ints in 1..5, got {folds!r}")
     folds = [int(f) for f in folds]
-    root = Path(root)
+    root = Path(root).expanduser()  # as the loaders, which must find it there
     _fresh(root, "Clip", "EmoLabel_DataSplit")
     plan = _plan(counts, frames, seed)
     clips = []
@@ -552,7 +552,7 @@ def make_synthetic_ferv39k(
         counts = _allocate(total_clips, weights, min_clips_per_class)
     else:
         counts = [int(c) for c in clips_per_class]
-    root = Path(root)
+    root = Path(root).expanduser()  # as the loaders, which must find it there
     _fresh(root, "2_ClipsforFaceCrop", "4_setups")
     plan = _plan(counts, frames, seed)
     scene_rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))
