@@ -251,3 +251,12 @@ def test_sizes_may_be_numpy_integers():
     for bad in (np.float64(8.0), np.bool_(True), (np.int64(4), 2.0)):
         with pytest.raises(TypeError, match="size must be an int"):
             T.ClipResize(bad)
+
+
+def test_crop_ranges_may_be_any_iterable_of_two_numbers():
+    # A one-shot iterator (a generator expression) was consumed by the check and then indexed:
+    # "'generator' object is not subscriptable".
+    crop = T.ClipRandomResizedCrop(8, scale=(s for s in (0.5, 1.0)), ratio=iter([0.5, 2]))
+    assert crop.scale == (0.5, 1.0) and crop.ratio == (0.5, 2.0)
+    with pytest.raises(ValueError, match=r"scale must be \(low, high\)"):
+        T.ClipRandomResizedCrop(8, scale=iter([0.5, 1.0, 1.0]))

@@ -93,11 +93,17 @@ def _pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
     return pair
 
 
-def _is_real_pair(value: object) -> bool:
+def _real_pair(value: object) -> tuple[float, float] | None:
+    """``value`` as two floats if it is two real numbers, else ``None``.
+
+    It is read once, so a one-shot iterator is checked and kept, not consumed by the check.
+    """
     if not isinstance(value, Iterable):
-        return False
+        return None
     pair = tuple(value)
-    return len(pair) == 2 and all(is_real(v) for v in pair)
+    if len(pair) != 2 or not all(is_real(v) for v in pair):
+        return None
+    return float(pair[0]), float(pair[1])
 
 
 def _grey(clip: torch.Tensor) -> torch.Tensor:
@@ -201,16 +207,17 @@ class ClipRandomResizedCrop(ClipTransform):
         super().__init__(generator=generator)
         self.size = _pair(size, "size")
         # (A bool is not a number here: (True, True) would mean (1.0, 1.0).)
-        if not (_is_real_pair(scale) and 0 < scale[0] <= scale[1] <= 1):
+        scale_pair, ratio_pair = _real_pair(scale), _real_pair(ratio)
+        if scale_pair is None or not 0 < scale_pair[0] <= scale_pair[1] <= 1:
             raise ValueError(
                 f"scale must be (low, high) numbers with 0 < low <= high <= 1, got {scale!r}"
             )
-        if not (_is_real_pair(ratio) and 0 < ratio[0] <= ratio[1] < math.inf):
+        if ratio_pair is None or not 0 < ratio_pair[0] <= ratio_pair[1] < math.inf:
             raise ValueError(
                 f"ratio must be (low, high) numbers with 0 < low <= high (finite), got {ratio!r}"
             )
-        self.scale = (float(scale[0]), float(scale[1]))
-        self.ratio = (float(ratio[0]), float(ratio[1]))
+        self.scale = scale_pair
+        self.ratio = ratio_pair
 
     def get_params(
         self, height: int, width: int, generator: torch.Generator | None = None
