@@ -524,3 +524,17 @@ def test_item_index_must_be_one_int_in_range(tmp_path):
         with pytest.raises(IndexError, match=rf"DFEW: index {bad} is out of range for 2 clips"):
             ds[bad]
     assert len(list(ds)) == 2
+
+
+def test_split_file_in_utf16_without_a_byte_order_mark_is_named(tmp_path):
+    # UTF-16 without its BOM is valid UTF-8 (ASCII with NULs between): the error was about
+    # the clip id '\x001\x00' or an unknown label '\x00S\x00a\x00d\x00', not the encoding.
+    path = dfew_tree(tmp_path, [("1", "3")], frames={"00001": 4})
+    for codec in ("utf-16-le", "utf-16-be"):
+        path.write_bytes("video_name,label\n1,3\n".encode(codec))
+        with pytest.raises(ValueError, match=r"set_1\.csv:1: .*NUL.*UTF-16.*save it as UTF-8"):
+            DFEW(tmp_path, 1, "train")
+    ferv = ferv_tree(tmp_path / "f", ["Action/Sad/0010 Sad"], frames={"Action/Sad/0010": 3})
+    ferv.write_bytes("Action/Sad/0010 Sad\n".encode("utf-16-le"))
+    with pytest.raises(ValueError, match=r"train_All\.csv:1: FERV39k split file holds a NUL"):
+        FERV39k(tmp_path / "f", "train")

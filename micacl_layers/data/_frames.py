@@ -285,7 +285,8 @@ def read_split_lines(path: str | os.PathLike[str], dataset: str) -> list[tuple[i
 
     Raises:
         FileNotFoundError: If the file does not exist (naming it).
-        ValueError: If it holds no non-blank line, or is not UTF-8 text (naming the line).
+        ValueError: If it holds no non-blank line, or is not UTF-8 text, or holds a NUL
+            character (UTF-16 without its byte-order mark), naming the line.
 
     Example:
         >>> import tempfile
@@ -312,11 +313,16 @@ def read_split_lines(path: str | os.PathLike[str], dataset: str) -> list[tuple[i
             f"{raw[err.start]:#04x} at offset {err.start}); save it as UTF-8"
         ) from None
     # newline="": lines end at \n, \r\n or \r, as when the file is iterated in text mode.
-    lines = [
-        (i, text.rstrip())
-        for i, text in enumerate(io.StringIO(decoded, newline=""), start=1)
-        if text.strip()
-    ]
+    numbered = list(enumerate(io.StringIO(decoded, newline=""), start=1))
+    for i, text in numbered:
+        # UTF-16 without its byte-order mark is valid UTF-8 (every other byte NUL), and would
+        # fail later as a clip id or label name full of NULs, not as an encoding.
+        if "\0" in text:
+            raise ValueError(
+                f"{path}:{i}: {dataset} split file holds a NUL character, as UTF-16 or UTF-32 "
+                "text without its byte-order mark does; save it as UTF-8"
+            )
+    lines = [(i, text.rstrip()) for i, text in numbered if text.strip()]
     if not lines:
         raise ValueError(f"{path}:1: {dataset} split file is empty")
     return lines
