@@ -538,3 +538,14 @@ def test_split_file_in_utf16_without_a_byte_order_mark_is_named(tmp_path):
     ferv.write_bytes("Action/Sad/0010 Sad\n".encode("utf-16-le"))
     with pytest.raises(ValueError, match=r"train_All\.csv:1: FERV39k split file holds a NUL"):
         FERV39k(tmp_path / "f", "train")
+
+
+def test_split_line_the_csv_reader_refuses_is_named(tmp_path):
+    # csv's own error ("field larger than field limit (131072)") named no file or line, and
+    # is not a ValueError.
+    path = dfew_tree(tmp_path, [("1", 1), ("7" * 200_000, 1)], frames={"00001": 3})
+    with pytest.raises(ValueError, match=r"set_1\.csv:3: cannot read the line as CSV .*limit"):
+        DFEW(tmp_path, 1, "train")
+    path.write_text("x" * 200_000 + "\n1,1\n")
+    with pytest.raises(ValueError, match=r"set_1\.csv:1: cannot read the line as CSV"):
+        DFEW(tmp_path, 1, "train")

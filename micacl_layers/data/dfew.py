@@ -37,8 +37,12 @@ DFEW_CLASSES: tuple[str, ...] = (
 )
 
 
-def _fields(text: str) -> list[str]:
-    return [field.strip() for field in next(csv.reader([text]))]
+def _fields(text: str, path: Path, line: int) -> list[str]:
+    try:
+        row = next(csv.reader([text]))
+    except csv.Error as err:  # e.g. a field over csv's size limit: not a ValueError, no line
+        raise split_error(path, line, f"cannot read the line as CSV ({err})") from None
+    return [field.strip() for field in row]
 
 
 def _looks_like_data_row(fields: list[str]) -> bool:
@@ -71,7 +75,7 @@ def parse_dfew_split(path: str | os.PathLike[str]) -> list[tuple[str, int, int]]
     path = Path(path)
     lines = read_split_lines(path, "DFEW")
     first_line, first_text = lines[0]
-    if _looks_like_data_row(_fields(first_text)):
+    if _looks_like_data_row(_fields(first_text, path, first_line)):
         raise split_error(
             path,
             first_line,
@@ -82,7 +86,7 @@ def parse_dfew_split(path: str | os.PathLike[str]) -> list[tuple[str, int, int]]
     seen: dict[str, int] = {}
     n_classes = len(DFEW_CLASSES)
     for line, text in lines[1:]:
-        fields = _fields(text)
+        fields = _fields(text, path, line)
         if len(fields) < 2:
             raise split_error(path, line, f"expected 'clip_id,label', got {text!r}")
         raw_id, raw_label = fields[0], fields[1]
