@@ -3,6 +3,7 @@ import re
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -549,3 +550,36 @@ def test_split_line_the_csv_reader_refuses_is_named(tmp_path):
     path.write_text("x" * 200_000 + "\n1,1\n")
     with pytest.raises(ValueError, match=r"set_1\.csv:1: cannot read the line as CSV"):
         DFEW(tmp_path, 1, "train")
+
+
+def _reseed_per_worker(worker_id):
+    # The recipe of docs/data.md: the worker's own copy of the data set, whatever the start
+    # method.
+    torch.utils.data.get_worker_info().dataset.generator.manual_seed(1000 + worker_id)
+
+
+@pytest.mark.slow  # two spawned workers import torch afresh
+def test_per_worker_reseeding_recipe_works_under_spawn(tmp_path):
+    # The recipe was `dataset.generator.manual_seed(...)`: under "spawn" (the default on macOS
+    # and Windows) the name `dataset` in a worker is not the copy its DataLoader iterates (the
+    # main module is imported afresh), so every worker kept drawing the same frames.
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
+    assert "get_worker_info().dataset.generator.manual_seed(base_seed + worker_id)" in docs
+    dfew_tree(tmp_path, [("1", 1), ("2", 2)], frames={"00001": 40, "00002": 40})
+    ds = DFEW(tmp_path, 1, "train", generator=torch.Generator().manual_seed(0))
+    strategy = torch.multiprocessing.get_sharing_strategy()
+    torch.multiprocessing.set_sharing_strategy("file_system")  # some sandboxes refuse shm fds
+    try:
+        loader = torch.utils.data.DataLoader(
+            ds,
+            batch_size=1,
+            num_workers=2,
+            multiprocessing_context="spawn",
+            worker_init_fn=_reseed_per_worker,
+        )
+        got = [clip[0] for clip, _ in loader]
+    finally:
+        torch.multiprocessing.set_sharing_strategy(strategy)
+    for index, clip in enumerate(got):  # item i is worker i's first
+        ds.generator = torch.Generator().manual_seed(1000 + index)
+        assert torch.equal(clip, ds[index][0])

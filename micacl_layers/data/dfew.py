@@ -143,7 +143,8 @@ class DFEW(ClipFolderDataset):
             out, with one ``SkippedClipsWarning`` listing all of them; ``.skipped`` holds them.
         generator: Randomness for frame sampling and for this package's clip transforms.
             ``None`` uses torch's global RNG (seeded per ``DataLoader`` worker). A generator
-            object is copied into each worker as is: reseed it in ``worker_init_fn``.
+            object is copied into each worker as is: reseed it in ``worker_init_fn``, through
+            ``torch.utils.data.get_worker_info().dataset.generator``.
         fast_decode: For this package's ``ClipTransform`` chains (``train_transform``,
             ``test_transform``, ...): draw the crop and flip first, then decode each sampled
             frame straight to the crop at the output size (JPEG draft mode where ``draft``
