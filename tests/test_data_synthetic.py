@@ -312,3 +312,21 @@ def test_a_root_under_home_is_expanded_as_torchvision_does(tmp_path, monkeypatch
     assert DFEW("~/dfew", 1, "train").root == tmp_path / "dfew"
     S.make_synthetic_ferv39k("~/ferv", total_clips=14, **small)
     assert len(FERV39k("~/ferv", "test")) > 0 and not (tmp_path / "~").exists()
+
+
+@pytest.mark.parametrize(
+    ("make", "options", "needle"),
+    [
+        # Every class's one clip is in test group 1: fold 1's training split had no clip.
+        (S.make_synthetic_dfew, {"clips_per_class": [1] * 7}, "train split of fold 1"),
+        # A class's clips fill test groups 1..n: no class reaches group 4.
+        (S.make_synthetic_dfew, {"clips_per_class": [3] * 7, "folds": (1, 4)}, "fold 4"),
+        (S.make_synthetic_ferv39k, {"clips_per_class": [1] * 7}, "train split"),
+    ],
+)
+def test_a_split_the_loaders_could_not_read_is_refused(tmp_path, make, options, needle):
+    # The split file was written with a header and no clip, which DFEW and FERV39k refuse
+    # ("lists no clips", "is empty"): the generator made a data set its loaders cannot read.
+    with pytest.raises(ValueError, match=rf"{needle} would hold no clip"):
+        make(tmp_path, **options, **SMALL)
+    assert not any(tmp_path.iterdir())  # refused before anything was written

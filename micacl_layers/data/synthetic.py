@@ -373,6 +373,29 @@ def _plan(
     return [(lab, int(t), g) for (lab, _, g), t in zip(plan, lengths, strict=True)]
 
 
+def _check_splits(
+    plan: Sequence[tuple[int, int, int]],
+    test_groups: Sequence[tuple[str, int]],
+    counts: Sequence[int],
+    dataset: str,
+) -> None:
+    """Refuse a plan that leaves a split without clips: the loaders refuse such a split file.
+
+    ``test_groups`` holds ``(where, group)`` per test group written (``where`` names it in the
+    message, e.g. ``" of fold 2"``).
+    """
+    groups = [group for _, _, group in plan]
+    for where, group in test_groups:
+        tested = groups.count(group)
+        for split, size in (("train", len(groups) - tested), ("test", tested)):
+            if size == 0:
+                raise ValueError(
+                    f"the {split} split{where} would hold no clip with {list(counts)} clips per "
+                    f"class, and {dataset} cannot read an empty split; a class's clips fill the "
+                    "5 test groups in turn, so give more classes more clips"
+                )
+
+
 def _write_frames(folder: Path, frames: np.ndarray, quality: int) -> None:
     image_mod = require_pil()
     folder.mkdir(parents=True, exist_ok=False)
@@ -430,7 +453,8 @@ def make_synthetic_dfew(
         A :class:`SyntheticInfo` describing every clip.
 
     Raises:
-        ValueError: For an invalid count, range, size or fold.
+        ValueError: For an invalid count, range, size or fold, or counts that leave a
+            written split without clips (which ``DFEW`` would refuse).
         FileExistsError: If ``root`` already holds DFEW folders.
         ImportError: If Pillow is missing.
 
@@ -457,9 +481,10 @@ def make_synthetic_dfew(
     ):
         raise ValueError(f"folds must be a non-empty sequence of ints in 1..5, got {folds!r}")
     folds = [int(f) for f in folds]
+    plan = _plan(counts, frames, seed)
+    _check_splits(plan, [(f" of fold {fold}", fold - 1) for fold in folds], counts, "DFEW")
     root = Path(root).expanduser()  # as the loaders, which must find it there
     _fresh(root, "Clip", "EmoLabel_DataSplit")
-    plan = _plan(counts, frames, seed)
     clips = []
     frames_root = root / "Clip" / "clip_224x224"
     for index, (label, length, group) in enumerate(plan):
@@ -516,7 +541,8 @@ def make_synthetic_ferv39k(
         A :class:`SyntheticInfo` describing every clip (``clip_id`` = ``scene/emotion/id``).
 
     Raises:
-        ValueError: For an invalid count, range, size or scene list.
+        ValueError: For an invalid count, range, size or scene list, or counts that leave a
+            split without clips (which ``FERV39k`` would refuse).
         FileExistsError: If ``root`` already holds FERV39k folders.
         ImportError: If Pillow is missing.
 
@@ -552,9 +578,10 @@ def make_synthetic_ferv39k(
         counts = _allocate(total_clips, weights, min_clips_per_class)
     else:
         counts = [int(c) for c in clips_per_class]
+    plan = _plan(counts, frames, seed)
+    _check_splits(plan, [("", 0)], counts, "FERV39k")
     root = Path(root).expanduser()  # as the loaders, which must find it there
     _fresh(root, "2_ClipsforFaceCrop", "4_setups")
-    plan = _plan(counts, frames, seed)
     scene_rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))
     next_id: dict[tuple[str, int], int] = {}
     clips = []
