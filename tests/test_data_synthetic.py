@@ -330,3 +330,29 @@ def test_a_split_the_loaders_could_not_read_is_refused(tmp_path, make, options, 
     with pytest.raises(ValueError, match=rf"{needle} would hold no clip"):
         make(tmp_path, **options, **SMALL)
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_counts_lengths_and_folds_may_be_numpy_arrays(tmp_path):
+    # np.bincount(...) or np.array([8, 48]) were refused as "must give 7 positive int counts,
+    # got array([...])", though they are just that (NumPy integers were taken one at a time).
+    arrays = S.make_synthetic_dfew(
+        tmp_path / "a",
+        clips_per_class=np.array([2, 3, 2, 2, 2, 4, 2]),
+        frames=np.array([2, 4]),
+        folds=np.array([1, 2]),
+        image_size=8,
+    )
+    lists = S.make_synthetic_dfew(
+        tmp_path / "b",
+        clips_per_class=[2, 3, 2, 2, 2, 4, 2],
+        frames=(2, 4),
+        folds=(1, 2),
+        image_size=8,
+    )
+    assert arrays.clips == lists.clips and arrays.class_counts == lists.class_counts
+    info = S.make_synthetic_ferv39k(tmp_path / "f", clips_per_class=np.full(7, 2), image_size=8)
+    assert info.class_counts == [2] * 7
+    with pytest.raises(ValueError, match="clips_per_class must give 7 positive int counts"):
+        S.make_synthetic_dfew(tmp_path / "c", clips_per_class=np.full(7, 2.0))
+    with pytest.raises(ValueError, match="frames must be"):
+        S.make_synthetic_dfew(tmp_path / "c", frames=np.array([[2, 4]]))

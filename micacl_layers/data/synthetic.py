@@ -33,6 +33,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -314,6 +315,12 @@ def _check_int(name: str, value: object, low: int, high: int | None = None) -> i
     return number
 
 
+def _listed(value: Any) -> Any:
+    # A 1-D NumPy array (np.bincount(...), np.array([8, 48])) is no Sequence, though it holds
+    # just the counts asked for: as a list of Python numbers, the checks judge its values.
+    return value.tolist() if isinstance(value, np.ndarray) and value.ndim == 1 else value
+
+
 def _check_args(
     total_clips: int,
     clips_per_class: Sequence[int] | None,
@@ -465,6 +472,7 @@ def make_synthetic_dfew(
         >>> info.class_counts  # happy, sad, neutral, angry, surprise, disgust, fear
         [6, 5, 7, 6, 4, 2, 2]
     """
+    clips_per_class, frames = _listed(clips_per_class), _listed(frames)
     _check_args(
         total_clips, clips_per_class, frames, image_size, min_clips_per_class, seed, jpeg_quality
     )
@@ -472,6 +480,7 @@ def make_synthetic_dfew(
         counts = _allocate(total_clips, DFEW_TRAIN_FOLD1_COUNTS, min_clips_per_class)
     else:
         counts = [int(c) for c in clips_per_class]
+    folds = _listed(folds)
     if (
         isinstance(folds, (str, bytes))
         or not isinstance(folds, Sequence)
@@ -555,6 +564,7 @@ def make_synthetic_ferv39k(
         >>> info.clips[0].clip_id
         'Daily/Angry/0001'
     """
+    clips_per_class, frames = _listed(clips_per_class), _listed(frames)
     _check_args(
         total_clips, clips_per_class, frames, image_size, min_clips_per_class, seed, jpeg_quality
     )
