@@ -152,7 +152,9 @@ class ClipTransform:
         return check_generator(generator, cpu=True) if generator is not None else self.generator
 
     def _uniform(self, low: float, high: float, generator: torch.Generator | None) -> float:
-        u = torch.rand((), generator=self._gen(generator), dtype=torch.float64).item()
+        # On the CPU whatever torch.set_default_device says: the generator is a CPU one.
+        gen = self._gen(generator)
+        u = torch.rand((), generator=gen, dtype=torch.float64, device="cpu").item()
         return low + (high - low) * u
 
     def __call__(
@@ -371,7 +373,7 @@ class ClipColorJitter(ClipTransform):
             ``(order, brightness_factor, contrast_factor, saturation_factor)`` where ``order`` is
             a permutation of ``[0, 1, 2]`` (brightness, contrast, saturation).
         """
-        order = torch.randperm(3, generator=self._gen(generator)).tolist()
+        order = torch.randperm(3, generator=self._gen(generator), device="cpu").tolist()
         factors = [
             self._uniform(max(0.0, 1.0 - v), 1.0 + v, generator)
             for v in (self.brightness, self.contrast, self.saturation)
@@ -530,7 +532,8 @@ class ClipNormalize(ClipTransform):
                 f"have {len(self.mean)}"
             )
         # (Rounded on the CPU: no read-back from the clip's device.)
-        if clip.is_floating_point() and bool((torch.tensor(self.std, dtype=clip.dtype) == 0).any()):
+        std_cpu = torch.tensor(self.std, dtype=clip.dtype, device="cpu")
+        if clip.is_floating_point() and bool((std_cpu == 0).any()):
             raise ValueError(
                 f"std {self.std} is too small for a {clip.dtype} clip: it rounds to 0 there, "
                 f"where dividing by it gives inf"
