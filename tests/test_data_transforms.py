@@ -260,3 +260,14 @@ def test_crop_ranges_may_be_any_iterable_of_two_numbers():
     assert crop.scale == (0.5, 1.0) and crop.ratio == (0.5, 2.0)
     with pytest.raises(ValueError, match=r"scale must be \(low, high\)"):
         T.ClipRandomResizedCrop(8, scale=iter([0.5, 1.0, 1.0]))
+
+
+@pytest.mark.parametrize("bad", [(0, 10), (10, 0), (-5, 10), (2.5, 4), (True, 4)])
+def test_crop_get_params_takes_a_frame_size_of_positive_ints(bad):
+    # (0, 10) raised ZeroDivisionError, (-5, 10) "math domain error", and (10, 0) returned a
+    # box 0 pixels wide; (2.5, 4) and (True, 4) gave boxes of a frame that cannot exist.
+    with pytest.raises((TypeError, ValueError), match=r"`(height|width)` must be a positive int"):
+        T.ClipRandomResizedCrop(4).get_params(*bad)
+    np = pytest.importorskip("numpy")
+    top, left, h, w = T.ClipRandomResizedCrop(4).get_params(np.int64(8), 8, _gen(0))
+    assert 0 <= top <= 8 - h and 0 <= left <= 8 - w and all(type(v) is int for v in (h, w))

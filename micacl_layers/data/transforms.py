@@ -27,6 +27,7 @@ from micacl_layers._validation import (
     check_bool,
     check_generator,
     check_nonnegative_float,
+    check_positive_int,
     is_real,
 )
 
@@ -233,7 +234,14 @@ class ClipRandomResizedCrop(ClipTransform):
 
         Returns:
             ``(top, left, crop_height, crop_width)``.
+
+        Raises:
+            ValueError: If ``height`` or ``width`` is not a positive int (a 0-pixel side
+                divided by zero, or gave a box 0 pixels wide).
+            TypeError: If either is not an integer.
         """
+        height = check_positive_int("height", height, type_error=True)
+        width = check_positive_int("width", width, type_error=True)
         area = height * width
         log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
         for _ in range(10):
