@@ -626,3 +626,9 @@ def test_items_are_made_on_the_cpu_whatever_the_default_device(tmp_path, default
     for on_meta, on_cpu in zip(runs[1][1:], runs[0][1:], strict=True):
         assert on_meta.device.type == "cpu"
         assert torch.equal(on_meta, on_cpu)
+
+
+def test_a_transform_class_instead_of_an_instance_is_named_at_construction(tmp_path):
+    dfew_tree(tmp_path, [("1", 1)], frames={"00001": 3})
+    with pytest.raises(TypeError, match=r"DFEW: `transform` is the class ClipResize, not one"):
+        DFEW(tmp_path, 1, "train", transform=T.ClipResize)

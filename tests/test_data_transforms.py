@@ -271,3 +271,10 @@ def test_crop_get_params_takes_a_frame_size_of_positive_ints(bad):
     np = pytest.importorskip("numpy")
     top, left, h, w = T.ClipRandomResizedCrop(4).get_params(np.int64(8), 8, _gen(0))
     assert 0 <= top <= 8 - h and 0 <= left <= 8 - w and all(type(v) is int for v in (h, w))
+
+
+def test_a_transform_class_instead_of_an_instance_is_named():
+    # Callable, so it passed: at the first clip ClipRandomHorizontalFlip(clip) read the clip as
+    # `p` ("p must be a number in [0, 1], got tensor([[[[0.16, ...") in a loader's worker.
+    with pytest.raises(TypeError, match=r"`transforms\[1\]` is the class ClipRandomHorizontalFlip"):
+        T.ClipCompose([T.ClipResize(4), T.ClipRandomHorizontalFlip])

@@ -360,6 +360,11 @@ def check_clip_options(
     """
     if not isinstance(root, (str, os.PathLike)):
         raise TypeError(f"{name}: `root` must be a str or os.PathLike, got {root!r}")
+    if isinstance(transform, type):  # callable, but it would read the clip as an option
+        raise TypeError(
+            f"{name}: `transform` is the class {transform.__name__}, not one of its instances: "
+            f"write {transform.__name__}(...)"
+        )
     if transform is not None and not callable(transform):
         raise TypeError(
             f"{name}: `transform` must be callable on a (T, C, H, W) clip, or None, got "

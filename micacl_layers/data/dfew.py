@@ -184,8 +184,9 @@ class DFEW(ClipFolderDataset):
             transform that cannot give uint8 clips, or a bad split-file line
             (``path:line: ...``).
         TypeError: If ``output_dtype`` is not a ``torch.dtype``, ``root`` is not a path,
-            ``transform`` is not callable, ``train``/``skip_bad_clips``/``fast_decode``
-            is not a bool, or ``generator`` is not a CPU ``torch.Generator``.
+            ``transform`` is not callable (or is a class, not an instance),
+            ``train``/``skip_bad_clips``/``fast_decode`` is not a bool, or ``generator`` is not
+            a CPU ``torch.Generator``.
         FileNotFoundError: If the split file, the frame root or a clip folder is missing or a
             clip folder is empty (the latter two unless ``skip_bad_clips``).
         ImportError: If Pillow is missing (``pip install micacl-layers[data]``).

@@ -150,8 +150,9 @@ class FERV39k(ClipFolderDataset):
         ValueError: For a bad ``split``/``num_frames``/``draft``/``output_dtype``, a transform
             that cannot give uint8 clips, or a bad split-file line.
         TypeError: If ``output_dtype`` is not a ``torch.dtype``, ``root`` is not a path,
-            ``transform`` is not callable, ``train``/``skip_bad_clips``/``fast_decode``
-            is not a bool, or ``generator`` is not a CPU ``torch.Generator``.
+            ``transform`` is not callable (or is a class, not an instance),
+            ``train``/``skip_bad_clips``/``fast_decode`` is not a bool, or ``generator`` is not
+            a CPU ``torch.Generator``.
         FileNotFoundError: If the split file, the frame root or a clip folder is missing or a
             clip folder is empty (the latter two unless ``skip_bad_clips``).
         ImportError: If Pillow is missing (``pip install micacl-layers[data]``).

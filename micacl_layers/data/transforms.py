@@ -559,7 +559,8 @@ class ClipCompose(ClipTransform):
             ``generator``; any other callable is called with the clip alone.
 
     Raises:
-        TypeError: If ``transforms`` is not a sequence or a step is not callable.
+        TypeError: If ``transforms`` is not a sequence or a step is not callable (or is a
+            class, not an instance).
 
     Example:
         >>> t = ClipCompose([ClipResize(32), ClipRandomHorizontalFlip()])
@@ -578,6 +579,13 @@ class ClipCompose(ClipTransform):
             )
         self.transforms = list(transforms)
         for i, step in enumerate(self.transforms):
+            # A class is callable too: called on a clip it would read the clip as its first
+            # option, at the first clip, in a loader's worker.
+            if isinstance(step, type):
+                raise TypeError(
+                    f"`transforms[{i}]` is the class {step.__name__}, not one of its instances: "
+                    f"write {step.__name__}(...)"
+                )
             if not callable(step):  # else it fails at the first clip, in a loader's worker
                 raise TypeError(
                     f"`transforms[{i}]` must be callable on a (T, C, H, W) clip, got {step!r}"
