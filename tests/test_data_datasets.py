@@ -632,3 +632,26 @@ def test_a_transform_class_instead_of_an_instance_is_named_at_construction(tmp_p
     dfew_tree(tmp_path, [("1", 1)], frames={"00001": 3})
     with pytest.raises(TypeError, match=r"DFEW: `transform` is the class ClipResize, not one"):
         DFEW(tmp_path, 1, "train", transform=T.ClipResize)
+
+
+def test_a_transform_set_after_construction_is_checked(tmp_path):
+    # `ds.transform = ...` (as with torchvision's data sets, to swap the augmentation) skipped
+    # the constructor's checks: a colour step on a uint8 data set failed an assert at the first
+    # item (under python -O the jitter was silently not applied), and a non-callable failed
+    # there too.
+    dfew_tree(tmp_path, [("1", 1)], frames={"00001": 3})
+    ds = DFEW(tmp_path, 1, "train", output_dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"output_dtype=torch.uint8 .*ClipColorJitter"):
+        ds.transform = T.train_transform(4)
+    with pytest.raises(TypeError, match=r"DFEW: `transform` must be callable"):
+        ds.transform = "train"
+    ds.transform = T.train_transform(4, color_jitter=False)
+    assert ds[0][0].shape == (3, 16, 4, 4) and ds[0][0].dtype == torch.uint8
+    ds.transform = None
+    assert ds.transform is None and ds[0][0].shape == (3, 16, 8, 8)
+    ds = DFEW(tmp_path, 1, "train", transform=T.train_transform(4))
+    with pytest.raises(ValueError, match=r"output_dtype=torch.uint8 .*ClipColorJitter"):
+        ds.output_dtype = torch.uint8
+    with pytest.raises(ValueError, match=r"output_dtype must be torch.float32 or torch.uint8"):
+        ds.output_dtype = torch.float16
+    assert ds.output_dtype == torch.float32 and ds[0][0].dtype == torch.float32

@@ -328,6 +328,19 @@ def read_split_lines(path: str | os.PathLike[str], dataset: str) -> list[tuple[i
     return lines
 
 
+def _check_transform(name: str, transform: object) -> None:
+    if isinstance(transform, type):  # callable, but it would read the clip as an option
+        raise TypeError(
+            f"{name}: `transform` is the class {transform.__name__}, not one of its instances: "
+            f"write {transform.__name__}(...)"
+        )
+    if transform is not None and not callable(transform):
+        raise TypeError(
+            f"{name}: `transform` must be callable on a (T, C, H, W) clip, or None, got "
+            f"{transform!r} of type {type(transform).__name__}"
+        )
+
+
 def check_clip_options(
     name: str,
     *,
@@ -360,16 +373,7 @@ def check_clip_options(
     """
     if not isinstance(root, (str, os.PathLike)):
         raise TypeError(f"{name}: `root` must be a str or os.PathLike, got {root!r}")
-    if isinstance(transform, type):  # callable, but it would read the clip as an option
-        raise TypeError(
-            f"{name}: `transform` is the class {transform.__name__}, not one of its instances: "
-            f"write {transform.__name__}(...)"
-        )
-    if transform is not None and not callable(transform):
-        raise TypeError(
-            f"{name}: `transform` must be callable on a (T, C, H, W) clip, or None, got "
-            f"{transform!r} of type {type(transform).__name__}"
-        )
+    _check_transform(name, transform)
     if train is not None and not isinstance(train, bool):
         raise TypeError(f"{name}: `train` must be a bool or None (from the split), got {train!r}")
     for option, value in (("skip_bad_clips", skip_bad_clips), ("fast_decode", fast_decode)):
@@ -438,36 +442,18 @@ class ClipFolderDataset(Dataset[tuple[torch.Tensor, int]]):
         num_frames = check_positive_int("num_frames", num_frames)
         if draft not in DRAFT_RULES:
             raise ValueError(f"{name}: draft must be one of {DRAFT_RULES}, got {draft!r}")
-        if not isinstance(output_dtype, torch.dtype):
-            raise TypeError(
-                f"{name}: output_dtype must be a torch.dtype (torch.float32 or torch.uint8), got "
-                f"{output_dtype!r} of type {type(output_dtype).__name__}"
-            )
-        if output_dtype not in (torch.float32, torch.uint8):
-            raise ValueError(
-                f"{name}: output_dtype must be torch.float32 or torch.uint8, got {output_dtype!r}"
-            )
-        if output_dtype == torch.uint8:
-            step = non_geometric_step(transform)
-            if step is not None:
-                raise ValueError(
-                    f"{name}: output_dtype=torch.uint8 returns the clip before any colour "
-                    "step, so the transform may hold only one ClipRandomResizedCrop or ClipResize "
-                    f"and ClipRandomHorizontalFlip steps; got the step {step!r}. "
-                    "Run colour jitter and normalisation on the device, on the batch "
-                    "(ClipBatchColorJitter), or keep output_dtype=torch.float32"
-                )
         self.name = name
+        self._transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.output_dtype = output_dtype  # the setters check these two, and against each other
+        self.transform = transform
         self.classes = list(classes)
         self.split_file = split_file
         self.frames_root = frames_root
         self.num_frames = num_frames
-        self.transform = transform
         self.train = bool(train)
         self.generator = generator
         self.fast_decode = bool(fast_decode)
         self.draft = draft
-        self.output_dtype = output_dtype
         if not frames_root.is_dir():
             raise FileNotFoundError(
                 f"{name}: frame folder root {str(frames_root)!r} does not exist (split file "
@@ -513,6 +499,66 @@ class ClipFolderDataset(Dataset[tuple[torch.Tensor, int]]):
             )
         self.samples: list[tuple[Path, int]] = good
         self.skipped: list[SkippedClip] = bad
+
+    @property
+    def transform(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The clip transform; setting it runs the constructor's checks again.
+
+        (As with torchvision's data sets, code swaps it after construction; unchecked, a colour
+        step on a uint8 data set failed an assert at the first item, or under ``python -O``
+        was silently not applied.)
+
+        Raises:
+            TypeError: If set to something not callable, or to a class.
+            ValueError: If set to a transform with a colour step on a data set with
+                ``output_dtype=torch.uint8``.
+        """
+        return self._transform
+
+    @transform.setter
+    def transform(self, transform: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+        _check_transform(self.name, transform)
+        self._check_uint8(transform, self.output_dtype)
+        self._transform = transform
+
+    @property
+    def output_dtype(self) -> torch.dtype:
+        """``torch.float32`` or ``torch.uint8``; setting it runs the constructor's checks again.
+
+        Raises:
+            TypeError: If set to something that is not a ``torch.dtype``.
+            ValueError: If set to another dtype, or to ``torch.uint8`` while the transform has
+                a colour step.
+        """
+        return self._output_dtype
+
+    @output_dtype.setter
+    def output_dtype(self, output_dtype: torch.dtype) -> None:
+        if not isinstance(output_dtype, torch.dtype):
+            raise TypeError(
+                f"{self.name}: output_dtype must be a torch.dtype (torch.float32 or torch.uint8), "
+                f"got {output_dtype!r} of type {type(output_dtype).__name__}"
+            )
+        if output_dtype not in (torch.float32, torch.uint8):
+            raise ValueError(
+                f"{self.name}: output_dtype must be torch.float32 or torch.uint8, got "
+                f"{output_dtype!r}"
+            )
+        self._check_uint8(self._transform, output_dtype)
+        self._output_dtype = output_dtype
+
+    def _check_uint8(self, transform: object, output_dtype: torch.dtype) -> None:
+        if output_dtype != torch.uint8:
+            return
+        step = non_geometric_step(transform)
+        if step is not None:
+            raise ValueError(
+                f"{self.name}: output_dtype=torch.uint8 returns the clip before any colour "
+                "step, so the transform may hold only one ClipRandomResizedCrop or ClipResize "
+                f"and ClipRandomHorizontalFlip steps; got the step {step!r}. "
+                "Run colour jitter and normalisation on the device, on the batch "
+                "(ClipBatchColorJitter), or keep output_dtype=torch.float32"
+            )
 
     @property
     def targets(self) -> list[int]:
