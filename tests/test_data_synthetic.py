@@ -356,3 +356,14 @@ def test_counts_lengths_and_folds_may_be_numpy_arrays(tmp_path):
         S.make_synthetic_dfew(tmp_path / "c", clips_per_class=np.full(7, 2.0))
     with pytest.raises(ValueError, match="frames must be"):
         S.make_synthetic_dfew(tmp_path / "c", frames=np.array([[2, 4]]))
+
+
+def test_scenes_may_be_an_array_but_not_a_set(tmp_path):
+    # An array raised numpy's "truth value of an array ... is ambiguous"; a set "'set' object
+    # is not subscriptable" (and its order, hence the data, would change with the hash seed).
+    small = {"total_clips": 14, "min_clips_per_class": 2, **SMALL}
+    info = S.make_synthetic_ferv39k(tmp_path / "a", scenes=np.array(["Action", "Daily"]), **small)
+    same = S.make_synthetic_ferv39k(tmp_path / "b", scenes=["Action", "Daily"], **small)
+    assert info.clips == same.clips
+    with pytest.raises(ValueError, match="scenes must be folder names.* in a list or tuple"):
+        S.make_synthetic_ferv39k(tmp_path / "c", scenes={"Action", "Daily"}, **small)

@@ -569,8 +569,11 @@ def make_synthetic_ferv39k(
         total_clips, clips_per_class, frames, image_size, min_clips_per_class, seed, jpeg_quality
     )
     # A scene name is the first part of a split-file path, which ends at whitespace or a comma.
+    # A sequence: a set's order, hence every clip's scene, would change with the hash seed.
+    scenes = _listed(scenes)
     if (
         isinstance(scenes, str)
+        or not isinstance(scenes, Sequence)
         or not scenes
         or any(
             not isinstance(s, str)
@@ -580,7 +583,8 @@ def make_synthetic_ferv39k(
         )
     ):
         raise ValueError(
-            f"scenes must be folder names without whitespace, '/', '\\' or ',', got {scenes!r}"
+            f"scenes must be folder names without whitespace, '/', '\\' or ',', in a list or "
+            f"tuple, got {scenes!r}"
         )
     dfew_index = [DFEW_CLASSES.index(name.lower()) for name in FERV39K_CLASSES]
     if clips_per_class is None:
