@@ -1,6 +1,7 @@
 import hashlib
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -367,3 +368,16 @@ def test_scenes_may_be_an_array_but_not_a_set(tmp_path):
     assert info.clips == same.clips
     with pytest.raises(ValueError, match="scenes must be folder names.* in a list or tuple"):
         S.make_synthetic_ferv39k(tmp_path / "c", scenes={"Action", "Daily"}, **small)
+
+
+def test_clip_lengths_as_documented_on_either_side_of_16():
+    # The docs said "~3% shorter than 16 frames when frames[0] < 16", also of a range below
+    # 16 (the docstring's own frames=(6, 12)), where every clip is shorter.
+    plan = S._plan([40] * 7, (6, 12), seed=0)
+    assert {t for _, t, _ in plan} == set(range(6, 13))
+    plan = S._plan([40] * 7, (8, 48), seed=0)
+    short = [t for _, t, _ in plan if t < 16]
+    assert round(0.03 * len(plan)) == len(short) and min(short) >= 8
+    assert all(16 <= t <= 48 for _, t, _ in plan if t >= 16)
+    docs = " ".join((Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text().split())
+    assert "~3% (at least one) uniform in `frames[0]..15` and the rest in `16..frames[1]`" in docs

@@ -449,8 +449,8 @@ def make_synthetic_dfew(
         min_clips_per_class: Floor for every class (the tail would otherwise get ~1% of
             ``total_clips``), so each test split holds at least ``min // 5`` clips per class.
             Raising a class to the floor adds clips beyond ``total_clips``.
-        frames: Range of clip lengths ``(low, high)``, inclusive; when ``low < 16`` about 3%
-            of the clips (at least one) are shorter than 16 frames.
+        frames: Range of clip lengths ``(low, high)``, inclusive. When it straddles 16, about
+            3% of the clips (at least one) are shorter than 16 frames; below 16, all are.
         image_size: Frame height and width in pixels.
         folds: Folds (1..5) whose split files are written.
         seed: Everything written is a function of ``seed`` (and of Pillow's JPEG encoder).
