@@ -655,3 +655,14 @@ def test_a_transform_set_after_construction_is_checked(tmp_path):
     with pytest.raises(ValueError, match=r"output_dtype must be torch.float32 or torch.uint8"):
         ds.output_dtype = torch.float16
     assert ds.output_dtype == torch.float32 and ds[0][0].dtype == torch.float32
+
+
+def test_load_frames_takes_any_iterable_of_paths_and_names_a_non_iterable(tmp_path):
+    # A generator expression failed with "object of type 'generator' has no len()", and None
+    # or 5 with the same bare message, naming no argument.
+    write_clip(tmp_path / "c", 3)
+    frames = list_frames(tmp_path / "c")
+    torch.testing.assert_close(load_frames(p for p in frames), load_frames(frames))
+    for bad in (None, 5):
+        with pytest.raises(TypeError, match=r"`paths` must be a sequence of frame paths, got"):
+            load_frames(bad)

@@ -14,7 +14,7 @@ import operator
 import os
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import NamedTuple
@@ -191,7 +191,7 @@ def load_frames(paths: Sequence[str | os.PathLike[str]]) -> torch.Tensor:
     frames are converted to RGB.
 
     Args:
-        paths: Frame files in the order wanted.
+        paths: Frame files in the order wanted (a sequence, or any iterable of them).
 
     Returns:
         float32 clip with values in ``[0, 1]``.
@@ -201,7 +201,8 @@ def load_frames(paths: Sequence[str | os.PathLike[str]]) -> torch.Tensor:
 
     Raises:
         ImportError: If Pillow is missing.
-        TypeError: If ``paths`` is a single path rather than a sequence of them.
+        TypeError: If ``paths`` is a single path rather than a sequence (or other iterable)
+            of them, or is not iterable.
         ValueError: If ``paths`` is empty, or frames differ in size (naming the odd file).
         FileNotFoundError: If a frame file has disappeared (naming it).
         CorruptFrameError: If a frame cannot be decoded (naming it).
@@ -220,6 +221,12 @@ def load_frames(paths: Sequence[str | os.PathLike[str]]) -> torch.Tensor:
             f"`paths` must be a sequence of frame paths, got the single path {paths!r}; "
             "wrap it in a list"
         )
+    if not isinstance(paths, Iterable):
+        raise TypeError(
+            f"`paths` must be a sequence of frame paths, got {paths!r} of type "
+            f"{type(paths).__name__}"
+        )
+    paths = list(paths)  # a generator expression has no len()
     if len(paths) == 0:
         raise ValueError("paths must name at least one frame, got an empty sequence")
     image_mod = require_pil()
