@@ -666,3 +666,19 @@ def test_load_frames_takes_any_iterable_of_paths_and_names_a_non_iterable(tmp_pa
     for bad in (None, 5):
         with pytest.raises(TypeError, match=r"`paths` must be a sequence of frame paths, got"):
             load_frames(bad)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # pandas' to_csv with its index: clip 00001 was read as clip 00000 with label 1, ...
+        ",video_name,label\n0,00001,3\n1,00002,5\n",
+        # the columns swapped: clip 3 with label 1
+        "label,video_name\n3,1\n5,2\n",
+    ],
+)
+def test_a_header_that_moves_the_label_column_is_refused(tmp_path, text):
+    path = dfew_tree(tmp_path, [], frames={"00000": 3, "00001": 3, "00002": 3, "00003": 3})
+    path.write_text(text)
+    with pytest.raises(ValueError, match=r"set_1\.csv:1: the header .* puts 'label' in column"):
+        DFEW(tmp_path, 1, "train")

@@ -61,9 +61,9 @@ def parse_dfew_split(path: str | os.PathLike[str]) -> list[tuple[str, int, int]]
 
     Raises:
         FileNotFoundError: If the file does not exist.
-        ValueError: ``path:line: ...`` for a missing header, a malformed line, a clip id that is
-            not a number of at most 5 digits, a label outside 1..7, a repeated clip id, or no
-            clip at all.
+        ValueError: ``path:line: ...`` for a missing header or one that names a ``label``
+            column other than the second, a malformed line, a clip id that is not a number of
+            at most 5 digits, a label outside 1..7, a repeated clip id, or no clip at all.
 
     Example:
         >>> import tempfile
@@ -75,12 +75,24 @@ def parse_dfew_split(path: str | os.PathLike[str]) -> list[tuple[str, int, int]]
     path = Path(path)
     lines = read_split_lines(path, "DFEW")
     first_line, first_text = lines[0]
-    if _looks_like_data_row(_fields(first_text, path, first_line)):
+    header = _fields(first_text, path, first_line)
+    if _looks_like_data_row(header):
         raise split_error(
             path,
             first_line,
             f"expected a header row (like 'video_name,label') before the clips, found the data "
             f"row {first_text!r}",
+        )
+    # The columns are read by position: a file whose header names the label elsewhere (pandas'
+    # index column first, or the columns swapped) would be read as other clips' labels.
+    names = [name.lower() for name in header]
+    if "label" in names and names.index("label") != 1:
+        raise split_error(
+            path,
+            first_line,
+            f"the header {first_text!r} puts 'label' in column {names.index('label') + 1}; "
+            "DFEW split files hold the clip id in column 1 and the label in column 2 "
+            "('video_name,label')",
         )
     entries: list[tuple[str, int, int]] = []
     seen: dict[str, int] = {}
