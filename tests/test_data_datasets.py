@@ -682,3 +682,14 @@ def test_a_header_that_moves_the_label_column_is_refused(tmp_path, text):
     path.write_text(text)
     with pytest.raises(ValueError, match=r"set_1\.csv:1: the header .* puts 'label' in column"):
         DFEW(tmp_path, 1, "train")
+
+
+def test_a_subclass_may_set_its_transform_before_the_base_init(tmp_path):
+    # The checking setter read self.name, which the base __init__ had not set yet.
+    class Mine(DFEW):
+        def __init__(self, root):
+            self.transform = T.test_transform(4)
+            super().__init__(root, 1, "train", transform=self.transform)
+
+    dfew_tree(tmp_path, [("1", 1)], frames={"00001": 3})
+    assert Mine(tmp_path)[0][0].shape == (3, 16, 4, 4)

@@ -524,8 +524,8 @@ class ClipFolderDataset(Dataset[tuple[torch.Tensor, int]]):
 
     @transform.setter
     def transform(self, transform: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
-        _check_transform(self.name, transform)
-        self._check_uint8(transform, self.output_dtype)
+        _check_transform(self._who(), transform)
+        self._check_uint8(transform, getattr(self, "_output_dtype", torch.float32))
         self._transform = transform
 
     @property
@@ -541,18 +541,23 @@ class ClipFolderDataset(Dataset[tuple[torch.Tensor, int]]):
 
     @output_dtype.setter
     def output_dtype(self, output_dtype: torch.dtype) -> None:
+        name = self._who()
         if not isinstance(output_dtype, torch.dtype):
             raise TypeError(
-                f"{self.name}: output_dtype must be a torch.dtype (torch.float32 or torch.uint8), "
+                f"{name}: output_dtype must be a torch.dtype (torch.float32 or torch.uint8), "
                 f"got {output_dtype!r} of type {type(output_dtype).__name__}"
             )
         if output_dtype not in (torch.float32, torch.uint8):
             raise ValueError(
-                f"{self.name}: output_dtype must be torch.float32 or torch.uint8, got "
-                f"{output_dtype!r}"
+                f"{name}: output_dtype must be torch.float32 or torch.uint8, got {output_dtype!r}"
             )
-        self._check_uint8(self._transform, output_dtype)
+        self._check_uint8(getattr(self, "_transform", None), output_dtype)
         self._output_dtype = output_dtype
+
+    def _who(self) -> str:
+        # The setters run before __init__ has set `name` when a subclass sets its transform
+        # first.
+        return getattr(self, "name", type(self).__name__)
 
     def _check_uint8(self, transform: object, output_dtype: torch.dtype) -> None:
         if output_dtype != torch.uint8:
@@ -560,7 +565,7 @@ class ClipFolderDataset(Dataset[tuple[torch.Tensor, int]]):
         step = non_geometric_step(transform)
         if step is not None:
             raise ValueError(
-                f"{self.name}: output_dtype=torch.uint8 returns the clip before any colour "
+                f"{self._who()}: output_dtype=torch.uint8 returns the clip before any colour "
                 "step, so the transform may hold only one ClipRandomResizedCrop or ClipResize "
                 f"and ClipRandomHorizontalFlip steps; got the step {step!r}. "
                 "Run colour jitter and normalisation on the device, on the batch "
