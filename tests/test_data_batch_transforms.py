@@ -399,3 +399,23 @@ def test_bad_generator():
 def test_bad_parameters(order, factors, kwargs, error, match):
     with pytest.raises(error, match=match):
         clip_batch_color_jitter(_batch(b=3), order, factors, **kwargs)
+
+
+def test_params_are_drawn_on_the_host_whatever_the_default_device():
+    # torch.tensor(...) of the drawn order and factors followed torch.set_default_device (set
+    # to "cuda" by some training scripts; "meta" stands in here), against the docs' "on the
+    # CPU", and the order check compared a CPU order with a default-device arange.
+    clips = _batch(b=3)
+    want = ClipBatchColorJitter(generator=_gen(5))(clips)
+    previous = torch.get_default_device()
+    torch.set_default_device("meta")
+    try:
+        jitter = ClipBatchColorJitter(generator=_gen(5))
+        order, factors = jitter.get_params(3)
+        assert order.device.type == factors.device.type == "cpu"
+        got = ClipBatchColorJitter(generator=_gen(5))(clips)
+        direct = clip_batch_color_jitter(clips, order, factors)
+    finally:
+        torch.set_default_device(previous)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(direct, want, rtol=0, atol=0)

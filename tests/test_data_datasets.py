@@ -3,6 +3,7 @@ import re
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from micacl_layers.data import (
     _frames,
     list_frames,
     load_frames,
+    segment_indices,
 )
 from micacl_layers.data import transforms as T
 from micacl_layers.data.ferv39k import parse_ferv39k_split
@@ -499,3 +501,195 @@ def test_frame_order_does_not_depend_on_the_listing_order(tmp_path, monkeypatch)
             "x10.jpg",
         ]
     )
+
+
+def test_list_frames_with_non_decimal_digit_characters(tmp_path):
+    # "²" is str.isdigit() but not a decimal digit: int("²") raised "invalid literal for int()"
+    # at construction, naming neither the folder nor the file.
+    write_clip(tmp_path / "c", 3, names=["1²2.jpg", "2.jpg", "1.jpg"])
+    assert [p.name for p in list_frames(tmp_path / "c")] == ["1.jpg", "1²2.jpg", "2.jpg"]
+
+
+def test_item_index_must_be_one_int_in_range(tmp_path):
+    dfew_tree(tmp_path, [("1", 1), ("2", 2)], frames={"00001": 3, "00002": 3})
+    ds = DFEW(tmp_path, 1, "train")
+    assert ds[-1][1] == ds[1][1] == 1  # negative indices count from the end, as in a list
+    np = pytest.importorskip("numpy")
+    assert ds[np.int64(1)][1] == ds[torch.tensor(1)][1] == 1
+    # A slice unpacked two samples as (frame_dir, label) and failed inside os.scandir with
+    # "path should be string ..., not tuple"; three failed with "too many values to unpack".
+    for bad in (slice(0, 2), slice(0, 3), 1.0, "0", [0, 1]):
+        with pytest.raises(TypeError, match=r"DFEW: `index` must be an int, got .*Subset"):
+            ds[bad]
+    # IndexError, as a list's: it also ends `for clip, label in ds`.
+    for bad in (2, -3):
+        with pytest.raises(IndexError, match=rf"DFEW: index {bad} is out of range for 2 clips"):
+            ds[bad]
+    assert len(list(ds)) == 2
+
+
+def test_split_file_in_utf16_without_a_byte_order_mark_is_named(tmp_path):
+    # UTF-16 without its BOM is valid UTF-8 (ASCII with NULs between): the error was about
+    # the clip id '\x001\x00' or an unknown label '\x00S\x00a\x00d\x00', not the encoding.
+    path = dfew_tree(tmp_path, [("1", "3")], frames={"00001": 4})
+    for codec in ("utf-16-le", "utf-16-be"):
+        path.write_bytes("video_name,label\n1,3\n".encode(codec))
+        with pytest.raises(ValueError, match=r"set_1\.csv:1: .*NUL.*UTF-16.*save it as UTF-8"):
+            DFEW(tmp_path, 1, "train")
+    ferv = ferv_tree(tmp_path / "f", ["Action/Sad/0010 Sad"], frames={"Action/Sad/0010": 3})
+    ferv.write_bytes("Action/Sad/0010 Sad\n".encode("utf-16-le"))
+    with pytest.raises(ValueError, match=r"train_All\.csv:1: FERV39k split file holds a NUL"):
+        FERV39k(tmp_path / "f", "train")
+
+
+def test_split_line_the_csv_reader_refuses_is_named(tmp_path):
+    # csv's own error ("field larger than field limit (131072)") named no file or line, and
+    # is not a ValueError.
+    path = dfew_tree(tmp_path, [("1", 1), ("7" * 200_000, 1)], frames={"00001": 3})
+    with pytest.raises(ValueError, match=r"set_1\.csv:3: cannot read the line as CSV .*limit"):
+        DFEW(tmp_path, 1, "train")
+    path.write_text("x" * 200_000 + "\n1,1\n")
+    with pytest.raises(ValueError, match=r"set_1\.csv:1: cannot read the line as CSV"):
+        DFEW(tmp_path, 1, "train")
+
+
+def _reseed_per_worker(worker_id):
+    # The recipe of docs/data.md: the worker's own copy of the data set, whatever the start
+    # method.
+    torch.utils.data.get_worker_info().dataset.generator.manual_seed(1000 + worker_id)
+
+
+@pytest.mark.slow  # two spawned workers import torch afresh
+def test_per_worker_reseeding_recipe_works_under_spawn(tmp_path):
+    # The recipe was `dataset.generator.manual_seed(...)`: under "spawn" (the default on macOS
+    # and Windows) the name `dataset` in a worker is not the copy its DataLoader iterates (the
+    # main module is imported afresh), so every worker kept drawing the same frames.
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
+    assert "get_worker_info().dataset.generator.manual_seed(base_seed + worker_id)" in docs
+    dfew_tree(tmp_path, [("1", 1), ("2", 2)], frames={"00001": 40, "00002": 40})
+    ds = DFEW(tmp_path, 1, "train", generator=torch.Generator().manual_seed(0))
+    strategy = torch.multiprocessing.get_sharing_strategy()
+    torch.multiprocessing.set_sharing_strategy("file_system")  # some sandboxes refuse shm fds
+    try:
+        loader = torch.utils.data.DataLoader(
+            ds,
+            batch_size=1,
+            num_workers=2,
+            multiprocessing_context="spawn",
+            worker_init_fn=_reseed_per_worker,
+        )
+        got = [clip[0] for clip, _ in loader]
+    finally:
+        torch.multiprocessing.set_sharing_strategy(strategy)
+    for index, clip in enumerate(got):  # item i is worker i's first
+        ds.generator = torch.Generator().manual_seed(1000 + index)
+        assert torch.equal(clip, ds[index][0])
+
+
+@pytest.fixture
+def default_device_meta():
+    """torch.set_default_device, as training scripts set it to "cuda"; "meta" stands in here."""
+    previous = torch.get_default_device()
+    torch.set_default_device("meta")
+    yield
+    torch.set_default_device(previous)
+
+
+def test_items_are_made_on_the_cpu_whatever_the_default_device(tmp_path, default_device_meta):
+    # The draws (torch.rand, torch.randperm) and the fast path's output buffer followed the
+    # default device: with "cuda" a CPU generator failed inside torch ("Expected a 'cuda'
+    # device type for generator"), a forked worker initialised CUDA, and the fast path handed
+    # out clips on another device than the plain path's CPU ones.
+    dfew_tree(tmp_path, [("1", 1), ("2", 2)], frames={"00001": 30, "00002": 4})
+    runs = []
+    for default in ("cpu", "meta"):
+        torch.set_default_device(default)
+        run = [segment_indices(30, 8, train=True, generator=torch.Generator().manual_seed(0))]
+        for fast_decode in (True, False):
+            for split, transform in (
+                ("train", T.train_transform(4)),
+                ("test", T.test_transform(4)),
+            ):
+                ds = DFEW(
+                    tmp_path,
+                    1,
+                    "train",
+                    train=split == "train",
+                    transform=T.ClipCompose([transform, T.ClipNormalize([0.5] * 3, [0.2] * 3)]),
+                    generator=torch.Generator().manual_seed(1),
+                    fast_decode=fast_decode,
+                )
+                run += [ds[i][0] for i in range(len(ds))]
+        runs.append(run)
+    torch.set_default_device("meta")
+    assert runs[1][0] == runs[0][0]
+    for on_meta, on_cpu in zip(runs[1][1:], runs[0][1:], strict=True):
+        assert on_meta.device.type == "cpu"
+        assert torch.equal(on_meta, on_cpu)
+
+
+def test_a_transform_class_instead_of_an_instance_is_named_at_construction(tmp_path):
+    dfew_tree(tmp_path, [("1", 1)], frames={"00001": 3})
+    with pytest.raises(TypeError, match=r"DFEW: `transform` is the class ClipResize, not one"):
+        DFEW(tmp_path, 1, "train", transform=T.ClipResize)
+
+
+def test_a_transform_set_after_construction_is_checked(tmp_path):
+    # `ds.transform = ...` (as with torchvision's data sets, to swap the augmentation) skipped
+    # the constructor's checks: a colour step on a uint8 data set failed an assert at the first
+    # item (under python -O the jitter was silently not applied), and a non-callable failed
+    # there too.
+    dfew_tree(tmp_path, [("1", 1)], frames={"00001": 3})
+    ds = DFEW(tmp_path, 1, "train", output_dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"output_dtype=torch.uint8 .*ClipColorJitter"):
+        ds.transform = T.train_transform(4)
+    with pytest.raises(TypeError, match=r"DFEW: `transform` must be callable"):
+        ds.transform = "train"
+    ds.transform = T.train_transform(4, color_jitter=False)
+    assert ds[0][0].shape == (3, 16, 4, 4) and ds[0][0].dtype == torch.uint8
+    ds.transform = None
+    assert ds.transform is None and ds[0][0].shape == (3, 16, 8, 8)
+    ds = DFEW(tmp_path, 1, "train", transform=T.train_transform(4))
+    with pytest.raises(ValueError, match=r"output_dtype=torch.uint8 .*ClipColorJitter"):
+        ds.output_dtype = torch.uint8
+    with pytest.raises(ValueError, match=r"output_dtype must be torch.float32 or torch.uint8"):
+        ds.output_dtype = torch.float16
+    assert ds.output_dtype == torch.float32 and ds[0][0].dtype == torch.float32
+
+
+def test_load_frames_takes_any_iterable_of_paths_and_names_a_non_iterable(tmp_path):
+    # A generator expression failed with "object of type 'generator' has no len()", and None
+    # or 5 with the same bare message, naming no argument.
+    write_clip(tmp_path / "c", 3)
+    frames = list_frames(tmp_path / "c")
+    torch.testing.assert_close(load_frames(p for p in frames), load_frames(frames))
+    for bad in (None, 5):
+        with pytest.raises(TypeError, match=r"`paths` must be a sequence of frame paths, got"):
+            load_frames(bad)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # pandas' to_csv with its index: clip 00001 was read as clip 00000 with label 1, ...
+        ",video_name,label\n0,00001,3\n1,00002,5\n",
+        # the columns swapped: clip 3 with label 1
+        "label,video_name\n3,1\n5,2\n",
+    ],
+)
+def test_a_header_that_moves_the_label_column_is_refused(tmp_path, text):
+    path = dfew_tree(tmp_path, [], frames={"00000": 3, "00001": 3, "00002": 3, "00003": 3})
+    path.write_text(text)
+    with pytest.raises(ValueError, match=r"set_1\.csv:1: the header .* puts 'label' in column"):
+        DFEW(tmp_path, 1, "train")
+
+
+def test_a_subclass_may_set_its_transform_before_the_base_init(tmp_path):
+    # The checking setter read self.name, which the base __init__ had not set yet.
+    class Mine(DFEW):
+        def __init__(self, root):
+            self.transform = T.test_transform(4)
+            super().__init__(root, 1, "train", transform=self.transform)
+
+    dfew_tree(tmp_path, [("1", 1)], frames={"00001": 3})
+    assert Mine(tmp_path)[0][0].shape == (3, 16, 4, 4)

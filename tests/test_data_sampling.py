@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -121,3 +123,13 @@ def test_properties(n, s, train, seed):
         assert len(set(idx)) == s
     else:
         assert set(idx) == set(range(n))
+
+
+@pytest.mark.parametrize("num_frames", range(1, 16))
+def test_a_short_clips_frames_are_repeated_evenly_as_documented(num_frames):
+    # docs/data.md said "each repeated 1-2 times" next to a 5-frame example repeating each
+    # frame 3-4 times: the count is 16 // N or one more (1-2 only for clips of 8-15 frames).
+    counts = torch.bincount(torch.tensor(segment_indices(num_frames, 16, train=False)))
+    assert set(counts.tolist()) <= {16 // num_frames, -(-16 // num_frames)}
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
+    assert "each repeated `16 // N` or `16 // N + 1` times" in " ".join(docs.split())

@@ -1,6 +1,7 @@
 import hashlib
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -299,3 +300,84 @@ def test_render_clip_rejects_non_int_sizes(kwargs, match):
     args = {"class_name": "happy", "num_frames": 3, "image_size": 8} | kwargs
     with pytest.raises(ValueError, match=match):
         S.render_clip(**args, rng=np.random.default_rng(0))
+
+
+def test_a_root_under_home_is_expanded_as_torchvision_does(tmp_path, monkeypatch):
+    # "~/data" was taken literally: the generators wrote under ./~ in the working directory,
+    # and the loaders looked there (torchvision's data sets expand it).
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    small = {"frames": (2, 3), "image_size": 8, "min_clips_per_class": 2}
+    info = S.make_synthetic_dfew("~/dfew", total_clips=14, **small)
+    assert info.root == tmp_path / "dfew" and not (tmp_path / "~").exists()
+    assert DFEW("~/dfew", 1, "train").root == tmp_path / "dfew"
+    S.make_synthetic_ferv39k("~/ferv", total_clips=14, **small)
+    assert len(FERV39k("~/ferv", "test")) > 0 and not (tmp_path / "~").exists()
+
+
+@pytest.mark.parametrize(
+    ("make", "options", "needle"),
+    [
+        # Every class's one clip is in test group 1: fold 1's training split had no clip.
+        (S.make_synthetic_dfew, {"clips_per_class": [1] * 7}, "train split of fold 1"),
+        # A class's clips fill test groups 1..n: no class reaches group 4.
+        (S.make_synthetic_dfew, {"clips_per_class": [3] * 7, "folds": (1, 4)}, "fold 4"),
+        (S.make_synthetic_ferv39k, {"clips_per_class": [1] * 7}, "train split"),
+    ],
+)
+def test_a_split_the_loaders_could_not_read_is_refused(tmp_path, make, options, needle):
+    # The split file was written with a header and no clip, which DFEW and FERV39k refuse
+    # ("lists no clips", "is empty"): the generator made a data set its loaders cannot read.
+    with pytest.raises(ValueError, match=rf"{needle} would hold no clip"):
+        make(tmp_path, **options, **SMALL)
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_counts_lengths_and_folds_may_be_numpy_arrays(tmp_path):
+    # np.bincount(...) or np.array([8, 48]) were refused as "must give 7 positive int counts,
+    # got array([...])", though they are just that (NumPy integers were taken one at a time).
+    arrays = S.make_synthetic_dfew(
+        tmp_path / "a",
+        clips_per_class=np.array([2, 3, 2, 2, 2, 4, 2]),
+        frames=np.array([2, 4]),
+        folds=np.array([1, 2]),
+        image_size=8,
+    )
+    lists = S.make_synthetic_dfew(
+        tmp_path / "b",
+        clips_per_class=[2, 3, 2, 2, 2, 4, 2],
+        frames=(2, 4),
+        folds=(1, 2),
+        image_size=8,
+    )
+    assert arrays.clips == lists.clips and arrays.class_counts == lists.class_counts
+    info = S.make_synthetic_ferv39k(tmp_path / "f", clips_per_class=np.full(7, 2), image_size=8)
+    assert info.class_counts == [2] * 7
+    with pytest.raises(ValueError, match="clips_per_class must give 7 positive int counts"):
+        S.make_synthetic_dfew(tmp_path / "c", clips_per_class=np.full(7, 2.0))
+    with pytest.raises(ValueError, match="frames must be"):
+        S.make_synthetic_dfew(tmp_path / "c", frames=np.array([[2, 4]]))
+
+
+def test_scenes_may_be_an_array_but_not_a_set(tmp_path):
+    # An array raised numpy's "truth value of an array ... is ambiguous"; a set "'set' object
+    # is not subscriptable" (and its order, hence the data, would change with the hash seed).
+    small = {"total_clips": 14, "min_clips_per_class": 2, **SMALL}
+    info = S.make_synthetic_ferv39k(tmp_path / "a", scenes=np.array(["Action", "Daily"]), **small)
+    same = S.make_synthetic_ferv39k(tmp_path / "b", scenes=["Action", "Daily"], **small)
+    assert info.clips == same.clips
+    with pytest.raises(ValueError, match="scenes must be folder names.* in a list or tuple"):
+        S.make_synthetic_ferv39k(tmp_path / "c", scenes={"Action", "Daily"}, **small)
+
+
+def test_clip_lengths_as_documented_on_either_side_of_16():
+    # The docs said "~3% shorter than 16 frames when frames[0] < 16", also of a range below
+    # 16 (the docstring's own frames=(6, 12)), where every clip is shorter.
+    plan = S._plan([40] * 7, (6, 12), seed=0)
+    assert {t for _, t, _ in plan} == set(range(6, 13))
+    plan = S._plan([40] * 7, (8, 48), seed=0)
+    short = [t for _, t, _ in plan if t < 16]
+    assert round(0.03 * len(plan)) == len(short) and min(short) >= 8
+    assert all(16 <= t <= 48 for _, t, _ in plan if t >= 16)
+    docs = " ".join((Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text().split())
+    assert "~3% (at least one) uniform in `frames[0]..15` and the rest in `16..frames[1]`" in docs

@@ -237,3 +237,44 @@ def test_compose_checks_its_steps_at_construction():
         T.ClipCompose(T.ClipResize(4))
     with pytest.raises(TypeError, match="`transforms` must be a sequence of callables"):
         T.ClipCompose(None)
+
+
+def test_sizes_may_be_numpy_integers():
+    # A size read from a NumPy array or a sweep's config is a NumPy integer: it was refused as
+    # "size must be an int ..., got np.int64(8)", where the data sets take one as `fold`.
+    np = pytest.importorskip("numpy")
+    assert T.ClipResize(np.int64(8)).size == (8, 8)
+    crop = T.ClipRandomResizedCrop((np.int32(4), 6))
+    assert crop.size == (4, 6) and all(type(s) is int for s in crop.size)
+    assert T.train_transform(np.int64(8))(torch.rand(2, 3, 16, 16)).shape == (2, 3, 8, 8)
+    assert T.test_transform(np.uint8(8)).transforms[0].size == (8, 8)
+    for bad in (np.float64(8.0), np.bool_(True), (np.int64(4), 2.0)):
+        with pytest.raises(TypeError, match="size must be an int"):
+            T.ClipResize(bad)
+
+
+def test_crop_ranges_may_be_any_iterable_of_two_numbers():
+    # A one-shot iterator (a generator expression) was consumed by the check and then indexed:
+    # "'generator' object is not subscriptable".
+    crop = T.ClipRandomResizedCrop(8, scale=(s for s in (0.5, 1.0)), ratio=iter([0.5, 2]))
+    assert crop.scale == (0.5, 1.0) and crop.ratio == (0.5, 2.0)
+    with pytest.raises(ValueError, match=r"scale must be \(low, high\)"):
+        T.ClipRandomResizedCrop(8, scale=iter([0.5, 1.0, 1.0]))
+
+
+@pytest.mark.parametrize("bad", [(0, 10), (10, 0), (-5, 10), (2.5, 4), (True, 4)])
+def test_crop_get_params_takes_a_frame_size_of_positive_ints(bad):
+    # (0, 10) raised ZeroDivisionError, (-5, 10) "math domain error", and (10, 0) returned a
+    # box 0 pixels wide; (2.5, 4) and (True, 4) gave boxes of a frame that cannot exist.
+    with pytest.raises((TypeError, ValueError), match=r"`(height|width)` must be a positive int"):
+        T.ClipRandomResizedCrop(4).get_params(*bad)
+    np = pytest.importorskip("numpy")
+    top, left, h, w = T.ClipRandomResizedCrop(4).get_params(np.int64(8), 8, _gen(0))
+    assert 0 <= top <= 8 - h and 0 <= left <= 8 - w and all(type(v) is int for v in (h, w))
+
+
+def test_a_transform_class_instead_of_an_instance_is_named():
+    # Callable, so it passed: at the first clip ClipRandomHorizontalFlip(clip) read the clip as
+    # `p` ("p must be a number in [0, 1], got tensor([[[[0.16, ...") in a loader's worker.
+    with pytest.raises(TypeError, match=r"`transforms\[1\]` is the class ClipRandomHorizontalFlip"):
+        T.ClipCompose([T.ClipResize(4), T.ClipRandomHorizontalFlip])

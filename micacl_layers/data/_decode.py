@@ -414,19 +414,21 @@ def to_float_clip(
     if plan.flip:
         frames = frames.flip(-1)
     t, c, h, w = frames.shape
+    # device="cpu" throughout: the frames are CPU memory, and the plain path's clips are CPU
+    # tensors whatever torch.set_default_device says.
     if not plan.rest:
-        clip = torch.empty((c, t, h, w), dtype=torch.float32)
+        clip = torch.empty((c, t, h, w), dtype=torch.float32, device="cpu")
         clip.copy_(frames.transpose(0, 1)).div_(255.0)  # two fast kernels beat one slow one
         return clip
     jitter_first = _is(plan.rest[0], ClipColorJitter)
     if all(_is(step, ClipColorJitter) or _is(step, ClipNormalize) for step in plan.rest):
         # These work on any strides: give them a (T, C, H, W) view of the channel-first
         # buffer, so the result needs no final transpose.
-        clip = torch.empty((c, t, h, w), dtype=torch.float32)
+        clip = torch.empty((c, t, h, w), dtype=torch.float32, device="cpu")
         clip.copy_(frames.transpose(0, 1))
         out = clip.transpose(0, 1)
     else:  # anything else gets a contiguous (T, C, H, W) clip, as on the plain path
-        out = torch.empty((t, c, h, w), dtype=torch.float32)
+        out = torch.empty((t, c, h, w), dtype=torch.float32, device="cpu")
         out.copy_(frames)
     if not jitter_first:
         out.div_(255.0)

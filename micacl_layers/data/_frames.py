@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import codecs
 import io
+import operator
 import os
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import NamedTuple
@@ -109,8 +110,10 @@ class SkippedClip(NamedTuple):
 
 
 def _natural_key(name: str) -> list[int | str]:
-    # DFEW names frames 00001.jpg...; a numeric compare also keeps 2.jpg before 10.jpg.
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+    # DFEW names frames 00001.jpg...; a numeric compare also keeps 2.jpg before 10.jpg. The
+    # split puts the digit runs at the odd positions; part.isdigit() would also pick out "²",
+    # which is not a decimal digit and which int() refuses.
+    return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", name))]
 
 
 def _is_jpeg(name: str) -> bool:
@@ -200,7 +203,7 @@ def load_frames(paths: Sequence[str | os.PathLike[str]]) -> torch.Tensor:
     frames are converted to RGB.
 
     Args:
-        paths: Frame files in the order wanted.
+        paths: Frame files in the order wanted (a sequence, or any iterable of them).
 
     Returns:
         float32 clip with values in ``[0, 1]``.
@@ -210,7 +213,8 @@ def load_frames(paths: Sequence[str | os.PathLike[str]]) -> torch.Tensor:
 
     Raises:
         ImportError: If Pillow is missing.
-        TypeError: If ``paths`` is a single path rather than a sequence of them.
+        TypeError: If ``paths`` is a single path rather than a sequence (or other iterable)
+            of them, or is not iterable.
         ValueError: If ``paths`` is empty, or frames differ in size (naming the odd file).
         FileNotFoundError: If a frame file has disappeared (naming it).
         CorruptFrameError: If a frame cannot be decoded (naming it).
@@ -229,6 +233,12 @@ def load_frames(paths: Sequence[str | os.PathLike[str]]) -> torch.Tensor:
             f"`paths` must be a sequence of frame paths, got the single path {paths!r}; "
             "wrap it in a list"
         )
+    if not isinstance(paths, Iterable):
+        raise TypeError(
+            f"`paths` must be a sequence of frame paths, got {paths!r} of type "
+            f"{type(paths).__name__}"
+        )
+    paths = list(paths)  # a generator expression has no len()
     if len(paths) == 0:
         raise ValueError("paths must name at least one frame, got an empty sequence")
     image_mod = require_pil()
@@ -294,7 +304,8 @@ def read_split_lines(path: str | os.PathLike[str], dataset: str) -> list[tuple[i
 
     Raises:
         FileNotFoundError: If the file does not exist (naming it).
-        ValueError: If it holds no non-blank line, or is not UTF-8 text (naming the line).
+        ValueError: If it holds no non-blank line, or is not UTF-8 text, or holds a NUL
+            character (UTF-16 without its byte-order mark), naming the line.
 
     Example:
         >>> import tempfile
@@ -321,14 +332,32 @@ def read_split_lines(path: str | os.PathLike[str], dataset: str) -> list[tuple[i
             f"{raw[err.start]:#04x} at offset {err.start}); save it as UTF-8"
         ) from None
     # newline="": lines end at \n, \r\n or \r, as when the file is iterated in text mode.
-    lines = [
-        (i, text.rstrip())
-        for i, text in enumerate(io.StringIO(decoded, newline=""), start=1)
-        if text.strip()
-    ]
+    numbered = list(enumerate(io.StringIO(decoded, newline=""), start=1))
+    for i, text in numbered:
+        # UTF-16 without its byte-order mark is valid UTF-8 (every other byte NUL), and would
+        # fail later as a clip id or label name full of NULs, not as an encoding.
+        if "\0" in text:
+            raise ValueError(
+                f"{path}:{i}: {dataset} split file holds a NUL character, as UTF-16 or UTF-32 "
+                "text without its byte-order mark does; save it as UTF-8"
+            )
+    lines = [(i, text.rstrip()) for i, text in numbered if text.strip()]
     if not lines:
         raise ValueError(f"{path}:1: {dataset} split file is empty")
     return lines
+
+
+def _check_transform(name: str, transform: object) -> None:
+    if isinstance(transform, type):  # callable, but it would read the clip as an option
+        raise TypeError(
+            f"{name}: `transform` is the class {transform.__name__}, not one of its instances: "
+            f"write {transform.__name__}(...)"
+        )
+    if transform is not None and not callable(transform):
+        raise TypeError(
+            f"{name}: `transform` must be callable on a (T, C, H, W) clip, or None, got "
+            f"{transform!r} of type {type(transform).__name__}"
+        )
 
 
 def check_clip_options(
@@ -363,11 +392,7 @@ def check_clip_options(
     """
     if not isinstance(root, (str, os.PathLike)):
         raise TypeError(f"{name}: `root` must be a str or os.PathLike, got {root!r}")
-    if transform is not None and not callable(transform):
-        raise TypeError(
-            f"{name}: `transform` must be callable on a (T, C, H, W) clip, or None, got "
-            f"{transform!r} of type {type(transform).__name__}"
-        )
+    _check_transform(name, transform)
     if train is not None and not isinstance(train, bool):
         raise TypeError(f"{name}: `train` must be a bool or None (from the split), got {train!r}")
     for option, value in (("skip_bad_clips", skip_bad_clips), ("fast_decode", fast_decode)):
@@ -436,36 +461,18 @@ class ClipFolderDataset(Dataset[tuple[torch.Tensor, int]]):
         num_frames = check_positive_int("num_frames", num_frames)
         if draft not in DRAFT_RULES:
             raise ValueError(f"{name}: draft must be one of {DRAFT_RULES}, got {draft!r}")
-        if not isinstance(output_dtype, torch.dtype):
-            raise TypeError(
-                f"{name}: output_dtype must be a torch.dtype (torch.float32 or torch.uint8), got "
-                f"{output_dtype!r} of type {type(output_dtype).__name__}"
-            )
-        if output_dtype not in (torch.float32, torch.uint8):
-            raise ValueError(
-                f"{name}: output_dtype must be torch.float32 or torch.uint8, got {output_dtype!r}"
-            )
-        if output_dtype == torch.uint8:
-            step = non_geometric_step(transform)
-            if step is not None:
-                raise ValueError(
-                    f"{name}: output_dtype=torch.uint8 returns the clip before any colour "
-                    "step, so the transform may hold only one ClipRandomResizedCrop or ClipResize "
-                    f"and ClipRandomHorizontalFlip steps; got the step {step!r}. "
-                    "Run colour jitter and normalisation on the device, on the batch "
-                    "(ClipBatchColorJitter), or keep output_dtype=torch.float32"
-                )
         self.name = name
+        self._transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.output_dtype = output_dtype  # the setters check these two, and against each other
+        self.transform = transform
         self.classes = list(classes)
         self.split_file = split_file
         self.frames_root = frames_root
         self.num_frames = num_frames
-        self.transform = transform
         self.train = bool(train)
         self.generator = generator
         self.fast_decode = bool(fast_decode)
         self.draft = draft
-        self.output_dtype = output_dtype
         if not frames_root.is_dir():
             raise FileNotFoundError(
                 f"{name}: frame folder root {str(frames_root)!r} does not exist (split file "
@@ -511,6 +518,71 @@ class ClipFolderDataset(Dataset[tuple[torch.Tensor, int]]):
             )
         self.samples: list[tuple[Path, int]] = good
         self.skipped: list[SkippedClip] = bad
+
+    @property
+    def transform(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The clip transform; setting it runs the constructor's checks again.
+
+        (As with torchvision's data sets, code swaps it after construction; unchecked, a colour
+        step on a uint8 data set failed an assert at the first item, or under ``python -O``
+        was silently not applied.)
+
+        Raises:
+            TypeError: If set to something not callable, or to a class.
+            ValueError: If set to a transform with a colour step on a data set with
+                ``output_dtype=torch.uint8``.
+        """
+        return self._transform
+
+    @transform.setter
+    def transform(self, transform: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+        _check_transform(self._who(), transform)
+        self._check_uint8(transform, getattr(self, "_output_dtype", torch.float32))
+        self._transform = transform
+
+    @property
+    def output_dtype(self) -> torch.dtype:
+        """``torch.float32`` or ``torch.uint8``; setting it runs the constructor's checks again.
+
+        Raises:
+            TypeError: If set to something that is not a ``torch.dtype``.
+            ValueError: If set to another dtype, or to ``torch.uint8`` while the transform has
+                a colour step.
+        """
+        return self._output_dtype
+
+    @output_dtype.setter
+    def output_dtype(self, output_dtype: torch.dtype) -> None:
+        name = self._who()
+        if not isinstance(output_dtype, torch.dtype):
+            raise TypeError(
+                f"{name}: output_dtype must be a torch.dtype (torch.float32 or torch.uint8), "
+                f"got {output_dtype!r} of type {type(output_dtype).__name__}"
+            )
+        if output_dtype not in (torch.float32, torch.uint8):
+            raise ValueError(
+                f"{name}: output_dtype must be torch.float32 or torch.uint8, got {output_dtype!r}"
+            )
+        self._check_uint8(getattr(self, "_transform", None), output_dtype)
+        self._output_dtype = output_dtype
+
+    def _who(self) -> str:
+        # The setters run before __init__ has set `name` when a subclass sets its transform
+        # first.
+        return getattr(self, "name", type(self).__name__)
+
+    def _check_uint8(self, transform: object, output_dtype: torch.dtype) -> None:
+        if output_dtype != torch.uint8:
+            return
+        step = non_geometric_step(transform)
+        if step is not None:
+            raise ValueError(
+                f"{self._who()}: output_dtype=torch.uint8 returns the clip before any colour "
+                "step, so the transform may hold only one ClipRandomResizedCrop or ClipResize "
+                f"and ClipRandomHorizontalFlip steps; got the step {step!r}. "
+                "Run colour jitter and normalisation on the device, on the batch "
+                "(ClipBatchColorJitter), or keep output_dtype=torch.float32"
+            )
 
     @property
     def targets(self) -> list[int]:
@@ -596,10 +668,25 @@ class ClipFolderDataset(Dataset[tuple[torch.Tensor, int]]):
             float32 (or uint8 with ``output_dtype=torch.uint8``), and the 0-based label.
 
         Raises:
+            TypeError: If ``index`` is not an integer (a slice, a float, a list).
+            IndexError: If ``index`` is out of range (negative ones count from the end).
             FileNotFoundError: If the clip's folder lost its frames since construction.
             CorruptFrameError: If a sampled frame cannot be decoded (naming the file).
         """
-        frame_dir, label = self.samples[index]
+        try:
+            i = operator.index(index)
+        except TypeError:
+            # Else a slice of samples is unpacked as one (frame_dir, label) and fails deep in
+            # os.scandir, or as "too many values to unpack".
+            raise TypeError(
+                f"{self.name}: `index` must be an int, got {index!r} of type "
+                f"{type(index).__name__}; items are loaded one at a time "
+                "(torch.utils.data.Subset selects several)"
+            ) from None
+        if not -len(self.samples) <= i < len(self.samples):
+            # IndexError, as a list's: it is also what ends iteration over the data set.
+            raise IndexError(f"{self.name}: index {i} is out of range for {len(self)} clips")
+        frame_dir, label = self.samples[i]
         try:
             clip = self._load(frame_dir, self._frames(frame_dir))
         except FileNotFoundError:

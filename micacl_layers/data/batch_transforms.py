@@ -90,7 +90,7 @@ def _check_params(order: object, factors: object, batch: int) -> tuple[torch.Ten
     # The values are checked only where that reads nothing back from a device (the Module's
     # parameters are valid by construction); on a GPU a bad order fails inside `gather`.
     if order.device.type == "cpu" and order.numel():
-        bad = (order.sort(dim=1).values != torch.arange(3)).any(dim=1)
+        bad = (order.sort(dim=1).values != torch.arange(3, device="cpu")).any(dim=1)
         if bool(bad.any()):
             raise ValueError(
                 f"`order` must hold one permutation of [0, 1, 2] per clip, got {describe(order)} "
@@ -325,8 +325,10 @@ class ClipBatchColorJitter(nn.Module):
             raise ValueError(f"`batch_size` must be an int >= 0, got {batch_size!r}.")
         gen = check_generator(generator, cpu=True) if generator is not None else self.generator
         drawn = [self._params.get_params(gen) for _ in range(batch_size)]
-        order = torch.tensor([d[0] for d in drawn], dtype=torch.int64).view(batch_size, 3)
-        factors = torch.tensor([d[1:] for d in drawn], dtype=torch.float64).view(batch_size, 3)
+        # On the host, as documented, whatever torch.set_default_device says.
+        order = torch.tensor([d[0] for d in drawn], dtype=torch.int64, device="cpu")
+        factors = torch.tensor([d[1:] for d in drawn], dtype=torch.float64, device="cpu")
+        order, factors = order.view(batch_size, 3), factors.view(batch_size, 3)
         return order, factors
 
     def forward(

@@ -37,8 +37,12 @@ DFEW_CLASSES: tuple[str, ...] = (
 )
 
 
-def _fields(text: str) -> list[str]:
-    return [field.strip() for field in next(csv.reader([text]))]
+def _fields(text: str, path: Path, line: int) -> list[str]:
+    try:
+        row = next(csv.reader([text]))
+    except csv.Error as err:  # e.g. a field over csv's size limit: not a ValueError, no line
+        raise split_error(path, line, f"cannot read the line as CSV ({err})") from None
+    return [field.strip() for field in row]
 
 
 def _looks_like_data_row(fields: list[str]) -> bool:
@@ -57,9 +61,9 @@ def parse_dfew_split(path: str | os.PathLike[str]) -> list[tuple[str, int, int]]
 
     Raises:
         FileNotFoundError: If the file does not exist.
-        ValueError: ``path:line: ...`` for a missing header, a malformed line, a clip id that is
-            not a number of at most 5 digits, a label outside 1..7, a repeated clip id, or no
-            clip at all.
+        ValueError: ``path:line: ...`` for a missing header or one that names a ``label``
+            column other than the second, a malformed line, a clip id that is not a number of
+            at most 5 digits, a label outside 1..7, a repeated clip id, or no clip at all.
 
     Example:
         >>> import tempfile
@@ -71,18 +75,30 @@ def parse_dfew_split(path: str | os.PathLike[str]) -> list[tuple[str, int, int]]
     path = Path(path)
     lines = read_split_lines(path, "DFEW")
     first_line, first_text = lines[0]
-    if _looks_like_data_row(_fields(first_text)):
+    header = _fields(first_text, path, first_line)
+    if _looks_like_data_row(header):
         raise split_error(
             path,
             first_line,
             f"expected a header row (like 'video_name,label') before the clips, found the data "
             f"row {first_text!r}",
         )
+    # The columns are read by position: a file whose header names the label elsewhere (pandas'
+    # index column first, or the columns swapped) would be read as other clips' labels.
+    names = [name.lower() for name in header]
+    if "label" in names and names.index("label") != 1:
+        raise split_error(
+            path,
+            first_line,
+            f"the header {first_text!r} puts 'label' in column {names.index('label') + 1}; "
+            "DFEW split files hold the clip id in column 1 and the label in column 2 "
+            "('video_name,label')",
+        )
     entries: list[tuple[str, int, int]] = []
     seen: dict[str, int] = {}
     n_classes = len(DFEW_CLASSES)
     for line, text in lines[1:]:
-        fields = _fields(text)
+        fields = _fields(text, path, line)
         if len(fields) < 2:
             raise split_error(path, line, f"expected 'clip_id,label', got {text!r}")
         raw_id, raw_label = fields[0], fields[1]
@@ -125,7 +141,8 @@ class DFEW(ClipFolderDataset):
     ``(T, C, H, W)`` clip and returns it channel-first.
 
     Args:
-        root: DFEW root folder (holding ``Clip/`` and ``EmoLabel_DataSplit/``).
+        root: DFEW root folder (holding ``Clip/`` and ``EmoLabel_DataSplit/``); a leading
+            ``~`` is the home folder.
         fold: Fold 1..5 (an ``int`` or a NumPy integer; stored as ``int``).
         split: ``"train"`` or ``"test"``.
         num_frames: Frames sampled per clip (MICACL: 16).
@@ -138,7 +155,8 @@ class DFEW(ClipFolderDataset):
             out, with one ``SkippedClipsWarning`` listing all of them; ``.skipped`` holds them.
         generator: Randomness for frame sampling and for this package's clip transforms.
             ``None`` uses torch's global RNG (seeded per ``DataLoader`` worker). A generator
-            object is copied into each worker as is: reseed it in ``worker_init_fn``.
+            object is copied into each worker as is: reseed it in ``worker_init_fn``, through
+            ``torch.utils.data.get_worker_info().dataset.generator``.
         fast_decode: For this package's ``ClipTransform`` chains (``train_transform``,
             ``test_transform``, ...): draw the crop and flip first, then decode each sampled
             frame straight to the crop at the output size (JPEG draft mode where ``draft``
@@ -178,8 +196,9 @@ class DFEW(ClipFolderDataset):
             transform that cannot give uint8 clips, or a bad split-file line
             (``path:line: ...``).
         TypeError: If ``output_dtype`` is not a ``torch.dtype``, ``root`` is not a path,
-            ``transform`` is not callable, ``train``/``skip_bad_clips``/``fast_decode``
-            is not a bool, or ``generator`` is not a CPU ``torch.Generator``.
+            ``transform`` is not callable (or is a class, not an instance),
+            ``train``/``skip_bad_clips``/``fast_decode`` is not a bool, or ``generator`` is not
+            a CPU ``torch.Generator``.
         FileNotFoundError: If the split file, the frame root or a clip folder is missing or a
             clip folder is empty (the latter two unless ``skip_bad_clips``).
         ImportError: If Pillow is missing (``pip install micacl-layers[data]``).
@@ -226,7 +245,7 @@ class DFEW(ClipFolderDataset):
             raise ValueError(f"fold must be an int in 1..5, got {fold!r}")
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        self.root = Path(root)
+        self.root = Path(root).expanduser()  # as torchvision's data sets: "~/DFEW" is home
         self.fold = int(fold)
         self.split = split
         split_file = (

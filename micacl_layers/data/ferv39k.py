@@ -121,7 +121,8 @@ class FERV39k(ClipFolderDataset):
     its 31,088 training clips are shorter than 16 frames: they are stretched, never dropped.
 
     Args:
-        root: FERV39k root folder (holding ``2_ClipsforFaceCrop/`` and ``4_setups/``).
+        root: FERV39k root folder (holding ``2_ClipsforFaceCrop/`` and ``4_setups/``); a
+            leading ``~`` is the home folder.
         split: ``"train"`` or ``"test"``.
         num_frames: Frames sampled per clip (MICACL: 16).
         transform: Callable on a float ``(T, C, H, W)`` clip in ``[0, 1]``.
@@ -149,8 +150,9 @@ class FERV39k(ClipFolderDataset):
         ValueError: For a bad ``split``/``num_frames``/``draft``/``output_dtype``, a transform
             that cannot give uint8 clips, or a bad split-file line.
         TypeError: If ``output_dtype`` is not a ``torch.dtype``, ``root`` is not a path,
-            ``transform`` is not callable, ``train``/``skip_bad_clips``/``fast_decode``
-            is not a bool, or ``generator`` is not a CPU ``torch.Generator``.
+            ``transform`` is not callable (or is a class, not an instance),
+            ``train``/``skip_bad_clips``/``fast_decode`` is not a bool, or ``generator`` is not
+            a CPU ``torch.Generator``.
         FileNotFoundError: If the split file, the frame root or a clip folder is missing or a
             clip folder is empty (the latter two unless ``skip_bad_clips``).
         ImportError: If Pillow is missing (``pip install micacl-layers[data]``).
@@ -191,7 +193,7 @@ class FERV39k(ClipFolderDataset):
         )
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        self.root = Path(root)
+        self.root = Path(root).expanduser()  # as torchvision's data sets
         self.split = split
         split_file = self.root / "4_setups" / "All_scenes" / f"{split}_All.csv"
         frames_root = self.root / "2_ClipsforFaceCrop"

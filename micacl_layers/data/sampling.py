@@ -77,8 +77,9 @@ def segment_indices(
     lengths = [starts[i + 1] - starts[i] for i in range(s)]
     if train:
         # One uniform draw per segment; floor(u * len) is uniform over the segment's frames
-        # (float64 products, as the tensor form computed them).
-        u = torch.rand(s, generator=generator, dtype=torch.float64).tolist()
+        # (float64 products, as the tensor form computed them). On the CPU whatever the default
+        # device: the generator is a CPU one, and None means the CPU RNG a DataLoader seeds.
+        u = torch.rand(s, generator=generator, dtype=torch.float64, device="cpu").tolist()
         offsets = [min(int(x * length), length - 1) for x, length in zip(u, lengths, strict=True)]
     else:
         offsets = [length // 2 for length in lengths]

@@ -33,6 +33,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -329,6 +330,12 @@ def _check_int(name: str, value: object, low: int, high: int | None = None) -> i
     return number
 
 
+def _listed(value: Any) -> Any:
+    # A 1-D NumPy array (np.bincount(...), np.array([8, 48])) is no Sequence, though it holds
+    # just the counts asked for: as a list of Python numbers, the checks judge its values.
+    return value.tolist() if isinstance(value, np.ndarray) and value.ndim == 1 else value
+
+
 def _check_args(
     total_clips: int,
     clips_per_class: Sequence[int] | None,
@@ -388,6 +395,29 @@ def _plan(
     return [(lab, int(t), g) for (lab, _, g), t in zip(plan, lengths, strict=True)]
 
 
+def _check_splits(
+    plan: Sequence[tuple[int, int, int]],
+    test_groups: Sequence[tuple[str, int]],
+    counts: Sequence[int],
+    dataset: str,
+) -> None:
+    """Refuse a plan that leaves a split without clips: the loaders refuse such a split file.
+
+    ``test_groups`` holds ``(where, group)`` per test group written (``where`` names it in the
+    message, e.g. ``" of fold 2"``).
+    """
+    groups = [group for _, _, group in plan]
+    for where, group in test_groups:
+        tested = groups.count(group)
+        for split, size in (("train", len(groups) - tested), ("test", tested)):
+            if size == 0:
+                raise ValueError(
+                    f"the {split} split{where} would hold no clip with {list(counts)} clips per "
+                    f"class, and {dataset} cannot read an empty split; a class's clips fill the "
+                    "5 test groups in turn, so give more classes more clips"
+                )
+
+
 def _write_frames(folder: Path, frames: np.ndarray, quality: int) -> None:
     image_mod = require_pil()
     folder.mkdir(parents=True, exist_ok=False)
@@ -434,8 +464,8 @@ def make_synthetic_dfew(
         min_clips_per_class: Floor for every class (the tail would otherwise get ~1% of
             ``total_clips``), so each test split holds at least ``min // 5`` clips per class.
             Raising a class to the floor adds clips beyond ``total_clips``.
-        frames: Range of clip lengths ``(low, high)``, inclusive; when ``low < 16`` about 3%
-            of the clips (at least one) are shorter than 16 frames.
+        frames: Range of clip lengths ``(low, high)``, inclusive. When it straddles 16, about
+            3% of the clips (at least one) are shorter than 16 frames; below 16, all are.
         image_size: Frame height and width in pixels.
         folds: Folds (1..5) whose split files are written.
         seed: Everything written is a function of ``seed`` (and of Pillow's JPEG encoder).
@@ -445,7 +475,8 @@ def make_synthetic_dfew(
         A :class:`SyntheticInfo` describing every clip.
 
     Raises:
-        ValueError: For an invalid count, range, size or fold.
+        ValueError: For an invalid count, range, size or fold, or counts that leave a
+            written split without clips (which ``DFEW`` would refuse).
         FileExistsError: If ``root`` already holds DFEW folders.
         ImportError: If Pillow is missing.
 
@@ -456,6 +487,7 @@ def make_synthetic_dfew(
         >>> info.class_counts  # happy, sad, neutral, angry, surprise, disgust, fear
         [6, 5, 7, 6, 4, 2, 2]
     """
+    clips_per_class, frames = _listed(clips_per_class), _listed(frames)
     _check_args(
         total_clips, clips_per_class, frames, image_size, min_clips_per_class, seed, jpeg_quality
     )
@@ -463,6 +495,7 @@ def make_synthetic_dfew(
         counts = _allocate(total_clips, DFEW_TRAIN_FOLD1_COUNTS, min_clips_per_class)
     else:
         counts = [int(c) for c in clips_per_class]
+    folds = _listed(folds)
     if (
         isinstance(folds, (str, bytes))
         or not isinstance(folds, Sequence)
@@ -472,9 +505,10 @@ def make_synthetic_dfew(
     ):
         raise ValueError(f"folds must be a non-empty sequence of ints in 1..5, got {folds!r}")
     folds = [int(f) for f in folds]
-    root = Path(root)
-    _fresh(root, "Clip", "EmoLabel_DataSplit")
     plan = _plan(counts, frames, seed)
+    _check_splits(plan, [(f" of fold {fold}", fold - 1) for fold in folds], counts, "DFEW")
+    root = Path(root).expanduser()  # as the loaders, which must find it there
+    _fresh(root, "Clip", "EmoLabel_DataSplit")
     clips = []
     frames_root = root / "Clip" / "clip_224x224"
     for index, (label, length, group) in enumerate(plan):
@@ -531,7 +565,8 @@ def make_synthetic_ferv39k(
         A :class:`SyntheticInfo` describing every clip (``clip_id`` = ``scene/emotion/id``).
 
     Raises:
-        ValueError: For an invalid count, range, size or scene list.
+        ValueError: For an invalid count, range, size or scene list, or counts that leave a
+            split without clips (which ``FERV39k`` would refuse).
         FileExistsError: If ``root`` already holds FERV39k folders.
         ImportError: If Pillow is missing.
 
@@ -544,12 +579,16 @@ def make_synthetic_ferv39k(
         >>> info.clips[0].clip_id
         'Daily/Angry/0001'
     """
+    clips_per_class, frames = _listed(clips_per_class), _listed(frames)
     _check_args(
         total_clips, clips_per_class, frames, image_size, min_clips_per_class, seed, jpeg_quality
     )
     # A scene name is the first part of a split-file path, which ends at whitespace or a comma.
+    # A sequence: a set's order, hence every clip's scene, would change with the hash seed.
+    scenes = _listed(scenes)
     if (
         isinstance(scenes, str)
+        or not isinstance(scenes, Sequence)
         or not scenes
         or any(
             not isinstance(s, str)
@@ -559,7 +598,8 @@ def make_synthetic_ferv39k(
         )
     ):
         raise ValueError(
-            f"scenes must be folder names without whitespace, '/', '\\' or ',', got {scenes!r}"
+            f"scenes must be folder names without whitespace, '/', '\\' or ',', in a list or "
+            f"tuple, got {scenes!r}"
         )
     dfew_index = [DFEW_CLASSES.index(name.lower()) for name in FERV39K_CLASSES]
     if clips_per_class is None:
@@ -567,9 +607,10 @@ def make_synthetic_ferv39k(
         counts = _allocate(total_clips, weights, min_clips_per_class)
     else:
         counts = [int(c) for c in clips_per_class]
-    root = Path(root)
-    _fresh(root, "2_ClipsforFaceCrop", "4_setups")
     plan = _plan(counts, frames, seed)
+    _check_splits(plan, [("", 0)], counts, "FERV39k")
+    root = Path(root).expanduser()  # as the loaders, which must find it there
+    _fresh(root, "2_ClipsforFaceCrop", "4_setups")
     scene_rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))
     next_id: dict[tuple[str, int], int] = {}
     clips = []

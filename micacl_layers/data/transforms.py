@@ -17,6 +17,7 @@ normalisation itself. ``ClipNormalize`` is there for models that expect normalis
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -26,6 +27,7 @@ from micacl_layers._validation import (
     check_bool,
     check_generator,
     check_nonnegative_float,
+    check_positive_int,
     is_real,
 )
 
@@ -74,14 +76,16 @@ def _check_clip(
         )
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
-    if isinstance(size, int) and not isinstance(size, bool):
-        pair = (size, size)
-    elif (
-        isinstance(size, Sequence)
-        and len(size) == 2
-        and all(isinstance(s, int) and not isinstance(s, bool) for s in size)
-    ):
+    # numbers.Integral takes NumPy integers (a size read from an array or a config), as the
+    # data sets' `fold` does; a bool is not a size.
+    if isinstance(size, numbers.Integral) and not isinstance(size, bool):
+        pair = (int(size), int(size))
+    elif isinstance(size, Sequence) and len(size) == 2 and all(_is_int(s) for s in size):
         pair = (int(size[0]), int(size[1]))
     else:
         raise TypeError(f"{name} must be an int or a (height, width) pair of ints, got {size!r}")
@@ -90,11 +94,17 @@ def _pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
     return pair
 
 
-def _is_real_pair(value: object) -> bool:
+def _real_pair(value: object) -> tuple[float, float] | None:
+    """``value`` as two floats if it is two real numbers, else ``None``.
+
+    It is read once, so a one-shot iterator is checked and kept, not consumed by the check.
+    """
     if not isinstance(value, Iterable):
-        return False
+        return None
     pair = tuple(value)
-    return len(pair) == 2 and all(is_real(v) for v in pair)
+    if len(pair) != 2 or not all(is_real(v) for v in pair):
+        return None
+    return float(pair[0]), float(pair[1])
 
 
 def _grey(clip: torch.Tensor) -> torch.Tensor:
@@ -155,7 +165,9 @@ class ClipTransform:
         return check_generator(generator, cpu=True) if generator is not None else self.generator
 
     def _uniform(self, low: float, high: float, generator: torch.Generator | None) -> float:
-        u = torch.rand((), generator=self._gen(generator), dtype=torch.float64).item()
+        # On the CPU whatever torch.set_default_device says: the generator is a CPU one.
+        gen = self._gen(generator)
+        u = torch.rand((), generator=gen, dtype=torch.float64, device="cpu").item()
         return low + (high - low) * u
 
     def __call__(
@@ -210,16 +222,17 @@ class ClipRandomResizedCrop(ClipTransform):
         super().__init__(generator=generator)
         self.size = _pair(size, "size")
         # (A bool is not a number here: (True, True) would mean (1.0, 1.0).)
-        if not (_is_real_pair(scale) and 0 < scale[0] <= scale[1] <= 1):
+        scale_pair, ratio_pair = _real_pair(scale), _real_pair(ratio)
+        if scale_pair is None or not 0 < scale_pair[0] <= scale_pair[1] <= 1:
             raise ValueError(
                 f"scale must be (low, high) numbers with 0 < low <= high <= 1, got {scale!r}"
             )
-        if not (_is_real_pair(ratio) and 0 < ratio[0] <= ratio[1] < math.inf):
+        if ratio_pair is None or not 0 < ratio_pair[0] <= ratio_pair[1] < math.inf:
             raise ValueError(
                 f"ratio must be (low, high) numbers with 0 < low <= high (finite), got {ratio!r}"
             )
-        self.scale = (float(scale[0]), float(scale[1]))
-        self.ratio = (float(ratio[0]), float(ratio[1]))
+        self.scale = scale_pair
+        self.ratio = ratio_pair
 
     def get_params(
         self, height: int, width: int, generator: torch.Generator | None = None
@@ -233,7 +246,14 @@ class ClipRandomResizedCrop(ClipTransform):
 
         Returns:
             ``(top, left, crop_height, crop_width)``.
+
+        Raises:
+            ValueError: If ``height`` or ``width`` is not a positive int (a 0-pixel side
+                divided by zero, or gave a box 0 pixels wide).
+            TypeError: If either is not an integer.
         """
+        height = check_positive_int("height", height, type_error=True)
+        width = check_positive_int("width", width, type_error=True)
         area = height * width
         log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
         for _ in range(10):
@@ -373,7 +393,7 @@ class ClipColorJitter(ClipTransform):
             ``(order, brightness_factor, contrast_factor, saturation_factor)`` where ``order`` is
             a permutation of ``[0, 1, 2]`` (brightness, contrast, saturation).
         """
-        order = torch.randperm(3, generator=self._gen(generator)).tolist()
+        order = torch.randperm(3, generator=self._gen(generator), device="cpu").tolist()
         factors = [
             self._uniform(max(0.0, 1.0 - v), 1.0 + v, generator)
             for v in (self.brightness, self.contrast, self.saturation)
@@ -532,7 +552,8 @@ class ClipNormalize(ClipTransform):
                 f"have {len(self.mean)}"
             )
         # (Rounded on the CPU: no read-back from the clip's device.)
-        if clip.is_floating_point() and bool((torch.tensor(self.std, dtype=clip.dtype) == 0).any()):
+        std_cpu = torch.tensor(self.std, dtype=clip.dtype, device="cpu")
+        if clip.is_floating_point() and bool((std_cpu == 0).any()):
             raise ValueError(
                 f"std {self.std} is too small for a {clip.dtype} clip: it rounds to 0 there, "
                 f"where dividing by it gives inf"
@@ -554,7 +575,8 @@ class ClipCompose(ClipTransform):
         - Output: what the last step returns, :math:`(T, C, H', W')` for this package's steps.
 
     Raises:
-        TypeError: If ``transforms`` is not a sequence or a step is not callable.
+        TypeError: If ``transforms`` is not a sequence or a step is not callable (or is a
+            class, not an instance).
 
     Example:
         >>> t = ClipCompose([ClipResize(32), ClipRandomHorizontalFlip()])
@@ -573,6 +595,13 @@ class ClipCompose(ClipTransform):
             )
         self.transforms = list(transforms)
         for i, step in enumerate(self.transforms):
+            # A class is callable too: called on a clip it would read the clip as its first
+            # option, at the first clip, in a loader's worker.
+            if isinstance(step, type):
+                raise TypeError(
+                    f"`transforms[{i}]` is the class {step.__name__}, not one of its instances: "
+                    f"write {step.__name__}(...)"
+                )
             if not callable(step):  # else it fails at the first clip, in a loader's worker
                 raise TypeError(
                     f"`transforms[{i}]` must be callable on a (T, C, H, W) clip, got {step!r}"
