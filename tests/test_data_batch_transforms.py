@@ -407,15 +407,13 @@ def test_params_are_drawn_on_the_host_whatever_the_default_device():
     # CPU", and the order check compared a CPU order with a default-device arange.
     clips = _batch(b=3)
     want = ClipBatchColorJitter(generator=_gen(5))(clips)
-    previous = torch.get_default_device()
-    torch.set_default_device("meta")
-    try:
+    # Scoped, not torch.set_default_device: setting "cpu" back would leave a device mode on
+    # that changes later tests (torch.as_tensor of a meta tensor then copies it to the CPU).
+    with torch.device("meta"):
         jitter = ClipBatchColorJitter(generator=_gen(5))
         order, factors = jitter.get_params(3)
         assert order.device.type == factors.device.type == "cpu"
         got = ClipBatchColorJitter(generator=_gen(5))(clips)
         direct = clip_batch_color_jitter(clips, order, factors)
-    finally:
-        torch.set_default_device(previous)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     torch.testing.assert_close(direct, want, rtol=0, atol=0)

@@ -586,16 +586,7 @@ def test_per_worker_reseeding_recipe_works_under_spawn(tmp_path):
         assert torch.equal(clip, ds[index][0])
 
 
-@pytest.fixture
-def default_device_meta():
-    """torch.set_default_device, as training scripts set it to "cuda"; "meta" stands in here."""
-    previous = torch.get_default_device()
-    torch.set_default_device("meta")
-    yield
-    torch.set_default_device(previous)
-
-
-def test_items_are_made_on_the_cpu_whatever_the_default_device(tmp_path, default_device_meta):
+def test_items_are_made_on_the_cpu_whatever_the_default_device(tmp_path):
     # The draws (torch.rand, torch.randperm) and the fast path's output buffer followed the
     # default device: with "cuda" a CPU generator failed inside torch ("Expected a 'cuda'
     # device type for generator"), a forked worker initialised CUDA, and the fast path handed
@@ -603,29 +594,36 @@ def test_items_are_made_on_the_cpu_whatever_the_default_device(tmp_path, default
     dfew_tree(tmp_path, [("1", 1), ("2", 2)], frames={"00001": 30, "00002": 4})
     runs = []
     for default in ("cpu", "meta"):
-        torch.set_default_device(default)
-        run = [segment_indices(30, 8, train=True, generator=torch.Generator().manual_seed(0))]
-        for fast_decode in (True, False):
-            for split, transform in (
-                ("train", T.train_transform(4)),
-                ("test", T.test_transform(4)),
-            ):
-                ds = DFEW(
-                    tmp_path,
-                    1,
-                    "train",
-                    train=split == "train",
-                    transform=T.ClipCompose([transform, T.ClipNormalize([0.5] * 3, [0.2] * 3)]),
-                    generator=torch.Generator().manual_seed(1),
-                    fast_decode=fast_decode,
-                )
-                run += [ds[i][0] for i in range(len(ds))]
+        # The default device as training scripts set it ("cuda"; "meta" stands in here),
+        # scoped: set_default_device("cpu") afterwards would leave a device mode on, under
+        # which torch.as_tensor copies a meta tensor to the CPU in later tests.
+        with torch.device(default):
+            run = _items_under_the_default_device(tmp_path)
         runs.append(run)
-    torch.set_default_device("meta")
     assert runs[1][0] == runs[0][0]
     for on_meta, on_cpu in zip(runs[1][1:], runs[0][1:], strict=True):
         assert on_meta.device.type == "cpu"
         assert torch.equal(on_meta, on_cpu)
+
+
+def _items_under_the_default_device(tmp_path):
+    run = [segment_indices(30, 8, train=True, generator=torch.Generator().manual_seed(0))]
+    for fast_decode in (True, False):
+        for split, transform in (
+            ("train", T.train_transform(4)),
+            ("test", T.test_transform(4)),
+        ):
+            ds = DFEW(
+                tmp_path,
+                1,
+                "train",
+                train=split == "train",
+                transform=T.ClipCompose([transform, T.ClipNormalize([0.5] * 3, [0.2] * 3)]),
+                generator=torch.Generator().manual_seed(1),
+                fast_decode=fast_decode,
+            )
+            run += [ds[i][0] for i in range(len(ds))]
+    return run
 
 
 def test_a_transform_class_instead_of_an_instance_is_named_at_construction(tmp_path):
