@@ -239,6 +239,21 @@ def test_compose_checks_its_steps_at_construction():
         T.ClipCompose(None)
 
 
+@pytest.mark.parametrize(
+    "after", [T.ClipResize(4), T.ClipRandomResizedCrop(4), T.ClipColorJitter(0.4)]
+)
+def test_compose_refuses_a_clamping_step_after_normalize(after):
+    # These steps clamp to [0, 1], the range they take: after ClipNormalize they silently cut
+    # every normalised value below 0 (about half of them).
+    norm = T.ClipNormalize((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    with pytest.raises(
+        ValueError, match=r"`transforms\[1\]` \(Clip\w+\) .* after `transforms\[0\]`"
+    ):
+        T.ClipCompose([norm, after])
+    T.ClipCompose([after, norm])  # the documented order
+    T.ClipCompose([norm, T.ClipRandomHorizontalFlip()])  # a flip does not clamp
+
+
 def test_sizes_may_be_numpy_integers():
     # A size read from a NumPy array or a sweep's config is a NumPy integer: it was refused as
     # "size must be an int ..., got np.int64(8)", where the data sets take one as `fold`.

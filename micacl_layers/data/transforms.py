@@ -563,6 +563,22 @@ class ClipNormalize(ClipTransform):
         return (clip - mean) / std
 
 
+def _check_normalize_comes_last(steps: Sequence[object]) -> None:
+    # The resize, the crop's resize and the jitter clamp to [0, 1], the range they take, so
+    # after ClipNormalize they would silently cut every value below 0 (about half of them).
+    norm = next((i for i, step in enumerate(steps) if isinstance(step, ClipNormalize)), None)
+    if norm is None:
+        return
+    for i in range(norm + 1, len(steps)):
+        step = steps[i]
+        if isinstance(step, (ClipResize, ClipRandomResizedCrop, ClipColorJitter)):
+            raise ValueError(
+                f"`transforms[{i}]` ({type(step).__name__}) takes a clip in [0, 1] and clamps "
+                f"to it, so it cannot come after `transforms[{norm}]` (ClipNormalize): put "
+                "ClipNormalize last"
+            )
+
+
 class ClipCompose(ClipTransform):
     """Chain clip transforms, handing each the call-time generator.
 
@@ -577,6 +593,9 @@ class ClipCompose(ClipTransform):
     Raises:
         TypeError: If ``transforms`` is not a sequence or a step is not callable (or is a
             class, not an instance).
+        ValueError: If a ``ClipResize``, ``ClipRandomResizedCrop`` or ``ClipColorJitter``
+            comes after a ``ClipNormalize``: they clamp to ``[0, 1]``, which would cut the
+            normalised values.
 
     Example:
         >>> t = ClipCompose([ClipResize(32), ClipRandomHorizontalFlip()])
@@ -606,6 +625,7 @@ class ClipCompose(ClipTransform):
                 raise TypeError(
                     f"`transforms[{i}]` must be callable on a (T, C, H, W) clip, got {step!r}"
                 )
+        _check_normalize_comes_last(self.transforms)
 
     def __call__(
         self, clip: torch.Tensor, *, generator: torch.Generator | None = None
