@@ -254,6 +254,12 @@ def test_compose_refuses_a_clamping_step_after_normalize(after):
     T.ClipCompose([norm, T.ClipRandomHorizontalFlip()])  # a flip does not clamp
 
 
+def test_color_jitter_names_torchvision_range_form():
+    # A (min, max) pair, as torchvision's ColorJitter takes, was refused as "must be >= 0".
+    with pytest.raises(ValueError, match=r"`contrast` must be one strength .*\(min, max\) form"):
+        T.ClipColorJitter(0.4, (0.6, 1.4))
+
+
 def test_sizes_may_be_numpy_integers():
     # A size read from a NumPy array or a sweep's config is a NumPy integer: it was refused as
     # "size must be an int ..., got np.int64(8)", where the data sets take one as `fold`.

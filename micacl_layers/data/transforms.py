@@ -357,7 +357,8 @@ class ClipColorJitter(ClipTransform):
         - Output: same shape.
 
     Raises:
-        ValueError: If a strength is negative or not finite, or the clip is not RGB.
+        ValueError: If a strength is negative, not finite or a ``(min, max)`` pair (the other
+            form torchvision takes), or the clip is not RGB.
 
     Example:
         >>> frame = torch.rand(1, 3, 8, 8)
@@ -376,6 +377,17 @@ class ClipColorJitter(ClipTransform):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(generator=generator)
+        for name, value in (
+            ("brightness", brightness),
+            ("contrast", contrast),
+            ("saturation", saturation),
+        ):
+            if isinstance(value, (tuple, list)):  # torchvision's other form, refused by name
+                raise ValueError(
+                    f"`{name}` must be one strength v >= 0 (factors drawn from "
+                    f"[max(0, 1 - v), 1 + v]); torchvision's (min, max) form is not taken, "
+                    f"got {value!r}"
+                )
         # NaN would pass a plain `value < 0` test and make every factor NaN.
         self.brightness = check_nonnegative_float("brightness", brightness)
         self.contrast = check_nonnegative_float("contrast", contrast)
