@@ -385,7 +385,8 @@ def check_unit_interval(name: str, value: object) -> float:
     ``nn.Dropout`` takes ``True`` or NaN as a probability; ``F.cross_entropy`` fails inside
     its kernel on a string. This names the argument instead.
     """
-    if not is_real(value) or not 0.0 <= float(value) <= 1.0:
+    # Compared before float(): an int too large for a float would raise OverflowError there.
+    if not is_real(value) or not 0.0 <= value <= 1.0:
         raise ValueError(f"`{name}` must be a number in [0, 1], got {value!r}.")
     return float(value)
 

@@ -314,6 +314,9 @@ class MICACLLoss(nn.Module):
             mccl = torch.zeros_like(cet.loss)
             if self.mccl.track_class_counts and self.mccl.training and has_values(targets):
                 # MCCL's forward counts them otherwise; the logit adjustment reads these counts.
+                # As int64, as MCCL counts them: bincount (and gloo's gather) have no kernel for
+                # the uint16..uint64 targets the CET takes.
+                targets = targets.long()
                 if self.mccl.gather_distributed and is_distributed():
                     targets = gather_without_grad(targets)  # as MCCL would: the same on every rank
                 # (the CET has checked them: classes, or its ignore_index, which is not counted)

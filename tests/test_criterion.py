@@ -148,6 +148,21 @@ def test_zero_mc_weight_still_counts_running_class_counts():
     assert off.mccl.class_counts.tolist() == [7, 6, 3]
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "int16", "int32", "uint16", "uint32", "uint64"])
+@pytest.mark.parametrize("mc_weight", [1.0, 0.0])
+def test_running_counts_take_targets_of_any_integer_dtype(dtype, mc_weight):
+    # The CET takes any integer dtype (and MCCL converts them); the counting added for
+    # mc_weight=0 handed the raw targets to torch.bincount, which has no kernel for
+    # uint16/uint32/uint64 ("bincount_cpu" not implemented).
+    dtype = getattr(torch, dtype, None)
+    if dtype is None:
+        pytest.skip("this torch has no such dtype")
+    criterion = MICACLLoss(3, 8, None, (1,), projection_dim=4, mc_weight=mc_weight, aug_weight=0)
+    y = torch.tensor([0, 1, 2, 1, 1, 0])
+    criterion(torch.randn(6, 8), torch.randn(6, 3), y.to(dtype))
+    assert criterion.mccl.class_counts.tolist() == [2, 3, 1]
+
+
 @pytest.mark.parametrize("preset", ["paper", "paper_logit_adjusted", "balanced"])
 def test_ignored_targets_are_left_out_of_mccl_too(preset):
     # The CET ignores its ignore_index (-100); MCCL refused it, so a batch with ignored

@@ -1,3 +1,4 @@
+import collections.abc
 import os
 import re
 import subprocess
@@ -664,6 +665,10 @@ def test_load_frames_takes_any_iterable_of_paths_and_names_a_non_iterable(tmp_pa
     for bad in (None, 5):
         with pytest.raises(TypeError, match=r"`paths` must be a sequence of frame paths, got"):
             load_frames(bad)
+    # The annotation says so too, or a type checker refuses the generator expression above.
+    from typing import get_type_hints
+
+    assert get_type_hints(load_frames)["paths"].__origin__ is collections.abc.Iterable
 
 
 @pytest.mark.parametrize(

@@ -315,6 +315,24 @@ def test_a_root_under_home_is_expanded_as_torchvision_does(tmp_path, monkeypatch
     assert len(FERV39k("~/ferv", "test")) > 0 and not (tmp_path / "~").exists()
 
 
+def test_a_root_starting_with_tilde_and_no_such_user_is_a_relative_folder(tmp_path, monkeypatch):
+    # Path.expanduser() raises RuntimeError ("Could not determine home directory") for
+    # "~name" with no such user, and for "~" without HOME or a password entry;
+    # os.path.expanduser, as torchvision uses it, leaves such a path as it is.
+    pwd = pytest.importorskip("pwd")  # (POSIX: where "~name" names a user)
+
+    name = "~micacl_no_such_user_0"
+    with pytest.raises(KeyError):
+        pwd.getpwnam(name[1:])
+    monkeypatch.chdir(tmp_path)
+    small = {"frames": (2, 3), "image_size": 8, "min_clips_per_class": 2}
+    info = S.make_synthetic_dfew(f"{name}/dfew", total_clips=14, **small)
+    assert info.root.resolve() == tmp_path / name / "dfew"
+    assert len(DFEW(f"{name}/dfew", 1, "train")) > 0
+    S.make_synthetic_ferv39k(f"{name}/ferv", total_clips=14, **small)
+    assert len(FERV39k(f"{name}/ferv", "test")) > 0
+
+
 @pytest.mark.parametrize(
     ("make", "options", "needle"),
     [

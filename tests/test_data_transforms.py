@@ -260,6 +260,22 @@ def test_color_jitter_names_torchvision_range_form():
         T.ClipColorJitter(0.4, (0.6, 1.4))
 
 
+def test_compose_refuses_a_clamping_step_after_normalize_inside_a_nested_compose():
+    # ClipNormalize before a ready-made recipe (a ClipCompose holding ClipResize) cut the
+    # normalised values as silently as a ClipResize next to it: the check read only the outer
+    # list's own steps.
+    norm = T.ClipNormalize((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    with pytest.raises(
+        ValueError,
+        match=r"`transforms\[1\]` \(ClipCompose holding ClipResize\) .* after `transforms\[0\]`",
+    ):
+        T.ClipCompose([norm, T.test_transform(4)])
+    nested_norm = r"\(ClipResize\) .* after `transforms\[0\]` \(ClipCompose holding ClipNormalize\)"
+    with pytest.raises(ValueError, match=nested_norm):
+        T.ClipCompose([T.ClipCompose([T.ClipRandomHorizontalFlip(), norm]), T.ClipResize(4)])
+    T.ClipCompose([T.test_transform(4), T.ClipCompose([norm, T.ClipRandomHorizontalFlip()])])
+
+
 def test_sizes_may_be_numpy_integers():
     # A size read from a NumPy array or a sweep's config is a NumPy integer: it was refused as
     # "size must be an int ..., got np.int64(8)", where the data sets take one as `fold`.

@@ -1259,8 +1259,17 @@ def test_check_unit_interval_returns_a_float(value):
     assert type(got) is float and got == float(value)
 
 
-@pytest.mark.parametrize("value", [True, float("nan"), "0.1", -0.1, 1.5, None, float("inf")])
+@pytest.mark.parametrize(
+    "value",
+    [
+        *(True, float("nan"), "0.1", -0.1, 1.5, None, float("inf")),
+        pytest.param(10**400, id="huge-int"),
+        pytest.param(-(10**400), id="huge-negative-int"),
+    ],
+)
 def test_check_unit_interval_names_the_argument(value):
+    # (An int too large for a float raised OverflowError from float(), naming nothing; the
+    # label_smoothing checks it replaced compared it as it is.)
     from micacl_layers._validation import check_unit_interval
 
     with pytest.raises(ValueError, match=r"^`label_smoothing` must be a number in \[0, 1\], got "):

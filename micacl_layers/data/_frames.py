@@ -196,7 +196,7 @@ def _list_clip(frame_dir: Path) -> tuple[str, str | None]:
     return _SEP.join(names), None
 
 
-def load_frames(paths: Sequence[str | os.PathLike[str]]) -> torch.Tensor:
+def load_frames(paths: Iterable[str | os.PathLike[str]]) -> torch.Tensor:
     """Decode JPEG frames into a clip tensor.
 
     Repeated paths (a short clip stretched to 16 frames) are decoded once. Greyscale or CMYK

@@ -245,7 +245,9 @@ class DFEW(ClipFolderDataset):
             raise ValueError(f"fold must be an int in 1..5, got {fold!r}")
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        self.root = Path(root).expanduser()  # as torchvision's data sets: "~/DFEW" is home
+        # os.path's, not Path.expanduser, which raises RuntimeError for "~name" with no such
+        # user (then a relative folder), or for "~" where no home folder is known.
+        self.root = Path(os.path.expanduser(root))  # as torchvision's: "~/DFEW" is home
         self.fold = int(fold)
         self.split = split
         split_file = (

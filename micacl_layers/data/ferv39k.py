@@ -193,7 +193,9 @@ class FERV39k(ClipFolderDataset):
         )
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        self.root = Path(root).expanduser()  # as torchvision's data sets
+        # os.path's, not Path.expanduser, which raises RuntimeError for "~name" with no such
+        # user (then a relative folder), or for "~" where no home folder is known.
+        self.root = Path(os.path.expanduser(root))  # as torchvision's data sets
         self.split = split
         split_file = self.root / "4_setups" / "All_scenes" / f"{split}_All.csv"
         frames_root = self.root / "2_ClipsforFaceCrop"

@@ -575,19 +575,36 @@ class ClipNormalize(ClipTransform):
         return (clip - mean) / std
 
 
+def _nested_steps(step: object) -> list[object]:
+    if isinstance(step, ClipCompose):
+        return [s for t in step.transforms for s in _nested_steps(t)]
+    return [step]
+
+
+def _first_step_of(step: object, kinds: type | tuple[type, ...]) -> str | None:
+    """How to name ``step`` if it is, or (a ClipCompose) holds, one of ``kinds``."""
+    sub = next((s for s in _nested_steps(step) if isinstance(s, kinds)), None)
+    if sub is None:
+        return None
+    what = type(sub).__name__
+    return what if sub is step else f"{type(step).__name__} holding {what}"
+
+
 def _check_normalize_comes_last(steps: Sequence[object]) -> None:
     # The resize, the crop's resize and the jitter clamp to [0, 1], the range they take, so
     # after ClipNormalize they would silently cut every value below 0 (about half of them).
-    norm = next((i for i, step in enumerate(steps) if isinstance(step, ClipNormalize)), None)
+    # Nested ClipComposes count by their steps: ClipNormalize before a ready-made recipe
+    # (test_transform(112)) cuts as much. (Each nested one has checked its own order.)
+    found = ((i, _first_step_of(step, ClipNormalize)) for i, step in enumerate(steps))
+    norm, norm_what = next(((i, what) for i, what in found if what is not None), (None, None))
     if norm is None:
         return
     for i in range(norm + 1, len(steps)):
-        step = steps[i]
-        if isinstance(step, (ClipResize, ClipRandomResizedCrop, ClipColorJitter)):
+        what = _first_step_of(steps[i], (ClipResize, ClipRandomResizedCrop, ClipColorJitter))
+        if what is not None:
             raise ValueError(
-                f"`transforms[{i}]` ({type(step).__name__}) takes a clip in [0, 1] and clamps "
-                f"to it, so it cannot come after `transforms[{norm}]` (ClipNormalize): put "
-                "ClipNormalize last"
+                f"`transforms[{i}]` ({what}) takes a clip in [0, 1] and clamps to it, so it "
+                f"cannot come after `transforms[{norm}]` ({norm_what}): put ClipNormalize last"
             )
 
 
@@ -606,8 +623,8 @@ class ClipCompose(ClipTransform):
         TypeError: If ``transforms`` is not a sequence or a step is not callable (or is a
             class, not an instance).
         ValueError: If a ``ClipResize``, ``ClipRandomResizedCrop`` or ``ClipColorJitter``
-            comes after a ``ClipNormalize``: they clamp to ``[0, 1]``, which would cut the
-            normalised values.
+            comes after a ``ClipNormalize`` (also where either is inside a nested
+            ``ClipCompose``): they clamp to ``[0, 1]``, which would cut the normalised values.
 
     Example:
         >>> t = ClipCompose([ClipResize(32), ClipRandomHorizontalFlip()])
