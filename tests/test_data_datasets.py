@@ -1,3 +1,4 @@
+import codecs
 import collections.abc
 import os
 import re
@@ -455,6 +456,13 @@ def test_split_file_not_utf8_is_named_utf16_is_read(tmp_path):
     path.write_bytes("video_name,label\r\n1,3\r\n".encode("utf-16"))
     ds = DFEW(tmp_path, 1, "train")
     assert [label for _, label in ds.samples] == [2]
+    # UTF-32 with its byte-order mark, whose little-endian mark starts with UTF-16's: it was
+    # read as UTF-16 and refused for its NULs, "without its byte-order mark".
+    for codec in ("utf-32", "utf-32-be"):
+        text = "video_name,label\r\n1,3\r\n"
+        raw = text.encode(codec) if codec == "utf-32" else codecs.BOM_UTF32_BE + text.encode(codec)
+        path.write_bytes(raw)
+        assert [label for _, label in DFEW(tmp_path, 1, "train").samples] == [2]
     ferv = ferv_tree(tmp_path / "f", ["Action/Sad/0010 Sad"], frames={"Action/Sad/0010": 3})
     ferv.write_bytes(b"Action/Sad/0010 Sad\n\xff\n")
     with pytest.raises(ValueError, match=r"train_All\.csv:2: FERV39k split file is not UTF-8"):

@@ -292,8 +292,9 @@ def split_error(path: str | os.PathLike[str], line: int, message: str) -> ValueE
 def read_split_lines(path: str | os.PathLike[str], dataset: str) -> list[tuple[int, str]]:
     """Read a split file's non-blank lines with their 1-based line numbers.
 
-    The file is read as UTF-8 (a byte-order mark is ignored), or as UTF-16 if it starts with a
-    UTF-16 byte-order mark (spreadsheets' "Unicode text"); trailing whitespace is stripped.
+    The file is read as UTF-8 (a byte-order mark is ignored), or as UTF-16 or UTF-32 if it
+    starts with that byte-order mark (spreadsheets' "Unicode text" is UTF-16); trailing
+    whitespace is stripped.
 
     Args:
         path: The split file.
@@ -321,12 +322,18 @@ def read_split_lines(path: str | os.PathLike[str], dataset: str) -> list[tuple[i
             "set's layout (see docs/data.md)"
         )
     raw = path.read_bytes()
-    utf16 = raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+    # A byte-order mark says what the text is; UTF-32's little-endian mark starts with UTF-16's,
+    # so it is looked for first.
+    if raw.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        codec = "UTF-32"
+    elif raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        codec = "UTF-16"
+    else:
+        codec = "UTF-8"
     try:
-        decoded = raw.decode("utf-16" if utf16 else "utf-8-sig")
+        decoded = raw.decode("utf-8-sig" if codec == "UTF-8" else codec.lower())
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
-        codec = "UTF-16" if utf16 else "UTF-8"
         raise ValueError(
             f"{path}:{line}: {dataset} split file is not {codec} text (byte "
             f"{raw[err.start]:#04x} at offset {err.start}); save it as UTF-8"
