@@ -369,12 +369,27 @@ _AT_LEAST = (
     ("batch_size", 1),
     ("epochs", 0),
     ("workers", 0),
-    ("warmup_epochs", 0),
+    ("hidden_size", 1),
+    ("num_layers", 1),
+    ("tiny_dim", 1),
+    ("projection_dim", 1),
     ("stop_after", 1),
     ("limit_train_batches", 1),
     ("limit_eval_batches", 1),
     ("tsne_samples", 0),
     ("synthetic_clips", 1),
+)
+# (option, bound, whether the bound itself is allowed) of the float options, which must be
+# finite too. A negative --min-lr or --warmup-lr turned the schedule negative (AdamW then ascends
+# the loss); the others failed only once the data set was built, deep inside the model or loss.
+_FINITE_FLOATS = (
+    ("lr", 0.0, False),
+    ("min_lr", 0.0, True),
+    ("warmup_lr", 0.0, True),
+    ("warmup_epochs", 0.0, True),
+    ("weight_decay", 0.0, True),
+    ("tau0", 0.0, False),
+    ("mc_weight", 0.0, True),
 )
 # torch.manual_seed's range: --seed goes to it as is (seed_everything).
 _SEED_MIN, _SEED_END = -(2**63), 2**64
@@ -388,6 +403,17 @@ def check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         if value is not None and not value >= low:  # `not >=`: NaN fails too
             flag = "--" + dest.replace("_", "-")
             parser.error(f"{flag} must be >= {low}, got {value}")
+    for dest, low, inclusive in _FINITE_FLOATS:
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        if not (math.isfinite(value) and (value >= low if inclusive else value > low)):
+            flag = "--" + dest.replace("_", "-")
+            parser.error(
+                f"{flag} must be a finite number {'>=' if inclusive else '>'} {low}, got {value}"
+            )
+    if not 0.0 <= args.dropout < 1.0:  # 1 would zero every feature the head sees
+        parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
     if not 0.0 < args.crop_scale <= 1.0:
         parser.error(f"--crop-scale must be in (0, 1], got {args.crop_scale}")
     if not _SEED_MIN <= args.seed < _SEED_END:

@@ -371,6 +371,35 @@ def test_out_of_range_numbers_are_refused_naming_the_option(option, value, capsy
     assert option in err and value in err
 
 
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        # A negative --min-lr or --warmup-lr was checked nowhere: the schedule went negative
+        # and AdamW ascended the loss for the rest of the run, silently.
+        ("--min-lr", "-1.0"),
+        ("--warmup-lr", "-1.0"),
+        ("--lr", "0.0"),
+        ("--lr", "inf"),
+        ("--lr", "nan"),
+        ("--warmup-epochs", "inf"),
+        # The rest failed only once the data set was built (or generated), as a traceback.
+        ("--weight-decay", "-1.0"),
+        ("--dropout", "1.0"),
+        ("--tau0", "0.0"),
+        ("--mc-weight", "-1.0"),
+        ("--hidden-size", "0"),
+        ("--num-layers", "0"),
+        ("--tiny-dim", "0"),
+        ("--projection-dim", "0"),
+    ],
+)
+def test_model_loss_and_optimiser_numbers_are_refused_naming_the_option(option, value, capsys):
+    with pytest.raises(SystemExit):
+        train_dfew.parse_args(["--dataset", "synthetic", option, value])
+    err = capsys.readouterr().err
+    assert option in err and value in err
+
+
 def test_shuffle_works_for_every_accepted_seed_and_keeps_the_old_orders():
     # seed * 7919 passed torch.manual_seed's range from --seed ~2.3e15 on (an overflow error).
     for seed in (2**62, 2**64 - 1, -(2**63)):
