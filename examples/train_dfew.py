@@ -737,6 +737,12 @@ def _as_tuple(obj: Any) -> Any:
     return tuple(_as_tuple(o) for o in obj) if isinstance(obj, (list, tuple)) else obj
 
 
+# What a resume reads from last.pt ("rng_per_rank", "fold" and "options" are newer: optional).
+LAST_KEYS = frozenset(
+    ("train_step", "optimizer", "scaler", "epoch", "global_step", "history", "best", "rng", "shape")
+)
+
+
 def shape_signature(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in SHAPE_OPTIONS}
 
@@ -999,6 +1005,13 @@ def train_one_fold(
     options = result_options(args)
     if resume:
         ckpt = load_checkpoint(last_path, map_location="cpu")
+        # A best.pt (or another program's checkpoint) saved as last.pt: say so, not KeyError.
+        lacks = sorted(LAST_KEYS - set(ckpt))  # load_checkpoint refuses a non-dict itself
+        if lacks:
+            raise CheckpointError(
+                f"{last_path} is not a last.pt of this script (it lacks {', '.join(lacks)}); "
+                "restore the run's last.pt, or start again with --overwrite or another --output."
+            )
         if ckpt.get("shape") != shape_signature(args):
             raise CheckpointError(
                 f"{last_path} was written with options {ckpt.get('shape')}, which do not "

@@ -488,6 +488,16 @@ def test_resume_with_other_options_warns_and_another_fold_is_refused(dfew_root, 
         train_dfew.main([*base, "--resume", "--batch-size", "4", "--seed", "5"])
 
 
+def test_resume_refuses_a_file_that_is_not_a_last_pt(dfew_root, tmp_path):
+    out = tmp_path / "run"
+    base = _argv(dfew_root, out, epochs=2)
+    train_dfew.main([*base, "--stop-after", "1"])
+    # best.pt copied over last.pt (its shapes match): it failed with a bare KeyError.
+    shutil.copy(out / "best.pt", out / "last.pt")
+    with pytest.raises(train_dfew.CheckpointError, match=r"not a last\.pt.*optimizer"):
+        train_dfew.main([*base, "--resume"])
+
+
 def test_synthetic_data_made_with_other_options_is_reused_with_a_warning(tmp_path):
     # An existing synthetic tree is reused: another --synthetic-clips or --seed was silently
     # ignored (the run trained on the old set).
