@@ -361,6 +361,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+# The folder each layout's --root must hold (docs/reproduce.md), and the layout's --dataset.
+_LAYOUT = {"dfew": "EmoLabel_DataSplit", "ferv39k": "4_setups"}
+_NAMES = {"dfew": "DFEW", "ferv39k": "FERV39k"}
+
+
+def check_data_root(args: argparse.Namespace) -> None:
+    """Refuse a --root that is not the --dataset's layout before anything runs: a missing
+    root, or a FERV39k root given as DFEW (and vice versa), was a FileNotFoundError traceback
+    from inside the data module, and --dataset synthetic generated its clips into any folder
+    that lacked EmoLabel_DataSplit/, a FERV39k root included."""
+    root = Path(args.root)
+    if args.dataset == "synthetic" and not root.exists():
+        return  # generated there
+    if not root.is_dir():
+        raise SystemExit(f"--root {root}: {'not a folder' if root.exists() else 'no such folder'}")
+    wanted = "dfew" if args.dataset == "synthetic" else args.dataset
+    if (root / _LAYOUT[wanted]).is_dir():
+        return
+    other = next(name for name in _LAYOUT if name != wanted)
+    if (root / _LAYOUT[other]).is_dir():
+        raise SystemExit(
+            f"--root {root} holds a {_NAMES[other]} layout ({_LAYOUT[other]}/), not "
+            f"--dataset {args.dataset}'s: pass --dataset {other}, or another --root"
+        )
+    if args.dataset == "synthetic":
+        return  # a folder of something else: make_synthetic_dfew adds its folders to it
+    raise SystemExit(
+        f"--root {root} is not a {_NAMES[wanted]} root: it holds no {_LAYOUT[wanted]}/ folder "
+        "(docs/reproduce.md shows the layout)"
+    )
+
+
 # (option, smallest value); options of None ("not set") are not checked.
 _AT_LEAST = (
     ("num_frames", 1),
@@ -1252,6 +1284,7 @@ def write_csv(path: Path, history: list[dict], classes: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
+    check_data_root(args)
     rt = Runtime(args)
     if args.dataset == "ferv39k":
         folds = [0]

@@ -498,6 +498,25 @@ def test_resume_refuses_a_file_that_is_not_a_last_pt(dfew_root, tmp_path):
         train_dfew.main([*base, "--resume"])
 
 
+def test_a_wrong_data_root_is_refused_naming_the_option(dfew_root, ferv_root, tmp_path):
+    def refused(dataset, root):
+        out = tmp_path / "run"
+        argv = ["--dataset", dataset, "--root", str(root), "--output", str(out), *TINY]
+        with pytest.raises(SystemExit) as err:
+            train_dfew.main(argv)
+        assert not (out / "last.pt").exists()
+        return str(err.value.code)
+
+    # Each was a FileNotFoundError traceback from deep in the data module.
+    assert "--root" in refused("dfew", tmp_path / "missing")
+    assert "--dataset ferv39k" in refused("dfew", ferv_root)
+    assert "--dataset dfew" in refused("ferv39k", dfew_root)
+    # --dataset synthetic generated its clips into the FERV39k folder.
+    ferv_copy = shutil.copytree(ferv_root, tmp_path / "ferv")
+    assert "--dataset ferv39k" in refused("synthetic", ferv_copy)
+    assert not (ferv_copy / "EmoLabel_DataSplit").exists()
+
+
 def test_synthetic_data_made_with_other_options_is_reused_with_a_warning(tmp_path):
     # An existing synthetic tree is reused: another --synthetic-clips or --seed was silently
     # ignored (the run trained on the old set).
