@@ -294,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="start a new run in an --output that holds one (its last.pt, best.pt and logs are "
-        "replaced); without it such a run is refused, so that forgetting --resume loses nothing",
+        "replaced; its results.json, plots and TensorBoard events removed at the start); "
+        "without it such a run is refused, so that forgetting --resume loses nothing",
     )
     r.add_argument(
         "--stop-after",
@@ -976,6 +977,11 @@ def evaluate(
     return metrics, features, labs
 
 
+# What a finished run leaves besides last.pt, best.pt and log.csv (which a new run replaces as
+# it goes): a new run in its --output removes them, so they are never read as the new run's.
+REPLACED_RESULTS = ("results.json", "confusion_matrix.png", "tsne.png")
+
+
 def refuse_to_overwrite(last_path: Path) -> None:
     raise SystemExit(
         f"{last_path} holds a run already: pass --resume to continue it, --overwrite to "
@@ -1099,6 +1105,11 @@ def train_one_fold(
     writer = None
     if rt.main:
         out.mkdir(parents=True, exist_ok=True)
+        if not resume:  # a new run (--overwrite): the replaced run's results are not its own
+            for name in REPLACED_RESULTS:
+                (out / name).unlink(missing_ok=True)
+            for events in (out / "tb").glob("events.out.tfevents.*"):
+                events.unlink()
         with contextlib.suppress(ImportError):
             from torch.utils.tensorboard import SummaryWriter
 

@@ -427,6 +427,18 @@ def test_a_rerun_without_resume_does_not_replace_the_run(dfew_root, tmp_path):
     assert (out / "last.pt").read_bytes() != before["last.pt"]
 
 
+def test_overwrite_removes_the_replaced_runs_results(dfew_root, tmp_path):
+    out = tmp_path / "run"
+    train_dfew.main(_argv(dfew_root, out))
+    (out / "confusion_matrix.png").write_bytes(b"old")  # as a run with plots leaves them
+    # The new run stops before it writes its own: the old run's results.json (and plots) sat
+    # next to the new last.pt, read as this run's.
+    train_dfew.main([*_argv(dfew_root, out, epochs=2), "--overwrite", "--stop-after", "1"])
+    assert (out / "last.pt").is_file()
+    assert not (out / "results.json").exists()
+    assert not (out / "confusion_matrix.png").exists()
+
+
 @pytest.fixture(scope="module")
 def dfew5_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("dfew5")
