@@ -476,6 +476,8 @@ class Runtime:
         self.rank = dist.get_rank() if self.distributed else 0
         self.device = torch.device(kind)
         if self.device.type == "cuda":
+            if self.device.index is None:  # set_device refuses an index-less "cuda"
+                self.device = torch.device("cuda", torch.cuda.current_device())
             torch.cuda.set_device(self.device)
         use_amp = args.amp == "on" or (args.amp == "auto" and self.device.type == "cuda")
         self.amp_dtype: torch.dtype | None = None

@@ -275,6 +275,24 @@ def test_help_documents_every_option():
         assert option in proc.stdout
 
 
+@pytest.mark.parametrize("device", ["auto", "cuda"])
+def test_runtime_on_one_gpu_gets_an_indexed_device(monkeypatch, device):
+    # torch.cuda.set_device refuses an index-less torch.device("cuda"), which --device auto
+    # and --device cuda gave outside torchrun: the script stopped with a ValueError on any GPU.
+    # No GPU needed here: set_device keeps torch's own index check, without the CUDA call.
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(
+        torch.cuda, "set_device", lambda d: chosen.append(torch.cuda._utils._get_device_index(d))
+    )
+    args = train_dfew.parse_args(["--dataset", "synthetic", "--device", device])
+    rt = train_dfew.Runtime(args)
+    assert rt.device == torch.device("cuda", 0) and chosen == [0]
+    assert rt.amp_dtype == torch.bfloat16 and rt.device_augment
+
+
 def test_paper_defaults():
     args = train_dfew.parse_args(["--dataset", "dfew", "--root", "x"])
     assert (args.lr, args.weight_decay, args.min_lr, args.epochs) == (4e-4, 0.05, 3e-6, 300)
