@@ -357,9 +357,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.fold != "all" and args.fold not in {"1", "2", "3", "4", "5"}:
         parser.error(f"--fold must be 1..5 or 'all', got {args.fold!r}")
     check_numbers(parser, args)
+    check_device_and_weights(parser, args)
     if args.num_frames % args.num_instances:
         parser.error("--num-instances must divide --num-frames")
     return args
+
+
+def check_device_and_weights(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse a --device torch cannot parse or this machine does not have, and --backbone-weights
+    that are missing or for the other backbone, before the data set is built (they were
+    tracebacks from torch.device, torch.cuda.set_device or the model's constructor)."""
+    if args.device != "auto":
+        try:
+            device = torch.device(args.device)
+        except (RuntimeError, ValueError):
+            parser.error(
+                f"--device must be 'auto', 'cpu', 'cuda', 'cuda:N', ..., got {args.device!r}"
+            )
+        if device.type == "cuda" and not torch.cuda.is_available():
+            parser.error(f"--device {args.device}: CUDA is not available here; pass --device cpu")
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            parser.error(
+                f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA "
+                "device(s), numbered from 0"
+            )
+    if args.backbone_weights is not None:
+        if args.backbone != "r3d_18":
+            parser.error(f"--backbone-weights is for --backbone r3d_18, not {args.backbone}")
+        if not Path(args.backbone_weights).is_file():
+            parser.error(f"--backbone-weights {args.backbone_weights}: no such file")
 
 
 # The folder each layout's --root must hold (docs/reproduce.md), and the layout's --dataset.

@@ -284,6 +284,7 @@ def test_runtime_on_one_gpu_gets_an_indexed_device(monkeypatch, device):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(
         torch.cuda, "set_device", lambda d: chosen.append(torch.cuda._utils._get_device_index(d))
     )
@@ -291,6 +292,26 @@ def test_runtime_on_one_gpu_gets_an_indexed_device(monkeypatch, device):
     rt = train_dfew.Runtime(args)
     assert rt.device == torch.device("cuda", 0) and chosen == [0]
     assert rt.amp_dtype == torch.bfloat16 and rt.device_augment
+
+
+def test_a_bad_device_or_backbone_weights_is_refused_naming_the_option(tmp_path, capsys):
+    weights = tmp_path / "r3d_18.pth"
+    weights.write_bytes(b"")
+    cases = [
+        (["--device", "gpu"], "gpu"),  # was a RuntimeError from torch.device
+        (["--device", "cuda:0:1"], "cuda:0:1"),
+        (["--backbone-weights", str(tmp_path / "missing.pth")], "missing.pth"),
+        (["--backbone", "tiny", "--backbone-weights", str(weights)], "tiny"),
+    ]
+    if not torch.cuda.is_available():  # was a ValueError from torch.cuda.set_device
+        cases.append((["--device", "cuda"], "cuda"))
+    else:
+        cases.append((["--device", f"cuda:{torch.cuda.device_count()}"], "cuda:"))
+    for extra, named in cases:
+        with pytest.raises(SystemExit):
+            train_dfew.parse_args(["--dataset", "synthetic", *extra])
+        err = capsys.readouterr().err
+        assert extra[-2] in err and named in err, (extra, err)
 
 
 def test_paper_defaults():
