@@ -1334,6 +1334,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"torch {torch.__version__}, threads {torch.get_num_threads()}"
     )
     outs = [args.output / f"fold{fold}" if len(folds) > 1 else args.output for fold in folds]
+    for path in [args.output, *outs]:  # else a traceback once the data set is built, or later
+        if path.exists() and not path.is_dir():
+            raise SystemExit(f"--output {args.output}: {path} is not a folder")
+        if (path / "last.pt").exists() and not (path / "last.pt").is_file():
+            raise SystemExit(f"--output {args.output}: {path / 'last.pt'} is not a file")
     taken = [out / "last.pt" for out in outs if (out / "last.pt").is_file()]
     if taken and not args.resume and not args.overwrite:
         refuse_to_overwrite(taken[0])  # now, not after the folds before it have trained

@@ -478,6 +478,19 @@ def test_overwrite_removes_the_replaced_runs_results(dfew_root, tmp_path):
     assert not (out / "confusion_matrix.png").exists()
 
 
+def test_an_output_that_is_not_a_folder_is_refused_before_training(dfew_root, tmp_path):
+    # Both were tracebacks, the first once the data and model were built, the second only
+    # after the first epoch had trained.
+    a_file = tmp_path / "run.txt"
+    a_file.write_text("notes")
+    with pytest.raises(SystemExit, match="--output.*not a folder"):
+        train_dfew.main(_argv(dfew_root, a_file))
+    (tmp_path / "run" / "last.pt").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="--output.*last.pt.*not a file"):
+        train_dfew.main(_argv(dfew_root, tmp_path / "run"))
+    assert a_file.read_text() == "notes"
+
+
 @pytest.fixture(scope="module")
 def dfew5_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("dfew5")
