@@ -405,6 +405,8 @@ def check_data_root(args: argparse.Namespace) -> None:
         raise SystemExit(f"--root {root}: {'not a folder' if root.exists() else 'no such folder'}")
     wanted = "dfew" if args.dataset == "synthetic" else args.dataset
     if (root / _LAYOUT[wanted]).is_dir():
+        if wanted == "dfew":
+            check_dfew_folds(root, args.fold)
         return
     other = next(name for name in _LAYOUT if name != wanted)
     if (root / _LAYOUT[other]).is_dir():
@@ -418,6 +420,23 @@ def check_data_root(args: argparse.Namespace) -> None:
         f"--root {root} is not a {_NAMES[wanted]} root: it holds no {_LAYOUT[wanted]}/ folder "
         "(docs/reproduce.md shows the layout)"
     )
+
+
+def check_dfew_folds(root: Path, fold: str) -> None:
+    """Refuse a --fold whose split files are missing now, not after the folds before it have
+    trained (--fold all on a root with fewer folds stopped at the first missing one)."""
+    splits = root / "EmoLabel_DataSplit"
+    missing = []
+    for f in [1, 2, 3, 4, 5] if fold == "all" else [int(fold)]:
+        for split in ("train", "test"):
+            path = splits / f"{split}(single-labeled)" / f"set_{f}.csv"
+            if not path.is_file():
+                missing.append(path)
+    if missing:
+        folds = ", ".join(dict.fromkeys(p.stem.removeprefix("set_") for p in missing))
+        raise SystemExit(
+            f"--fold {fold}: {root} lacks the split files of fold(s) {folds} (e.g. {missing[0]})"
+        )
 
 
 # (option, smallest value); options of None ("not set") are not checked.

@@ -581,6 +581,17 @@ def test_a_wrong_data_root_is_refused_naming_the_option(dfew_root, ferv_root, tm
     assert not (ferv_copy / "EmoLabel_DataSplit").exists()
 
 
+def test_fold_all_is_refused_up_front_when_a_fold_has_no_split_file(dfew_root, tmp_path):
+    # dfew_root has folds 1 and 2 only: --fold all trained folds 1 and 2 (hours on DFEW) and
+    # then stopped with a FileNotFoundError at fold 3.
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match=r"--fold all.*fold\(s\) 3, 4, 5"):
+        train_dfew.main(_argv(dfew_root, out, fold="all"))
+    assert not out.exists()
+    with pytest.raises(SystemExit, match=r"--fold 4.*fold\(s\) 4\b"):
+        train_dfew.main(_argv(dfew_root, out, fold=4))
+
+
 def test_synthetic_data_made_with_other_options_is_reused_with_a_warning(tmp_path):
     # An existing synthetic tree is reused: another --synthetic-clips or --seed was silently
     # ignored (the run trained on the old set).
