@@ -339,16 +339,23 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
+    explicit = {
+        a.dest
+        for a in parser._actions
+        if any(opt in (argv if argv is not None else sys.argv[1:]) for opt in a.option_strings)
+    }
     if args.demo:
         # Demo values replace defaults only, never options the user typed.
-        explicit = {
-            a.dest
-            for a in parser._actions
-            if any(opt in (argv if argv is not None else sys.argv[1:]) for opt in a.option_strings)
-        }
         for key, value in DEMO_DEFAULTS.items():
             if key not in explicit:
                 setattr(args, key, Path(value) if key in ("root", "output") else value)
+    if args.resume and args.overwrite:
+        if "overwrite" in explicit:  # else --demo's: a typed --resume wins over it
+            parser.error(
+                "--resume continues the run in --output and --overwrite starts a new one over "
+                "it: pass one of them"
+            )
+        args.overwrite = False
     if args.root is None:
         if args.dataset == "synthetic":
             args.root = Path("data/synthetic_dfew")

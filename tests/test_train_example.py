@@ -439,6 +439,16 @@ def test_model_loss_and_optimiser_numbers_are_refused_naming_the_option(option, 
     assert option in err and value in err
 
 
+def test_resume_and_overwrite_together_are_refused(capsys):
+    # --resume silently won: a user who meant to start again continued the old run instead.
+    with pytest.raises(SystemExit):
+        train_dfew.parse_args(["--dataset", "synthetic", "--resume", "--overwrite"])
+    err = capsys.readouterr().err
+    assert "--resume" in err and "--overwrite" in err
+    # --demo's implied --overwrite gives way to a typed --resume.
+    assert train_dfew.parse_args(["--demo", "--resume"]).resume
+
+
 def test_shuffle_works_for_every_accepted_seed_and_keeps_the_old_orders():
     # seed * 7919 passed torch.manual_seed's range from --seed ~2.3e15 on (an overflow error).
     for seed in (2**62, 2**64 - 1, -(2**63)):
