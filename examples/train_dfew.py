@@ -336,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# The options that set what MCCL computes: --loss ce, which has none, ignores them. Not
+# --projection-dim: a size, passed to every row of an ablation with the model's sizes.
+MCCL_OPTIONS = ("mc_weight", "mccl_form", "tau0")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -349,6 +354,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         for key, value in DEMO_DEFAULTS.items():
             if key not in explicit:
                 setattr(args, key, Path(value) if key in ("root", "output") else value)
+    ignored = [d for d in MCCL_OPTIONS if d in explicit] if args.loss == "ce" else []
+    if ignored:  # e.g. passed to every row of an ablation: the CE row has no MCCL to set
+        warnings.warn(
+            ", ".join("--" + d.replace("_", "-") for d in ignored)
+            + " (MCCL's options) have no effect with --loss ce: label-smoothed CE, no MCCL",
+            stacklevel=2,
+        )
     if args.resume and args.overwrite:
         if "overwrite" in explicit:  # else --demo's: a typed --resume wins over it
             parser.error(

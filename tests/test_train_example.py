@@ -449,6 +449,19 @@ def test_resume_and_overwrite_together_are_refused(capsys):
     assert train_dfew.parse_args(["--demo", "--resume"]).resume
 
 
+def test_mccl_options_with_loss_ce_are_reported():
+    # --loss ce has no MCCL: the typed --mc-weight and --tau0 were dropped without a word, so
+    # an ablation row read as "CE + MCCL" was plain CE.
+    with pytest.warns(UserWarning, match=r"--mc-weight, --tau0.*--loss ce"):
+        train_dfew.parse_args(
+            ["--dataset", "synthetic", "--loss", "ce", "--mc-weight", "1", "--tau0", "0.1"]
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train_dfew.parse_args(["--dataset", "synthetic", "--loss", "ce"])
+        train_dfew.parse_args(["--dataset", "synthetic", "--mc-weight", "1"])
+
+
 def test_shuffle_works_for_every_accepted_seed_and_keeps_the_old_orders():
     # seed * 7919 passed torch.manual_seed's range from --seed ~2.3e15 on (an overflow error).
     for seed in (2**62, 2**64 - 1, -(2**63)):
