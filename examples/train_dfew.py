@@ -1359,6 +1359,31 @@ def write_csv(path: Path, history: list[dict], classes: list[str]) -> None:
     write_text_atomic(path, rows.getvalue())
 
 
+def lock_output(output: Path) -> Any:
+    """Hold an exclusive flock on ``<output>/.lock`` for the run, or refuse the run: two runs
+    in one --output (a requeued job next to the one still running, a --resume typed while it
+    trains) wrote last.pt, best.pt and log.csv in turn, each over the other's. The kernel
+    releases the lock when its holder ends, however it ends, so it never goes stale. Returns
+    the open lock file (close it to release), or None where flock is not available."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: runs are not guarded there
+        return None
+    output.mkdir(parents=True, exist_ok=True)
+    fh = (output / ".lock").open("a")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise SystemExit(
+            f"--output {output} is in use by another run, which holds {output / '.lock'}: "
+            "wait for it to end, or pass another --output"
+        ) from None
+    except OSError as err:  # a file system without locks (some NFS mounts): run unguarded
+        warnings.warn(f"could not lock {output / '.lock'} ({err}); running unguarded", stacklevel=2)
+    return fh
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     check_data_root(args)
@@ -1385,11 +1410,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"--resume: no checkpoint at {' or '.join(str(o / 'last.pt') for o in outs)}"
         )
     results = []
-    for fold, out in zip(folds, outs, strict=True):
-        # Under --fold all, the folds after the one that stopped have no checkpoint yet.
-        results.append(train_one_fold(args, fold, out, rt, resume_may_start=len(folds) > 1))
-        if "stopped_after_epoch" in results[-1]:
-            break  # --stop-after's epochs are spent: the later folds are for the next --resume
+    lock = lock_output(args.output) if rt.main else None
+    try:
+        for fold, out in zip(folds, outs, strict=True):
+            # Under --fold all, the folds after the one that stopped have no checkpoint yet.
+            results.append(train_one_fold(args, fold, out, rt, resume_may_start=len(folds) > 1))
+            if "stopped_after_epoch" in results[-1]:
+                break  # --stop-after's epochs are spent: the later folds are for the next --resume
+    finally:
+        if lock is not None:
+            lock.close()  # releases the flock
     if len(results) > 1 and rt.main and all("final" in r for r in results):
         rt.log("\nMean over folds (final epoch / best epoch per fold):")
         for which in ("final", "best"):

@@ -514,6 +514,23 @@ def test_an_output_that_is_not_a_folder_is_refused_before_training(dfew_root, tm
     assert a_file.read_text() == "notes"
 
 
+@pytest.mark.skipif(os.name != "posix", reason="the run lock is a POSIX flock")
+def test_a_second_run_in_the_same_output_is_refused_while_the_first_runs(dfew_root, tmp_path):
+    import fcntl
+
+    out = tmp_path / "run"
+    out.mkdir()
+    # Another process's run (a requeued job, a --resume typed while it trains): both wrote
+    # last.pt, best.pt and log.csv in turn, each over the other's.
+    with (out / ".lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(SystemExit, match="--output.*in use by another run"):
+            train_dfew.main(_argv(dfew_root, out))
+        assert not (out / "last.pt").exists()
+    train_dfew.main(_argv(dfew_root, out))  # the lock is released with its holder
+    assert (out / "last.pt").is_file()
+
+
 @pytest.fixture(scope="module")
 def dfew5_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("dfew5")
