@@ -294,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="start a new run in an --output that holds one (its last.pt, best.pt and logs are "
-        "replaced); without it such a run is refused, so that forgetting --resume loses nothing",
+        "replaced; its results.json, plots and TensorBoard events removed at the start); "
+        "without it such a run is refused, so that forgetting --resume loses nothing",
     )
     r.add_argument(
         "--stop-after",
@@ -335,19 +336,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# The options that set what MCCL computes: --loss ce, which has none, ignores them. Not
+# --projection-dim: a size, passed to every row of an ablation with the model's sizes.
+MCCL_OPTIONS = ("mc_weight", "mccl_form", "tau0")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
+    explicit = {
+        a.dest
+        for a in parser._actions
+        if any(opt in (argv if argv is not None else sys.argv[1:]) for opt in a.option_strings)
+    }
     if args.demo:
         # Demo values replace defaults only, never options the user typed.
-        explicit = {
-            a.dest
-            for a in parser._actions
-            if any(opt in (argv if argv is not None else sys.argv[1:]) for opt in a.option_strings)
-        }
         for key, value in DEMO_DEFAULTS.items():
             if key not in explicit:
                 setattr(args, key, Path(value) if key in ("root", "output") else value)
+    ignored = [d for d in MCCL_OPTIONS if d in explicit] if args.loss == "ce" else []
+    if ignored:  # e.g. passed to every row of an ablation: the CE row has no MCCL to set
+        warnings.warn(
+            ", ".join("--" + d.replace("_", "-") for d in ignored)
+            + " (MCCL's options) have no effect with --loss ce: label-smoothed CE, no MCCL",
+            stacklevel=2,
+        )
+    if args.resume and args.overwrite:
+        if "overwrite" in explicit:  # else --demo's: a typed --resume wins over it
+            parser.error(
+                "--resume continues the run in --output and --overwrite starts a new one over "
+                "it: pass one of them"
+            )
+        args.overwrite = False
     if args.root is None:
         if args.dataset == "synthetic":
             args.root = Path("data/synthetic_dfew")
@@ -356,9 +376,86 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.fold != "all" and args.fold not in {"1", "2", "3", "4", "5"}:
         parser.error(f"--fold must be 1..5 or 'all', got {args.fold!r}")
     check_numbers(parser, args)
+    check_device_and_weights(parser, args)
     if args.num_frames % args.num_instances:
         parser.error("--num-instances must divide --num-frames")
     return args
+
+
+def check_device_and_weights(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse a --device torch cannot parse or this machine does not have, and --backbone-weights
+    that are missing or for the other backbone, before the data set is built (they were
+    tracebacks from torch.device, torch.cuda.set_device or the model's constructor)."""
+    if args.device != "auto":
+        try:
+            device = torch.device(args.device)
+        except (RuntimeError, ValueError):
+            parser.error(
+                f"--device must be 'auto', 'cpu', 'cuda', 'cuda:N', ..., got {args.device!r}"
+            )
+        if device.type == "cuda" and not torch.cuda.is_available():
+            parser.error(f"--device {args.device}: CUDA is not available here; pass --device cpu")
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            parser.error(
+                f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA "
+                "device(s), numbered from 0"
+            )
+    if args.backbone_weights is not None:
+        if args.backbone != "r3d_18":
+            parser.error(f"--backbone-weights is for --backbone r3d_18, not {args.backbone}")
+        if not Path(args.backbone_weights).is_file():
+            parser.error(f"--backbone-weights {args.backbone_weights}: no such file")
+
+
+# The folder each layout's --root must hold (docs/reproduce.md), and the layout's --dataset.
+_LAYOUT = {"dfew": "EmoLabel_DataSplit", "ferv39k": "4_setups"}
+_NAMES = {"dfew": "DFEW", "ferv39k": "FERV39k"}
+
+
+def check_data_root(args: argparse.Namespace) -> None:
+    """Refuse a --root that is not the --dataset's layout before anything runs: a missing
+    root, or a FERV39k root given as DFEW (and vice versa), was a FileNotFoundError traceback
+    from inside the data module, and --dataset synthetic generated its clips into any folder
+    that lacked EmoLabel_DataSplit/, a FERV39k root included."""
+    root = Path(args.root)
+    if args.dataset == "synthetic" and not root.exists():
+        return  # generated there
+    if not root.is_dir():
+        raise SystemExit(f"--root {root}: {'not a folder' if root.exists() else 'no such folder'}")
+    wanted = "dfew" if args.dataset == "synthetic" else args.dataset
+    if (root / _LAYOUT[wanted]).is_dir():
+        if wanted == "dfew":
+            check_dfew_folds(root, args.fold)
+        return
+    other = next(name for name in _LAYOUT if name != wanted)
+    if (root / _LAYOUT[other]).is_dir():
+        raise SystemExit(
+            f"--root {root} holds a {_NAMES[other]} layout ({_LAYOUT[other]}/), not "
+            f"--dataset {args.dataset}'s: pass --dataset {other}, or another --root"
+        )
+    if args.dataset == "synthetic":
+        return  # a folder of something else: make_synthetic_dfew adds its folders to it
+    raise SystemExit(
+        f"--root {root} is not a {_NAMES[wanted]} root: it holds no {_LAYOUT[wanted]}/ folder "
+        "(docs/reproduce.md shows the layout)"
+    )
+
+
+def check_dfew_folds(root: Path, fold: str) -> None:
+    """Refuse a --fold whose split files are missing now, not after the folds before it have
+    trained (--fold all on a root with fewer folds stopped at the first missing one)."""
+    splits = root / "EmoLabel_DataSplit"
+    missing = []
+    for f in [1, 2, 3, 4, 5] if fold == "all" else [int(fold)]:
+        for split in ("train", "test"):
+            path = splits / f"{split}(single-labeled)" / f"set_{f}.csv"
+            if not path.is_file():
+                missing.append(path)
+    if missing:
+        folds = ", ".join(dict.fromkeys(p.stem.removeprefix("set_") for p in missing))
+        raise SystemExit(
+            f"--fold {fold}: {root} lacks the split files of fold(s) {folds} (e.g. {missing[0]})"
+        )
 
 
 # (option, smallest value); options of None ("not set") are not checked.
@@ -369,12 +466,27 @@ _AT_LEAST = (
     ("batch_size", 1),
     ("epochs", 0),
     ("workers", 0),
-    ("warmup_epochs", 0),
+    ("hidden_size", 1),
+    ("num_layers", 1),
+    ("tiny_dim", 1),
+    ("projection_dim", 1),
     ("stop_after", 1),
     ("limit_train_batches", 1),
     ("limit_eval_batches", 1),
     ("tsne_samples", 0),
     ("synthetic_clips", 1),
+)
+# (option, bound, whether the bound itself is allowed) of the float options, which must be
+# finite too. A negative --min-lr or --warmup-lr turned the schedule negative (AdamW then ascends
+# the loss); the others failed only once the data set was built, deep inside the model or loss.
+_FINITE_FLOATS = (
+    ("lr", 0.0, False),
+    ("min_lr", 0.0, True),
+    ("warmup_lr", 0.0, True),
+    ("warmup_epochs", 0.0, True),
+    ("weight_decay", 0.0, True),
+    ("tau0", 0.0, False),
+    ("mc_weight", 0.0, True),
 )
 # torch.manual_seed's range: --seed goes to it as is (seed_everything).
 _SEED_MIN, _SEED_END = -(2**63), 2**64
@@ -388,6 +500,17 @@ def check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         if value is not None and not value >= low:  # `not >=`: NaN fails too
             flag = "--" + dest.replace("_", "-")
             parser.error(f"{flag} must be >= {low}, got {value}")
+    for dest, low, inclusive in _FINITE_FLOATS:
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        if not (math.isfinite(value) and (value >= low if inclusive else value > low)):
+            flag = "--" + dest.replace("_", "-")
+            parser.error(
+                f"{flag} must be a finite number {'>=' if inclusive else '>'} {low}, got {value}"
+            )
+    if not 0.0 <= args.dropout < 1.0:  # 1 would zero every feature the head sees
+        parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
     if not 0.0 < args.crop_scale <= 1.0:
         parser.error(f"--crop-scale must be in (0, 1], got {args.crop_scale}")
     if not _SEED_MIN <= args.seed < _SEED_END:
@@ -417,6 +540,8 @@ class Runtime:
         self.rank = dist.get_rank() if self.distributed else 0
         self.device = torch.device(kind)
         if self.device.type == "cuda":
+            if self.device.index is None:  # set_device refuses an index-less "cuda"
+                self.device = torch.device("cuda", torch.cuda.current_device())
             torch.cuda.set_device(self.device)
         use_amp = args.amp == "on" or (args.amp == "auto" and self.device.type == "cuda")
         self.amp_dtype: torch.dtype | None = None
@@ -711,6 +836,12 @@ def _as_tuple(obj: Any) -> Any:
     return tuple(_as_tuple(o) for o in obj) if isinstance(obj, (list, tuple)) else obj
 
 
+# What a resume reads from last.pt ("rng_per_rank", "fold" and "options" are newer: optional).
+LAST_KEYS = frozenset(
+    ("train_step", "optimizer", "scaler", "epoch", "global_step", "history", "best", "rng", "shape")
+)
+
+
 def shape_signature(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in SHAPE_OPTIONS}
 
@@ -912,6 +1043,11 @@ def evaluate(
     return metrics, features, labs
 
 
+# What a finished run leaves besides last.pt, best.pt and log.csv (which a new run replaces as
+# it goes): a new run in its --output removes them, so they are never read as the new run's.
+REPLACED_RESULTS = ("results.json", "confusion_matrix.png", "tsne.png")
+
+
 def refuse_to_overwrite(last_path: Path) -> None:
     raise SystemExit(
         f"{last_path} holds a run already: pass --resume to continue it, --overwrite to "
@@ -973,6 +1109,13 @@ def train_one_fold(
     options = result_options(args)
     if resume:
         ckpt = load_checkpoint(last_path, map_location="cpu")
+        # A best.pt (or another program's checkpoint) saved as last.pt: say so, not KeyError.
+        lacks = sorted(LAST_KEYS - set(ckpt))  # load_checkpoint refuses a non-dict itself
+        if lacks:
+            raise CheckpointError(
+                f"{last_path} is not a last.pt of this script (it lacks {', '.join(lacks)}); "
+                "restore the run's last.pt, or start again with --overwrite or another --output."
+            )
         if ckpt.get("shape") != shape_signature(args):
             raise CheckpointError(
                 f"{last_path} was written with options {ckpt.get('shape')}, which do not "
@@ -1028,6 +1171,11 @@ def train_one_fold(
     writer = None
     if rt.main:
         out.mkdir(parents=True, exist_ok=True)
+        if not resume:  # a new run (--overwrite): the replaced run's results are not its own
+            for name in REPLACED_RESULTS:
+                (out / name).unlink(missing_ok=True)
+            for events in (out / "tb").glob("events.out.tfevents.*"):
+                events.unlink()
         with contextlib.suppress(ImportError):
             from torch.utils.tensorboard import SummaryWriter
 
@@ -1211,8 +1359,34 @@ def write_csv(path: Path, history: list[dict], classes: list[str]) -> None:
     write_text_atomic(path, rows.getvalue())
 
 
+def lock_output(output: Path) -> Any:
+    """Hold an exclusive flock on ``<output>/.lock`` for the run, or refuse the run: two runs
+    in one --output (a requeued job next to the one still running, a --resume typed while it
+    trains) wrote last.pt, best.pt and log.csv in turn, each over the other's. The kernel
+    releases the lock when its holder ends, however it ends, so it never goes stale. Returns
+    the open lock file (close it to release), or None where flock is not available."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: runs are not guarded there
+        return None
+    output.mkdir(parents=True, exist_ok=True)
+    fh = (output / ".lock").open("a")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise SystemExit(
+            f"--output {output} is in use by another run, which holds {output / '.lock'}: "
+            "wait for it to end, or pass another --output"
+        ) from None
+    except OSError as err:  # a file system without locks (some NFS mounts): run unguarded
+        warnings.warn(f"could not lock {output / '.lock'} ({err}); running unguarded", stacklevel=2)
+    return fh
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
+    check_data_root(args)
     rt = Runtime(args)
     if args.dataset == "ferv39k":
         folds = [0]
@@ -1223,6 +1397,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"torch {torch.__version__}, threads {torch.get_num_threads()}"
     )
     outs = [args.output / f"fold{fold}" if len(folds) > 1 else args.output for fold in folds]
+    for path in [args.output, *outs]:  # else a traceback once the data set is built, or later
+        if path.exists() and not path.is_dir():
+            raise SystemExit(f"--output {args.output}: {path} is not a folder")
+        if (path / "last.pt").exists() and not (path / "last.pt").is_file():
+            raise SystemExit(f"--output {args.output}: {path / 'last.pt'} is not a file")
     taken = [out / "last.pt" for out in outs if (out / "last.pt").is_file()]
     if taken and not args.resume and not args.overwrite:
         refuse_to_overwrite(taken[0])  # now, not after the folds before it have trained
@@ -1231,11 +1410,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"--resume: no checkpoint at {' or '.join(str(o / 'last.pt') for o in outs)}"
         )
     results = []
-    for fold, out in zip(folds, outs, strict=True):
-        # Under --fold all, the folds after the one that stopped have no checkpoint yet.
-        results.append(train_one_fold(args, fold, out, rt, resume_may_start=len(folds) > 1))
-        if "stopped_after_epoch" in results[-1]:
-            break  # --stop-after's epochs are spent: the later folds are for the next --resume
+    lock = lock_output(args.output) if rt.main else None
+    try:
+        for fold, out in zip(folds, outs, strict=True):
+            # Under --fold all, the folds after the one that stopped have no checkpoint yet.
+            results.append(train_one_fold(args, fold, out, rt, resume_may_start=len(folds) > 1))
+            if "stopped_after_epoch" in results[-1]:
+                break  # --stop-after's epochs are spent: the later folds are for the next --resume
+    finally:
+        if lock is not None:
+            lock.close()  # releases the flock
     if len(results) > 1 and rt.main and all("final" in r for r in results):
         rt.log("\nMean over folds (final epoch / best epoch per fold):")
         for which in ("final", "best"):

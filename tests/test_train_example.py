@@ -275,6 +275,45 @@ def test_help_documents_every_option():
         assert option in proc.stdout
 
 
+@pytest.mark.parametrize("device", ["auto", "cuda"])
+def test_runtime_on_one_gpu_gets_an_indexed_device(monkeypatch, device):
+    # torch.cuda.set_device refuses an index-less torch.device("cuda"), which --device auto
+    # and --device cuda gave outside torchrun: the script stopped with a ValueError on any GPU.
+    # No GPU needed here: set_device keeps torch's own index check, without the CUDA call.
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(
+        torch.cuda, "set_device", lambda d: chosen.append(torch.cuda._utils._get_device_index(d))
+    )
+    args = train_dfew.parse_args(["--dataset", "synthetic", "--device", device])
+    rt = train_dfew.Runtime(args)
+    assert rt.device == torch.device("cuda", 0) and chosen == [0]
+    assert rt.amp_dtype == torch.bfloat16 and rt.device_augment
+
+
+def test_a_bad_device_or_backbone_weights_is_refused_naming_the_option(tmp_path, capsys):
+    weights = tmp_path / "r3d_18.pth"
+    weights.write_bytes(b"")
+    cases = [
+        (["--device", "gpu"], "gpu"),  # was a RuntimeError from torch.device
+        (["--device", "cuda:0:1"], "cuda:0:1"),
+        (["--backbone-weights", str(tmp_path / "missing.pth")], "missing.pth"),
+        (["--backbone", "tiny", "--backbone-weights", str(weights)], "tiny"),
+    ]
+    if not torch.cuda.is_available():  # was a ValueError from torch.cuda.set_device
+        cases.append((["--device", "cuda"], "cuda"))
+    else:
+        cases.append((["--device", f"cuda:{torch.cuda.device_count()}"], "cuda:"))
+    for extra, named in cases:
+        with pytest.raises(SystemExit):
+            train_dfew.parse_args(["--dataset", "synthetic", *extra])
+        err = capsys.readouterr().err
+        assert extra[-2] in err and named in err, (extra, err)
+
+
 def test_paper_defaults():
     args = train_dfew.parse_args(["--dataset", "dfew", "--root", "x"])
     assert (args.lr, args.weight_decay, args.min_lr, args.epochs) == (4e-4, 0.05, 3e-6, 300)
@@ -371,6 +410,58 @@ def test_out_of_range_numbers_are_refused_naming_the_option(option, value, capsy
     assert option in err and value in err
 
 
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        # A negative --min-lr or --warmup-lr was checked nowhere: the schedule went negative
+        # and AdamW ascended the loss for the rest of the run, silently.
+        ("--min-lr", "-1.0"),
+        ("--warmup-lr", "-1.0"),
+        ("--lr", "0.0"),
+        ("--lr", "inf"),
+        ("--lr", "nan"),
+        ("--warmup-epochs", "inf"),
+        # The rest failed only once the data set was built (or generated), as a traceback.
+        ("--weight-decay", "-1.0"),
+        ("--dropout", "1.0"),
+        ("--tau0", "0.0"),
+        ("--mc-weight", "-1.0"),
+        ("--hidden-size", "0"),
+        ("--num-layers", "0"),
+        ("--tiny-dim", "0"),
+        ("--projection-dim", "0"),
+    ],
+)
+def test_model_loss_and_optimiser_numbers_are_refused_naming_the_option(option, value, capsys):
+    with pytest.raises(SystemExit):
+        train_dfew.parse_args(["--dataset", "synthetic", option, value])
+    err = capsys.readouterr().err
+    assert option in err and value in err
+
+
+def test_resume_and_overwrite_together_are_refused(capsys):
+    # --resume silently won: a user who meant to start again continued the old run instead.
+    with pytest.raises(SystemExit):
+        train_dfew.parse_args(["--dataset", "synthetic", "--resume", "--overwrite"])
+    err = capsys.readouterr().err
+    assert "--resume" in err and "--overwrite" in err
+    # --demo's implied --overwrite gives way to a typed --resume.
+    assert train_dfew.parse_args(["--demo", "--resume"]).resume
+
+
+def test_mccl_options_with_loss_ce_are_reported():
+    # --loss ce has no MCCL: the typed --mc-weight and --tau0 were dropped without a word, so
+    # an ablation row read as "CE + MCCL" was plain CE.
+    with pytest.warns(UserWarning, match=r"--mc-weight, --tau0.*--loss ce"):
+        train_dfew.parse_args(
+            ["--dataset", "synthetic", "--loss", "ce", "--mc-weight", "1", "--tau0", "0.1"]
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train_dfew.parse_args(["--dataset", "synthetic", "--loss", "ce"])
+        train_dfew.parse_args(["--dataset", "synthetic", "--mc-weight", "1"])
+
+
 def test_shuffle_works_for_every_accepted_seed_and_keeps_the_old_orders():
     # seed * 7919 passed torch.manual_seed's range from --seed ~2.3e15 on (an overflow error).
     for seed in (2**62, 2**64 - 1, -(2**63)):
@@ -396,6 +487,48 @@ def test_a_rerun_without_resume_does_not_replace_the_run(dfew_root, tmp_path):
     assert {name: (out / name).read_bytes() for name in before} == before
     train_dfew.main([*argv, "--seed", "4", "--overwrite"])
     assert (out / "last.pt").read_bytes() != before["last.pt"]
+
+
+def test_overwrite_removes_the_replaced_runs_results(dfew_root, tmp_path):
+    out = tmp_path / "run"
+    train_dfew.main(_argv(dfew_root, out))
+    (out / "confusion_matrix.png").write_bytes(b"old")  # as a run with plots leaves them
+    # The new run stops before it writes its own: the old run's results.json (and plots) sat
+    # next to the new last.pt, read as this run's.
+    train_dfew.main([*_argv(dfew_root, out, epochs=2), "--overwrite", "--stop-after", "1"])
+    assert (out / "last.pt").is_file()
+    assert not (out / "results.json").exists()
+    assert not (out / "confusion_matrix.png").exists()
+
+
+def test_an_output_that_is_not_a_folder_is_refused_before_training(dfew_root, tmp_path):
+    # Both were tracebacks, the first once the data and model were built, the second only
+    # after the first epoch had trained.
+    a_file = tmp_path / "run.txt"
+    a_file.write_text("notes")
+    with pytest.raises(SystemExit, match="--output.*not a folder"):
+        train_dfew.main(_argv(dfew_root, a_file))
+    (tmp_path / "run" / "last.pt").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="--output.*last.pt.*not a file"):
+        train_dfew.main(_argv(dfew_root, tmp_path / "run"))
+    assert a_file.read_text() == "notes"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the run lock is a POSIX flock")
+def test_a_second_run_in_the_same_output_is_refused_while_the_first_runs(dfew_root, tmp_path):
+    import fcntl
+
+    out = tmp_path / "run"
+    out.mkdir()
+    # Another process's run (a requeued job, a --resume typed while it trains): both wrote
+    # last.pt, best.pt and log.csv in turn, each over the other's.
+    with (out / ".lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(SystemExit, match="--output.*in use by another run"):
+            train_dfew.main(_argv(dfew_root, out))
+        assert not (out / "last.pt").exists()
+    train_dfew.main(_argv(dfew_root, out))  # the lock is released with its holder
+    assert (out / "last.pt").is_file()
 
 
 @pytest.fixture(scope="module")
@@ -457,6 +590,46 @@ def test_resume_with_other_options_warns_and_another_fold_is_refused(dfew_root, 
     # Another batch size and seed: silently not the run it continues.
     with pytest.warns(UserWarning, match=r"--batch-size 8 -> 4.*--seed 3 -> 5"):
         train_dfew.main([*base, "--resume", "--batch-size", "4", "--seed", "5"])
+
+
+def test_resume_refuses_a_file_that_is_not_a_last_pt(dfew_root, tmp_path):
+    out = tmp_path / "run"
+    base = _argv(dfew_root, out, epochs=2)
+    train_dfew.main([*base, "--stop-after", "1"])
+    # best.pt copied over last.pt (its shapes match): it failed with a bare KeyError.
+    shutil.copy(out / "best.pt", out / "last.pt")
+    with pytest.raises(train_dfew.CheckpointError, match=r"not a last\.pt.*optimizer"):
+        train_dfew.main([*base, "--resume"])
+
+
+def test_a_wrong_data_root_is_refused_naming_the_option(dfew_root, ferv_root, tmp_path):
+    def refused(dataset, root):
+        out = tmp_path / "run"
+        argv = ["--dataset", dataset, "--root", str(root), "--output", str(out), *TINY]
+        with pytest.raises(SystemExit) as err:
+            train_dfew.main(argv)
+        assert not (out / "last.pt").exists()
+        return str(err.value.code)
+
+    # Each was a FileNotFoundError traceback from deep in the data module.
+    assert "--root" in refused("dfew", tmp_path / "missing")
+    assert "--dataset ferv39k" in refused("dfew", ferv_root)
+    assert "--dataset dfew" in refused("ferv39k", dfew_root)
+    # --dataset synthetic generated its clips into the FERV39k folder.
+    ferv_copy = shutil.copytree(ferv_root, tmp_path / "ferv")
+    assert "--dataset ferv39k" in refused("synthetic", ferv_copy)
+    assert not (ferv_copy / "EmoLabel_DataSplit").exists()
+
+
+def test_fold_all_is_refused_up_front_when_a_fold_has_no_split_file(dfew_root, tmp_path):
+    # dfew_root has folds 1 and 2 only: --fold all trained folds 1 and 2 (hours on DFEW) and
+    # then stopped with a FileNotFoundError at fold 3.
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match=r"--fold all.*fold\(s\) 3, 4, 5"):
+        train_dfew.main(_argv(dfew_root, out, fold="all"))
+    assert not out.exists()
+    with pytest.raises(SystemExit, match=r"--fold 4.*fold\(s\) 4\b"):
+        train_dfew.main(_argv(dfew_root, out, fold=4))
 
 
 def test_synthetic_data_made_with_other_options_is_reused_with_a_warning(tmp_path):
