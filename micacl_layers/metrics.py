@@ -60,7 +60,8 @@ def _check_cm(cm: object) -> torch.Tensor:
     _check_has_values(cm, "cm")
     if cm.is_floating_point() and not bool(torch.isfinite(cm).all()):
         raise ValueError(f"`cm` ({describe(cm)}) holds NaN or inf counts")
-    if bool((cm < 0).any()):
+    # (Unsigned counts cannot be negative, and torch has no comparison for uint16-uint64.)
+    if cm.dtype.is_signed and bool((cm < 0).any()):
         raise ValueError(f"`cm` ({describe(cm)}) holds negative counts")
     return cm
 

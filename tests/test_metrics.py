@@ -210,3 +210,16 @@ def test_meta_tensors_give_a_clear_error():
     with pytest.raises(ValueError, match=r"`targets` .*meta"):
         m.update(torch.randn(3, 3), t.to("meta"))
     assert m.num_samples == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.uint16, torch.uint32, torch.uint64])
+def test_count_matrices_of_wide_unsigned_dtypes_are_read(dtype):
+    # A confusion matrix from numpy (np.uint64 counts through torch.from_numpy) is integer
+    # counts: torch has no comparison for uint16-64, which made the negativity check a
+    # NotImplementedError from inside torch.
+    cm = torch.tensor([[3, 1], [2, 4]], dtype=dtype)
+    assert war(cm) == pytest.approx(0.7)
+    assert uar(cm) == pytest.approx((3 / 4 + 4 / 6) / 2)
+    torch.testing.assert_close(per_class_recall(cm), torch.tensor([0.75, 4 / 6]).double())
+    big = torch.tensor([[2**63 + 2, 0], [0, 2**63 + 2]], dtype=torch.uint64)  # not negative
+    assert war(big) == 1.0 and uar(big) == 1.0
