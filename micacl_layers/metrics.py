@@ -235,7 +235,7 @@ class ConfusionMatrix:
             ValueError: If shapes, dtypes or class indices are not as expected (the message
                 names the argument, its shape and dtype).
         """
-        p = preds_or_logits
+        p = given = preds_or_logits
         if not isinstance(p, torch.Tensor):
             raise TypeError(f"`preds_or_logits` must be a torch.Tensor, got {type(p).__name__}")
         _check_has_values(p, "preds_or_logits")
@@ -260,6 +260,7 @@ class ConfusionMatrix:
                     f"`preds_or_logits` with 1 dim must be integer class indices (B,), got "
                     f"{describe(p)}; pass (B, {k}) logits for scores"
                 )
+            _check_labels(p, "preds_or_logits", k)
         else:
             raise ValueError(
                 f"`preds_or_logits` must be (B, {k}) scores or (B,) indices, got {describe(p)}"
@@ -267,6 +268,13 @@ class ConfusionMatrix:
         if not isinstance(targets, torch.Tensor):
             raise TypeError(f"`targets` must be a torch.Tensor, got {type(targets).__name__}")
         _check_has_values(targets, "targets")
+        _check_labels(targets, "targets", k)
+        if targets.shape[0] != given.shape[0]:
+            # (Named here: confusion_matrix would name the arg-max `preds`, shaped (B,).)
+            raise ValueError(
+                f"`preds_or_logits` ({describe(given)}) and `targets` ({describe(targets)}) "
+                "must hold as many samples"
+            )
         cm = confusion_matrix(p.detach().cpu(), targets.detach().cpu(), k)
         self._cm += cm
 

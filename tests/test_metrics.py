@@ -223,3 +223,20 @@ def test_count_matrices_of_wide_unsigned_dtypes_are_read(dtype):
     torch.testing.assert_close(per_class_recall(cm), torch.tensor([0.75, 4 / 6]).double())
     big = torch.tensor([[2**63 + 2, 0], [0, 2**63 + 2]], dtype=torch.uint64)  # not negative
     assert war(big) == 1.0 and uar(big) == 1.0
+
+
+def test_accumulator_errors_name_what_was_passed():
+    # The logits' length and the 1-D predictions' values were reported as `preds` of the
+    # arg-max's shape (B,), an argument the caller never passed.
+    m = ConfusionMatrix(3)
+    with pytest.raises(
+        ValueError,
+        match=r"`preds_or_logits` \(shape=\(4, 3\), dtype=torch.float32\) and `targets` "
+        r"\(shape=\(3,\), dtype=torch.int64\) must hold as many samples",
+    ):
+        m.update(torch.randn(4, 3), torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"`preds_or_logits` \(shape=\(2,\).*class index 5"):
+        m.update(torch.tensor([0, 5]), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"`preds_or_logits` must hold integer.*bool"):
+        m.update(torch.tensor([True, False]), torch.tensor([0, 1]))
+    assert m.num_samples == 0
