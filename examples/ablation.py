@@ -383,15 +383,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse bad values of this script's own flags, naming the flag, before anything runs."""
+    if args.epochs is not None and args.epochs < 1:
+        # (--epochs 0 was taken as "not given": the synthetic preset's epochs were run.)
+        parser.error(f"--epochs must be >= 1, got {args.epochs}")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
     if "--" in argv:
         i = argv.index("--")
         own, passthrough = argv[:i], argv[i + 1 :]
-        args, extra = build_parser().parse_known_args(own)
+        args, extra = parser.parse_known_args(own)
         passthrough = extra + passthrough
     else:
-        args, passthrough = build_parser().parse_known_args(argv)
+        args, passthrough = parser.parse_known_args(argv)
+    check_args(parser, args)
     settings = TABLES[args.table]
     if args.settings:
         unknown = set(args.settings) - set(settings)
@@ -416,7 +425,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 folds=(1, 2, 3, 4, 5),
                 seed=args.data_seed,
             )
-        epochs = args.epochs or SYNTHETIC_PRESET["epochs"]
+        epochs = SYNTHETIC_PRESET["epochs"] if args.epochs is None else args.epochs
         # --demo's tiny CPU model and schedule, smaller frames; explicit options still win.
         common += ["--demo", "--image-size", str(SYNTHETIC_PRESET["image_size"])]
         data.update(synthetic_clips=args.synthetic_clips, data_seed=args.data_seed)

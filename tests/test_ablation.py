@@ -222,3 +222,29 @@ def test_reuse_starts_again_a_run_begun_with_other_options(tiny_root, tmp_path):
     (run_dir / "ablation_run.json").unlink()  # as if killed after last.pt, before the record
     rerun = ablation.main([*argv, "--epochs", "2", "--reuse", "--", *TINY])["runs"]["ce"][0]
     assert not rerun["resumed"] and rerun["final_epoch"] == 2
+
+
+def _refused(capsys, monkeypatch, argv, message, tmp_path):
+    """`argv` is refused at parse time, naming the flag, before any data or run is made."""
+
+    def ran(*args, **kwargs):
+        raise AssertionError(f"{argv} was not refused: it went on to make data or runs")
+
+    monkeypatch.setattr("micacl_layers.data.make_synthetic_dfew", ran)
+    monkeypatch.setattr(ablation, "load_train_dfew", ran)
+    with pytest.raises(SystemExit) as exc:
+        ablation.main([*argv, "--output", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "data").exists()
+
+
+def test_epochs_zero_is_refused_not_replaced_by_the_preset(capsys, monkeypatch, tmp_path):
+    # `args.epochs or preset` turned --epochs 0 into the synthetic preset's 10 epochs.
+    argv = ["--table", "losses", "--root", str(tmp_path / "data")]
+    _refused(
+        capsys, monkeypatch, [*argv, "--epochs", "0"], "--epochs must be >= 1, got 0", tmp_path
+    )
+    _refused(
+        capsys, monkeypatch, [*argv, "--epochs", "-3"], "--epochs must be >= 1, got -3", tmp_path
+    )
