@@ -358,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="data root (synthetic: generated here once; default data/synthetic_ablation)",
     )
-    p.add_argument("--fold", default="1", help="DFEW fold (1..5)")
+    # Not train_dfew's 'all': a table runs one fold (five would be five tables' runs).
+    p.add_argument("--fold", default="1", choices=("1", "2", "3", "4", "5"), help="DFEW fold")
     p.add_argument(
         "--epochs",
         type=int,

@@ -248,3 +248,9 @@ def test_epochs_zero_is_refused_not_replaced_by_the_preset(capsys, monkeypatch, 
     _refused(
         capsys, monkeypatch, [*argv, "--epochs", "-3"], "--epochs must be >= 1, got -3", tmp_path
     )
+
+
+def test_fold_all_is_refused_by_name(capsys, monkeypatch, tmp_path):
+    # train_dfew's --fold all trains five folds, after which the table crashed unpacking them.
+    argv = ["--table", "components", "--root", str(tmp_path / "data"), "--fold", "all"]
+    _refused(capsys, monkeypatch, argv, "argument --fold: invalid choice: 'all'", tmp_path)
