@@ -389,6 +389,16 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     if args.epochs is not None and args.epochs < 1:
         # (--epochs 0 was taken as "not given": the synthetic preset's epochs were run.)
         parser.error(f"--epochs must be >= 1, got {args.epochs}")
+    # A repeated seed would run again over its own folder and count twice in the mean and std.
+    repeated = sorted({s for s in args.seeds if args.seeds.count(s) > 1})
+    if repeated:
+        parser.error(f"--seeds repeats {', '.join(map(str, repeated))}: give each seed once")
+    # train_dfew's range for --seed, checked here for all of them: not when a seed's turn comes.
+    bad = [s for s in args.seeds if not -(2**63) <= s < 2**64]
+    if bad:
+        parser.error(
+            f"--seeds must be in [-2**63, 2**64) (torch.manual_seed's range), got {bad[0]}"
+        )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -254,3 +254,11 @@ def test_fold_all_is_refused_by_name(capsys, monkeypatch, tmp_path):
     # train_dfew's --fold all trains five folds, after which the table crashed unpacking them.
     argv = ["--table", "components", "--root", str(tmp_path / "data"), "--fold", "all"]
     _refused(capsys, monkeypatch, argv, "argument --fold: invalid choice: 'all'", tmp_path)
+
+
+def test_repeated_or_out_of_range_seeds_are_refused(capsys, monkeypatch, tmp_path):
+    # A repeated seed ran again over its own folder and counted twice in the mean and std; a
+    # seed torch cannot take was refused only when its turn came, after the others had run.
+    argv = ["--table", "losses", "--root", str(tmp_path / "data"), "--seeds"]
+    _refused(capsys, monkeypatch, [*argv, "0", "1", "0"], "--seeds repeats 0", tmp_path)
+    _refused(capsys, monkeypatch, [*argv, "0", str(2**64)], "--seeds must be in", tmp_path)
