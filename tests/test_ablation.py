@@ -262,3 +262,42 @@ def test_repeated_or_out_of_range_seeds_are_refused(capsys, monkeypatch, tmp_pat
     argv = ["--table", "losses", "--root", str(tmp_path / "data"), "--seeds"]
     _refused(capsys, monkeypatch, [*argv, "0", "1", "0"], "--seeds repeats 0", tmp_path)
     _refused(capsys, monkeypatch, [*argv, "0", str(2**64)], "--seeds must be in", tmp_path)
+
+
+def test_synthetic_data_of_other_options_is_not_reused_silently(capsys, monkeypatch, tmp_path):
+    # The data under --root were generated once and then used whatever --synthetic-clips and
+    # --data-seed said, while the report recorded the new values: a table of 600 clips labelled
+    # as one of 300, and --reuse mixed into it runs of the other data.
+    class Stop(Exception):
+        pass
+
+    made = []
+
+    def fake_make(root, **kwargs):
+        made.append(kwargs)
+        (Path(root) / "EmoLabel_DataSplit").mkdir(parents=True)
+
+    def stop():
+        raise Stop
+
+    monkeypatch.setattr("micacl_layers.data.make_synthetic_dfew", fake_make)
+    monkeypatch.setattr(ablation, "load_train_dfew", stop)
+    root = tmp_path / "data"
+    argv = ["--table", "losses", "--root", str(root), "--output", str(tmp_path / "out")]
+    with pytest.raises(Stop):
+        ablation.main([*argv, "--synthetic-clips", "300", "--data-seed", "4"])
+    assert made == [
+        {"total_clips": 300, "min_clips_per_class": 25, "folds": (1, 2, 3, 4, 5)} | {"seed": 4}
+    ]
+    with pytest.raises(Stop):  # the same options: the data are used as they are
+        ablation.main([*argv, "--synthetic-clips", "300", "--data-seed", "4"])
+    for other, flag in (
+        (["--synthetic-clips", "200", "--data-seed", "4"], "--synthetic-clips"),
+        (["--synthetic-clips", "300"], "--data-seed"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            ablation.main([*argv, *other])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert flag in err and str(root) in err and "synthetic_clips=300, data_seed=4" in err
+    assert len(made) == 1
