@@ -389,6 +389,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     if args.epochs is not None and args.epochs < 1:
         # (--epochs 0 was taken as "not given": the synthetic preset's epochs were run.)
         parser.error(f"--epochs must be >= 1, got {args.epochs}")
+    if args.synthetic_clips < 1:
+        parser.error(f"--synthetic-clips must be >= 1, got {args.synthetic_clips}")
     # A repeated seed would run again over its own folder and count twice in the mean and std.
     repeated = sorted({s for s in args.seeds if args.seeds.count(s) > 1})
     if repeated:

@@ -301,3 +301,9 @@ def test_synthetic_data_of_other_options_is_not_reused_silently(capsys, monkeypa
         err = capsys.readouterr().err
         assert flag in err and str(root) in err and "synthetic_clips=300, data_seed=4" in err
     assert len(made) == 1
+
+
+def test_synthetic_clips_below_one_are_refused_by_name(capsys, monkeypatch, tmp_path):
+    # They reached make_synthetic_dfew, whose traceback named its `total_clips`, not the flag.
+    argv = ["--table", "losses", "--root", str(tmp_path / "data"), "--synthetic-clips", "0"]
+    _refused(capsys, monkeypatch, argv, "--synthetic-clips must be >= 1, got 0", tmp_path)
