@@ -202,3 +202,13 @@ def test_save_accepts_types_registered_as_safe(tmp_path):
     with torch.serialization.safe_globals([np.dtype, type(np.dtype("f4"))]):
         path = save_checkpoint({"dtype": np.dtype("f4")}, tmp_path / "c.pt")
         assert load_checkpoint(path)["dtype"] == np.dtype("f4")
+
+
+def test_a_file_where_the_folder_should_be_is_named(tmp_path):
+    # mkdir's FileExistsError said the file "exists", as if the checkpoint itself did.
+    blocker = tmp_path / "runs"
+    blocker.write_bytes(b"not a folder")
+    for path in (blocker / "last.pt", blocker / "fold1" / "last.pt"):
+        with pytest.raises(NotADirectoryError, match=r"'.*runs' is a file, not a folder"):
+            save_checkpoint({"epoch": 1}, path)
+    assert blocker.read_bytes() == b"not a folder"
