@@ -280,7 +280,13 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> di
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"could not load checkpoint '{path}': {err}") from err
+        # (torch's error for an empty file, an EOFError, has no text of its own.)
+        reason = (
+            "the file is empty (0 bytes)"
+            if path.stat().st_size == 0
+            else str(err) or type(err).__name__
+        )
+        raise CheckpointError(f"could not load checkpoint '{path}': {reason}") from err
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint '{path}' holds a {type(obj).__name__}, expected a dict.")
     return obj
