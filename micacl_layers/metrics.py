@@ -43,6 +43,8 @@ def _check_labels(t: object, name: str, num_classes: int) -> torch.Tensor:
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= num_classes:
             bad = lo if lo < 0 else hi
+            if bad < 0 and t.dtype == torch.uint64:  # wrapped by .long(): a huge index
+                bad += 2**64
             raise ValueError(
                 f"`{name}` ({describe(t)}) holds class index {bad}, expected indices in "
                 f"[0, {num_classes - 1}] for num_classes={num_classes}"

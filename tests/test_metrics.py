@@ -240,3 +240,11 @@ def test_accumulator_errors_name_what_was_passed():
     with pytest.raises(ValueError, match=r"`preds_or_logits` must hold integer.*bool"):
         m.update(torch.tensor([True, False]), torch.tensor([0, 1]))
     assert m.num_samples == 0
+
+
+def test_a_uint64_index_past_int64_is_reported_as_itself():
+    # The range check reads indices as int64, where 2**63 + 5 wraps to a negative number: the
+    # message named class index -9223372036854775803, a value the caller never passed.
+    bad = torch.tensor([0, 2**63 + 5], dtype=torch.uint64)
+    with pytest.raises(ValueError, match=rf"holds class index {2**63 + 5}, expected"):
+        confusion_matrix(bad, torch.tensor([0, 1], dtype=torch.uint64), 3)
