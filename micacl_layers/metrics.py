@@ -21,6 +21,13 @@ __all__ = ["ConfusionMatrix", "confusion_matrix", "per_class_recall", "uar", "wa
 
 
 def _check_has_values(t: torch.Tensor, name: str) -> None:
+    # Sparse tensors have no min, argmax or comparison in torch: refused here, by name.
+    if t.layout != torch.strided:
+        kind = str(t.layout).removeprefix("torch.")
+        raise ValueError(
+            f"`{name}` ({describe(t)}) is a {kind} tensor; metrics count dense tensors: "
+            "pass it with .to_dense()"
+        )
     # Counting needs values; a meta tensor has shapes only (torch's own error comes from deep
     # inside the range check, naming no argument).
     if not has_values(t):

@@ -248,3 +248,15 @@ def test_a_uint64_index_past_int64_is_reported_as_itself():
     bad = torch.tensor([0, 2**63 + 5], dtype=torch.uint64)
     with pytest.raises(ValueError, match=rf"holds class index {2**63 + 5}, expected"):
         confusion_matrix(bad, torch.tensor([0, 1], dtype=torch.uint64), 3)
+
+
+def test_sparse_inputs_are_refused_by_name():
+    # They were NotImplementedError (or RuntimeError) from inside torch's min, argmax or ne.
+    dense = torch.tensor([0, 1])
+    with pytest.raises(ValueError, match=r"`preds` \(shape=\(2,\).*\) is a sparse_coo tensor"):
+        confusion_matrix(dense.to_sparse(), dense, 2)
+    with pytest.raises(ValueError, match=r"`preds_or_logits` .* is a sparse_coo tensor"):
+        ConfusionMatrix(2).update(torch.eye(2).to_sparse(), dense)
+    for cm in (torch.eye(2).to_sparse(), torch.eye(2).to_sparse_csr()):
+        with pytest.raises(ValueError, match=r"`cm` .* is a sparse_(coo|csr) tensor.*to_dense"):
+            uar(cm)
