@@ -403,6 +403,35 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         )
 
 
+# train_dfew options each run gets from this script. Passed through as well, the first four
+# would override the table's (which the report still records), the others be overridden.
+OWN_TRAIN_DFEW_OPTIONS = (
+    *("--dataset", "--root", "--fold", "--epochs"),
+    *("--seed", "--output", "--resume", "--overwrite"),
+)
+
+
+def check_passthrough(parser: argparse.ArgumentParser, passthrough: list[str]) -> None:
+    """Refuse a train_dfew option in ``passthrough`` that this script sets for every run."""
+    for token in passthrough:
+        name = token.split("=", 1)[0]
+        if not name.startswith("--") or len(name) < 3:
+            continue
+        # (train_dfew takes unambiguous abbreviations: --epo is --epochs.)
+        for own in OWN_TRAIN_DFEW_OPTIONS:
+            if own.startswith(name):
+                instead = {"--seed": "--seeds", "--resume": "--reuse"}.get(own, own)
+                hint = (
+                    "each run is started over"
+                    if own == "--overwrite"
+                    else f"pass this script's {instead} instead"
+                )
+                parser.error(
+                    f"{own} is set by ablation.py for each run, not passed through to "
+                    f"train_dfew (got {token!r}): {hint}"
+                )
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -414,6 +443,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         args, passthrough = parser.parse_known_args(argv)
     check_args(parser, args)
+    check_passthrough(parser, passthrough)
     settings = TABLES[args.table]
     if args.settings:
         unknown = set(args.settings) - set(settings)

@@ -307,3 +307,17 @@ def test_synthetic_clips_below_one_are_refused_by_name(capsys, monkeypatch, tmp_
     # They reached make_synthetic_dfew, whose traceback named its `total_clips`, not the flag.
     argv = ["--table", "losses", "--root", str(tmp_path / "data"), "--synthetic-clips", "0"]
     _refused(capsys, monkeypatch, argv, "--synthetic-clips must be >= 1, got 0", tmp_path)
+
+
+@pytest.mark.parametrize(
+    "passed",
+    [["--epochs", "3"], ["--fold=2"], ["--epo", "3"], ["--seed", "5"], ["--output", "x"]],
+)
+def test_train_dfew_options_the_table_sets_are_refused_after_the_separator(
+    capsys, monkeypatch, tmp_path, passed
+):
+    # Passed through, --epochs, --fold, --dataset and --root overrode the table's own (which the
+    # report still recorded), and --seed and --output were dropped for the table's.
+    argv = ["--table", "losses", "--root", str(tmp_path / "data"), "--", *passed]
+    flag = {"--epo": "--epochs", "--fold=2": "--fold"}.get(passed[0], passed[0])
+    _refused(capsys, monkeypatch, argv, f"{flag} is set by ablation.py", tmp_path)
