@@ -358,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="data root (synthetic: generated here once; default data/synthetic_ablation)",
     )
-    p.add_argument("--fold", default="1", help="DFEW fold (1..5)")
+    # Not train_dfew's 'all': a table runs one fold (five would be five tables' runs).
+    p.add_argument("--fold", default="1", choices=("1", "2", "3", "4", "5"), help="DFEW fold")
     p.add_argument(
         "--epochs",
         type=int,
@@ -383,15 +384,66 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse bad values of this script's own flags, naming the flag, before anything runs."""
+    if args.epochs is not None and args.epochs < 1:
+        # (--epochs 0 was taken as "not given": the synthetic preset's epochs were run.)
+        parser.error(f"--epochs must be >= 1, got {args.epochs}")
+    if args.synthetic_clips < 1:
+        parser.error(f"--synthetic-clips must be >= 1, got {args.synthetic_clips}")
+    # A repeated seed would run again over its own folder and count twice in the mean and std.
+    repeated = sorted({s for s in args.seeds if args.seeds.count(s) > 1})
+    if repeated:
+        parser.error(f"--seeds repeats {', '.join(map(str, repeated))}: give each seed once")
+    # train_dfew's range for --seed, checked here for all of them: not when a seed's turn comes.
+    bad = [s for s in args.seeds if not -(2**63) <= s < 2**64]
+    if bad:
+        parser.error(
+            f"--seeds must be in [-2**63, 2**64) (torch.manual_seed's range), got {bad[0]}"
+        )
+
+
+# train_dfew options each run gets from this script. Passed through as well, the first four
+# would override the table's (which the report still records), the others be overridden.
+OWN_TRAIN_DFEW_OPTIONS = (
+    *("--dataset", "--root", "--fold", "--epochs"),
+    *("--seed", "--output", "--resume", "--overwrite"),
+)
+
+
+def check_passthrough(parser: argparse.ArgumentParser, passthrough: list[str]) -> None:
+    """Refuse a train_dfew option in ``passthrough`` that this script sets for every run."""
+    for token in passthrough:
+        name = token.split("=", 1)[0]
+        if not name.startswith("--") or len(name) < 3:
+            continue
+        # (train_dfew takes unambiguous abbreviations: --epo is --epochs.)
+        for own in OWN_TRAIN_DFEW_OPTIONS:
+            if own.startswith(name):
+                instead = {"--seed": "--seeds", "--resume": "--reuse"}.get(own, own)
+                hint = (
+                    "each run is started over"
+                    if own == "--overwrite"
+                    else f"pass this script's {instead} instead"
+                )
+                parser.error(
+                    f"{own} is set by ablation.py for each run, not passed through to "
+                    f"train_dfew (got {token!r}): {hint}"
+                )
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
     if "--" in argv:
         i = argv.index("--")
         own, passthrough = argv[:i], argv[i + 1 :]
-        args, extra = build_parser().parse_known_args(own)
+        args, extra = parser.parse_known_args(own)
         passthrough = extra + passthrough
     else:
-        args, passthrough = build_parser().parse_known_args(argv)
+        args, passthrough = parser.parse_known_args(argv)
+    check_args(parser, args)
+    check_passthrough(parser, passthrough)
     settings = TABLES[args.table]
     if args.settings:
         unknown = set(args.settings) - set(settings)
@@ -405,6 +457,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data: dict[str, Any] = {"dataset": args.dataset, "fold": args.fold}
     if args.dataset == "synthetic":
         root = args.root or Path("data/synthetic_ablation")
+        made = {"synthetic_clips": args.synthetic_clips, "data_seed": args.data_seed}
+        # The data are generated once per root; what they were made with is kept beside them,
+        # so that other --synthetic-clips or --data-seed do not silently run on (and report as
+        # theirs, or mix with --reuse) data of other options.
+        marker = root / "ablation_synthetic.json"
         if not (root / "EmoLabel_DataSplit").is_dir():
             from micacl_layers.data import make_synthetic_dfew
 
@@ -416,10 +473,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 folds=(1, 2, 3, 4, 5),
                 seed=args.data_seed,
             )
-        epochs = args.epochs or SYNTHETIC_PRESET["epochs"]
+            tmp = marker.with_name(f".{marker.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(made))
+            os.replace(tmp, marker)
+        elif marker.is_file():
+            old = json.loads(marker.read_text())
+            differ = [k for k in made if old.get(k) != made[k]]
+            if differ:
+                parser.error(
+                    f"--root {root} holds synthetic data made with "
+                    + ", ".join(f"{k}={old.get(k)}" for k in made)
+                    + "; "
+                    + " and ".join(f"--{k.replace('_', '-')} {made[k]}" for k in differ)
+                    + " would run on them: pass the same options, or another --root"
+                )
+        else:  # made by hand or by an older version of this script: what with is not known
+            made = {k: "unknown (data not generated by ablation.py)" for k in made}
+        epochs = SYNTHETIC_PRESET["epochs"] if args.epochs is None else args.epochs
         # --demo's tiny CPU model and schedule, smaller frames; explicit options still win.
         common += ["--demo", "--image-size", str(SYNTHETIC_PRESET["image_size"])]
-        data.update(synthetic_clips=args.synthetic_clips, data_seed=args.data_seed)
+        data.update(made)
     else:
         if args.root is None:
             raise SystemExit(f"--root is required for --dataset {args.dataset}")

@@ -50,6 +50,7 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
             that ``load_checkpoint`` could not read back (a numpy scalar or array, any other
             class not allowed under ``weights_only=True``); nothing is written then.
         IsADirectoryError: If ``path`` is a directory or ends with a separator.
+        NotADirectoryError: If a folder of ``path`` is a file.
         FileNotFoundError: If ``path`` is a symbolic link into a folder that does not exist.
 
     Example:
@@ -74,6 +75,15 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
         )
     _check_loadable(obj)
     path = Path(path)
+    # mkdir's error for a file in the way says it "exists", as if the checkpoint did.
+    for folder in (path.parent, *path.parent.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise NotADirectoryError(
+                    f"checkpoint path '{path}': '{folder}' is a file, not a folder; move it, "
+                    "or pass another path"
+                )
+            break
     path.parent.mkdir(parents=True, exist_ok=True)
     # Through a symbolic link (last.pt -> a file on other storage), replace the file it points
     # to: replacing the link itself would leave the target stale.
@@ -270,7 +280,13 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> di
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"could not load checkpoint '{path}': {err}") from err
+        # (torch's error for an empty file, an EOFError, has no text of its own.)
+        reason = (
+            "the file is empty (0 bytes)"
+            if path.stat().st_size == 0
+            else str(err) or type(err).__name__
+        )
+        raise CheckpointError(f"could not load checkpoint '{path}': {reason}") from err
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint '{path}' holds a {type(obj).__name__}, expected a dict.")
     return obj

@@ -21,6 +21,13 @@ __all__ = ["ConfusionMatrix", "confusion_matrix", "per_class_recall", "uar", "wa
 
 
 def _check_has_values(t: torch.Tensor, name: str) -> None:
+    # Sparse tensors have no min, argmax or comparison in torch: refused here, by name.
+    if t.layout != torch.strided:
+        kind = str(t.layout).removeprefix("torch.")
+        raise ValueError(
+            f"`{name}` ({describe(t)}) is a {kind} tensor; metrics count dense tensors: "
+            "pass it with .to_dense()"
+        )
     # Counting needs values; a meta tensor has shapes only (torch's own error comes from deep
     # inside the range check, naming no argument).
     if not has_values(t):
@@ -43,6 +50,8 @@ def _check_labels(t: object, name: str, num_classes: int) -> torch.Tensor:
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= num_classes:
             bad = lo if lo < 0 else hi
+            if bad < 0 and t.dtype == torch.uint64:  # wrapped by .long(): a huge index
+                bad += 2**64
             raise ValueError(
                 f"`{name}` ({describe(t)}) holds class index {bad}, expected indices in "
                 f"[0, {num_classes - 1}] for num_classes={num_classes}"
@@ -60,7 +69,8 @@ def _check_cm(cm: object) -> torch.Tensor:
     _check_has_values(cm, "cm")
     if cm.is_floating_point() and not bool(torch.isfinite(cm).all()):
         raise ValueError(f"`cm` ({describe(cm)}) holds NaN or inf counts")
-    if bool((cm < 0).any()):
+    # (Unsigned counts cannot be negative, and torch has no comparison for uint16-uint64.)
+    if cm.dtype.is_signed and bool((cm < 0).any()):
         raise ValueError(f"`cm` ({describe(cm)}) holds negative counts")
     return cm
 
@@ -234,7 +244,7 @@ class ConfusionMatrix:
             ValueError: If shapes, dtypes or class indices are not as expected (the message
                 names the argument, its shape and dtype).
         """
-        p = preds_or_logits
+        p = given = preds_or_logits
         if not isinstance(p, torch.Tensor):
             raise TypeError(f"`preds_or_logits` must be a torch.Tensor, got {type(p).__name__}")
         _check_has_values(p, "preds_or_logits")
@@ -259,6 +269,7 @@ class ConfusionMatrix:
                     f"`preds_or_logits` with 1 dim must be integer class indices (B,), got "
                     f"{describe(p)}; pass (B, {k}) logits for scores"
                 )
+            _check_labels(p, "preds_or_logits", k)
         else:
             raise ValueError(
                 f"`preds_or_logits` must be (B, {k}) scores or (B,) indices, got {describe(p)}"
@@ -266,6 +277,13 @@ class ConfusionMatrix:
         if not isinstance(targets, torch.Tensor):
             raise TypeError(f"`targets` must be a torch.Tensor, got {type(targets).__name__}")
         _check_has_values(targets, "targets")
+        _check_labels(targets, "targets", k)
+        if targets.shape[0] != given.shape[0]:
+            # (Named here: confusion_matrix would name the arg-max `preds`, shaped (B,).)
+            raise ValueError(
+                f"`preds_or_logits` ({describe(given)}) and `targets` ({describe(targets)}) "
+                "must hold as many samples"
+            )
         cm = confusion_matrix(p.detach().cpu(), targets.detach().cpu(), k)
         self._cm += cm
 

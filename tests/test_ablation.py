@@ -222,3 +222,102 @@ def test_reuse_starts_again_a_run_begun_with_other_options(tiny_root, tmp_path):
     (run_dir / "ablation_run.json").unlink()  # as if killed after last.pt, before the record
     rerun = ablation.main([*argv, "--epochs", "2", "--reuse", "--", *TINY])["runs"]["ce"][0]
     assert not rerun["resumed"] and rerun["final_epoch"] == 2
+
+
+def _refused(capsys, monkeypatch, argv, message, tmp_path):
+    """`argv` is refused at parse time, naming the flag, before any data or run is made."""
+
+    def ran(*args, **kwargs):
+        raise AssertionError(f"{argv} was not refused: it went on to make data or runs")
+
+    monkeypatch.setattr("micacl_layers.data.make_synthetic_dfew", ran)
+    monkeypatch.setattr(ablation, "load_train_dfew", ran)
+    with pytest.raises(SystemExit) as exc:
+        ablation.main([*argv, "--output", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "data").exists()
+
+
+def test_epochs_zero_is_refused_not_replaced_by_the_preset(capsys, monkeypatch, tmp_path):
+    # `args.epochs or preset` turned --epochs 0 into the synthetic preset's 10 epochs.
+    argv = ["--table", "losses", "--root", str(tmp_path / "data")]
+    _refused(
+        capsys, monkeypatch, [*argv, "--epochs", "0"], "--epochs must be >= 1, got 0", tmp_path
+    )
+    _refused(
+        capsys, monkeypatch, [*argv, "--epochs", "-3"], "--epochs must be >= 1, got -3", tmp_path
+    )
+
+
+def test_fold_all_is_refused_by_name(capsys, monkeypatch, tmp_path):
+    # train_dfew's --fold all trains five folds, after which the table crashed unpacking them.
+    argv = ["--table", "components", "--root", str(tmp_path / "data"), "--fold", "all"]
+    _refused(capsys, monkeypatch, argv, "argument --fold: invalid choice: 'all'", tmp_path)
+
+
+def test_repeated_or_out_of_range_seeds_are_refused(capsys, monkeypatch, tmp_path):
+    # A repeated seed ran again over its own folder and counted twice in the mean and std; a
+    # seed torch cannot take was refused only when its turn came, after the others had run.
+    argv = ["--table", "losses", "--root", str(tmp_path / "data"), "--seeds"]
+    _refused(capsys, monkeypatch, [*argv, "0", "1", "0"], "--seeds repeats 0", tmp_path)
+    _refused(capsys, monkeypatch, [*argv, "0", str(2**64)], "--seeds must be in", tmp_path)
+
+
+def test_synthetic_data_of_other_options_is_not_reused_silently(capsys, monkeypatch, tmp_path):
+    # The data under --root were generated once and then used whatever --synthetic-clips and
+    # --data-seed said, while the report recorded the new values: a table of 600 clips labelled
+    # as one of 300, and --reuse mixed into it runs of the other data.
+    class Stop(Exception):
+        pass
+
+    made = []
+
+    def fake_make(root, **kwargs):
+        made.append(kwargs)
+        (Path(root) / "EmoLabel_DataSplit").mkdir(parents=True)
+
+    def stop():
+        raise Stop
+
+    monkeypatch.setattr("micacl_layers.data.make_synthetic_dfew", fake_make)
+    monkeypatch.setattr(ablation, "load_train_dfew", stop)
+    root = tmp_path / "data"
+    argv = ["--table", "losses", "--root", str(root), "--output", str(tmp_path / "out")]
+    with pytest.raises(Stop):
+        ablation.main([*argv, "--synthetic-clips", "300", "--data-seed", "4"])
+    assert made == [
+        {"total_clips": 300, "min_clips_per_class": 25, "folds": (1, 2, 3, 4, 5)} | {"seed": 4}
+    ]
+    with pytest.raises(Stop):  # the same options: the data are used as they are
+        ablation.main([*argv, "--synthetic-clips", "300", "--data-seed", "4"])
+    for other, flag in (
+        (["--synthetic-clips", "200", "--data-seed", "4"], "--synthetic-clips"),
+        (["--synthetic-clips", "300"], "--data-seed"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            ablation.main([*argv, *other])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert flag in err and str(root) in err and "synthetic_clips=300, data_seed=4" in err
+    assert len(made) == 1
+
+
+def test_synthetic_clips_below_one_are_refused_by_name(capsys, monkeypatch, tmp_path):
+    # They reached make_synthetic_dfew, whose traceback named its `total_clips`, not the flag.
+    argv = ["--table", "losses", "--root", str(tmp_path / "data"), "--synthetic-clips", "0"]
+    _refused(capsys, monkeypatch, argv, "--synthetic-clips must be >= 1, got 0", tmp_path)
+
+
+@pytest.mark.parametrize(
+    "passed",
+    [["--epochs", "3"], ["--fold=2"], ["--epo", "3"], ["--seed", "5"], ["--output", "x"]],
+)
+def test_train_dfew_options_the_table_sets_are_refused_after_the_separator(
+    capsys, monkeypatch, tmp_path, passed
+):
+    # Passed through, --epochs, --fold, --dataset and --root overrode the table's own (which the
+    # report still recorded), and --seed and --output were dropped for the table's.
+    argv = ["--table", "losses", "--root", str(tmp_path / "data"), "--", *passed]
+    flag = {"--epo": "--epochs", "--fold=2": "--fold"}.get(passed[0], passed[0])
+    _refused(capsys, monkeypatch, argv, f"{flag} is set by ablation.py", tmp_path)

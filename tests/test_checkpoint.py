@@ -202,3 +202,26 @@ def test_save_accepts_types_registered_as_safe(tmp_path):
     with torch.serialization.safe_globals([np.dtype, type(np.dtype("f4"))]):
         path = save_checkpoint({"dtype": np.dtype("f4")}, tmp_path / "c.pt")
         assert load_checkpoint(path)["dtype"] == np.dtype("f4")
+
+
+def test_a_file_where_the_folder_should_be_is_named(tmp_path):
+    # mkdir's FileExistsError said the file "exists", as if the checkpoint itself did.
+    blocker = tmp_path / "runs"
+    blocker.write_bytes(b"not a folder")
+    for path in (blocker / "last.pt", blocker / "fold1" / "last.pt"):
+        with pytest.raises(NotADirectoryError, match=r"'.*runs' is a file, not a folder"):
+            save_checkpoint({"epoch": 1}, path)
+    assert blocker.read_bytes() == b"not a folder"
+
+
+def test_an_empty_file_is_said_to_be_empty(tmp_path):
+    # (A plain torch.save killed before writing, or a full disk.) The message ended in
+    # "could not load checkpoint '...': " with no reason: torch's EOFError has no text.
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"")
+    with pytest.raises(
+        CheckpointError,
+        match=r"could not load checkpoint '.*last.pt': the file "
+        r"is empty \(0 bytes\)",
+    ):
+        load_checkpoint(path)

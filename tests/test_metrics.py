@@ -210,3 +210,53 @@ def test_meta_tensors_give_a_clear_error():
     with pytest.raises(ValueError, match=r"`targets` .*meta"):
         m.update(torch.randn(3, 3), t.to("meta"))
     assert m.num_samples == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.uint16, torch.uint32, torch.uint64])
+def test_count_matrices_of_wide_unsigned_dtypes_are_read(dtype):
+    # A confusion matrix from numpy (np.uint64 counts through torch.from_numpy) is integer
+    # counts: torch has no comparison for uint16-64, which made the negativity check a
+    # NotImplementedError from inside torch.
+    cm = torch.tensor([[3, 1], [2, 4]], dtype=dtype)
+    assert war(cm) == pytest.approx(0.7)
+    assert uar(cm) == pytest.approx((3 / 4 + 4 / 6) / 2)
+    torch.testing.assert_close(per_class_recall(cm), torch.tensor([0.75, 4 / 6]).double())
+    big = torch.tensor([[2**63 + 2, 0], [0, 2**63 + 2]], dtype=torch.uint64)  # not negative
+    assert war(big) == 1.0 and uar(big) == 1.0
+
+
+def test_accumulator_errors_name_what_was_passed():
+    # The logits' length and the 1-D predictions' values were reported as `preds` of the
+    # arg-max's shape (B,), an argument the caller never passed.
+    m = ConfusionMatrix(3)
+    with pytest.raises(
+        ValueError,
+        match=r"`preds_or_logits` \(shape=\(4, 3\), dtype=torch.float32\) and `targets` "
+        r"\(shape=\(3,\), dtype=torch.int64\) must hold as many samples",
+    ):
+        m.update(torch.randn(4, 3), torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"`preds_or_logits` \(shape=\(2,\).*class index 5"):
+        m.update(torch.tensor([0, 5]), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"`preds_or_logits` must hold integer.*bool"):
+        m.update(torch.tensor([True, False]), torch.tensor([0, 1]))
+    assert m.num_samples == 0
+
+
+def test_a_uint64_index_past_int64_is_reported_as_itself():
+    # The range check reads indices as int64, where 2**63 + 5 wraps to a negative number: the
+    # message named class index -9223372036854775803, a value the caller never passed.
+    bad = torch.tensor([0, 2**63 + 5], dtype=torch.uint64)
+    with pytest.raises(ValueError, match=rf"holds class index {2**63 + 5}, expected"):
+        confusion_matrix(bad, torch.tensor([0, 1], dtype=torch.uint64), 3)
+
+
+def test_sparse_inputs_are_refused_by_name():
+    # They were NotImplementedError (or RuntimeError) from inside torch's min, argmax or ne.
+    dense = torch.tensor([0, 1])
+    with pytest.raises(ValueError, match=r"`preds` \(shape=\(2,\).*\) is a sparse_coo tensor"):
+        confusion_matrix(dense.to_sparse(), dense, 2)
+    with pytest.raises(ValueError, match=r"`preds_or_logits` .* is a sparse_coo tensor"):
+        ConfusionMatrix(2).update(torch.eye(2).to_sparse(), dense)
+    for cm in (torch.eye(2).to_sparse(), torch.eye(2).to_sparse_csr()):
+        with pytest.raises(ValueError, match=r"`cm` .* is a sparse_(coo|csr) tensor.*to_dense"):
+            uar(cm)
