@@ -212,6 +212,28 @@ def test_wian_fast_path_time_major_matches_batch_first(weight_kind):
         torch.testing.assert_close(a, b, **F64)
 
 
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_wian_output_can_be_modified_in_place(batch_first, bidirectional, switch):
+    # The plain path's output may be changed in place (an activation with inplace=True); the
+    # kernel returned a view of its buffer, which autograd refuses to let change in place.
+    torch.manual_seed(0)
+    wian = WIAN(3, 4, 2, bidirectional=bidirectional, batch_first=batch_first)
+    x = torch.randn(2, 3, 3, requires_grad=True)
+
+    def grads(mode):
+        with config.fast_paths(mode):
+            out, (h_n, c_n) = wian(x)
+            out.mul_(2)
+            h_n.add_(1)
+            c_n.mul_(3)
+            total = out.pow(2).sum() + h_n.pow(2).sum() + c_n.pow(2).sum()
+            return [out.detach(), *torch.autograd.grad(total, [x, *wian.parameters()])]
+
+    for got, want in zip(grads(switch), grads("off"), strict=True):
+        torch.testing.assert_close(got, want, **F32)
+
+
 def test_wian_backward_twice_with_retain_graph():
     wian, x, weights, hx, grads_out = _wian_case(*WIAN_CASES[0], dtype=torch.float32)
     out = wian(x, hx, weights=weights)[0]

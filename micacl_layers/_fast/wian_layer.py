@@ -159,12 +159,16 @@ class _WIANLayer(torch.autograd.Function):
         # flat: x as (T * B, I), contiguous (the products of the backward read it too).
         ctx.save_for_backward(x, flat, h0, c0, weight, hs, cs, tanh_c, i_cand, d_all, *params)
         dirs, steps = hs.shape[0], x.shape[0]
-        out = hs.new_empty(steps, x.shape[1], dirs, hs.shape[-1])
-        out.copy_(hs[:, 1 : steps + 1].permute(1, 2, 0, 3))
+        # Returned as a tensor of its own, not a view: autograd refuses in-place changes to an
+        # output of a Function that is a view (the plain path's output allows them).
+        out = hs.new_empty(steps, x.shape[1], dirs * hs.shape[-1])
+        out.view(steps, x.shape[1], dirs, hs.shape[-1]).copy_(
+            hs[:, 1 : steps + 1].permute(1, 2, 0, 3)
+        )
         last = _step_rows(dirs, steps)[2][-1]  # each direction's state after its last step
         h_n = torch.stack([hs[k, r] for k, r in enumerate(last)])
         c_n = torch.stack([cs[k, r] for k, r in enumerate(last)])
-        return out.view(steps, x.shape[1], dirs * hs.shape[-1]), h_n, c_n
+        return out, h_n, c_n
 
     @staticmethod
     def run(x, h0, c0, weight, zero_state, params):
