@@ -394,6 +394,32 @@ def test_contrastive_core_with_memory_matches_reference(form, exclude_self):
         torch.testing.assert_close(got, want, **F32)
 
 
+@pytest.mark.parametrize("with_memory", [False, True])
+def test_contrastive_core_with_strided_targets_warns_as_the_plain_path(with_memory, switch):
+    # Labels that are a strided view (every other entry of a longer tensor): the core's
+    # torch.searchsorted warned (once per process) about a non-contiguous input, the plain
+    # path warns nothing.
+    import warnings
+
+    torch.manual_seed(0)
+    z = torch.randn(6, 4, requires_grad=True)
+    targets = torch.tensor([0, 9, 1, 9, 0, 9, 2, 9, 1, 9, 0, 9])[::2]
+    memory = {}
+    if with_memory:
+        memory = {"memory_z": torch.randn(3, 4), "memory_targets": torch.tensor([2, 0, 1])}
+    previous = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)  # (torch warns "once per program" otherwise)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = mccl_module.supervised_contrastive_per_anchor(z, targets, 0.1, **memory)[0]
+    finally:
+        torch.set_warn_always(previous)
+    with config.fast_paths("off"):
+        want = mccl_module.supervised_contrastive_per_anchor(z, targets, 0.1, **memory)[0]
+    torch.testing.assert_close(got, want, **F32)
+
+
 def test_mccl_backward_twice_with_retain_graph():
     """The kept exp-similarities are consumed by the first backward; the second recomputes."""
     mccl, features, logits, targets = _mccl_case(*MCCL_CASES[4], dtype=torch.float32)

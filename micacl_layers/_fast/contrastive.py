@@ -119,6 +119,8 @@ def _positive_counts(
 ) -> torch.Tensor:
     """``|P(i)|`` without a ``(B, M)`` mask: how often each anchor's class occurs."""
     ordered = cand_targets.sort().values
+    # (searchsorted warns about a non-contiguous query, e.g. labels that are a strided view.)
+    targets = targets.contiguous()
     counts = torch.searchsorted(ordered, targets, right=True) - torch.searchsorted(ordered, targets)
     return counts - 1 if exclude_self else counts
 
