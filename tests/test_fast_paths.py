@@ -655,3 +655,45 @@ def test_contrastive_kernels_step_aside_for_forward_mode_ad(switch, projection_d
     want = tangent("off")
     assert bool(want.abs() > 0)
     torch.testing.assert_close(tangent(switch), want)
+
+
+@pytest.mark.parametrize("kernel", ["wian", "contrastive", "onednn"])
+def test_kernels_step_aside_under_torch_jit_trace(kernel, switch):
+    # torch.jit.trace records the plain path (as torch.compile and TorchScript do): tracing a
+    # kernel raised inside the tracer (an autograd.Function's in-place buffers, oneDNN's
+    # private operator) where the plain path traces.
+    import warnings
+
+    torch.manual_seed(0)
+    if kernel == "wian":
+        module = WIAN(3, 4, 2, batch_first=True, bidirectional=True)
+        fn, example = (lambda x: module(x)[0]), torch.randn(2, 3, 3)
+    elif kernel == "onednn":
+        module = linear_module.FastLinear(3, 4)
+        fn, example = module, torch.randn(5, 3)
+    else:
+        module = torch.nn.Module()
+        targets = torch.tensor([0, 0, 1, 1, 2])
+
+        def fn(z):
+            return plain_contrastive.contrastive_per_anchor(
+                z, targets, 0.1, form="ratio", exclude_self=True, memory_z=None, memory_targets=None
+            )[0]
+
+        example = torch.randn(5, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the tracer's warnings about Python values)
+        traced = torch.jit.trace(
+            module if kernel != "contrastive" else fn, example, check_trace=False
+        )
+    x = torch.randn_like(example, requires_grad=True)
+    got = traced(x)
+    got = got[0] if kernel == "wian" else got
+    with config.fast_paths("off"):
+        want = fn(x)
+    torch.testing.assert_close(got, want, **F32)
+    inputs = [x, *module.parameters()]
+    for a, b in zip(
+        torch.autograd.grad(got.sum(), inputs), torch.autograd.grad(want.sum(), inputs), strict=True
+    ):
+        torch.testing.assert_close(a, b, **F32)
