@@ -697,3 +697,50 @@ def test_kernels_step_aside_under_torch_jit_trace(kernel, switch):
         torch.autograd.grad(got.sum(), inputs), torch.autograd.grad(want.sum(), inputs), strict=True
     ):
         torch.testing.assert_close(a, b, **F32)
+
+
+@pytest.mark.parametrize("batching", ["is_grads_batched", "vmap"])
+@pytest.mark.parametrize("kernel", ["wian", "contrastive", "projected"])
+def test_kernels_backward_with_batched_grads(kernel, batching, switch):
+    # torch.autograd.grad(..., is_grads_batched=True) (jacobian(vectorize=True)), or
+    # torch.func.vmap over torch.autograd.grad, runs the backward under vmap, where the
+    # kernels' in-place backward failed ("vmap: aten::mul_ ... is not possible"): there they
+    # differentiate the plain formulation, as the plain path does.
+    torch.manual_seed(0)
+    if kernel == "wian":
+        module = WIAN(3, 4, 2, batch_first=True, bidirectional=True)
+        x = torch.randn(2, 3, 3, requires_grad=True)
+        weights = torch.rand(2, 3, 1)
+
+        def fn():
+            return module(x, weights=weights)[0]
+
+    else:
+        module = MCCLoss(
+            3,
+            8,
+            [5, 4, 3],
+            scales=(2,),
+            projection_dim=16 if kernel == "projected" else 4,
+            reduction="none",
+        )
+        x = torch.randn(6, 8, requires_grad=True)
+        logits, targets = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 1])
+
+        def fn():
+            return module(x, logits, targets)
+
+    inputs = [x, *module.parameters()]
+
+    def grads(mode):
+        with config.fast_paths(mode):
+            out = fn()
+            grad_outputs = torch.randn(3, *out.shape, generator=torch.Generator().manual_seed(1))
+            if batching == "is_grads_batched":
+                return torch.autograd.grad(out, inputs, grad_outputs, is_grads_batched=True)
+            return torch.func.vmap(
+                lambda v: torch.autograd.grad(out, inputs, v, retain_graph=True)
+            )(grad_outputs)
+
+    for got, want in zip(grads(switch), grads("off"), strict=True):
+        torch.testing.assert_close(got, want, **F32)

@@ -27,7 +27,7 @@ from typing import cast
 import torch
 
 from micacl_layers import config
-from micacl_layers._fast.onednn import Products, dual
+from micacl_layers._fast.onednn import Products, differentiate_reference, dual
 
 __all__: list[str] = []
 
@@ -248,8 +248,9 @@ class _WIANLayer(torch.autograd.Function):
     @staticmethod
     def _backward(ctx, saved, grad_out, grad_h, grad_c):
         (x, flat_x, h0, c0, weight, hs, cs, tanh_c, i_cand, d_all, *params) = saved
-        if torch.is_grad_enabled():
-            # create_graph=True (double backward): differentiate the reference formulation.
+        if differentiate_reference(grad_out, grad_h, grad_c):
+            # create_graph=True (double backward) or batched gradients: differentiate the
+            # reference formulation.
             return _reference_backward(
                 ctx, (x, h0, c0, weight, *params), (grad_out, grad_h, grad_c)
             )
