@@ -234,6 +234,34 @@ def test_wian_output_can_be_modified_in_place(batch_first, bidirectional, switch
         torch.testing.assert_close(got, want, **F32)
 
 
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("bad", ["weight_hh", "input"])
+def test_wian_without_hx_propagates_nan_as_the_plain_path(bad, steps, switch):
+    # Without hx the kernel skipped the first step's product h_0 W_hh^T of a zero state, which
+    # adds exactly nothing, but 0 * inf and 0 * NaN are NaN: a non-finite W_hh gave the plain
+    # path NaN at the first step and the kernel finite values (and likewise the first step's
+    # share in dL/dW_hh, dL/dg^T h_0, for a non-finite gate gradient).
+    torch.manual_seed(0)
+    wian = WIAN(2, 3, 1, bidirectional=True, batch_first=True)
+    x = torch.randn(2, steps, 2)
+    with torch.no_grad():
+        if bad == "weight_hh":
+            wian.weight_hh_l0[1, 0] = float("inf")
+            wian.weight_hh_l0_reverse[4, 2] = float("nan")
+        else:
+            x[0, 0, 1] = float("nan")
+    x.requires_grad_(True)
+
+    def run(mode):
+        with config.fast_paths(mode):
+            out, (h_n, c_n) = wian(x)
+            total = out.sum() + h_n.sum() + c_n.sum()
+            return [out, h_n, c_n, *torch.autograd.grad(total, [x, *wian.parameters()])]
+
+    for got, want in zip(run(switch), run("off"), strict=True):
+        torch.testing.assert_close(got, want, equal_nan=True, **F32)
+
+
 def test_wian_backward_twice_with_retain_graph():
     wian, x, weights, hx, grads_out = _wian_case(*WIAN_CASES[0], dtype=torch.float32)
     out = wian(x, hx, weights=weights)[0]
