@@ -242,10 +242,17 @@ def _functorch_transform_active() -> bool:
 def enabled(kernel: str, device: torch.device, dtype: torch.dtype) -> bool:
     """Whether the fast path ``kernel`` may run for tensors on ``device`` of ``dtype``.
 
-    The setting is consulted here, and no kernel runs under ``torch.compile`` or a
-    ``torch.func`` transform; each kernel adds its own conditions (no double backward, ...).
+    The setting is consulted here, and no kernel runs under ``torch.compile``,
+    ``torch.jit.trace`` (the tracer fails on the kernels' in-place buffers and private
+    operators; it records the plain path) or a ``torch.func`` transform; each kernel adds its
+    own conditions (no double backward, ...).
     """
-    if _mode == "off" or torch.compiler.is_compiling() or _functorch_transform_active():
+    if (
+        _mode == "off"
+        or torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+        or _functorch_transform_active()
+    ):
         return False
     if _mode == "on":
         return True

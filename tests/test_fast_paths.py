@@ -212,6 +212,56 @@ def test_wian_fast_path_time_major_matches_batch_first(weight_kind):
         torch.testing.assert_close(a, b, **F64)
 
 
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_wian_output_can_be_modified_in_place(batch_first, bidirectional, switch):
+    # The plain path's output may be changed in place (an activation with inplace=True); the
+    # kernel returned a view of its buffer, which autograd refuses to let change in place.
+    torch.manual_seed(0)
+    wian = WIAN(3, 4, 2, bidirectional=bidirectional, batch_first=batch_first)
+    x = torch.randn(2, 3, 3, requires_grad=True)
+
+    def grads(mode):
+        with config.fast_paths(mode):
+            out, (h_n, c_n) = wian(x)
+            out.mul_(2)
+            h_n.add_(1)
+            c_n.mul_(3)
+            total = out.pow(2).sum() + h_n.pow(2).sum() + c_n.pow(2).sum()
+            return [out.detach(), *torch.autograd.grad(total, [x, *wian.parameters()])]
+
+    for got, want in zip(grads(switch), grads("off"), strict=True):
+        torch.testing.assert_close(got, want, **F32)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("bad", ["weight_hh", "input"])
+def test_wian_without_hx_propagates_nan_as_the_plain_path(bad, steps, switch):
+    # Without hx the kernel skipped the first step's product h_0 W_hh^T of a zero state, which
+    # adds exactly nothing, but 0 * inf and 0 * NaN are NaN: a non-finite W_hh gave the plain
+    # path NaN at the first step and the kernel finite values (and likewise the first step's
+    # share in dL/dW_hh, dL/dg^T h_0, for a non-finite gate gradient).
+    torch.manual_seed(0)
+    wian = WIAN(2, 3, 1, bidirectional=True, batch_first=True)
+    x = torch.randn(2, steps, 2)
+    with torch.no_grad():
+        if bad == "weight_hh":
+            wian.weight_hh_l0[1, 0] = float("inf")
+            wian.weight_hh_l0_reverse[4, 2] = float("nan")
+        else:
+            x[0, 0, 1] = float("nan")
+    x.requires_grad_(True)
+
+    def run(mode):
+        with config.fast_paths(mode):
+            out, (h_n, c_n) = wian(x)
+            total = out.sum() + h_n.sum() + c_n.sum()
+            return [out, h_n, c_n, *torch.autograd.grad(total, [x, *wian.parameters()])]
+
+    for got, want in zip(run(switch), run("off"), strict=True):
+        torch.testing.assert_close(got, want, equal_nan=True, **F32)
+
+
 def test_wian_backward_twice_with_retain_graph():
     wian, x, weights, hx, grads_out = _wian_case(*WIAN_CASES[0], dtype=torch.float32)
     out = wian(x, hx, weights=weights)[0]
@@ -370,6 +420,32 @@ def test_contrastive_core_with_memory_matches_reference(form, exclude_self):
     )
     for got, want in zip(fast, ref, strict=True):
         torch.testing.assert_close(got, want, **F32)
+
+
+@pytest.mark.parametrize("with_memory", [False, True])
+def test_contrastive_core_with_strided_targets_warns_as_the_plain_path(with_memory, switch):
+    # Labels that are a strided view (every other entry of a longer tensor): the core's
+    # torch.searchsorted warned (once per process) about a non-contiguous input, the plain
+    # path warns nothing.
+    import warnings
+
+    torch.manual_seed(0)
+    z = torch.randn(6, 4, requires_grad=True)
+    targets = torch.tensor([0, 9, 1, 9, 0, 9, 2, 9, 1, 9, 0, 9])[::2]
+    memory = {}
+    if with_memory:
+        memory = {"memory_z": torch.randn(3, 4), "memory_targets": torch.tensor([2, 0, 1])}
+    previous = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)  # (torch warns "once per program" otherwise)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = mccl_module.supervised_contrastive_per_anchor(z, targets, 0.1, **memory)[0]
+    finally:
+        torch.set_warn_always(previous)
+    with config.fast_paths("off"):
+        want = mccl_module.supervised_contrastive_per_anchor(z, targets, 0.1, **memory)[0]
+    torch.testing.assert_close(got, want, **F32)
 
 
 def test_mccl_backward_twice_with_retain_graph():
@@ -607,3 +683,92 @@ def test_contrastive_kernels_step_aside_for_forward_mode_ad(switch, projection_d
     want = tangent("off")
     assert bool(want.abs() > 0)
     torch.testing.assert_close(tangent(switch), want)
+
+
+@pytest.mark.parametrize("kernel", ["wian", "contrastive", "onednn"])
+def test_kernels_step_aside_under_torch_jit_trace(kernel, switch):
+    # torch.jit.trace records the plain path (as torch.compile and TorchScript do): tracing a
+    # kernel raised inside the tracer (an autograd.Function's in-place buffers, oneDNN's
+    # private operator) where the plain path traces.
+    import warnings
+
+    torch.manual_seed(0)
+    if kernel == "wian":
+        module = WIAN(3, 4, 2, batch_first=True, bidirectional=True)
+        fn, example = (lambda x: module(x)[0]), torch.randn(2, 3, 3)
+    elif kernel == "onednn":
+        module = linear_module.FastLinear(3, 4)
+        fn, example = module, torch.randn(5, 3)
+    else:
+        module = torch.nn.Module()
+        targets = torch.tensor([0, 0, 1, 1, 2])
+
+        def fn(z):
+            return plain_contrastive.contrastive_per_anchor(
+                z, targets, 0.1, form="ratio", exclude_self=True, memory_z=None, memory_targets=None
+            )[0]
+
+        example = torch.randn(5, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the tracer's warnings about Python values)
+        traced = torch.jit.trace(
+            module if kernel != "contrastive" else fn, example, check_trace=False
+        )
+    x = torch.randn_like(example, requires_grad=True)
+    got = traced(x)
+    got = got[0] if kernel == "wian" else got
+    with config.fast_paths("off"):
+        want = fn(x)
+    torch.testing.assert_close(got, want, **F32)
+    inputs = [x, *module.parameters()]
+    for a, b in zip(
+        torch.autograd.grad(got.sum(), inputs), torch.autograd.grad(want.sum(), inputs), strict=True
+    ):
+        torch.testing.assert_close(a, b, **F32)
+
+
+@pytest.mark.parametrize("batching", ["is_grads_batched", "vmap"])
+@pytest.mark.parametrize("kernel", ["wian", "contrastive", "projected"])
+def test_kernels_backward_with_batched_grads(kernel, batching, switch):
+    # torch.autograd.grad(..., is_grads_batched=True) (jacobian(vectorize=True)), or
+    # torch.func.vmap over torch.autograd.grad, runs the backward under vmap, where the
+    # kernels' in-place backward failed ("vmap: aten::mul_ ... is not possible"): there they
+    # differentiate the plain formulation, as the plain path does.
+    torch.manual_seed(0)
+    if kernel == "wian":
+        module = WIAN(3, 4, 2, batch_first=True, bidirectional=True)
+        x = torch.randn(2, 3, 3, requires_grad=True)
+        weights = torch.rand(2, 3, 1)
+
+        def fn():
+            return module(x, weights=weights)[0]
+
+    else:
+        module = MCCLoss(
+            3,
+            8,
+            [5, 4, 3],
+            scales=(2,),
+            projection_dim=16 if kernel == "projected" else 4,
+            reduction="none",
+        )
+        x = torch.randn(6, 8, requires_grad=True)
+        logits, targets = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 1])
+
+        def fn():
+            return module(x, logits, targets)
+
+    inputs = [x, *module.parameters()]
+
+    def grads(mode):
+        with config.fast_paths(mode):
+            out = fn()
+            grad_outputs = torch.randn(3, *out.shape, generator=torch.Generator().manual_seed(1))
+            if batching == "is_grads_batched":
+                return torch.autograd.grad(out, inputs, grad_outputs, is_grads_batched=True)
+            return torch.func.vmap(
+                lambda v: torch.autograd.grad(out, inputs, v, retain_graph=True)
+            )(grad_outputs)
+
+    for got, want in zip(grads(switch), grads("off"), strict=True):
+        torch.testing.assert_close(got, want, **F32)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from micacl_layers import config
-from micacl_layers._fast.onednn import FastLinear, dual, mm_t
+from micacl_layers._fast.onednn import FastLinear, differentiate_reference, dual, mm_t
 
 __all__: list[str] = []
 
@@ -119,6 +119,8 @@ def _positive_counts(
 ) -> torch.Tensor:
     """``|P(i)|`` without a ``(B, M)`` mask: how often each anchor's class occurs."""
     ordered = cand_targets.sort().values
+    # (searchsorted warns about a non-contiguous query, e.g. labels that are a strided view.)
+    targets = targets.contiguous()
     counts = torch.searchsorted(ordered, targets, right=True) - torch.searchsorted(ordered, targets)
     return counts - 1 if exclude_self else counts
 
@@ -309,8 +311,9 @@ class _ContrastiveCore(torch.autograd.Function):
             aux,
             has_positive,
         ) = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            # create_graph=True (double backward): differentiate the reference formulation.
+        if differentiate_reference(grad_loss):
+            # create_graph=True (double backward) or batched gradients: differentiate the
+            # reference formulation.
             with torch.enable_grad():
                 loss, _ = ctx.reference(
                     z, mem, targets, cand_targets, temperature, ctx.form, ctx.exclude_self, ctx.eps
@@ -451,8 +454,9 @@ class _ProjectedContrastiveCore(torch.autograd.Function):
             aux,
             has_positive,
         ) = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            # create_graph=True (double backward): differentiate the reference formulation.
+        if differentiate_reference(grad_loss):
+            # create_graph=True (double backward) or batched gradients: differentiate the
+            # reference formulation.
             inputs = [t for t in (x, weight, bias) if t is not None and t.requires_grad]
             with torch.enable_grad():
                 z = F.linear(x, weight, bias)

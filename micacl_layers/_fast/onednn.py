@@ -63,6 +63,27 @@ def dual(*tensors: torch.Tensor | None) -> bool:
     return any(t is not None and fwad.unpack_dual(t).tangent is not None for t in tensors)
 
 
+def differentiate_reference(*grads: torch.Tensor | None) -> bool:
+    """Whether a kernel's backward, given ``grads``, should differentiate the plain formulation.
+
+    For a double backward (``create_graph=True``: grad mode is on in the backward), under a
+    ``torch.func`` transform, and for batched gradients (``torch.autograd.grad`` with
+    ``is_grads_batched=True`` vmaps the backward), which the in-place backwards cannot write
+    into their unbatched buffers.
+    """
+    return (
+        torch.is_grad_enabled()
+        or config._functorch_transform_active()
+        or any(g is not None and _is_legacy_batched(g) for g in grads)
+    )
+
+
+def _is_legacy_batched(t: torch.Tensor) -> bool:
+    # (is_grads_batched runs the backward under torch's older vmap, which no query reports.)
+    check = getattr(torch._C._functorch, "is_legacy_batchedtensor", None)
+    return check is not None and bool(check(t))
+
+
 def mm_t(x: torch.Tensor, y: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ y^T (+ bias)`` for 2-D ``x`` ``(M, K)``, ``y`` ``(N, K)``; views are fine."""
     if _onednn_operands(x, y, bias):

@@ -27,7 +27,7 @@ from typing import cast
 import torch
 
 from micacl_layers import config
-from micacl_layers._fast.onednn import Products, dual
+from micacl_layers._fast.onednn import Products, differentiate_reference, dual
 
 __all__: list[str] = []
 
@@ -133,17 +133,17 @@ class _WIANLayer(torch.autograd.Function):
 
     The same values as the plain formulation and the same inputs: ``x``, ``h0``, ``c0``, ``weight``
     as there, ``zero_state`` (no ``hx`` given: ``h0`` is all zeros, so the first step's recurrent
-    product, which adds exactly nothing, is skipped), ``reference`` (the plain formulation, for a
-    double backward), then the parameters ``W_ih, W_hh, b_ih, b_hh`` of each direction as they are
-    (no stacked copies). Every buffer keeps both directions in time order (the reverse direction is
-    not flipped), so the input projection reads ``x`` as it is, the input gradient is one sum of
-    products, and the output is one copy; a loop step addresses the two directions' different times
-    through :func:`_step_pairs`. The forward projects the inputs of every step at once, then writes
-    each step into preallocated buffers and keeps what the backward needs; the backward turns the
-    activations into per-gate factors for all steps at once, then runs one small product per
-    direction and five in-place element-wise ops per step, and the gradients of ``W_hh``, ``W_ih``
-    and the input are one product each over all steps (autograd would accumulate ``W_hh``'s step by
-    step).
+    product, which adds nothing but the NaN of a non-finite ``W_hh``, is skipped), ``reference``
+    (the plain formulation, for a double backward), then the parameters ``W_ih, W_hh, b_ih, b_hh``
+    of each direction as they are (no stacked copies). Every buffer keeps both directions in time
+    order (the reverse direction is not flipped), so the input projection reads ``x`` as it is, the
+    input gradient is one sum of products, and the output is one copy; a loop step addresses the two
+    directions' different times through :func:`_step_pairs`. The forward projects the inputs of
+    every step at once, then writes each step into preallocated buffers and keeps what the backward
+    needs; the backward turns the activations into per-gate factors for all steps at once, then runs
+    one small product per direction and five in-place element-wise ops per step, and the gradients
+    of ``W_hh``, ``W_ih`` and the input are one product each over all steps (autograd would
+    accumulate ``W_hh``'s step by step).
     """
 
     @staticmethod
@@ -159,12 +159,16 @@ class _WIANLayer(torch.autograd.Function):
         # flat: x as (T * B, I), contiguous (the products of the backward read it too).
         ctx.save_for_backward(x, flat, h0, c0, weight, hs, cs, tanh_c, i_cand, d_all, *params)
         dirs, steps = hs.shape[0], x.shape[0]
-        out = hs.new_empty(steps, x.shape[1], dirs, hs.shape[-1])
-        out.copy_(hs[:, 1 : steps + 1].permute(1, 2, 0, 3))
+        # Returned as a tensor of its own, not a view: autograd refuses in-place changes to an
+        # output of a Function that is a view (the plain path's output allows them).
+        out = hs.new_empty(steps, x.shape[1], dirs * hs.shape[-1])
+        out.view(steps, x.shape[1], dirs, hs.shape[-1]).copy_(
+            hs[:, 1 : steps + 1].permute(1, 2, 0, 3)
+        )
         last = _step_rows(dirs, steps)[2][-1]  # each direction's state after its last step
         h_n = torch.stack([hs[k, r] for k, r in enumerate(last)])
         c_n = torch.stack([cs[k, r] for k, r in enumerate(last)])
-        return out.view(steps, x.shape[1], dirs * hs.shape[-1]), h_n, c_n
+        return out, h_n, c_n
 
     @staticmethod
     def run(x, h0, c0, weight, zero_state, params):
@@ -197,6 +201,11 @@ class _WIANLayer(torch.autograd.Function):
             hs[k, r] = h0[k]
             cs[k, r] = c0[k]
         recurrent = Products(w_hh, pack_rows=batch)  # h @ W_hh^T + proj
+        first_product = None
+        if zero_state:
+            # h_0 = 0: the first step's product is skipped. Its entries are 0 but NaN in the
+            # rows of W_hh with an inf or NaN (0 * inf is NaN), as the plain path's product.
+            first_product = [_zero_times(w, dim=1) for w in w_hh]
         cand = slice(2 * hidden, 3 * hidden)
         # Per-step views, taken once (indexing inside the loop costs more than the small ops).
         act_t = _step_pairs(acts, at)
@@ -206,9 +215,12 @@ class _WIANLayer(torch.autograd.Function):
         tanh_t, i_cand_t = _step_pairs(tanh_c, at), _step_pairs(i_cand, at)
         d_t = None if d_all is None else _step_pairs(d_all, at)
         for t in range(steps):
-            # h0 = 0 adds exactly nothing: the same values without the product.
+            # h0 = 0 adds nothing but NaN (first_product): the same values without the product.
             adds = [proj[k][r] for k, r in enumerate(at[t])]
-            g = adds if zero_state and t == 0 else recurrent.each(h_prev_t[t], adds)
+            if first_product is not None and t == 0:
+                g = [a.add_(p) for a, p in zip(adds, first_product, strict=True)]
+            else:
+                g = recurrent.each(h_prev_t[t], adds)
             for k in range(dirs):
                 # tanh(x) = 2 sigmoid(2x) - 1: one sigmoid over all five gates. (torch.tanh
                 # costs several sigmoids on some CPUs.) g may be proj's own rows: they are not
@@ -244,8 +256,9 @@ class _WIANLayer(torch.autograd.Function):
     @staticmethod
     def _backward(ctx, saved, grad_out, grad_h, grad_c):
         (x, flat_x, h0, c0, weight, hs, cs, tanh_c, i_cand, d_all, *params) = saved
-        if torch.is_grad_enabled():
-            # create_graph=True (double backward): differentiate the reference formulation.
+        if differentiate_reference(grad_out, grad_h, grad_c):
+            # create_graph=True (double backward) or batched gradients: differentiate the
+            # reference formulation.
             return _reference_backward(
                 ctx, (x, h0, c0, weight, *params), (grad_out, grad_h, grad_c)
             )
@@ -319,7 +332,7 @@ class _WIANLayer(torch.autograd.Function):
         d_x = None
         if needs[0]:  # both directions read the same x: one sum of products
             d_x = Products([w.t() for w in params[0::4]]).summed(flat_grads).view(x.shape)
-        # sum_t dgates_t^T h_{t-1}: h_{-1} = 0 adds nothing.
+        # sum_t dgates_t^T h_{t-1}: h_{-1} = 0 adds nothing but NaN (added below).
         first = 1 if ctx.zero_state else 0
         n = (steps - first) * batch
         param_grads: list[torch.Tensor | None] = []
@@ -335,6 +348,8 @@ class _WIANLayer(torch.autograd.Function):
                     acts[k, lo : lo + steps - first].reshape(n, gates),
                     _state_rows(hs, k, lo, steps - first).reshape(n, hidden),
                 )
+                if ctx.zero_state and batch > 0:  # the first step's dgates^T h_0: 0, or NaN
+                    d_w_hh.add_(_zero_times(acts[k, at[0][k]], dim=0).unsqueeze(1))
             d_b_ih = d_b_hh = None
             if needs[w_ih_i + 2] or needs[w_ih_i + 3]:
                 d_b = flat_grads[k].sum(dim=0)
@@ -348,6 +363,14 @@ class _WIANLayer(torch.autograd.Function):
         d_h0 = dh if needs[1] else None
         d_c0 = dc if needs[2] else None
         return (d_x, d_h0, d_c0, d_weight, None, None, *param_grads)
+
+
+def _zero_times(m: torch.Tensor, dim: int) -> torch.Tensor:
+    """A product of ``m`` with zeros, contracting ``dim``, without the product.
+
+    0, or NaN where that line of ``m`` holds an inf or NaN (``0 * inf`` is NaN), as the product.
+    """
+    return torch.linalg.vector_norm(m, float("inf"), dim=dim).mul_(0)
 
 
 def _state_rows(states: torch.Tensor, k: int, start: int, count: int) -> torch.Tensor:
