@@ -212,7 +212,8 @@ def check_size(name: str, t: torch.Tensor, dim: int, expected: int, layout: str)
 
 def check_same_batch(**tensors: torch.Tensor) -> None:
     """All named tensors must agree in their first (batch) dimension."""
-    sizes = {name: t.shape[0] for name, t in tensors.items()}
+    # int(): under torch.jit.trace the sizes are traced tensors, which a set never merges.
+    sizes = {name: int(t.shape[0]) for name, t in tensors.items()}
     if len(set(sizes.values())) > 1:
         listed = ", ".join(f"`{n}` has {s}" for n, s in sizes.items())
         raise ValueError(f"batch sizes differ: {listed}; they must be equal.")

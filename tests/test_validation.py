@@ -1274,3 +1274,16 @@ def test_check_unit_interval_names_the_argument(value):
 
     with pytest.raises(ValueError, match=r"^`label_smoothing` must be a number in \[0, 1\], got "):
         check_unit_interval("label_smoothing", value)
+
+
+def test_batch_check_under_jit_trace_compares_the_sizes_as_numbers():
+    # Traced sizes are tensors, which a set never merges: tracing MCCLoss raised "batch sizes
+    # differ: `logits` has 6, `targets` has 6".
+    import warnings
+
+    mccl = MCCLoss(3, 8, [5, 3, 1], projection_dim=4)
+    f, z, y = torch.randn(6, 8), torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's TracerWarnings
+        traced = torch.jit.trace(mccl, (f, z, y))
+    torch.testing.assert_close(traced(f, z, y), mccl(f, z, y))
