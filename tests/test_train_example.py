@@ -314,6 +314,16 @@ def test_a_bad_device_or_backbone_weights_is_refused_naming_the_option(tmp_path,
         assert extra[-2] in err and named in err, (extra, err)
 
 
+def test_a_warmup_as_long_as_the_run_is_reported():
+    # --epochs 5 with the default 10 warm-up epochs never reached --lr nor decayed, silently.
+    with pytest.warns(UserWarning, match=r"--warmup-epochs \(10\) >= --epochs \(5\)"):
+        train_dfew.parse_args(["--dataset", "dfew", "--root", "x", "--epochs", "5"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train_dfew.parse_args(["--dataset", "dfew", "--root", "x", "--epochs", "11"])
+        train_dfew.parse_args(["--dataset", "synthetic", "--demo"])  # 1 warm-up of 10 epochs
+
+
 def test_paper_defaults():
     args = train_dfew.parse_args(["--dataset", "dfew", "--root", "x"])
     assert (args.lr, args.weight_decay, args.min_lr, args.epochs) == (4e-4, 0.05, 3e-6, 300)
