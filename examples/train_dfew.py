@@ -365,15 +365,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             + " (MCCL's options) have no effect with --loss ce: label-smoothed CE, no MCCL",
             stacklevel=2,
         )
-    if 0 < args.epochs <= args.warmup_epochs:
-        # Legal, but a run that never reaches --lr nor decays is rarely what was meant: the
-        # default warm-up is 10 epochs, so a short --epochs alone gets there.
-        warnings.warn(
-            f"--warmup-epochs ({args.warmup_epochs}) >= --epochs ({args.epochs}): the learning "
-            f"rate rises for the whole run and never reaches --lr ({args.lr}) nor decays; pass "
-            "a shorter --warmup-epochs",
-            stacklevel=2,
-        )
     if args.resume and args.overwrite:
         if "overwrite" in explicit:  # else --demo's: a typed --resume wins over it
             parser.error(
@@ -389,6 +380,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.fold != "all" and args.fold not in {"1", "2", "3", "4", "5"}:
         parser.error(f"--fold must be 1..5 or 'all', got {args.fold!r}")
     check_numbers(parser, args)
+    if 0 < args.epochs <= args.warmup_epochs:
+        # Legal, but a run that never reaches --lr nor decays is rarely what was meant: the
+        # default warm-up is 10 epochs, so a short --epochs alone gets there.
+        warnings.warn(
+            f"--warmup-epochs ({args.warmup_epochs}) >= --epochs ({args.epochs}): the learning "
+            f"rate rises for the whole run and never reaches --lr ({args.lr}) nor decays; pass "
+            "a shorter --warmup-epochs",
+            stacklevel=2,
+        )
     check_device_and_weights(parser, args)
     if args.num_frames % args.num_instances:
         parser.error("--num-instances must divide --num-frames")
