@@ -193,3 +193,26 @@ def test_micacl_runs_float64_and_float16_clips_in_its_parameter_dtype():
     logits16, _ = model(clip.half())
     assert logits16.dtype == torch.float32
     torch.testing.assert_close(logits16, model(clip.half().float())[0])
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"bidirectional": "no"}, TypeError, "`bidirectional` must be a bool, got 'no'"),
+        ({"bidirectional": 0.5, "aggregator": "lstm"}, TypeError, "`bidirectional` must be a bool"),
+        ({"use_geiim": "no"}, TypeError, "`use_geiim` must be a bool, got 'no'"),
+    ],
+)
+def test_head_rejects_non_bool_switches(options, error, match):
+    # "no" is truthy: a bidirectional WIAN (or an nn.LSTM showing bidirectional=no) and a GEIIM
+    # were built silently.
+    with pytest.raises(error, match=match):
+        MICACLHead(8, 3, num_instances=4, hidden_size=6, **options)
+
+
+@pytest.mark.parametrize("hidden_size", [0, True, 2.0])
+def test_head_conv1d_checks_hidden_size(hidden_size):
+    # The conv1d aggregator never checked it: 0 built an empty Conv1d and a classifier on zero
+    # features, True failed inside torch.empty.
+    with pytest.raises(ValueError, match="`hidden_size` must be a positive int"):
+        MICACLHead(8, 3, num_instances=4, hidden_size=hidden_size, aggregator="conv1d")
