@@ -216,3 +216,12 @@ def test_head_conv1d_checks_hidden_size(hidden_size):
     # features, True failed inside torch.empty.
     with pytest.raises(ValueError, match="`hidden_size` must be a positive int"):
         MICACLHead(8, 3, num_instances=4, hidden_size=hidden_size, aggregator="conv1d")
+
+
+def test_micacl_names_a_clip_on_another_device():
+    # It failed inside conv3d ("Tensor on device meta is not on the expected device cpu!").
+    model = MICACL(7, backbone="tiny", num_frames=4, num_instances=2, tiny_dim=8, hidden_size=4)
+    with pytest.raises(ValueError, match=r"`clip` must be on the device of the MICACL's"):
+        model(torch.rand(1, 3, 4, 8, 8, device="meta"))
+    with pytest.raises(ValueError, match=r"`clip` must be on the device of the MICACL's"):
+        model.to("meta").instance_features(torch.rand(1, 3, 4, 8, 8))
