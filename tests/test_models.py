@@ -225,3 +225,28 @@ def test_micacl_names_a_clip_on_another_device():
         model(torch.rand(1, 3, 4, 8, 8, device="meta"))
     with pytest.raises(ValueError, match=r"`clip` must be on the device of the MICACL's"):
         model.to("meta").instance_features(torch.rand(1, 3, 4, 8, 8))
+
+
+@pytest.mark.parametrize(
+    ("clip", "error", "match"),
+    [
+        (torch.rand(3, 4, 8, 8), ValueError, r"`x` must have shape \(N, 3, F, H, W\)"),
+        (torch.rand(2, 1, 4, 8, 8), ValueError, r"`x` must have shape \(N, 3, F, H, W\)"),
+        (torch.ones(2, 3, 4, 8, 8, dtype=torch.long), TypeError, "`x` must be a floating"),
+        (torch.rand(2, 3, 4, 8, 8, device="meta"), ValueError, "`x` must be on the device"),
+    ],
+)
+def test_tiny_backbone_names_bad_inputs(clip, error, match):
+    # They failed inside batch_norm/conv3d ("expected 5D input", "not implemented for 'Long'").
+    with pytest.raises(error, match=match):
+        TinyVideoBackbone(8)(clip)
+
+
+def test_tiny_backbone_runs_other_floating_dtypes_in_its_parameter_dtype():
+    # A float32 clip into a float16 backbone failed in conv3d ("expected scalar type").
+    torch.manual_seed(0)
+    net = TinyVideoBackbone(8).eval()
+    clip = torch.rand(2, 3, 4, 8, 8)
+    out = net.double()(clip)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, net(clip.double()))
