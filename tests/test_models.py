@@ -250,3 +250,10 @@ def test_tiny_backbone_runs_other_floating_dtypes_in_its_parameter_dtype():
     out = net.double()(clip)
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, net(clip.double()))
+
+
+@pytest.mark.parametrize("num_layers", [0, "2", 1.5])
+def test_head_conv1d_checks_num_layers(num_layers):
+    # The conv1d aggregator ignores it, and nothing else checked it: any value was accepted.
+    with pytest.raises(ValueError, match="`num_layers` must be a positive int"):
+        MICACLHead(8, 3, num_instances=4, hidden_size=6, num_layers=num_layers, aggregator="conv1d")

@@ -124,10 +124,12 @@ class MICACLHead(nn.Module):
             raise ValueError(f"`weight_mode` must be one of {WEIGHT_MODES}, got {weight_mode!r}.")
         dropout = check_unit_interval("dropout", dropout)
         # ("no" is truthy: it built a bidirectional WIAN or a GEIIM; and the conv1d aggregator,
-        # which WIAN's checks never see, built a zero-width Conv1d from hidden_size=0.)
+        # which WIAN's checks never see, built a zero-width Conv1d from hidden_size=0 and took
+        # any num_layers.)
         bidirectional = check_bool("bidirectional", bidirectional)
         use_geiim = check_bool("use_geiim", use_geiim)
         hidden_size = check_positive_int("hidden_size", hidden_size)
+        num_layers = check_positive_int("num_layers", num_layers)  # (conv1d: unused, but valid)
         self.geiim = (
             GEIIM(num_instances, in_dim, node_dim=node_dim, kernel_sizes=kernel_sizes)
             if use_geiim
