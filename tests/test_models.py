@@ -257,3 +257,17 @@ def test_head_conv1d_checks_num_layers(num_layers):
     # The conv1d aggregator ignores it, and nothing else checked it: any value was accepted.
     with pytest.raises(ValueError, match="`num_layers` must be a positive int"):
         MICACLHead(8, 3, num_instances=4, hidden_size=6, num_layers=num_layers, aggregator="conv1d")
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"kernel_sizes": (2,)}, "`kernel_sizes` must hold odd positive ints"),
+        ({"node_dim": 0}, "`node_dim` must be a positive int"),
+    ],
+)
+def test_head_without_geiim_still_checks_its_options(options, match):
+    # They were accepted silently with use_geiim=False (weight_mode is checked for every
+    # aggregator, GEIIM's dropout without the stage it applies to).
+    with pytest.raises(ValueError, match=match):
+        MICACLHead(8, 3, num_instances=4, hidden_size=6, use_geiim=False, **options)
