@@ -182,6 +182,17 @@ def _graph_propagate(
     return alpha * x + (1.0 - alpha) * torch.matmul(adjacency.to(x.dtype), x)
 
 
+def _check_kernel_sizes(kernel_sizes: object) -> tuple[int, ...]:
+    """GEIIM's ``kernel_sizes``: odd positive ints (empty or ``None``: no multiscale stage)."""
+    if kernel_sizes is not None and not isinstance(kernel_sizes, Sequence):
+        raise ValueError(f"`kernel_sizes` must hold odd positive ints, got {kernel_sizes!r}.")
+    sizes = tuple(kernel_sizes or ())
+    for k in sizes:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
+            raise ValueError(f"`kernel_sizes` must hold odd positive ints, got {sizes}.")
+    return sizes
+
+
 def _alpha_logit(alpha: float) -> torch.Tensor:
     # In float64, so an alpha_init of 0 or 1 stays finite before rounding to the parameter.
     return torch.logit(torch.tensor(alpha, dtype=torch.float64), eps=1e-12)
@@ -268,12 +279,7 @@ class GEIIM(nn.Module):
         alpha_init = alpha
         # (Checked with or without the multiscale stage it applies to.)
         dropout = check_unit_interval("dropout", dropout)
-        if kernel_sizes is not None and not isinstance(kernel_sizes, Sequence):
-            raise ValueError(f"`kernel_sizes` must hold odd positive ints, got {kernel_sizes!r}.")
-        kernel_sizes = tuple(kernel_sizes or ())
-        for k in kernel_sizes:
-            if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
-                raise ValueError(f"`kernel_sizes` must hold odd positive ints, got {kernel_sizes}.")
+        kernel_sizes = _check_kernel_sizes(kernel_sizes)
         self.kernel_sizes = kernel_sizes
 
         self.node_src = nn.Parameter(torch.empty(num_instances, node_dim, **factory))

@@ -193,3 +193,81 @@ def test_micacl_runs_float64_and_float16_clips_in_its_parameter_dtype():
     logits16, _ = model(clip.half())
     assert logits16.dtype == torch.float32
     torch.testing.assert_close(logits16, model(clip.half().float())[0])
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"bidirectional": "no"}, TypeError, "`bidirectional` must be a bool, got 'no'"),
+        ({"bidirectional": 0.5, "aggregator": "lstm"}, TypeError, "`bidirectional` must be a bool"),
+        ({"use_geiim": "no"}, TypeError, "`use_geiim` must be a bool, got 'no'"),
+    ],
+)
+def test_head_rejects_non_bool_switches(options, error, match):
+    # "no" is truthy: a bidirectional WIAN (or an nn.LSTM showing bidirectional=no) and a GEIIM
+    # were built silently.
+    with pytest.raises(error, match=match):
+        MICACLHead(8, 3, num_instances=4, hidden_size=6, **options)
+
+
+@pytest.mark.parametrize("hidden_size", [0, True, 2.0])
+def test_head_conv1d_checks_hidden_size(hidden_size):
+    # The conv1d aggregator never checked it: 0 built an empty Conv1d and a classifier on zero
+    # features, True failed inside torch.empty.
+    with pytest.raises(ValueError, match="`hidden_size` must be a positive int"):
+        MICACLHead(8, 3, num_instances=4, hidden_size=hidden_size, aggregator="conv1d")
+
+
+def test_micacl_names_a_clip_on_another_device():
+    # It failed inside conv3d ("Tensor on device meta is not on the expected device cpu!").
+    model = MICACL(7, backbone="tiny", num_frames=4, num_instances=2, tiny_dim=8, hidden_size=4)
+    with pytest.raises(ValueError, match=r"`clip` must be on the device of the MICACL's"):
+        model(torch.rand(1, 3, 4, 8, 8, device="meta"))
+    with pytest.raises(ValueError, match=r"`clip` must be on the device of the MICACL's"):
+        model.to("meta").instance_features(torch.rand(1, 3, 4, 8, 8))
+
+
+@pytest.mark.parametrize(
+    ("clip", "error", "match"),
+    [
+        (torch.rand(3, 4, 8, 8), ValueError, r"`x` must have shape \(N, 3, F, H, W\)"),
+        (torch.rand(2, 1, 4, 8, 8), ValueError, r"`x` must have shape \(N, 3, F, H, W\)"),
+        (torch.ones(2, 3, 4, 8, 8, dtype=torch.long), TypeError, "`x` must be a floating"),
+        (torch.rand(2, 3, 4, 8, 8, device="meta"), ValueError, "`x` must be on the device"),
+    ],
+)
+def test_tiny_backbone_names_bad_inputs(clip, error, match):
+    # They failed inside batch_norm/conv3d ("expected 5D input", "not implemented for 'Long'").
+    with pytest.raises(error, match=match):
+        TinyVideoBackbone(8)(clip)
+
+
+def test_tiny_backbone_runs_other_floating_dtypes_in_its_parameter_dtype():
+    # A float32 clip into a float16 backbone failed in conv3d ("expected scalar type").
+    torch.manual_seed(0)
+    net = TinyVideoBackbone(8).eval()
+    clip = torch.rand(2, 3, 4, 8, 8)
+    out = net.double()(clip)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, net(clip.double()))
+
+
+@pytest.mark.parametrize("num_layers", [0, "2", 1.5])
+def test_head_conv1d_checks_num_layers(num_layers):
+    # The conv1d aggregator ignores it, and nothing else checked it: any value was accepted.
+    with pytest.raises(ValueError, match="`num_layers` must be a positive int"):
+        MICACLHead(8, 3, num_instances=4, hidden_size=6, num_layers=num_layers, aggregator="conv1d")
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"kernel_sizes": (2,)}, "`kernel_sizes` must hold odd positive ints"),
+        ({"node_dim": 0}, "`node_dim` must be a positive int"),
+    ],
+)
+def test_head_without_geiim_still_checks_its_options(options, match):
+    # They were accepted silently with use_geiim=False (weight_mode is checked for every
+    # aggregator, GEIIM's dropout without the stage it applies to).
+    with pytest.raises(ValueError, match=match):
+        MICACLHead(8, 3, num_instances=4, hidden_size=6, use_geiim=False, **options)

@@ -14,7 +14,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from micacl_layers._validation import check_bool, check_positive_int
+from micacl_layers._validation import (
+    check_bool,
+    check_device,
+    check_floating,
+    check_ndim,
+    check_positive_int,
+    describe,
+    to_parameter_dtype,
+)
 
 __all__ = [
     "KINETICS_MEAN",
@@ -131,5 +139,16 @@ class TinyVideoBackbone(nn.Module):
         self.out_dim = out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Embed each snippet."""
+        """Embed each snippet.
+
+        Input of another floating dtype than the parameters is cast to theirs (as in
+        :class:`~micacl_layers.models.MICACL`).
+        """
+        # (These failed inside batch_norm or conv3d.)
+        x = check_floating("x", x)
+        check_ndim("x", x, 5, "(N, 3, F, H, W)")
+        if x.shape[1] != 3:
+            raise ValueError(f"`x` must have shape (N, 3, F, H, W), got {describe(x)}.")
+        check_device("x", x, self.proj.weight.device, "TinyVideoBackbone")
+        x = to_parameter_dtype(x, self.proj.weight)
         return self.proj(self.features(self.input_norm(x)))

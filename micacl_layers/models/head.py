@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from micacl_layers._validation import (
+    check_bool,
     check_device,
     check_finite_parameters,
     check_floating,
@@ -29,7 +30,7 @@ from micacl_layers._validation import (
     torchscript_unsupported,
 )
 from micacl_layers.attention import InstanceSelfAttention
-from micacl_layers.geiim import GEIIM
+from micacl_layers.geiim import GEIIM, _check_kernel_sizes
 from micacl_layers.instance_weights import WEIGHT_MODES, InstanceWeights, WeightMode
 from micacl_layers.wian import WIAN
 
@@ -122,6 +123,16 @@ class MICACLHead(nn.Module):
         if weight_mode not in WEIGHT_MODES:
             raise ValueError(f"`weight_mode` must be one of {WEIGHT_MODES}, got {weight_mode!r}.")
         dropout = check_unit_interval("dropout", dropout)
+        # ("no" is truthy: it built a bidirectional WIAN or a GEIIM; and the conv1d aggregator,
+        # which WIAN's checks never see, built a zero-width Conv1d from hidden_size=0 and took
+        # any num_layers.)
+        bidirectional = check_bool("bidirectional", bidirectional)
+        use_geiim = check_bool("use_geiim", use_geiim)
+        hidden_size = check_positive_int("hidden_size", hidden_size)
+        num_layers = check_positive_int("num_layers", num_layers)  # (conv1d: unused, but valid)
+        # (Checked without GEIIM too, as weight_mode is for every aggregator.)
+        node_dim = check_positive_int("node_dim", node_dim)
+        kernel_sizes = _check_kernel_sizes(kernel_sizes)
         self.geiim = (
             GEIIM(num_instances, in_dim, node_dim=node_dim, kernel_sizes=kernel_sizes)
             if use_geiim

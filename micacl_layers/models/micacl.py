@@ -13,6 +13,7 @@ from torch import nn
 
 from micacl_layers._validation import (
     check_bool,
+    check_device,
     check_floating,
     check_ndim,
     check_positive_int,
@@ -125,8 +126,12 @@ class MICACL(nn.Module):
                 f"`clip` must have shape (B, 3, F, H, W) with F={self.num_frames}, "
                 f"got {describe(clip)}."
             )
+        reference = next(self.backbone.parameters(), None)
+        # (Another device failed inside the backbone's first convolution.)
+        device = (reference if reference is not None else self.head.classifier.weight).device
+        check_device("clip", clip, device, "MICACL")
         # Another floating dtype runs in the backbone's parameter dtype, as autocast would.
-        clip = to_parameter_dtype(clip, next(self.backbone.parameters(), None))
+        clip = to_parameter_dtype(clip, reference)
         if self.normalize:
             clip = (clip - self.mean.to(clip.dtype)) / self.std.to(clip.dtype)
         b, c, f, h, w = clip.shape
