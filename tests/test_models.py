@@ -52,6 +52,19 @@ def test_head_padding_mask_excludes_padded_instances_from_the_clip_feature():
     torch.testing.assert_close(a[0], b[0])
 
 
+@pytest.mark.parametrize("padded", [[False, False, True, True], [True, False, False, False]])
+def test_wian_head_ignores_padding_at_either_end_of_the_clip(padded):
+    # What the docs promise for the default head (WIAN, both directions, attention): padded
+    # instances at the start or the end do not move the logits, whatever they hold.
+    torch.manual_seed(0)
+    head = MICACLHead(16, 5, num_instances=4, hidden_size=8).eval()
+    x = torch.randn(2, 4, 16)
+    mask = torch.tensor([padded, [False] * 4])
+    y = x.clone()
+    y[0, torch.tensor(padded)] = 100.0
+    torch.testing.assert_close(head(x, mask)[0], head(y, mask)[0])
+
+
 def test_head_rejects_wrong_instances():
     head = MICACLHead(16, 5, num_instances=4, hidden_size=8)
     with pytest.raises(ValueError, match="num_instances|\\(B, 4, 16\\)"):

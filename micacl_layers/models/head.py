@@ -190,6 +190,11 @@ class MICACLHead(nn.Module):
         Args:
             x: Instance features.
             padding_mask: Optional, ``True`` marks padded instances (excluded from pooling).
+                With the ``"wian"`` aggregator, padding at the start or the end of a clip does
+                not reach the logits; padding between real instances still drives WIAN's
+                gates, and the ``"lstm"`` and ``"conv1d"`` aggregators read padded instances
+                wherever they are (only the pooling leaves them out), so pad at the end with
+                those in mind.
 
         Returns:
             ``(logits, clip_feature)``; ``clip_feature`` is what the classifier saw, the input
