@@ -345,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
 MCCL_OPTIONS = ("mc_weight", "mccl_form", "tau0")
 
 
+def _flag(dest: str) -> str:
+    """The command-line flag of an argparse ``dest``: ``min_lr`` -> ``--min-lr``."""
+    return "--" + dest.replace("_", "-")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -361,7 +366,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ignored = [d for d in MCCL_OPTIONS if d in explicit] if args.loss == "ce" else []
     if ignored:  # e.g. passed to every row of an ablation: the CE row has no MCCL to set
         warnings.warn(
-            ", ".join("--" + d.replace("_", "-") for d in ignored)
+            ", ".join(_flag(d) for d in ignored)
             + " (MCCL's options) have no effect with --loss ce: label-smoothed CE, no MCCL",
             stacklevel=2,
         )
@@ -511,14 +516,14 @@ def check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     for dest, low in _AT_LEAST:
         value = getattr(args, dest)
         if value is not None and not value >= low:  # `not >=`: NaN fails too
-            flag = "--" + dest.replace("_", "-")
+            flag = _flag(dest)
             parser.error(f"{flag} must be >= {low}, got {value}")
     for dest, low, inclusive in _FINITE_FLOATS:
         value = getattr(args, dest)
         if value is None:
             continue
         if not (math.isfinite(value) and (value >= low if inclusive else value > low)):
-            flag = "--" + dest.replace("_", "-")
+            flag = _flag(dest)
             parser.error(
                 f"{flag} must be a finite number {'>=' if inclusive else '>'} {low}, got {value}"
             )
@@ -1148,9 +1153,7 @@ def train_one_fold(
             warnings.warn(
                 f"{last_path}: resuming with other options than the run was started with, so "
                 "the result is not the uninterrupted run's: "
-                + ", ".join(
-                    f"--{k.replace('_', '-')} {a!r} -> {b!r}" for k, (a, b) in changed.items()
-                ),
+                + ", ".join(f"{_flag(k)} {a!r} -> {b!r}" for k, (a, b) in changed.items()),
                 stacklevel=2,
             )
         load_state_dict_checked(step_module, ckpt["train_step"], source=str(last_path))

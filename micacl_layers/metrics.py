@@ -113,8 +113,12 @@ def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, num_classes: in
         )
     if p.device != t.device:
         raise ValueError(f"`preds` is on {p.device} but `targets` is on {t.device}")
-    flat = torch.bincount(t * k + p, minlength=k * k)
-    return flat.reshape(k, k)
+    return _count_pairs(p, t, k)
+
+
+def _count_pairs(preds: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
+    # Checked int64 indices in [0, k), one length, one device.
+    return torch.bincount(targets * k + preds, minlength=k * k).reshape(k, k)
 
 
 def per_class_recall(cm: torch.Tensor) -> torch.Tensor:
@@ -269,23 +273,20 @@ class ConfusionMatrix:
                     f"`preds_or_logits` with 1 dim must be integer class indices (B,), got "
                     f"{describe(p)}; pass (B, {k}) logits for scores"
                 )
-            _check_labels(p, "preds_or_logits", k)
+            p = _check_labels(p, "preds_or_logits", k)
         else:
             raise ValueError(
                 f"`preds_or_logits` must be (B, {k}) scores or (B,) indices, got {describe(p)}"
             )
-        if not isinstance(targets, torch.Tensor):
-            raise TypeError(f"`targets` must be a torch.Tensor, got {type(targets).__name__}")
-        _check_has_values(targets, "targets")
-        _check_labels(targets, "targets", k)
-        if targets.shape[0] != given.shape[0]:
+        t = _check_labels(targets, "targets", k)
+        if t.shape[0] != given.shape[0]:
             # (Named here: confusion_matrix would name the arg-max `preds`, shaped (B,).)
             raise ValueError(
                 f"`preds_or_logits` ({describe(given)}) and `targets` ({describe(targets)}) "
                 "must hold as many samples"
             )
-        cm = confusion_matrix(p.detach().cpu(), targets.detach().cpu(), k)
-        self._cm += cm
+        # Both checked above: counted without confusion_matrix's second pass over them.
+        self._cm += _count_pairs(p.detach().cpu(), t.detach().cpu(), k)
 
     def compute(self) -> torch.Tensor:
         """The accumulated matrix (a copy), rows = true classes, shape ``(K, K)``, int64."""

@@ -354,6 +354,15 @@ def read_split_lines(path: str | os.PathLike[str], dataset: str) -> list[tuple[i
     return lines
 
 
+def expand_root(root: str | os.PathLike[str]) -> Path:
+    """A data root with a leading ``~`` expanded, as torchvision's data sets do.
+
+    ``os.path.expanduser``, not ``Path.expanduser``: the latter raises ``RuntimeError`` for
+    ``"~name"`` naming no user (then a relative folder), or for ``"~"`` where no home is known.
+    """
+    return Path(os.path.expanduser(root))
+
+
 def _check_transform(name: str, transform: object) -> None:
     if isinstance(transform, type):  # callable, but it would read the clip as an option
         raise TypeError(

@@ -22,7 +22,13 @@ from pathlib import Path
 
 import torch
 
-from ._frames import ClipFolderDataset, check_clip_options, read_split_lines, split_error
+from ._frames import (
+    ClipFolderDataset,
+    check_clip_options,
+    expand_root,
+    read_split_lines,
+    split_error,
+)
 
 __all__ = ["DFEW", "DFEW_CLASSES", "parse_dfew_split"]
 
@@ -245,9 +251,7 @@ class DFEW(ClipFolderDataset):
             raise ValueError(f"fold must be an int in 1..5, got {fold!r}")
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        # os.path's, not Path.expanduser, which raises RuntimeError for "~name" with no such
-        # user (then a relative folder), or for "~" where no home folder is known.
-        self.root = Path(os.path.expanduser(root))  # as torchvision's: "~/DFEW" is home
+        self.root = expand_root(root)
         self.fold = int(fold)
         self.split = split
         split_file = (

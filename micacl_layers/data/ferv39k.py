@@ -23,7 +23,13 @@ from pathlib import Path
 
 import torch
 
-from ._frames import ClipFolderDataset, check_clip_options, read_split_lines, split_error
+from ._frames import (
+    ClipFolderDataset,
+    check_clip_options,
+    expand_root,
+    read_split_lines,
+    split_error,
+)
 
 __all__ = ["FERV39K_CLASSES", "FERV39k", "parse_ferv39k_split"]
 
@@ -193,9 +199,7 @@ class FERV39k(ClipFolderDataset):
         )
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        # os.path's, not Path.expanduser, which raises RuntimeError for "~name" with no such
-        # user (then a relative folder), or for "~" where no home folder is known.
-        self.root = Path(os.path.expanduser(root))  # as torchvision's data sets
+        self.root = expand_root(root)
         self.split = split
         split_file = self.root / "4_setups" / "All_scenes" / f"{split}_All.csv"
         frames_root = self.root / "2_ClipsforFaceCrop"

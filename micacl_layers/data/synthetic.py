@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ._frames import require_pil
+from ._frames import expand_root, require_pil
 from .dfew import DFEW_CLASSES
 from .ferv39k import FERV39K_CLASSES
 
@@ -507,9 +507,7 @@ def make_synthetic_dfew(
     folds = [int(f) for f in folds]
     plan = _plan(counts, frames, seed)
     _check_splits(plan, [(f" of fold {fold}", fold - 1) for fold in folds], counts, "DFEW")
-    # os.path's, not Path.expanduser, which raises RuntimeError for "~name" with no such
-    # user (then a relative folder), or for "~" where no home folder is known.
-    root = Path(os.path.expanduser(root))  # as the loaders, which must find it there
+    root = expand_root(root)  # as the loaders, which must find it there
     _fresh(root, "Clip", "EmoLabel_DataSplit")
     clips = []
     frames_root = root / "Clip" / "clip_224x224"
@@ -611,9 +609,7 @@ def make_synthetic_ferv39k(
         counts = [int(c) for c in clips_per_class]
     plan = _plan(counts, frames, seed)
     _check_splits(plan, [("", 0)], counts, "FERV39k")
-    # os.path's, not Path.expanduser, which raises RuntimeError for "~name" with no such
-    # user (then a relative folder), or for "~" where no home folder is known.
-    root = Path(os.path.expanduser(root))  # as the loaders, which must find it there
+    root = expand_root(root)  # as the loaders, which must find it there
     _fresh(root, "2_ClipsforFaceCrop", "4_setups")
     scene_rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))
     next_id: dict[tuple[str, int], int] = {}

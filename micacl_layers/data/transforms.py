@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Iterable, Sequence
+from typing import TypeGuard
 
 import torch
 import torch.nn.functional as F
@@ -76,14 +77,14 @@ def _check_clip(
         )
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[numbers.Integral]:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
     # numbers.Integral takes NumPy integers (a size read from an array or a config), as the
     # data sets' `fold` does; a bool is not a size.
-    if isinstance(size, numbers.Integral) and not isinstance(size, bool):
+    if _is_int(size):
         pair = (int(size), int(size))
     elif isinstance(size, Sequence) and len(size) == 2 and all(_is_int(s) for s in size):
         pair = (int(size[0]), int(size[1]))
