@@ -453,7 +453,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
         settings = {k: v for k, v in settings.items() if k in args.settings}
 
-    td = load_train_dfew()
     common = ["--dataset", args.dataset, "--fold", args.fold, "--no-plots"]
     data: dict[str, Any] = {"dataset": args.dataset, "fold": args.fold}
     if args.dataset == "synthetic":
@@ -474,7 +473,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 folds=(1, 2, 3, 4, 5),
                 seed=args.data_seed,
             )
-            td.write_text_atomic(marker, json.dumps(made))
+            tmp = marker.with_name(f".{marker.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(made))
+            os.replace(tmp, marker)
         elif marker.is_file():
             old = json.loads(marker.read_text())
             differ = [k for k in made if old.get(k) != made[k]]
@@ -483,7 +484,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     f"--root {root} holds synthetic data made with "
                     + ", ".join(f"{k}={old.get(k)}" for k in made)
                     + "; "
-                    + " and ".join(f"{td._flag(k)} {made[k]}" for k in differ)
+                    + " and ".join(f"--{k.replace('_', '-')} {made[k]}" for k in differ)
                     + " would run on them: pass the same options, or another --root"
                 )
         else:  # made by hand or by an older version of this script: what with is not known
@@ -504,6 +505,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "--quiet" not in passthrough:
         common.append("--quiet")
 
+    td = load_train_dfew()
     started = time.time()
     meta = {
         "command": "python " + " ".join(shlex.quote(a) for a in ["examples/ablation.py", *argv]),
