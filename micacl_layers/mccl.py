@@ -398,7 +398,7 @@ class MultiscaleCategoryAwareContrastiveLoss(RunningClassCounts):
         weight_norm: ``"classes"`` (Eq. 7) or ``"batch"`` (weights' batch mean 1). Not in the
             paper.
         memory_size: Keep a FIFO queue of this many past (detached) embeddings and labels per
-            scale as extra contrast candidates in training mode (0: none); see
+            scale as extra contrast candidates in training mode (an int; 0: none); see
             :class:`~micacl_layers.memory.ContrastMemory`. Saved in the ``state_dict``;
             :meth:`reset_memory` empties it.
         gather_distributed: Under ``torch.distributed``, gather features, logits and targets

@@ -10,6 +10,7 @@ batches' worth is typical), or :meth:`ContrastMemory.reset` it after large updat
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -62,8 +63,13 @@ class ContrastMemory(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> ContrastMemory | None:
-        """A memory of ``size`` samples, or ``None`` for ``size=0`` (a loss's ``memory_size``)."""
-        if not isinstance(size, (bool, torch.Tensor)) and size == 0:
+        """A memory of ``size`` samples, or ``None`` for an integer 0 (a loss's ``memory_size``).
+
+        A float or NumPy float zero is refused as any other size that is no int.
+        """
+        # Only an integer 0 means "no memory": `size == 0` alone also let 0.0, a NumPy float
+        # zero or np.False_ through, while 5.0 is refused as no int.
+        if isinstance(size, numbers.Integral) and not isinstance(size, bool) and size == 0:
             return None
         try:
             size = check_positive_int("memory_size", size)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+from fractions import Fraction
+
+import numpy as np
 import pytest
 import torch
 
@@ -95,3 +99,22 @@ def test_non_floating_dtype_is_refused(dtype):
     # An integer buffer was accepted and push then truncated every embedding to an integer.
     with pytest.raises(TypeError, match="`dtype` .* must be a floating torch.dtype"):
         ContrastMemory(4, (3,), dtype=dtype)
+
+
+@pytest.mark.parametrize("size", [0, np.int64(0), np.int32(0), np.uint8(0)])
+def test_an_integer_zero_disables_the_memory(size):
+    assert ContrastMemory.optional(size, (4,)) is None
+    assert MCCLoss(3, 8, [5, 3, 1], projection_dim=4, memory_size=size).memory is None
+
+
+@pytest.mark.parametrize(
+    "size", [0.0, -0.0, np.float64(0.0), np.float32(0.0), Fraction(0), False, np.bool_(False)]
+)
+def test_a_zero_that_is_no_int_is_refused_as_other_bad_sizes(size):
+    # `size == 0` let a float 0.0 through as "no memory" while a float 5.0 was refused as no
+    # int: the zero case, too, takes integers only.
+    message = rf"`memory_size` must be >= 0 \(0 disables the memory\), got {re.escape(repr(size))}"
+    with pytest.raises(ValueError, match=message):
+        ContrastMemory.optional(size, (4,))
+    with pytest.raises(ValueError, match=message):
+        MCCLoss(3, 8, [5, 3, 1], projection_dim=4, memory_size=size)

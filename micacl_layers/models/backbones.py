@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,6 +20,7 @@ from micacl_layers._validation import (
     check_device,
     check_floating,
     check_ndim,
+    check_parameter_dtype,
     check_positive_int,
     describe,
     to_parameter_dtype,
@@ -100,6 +102,9 @@ class TinyVideoBackbone(nn.Module):
         width: Channels of the first stage (doubled at each of the three stages).
         normalize_input: Standardise each snippet per colour channel first
             (``InstanceNorm3d``).
+        device: Device of the parameters and buffers.
+        dtype: Floating dtype of the parameters and buffers (BatchNorm's
+            ``num_batches_tracked`` stays a long counter, as in torch).
 
     Shape:
         - Input: :math:`(N, 3, F, H, W)`
@@ -111,20 +116,29 @@ class TinyVideoBackbone(nn.Module):
     """
 
     def __init__(
-        self, out_dim: int = 128, *, width: int = 16, normalize_input: bool = True
+        self,
+        out_dim: int = 128,
+        *,
+        width: int = 16,
+        normalize_input: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        factory: dict[str, Any] = {"device": device, "dtype": check_parameter_dtype(dtype)}
         out_dim = check_positive_int("out_dim", out_dim)
         width = check_positive_int("width", width)
         normalize_input = check_bool("normalize_input", normalize_input)
         # A network this small has no capacity to spare for lighting and colour changes:
         # standardising each snippet per channel removes them before the first convolution.
-        self.input_norm = nn.InstanceNorm3d(3) if normalize_input else nn.Identity()
+        self.input_norm = nn.InstanceNorm3d(3, **factory) if normalize_input else nn.Identity()
 
         def block(cin: int, cout: int, stride: tuple[int, int, int]) -> nn.Sequential:
             return nn.Sequential(
-                nn.Conv3d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=False),
-                nn.BatchNorm3d(cout),
+                nn.Conv3d(
+                    cin, cout, kernel_size=3, stride=stride, padding=1, bias=False, **factory
+                ),
+                nn.BatchNorm3d(cout, **factory),
                 nn.ReLU(inplace=True),
             )
 
@@ -135,7 +149,7 @@ class TinyVideoBackbone(nn.Module):
             nn.AdaptiveAvgPool3d(1),
             nn.Flatten(),
         )
-        self.proj = nn.Linear(4 * width, out_dim)
+        self.proj = nn.Linear(4 * width, out_dim, **factory)
         self.out_dim = out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -22,6 +22,7 @@ from micacl_layers._validation import (
     check_floating,
     check_ndim,
     check_padding_mask,
+    check_parameter_dtype,
     check_positive_int,
     check_some_real_instance,
     check_unit_interval,
@@ -42,9 +43,9 @@ Aggregator = Literal["wian", "lstm", "conv1d"]
 class _Conv1dAggregator(nn.Module):
     """Temporal Conv1d over instances, the aggregator of the ablation baseline (Table III a)."""
 
-    def __init__(self, in_dim: int, out_dim: int) -> None:
+    def __init__(self, in_dim: int, out_dim: int, **factory: Any) -> None:
         super().__init__()
-        self.conv = nn.Conv1d(in_dim, out_dim, kernel_size=3, padding=1)
+        self.conv = nn.Conv1d(in_dim, out_dim, kernel_size=3, padding=1, **factory)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.conv(x.transpose(1, 2))).transpose(1, 2)
@@ -73,6 +74,11 @@ class MICACLHead(nn.Module):
         node_dim: GEIIM node-embedding size.
         kernel_sizes: GEIIM multiscale kernel sizes.
         dropout: Dropout before the classifier (and inside WIAN between layers).
+        device: Device of every parameter and buffer (GEIIM, the instance weights, the
+            aggregator, the attention, the classifier), as torch layers take it; ``"meta"``
+            builds the head without storage.
+        dtype: Floating dtype of every parameter and buffer; ``None`` is torch's default
+            dtype. Input of another floating dtype is cast to it in ``forward``.
 
     Shape:
         - x: :math:`(B, T, C)`
@@ -108,8 +114,13 @@ class MICACLHead(nn.Module):
         node_dim: int = 32,
         kernel_sizes: tuple[int, ...] = (1, 3, 5),
         dropout: float = 0.1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        # (Checked before any part is built: nn.LSTM and nn.Linear fail inside nn.Parameter on
+        # an integer dtype, naming no argument.)
+        factory: dict[str, Any] = {"device": device, "dtype": check_parameter_dtype(dtype)}
         self.in_dim = check_positive_int("in_dim", in_dim)
         self.num_classes = check_positive_int("num_classes", num_classes)
         self.num_instances = check_positive_int("num_instances", num_instances)
@@ -134,7 +145,7 @@ class MICACLHead(nn.Module):
         node_dim = check_positive_int("node_dim", node_dim)
         kernel_sizes = _check_kernel_sizes(kernel_sizes)
         self.geiim = (
-            GEIIM(num_instances, in_dim, node_dim=node_dim, kernel_sizes=kernel_sizes)
+            GEIIM(num_instances, in_dim, node_dim=node_dim, kernel_sizes=kernel_sizes, **factory)
             if use_geiim
             else None
         )
@@ -143,7 +154,7 @@ class MICACLHead(nn.Module):
             # WIAN takes nn.LSTM's arguments: one construction for both recurrent choices.
             recurrent = WIAN if aggregator == "wian" else nn.LSTM
             self.instance_weights = (
-                InstanceWeights(in_dim, hidden_size, mode=weight_mode)
+                InstanceWeights(in_dim, hidden_size, mode=weight_mode, **factory)
                 if aggregator == "wian"
                 else None
             )
@@ -154,11 +165,12 @@ class MICACLHead(nn.Module):
                 batch_first=True,
                 dropout=dropout if num_layers > 1 else 0.0,
                 bidirectional=bidirectional,
+                **factory,
             )
             feature_dim = dirs * hidden_size
         else:
             self.instance_weights = None
-            self.aggregator = _Conv1dAggregator(in_dim, hidden_size)
+            self.aggregator = _Conv1dAggregator(in_dim, hidden_size, **factory)
             feature_dim = hidden_size
         self.feature_dim = feature_dim
         heads = -1  # (a bool, a float or anything else that is no integer: the error below)
@@ -176,9 +188,9 @@ class MICACLHead(nn.Module):
                 f"{feature_dim} (hidden_size={hidden_size}, bidirectional={bidirectional}, "
                 f"aggregator={aggregator!r}), or be 0 to leave the attention out."
             )
-        self.attention = InstanceSelfAttention(feature_dim, heads) if heads else None
+        self.attention = InstanceSelfAttention(feature_dim, heads, **factory) if heads else None
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(feature_dim, num_classes)
+        self.classifier = nn.Linear(feature_dim, num_classes, **factory)
 
     __prepare_scriptable__ = torchscript_unsupported
 

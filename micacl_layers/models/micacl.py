@@ -16,6 +16,7 @@ from micacl_layers._validation import (
     check_device,
     check_floating,
     check_ndim,
+    check_parameter_dtype,
     check_positive_int,
     describe,
     to_parameter_dtype,
@@ -50,6 +51,14 @@ class MICACL(nn.Module):
         num_instances: Instances per clip; must divide ``num_frames``.
         normalize: Apply the Kinetics mean/std normalisation.
         tiny_dim: Feature size of the tiny backbone.
+        device: Device of every parameter and buffer (backbone, normalisation statistics,
+            head); ``"meta"`` builds the model without storage.
+        dtype: Floating dtype of every parameter and buffer (BatchNorm's
+            ``num_batches_tracked`` stays a long counter, as in torch); ``None`` is torch's
+            default dtype. The tiny backbone and the head are built with both. torchvision's
+            R3D-18 takes no factory keywords: it is built on the CPU in the default dtype, its
+            ``backbone_weights`` loaded, and only then moved with ``.to(device, dtype)`` (so
+            ``"meta"`` does not spare that first allocation).
         **head_options: Keyword options of :class:`MICACLHead`.
 
     Shape:
@@ -76,9 +85,14 @@ class MICACL(nn.Module):
         num_instances: int = 4,
         normalize: bool = True,
         tiny_dim: int = 128,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         **head_options: Any,
     ) -> None:
         super().__init__()
+        # (Checked before the backbone is built: R3D-18 is moved only after it, and torch's own
+        # error for an integer dtype names no argument.)
+        dtype = check_parameter_dtype(dtype)
         num_frames = check_positive_int("num_frames", num_frames)
         num_instances = check_positive_int("num_instances", num_instances)
         if num_frames % num_instances:
@@ -89,23 +103,33 @@ class MICACL(nn.Module):
         self.num_instances = num_instances
         if backbone == "r3d_18":
             self.backbone = r3d18_backbone(backbone_weights)
+            if device is not None or dtype is not None:
+                self.backbone.to(device=device, dtype=dtype)
             in_dim = 512
         elif backbone == "tiny":
             if backbone_weights is not None:
                 raise ValueError("`backbone_weights` applies to backbone='r3d_18' only.")
             tiny_dim = check_positive_int("tiny_dim", tiny_dim)
-            self.backbone = TinyVideoBackbone(tiny_dim)
+            self.backbone = TinyVideoBackbone(tiny_dim, device=device, dtype=dtype)
             in_dim = tiny_dim
         else:
             raise ValueError(f"`backbone` must be 'r3d_18' or 'tiny', got {backbone!r}.")
         self.normalize = check_bool("normalize", normalize)
+        stats: dict[str, Any] = {"device": device, "dtype": dtype}
         self.register_buffer(
-            "mean", torch.tensor(KINETICS_MEAN).view(1, 3, 1, 1, 1), persistent=False
+            "mean", torch.tensor(KINETICS_MEAN, **stats).view(1, 3, 1, 1, 1), persistent=False
         )
         self.register_buffer(
-            "std", torch.tensor(KINETICS_STD).view(1, 3, 1, 1, 1), persistent=False
+            "std", torch.tensor(KINETICS_STD, **stats).view(1, 3, 1, 1, 1), persistent=False
         )
-        self.head = MICACLHead(in_dim, num_classes, num_instances=num_instances, **head_options)
+        self.head = MICACLHead(
+            in_dim,
+            num_classes,
+            num_instances=num_instances,
+            device=device,
+            dtype=dtype,
+            **head_options,
+        )
 
     @property
     def classifier(self) -> nn.Module:
