@@ -6,9 +6,12 @@ import math
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 from micacl_layers.models import MICACL, MICACLHead, TinyVideoBackbone, r3d18_backbone
+from tests.conftest import randn, random_padding_mask, seeds
 
 pytest.importorskip("torchvision")
 
@@ -92,6 +95,35 @@ def test_head_padded_instances_never_reach_the_logits(aggregator, bidirectional,
     torch.testing.assert_close(feature, expected[1])
     logits.sum().backward()
     assert bool((y.grad[mask] == 0).all()) and bool(y.grad[~mask].abs().sum() > 0)
+
+
+@given(
+    batch=st.integers(1, 3),
+    steps=st.integers(1, 6),
+    aggregator=st.sampled_from(["wian", "lstm", "conv1d"]),
+    bidirectional=st.booleans(),
+    seed=seeds,
+)
+def test_head_is_blind_to_padding_property(batch, steps, aggregator, bidirectional, seed):
+    torch.manual_seed(seed)
+    head = MICACLHead(
+        4,
+        3,
+        num_instances=steps,
+        hidden_size=4,
+        aggregator=aggregator,
+        bidirectional=bidirectional,
+        attention_heads=2,
+    ).double()
+    head.eval()  # (dropout)
+    mask = random_padding_mask(batch, steps, seed=seed)
+    x = randn(batch, steps, 4, seed=seed, dtype=torch.float64).requires_grad_()
+    logits, feature = head(x, mask)
+    x2 = x.detach().clone()
+    x2[mask] = randn(int(mask.sum()), 4, seed=seed + 1, dtype=torch.float64, scale=100.0)
+    torch.testing.assert_close(head(x2, mask)[0], logits)
+    (logits.sum() + feature.sum()).backward()
+    assert bool((x.grad[mask] == 0).all())
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
