@@ -126,5 +126,8 @@ class InstanceSelfAttention(nn.Module):
         # Another floating dtype than the parameters' runs in theirs, as autocast would.
         x = to_parameter_dtype(x, self.norm.weight)
         y = self.norm(x)
-        y, _ = self.attn(y, y, y, key_padding_mask=padding_mask, need_weights=False)
+        # A masked key's weight is 0, and 0 times a NaN or inf value (padding from torch.empty,
+        # a NaN sentinel) is NaN: padded slots are zeroed as keys and values (the queries stay).
+        kv = y if padding_mask is None else y.masked_fill(padding_mask.unsqueeze(-1), 0)
+        y, _ = self.attn(y, kv, kv, key_padding_mask=padding_mask, need_weights=False)
         return x + self.dropout(y)

@@ -373,11 +373,13 @@ class GEIIM(nn.Module):
         x = to_parameter_dtype(x, self.node_src)
 
         adjacency = _instance_adjacency(self.node_src, self.node_dst, padding_mask)
-        h = _graph_propagate(x, adjacency, self.alpha.to(x.dtype))
+        # A padded slot may hold anything (torch.empty, a NaN sentinel), and its zero weight
+        # times NaN or inf is NaN: it is zeroed before it can meet a real instance.
+        real = x if padding_mask is None else x.masked_fill(padding_mask.unsqueeze(-1), 0)
+        h = _graph_propagate(real, adjacency, self.alpha.to(x.dtype))
         if self.temporal_convs is not None:
             assert self.fuse is not None and self.dropout is not None  # (built together)
-            keep = None if padding_mask is None else (~padding_mask).unsqueeze(-1).to(h.dtype)
-            inp = h if keep is None else h * keep
+            inp = h if padding_mask is None else h.masked_fill(padding_mask.unsqueeze(-1), 0)
             seq = inp.transpose(1, 2)
             branches = torch.cat([F.gelu(conv(seq)) for conv in self.temporal_convs], dim=1)
             h = h + self.dropout(self.fuse(branches.transpose(1, 2)))

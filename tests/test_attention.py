@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given
@@ -64,6 +66,18 @@ def test_padded_keys_do_not_influence_real_queries():
     x2 = x.clone()
     x2[0, 2] = torch.randn(8, dtype=torch.float64) * 50
     torch.testing.assert_close(attn(x, mask)[0, ~mask[0]], attn(x2, mask)[0, ~mask[0]])
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_non_finite_padded_instances_do_not_reach_real_queries(value):
+    # A padded value still enters the attention's values: a zero weight times NaN is NaN.
+    torch.manual_seed(0)
+    attn = InstanceSelfAttention(8, num_heads=2, dtype=torch.float64).eval()
+    x = torch.randn(2, 4, 8, dtype=torch.float64)
+    mask = torch.tensor([[False, False, True, False], [False] * 4])
+    x2 = x.clone()
+    x2[0, 2] = value
+    torch.testing.assert_close(attn(x2, mask)[~mask], attn(x, mask)[~mask])
 
 
 def test_residual_keeps_tiny_inputs():

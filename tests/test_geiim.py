@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given
@@ -270,6 +272,22 @@ def test_padded_instances_pass_through_and_do_not_leak(batch, steps, dim, kernel
     y2 = geiim(x2, mask)
     torch.testing.assert_close(y2[~mask], y[~mask], atol=1e-12, rtol=0)
     torch.testing.assert_close(y2[mask], x2[mask], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("kernels", [(), (1, 3, 5)])
+def test_non_finite_padded_instances_do_not_reach_real_ones(value, kernels):
+    # Padding from torch.empty or a NaN sentinel: 0 * NaN is NaN, so a padded instance must be
+    # left out of the propagation and the convolutions, not multiplied by a zero weight.
+    torch.manual_seed(0)
+    geiim = _randomise(GEIIM(5, 3, kernel_sizes=kernels, dtype=torch.float64), 0)
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    mask = torch.tensor([[False, True, False, False, True], [False] * 5])
+    x2 = x.clone()
+    x2[mask] = value
+    y, y2 = geiim(x, mask), geiim(x2, mask)
+    torch.testing.assert_close(y2[~mask], y[~mask], atol=1e-12, rtol=0)
+    torch.testing.assert_close(y2[mask], x2[mask], atol=0, rtol=0, equal_nan=True)
 
 
 def test_real_instances_do_influence_each_other():

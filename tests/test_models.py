@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 from micacl_layers.models import MICACL, MICACLHead, TinyVideoBackbone, r3d18_backbone
+from tests.conftest import randn, random_padding_mask, seeds
 
 pytest.importorskip("torchvision")
 
@@ -52,17 +57,109 @@ def test_head_padding_mask_excludes_padded_instances_from_the_clip_feature():
     torch.testing.assert_close(a[0], b[0])
 
 
-@pytest.mark.parametrize("padded", [[False, False, True, True], [True, False, False, False]])
-def test_wian_head_ignores_padding_at_either_end_of_the_clip(padded):
-    # What the docs promise for the default head (WIAN, both directions, attention): padded
-    # instances at the start or the end do not move the logits, whatever they hold.
+_PADDINGS = [
+    [False, False, True, True],  # at the end
+    [True, False, False, False],  # at the start
+    [False, True, True, False],  # between real instances
+    [True, False, True, False],  # scattered
+]
+
+
+@pytest.mark.parametrize("value", [100.0, math.nan])
+@pytest.mark.parametrize("padded", _PADDINGS)
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("aggregator", ["wian", "lstm", "conv1d"])
+def test_head_padded_instances_never_reach_the_logits(aggregator, bidirectional, padded, value):
+    # What the docs promise: whatever a padded instance holds (NaN from torch.empty included)
+    # and wherever it sits, the logits and the clip feature do not move, and it gets no
+    # gradient.
     torch.manual_seed(0)
-    head = MICACLHead(16, 5, num_instances=4, hidden_size=8).eval()
+    head = MICACLHead(
+        16,
+        5,
+        num_instances=4,
+        hidden_size=8,
+        num_layers=2,
+        aggregator=aggregator,
+        bidirectional=bidirectional,
+        dropout=0.0,
+    ).eval()
     x = torch.randn(2, 4, 16)
     mask = torch.tensor([padded, [False] * 4])
-    y = x.clone()
-    y[0, torch.tensor(padded)] = 100.0
-    torch.testing.assert_close(head(x, mask)[0], head(y, mask)[0])
+    y = x.clone().requires_grad_()
+    with torch.no_grad():
+        y[0, torch.tensor(padded)] = value
+    logits, feature = head(y, mask)
+    expected = head(x, mask)
+    torch.testing.assert_close(logits, expected[0])
+    torch.testing.assert_close(feature, expected[1])
+    logits.sum().backward()
+    assert bool((y.grad[mask] == 0).all()) and bool(y.grad[~mask].abs().sum() > 0)
+
+
+@given(
+    batch=st.integers(1, 3),
+    steps=st.integers(1, 6),
+    aggregator=st.sampled_from(["wian", "lstm", "conv1d"]),
+    bidirectional=st.booleans(),
+    seed=seeds,
+)
+def test_head_is_blind_to_padding_property(batch, steps, aggregator, bidirectional, seed):
+    torch.manual_seed(seed)
+    head = MICACLHead(
+        4,
+        3,
+        num_instances=steps,
+        hidden_size=4,
+        aggregator=aggregator,
+        bidirectional=bidirectional,
+        attention_heads=2,
+    ).double()
+    head.eval()  # (dropout)
+    mask = random_padding_mask(batch, steps, seed=seed)
+    x = randn(batch, steps, 4, seed=seed, dtype=torch.float64).requires_grad_()
+    logits, feature = head(x, mask)
+    x2 = x.detach().clone()
+    x2[mask] = randn(int(mask.sum()), 4, seed=seed + 1, dtype=torch.float64, scale=100.0)
+    torch.testing.assert_close(head(x2, mask)[0], logits)
+    (logits.sum() + feature.sum()).backward()
+    assert bool((x.grad[mask] == 0).all())
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("aggregator", ["wian", "lstm", "conv1d"])
+def test_head_aggregator_reads_the_real_instances_alone_in_order(aggregator, bidirectional):
+    # A padded clip is aggregated as the shorter clip of its real instances (as nn.LSTM does
+    # with a PackedSequence), wherever the padding sits.
+    torch.manual_seed(0)
+    head = MICACLHead(
+        6,
+        3,
+        num_instances=5,
+        hidden_size=4,
+        num_layers=2,
+        aggregator=aggregator,
+        bidirectional=bidirectional,
+        use_geiim=False,
+        attention_heads=0,
+        dropout=0.0,
+    ).double()
+    x = torch.randn(3, 5, 6, dtype=torch.float64)
+    mask = torch.tensor(
+        [[False, True, False, True, False], [True, True, False, False, False], [False] * 5]
+    )
+    feature = head(x, mask)[1]
+    for b in range(3):
+        real = ~mask[b]
+        clip = x[b : b + 1, real]
+        if aggregator == "wian":
+            weights = head.instance_weights(x, mask)[b : b + 1, real]
+            seq = head.aggregator(clip, weights=weights)[0]
+        elif aggregator == "lstm":
+            seq = head.aggregator(clip)[0]
+        else:
+            seq = head.aggregator(clip)
+        torch.testing.assert_close(feature[b], seq.mean(dim=1)[0])
 
 
 def test_head_rejects_wrong_instances():

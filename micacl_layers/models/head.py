@@ -201,12 +201,12 @@ class MICACLHead(nn.Module):
 
         Args:
             x: Instance features.
-            padding_mask: Optional, ``True`` marks padded instances (excluded from pooling).
-                With the ``"wian"`` aggregator, padding at the start or the end of a clip does
-                not reach the logits; padding between real instances still drives WIAN's
-                gates, and the ``"lstm"`` and ``"conv1d"`` aggregators read padded instances
-                wherever they are (only the pooling leaves them out), so pad at the end with
-                those in mind.
+            padding_mask: Optional, ``True`` marks padded instances. Wherever they sit and
+                whatever they hold (NaN included), they reach neither the logits nor the clip
+                feature, and get no gradient: GEIIM and the attention leave them out, the
+                aggregator reads the real instances alone, in their order (as ``nn.LSTM``
+                reads a ``PackedSequence``: ``"lstm"`` is given one, which reads the lengths
+                on the host), and the pooling averages the real instances.
 
         Returns:
             ``(logits, clip_feature)``; ``clip_feature`` is what the classifier saw, the input
@@ -237,30 +237,77 @@ class MICACLHead(nn.Module):
         # Input of another floating dtype runs in the head's parameter dtype, as autocast would.
         x = to_parameter_dtype(x, self.classifier.weight)
         h = self.geiim(x, padding_mask) if self.geiim is not None else x
-        if self.aggregator_kind == "wian":
-            assert self.instance_weights is not None  # (built with the WIAN aggregator)
+        weights = None
+        if self.instance_weights is not None:  # (built with the WIAN aggregator)
             weights = self.instance_weights(h, padding_mask)
-            seq, _ = self.aggregator(h, weights=weights)
-        elif self.aggregator_kind == "lstm":
-            seq = _lstm_outside_cpu_autocast(self.aggregator, h)
-        else:
-            seq = self.aggregator(h)
-        if self.attention is not None:
-            seq = self.attention(seq, padding_mask)
         if padding_mask is None:
-            feature = seq.mean(dim=1)
+            seq = self._aggregate(h, weights, None)
+            feature = (self.attention(seq) if self.attention is not None else seq).mean(dim=1)
         else:
-            keep = (~padding_mask).unsqueeze(-1).to(seq.dtype)
-            feature = (seq * keep).sum(dim=1) / keep.sum(dim=1)
+            # The aggregator reads the clip's real instances alone, in their order, as nn.LSTM
+            # reads a PackedSequence: they are moved to the front (the padding behind them is
+            # zeroed, and padding anywhere would drive a recurrence's gates and decay its
+            # state), and moved back afterwards.
+            padded = padding_mask.unsqueeze(-1)
+            order = torch.argsort(padding_mask.to(torch.uint8), dim=1, stable=True)
+            packed = _take_instances(h.masked_fill(padded, 0), order)
+            if weights is not None:
+                weights = _take_instances(weights, order)
+            lengths = (~padding_mask).sum(dim=1)
+            seq = _take_instances(self._aggregate(packed, weights, lengths), order.argsort(1))
+            # (masked_fill, not a product with the mask: 0 * NaN is NaN)
+            seq = seq.masked_fill(padded, 0)
+            if self.attention is not None:
+                seq = self.attention(seq, padding_mask).masked_fill(padded, 0)
+            feature = seq.sum(dim=1) / lengths.unsqueeze(-1).to(seq.dtype)
         return self.classifier(self.dropout(feature)), feature
 
+    def _aggregate(
+        self, h: torch.Tensor, weights: torch.Tensor | None, lengths: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The aggregator over ``h`` ``(B, T, C)``, whose real instances come first.
 
-def _lstm_outside_cpu_autocast(lstm: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        ``lengths`` ``(B,)`` counts them (``None``: all are real). What lies behind them
+        reaches neither WIAN's state (an instance weight of 0 keeps a zero cell state at zero,
+        so the reverse direction starts at the last real instance) nor the convolution (the
+        zeroed instances are its zero padding); ``nn.LSTM`` is given a ``PackedSequence``.
+        """
+        if self.aggregator_kind == "wian":
+            return self.aggregator(h, weights=weights)[0]
+        if self.aggregator_kind == "lstm":
+            return _lstm_outside_cpu_autocast(self.aggregator, h, lengths)
+        return self.aggregator(h)
+
+
+def _take_instances(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """``x[b, order[b]]`` for every clip ``b``: ``x`` ``(B, T, C)``, ``order`` ``(B, T)``."""
+    return x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def _lstm_on_real_instances(
+    lstm: nn.Module, h: torch.Tensor, lengths: torch.Tensor | None
+) -> torch.Tensor:
+    if lengths is None or h.shape[0] == 0 or h.device.type == "meta":
+        # (An empty batch cannot be packed, and meta lengths cannot be read: shapes are all
+        # either gives, and they are the same unpacked.)
+        return lstm(h)[0]
+    # pack_padded_sequence reads the lengths on the host: one sync, with a padding_mask only.
+    packed = nn.utils.rnn.pack_padded_sequence(
+        h, lengths.cpu(), batch_first=True, enforce_sorted=False
+    )
+    return nn.utils.rnn.pad_packed_sequence(
+        lstm(packed)[0], batch_first=True, total_length=h.shape[1]
+    )[0]
+
+
+def _lstm_outside_cpu_autocast(
+    lstm: nn.Module, h: torch.Tensor, lengths: torch.Tensor | None = None
+) -> torch.Tensor:
     # Under CPU autocast, torch 2.13-2.14 hand nn.LSTM to a oneDNN bfloat16 kernel that CPUs
     # without AVX-512 do not have ("could not create a primitive descriptor"). Running it with
     # autocast off in the parameters' dtype works on every CPU and is what WIAN's fused kernel
     # does under CPU autocast, so the two aggregators of the ablation compare on equal terms.
     if h.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
-        return lstm(h)[0]
+        return _lstm_on_real_instances(lstm, h, lengths)
     with torch.autocast("cpu", enabled=False):
-        return lstm(h.to(next(lstm.parameters()).dtype))[0]
+        return _lstm_on_real_instances(lstm, h.to(next(lstm.parameters()).dtype), lengths)
