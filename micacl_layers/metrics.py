@@ -15,7 +15,13 @@ from __future__ import annotations
 
 import torch
 
-from micacl_layers._validation import check_finite, check_positive_int, describe, has_values
+from micacl_layers._validation import (
+    check_finite,
+    check_index_dtype,
+    check_positive_int,
+    describe,
+    has_values,
+)
 
 __all__ = ["ConfusionMatrix", "confusion_matrix", "per_class_recall", "uar", "war"]
 
@@ -42,8 +48,7 @@ def _check_labels(t: object, name: str, num_classes: int) -> torch.Tensor:
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}")
     if t.ndim != 1:
         raise ValueError(f"`{name}` must be 1-D class indices (B,), got {describe(t)}")
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise ValueError(f"`{name}` must hold integer class indices, got {describe(t)}")
+    check_index_dtype(name, t)  # (TypeError, with the losses' message)
     _check_has_values(t, name)
     labels = t.long()  # (torch has no min/max for uint16-uint64)
     if t.numel() > 0:
@@ -93,10 +98,10 @@ def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, num_classes: in
         - Output: :math:`(K, K)`.
 
     Raises:
-        TypeError: If an input is not a tensor.
-        ValueError: If shapes differ or are not 1-D, dtypes are not integer, an index is
-            outside ``[0, K)``, an input is a ``meta`` tensor (no values to count), or
-            ``num_classes`` is not a positive int.
+        TypeError: If an input is not a tensor, or not of an integer dtype (as the losses
+            raise for float or bool targets).
+        ValueError: If shapes differ or are not 1-D, an index is outside ``[0, K)``, an input
+            is a ``meta`` tensor (no values to count), or ``num_classes`` is not a positive int.
 
     Example:
         >>> confusion_matrix(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2]), 3)
@@ -244,9 +249,10 @@ class ConfusionMatrix:
             targets: ``(B,)`` integer true classes.
 
         Raises:
-            TypeError: If an input is not a tensor.
-            ValueError: If shapes, dtypes or class indices are not as expected (the message
-                names the argument, its shape and dtype).
+            TypeError: If an input is not a tensor, or of the wrong dtype (integer scores,
+                floating or bool indices), as the losses raise for float targets.
+            ValueError: If shapes or class indices are not as expected (the message names the
+                argument, its shape and dtype).
         """
         p = given = preds_or_logits
         if not isinstance(p, torch.Tensor):
@@ -255,7 +261,7 @@ class ConfusionMatrix:
         k = self.num_classes
         if p.ndim == 2:
             if not p.is_floating_point():
-                raise ValueError(
+                raise TypeError(
                     f"`preds_or_logits` with 2 dims must be floating scores (B, {k}), got "
                     f"{describe(p)}"
                 )
@@ -269,7 +275,7 @@ class ConfusionMatrix:
             p = p.argmax(dim=1)
         elif p.ndim == 1:
             if p.is_floating_point():
-                raise ValueError(
+                raise TypeError(
                     f"`preds_or_logits` with 1 dim must be integer class indices (B,), got "
                     f"{describe(p)}; pass (B, {k}) logits for scores"
                 )

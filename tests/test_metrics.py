@@ -120,7 +120,7 @@ def test_input_validation_messages():
         confusion_matrix(torch.tensor([0, -1, 2]), t, 3)
     with pytest.raises(ValueError, match=r"`preds` must be 1-D.*shape=\(3, 1\)"):
         confusion_matrix(t.view(3, 1), t, 3)
-    with pytest.raises(ValueError, match=r"`preds` must hold integer.*float32"):
+    with pytest.raises(TypeError, match=r"`preds` must hold integer.*float32"):
         confusion_matrix(t.float(), t, 3)
     with pytest.raises(ValueError, match="same length"):
         confusion_matrix(t, t[:2], 3)
@@ -172,9 +172,9 @@ def test_accumulator_validation():
     t = torch.tensor([0, 1])
     with pytest.raises(ValueError, match=r"shape=\(2, 4\).*must have 3 scores per row"):
         m.update(torch.randn(2, 4), t)
-    with pytest.raises(ValueError, match=r"1 dim must be integer.*float32"):
+    with pytest.raises(TypeError, match=r"1 dim must be integer.*float32"):
         m.update(torch.tensor([0.0, 1.0]), t)
-    with pytest.raises(ValueError, match="2 dims must be floating"):
+    with pytest.raises(TypeError, match="2 dims must be floating"):
         m.update(torch.tensor([[0, 1, 2], [0, 1, 2]]), t)
     with pytest.raises(ValueError, match=r"shape=\(2, 3, 1\)"):
         m.update(torch.randn(2, 3, 1), t)
@@ -237,7 +237,7 @@ def test_accumulator_errors_name_what_was_passed():
         m.update(torch.randn(4, 3), torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match=r"`preds_or_logits` \(shape=\(2,\).*class index 5"):
         m.update(torch.tensor([0, 5]), torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match=r"`preds_or_logits` must hold integer.*bool"):
+    with pytest.raises(TypeError, match=r"`preds_or_logits` must hold integer.*bool"):
         m.update(torch.tensor([True, False]), torch.tensor([0, 1]))
     assert m.num_samples == 0
 
@@ -260,3 +260,31 @@ def test_sparse_inputs_are_refused_by_name():
     for cm in (torch.eye(2).to_sparse(), torch.eye(2).to_sparse_csr()):
         with pytest.raises(ValueError, match=r"`cm` .* is a sparse_(coo|csr) tensor.*to_dense"):
             uar(cm)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bool, torch.complex64])
+def test_a_wrong_label_dtype_is_a_type_error_as_in_the_losses(dtype):
+    # The losses raise TypeError for float/bool targets; the metrics raised ValueError for the
+    # same mistake, so one `except TypeError` around a training step missed the evaluation.
+    from micacl_layers import IntensityAwareLoss
+
+    y = torch.tensor([0, 1, 2, 0])
+    bad = y.to(dtype)
+    with pytest.raises(TypeError) as from_loss:
+        IntensityAwareLoss()(torch.randn(4, 3), bad)
+    with pytest.raises(TypeError) as from_metric:
+        confusion_matrix(y, bad, 3)
+    assert str(from_metric.value) == str(from_loss.value)
+    with pytest.raises(TypeError, match=r"`preds` must hold integer class indices"):
+        confusion_matrix(bad, y, 3)
+    m = ConfusionMatrix(3)
+    with pytest.raises(TypeError) as from_update:
+        m.update(torch.randn(4, 3), bad)
+    assert str(from_update.value) == str(from_loss.value)
+    # (1-D float preds are likely scores: their message says to pass the (B, K) logits.)
+    expected = "with 1 dim must be integer" if dtype.is_floating_point else "must hold integer"
+    with pytest.raises(TypeError, match=rf"`preds_or_logits` {expected}"):
+        m.update(bad, y)
+    with pytest.raises(TypeError, match=r"`preds_or_logits` with 2 dims must be floating"):
+        m.update(torch.eye(4, 3, dtype=torch.int64), y)
+    assert m.num_samples == 0
