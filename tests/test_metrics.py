@@ -288,3 +288,79 @@ def test_a_wrong_label_dtype_is_a_type_error_as_in_the_losses(dtype):
     with pytest.raises(TypeError, match=r"`preds_or_logits` with 2 dims must be floating"):
         m.update(torch.eye(4, 3, dtype=torch.int64), y)
     assert m.num_samples == 0
+
+
+def _some_counts(k=3):
+    m = ConfusionMatrix(k)
+    g = torch.Generator().manual_seed(0)
+    m.update(torch.randn(20, k, generator=g), torch.randint(0, k, (20,), generator=g))
+    return m
+
+
+def test_counts_are_checkpointed_through_torch_save(tmp_path):
+    # A run stopped mid-epoch lost its running counts: the metric had no state_dict.
+    m = _some_counts()
+    path = tmp_path / "metric.pt"
+    torch.save(m.state_dict(), path)
+    restored = ConfusionMatrix(3)
+    restored.load_state_dict(torch.load(path, weights_only=True))
+    assert torch.equal(restored.compute(), m.compute())
+    assert restored.compute().dtype == torch.int64 and restored.num_samples == 20
+    assert (restored.war, restored.uar) == (m.war, m.uar)
+    # Counting goes on from the restored state.
+    for metric in (m, restored):
+        metric.update(torch.tensor([0, 1]), torch.tensor([1, 1]))
+    assert torch.equal(restored.compute(), m.compute())
+    # Inside a model it is saved and moved with the model's own state.
+    model = torch.nn.Module()
+    model.metric = _some_counts()
+    assert torch.equal(model.state_dict()["metric.counts"], model.metric.compute())
+
+
+def test_counts_move_with_to_and_keep_their_dtype():
+    m = _some_counts()
+    before = m.compute()
+    # Counts are integers: a float cast of the model (.half(), .to(float64)) leaves them exact.
+    assert m.to(torch.float64) is m and m.half() is m
+    assert m.compute().dtype == torch.int64 and torch.equal(m.compute(), before)
+    m.to("meta")
+    assert m.compute().is_meta and m.compute().shape == (3, 3)
+    assert "num_classes=3" in repr(m)
+    with pytest.raises(ValueError, match=r"ConfusionMatrix.*on meta.*to_empty"):
+        m.update(torch.tensor([0]), torch.tensor([0]))
+    m.to_empty(device="cpu")
+    m.reset_parameters()  # (after to_empty() the memory is uninitialised)
+    assert m.num_samples == 0
+    m.update(torch.tensor([0]), torch.tensor([0]))
+    assert m.compute().device.type == "cpu" and m.num_samples == 1
+
+
+@pytest.mark.parametrize(
+    ("counts", "error", "match"),
+    [
+        (
+            torch.zeros(4, 4, dtype=torch.int64),
+            ValueError,
+            r"state_dict\['counts'\] \(shape=\(4, 4\), dtype=torch.int64\) is a confusion matrix "
+            r"of num_classes=4; this ConfusionMatrix has num_classes=3",
+        ),
+        (torch.zeros(9, dtype=torch.int64), ValueError, r"expected shape \(3, 3\)"),
+        (torch.ones(3, 3), TypeError, r"state_dict\['counts'\] must hold integer counts.*float32"),
+        (torch.ones(3, 3, dtype=torch.bool), TypeError, "must hold integer counts"),
+        (-torch.ones(3, 3, dtype=torch.int64), ValueError, r"state_dict\['counts'\].*negative"),
+    ],
+)
+def test_loaded_counts_that_do_not_fit_are_refused_by_name(counts, error, match):
+    m = _some_counts()
+    before = m.compute()
+    with pytest.raises(error, match=match):
+        m.load_state_dict({"counts": counts})
+    assert torch.equal(m.compute(), before)  # a refused load leaves the counts as they were
+
+
+def test_loaded_counts_of_another_integer_dtype_are_kept_int64():
+    m = ConfusionMatrix(2)
+    state = {"counts": torch.tensor([[3, 1], [0, 2]], dtype=torch.int32)}
+    m.load_state_dict(state, assign=True)
+    assert m.compute().dtype == torch.int64 and m.compute().tolist() == [[3, 1], [0, 2]]
+    assert state["counts"].dtype == torch.int32  # the caller's dict is left as it was
