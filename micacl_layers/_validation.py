@@ -32,6 +32,7 @@ __all__ = [
     "check_floating",
     "check_generator",
     "check_ignore_index",
+    "check_index_dtype",
     "check_logits_targets",
     "check_ndim",
     "check_parameter_dtype",
@@ -231,6 +232,19 @@ def check_same_device(**tensors: torch.Tensor) -> None:
         raise ValueError(f"{listed}; they must be on one device.")
 
 
+def check_index_dtype(name: str, t: torch.Tensor) -> None:
+    """``t`` of an integer dtype, as class indices are: a ``TypeError`` otherwise.
+
+    Shared by the losses and the metrics, so that one mistake (float or bool labels) is one
+    exception type and one message wherever the labels go.
+    """
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(
+            f"`{name}` must hold integer class indices (any integer dtype, e.g. torch.int64), "
+            f"got {describe(t)}."
+        )
+
+
 def check_targets(
     name: str, targets: object, num_classes: int | None = None, *, ignore_index: int | None = None
 ) -> torch.Tensor:
@@ -241,11 +255,7 @@ def check_targets(
     ``num_classes=None`` checks the dtype and shape only (labels of a contrastive loss).
     """
     targets = check_tensor(name, targets)
-    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
-        raise TypeError(
-            f"`{name}` must hold integer class indices (any integer dtype, e.g. torch.int64), "
-            f"got {describe(targets)}."
-        )
+    check_index_dtype(name, targets)
     check_ndim(name, targets, 1, "(B,)")
     # From 2**63 on a uint64 index wraps to a negative int64 (read as ignored, or as -2**63).
     if (

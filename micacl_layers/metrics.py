@@ -14,8 +14,16 @@ with recall 0.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
-from micacl_layers._validation import check_finite, check_positive_int, describe, has_values
+from micacl_layers._validation import (
+    check_finite,
+    check_index_dtype,
+    check_positive_int,
+    describe,
+    has_values,
+    torchscript_unsupported,
+)
 
 __all__ = ["ConfusionMatrix", "confusion_matrix", "per_class_recall", "uar", "war"]
 
@@ -42,8 +50,7 @@ def _check_labels(t: object, name: str, num_classes: int) -> torch.Tensor:
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}")
     if t.ndim != 1:
         raise ValueError(f"`{name}` must be 1-D class indices (B,), got {describe(t)}")
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise ValueError(f"`{name}` must hold integer class indices, got {describe(t)}")
+    check_index_dtype(name, t)  # (TypeError, with the losses' message)
     _check_has_values(t, name)
     labels = t.long()  # (torch has no min/max for uint16-uint64)
     if t.numel() > 0:
@@ -93,10 +100,10 @@ def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, num_classes: in
         - Output: :math:`(K, K)`.
 
     Raises:
-        TypeError: If an input is not a tensor.
-        ValueError: If shapes differ or are not 1-D, dtypes are not integer, an index is
-            outside ``[0, K)``, an input is a ``meta`` tensor (no values to count), or
-            ``num_classes`` is not a positive int.
+        TypeError: If an input is not a tensor, or not of an integer dtype (as the losses
+            raise for float or bool targets).
+        ValueError: If shapes differ or are not 1-D, an index is outside ``[0, K)``, an input
+            is a ``meta`` tensor (no values to count), or ``num_classes`` is not a positive int.
 
     Example:
         >>> confusion_matrix(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2]), 3)
@@ -204,15 +211,22 @@ def uar(cm: torch.Tensor) -> float:
     return float(recall[present].mean())
 
 
-class ConfusionMatrix:
+class ConfusionMatrix(nn.Module):
     """Accumulate a confusion matrix over batches and read WAR / UAR from it.
 
     ``update`` takes either logits/scores ``(B, K)`` (the arg-max is the prediction) or
-    predicted indices ``(B,)``. Counts live on the CPU (a ``K x K`` int64 tensor); for
-    distributed evaluation, ``all_reduce`` a copy of ``compute()`` moved to the device.
+    predicted indices ``(B,)``. The counts are a ``(K, K)`` int64 buffer, ``counts``: saved by
+    ``state_dict()`` (a run stopped mid-epoch resumes its counts with ``load_state_dict``) and
+    moved by ``.to(device)``, with the model that holds the metric. They stay on the CPU until
+    moved; inputs on another device are copied to them. A float cast (``.half()``,
+    ``.to(torch.float64)``) leaves the integer counts as they are. For distributed evaluation,
+    ``all_reduce`` a copy of ``compute()`` moved to the device.
 
     Args:
         num_classes: Number of classes ``K``.
+
+    Attributes:
+        counts: The ``(K, K)`` int64 buffer, rows = true classes (read it with ``compute()``).
 
     Shape:
         - preds_or_logits: :math:`(B, K)` floating scores or :math:`(B,)` integer indices.
@@ -229,11 +243,22 @@ class ConfusionMatrix:
         (0.6666666666666666, 0.6666666666666666)
         >>> metric.compute()[1].tolist()
         [0, 0, 1]
+        >>> resumed = ConfusionMatrix(3)
+        >>> resumed.load_state_dict(metric.state_dict())
+        <All keys matched successfully>
+        >>> resumed.num_samples
+        3
     """
 
+    counts: torch.Tensor  # (a buffer: typed for the checker)
+
     def __init__(self, num_classes: int) -> None:
+        super().__init__()
         self.num_classes = check_positive_int("num_classes", num_classes)
-        self._cm = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
+        k = self.num_classes
+        self.register_buffer("counts", torch.zeros(k, k, dtype=torch.int64))
+
+    __prepare_scriptable__ = torchscript_unsupported
 
     @torch.no_grad()
     def update(self, preds_or_logits: torch.Tensor, targets: torch.Tensor) -> None:
@@ -244,10 +269,16 @@ class ConfusionMatrix:
             targets: ``(B,)`` integer true classes.
 
         Raises:
-            TypeError: If an input is not a tensor.
-            ValueError: If shapes, dtypes or class indices are not as expected (the message
-                names the argument, its shape and dtype).
+            TypeError: If an input is not a tensor, or of the wrong dtype (integer scores,
+                floating or bool indices), as the losses raise for float targets.
+            ValueError: If shapes or class indices are not as expected (the message names the
+                argument, its shape and dtype), or the metric is on ``meta``.
         """
+        if not has_values(self.counts):
+            raise ValueError(
+                f"this ConfusionMatrix is on {self.counts.device} (shapes only) and cannot "
+                "count; give it memory with .to_empty(device=...) and reset() it"
+            )
         p = given = preds_or_logits
         if not isinstance(p, torch.Tensor):
             raise TypeError(f"`preds_or_logits` must be a torch.Tensor, got {type(p).__name__}")
@@ -255,7 +286,7 @@ class ConfusionMatrix:
         k = self.num_classes
         if p.ndim == 2:
             if not p.is_floating_point():
-                raise ValueError(
+                raise TypeError(
                     f"`preds_or_logits` with 2 dims must be floating scores (B, {k}), got "
                     f"{describe(p)}"
                 )
@@ -269,7 +300,7 @@ class ConfusionMatrix:
             p = p.argmax(dim=1)
         elif p.ndim == 1:
             if p.is_floating_point():
-                raise ValueError(
+                raise TypeError(
                     f"`preds_or_logits` with 1 dim must be integer class indices (B,), got "
                     f"{describe(p)}; pass (B, {k}) logits for scores"
                 )
@@ -286,35 +317,78 @@ class ConfusionMatrix:
                 "must hold as many samples"
             )
         # Both checked above: counted without confusion_matrix's second pass over them.
-        self._cm += _count_pairs(p.detach().cpu(), t.detach().cpu(), k)
+        device = self.counts.device
+        self.counts += _count_pairs(p.detach().to(device), t.detach().to(device), k)
 
     def compute(self) -> torch.Tensor:
         """The accumulated matrix (a copy), rows = true classes, shape ``(K, K)``, int64."""
-        return self._cm.clone()
+        return self.counts.clone()
 
+    @torch.no_grad()
     def reset(self) -> None:
         """Forget every batch seen so far."""
-        self._cm.zero_()
+        self.counts.zero_()
+
+    def reset_parameters(self) -> None:
+        """Zero the counts (:meth:`reset`), for the usual walk after ``to_empty()``."""
+        self.reset()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "counts"
+        given = state_dict.get(key)
+        if isinstance(given, torch.Tensor):
+            # load_state_dict would copy_ anything castable: float counts truncated, negative
+            # ones kept, and another K reported as a bare size mismatch.
+            state_dict[key] = _checked_loaded_counts(given, key, self.num_classes)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def num_samples(self) -> int:
-        """Number of samples accumulated."""
-        return int(self._cm.sum())
+        """Number of samples accumulated (0 on ``meta``, which counts nothing)."""
+        if not has_values(self.counts):
+            return 0
+        return int(self.counts.sum())
 
     @property
     def war(self) -> float:
         """Weighted average recall (accuracy) so far; see :func:`war`."""
-        return war(self._cm)
+        return war(self.counts)
 
     @property
     def uar(self) -> float:
         """Unweighted average recall so far; see :func:`uar`."""
-        return uar(self._cm)
+        return uar(self.counts)
 
     @property
     def per_class_recall(self) -> torch.Tensor:
         """Recall per class so far, ``nan`` for classes not seen; see :func:`per_class_recall`."""
-        return per_class_recall(self._cm)
+        return per_class_recall(self.counts)
 
-    def __repr__(self) -> str:
-        return f"ConfusionMatrix(num_classes={self.num_classes}, num_samples={self.num_samples})"
+    def extra_repr(self) -> str:
+        """Options and progress shown in ``repr()``."""
+        return f"num_classes={self.num_classes}, num_samples={self.num_samples}"
+
+
+def _checked_loaded_counts(given: torch.Tensor, key: str, k: int) -> torch.Tensor:
+    """``state_dict[key]`` as this metric holds its counts: ``(k, k)``, int64, none negative."""
+    if given.ndim == 2 and given.shape[0] == given.shape[1] and given.shape[0] != k:
+        raise ValueError(
+            f"state_dict[{key!r}] ({describe(given)}) is a confusion matrix of "
+            f"num_classes={given.shape[0]}; this ConfusionMatrix has num_classes={k} and "
+            f"expects shape ({k}, {k})"
+        )
+    if tuple(given.shape) != (k, k):
+        raise ValueError(
+            f"state_dict[{key!r}] ({describe(given)}) is no confusion matrix: expected shape "
+            f"({k}, {k}) for num_classes={k}"
+        )
+    if given.is_floating_point() or given.is_complex() or given.dtype == torch.bool:
+        raise TypeError(
+            f"state_dict[{key!r}] must hold integer counts (int64, as ConfusionMatrix saves "
+            f"them), got {describe(given)}"
+        )
+    # (Unsigned counts cannot be negative, and torch has no comparison for uint16-uint64.)
+    if has_values(given) and given.dtype.is_signed and bool((given < 0).any()):
+        raise ValueError(f"state_dict[{key!r}] ({describe(given)}) holds negative counts")
+    # (.long() makes a new tensor for another dtype: the caller's dict is left as it was.)
+    return given if given.dtype == torch.int64 else given.long()

@@ -120,7 +120,7 @@ def test_input_validation_messages():
         confusion_matrix(torch.tensor([0, -1, 2]), t, 3)
     with pytest.raises(ValueError, match=r"`preds` must be 1-D.*shape=\(3, 1\)"):
         confusion_matrix(t.view(3, 1), t, 3)
-    with pytest.raises(ValueError, match=r"`preds` must hold integer.*float32"):
+    with pytest.raises(TypeError, match=r"`preds` must hold integer.*float32"):
         confusion_matrix(t.float(), t, 3)
     with pytest.raises(ValueError, match="same length"):
         confusion_matrix(t, t[:2], 3)
@@ -172,9 +172,9 @@ def test_accumulator_validation():
     t = torch.tensor([0, 1])
     with pytest.raises(ValueError, match=r"shape=\(2, 4\).*must have 3 scores per row"):
         m.update(torch.randn(2, 4), t)
-    with pytest.raises(ValueError, match=r"1 dim must be integer.*float32"):
+    with pytest.raises(TypeError, match=r"1 dim must be integer.*float32"):
         m.update(torch.tensor([0.0, 1.0]), t)
-    with pytest.raises(ValueError, match="2 dims must be floating"):
+    with pytest.raises(TypeError, match="2 dims must be floating"):
         m.update(torch.tensor([[0, 1, 2], [0, 1, 2]]), t)
     with pytest.raises(ValueError, match=r"shape=\(2, 3, 1\)"):
         m.update(torch.randn(2, 3, 1), t)
@@ -237,7 +237,7 @@ def test_accumulator_errors_name_what_was_passed():
         m.update(torch.randn(4, 3), torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match=r"`preds_or_logits` \(shape=\(2,\).*class index 5"):
         m.update(torch.tensor([0, 5]), torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match=r"`preds_or_logits` must hold integer.*bool"):
+    with pytest.raises(TypeError, match=r"`preds_or_logits` must hold integer.*bool"):
         m.update(torch.tensor([True, False]), torch.tensor([0, 1]))
     assert m.num_samples == 0
 
@@ -260,3 +260,107 @@ def test_sparse_inputs_are_refused_by_name():
     for cm in (torch.eye(2).to_sparse(), torch.eye(2).to_sparse_csr()):
         with pytest.raises(ValueError, match=r"`cm` .* is a sparse_(coo|csr) tensor.*to_dense"):
             uar(cm)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bool, torch.complex64])
+def test_a_wrong_label_dtype_is_a_type_error_as_in_the_losses(dtype):
+    # The losses raise TypeError for float/bool targets; the metrics raised ValueError for the
+    # same mistake, so one `except TypeError` around a training step missed the evaluation.
+    from micacl_layers import IntensityAwareLoss
+
+    y = torch.tensor([0, 1, 2, 0])
+    bad = y.to(dtype)
+    with pytest.raises(TypeError) as from_loss:
+        IntensityAwareLoss()(torch.randn(4, 3), bad)
+    with pytest.raises(TypeError) as from_metric:
+        confusion_matrix(y, bad, 3)
+    assert str(from_metric.value) == str(from_loss.value)
+    with pytest.raises(TypeError, match=r"`preds` must hold integer class indices"):
+        confusion_matrix(bad, y, 3)
+    m = ConfusionMatrix(3)
+    with pytest.raises(TypeError) as from_update:
+        m.update(torch.randn(4, 3), bad)
+    assert str(from_update.value) == str(from_loss.value)
+    # (1-D float preds are likely scores: their message says to pass the (B, K) logits.)
+    expected = "with 1 dim must be integer" if dtype.is_floating_point else "must hold integer"
+    with pytest.raises(TypeError, match=rf"`preds_or_logits` {expected}"):
+        m.update(bad, y)
+    with pytest.raises(TypeError, match=r"`preds_or_logits` with 2 dims must be floating"):
+        m.update(torch.eye(4, 3, dtype=torch.int64), y)
+    assert m.num_samples == 0
+
+
+def _some_counts(k=3):
+    m = ConfusionMatrix(k)
+    g = torch.Generator().manual_seed(0)
+    m.update(torch.randn(20, k, generator=g), torch.randint(0, k, (20,), generator=g))
+    return m
+
+
+def test_counts_are_checkpointed_through_torch_save(tmp_path):
+    # A run stopped mid-epoch lost its running counts: the metric had no state_dict.
+    m = _some_counts()
+    path = tmp_path / "metric.pt"
+    torch.save(m.state_dict(), path)
+    restored = ConfusionMatrix(3)
+    restored.load_state_dict(torch.load(path, weights_only=True))
+    assert torch.equal(restored.compute(), m.compute())
+    assert restored.compute().dtype == torch.int64 and restored.num_samples == 20
+    assert (restored.war, restored.uar) == (m.war, m.uar)
+    # Counting goes on from the restored state.
+    for metric in (m, restored):
+        metric.update(torch.tensor([0, 1]), torch.tensor([1, 1]))
+    assert torch.equal(restored.compute(), m.compute())
+    # Inside a model it is saved and moved with the model's own state.
+    model = torch.nn.Module()
+    model.metric = _some_counts()
+    assert torch.equal(model.state_dict()["metric.counts"], model.metric.compute())
+
+
+def test_counts_move_with_to_and_keep_their_dtype():
+    m = _some_counts()
+    before = m.compute()
+    # Counts are integers: a float cast of the model (.half(), .to(float64)) leaves them exact.
+    assert m.to(torch.float64) is m and m.half() is m
+    assert m.compute().dtype == torch.int64 and torch.equal(m.compute(), before)
+    m.to("meta")
+    assert m.compute().is_meta and m.compute().shape == (3, 3)
+    assert "num_classes=3" in repr(m)
+    with pytest.raises(ValueError, match=r"ConfusionMatrix.*on meta.*to_empty"):
+        m.update(torch.tensor([0]), torch.tensor([0]))
+    m.to_empty(device="cpu")
+    m.reset_parameters()  # (after to_empty() the memory is uninitialised)
+    assert m.num_samples == 0
+    m.update(torch.tensor([0]), torch.tensor([0]))
+    assert m.compute().device.type == "cpu" and m.num_samples == 1
+
+
+@pytest.mark.parametrize(
+    ("counts", "error", "match"),
+    [
+        (
+            torch.zeros(4, 4, dtype=torch.int64),
+            ValueError,
+            r"state_dict\['counts'\] \(shape=\(4, 4\), dtype=torch.int64\) is a confusion matrix "
+            r"of num_classes=4; this ConfusionMatrix has num_classes=3",
+        ),
+        (torch.zeros(9, dtype=torch.int64), ValueError, r"expected shape \(3, 3\)"),
+        (torch.ones(3, 3), TypeError, r"state_dict\['counts'\] must hold integer counts.*float32"),
+        (torch.ones(3, 3, dtype=torch.bool), TypeError, "must hold integer counts"),
+        (-torch.ones(3, 3, dtype=torch.int64), ValueError, r"state_dict\['counts'\].*negative"),
+    ],
+)
+def test_loaded_counts_that_do_not_fit_are_refused_by_name(counts, error, match):
+    m = _some_counts()
+    before = m.compute()
+    with pytest.raises(error, match=match):
+        m.load_state_dict({"counts": counts})
+    assert torch.equal(m.compute(), before)  # a refused load leaves the counts as they were
+
+
+def test_loaded_counts_of_another_integer_dtype_are_kept_int64():
+    m = ConfusionMatrix(2)
+    state = {"counts": torch.tensor([[3, 1], [0, 2]], dtype=torch.int32)}
+    m.load_state_dict(state, assign=True)
+    assert m.compute().dtype == torch.int64 and m.compute().tolist() == [[3, 1], [0, 2]]
+    assert state["counts"].dtype == torch.int32  # the caller's dict is left as it was
