@@ -36,8 +36,9 @@ import random
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -947,7 +948,7 @@ def save_plots(
     ax.set_title("Confusion matrix (row-normalised)")
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    fig.savefig(out / "confusion_matrix.png", dpi=120)
+    write_atomic(out / "confusion_matrix.png", lambda fh: fig.savefig(fh, format="png", dpi=120))
     plt.close(fig)
     try:
         from sklearn.manifold import TSNE
@@ -968,7 +969,7 @@ def save_plots(
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(out / "tsne.png", dpi=120)
+    write_atomic(out / "tsne.png", lambda fh: fig.savefig(fh, format="png", dpi=120))
     plt.close(fig)
 
 
@@ -1350,10 +1351,20 @@ def write_text_atomic(path: Path, text: str) -> None:
     A run killed mid-write leaves the previous file (or none), never a truncated one that a
     later ``--resume`` or ``ablation.py --reuse`` would fail to parse.
     """
+    write_atomic(path, lambda fh: fh.write(text), text=True)
+
+
+def write_atomic(path: Path, write: Callable[[IO[Any]], object], *, text: bool = False) -> None:
+    """Call ``write`` on a temporary file next to ``path``, then flush it and rename it over.
+
+    :func:`write_text_atomic` for text; the plots pass ``fig.savefig`` (a half-written PNG
+    would stand in for the previous run's whole one). ``text=True`` opens the temporary as
+    text, without newline translation.
+    """
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with tmp.open("w", newline="") as fh:
-            fh.write(text)
+        with tmp.open("w", newline="") if text else tmp.open("wb") as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -774,6 +774,48 @@ def test_results_are_written_atomically(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]  # no temporary left
 
 
+def test_plots_are_written_atomically(tmp_path, monkeypatch):
+    # fig.savefig wrote confusion_matrix.png and tsne.png in place: a run killed (or a disk
+    # filling up) mid-write left a truncated PNG where the previous run's plot had been.
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("sklearn")
+    import matplotlib.figure
+    import numpy as np
+
+    class Rt:
+        def log(self, _msg):
+            pass
+
+    classes = ["a", "b", "c"]
+    cm = torch.tensor([[3, 1, 0], [0, 2, 1], [1, 0, 4]])
+    features = np.random.default_rng(0).standard_normal((12, 4)).astype(np.float32)
+    labels = np.arange(12) % 3
+    old = b"the previous run's plot"
+    for name in ("confusion_matrix.png", "tsne.png"):
+        (tmp_path / name).write_bytes(old)
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def fails_halfway(fig, fname, *args, **kwargs):
+        data = b"\x89PNG\r\n\x1a\n half a plot"
+        if isinstance(fname, (str, os.PathLike)):
+            Path(fname).write_bytes(data)
+        else:
+            fname.write(data)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", fails_halfway)
+    with pytest.raises(OSError, match="No space left"):
+        train_dfew.save_plots(tmp_path, cm, classes, features, labels, 0, Rt())
+    assert (tmp_path / "confusion_matrix.png").read_bytes() == old  # whole, not half a plot
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["confusion_matrix.png", "tsne.png"]
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", real_savefig)
+    train_dfew.save_plots(tmp_path, cm, classes, features, labels, 0, Rt())
+    for name in ("confusion_matrix.png", "tsne.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["confusion_matrix.png", "tsne.png"]
+
+
 @pytest.mark.skipif(os.name != "posix", reason="only POSIX can open and sync a folder")
 def test_atomic_text_write_syncs_the_folder(tmp_path, monkeypatch):
     # Without the folder's fsync the rename itself can be lost on a power cut.
