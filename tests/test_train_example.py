@@ -602,6 +602,55 @@ def test_resume_with_other_options_warns_and_another_fold_is_refused(dfew_root, 
         train_dfew.main([*base, "--resume", "--batch-size", "4", "--seed", "5"])
 
 
+def test_resume_on_another_device_kind_refuses_a_silent_amp_or_augmentation_change(
+    dfew_root, tmp_path
+):
+    # --amp auto and --augment-on auto resolve by device kind: a run checkpointed on a GPU
+    # (bfloat16 autocast, jitter on the batch) resumed on the CPU went on in float32 with the
+    # jitter in the workers, and nothing said the resumed run was another one.
+    out = tmp_path / "run"
+    base = _argv(dfew_root, out, epochs=2)
+    train_dfew.main([*base, "--stop-after", "1"])
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["resolved"] == {"device": "cpu", "amp": "none", "augment_on": "worker"}
+    as_on_gpu = {"device": "cuda", "amp": "bfloat16", "augment_on": "device"}
+
+    def last_pt(resolved):
+        state = {k: v for k, v in ckpt.items() if k != "resolved"}
+        if resolved is not None:
+            state["resolved"] = resolved
+        train_dfew.save_checkpoint(state, out / "last.pt")
+
+    last_pt(as_on_gpu)
+    with pytest.raises(
+        train_dfew.CheckpointError,
+        match=r"(?s)written on cuda with AMP bfloat16 .*jitter on the device.*"
+        r"cpu.*AMP none \(--amp auto\).*jitter in the workers \(--augment-on auto\).*"
+        r"--amp on --augment-on device.*--amp off --augment-on worker",
+    ):
+        train_dfew.main([*base, "--resume"])
+    assert load_checkpoint(out / "last.pt")["epoch"] == 0  # refused before training
+
+    # The flags that give the checkpoint's settings here: no warning, the run goes on.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (result,) = train_dfew.main([*base, "--resume", "--amp", "on", "--augment-on", "device"])
+    assert result["final_epoch"] == 2
+    assert not [w for w in caught if "other options" in str(w.message)]
+    assert load_checkpoint(out / "last.pt")["resolved"] == {**as_on_gpu, "device": "cpu"}
+
+    # Flags that change them on purpose: a changed option, which warns as any other does.
+    last_pt(as_on_gpu)
+    with pytest.warns(UserWarning, match=r"--amp 'auto' -> 'off'.*--augment-on 'auto' -> 'worker'"):
+        (result,) = train_dfew.main([*base, "--resume", "--amp", "off", "--augment-on", "worker"])
+    assert result["final_epoch"] == 2
+
+    # A last.pt of an older version records neither: resumed as before.
+    last_pt(None)
+    (result,) = train_dfew.main([*base, "--resume"])
+    assert result["final_epoch"] == 2
+
+
 def test_resume_refuses_a_file_that_is_not_a_last_pt(dfew_root, tmp_path):
     out = tmp_path / "run"
     base = _argv(dfew_root, out, epochs=2)
