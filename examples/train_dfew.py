@@ -17,8 +17,11 @@ Defaults follow the paper (AdamW, lr 4e-4, weight decay 0.05, cosine schedule to
 
 Each run directory holds ``last.pt`` (written atomically every epoch; ``--resume`` continues
 from it exactly), ``best.pt``, ``log.csv``, ``results.json`` and, unless ``--no-plots``,
-``confusion_matrix.png`` and ``tsne.png``. Reported metrics: the final epoch's WAR/UAR and the
-best epoch's (one epoch, chosen by ``--select-by``; WAR and UAR are never mixed across epochs).
+``confusion_matrix.png`` and ``tsne.png``. ``last.pt`` records what ``--amp`` and
+``--augment-on`` gave (``auto`` follows the device kind): a resume on another kind of device,
+where the same flags would give other settings, is refused, naming the flags to pass.
+Reported metrics: the final epoch's WAR/UAR and the best epoch's (one epoch, chosen by
+``--select-by``; WAR and UAR are never mixed across epochs).
 Note that "best epoch" is selected on the test split, as the DFER literature does: the
 final-epoch figure is the unbiased one.
 """
@@ -36,8 +39,9 @@ import random
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -80,6 +84,10 @@ SHAPE_OPTIONS = (
     "aggregator",
     "no_geiim",
 )
+
+# The values of --amp and --augment-on ("auto" follows the device kind).
+AMP_CHOICES = ("auto", "on", "off")
+AUGMENT_ON_CHOICES = ("auto", "worker", "device")
 
 # --dataset synthetic raises every class to this many clips, so the tail is in every split.
 SYNTHETIC_MIN_PER_CLASS = 25
@@ -172,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--augment-on",
-        choices=("auto", "worker", "device"),
+        choices=AUGMENT_ON_CHOICES,
         default="auto",
         help="where the colour jitter and the conversion to float run: 'worker' in the "
         "data-loader workers (float32 clips); 'device' on each batch on the training device "
@@ -277,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
     o.add_argument(
         "--amp",
-        choices=("auto", "on", "off"),
+        choices=AMP_CHOICES,
         default="auto",
         help="mixed precision: auto = on for CUDA (bf16 if supported, else fp16)",
     )
@@ -292,7 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--resume",
         action="store_true",
-        help="continue from <output>/last.pt exactly where it stopped",
+        help="continue from <output>/last.pt exactly where it stopped. Refused where --amp or "
+        "--augment-on, left as the run had them, would give other settings on this device "
+        "than they gave where last.pt was written ('auto' follows the device kind): the error "
+        "names the flags that keep the checkpoint's settings, and those that change them on "
+        "purpose (then warned about, as any changed option)",
     )
     r.add_argument(
         "--overwrite",
@@ -538,6 +550,20 @@ def check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 
 # ----------------------------------------------------------------------------- runtime
+def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype ``--amp`` gives on ``device`` (``None``: no mixed precision)."""
+    if not (amp == "on" or (amp == "auto" and device.type == "cuda")):
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def augments_on_device(augment_on: str, device: torch.device) -> bool:
+    """Whether ``--augment-on`` puts the colour jitter on the batch, on ``device``."""
+    return augment_on == "device" or (augment_on == "auto" and device.type == "cuda")
+
+
 class Runtime:
     """Device, distributed rank and mixed-precision settings of this process."""
 
@@ -561,17 +587,9 @@ class Runtime:
             if self.device.index is None:  # set_device refuses an index-less "cuda"
                 self.device = torch.device("cuda", torch.cuda.current_device())
             torch.cuda.set_device(self.device)
-        use_amp = args.amp == "on" or (args.amp == "auto" and self.device.type == "cuda")
-        self.amp_dtype: torch.dtype | None = None
-        if use_amp:
-            if self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-                self.amp_dtype = torch.float16
-            else:
-                self.amp_dtype = torch.bfloat16
+        self.amp_dtype = amp_dtype_for(args.amp, self.device)
         # uint8 clips from the workers, colour jitter on the batch (see --augment-on).
-        self.device_augment = args.augment_on == "device" or (
-            args.augment_on == "auto" and self.device.type == "cuda"
-        )
+        self.device_augment = augments_on_device(args.augment_on, self.device)
         # Epochs trained by this invocation, over all its folds: --stop-after counts these.
         self.epochs_trained = 0
         # Loss scaling is only needed (and only correct) for float16.
@@ -882,6 +900,131 @@ RUN_ONLY_OPTIONS = (
 )
 
 
+# What --amp and --augment-on resolve to, by the device kind under "auto": last.pt records
+# the values, so that a resume on another kind cannot silently train another run.
+RESOLVED_OPTIONS = ("amp", "augment_on")
+
+
+def _amp_name(dtype: torch.dtype | None) -> str:
+    return "none" if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def _place_name(device_augment: bool) -> str:
+    return "device" if device_augment else "worker"
+
+
+def _resolve(option: str, value: str, device: torch.device) -> str:
+    if option == "amp":
+        return _amp_name(amp_dtype_for(value, device))
+    return _place_name(augments_on_device(value, device))
+
+
+def resolved_settings(rt: Runtime) -> dict[str, str]:
+    """``last.pt``'s record of the device kind and what ``--amp``/``--augment-on`` gave on it
+    (strings: ``torch.load(weights_only=True)`` reads them back anywhere)."""
+    return {
+        "device": rt.device.type,
+        "amp": _amp_name(rt.amp_dtype),
+        "augment_on": _place_name(rt.device_augment),
+    }
+
+
+def _describe(option: str, value: str) -> str:
+    if option == "amp":
+        return f"AMP {value}"
+    return "the colour jitter " + ("on the device" if value == "device" else "in the workers")
+
+
+def check_resolved_settings(
+    last_path: Path,
+    recorded: dict[str, str] | None,
+    then: dict[str, Any],
+    args: argparse.Namespace,
+    rt: Runtime,
+) -> set[str]:
+    """Refuse a resume whose unchanged ``--amp``/``--augment-on`` resolve otherwise here.
+
+    ``recorded`` is ``last.pt``'s :func:`resolved_settings` (``None`` in a ``last.pt`` of an
+    older version: nothing is checked), ``then`` its options. An option the command changes
+    is the user's choice, warned about as any changed option; one it leaves as it was must
+    still give what it gave, or the "exact" resume would train another run without a word.
+
+    Returns:
+        The options whose value changed but which give the recorded setting all the same
+        (``--amp on`` for ``auto`` on the CPU, to keep a GPU run's bfloat16): no warning for
+        those, the run is the one it continues.
+
+    Raises:
+        CheckpointError: Naming the recorded and the resolved settings, the flags that keep
+            the checkpoint's settings on this device and those that change them on purpose.
+    """
+    if recorded is None:
+        return set()
+    now = resolved_settings(rt)
+    same_effect: set[str] = set()
+    differ: list[str] = []
+    for k in RESOLVED_OPTIONS:
+        if k not in recorded:
+            continue
+        if now[k] == recorded[k]:
+            if then.get(k, getattr(args, k)) != getattr(args, k):
+                same_effect.add(k)
+        elif then.get(k, getattr(args, k)) == getattr(args, k):
+            differ.append(k)
+    if not differ:
+        return same_effect
+    choices = {"amp": AMP_CHOICES, "augment_on": AUGMENT_ON_CHOICES}
+
+    def explicit(values: list[str]) -> str:
+        # An explicit value rather than "auto", which would follow the device again.
+        return next((v for v in values if v != "auto"), values[0])
+
+    keep: list[str] = []
+    no_keep: list[str] = []
+    accept: list[str] = []
+    for k in differ:
+        values = [v for v in choices[k] if _resolve(k, v, rt.device) == recorded[k]]
+        if values:
+            keep.append(f"{_flag(k)} {explicit(values)}")
+        else:
+            no_keep.append(k)
+        # Any changed value goes on (warned about as a changed option); one with this device's
+        # setting if there is one (no other value gives bfloat16 on the CPU but "on" itself).
+        others = [v for v in choices[k] if v != getattr(args, k)]
+        alike = [v for v in others if _resolve(k, v, rt.device) == now[k]]
+        if alike:
+            accept.append(f"{_flag(k)} {explicit(alike)}")
+        else:
+            v = explicit(others)
+            accept.append(f"{_flag(k)} {v} ({_describe(k, _resolve(k, v, rt.device))})")
+
+    device = recorded.get("device", "another device")
+    then_text = " and ".join(_describe(k, recorded[k]) for k in differ)
+    now_text = " and ".join(
+        f"{_describe(k, now[k])} ({_flag(k)} {getattr(args, k)})" for k in differ
+    )
+    if no_keep:
+        lost = " and ".join(_describe(k, recorded[k]) for k in no_keep)
+        # Only AMP can be out of reach (--augment-on worker/device work anywhere): float16 on
+        # a GPU with bfloat16 or on the CPU, bfloat16 on a GPU without it.
+        where = {
+            "float16": "a CUDA GPU without bfloat16 support",
+            "bfloat16": "a CUDA GPU with bfloat16 support (or the CPU, with --amp on)",
+        }.get(recorded["amp"], device)
+        how = [f"no flag gives {lost} on {rt.device.type}: resume on {where} to continue it"]
+    else:
+        how = [f"to continue it exactly, pass {' '.join(keep)}"]
+    how.append(
+        f"to change them on purpose, pass {' '.join(accept)} (a changed option, so the result is "
+        "not the uninterrupted run's)"
+    )
+    raise CheckpointError(
+        f"{last_path} was written on {device} with {then_text}, but this run on "
+        f"{rt.device.type} would train with {now_text}, so it would not continue the "
+        "checkpointed run; " + "; ".join(how) + "."
+    )
+
+
 def result_options(args: argparse.Namespace) -> dict[str, Any]:
     """The other options a resumed run should share with the run it continues (the seed, the
     schedule, the batch size, ...): a resume with other values warns."""
@@ -947,7 +1090,7 @@ def save_plots(
     ax.set_title("Confusion matrix (row-normalised)")
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    fig.savefig(out / "confusion_matrix.png", dpi=120)
+    write_atomic(out / "confusion_matrix.png", lambda fh: fig.savefig(fh, format="png", dpi=120))
     plt.close(fig)
     try:
         from sklearn.manifold import TSNE
@@ -968,7 +1111,7 @@ def save_plots(
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(out / "tsne.png", dpi=120)
+    write_atomic(out / "tsne.png", lambda fh: fig.savefig(fh, format="png", dpi=120))
     plt.close(fig)
 
 
@@ -1144,10 +1287,12 @@ def train_one_fold(
                 f"{last_path} holds a run of fold {ckpt['fold']}, not of fold {fold}; "
                 "pass that fold, or another --output."
             )
+        then = ckpt.get("options", options)
+        same_effect = check_resolved_settings(last_path, ckpt.get("resolved"), then, args, rt)
         changed = {
             k: (v, options.get(k))
-            for k, v in ckpt.get("options", options).items()
-            if options.get(k) != v
+            for k, v in then.items()
+            if options.get(k) != v and k not in same_effect
         }
         if changed:
             warnings.warn(
@@ -1301,6 +1446,7 @@ def train_one_fold(
                     "shape": shape_signature(args),
                     "fold": fold,
                     "options": options,
+                    "resolved": resolved_settings(rt),
                 },
                 last_path,
             )
@@ -1350,10 +1496,20 @@ def write_text_atomic(path: Path, text: str) -> None:
     A run killed mid-write leaves the previous file (or none), never a truncated one that a
     later ``--resume`` or ``ablation.py --reuse`` would fail to parse.
     """
+    write_atomic(path, lambda fh: fh.write(text), text=True)
+
+
+def write_atomic(path: Path, write: Callable[[IO[Any]], object], *, text: bool = False) -> None:
+    """Call ``write`` on a temporary file next to ``path``, then flush it and rename it over.
+
+    :func:`write_text_atomic` for text; the plots pass ``fig.savefig`` (a half-written PNG
+    would stand in for the previous run's whole one). ``text=True`` opens the temporary as
+    text, without newline translation.
+    """
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with tmp.open("w", newline="") as fh:
-            fh.write(text)
+        with tmp.open("w", newline="") if text else tmp.open("wb") as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

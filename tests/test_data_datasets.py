@@ -664,6 +664,31 @@ def test_a_transform_set_after_construction_is_checked(tmp_path):
     assert ds.output_dtype == torch.float32 and ds[0][0].dtype == torch.float32
 
 
+@pytest.mark.parametrize("which", ["DFEW", "FERV39k"])
+def test_a_draft_set_after_construction_is_checked(tmp_path, which, monkeypatch):
+    # `transform` and `output_dtype` were checked when set later, `draft` was not: "bogus" was
+    # kept and decoded as "crop" (the rule any value other than "frame"/"never" falls to).
+    if which == "DFEW":
+        dfew_tree(tmp_path, [("1", 1)], frames={"00001": 3})
+        ds = DFEW(tmp_path, 1, "train", transform=T.test_transform(4))
+    else:
+        ferv_tree(tmp_path, ["Action/Sad/0010 Sad"], frames={"Action/Sad/0010": 3})
+        ds = FERV39k(tmp_path, "train", transform=T.test_transform(4))
+    for bad in ("bogus", None, "Frame"):
+        with pytest.raises(ValueError, match=rf"{which}: draft must be one of .* got {bad!r}"):
+            ds.draft = bad
+        assert ds.draft == "crop"  # a refused value leaves the old one in place
+    from micacl_layers.data import _frames
+
+    seen = []
+    real = _frames.decode_planned
+    monkeypatch.setattr(
+        _frames, "decode_planned", lambda *a, **k: seen.append(k["draft"]) or real(*a, **k)
+    )
+    ds.draft = "never"
+    assert ds.draft == "never" and ds[0][0].shape == (3, 16, 4, 4) and seen == ["never"]
+
+
 def test_load_frames_takes_any_iterable_of_paths_and_names_a_non_iterable(tmp_path):
     # A generator expression failed with "object of type 'generator' has no len()", and None
     # or 5 with the same bare message, naming no argument.

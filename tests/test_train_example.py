@@ -602,6 +602,55 @@ def test_resume_with_other_options_warns_and_another_fold_is_refused(dfew_root, 
         train_dfew.main([*base, "--resume", "--batch-size", "4", "--seed", "5"])
 
 
+def test_resume_on_another_device_kind_refuses_a_silent_amp_or_augmentation_change(
+    dfew_root, tmp_path
+):
+    # --amp auto and --augment-on auto resolve by device kind: a run checkpointed on a GPU
+    # (bfloat16 autocast, jitter on the batch) resumed on the CPU went on in float32 with the
+    # jitter in the workers, and nothing said the resumed run was another one.
+    out = tmp_path / "run"
+    base = _argv(dfew_root, out, epochs=2)
+    train_dfew.main([*base, "--stop-after", "1"])
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["resolved"] == {"device": "cpu", "amp": "none", "augment_on": "worker"}
+    as_on_gpu = {"device": "cuda", "amp": "bfloat16", "augment_on": "device"}
+
+    def last_pt(resolved):
+        state = {k: v for k, v in ckpt.items() if k != "resolved"}
+        if resolved is not None:
+            state["resolved"] = resolved
+        train_dfew.save_checkpoint(state, out / "last.pt")
+
+    last_pt(as_on_gpu)
+    with pytest.raises(
+        train_dfew.CheckpointError,
+        match=r"(?s)written on cuda with AMP bfloat16 .*jitter on the device.*"
+        r"cpu.*AMP none \(--amp auto\).*jitter in the workers \(--augment-on auto\).*"
+        r"--amp on --augment-on device.*--amp off --augment-on worker",
+    ):
+        train_dfew.main([*base, "--resume"])
+    assert load_checkpoint(out / "last.pt")["epoch"] == 0  # refused before training
+
+    # The flags that give the checkpoint's settings here: no warning, the run goes on.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (result,) = train_dfew.main([*base, "--resume", "--amp", "on", "--augment-on", "device"])
+    assert result["final_epoch"] == 2
+    assert not [w for w in caught if "other options" in str(w.message)]
+    assert load_checkpoint(out / "last.pt")["resolved"] == {**as_on_gpu, "device": "cpu"}
+
+    # Flags that change them on purpose: a changed option, which warns as any other does.
+    last_pt(as_on_gpu)
+    with pytest.warns(UserWarning, match=r"--amp 'auto' -> 'off'.*--augment-on 'auto' -> 'worker'"):
+        (result,) = train_dfew.main([*base, "--resume", "--amp", "off", "--augment-on", "worker"])
+    assert result["final_epoch"] == 2
+
+    # A last.pt of an older version records neither: resumed as before.
+    last_pt(None)
+    (result,) = train_dfew.main([*base, "--resume"])
+    assert result["final_epoch"] == 2
+
+
 def test_resume_refuses_a_file_that_is_not_a_last_pt(dfew_root, tmp_path):
     out = tmp_path / "run"
     base = _argv(dfew_root, out, epochs=2)
@@ -772,6 +821,48 @@ def test_results_are_written_atomically(tmp_path, monkeypatch):
         train_dfew.write_text_atomic(path, '{"new": 2}')
     assert path.read_text() == '{"old": 1}'  # the previous file, whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]  # no temporary left
+
+
+def test_plots_are_written_atomically(tmp_path, monkeypatch):
+    # fig.savefig wrote confusion_matrix.png and tsne.png in place: a run killed (or a disk
+    # filling up) mid-write left a truncated PNG where the previous run's plot had been.
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("sklearn")
+    import matplotlib.figure
+    import numpy as np
+
+    class Rt:
+        def log(self, _msg):
+            pass
+
+    classes = ["a", "b", "c"]
+    cm = torch.tensor([[3, 1, 0], [0, 2, 1], [1, 0, 4]])
+    features = np.random.default_rng(0).standard_normal((12, 4)).astype(np.float32)
+    labels = np.arange(12) % 3
+    old = b"the previous run's plot"
+    for name in ("confusion_matrix.png", "tsne.png"):
+        (tmp_path / name).write_bytes(old)
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def fails_halfway(fig, fname, *args, **kwargs):
+        data = b"\x89PNG\r\n\x1a\n half a plot"
+        if isinstance(fname, (str, os.PathLike)):
+            Path(fname).write_bytes(data)
+        else:
+            fname.write(data)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", fails_halfway)
+    with pytest.raises(OSError, match="No space left"):
+        train_dfew.save_plots(tmp_path, cm, classes, features, labels, 0, Rt())
+    assert (tmp_path / "confusion_matrix.png").read_bytes() == old  # whole, not half a plot
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["confusion_matrix.png", "tsne.png"]
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", real_savefig)
+    train_dfew.save_plots(tmp_path, cm, classes, features, labels, 0, Rt())
+    for name in ("confusion_matrix.png", "tsne.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["confusion_matrix.png", "tsne.png"]
 
 
 @pytest.mark.skipif(os.name != "posix", reason="only POSIX can open and sync a folder")

@@ -475,8 +475,6 @@ class ClipFolderDataset(Dataset[tuple[torch.Tensor, int]]):
         # (The shared options were checked by the subclass, with check_clip_options, before it
         # read its split file.)
         num_frames = check_positive_int("num_frames", num_frames)
-        if draft not in DRAFT_RULES:
-            raise ValueError(f"{name}: draft must be one of {DRAFT_RULES}, got {draft!r}")
         self.name = name
         self._transform: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.output_dtype = output_dtype  # the setters check these two, and against each other
@@ -488,7 +486,7 @@ class ClipFolderDataset(Dataset[tuple[torch.Tensor, int]]):
         self.train = bool(train)
         self.generator = generator
         self.fast_decode = bool(fast_decode)
-        self.draft = draft
+        self.draft = draft  # the setter checks it
         if not frames_root.is_dir():
             raise FileNotFoundError(
                 f"{name}: frame folder root {str(frames_root)!r} does not exist (split file "
@@ -581,6 +579,25 @@ class ClipFolderDataset(Dataset[tuple[torch.Tensor, int]]):
             )
         self._check_uint8(getattr(self, "_transform", None), output_dtype)
         self._output_dtype = output_dtype
+
+    @property
+    def draft(self) -> str:
+        """When the fast path decodes in JPEG draft mode; setting it runs the constructor's check.
+
+        (Unchecked, a value such as ``"bogus"`` was kept and decoded as ``"crop"``, the rule
+        that anything other than ``"frame"`` or ``"never"`` falls to.)
+
+        Raises:
+            ValueError: If set to anything but one of ``"crop"``, ``"frame"`` or ``"never"``.
+        """
+        return self._draft
+
+    @draft.setter
+    def draft(self, draft: str) -> None:
+        # The str test first: `in` compares with ==, which a numpy array answers elementwise.
+        if not isinstance(draft, str) or draft not in DRAFT_RULES:
+            raise ValueError(f"{self._who()}: draft must be one of {DRAFT_RULES}, got {draft!r}")
+        self._draft = draft
 
     def _who(self) -> str:
         # The setters run before __init__ has set `name` when a subclass sets its transform
