@@ -68,10 +68,10 @@ def check_dropout(dropout: object, num_layers: int) -> float:
 
 def check_input(input: object, parameter: torch.Tensor, owner: str) -> torch.Tensor:
     """``input`` as a floating tensor on ``parameter``'s device, in ``parameter``'s dtype."""
-    if isinstance(input, nn.utils.rnn.PackedSequence):
+    if isinstance(input, nn.utils.rnn.PackedSequence):  # (WIAN unpacks before this check)
         raise TypeError(
-            "`input` must be a tensor: WIAN does not take a PackedSequence; pad the "
-            "sequences and pass a padding mask to the head instead."
+            f"`input` must be a tensor: {owner} takes one step, not a PackedSequence (as "
+            "nn.LSTMCell); WIAN takes a PackedSequence."
         )
     x = check_floating("input", input)
     check_device("input", x, parameter.device, owner)

@@ -41,6 +41,7 @@ from micacl_layers._recurrent_checks import (
 from micacl_layers._validation import (
     check_device,
     check_finite_parameters,
+    check_floating,
     check_ndim,
     check_parameter_dtype,
     check_positive_int,
@@ -58,13 +59,16 @@ def _layer_reference(
     c0: torch.Tensor,
     weight: torch.Tensor | None,
     params: Sequence[torch.Tensor | None],
+    valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One layer, all directions at once, as plain autograd ops.
 
     ``x`` ``(T, B, I)`` is the layer input in time order, ``h0``, ``c0`` ``(D, B, H)``,
     ``weight`` ``(T, B, H)`` in time order or ``None``, ``params`` ``W_ih, W_hh, b_ih, b_hh``
-    of each direction (biases may be ``None``). Returns the output ``(T, B, D * H)`` in time
-    order, ``h_n`` and ``c_n`` ``(D, B, H)``.
+    of each direction (biases may be ``None``), ``valid`` ``(T, B)`` bool in time order or
+    ``None`` (every step is real): a step that is not valid (the padding behind a packed
+    sequence) leaves the state as it was. Returns the output ``(T, B, D * H)`` in time order
+    (unspecified at steps that are not valid), ``h_n`` and ``c_n`` ``(D, B, H)``.
     """
     dirs = len(params) // 4
     w_ih = torch.stack(params[0::4])  # type: ignore[arg-type]
@@ -87,14 +91,91 @@ def _layer_reference(
     # unbind, not proj[:, t]: one backward node for all steps instead of one zero-filled
     # full-size gradient per step.
     weights = weight.unbind(1) if weight is not None else [None] * steps
-    for p_t, w_t in zip(
-        proj.view(dirs, steps, batch, proj.shape[-1]).unbind(1), weights, strict=True
+    keeps: Sequence[torch.Tensor | None] = [None] * steps
+    if valid is not None:
+        # The reverse direction reads a packed sequence's padding first: holding the state
+        # there starts it at the sequence's last element, as nn.LSTM does.
+        valid = torch.stack([valid, valid.flip(0)]) if dirs == 2 else valid.unsqueeze(0)
+        keeps = valid.unsqueeze(-1).unbind(1)
+    for p_t, w_t, keep in zip(
+        proj.view(dirs, steps, batch, proj.shape[-1]).unbind(1), weights, keeps, strict=True
     ):
-        h, c = _wian_cell(torch.baddbmm(p_t, h, w_hh_t), c, w_t)  # Eq. 3, 5, 6
+        h_t, c_t = _wian_cell(torch.baddbmm(p_t, h, w_hh_t), c, w_t)  # Eq. 3, 5, 6
+        h, c = (h_t, c_t) if keep is None else (h_t.where(keep, h), c_t.where(keep, c))
         outs.append(h)
     seq = torch.stack(outs, dim=1)  # (D, T, B, H), each direction in its reading order
     out = torch.cat([seq[0], seq[1].flip(0)], dim=-1) if dirs == 2 else seq[0]
     return out, h, c
+
+
+def _unpack(
+    packed: nn.utils.rnn.PackedSequence,
+    weights: object,
+    input_size: int,
+    batch_first: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """A packed input (and its packed weights) padded in ``batch_first``'s layout, the lengths.
+
+    Padded in the order the sequences were given in, as ``nn.LSTM`` takes ``hx`` and returns
+    ``h_n`` for a packed input.
+    """
+    data = check_floating("input", packed.data)
+    if data.dim() != 2 or data.shape[-1] != input_size:
+        raise ValueError(
+            f"`input` (a PackedSequence) must hold data of shape (N, I) with I={input_size}, "
+            f"got data {describe(data)}."
+        )
+    padded, lengths = nn.utils.rnn.pad_packed_sequence(packed, batch_first=batch_first)
+    if weights is None:
+        return padded, None, lengths
+    if not isinstance(weights, nn.utils.rnn.PackedSequence):
+        raise TypeError(
+            "`weights` must be a PackedSequence packed as `input` (a PackedSequence), or None, "
+            f"got {describe(weights)}."
+        )
+    if not (
+        torch.equal(weights.batch_sizes, packed.batch_sizes)
+        and _same_indices(weights.sorted_indices, packed.sorted_indices)
+    ):
+        raise ValueError(
+            "`weights` must be packed as `input`: the same lengths in the same order "
+            f"(batch_sizes {weights.batch_sizes.tolist()} for the input's "
+            f"{packed.batch_sizes.tolist()}, sorted_indices {_listed(weights.sorted_indices)} "
+            f"for the input's {_listed(packed.sorted_indices)})."
+        )
+    padded_weights = nn.utils.rnn.pad_packed_sequence(weights, batch_first=batch_first)[0]
+    return padded, padded_weights, lengths
+
+
+def _same_indices(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return torch.equal(a.cpu(), b.cpu())
+
+
+def _listed(indices: torch.Tensor | None) -> object:
+    return None if indices is None else indices.tolist()
+
+
+def _repack(
+    output: torch.Tensor, packed: nn.utils.rnn.PackedSequence
+) -> nn.utils.rnn.PackedSequence:
+    """The time-major padded ``output`` ``(T, B, F)`` packed as ``packed`` is."""
+    steps, batch = output.shape[:2]
+    order = packed.sorted_indices
+    if order is not None:
+        output = output.index_select(1, order.to(output.device))
+    # A PackedSequence's data runs over (time, sorted sequence), row-major, the first
+    # batch_sizes[t] sequences at step t. Indexed from batch_sizes (always on the host): a mask
+    # of the real steps would read the device (and meta tensors cannot be masked).
+    sizes = packed.batch_sizes
+    time = torch.arange(steps).repeat_interleave(sizes)
+    rank = torch.arange(int(sizes.sum())) - (sizes.cumsum(0) - sizes)[time]
+    index = (time * batch + rank).to(output.device)
+    data = output.reshape(steps * batch, output.shape[-1]).index_select(0, index)
+    return nn.utils.rnn.PackedSequence(
+        data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices
+    )
 
 
 class WIAN(nn.Module):
@@ -106,7 +187,14 @@ class WIAN(nn.Module):
     ``weight_hh_l{k}[_reverse]`` ``(5H, H)`` and biases ``(5H,)``; dropout on the outputs of every
     layer but the last; ``h_n``/``c_n`` of shape ``(D * num_layers, B, H)`` ordered layer-major,
     direction-minor. :meth:`from_lstm` starts from a trained ``nn.LSTM``. Not supported:
-    ``proj_size > 0`` (a clear error) and ``PackedSequence`` inputs.
+    ``proj_size > 0`` (a clear error).
+
+    A ``PackedSequence`` input is read as ``nn.LSTM`` reads it: each sequence to its own length
+    (the reverse direction starts at its last element), a ``PackedSequence`` output of the same
+    structure, ``h_n``/``c_n`` at each sequence's last element, ``hx`` and ``h_n`` in the order
+    the sequences were given in. Its instance weights are a ``PackedSequence`` packed the same
+    way (the same lengths and order), of data ``(N,)``, ``(N, 1)`` or ``(N, H)``. Packed inputs
+    run the plain autograd path: the fused kernel has no per-step mask.
 
     The instance weights :math:`w_t` (Eq. 3) scale every layer's dynamic gate at step ``t``; the
     reverse direction uses the weight of the instance it is reading, so an instance weighs the
@@ -141,14 +229,17 @@ class WIAN(nn.Module):
 
     Shape:
         - input: :math:`(B, T, I)` if ``batch_first`` else :math:`(T, B, I)`; unbatched
-          :math:`(T, I)`
+          :math:`(T, I)`; or a ``PackedSequence`` of data :math:`(N, I)`
         - weights: :math:`(B, T)` (:math:`(T, B)` if not ``batch_first``, :math:`(T,)` unbatched):
           one weight per instance; or broadcastable to :math:`(B, T, H)` (:math:`(T, B, H)`),
-          e.g. :math:`(B, T, 1)` or the per-channel :math:`(B, T, H)`; ``None`` means 1
+          e.g. :math:`(B, T, 1)` or the per-channel :math:`(B, T, H)`; ``None`` means 1;
+          with a packed input, a ``PackedSequence`` packed as it, of data :math:`(N,)`,
+          :math:`(N, 1)` or :math:`(N, H)`
         - hx: ``(h_0, c_0)``, each :math:`(D \cdot L, B, H)` (unbatched :math:`(D \cdot L, H)`);
           zeros if ``None``
         - output: :math:`(B, T, D \cdot H)` (:math:`(T, B, D \cdot H)` if not ``batch_first``);
-          h_n, c_n: :math:`(D \cdot L, B, H)`
+          h_n, c_n: :math:`(D \cdot L, B, H)`; with a packed input, a ``PackedSequence`` of
+          data :math:`(N, D \cdot H)`
 
     Example:
         >>> wian = WIAN(16, 8, num_layers=2, batch_first=True, bidirectional=True)
@@ -325,15 +416,20 @@ class WIAN(nn.Module):
         """Run the recurrence over all instances.
 
         Args:
-            input: Instance features.
+            input: Instance features, a tensor or a ``PackedSequence``.
             hx: Initial ``(h_0, c_0)`` (a tuple or list); zeros if ``None``.
-            weights: Instance weights :math:`w_t` of Eq. 3; ``None`` means 1.
+            weights: Instance weights :math:`w_t` of Eq. 3 (a ``PackedSequence`` packed as
+                ``input`` if it is one); ``None`` means 1.
 
         Returns:
             ``output, (h_n, c_n)`` exactly as ``nn.LSTM``.
         """
         parameter = cast(torch.Tensor, self.weight_ih_l0)
         dtype = parameter.dtype
+        packed = input if isinstance(input, nn.utils.rnn.PackedSequence) else None
+        lengths = None
+        if packed is not None:
+            input, weights, lengths = _unpack(packed, weights, self.input_size, self.batch_first)
         x = check_input(input, parameter, "WIAN")
         check_finite_parameters(self)  # (with config.check_finite on, as every layer)
         layout = "(B, T, I)" if self.batch_first else "(T, B, I)"
@@ -382,6 +478,10 @@ class WIAN(nn.Module):
             # (T, B, H), time order: both directions weigh the instance they read.
             w = w.transpose(0, 1) if self.batch_first else w
 
+        valid = None
+        if lengths is not None:  # (T, B), time order: which steps of each sequence are real
+            valid = torch.arange(steps, device=x.device).unsqueeze(1) < lengths.to(x.device)
+
         state_shape = (dirs * self.num_layers, batch, hidden)
         if hx is None:
             h0 = c0 = x.new_zeros(state_shape)
@@ -414,20 +514,23 @@ class WIAN(nn.Module):
                 ]
                 if run_dtype is not None and run_dtype != dtype:
                     params = [None if p is None else p.to(run_dtype) for p in params]
-                if _fast.applies(layer_input, h, c, w, *params):
+                # (The fused kernel has no per-step mask: packed sequences take the plain path.)
+                if valid is None and _fast.applies(layer_input, h, c, w, *params):
                     layer_input, h, c = _fast.wian_layer(
                         layer_input, h, c, w, hx is None, params, _layer_reference
                     )
                 else:
-                    layer_input, h, c = _layer_reference(layer_input, h, c, w, params)
+                    layer_input, h, c = _layer_reference(layer_input, h, c, w, params, valid)
                 if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                     layer_input = nn.functional.dropout(layer_input, p=self.dropout, training=True)
                 h_n.append(h)
                 c_n.append(c)
+        h_n_t, c_n_t = torch.cat(h_n, dim=0), torch.cat(c_n, dim=0)
+        if packed is not None:
+            return _repack(layer_input, packed), (h_n_t, c_n_t)
         layer_input = layer_input.transpose(0, 1)  # (B, T, D*H)
 
         output = layer_input if self.batch_first else layer_input.transpose(0, 1)
-        h_n_t, c_n_t = torch.cat(h_n, dim=0), torch.cat(c_n, dim=0)
         if unbatched:
             output = output.squeeze(batch_dim)
             h_n_t, c_n_t = h_n_t.squeeze(1), c_n_t.squeeze(1)

@@ -497,3 +497,151 @@ def test_no_warning_on_plain_construction():
         warnings.simplefilter("error")
         WIAN(4, 6, 2, dropout=0.5)
         WIAN.from_lstm(nn.LSTM(4, 6, dropout=0.0))
+
+
+# ------------------------------------------------------------------------------------------
+# PackedSequence
+# ------------------------------------------------------------------------------------------
+
+rnn = nn.utils.rnn
+
+
+def _pack(lengths, size, *, enforce_sorted, dtype=torch.float32, scale=2.0):
+    seqs = [torch.randn(n, size, dtype=dtype) * scale for n in lengths]
+    return rnn.pack_sequence(seqs, enforce_sorted=enforce_sorted), seqs
+
+
+def _same_structure(got, want):
+    assert isinstance(got, rnn.PackedSequence)
+    assert torch.equal(got.batch_sizes, want.batch_sizes)
+    for name in ("sorted_indices", "unsorted_indices"):
+        a, b = getattr(got, name), getattr(want, name)
+        assert (a is None and b is None) or torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("case", SWEEP, ids=_ids)
+@pytest.mark.parametrize("enforce_sorted", [True, False])
+@pytest.mark.parametrize("hx_kind", ["none", "tuple"])
+def test_packed_sequence_matches_lstm(case, enforce_sorted, hx_kind):
+    # As nn.LSTM: a packed input gives a packed output of the same structure, each sequence
+    # read to its own length (the reverse direction starts at its last element), h_n / c_n at
+    # each sequence's last element, hx and h_n in the batch order the sequences were given in.
+    batch_first, layers, bidir = case
+    torch.manual_seed(3)
+    lstm = nn.LSTM(5, 7, num_layers=layers, batch_first=batch_first, bidirectional=bidir)
+    with torch.no_grad():
+        for p in lstm.parameters():
+            p.mul_(3.0)
+    wian = WIAN.from_lstm(lstm)
+    lengths = [6, 6, 3, 1] if enforce_sorted else [3, 6, 1, 6]
+    packed, _ = _pack(lengths, 5, enforce_sorted=enforce_sorted)
+    hx = _hx(layers, 2 if bidir else 1, False, hx_kind, batch=4, hidden=7)
+    want, (h_want, c_want) = lstm(packed, hx)
+    got, (h_got, c_got) = wian(packed, hx)
+    _same_structure(got, want)
+    torch.testing.assert_close(got.data, want.data, **F32)
+    torch.testing.assert_close(h_got, h_want, **F32)
+    torch.testing.assert_close(c_got, c_want, **F32)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("weight_shape", ["per_instance", "trailing_1", "per_channel"])
+def test_packed_sequence_with_weights_equals_each_sequence_alone(bidirectional, weight_shape):
+    torch.manual_seed(4)
+    wian = WIAN(4, 5, num_layers=2, bidirectional=bidirectional, dtype=torch.float64)
+    lengths = (2, 5, 3)
+    packed, seqs = _pack(lengths, 4, enforce_sorted=False, dtype=torch.float64)
+    trail = {"per_instance": (), "trailing_1": (1,), "per_channel": (5,)}[weight_shape]
+    ws = [torch.rand(n, *trail, dtype=torch.float64) * 2 for n in lengths]
+    out, (h_n, c_n) = wian(packed, weights=rnn.pack_sequence(ws, enforce_sorted=False))
+    padded, got_lengths = rnn.pad_packed_sequence(out)
+    assert got_lengths.tolist() == list(lengths)
+    for b, (seq, w) in enumerate(zip(seqs, ws, strict=True)):
+        alone, (h_b, c_b) = wian(seq, weights=w)
+        torch.testing.assert_close(padded[: lengths[b], b], alone, atol=1e-12, rtol=0)
+        torch.testing.assert_close(h_n[:, b], h_b, atol=1e-12, rtol=0)
+        torch.testing.assert_close(c_n[:, b], c_b, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("switch", ["auto", "off", "on"])
+def test_packed_sequence_under_every_switch(switch):
+    torch.manual_seed(5)
+    lstm = nn.LSTM(3, 4, num_layers=2, bidirectional=True)
+    wian = WIAN.from_lstm(lstm)
+    packed, _ = _pack([4, 2, 3], 3, enforce_sorted=False)
+    with config.fast_paths(switch):
+        got = wian(packed)[0]
+    torch.testing.assert_close(got.data, lstm(packed)[0].data, **F32)
+
+
+def test_packed_sequence_gradcheck():
+    torch.manual_seed(6)
+    wian = WIAN(2, 3, num_layers=2, bidirectional=True, dtype=torch.float64)
+    packed, _ = _pack([3, 1, 2], 2, enforce_sorted=False, dtype=torch.float64, scale=1.0)
+    weights = torch.rand(packed.data.shape[0], dtype=torch.float64)
+
+    def run(data, w):
+        inp = rnn.PackedSequence(
+            data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices
+        )
+        wp = rnn.PackedSequence(
+            w, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices
+        )
+        out, (h, c) = wian(inp, weights=wp)
+        return out.data, h, c
+
+    assert torch.autograd.gradcheck(
+        run, (packed.data.clone().requires_grad_(), weights.requires_grad_())
+    )
+
+
+def test_packed_sequence_of_another_dtype_is_computed_in_the_parameters_dtype():
+    wian = WIAN(3, 4)
+    packed, _ = _pack([3, 2], 3, enforce_sorted=True, dtype=torch.float64)
+    out, (h_n, _) = wian(packed)
+    assert out.data.dtype == torch.float32 and h_n.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "weights, error, match",
+    [
+        (lambda p: torch.ones(2, 3), TypeError, "`weights` must be a PackedSequence"),
+        (
+            lambda p: rnn.pack_sequence([torch.ones(3), torch.ones(1)]),
+            ValueError,
+            "`weights` must be packed as `input`",
+        ),
+        (
+            lambda p: rnn.pack_sequence([torch.ones(2, 3), torch.ones(3, 3)], enforce_sorted=False),
+            ValueError,
+            "`weights` must be packed as `input`",
+        ),
+        (
+            lambda p: rnn.PackedSequence(torch.ones(p.data.shape[0], 2), p.batch_sizes),
+            ValueError,
+            "`weights`",
+        ),
+    ],
+)
+def test_packed_sequence_weights_errors(weights, error, match):
+    wian = WIAN(3, 4)
+    packed, _ = _pack([3, 2], 3, enforce_sorted=True)
+    with pytest.raises(error, match=match):
+        wian(packed, weights=weights(packed))
+
+
+def test_packed_sequence_input_errors():
+    wian = WIAN(3, 4)
+    with pytest.raises(ValueError, match="`input`.*I=3"):
+        wian(_pack([3, 2], 2, enforce_sorted=True)[0])
+    ints = rnn.pack_sequence([torch.ones(2, 3, dtype=torch.long)])
+    with pytest.raises(TypeError, match="`input`"):
+        wian(ints)
+
+
+def test_packed_sequence_on_meta_gives_shapes():
+    wian = WIAN(3, 4, num_layers=2, bidirectional=True, device="meta")
+    seqs = [torch.empty(3, 3, device="meta"), torch.empty(1, 3, device="meta")]
+    out, (h_n, c_n) = wian(rnn.pack_sequence(seqs))
+    assert out.data.shape == (4, 8) and out.data.device.type == "meta"
+    assert h_n.shape == c_n.shape == (4, 2, 4)

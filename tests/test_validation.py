@@ -390,8 +390,14 @@ CASES = [
         "`input`",
     ),
     (
-        "wian-x-packed",
-        lambda: WIAN(3, 4)(nn.utils.rnn.pack_sequence([feats(2, 3)])),
+        "wian-weights-not-packed",
+        lambda: WIAN(3, 4)(nn.utils.rnn.pack_sequence([feats(2, 3)]), weights=feats(2, 1)),
+        TypeError,
+        "`weights` must be a PackedSequence",
+    ),
+    (
+        "wiancell-x-packed",
+        lambda: WIANCell(3, 4)(nn.utils.rnn.pack_sequence([feats(2, 3)])),
         TypeError,
         "PackedSequence",
     ),
