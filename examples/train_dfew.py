@@ -935,6 +935,15 @@ def _describe(option: str, value: str) -> str:
     return "the colour jitter " + ("on the device" if value == "device" else "in the workers")
 
 
+def _explicit_value(option: str, setting: str, device: torch.device) -> str | None:
+    """The value of ``option`` other than ``auto`` (which follows the device kind) that gives
+    ``setting`` on ``device``, or ``None`` if none does."""
+    choices = AMP_CHOICES if option == "amp" else AUGMENT_ON_CHOICES
+    return next(
+        (v for v in choices if v != "auto" and _resolve(option, v, device) == setting), None
+    )
+
+
 def check_resolved_settings(
     last_path: Path,
     recorded: dict[str, str] | None,
@@ -961,67 +970,30 @@ def check_resolved_settings(
     if recorded is None:
         return set()
     now = resolved_settings(rt)
-    same_effect: set[str] = set()
-    differ: list[str] = []
-    for k in RESOLVED_OPTIONS:
-        if k not in recorded:
-            continue
-        if now[k] == recorded[k]:
-            if then.get(k, getattr(args, k)) != getattr(args, k):
-                same_effect.add(k)
-        elif then.get(k, getattr(args, k)) == getattr(args, k):
-            differ.append(k)
+    checked = [k for k in RESOLVED_OPTIONS if k in recorded]
+    changed = {k for k in checked if then.get(k, getattr(args, k)) != getattr(args, k)}
+    differ = [k for k in checked if k not in changed and now[k] != recorded[k]]
     if not differ:
-        return same_effect
-    choices = {"amp": AMP_CHOICES, "augment_on": AUGMENT_ON_CHOICES}
-
-    def explicit(values: list[str]) -> str:
-        # An explicit value rather than "auto", which would follow the device again.
-        return next((v for v in values if v != "auto"), values[0])
-
-    keep: list[str] = []
-    no_keep: list[str] = []
-    accept: list[str] = []
-    for k in differ:
-        values = [v for v in choices[k] if _resolve(k, v, rt.device) == recorded[k]]
-        if values:
-            keep.append(f"{_flag(k)} {explicit(values)}")
-        else:
-            no_keep.append(k)
-        # Any changed value goes on (warned about as a changed option); one with this device's
-        # setting if there is one (no other value gives bfloat16 on the CPU but "on" itself).
-        others = [v for v in choices[k] if v != getattr(args, k)]
-        alike = [v for v in others if _resolve(k, v, rt.device) == now[k]]
-        if alike:
-            accept.append(f"{_flag(k)} {explicit(alike)}")
-        else:
-            v = explicit(others)
-            accept.append(f"{_flag(k)} {v} ({_describe(k, _resolve(k, v, rt.device))})")
-
+        return {k for k in changed if now[k] == recorded[k]}
     device = recorded.get("device", "another device")
+    keep = {k: _explicit_value(k, recorded[k], rt.device) for k in differ}
+    if all(keep.values()):
+        how = "to continue it exactly, pass " + " ".join(f"{_flag(k)} {keep[k]}" for k in differ)
+    else:
+        # Only AMP can be out of reach: float16 on the CPU or on a GPU with bfloat16 support.
+        lost = " and ".join(_describe(k, recorded[k]) for k in differ if keep[k] is None)
+        how = f"no flag gives {lost} on {rt.device.type}: resume on {device} to continue it"
+    # (--amp off and --augment-on worker/device exist everywhere: a value giving `now`.)
+    accept = " ".join(f"{_flag(k)} {_explicit_value(k, now[k], rt.device)}" for k in differ)
     then_text = " and ".join(_describe(k, recorded[k]) for k in differ)
     now_text = " and ".join(
         f"{_describe(k, now[k])} ({_flag(k)} {getattr(args, k)})" for k in differ
     )
-    if no_keep:
-        lost = " and ".join(_describe(k, recorded[k]) for k in no_keep)
-        # Only AMP can be out of reach (--augment-on worker/device work anywhere): float16 on
-        # a GPU with bfloat16 or on the CPU, bfloat16 on a GPU without it.
-        where = {
-            "float16": "a CUDA GPU without bfloat16 support",
-            "bfloat16": "a CUDA GPU with bfloat16 support (or the CPU, with --amp on)",
-        }.get(recorded["amp"], device)
-        how = [f"no flag gives {lost} on {rt.device.type}: resume on {where} to continue it"]
-    else:
-        how = [f"to continue it exactly, pass {' '.join(keep)}"]
-    how.append(
-        f"to change them on purpose, pass {' '.join(accept)} (a changed option, so the result is "
-        "not the uninterrupted run's)"
-    )
     raise CheckpointError(
         f"{last_path} was written on {device} with {then_text}, but this run on "
         f"{rt.device.type} would train with {now_text}, so it would not continue the "
-        "checkpointed run; " + "; ".join(how) + "."
+        f"checkpointed run; {how}; to change them on purpose, pass {accept} (a changed "
+        "option, so the result is not the uninterrupted run's)."
     )
 
 
