@@ -97,6 +97,36 @@ def test_head_padded_instances_never_reach_the_logits(aggregator, bidirectional,
     assert bool((y.grad[mask] == 0).all()) and bool(y.grad[~mask].abs().sum() > 0)
 
 
+@pytest.mark.parametrize("hidden_size", [8, 16])  # 8: InstanceWeights projects 16 -> 8
+@pytest.mark.parametrize("use_geiim", [False, True])
+@pytest.mark.parametrize(
+    "weight_mode", ["instance_softmax", "channel_softmax", "scaled_channel_softmax"]
+)
+def test_head_nan_padding_gives_no_nan_gradient(weight_mode, use_geiim, hidden_size):
+    # The instance weights are computed from every slot: a NaN padded slot, though its weight
+    # is masked to 0, made the gradient of the weights' projection (and, through the channel
+    # softmax, of the padding itself) NaN, and one optimiser step would make the model NaN.
+    torch.manual_seed(0)
+    head = MICACLHead(
+        16,
+        5,
+        num_instances=4,
+        hidden_size=hidden_size,
+        weight_mode=weight_mode,
+        use_geiim=use_geiim,
+        attention_heads=2,
+    )
+    mask = torch.tensor([[False, True, False, True], [False] * 4])
+    x = torch.randn(2, 4, 16)
+    x[mask] = math.nan
+    x.requires_grad_()
+    logits, feature = head(x, mask)
+    (logits.sum() + feature.sum()).backward()
+    assert bool((x.grad[mask] == 0).all()) and bool(x.grad[~mask].isfinite().all())
+    for name, parameter in head.named_parameters():
+        assert parameter.grad is not None and bool(parameter.grad.isfinite().all()), name
+
+
 @given(
     batch=st.integers(1, 3),
     steps=st.integers(1, 6),
