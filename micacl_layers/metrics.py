@@ -13,8 +13,10 @@ with recall 0.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
-from torch import nn
 
 from micacl_layers._validation import (
     check_finite,
@@ -22,7 +24,6 @@ from micacl_layers._validation import (
     check_positive_int,
     describe,
     has_values,
-    torchscript_unsupported,
 )
 
 __all__ = ["ConfusionMatrix", "confusion_matrix", "per_class_recall", "uar", "war"]
@@ -211,22 +212,20 @@ def uar(cm: torch.Tensor) -> float:
     return float(recall[present].mean())
 
 
-class ConfusionMatrix(nn.Module):
+class ConfusionMatrix:
     """Accumulate a confusion matrix over batches and read WAR / UAR from it.
 
     ``update`` takes either logits/scores ``(B, K)`` (the arg-max is the prediction) or
-    predicted indices ``(B,)``. The counts are a ``(K, K)`` int64 buffer, ``counts``: saved by
-    ``state_dict()`` (a run stopped mid-epoch resumes its counts with ``load_state_dict``) and
-    moved by ``.to(device)``, with the model that holds the metric. They stay on the CPU until
-    moved; inputs on another device are copied to them. A float cast (``.half()``,
-    ``.to(torch.float64)``) leaves the integer counts as they are. For distributed evaluation,
-    ``all_reduce`` a copy of ``compute()`` moved to the device.
+    predicted indices ``(B,)``. Counts live on the CPU (a ``K x K`` int64 tensor; inputs on
+    another device are copied there); for distributed evaluation, ``all_reduce`` a copy of
+    ``compute()`` moved to the device. ``state_dict()`` and ``load_state_dict()`` checkpoint
+    the counts, as an optimizer's or ``torch.amp.GradScaler``'s do: a run stopped mid-epoch
+    saves ``metric.state_dict()`` beside the model's and resumes its counts. It is no
+    ``nn.Module``, so a model holding one neither saves nor moves it, and DDP does not
+    broadcast it (which would copy rank 0's counts over every other rank's).
 
     Args:
         num_classes: Number of classes ``K``.
-
-    Attributes:
-        counts: The ``(K, K)`` int64 buffer, rows = true classes (read it with ``compute()``).
 
     Shape:
         - preds_or_logits: :math:`(B, K)` floating scores or :math:`(B,)` integer indices.
@@ -245,20 +244,15 @@ class ConfusionMatrix(nn.Module):
         [0, 0, 1]
         >>> resumed = ConfusionMatrix(3)
         >>> resumed.load_state_dict(metric.state_dict())
-        <All keys matched successfully>
         >>> resumed.num_samples
         3
     """
 
-    counts: torch.Tensor  # (a buffer: typed for the checker)
-
     def __init__(self, num_classes: int) -> None:
-        super().__init__()
         self.num_classes = check_positive_int("num_classes", num_classes)
         k = self.num_classes
-        self.register_buffer("counts", torch.zeros(k, k, dtype=torch.int64))
-
-    __prepare_scriptable__ = torchscript_unsupported
+        # (On the CPU under any default device: a meta matrix could count nothing.)
+        self._cm = torch.zeros(k, k, dtype=torch.int64, device="cpu")
 
     @torch.no_grad()
     def update(self, preds_or_logits: torch.Tensor, targets: torch.Tensor) -> None:
@@ -274,11 +268,6 @@ class ConfusionMatrix(nn.Module):
             ValueError: If shapes or class indices are not as expected (the message names the
                 argument, its shape and dtype), or the metric is on ``meta``.
         """
-        if not has_values(self.counts):
-            raise ValueError(
-                f"this ConfusionMatrix is on {self.counts.device} (shapes only) and cannot "
-                "count; give it memory with .to_empty(device=...) and reset() it"
-            )
         p = given = preds_or_logits
         if not isinstance(p, torch.Tensor):
             raise TypeError(f"`preds_or_logits` must be a torch.Tensor, got {type(p).__name__}")
@@ -317,60 +306,75 @@ class ConfusionMatrix(nn.Module):
                 "must hold as many samples"
             )
         # Both checked above: counted without confusion_matrix's second pass over them.
-        device = self.counts.device
-        self.counts += _count_pairs(p.detach().to(device), t.detach().to(device), k)
+        self._cm += _count_pairs(p.detach().cpu(), t.detach().cpu(), k)
 
     def compute(self) -> torch.Tensor:
         """The accumulated matrix (a copy), rows = true classes, shape ``(K, K)``, int64."""
-        return self.counts.clone()
+        return self._cm.clone()
 
-    @torch.no_grad()
     def reset(self) -> None:
         """Forget every batch seen so far."""
-        self.counts.zero_()
+        self._cm.zero_()
 
-    def reset_parameters(self) -> None:
-        """Zero the counts (:meth:`reset`), for the usual walk after ``to_empty()``."""
-        self.reset()
+    def state_dict(self) -> dict[str, Any]:
+        """``{"num_classes": K, "counts": (K, K) int64}``, a copy of the running counts.
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        key = prefix + "counts"
-        given = state_dict.get(key)
-        if isinstance(given, torch.Tensor):
-            # load_state_dict would copy_ anything castable: float counts truncated, negative
-            # ones kept, and another K reported as a bare size mismatch.
-            state_dict[key] = _checked_loaded_counts(given, key, self.num_classes)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        ``torch.save`` it; ``torch.load(..., weights_only=True)`` reads it back.
+        """
+        return {"num_classes": self.num_classes, "counts": self.compute()}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Take the counts of a :meth:`state_dict`, after checking they fit this metric.
+
+        Raises:
+            TypeError: ``state_dict`` is no mapping, or its counts are no integer tensor.
+            ValueError: Its ``num_classes`` or the counts' shape is another ``K``, or a count
+                is negative. A refused state leaves the counts as they were.
+        """
+        if not isinstance(state_dict, Mapping) or not isinstance(
+            state_dict.get("counts"), torch.Tensor
+        ):
+            raise TypeError(
+                "`state_dict` must be a ConfusionMatrix.state_dict() (a mapping with a "
+                f"'counts' tensor), got {describe(state_dict)}"
+            )
+        k = self.num_classes
+        given_k = state_dict.get("num_classes", k)
+        if given_k != k:
+            raise ValueError(
+                f"state_dict['num_classes'] is {given_k!r}; this ConfusionMatrix has "
+                f"num_classes={k}"
+            )
+        self._cm = _checked_loaded_counts(state_dict["counts"], "counts", k).to("cpu", copy=True)
 
     @property
     def num_samples(self) -> int:
-        """Number of samples accumulated (0 on ``meta``, which counts nothing)."""
-        if not has_values(self.counts):
-            return 0
-        return int(self.counts.sum())
+        """Number of samples accumulated."""
+        return int(self._cm.sum())
 
     @property
     def war(self) -> float:
         """Weighted average recall (accuracy) so far; see :func:`war`."""
-        return war(self.counts)
+        return war(self._cm)
 
     @property
     def uar(self) -> float:
         """Unweighted average recall so far; see :func:`uar`."""
-        return uar(self.counts)
+        return uar(self._cm)
 
     @property
     def per_class_recall(self) -> torch.Tensor:
         """Recall per class so far, ``nan`` for classes not seen; see :func:`per_class_recall`."""
-        return per_class_recall(self.counts)
+        return per_class_recall(self._cm)
 
-    def extra_repr(self) -> str:
-        """Options and progress shown in ``repr()``."""
-        return f"num_classes={self.num_classes}, num_samples={self.num_samples}"
+    def __repr__(self) -> str:
+        return f"ConfusionMatrix(num_classes={self.num_classes}, num_samples={self.num_samples})"
 
 
 def _checked_loaded_counts(given: torch.Tensor, key: str, k: int) -> torch.Tensor:
-    """``state_dict[key]`` as this metric holds its counts: ``(k, k)``, int64, none negative."""
+    """``state_dict[key]`` as this metric holds its counts: ``(k, k)``, integer, none negative."""
+    if not has_values(given):
+        raise ValueError(f"state_dict[{key!r}] ({describe(given)}) holds no values to load")
     if given.ndim == 2 and given.shape[0] == given.shape[1] and given.shape[0] != k:
         raise ValueError(
             f"state_dict[{key!r}] ({describe(given)}) is a confusion matrix of "
@@ -388,7 +392,6 @@ def _checked_loaded_counts(given: torch.Tensor, key: str, k: int) -> torch.Tenso
             f"them), got {describe(given)}"
         )
     # (Unsigned counts cannot be negative, and torch has no comparison for uint16-uint64.)
-    if has_values(given) and given.dtype.is_signed and bool((given < 0).any()):
+    if given.dtype.is_signed and bool((given < 0).any()):
         raise ValueError(f"state_dict[{key!r}] ({describe(given)}) holds negative counts")
-    # (.long() makes a new tensor for another dtype: the caller's dict is left as it was.)
-    return given if given.dtype == torch.int64 else given.long()
+    return given.long()

@@ -311,28 +311,29 @@ def test_counts_are_checkpointed_through_torch_save(tmp_path):
     for metric in (m, restored):
         metric.update(torch.tensor([0, 1]), torch.tensor([1, 1]))
     assert torch.equal(restored.compute(), m.compute())
-    # Inside a model it is saved and moved with the model's own state.
-    model = torch.nn.Module()
-    model.metric = _some_counts()
-    assert torch.equal(model.state_dict()["metric.counts"], model.metric.compute())
-
-
-def test_counts_move_with_to_and_keep_their_dtype():
-    m = _some_counts()
-    before = m.compute()
-    # Counts are integers: a float cast of the model (.half(), .to(float64)) leaves them exact.
-    assert m.to(torch.float64) is m and m.half() is m
-    assert m.compute().dtype == torch.int64 and torch.equal(m.compute(), before)
-    m.to("meta")
-    assert m.compute().is_meta and m.compute().shape == (3, 3)
-    assert "num_classes=3" in repr(m)
-    with pytest.raises(ValueError, match=r"ConfusionMatrix.*on meta.*to_empty"):
-        m.update(torch.tensor([0]), torch.tensor([0]))
-    m.to_empty(device="cpu")
-    m.reset_parameters()  # (after to_empty() the memory is uninitialised)
-    assert m.num_samples == 0
+    # The state is a copy both ways: counting on does not change a saved or a loaded dict.
+    state = m.state_dict()
+    restored.load_state_dict(state)
     m.update(torch.tensor([0]), torch.tensor([0]))
-    assert m.compute().device.type == "cpu" and m.num_samples == 1
+    restored.update(torch.tensor([0]), torch.tensor([0]))
+    assert int(state["counts"].sum()) == 22
+
+
+def test_a_model_holding_the_metric_neither_saves_nor_broadcasts_it():
+    # An nn.Module metric would enter its model's state_dict (breaking strict loads of older
+    # checkpoints) and its buffers would be broadcast from rank 0 by DDP, silently replacing
+    # every other rank's counts: the metric keeps its own state_dict, as an optimizer does.
+    model = torch.nn.Linear(2, 2)
+    model.metric = _some_counts()
+    assert set(model.state_dict()) == {"weight", "bias"}
+    assert not any(b is model.metric.compute() for b in model.buffers())
+
+
+def test_counts_stay_on_the_cpu_under_a_default_device():
+    with torch.device("meta"):
+        m = ConfusionMatrix(3)
+    m.update(torch.tensor([0, 1]), torch.tensor([0, 2]))
+    assert m.compute().device.type == "cpu" and m.num_samples == 2
 
 
 @pytest.mark.parametrize(
@@ -354,13 +355,36 @@ def test_loaded_counts_that_do_not_fit_are_refused_by_name(counts, error, match)
     m = _some_counts()
     before = m.compute()
     with pytest.raises(error, match=match):
-        m.load_state_dict({"counts": counts})
+        m.load_state_dict({"num_classes": 3, "counts": counts})
     assert torch.equal(m.compute(), before)  # a refused load leaves the counts as they were
+
+
+@pytest.mark.parametrize(
+    ("state", "error", "match"),
+    [
+        (
+            {"num_classes": 4, "counts": torch.zeros(4, 4, dtype=torch.int64)},
+            ValueError,
+            r"state_dict\['num_classes'\] is 4; this ConfusionMatrix has num_classes=3",
+        ),
+        (torch.zeros(3, 3, dtype=torch.int64), TypeError, "must be a ConfusionMatrix.state_dict"),
+        ({"num_classes": 3}, TypeError, "a mapping with a 'counts' tensor"),
+        (
+            {"counts": torch.zeros(3, 3, dtype=torch.int64, device="meta")},
+            ValueError,
+            "holds no values",
+        ),
+    ],
+)
+def test_a_state_that_is_no_metric_state_is_refused(state, error, match):
+    m = _some_counts()
+    with pytest.raises(error, match=match):
+        m.load_state_dict(state)
 
 
 def test_loaded_counts_of_another_integer_dtype_are_kept_int64():
     m = ConfusionMatrix(2)
     state = {"counts": torch.tensor([[3, 1], [0, 2]], dtype=torch.int32)}
-    m.load_state_dict(state, assign=True)
+    m.load_state_dict(state)
     assert m.compute().dtype == torch.int64 and m.compute().tolist() == [[3, 1], [0, 2]]
     assert state["counts"].dtype == torch.int32  # the caller's dict is left as it was
