@@ -43,7 +43,8 @@ class InstanceSelfAttention(nn.Module):
 
     Shape:
         - x: :math:`(B, T, E)`
-        - padding_mask: :math:`(B, T)`, bool, ``True`` = padded (as ``key_padding_mask``)
+        - padding_mask: :math:`(B, T)`, bool, ``True`` = padded (as ``key_padding_mask``):
+          padded instances are attended by none, whatever they hold, and come out unchanged
         - Output: :math:`(B, T, E)`
 
     Example:
@@ -125,9 +126,14 @@ class InstanceSelfAttention(nn.Module):
         check_finite_parameters(self)
         # Another floating dtype than the parameters' runs in theirs, as autocast would.
         x = to_parameter_dtype(x, self.norm.weight)
-        y = self.norm(x)
-        # A masked key's weight is 0, and 0 times a NaN or inf value (padding from torch.empty,
-        # a NaN sentinel) is NaN: padded slots are zeroed as keys and values (the queries stay).
-        kv = y if padding_mask is None else y.masked_fill(padding_mask.unsqueeze(-1), 0)
-        y, _ = self.attn(y, kv, kv, key_padding_mask=padding_mask, need_weights=False)
-        return x + self.dropout(y)
+        if padding_mask is None:
+            y = self.norm(x)
+            y, _ = self.attn(y, y, y, need_weights=False)
+            return x + self.dropout(y)
+        # A masked key's weight is 0, and 0 times a NaN or inf (padding from torch.empty, a
+        # NaN sentinel) is NaN, in the forward and in the norm's backward: padded slots are
+        # zeroed before the norm, and come out unchanged, as GEIIM's do.
+        padded = padding_mask.unsqueeze(-1)
+        y = self.norm(x.masked_fill(padded, 0))
+        y, _ = self.attn(y, y, y, key_padding_mask=padding_mask, need_weights=False)
+        return torch.where(padded, x, x + self.dropout(y))

@@ -77,6 +77,10 @@ def instance_weights(
         check_padding_mask(padding_mask, *h.shape[:2])
         check_device_of("padding_mask", padding_mask, "h", h.device)
     work = h.float() if h.dtype in (torch.float16, torch.bfloat16) else h
+    if padding_mask is not None:
+        # A padded row's weight is set to 0 below, but the softmax's backward would still
+        # multiply its zero gradient by whatever it holds (NaN from torch.empty padding).
+        work = work.masked_fill(padding_mask.unsqueeze(-1), 0)
     if mode == "instance_softmax":
         if padding_mask is not None:
             work = work.masked_fill(padding_mask.unsqueeze(-1), torch.finfo(work.dtype).min)
@@ -158,6 +162,12 @@ class InstanceWeights(nn.Module):
         if isinstance(self.proj, nn.Linear):  # another dtype runs in the projection's
             check_device("h", h, self.proj.weight.device, "InstanceWeights")
             h = to_parameter_dtype(h, self.proj.weight)
+            if padding_mask is not None:
+                # As in instance_weights: the projection's weight gradient would read the
+                # padding (0 * NaN is NaN) though its weight is 0.
+                check_padding_mask(padding_mask, *h.shape[:2])
+                check_device_of("padding_mask", padding_mask, "h", h.device)
+                h = h.masked_fill(padding_mask.unsqueeze(-1), 0)
         return instance_weights(self.proj(h), mode=self.mode, padding_mask=padding_mask)
 
     def extra_repr(self) -> str:

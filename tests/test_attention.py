@@ -43,7 +43,26 @@ def test_equals_prenorm_residual_mha():
     mask = torch.tensor([[False] * 5, [False, False, True, True, False], [True] + [False] * 4])
     y = attn.norm(x)
     ref = x + attn.attn(y, y, y, key_padding_mask=mask)[0]
-    torch.testing.assert_close(attn(x, mask), ref)
+    out = attn(x, mask)
+    torch.testing.assert_close(out[~mask], ref[~mask])
+    torch.testing.assert_close(out[mask], x[mask], atol=0, rtol=0)  # padding comes out unchanged
+
+
+def test_non_finite_padding_gives_no_nan_gradient():
+    # Zeroing padded keys and values after the LayerNorm kept the forward finite, but the
+    # norm's backward multiplied a zero gradient by the NaN row: NaN gradients for the norm,
+    # the projections and the padding itself.
+    torch.manual_seed(0)
+    attn = InstanceSelfAttention(8, num_heads=2, dtype=torch.float64)
+    mask = torch.tensor([[False, True, False, False], [False] * 4])
+    x = torch.randn(2, 4, 8, dtype=torch.float64)
+    x[mask] = float("nan")
+    x.requires_grad_()
+    out = attn(x, mask)
+    out[~mask].sum().backward()
+    assert bool((x.grad[mask] == 0).all()) and bool(x.grad.isfinite().all())
+    for name, p in attn.named_parameters():
+        assert p.grad is not None and bool(p.grad.isfinite().all()), name
 
 
 @pytest.mark.parametrize("batch, instances", [(0, 4), (3, 0)])

@@ -99,3 +99,24 @@ def test_gradients_flow(mode):
 
 def test_default_mode_is_instance_softmax():
     assert InstanceWeights(4).mode == "instance_softmax"
+
+
+@pytest.mark.parametrize("mode", WEIGHT_MODES)
+@pytest.mark.parametrize("hidden", [6, 8])
+def test_non_finite_padding_gives_no_nan_gradient(mode, hidden):
+    # A padded row's weight is set to 0 after the projection and the softmax, but their
+    # backward multiplies its zero gradient by the NaN it holds (torch.empty padding, a NaN
+    # sentinel): the projection, and the padding itself, got NaN gradients.
+    torch.manual_seed(0)
+    module = InstanceWeights(8, hidden_size=hidden, mode=mode, dtype=torch.float64)
+    mask = torch.tensor([[False, True, False, True], [False] * 4])
+    clean = torch.randn(2, 4, 8, dtype=torch.float64)
+    h = clean.clone()
+    h[mask] = float("nan")
+    h.requires_grad_()
+    w = module(h, mask)
+    torch.testing.assert_close(w, module(clean, mask))
+    (w * torch.randn_like(w)).sum().backward()
+    assert bool((h.grad[mask] == 0).all()) and bool(h.grad.isfinite().all())
+    for name, p in module.named_parameters():
+        assert bool(p.grad.isfinite().all()), name
