@@ -206,7 +206,9 @@ class MICACLHead(nn.Module):
                 feature, and get no gradient: GEIIM and the attention leave them out, the
                 aggregator reads the real instances alone, in their order (as ``nn.LSTM``
                 reads a ``PackedSequence``: ``"lstm"`` is given one, which reads the lengths
-                on the host), and the pooling averages the real instances.
+                on the host), and the pooling averages the real instances. (With
+                :func:`~micacl_layers.config.check_finite` on, a NaN or inf anywhere in ``x``
+                is refused, padding included, as every input is.)
 
         Returns:
             ``(logits, clip_feature)``; ``clip_feature`` is what the classifier saw, the input
