@@ -240,10 +240,9 @@ class MICACLHead(nn.Module):
         x = to_parameter_dtype(x, self.classifier.weight)
         h = self.geiim(x, padding_mask) if self.geiim is not None else x
         if padding_mask is not None:
-            # (GEIIM hands padded slots back unchanged.) The instance weights read every slot
-            # and mask the padded ones' weights after their projection and softmax, whose
-            # backward multiplies what a slot holds by its zero gradient: NaN padding gave
-            # NaN parameter gradients.
+            # GEIIM hands padded slots back unchanged, and what they hold must reach neither
+            # the aggregator (a NaN input makes WIAN's gates NaN even at weight 0) nor any
+            # backward (0 * NaN is NaN): zeroed once, here.
             h = h.masked_fill(padding_mask.unsqueeze(-1), 0)
         weights = None
         if self.instance_weights is not None:  # (built with the WIAN aggregator)
@@ -253,9 +252,8 @@ class MICACLHead(nn.Module):
             feature = (self.attention(seq) if self.attention is not None else seq).mean(dim=1)
         else:
             # The aggregator reads the clip's real instances alone, in their order, as nn.LSTM
-            # reads a PackedSequence: they are moved to the front (the padding behind them,
-            # zeroed above, would otherwise drive a recurrence's gates and decay its state),
-            # and moved back afterwards.
+            # reads a PackedSequence: they are moved to the front (padding between them would
+            # drive a recurrence's gates and decay its state), and moved back afterwards.
             padded = padding_mask.unsqueeze(-1)
             order = torch.argsort(padding_mask.to(torch.uint8), dim=1, stable=True)
             packed = _take_instances(h, order)
