@@ -512,13 +512,21 @@ def _counts_tensor(class_counts: object) -> torch.Tensor:
         )
     try:
         # A tensor's or an array's dtype says what it holds; a list is converted as it is.
-        raw = torch.as_tensor(class_counts) if hasattr(class_counts, "dtype") else None
+        # (A tensor is not passed through as_tensor, which takes the device of a `with
+        # torch.device(...)` block or set_default_device: it would copy meta counts, and fail,
+        # or move counts off the device they were given on.)
+        if isinstance(class_counts, torch.Tensor):
+            raw: torch.Tensor | None = class_counts
+        else:
+            raw = torch.as_tensor(class_counts) if hasattr(class_counts, "dtype") else None
         if raw is not None and (raw.dtype == torch.bool or raw.is_complex()):
             got = describe(raw)
         elif isinstance(class_counts, Sequence) and any(isinstance(c, bool) for c in class_counts):
             got = repr(class_counts)
         else:
-            return torch.as_tensor(class_counts if raw is None else raw, dtype=torch.float64)
+            if raw is not None:
+                return raw.to(torch.float64)
+            return torch.as_tensor(class_counts, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError) as err:
         raise TypeError(
             f"`class_counts` must be a sequence of numbers or a tensor, "
