@@ -42,6 +42,7 @@ __all__ = [
     "check_targets",
     "describe",
     "has_values",
+    "integer_value",
     "is_real",
     "no_autocast",
     "to_parameter_dtype",
@@ -332,6 +333,22 @@ def check_some_real_instance(mask: torch.Tensor, name: str = "padding_mask") -> 
     return mask
 
 
+def integer_value(value: object) -> int | None:
+    """``value`` as an ``int`` where it is one: an int, a NumPy integer or a 0-d integer tensor.
+
+    ``None`` for anything else: a bool (or bool tensor), a float, a tensor of more than one
+    dimension, of a floating dtype or without values (meta).
+    """
+    if isinstance(value, torch.Tensor):
+        real = not (value.is_floating_point() or value.is_complex())
+        if value.dim() == 0 and real and value.dtype != torch.bool and has_values(value):
+            return int(value.item())
+        return None
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    return None
+
+
 def check_positive_int(name: str, value: object, *, type_error: bool = False) -> int:
     """A positive integer, returned as ``int``: an int, a NumPy integer or a 0-d integer tensor.
 
@@ -340,13 +357,7 @@ def check_positive_int(name: str, value: object, *, type_error: bool = False) ->
     ``type_error=True`` a value that is no integer at all raises ``TypeError`` instead, as the
     frame samplers always have.
     """
-    number: int | None = None
-    if isinstance(value, torch.Tensor):
-        real = not (value.is_floating_point() or value.is_complex())
-        if value.dim() == 0 and real and value.dtype != torch.bool and has_values(value):
-            number = int(value.item())
-    elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        number = int(value)
+    number = integer_value(value)
     if number is None or number < 1:
         error = TypeError if number is None and type_error else ValueError
         raise error(f"`{name}` must be a positive int, got {value!r}.")
@@ -501,13 +512,21 @@ def _counts_tensor(class_counts: object) -> torch.Tensor:
         )
     try:
         # A tensor's or an array's dtype says what it holds; a list is converted as it is.
-        raw = torch.as_tensor(class_counts) if hasattr(class_counts, "dtype") else None
+        # (A tensor is not passed through as_tensor, which takes the device of a `with
+        # torch.device(...)` block or set_default_device: it would copy meta counts, and fail,
+        # or move counts off the device they were given on.)
+        if isinstance(class_counts, torch.Tensor):
+            raw: torch.Tensor | None = class_counts
+        else:
+            raw = torch.as_tensor(class_counts) if hasattr(class_counts, "dtype") else None
         if raw is not None and (raw.dtype == torch.bool or raw.is_complex()):
             got = describe(raw)
         elif isinstance(class_counts, Sequence) and any(isinstance(c, bool) for c in class_counts):
             got = repr(class_counts)
         else:
-            return torch.as_tensor(class_counts if raw is None else raw, dtype=torch.float64)
+            if raw is not None:
+                return raw.to(torch.float64)
+            return torch.as_tensor(class_counts, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError) as err:
         raise TypeError(
             f"`class_counts` must be a sequence of numbers or a tensor, "

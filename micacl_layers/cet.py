@@ -440,7 +440,11 @@ class ClassificationEnhancementTerm(nn.Module):
         self._smoothing_checked = True
         if self.ial_weight or self.aug_weight:
             return  # terms on the raw logits pull the over-correction back
-        counts = torch.as_tensor(class_counts)
+        # (a tensor as it is: as_tensor would copy meta counts to a default device, and fail)
+        if isinstance(class_counts, torch.Tensor):
+            counts = class_counts
+        else:
+            counts = torch.as_tensor(class_counts)
         if has_values(counts):  # one host copy of K numbers, once
             _warn_if_smoothing_overturns(
                 counts,

@@ -10,7 +10,6 @@ batches' worth is typical), or :meth:`ContrastMemory.reset` it after large updat
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 
 import torch
@@ -24,6 +23,7 @@ from micacl_layers._validation import (
     check_targets,
     describe,
     has_values,
+    integer_value,
     torchscript_unsupported,
 )
 
@@ -65,19 +65,22 @@ class ContrastMemory(nn.Module):
     ) -> ContrastMemory | None:
         """A memory of ``size`` samples, or ``None`` for an integer 0 (a loss's ``memory_size``).
 
-        A float or NumPy float zero is refused as any other size that is no int.
+        An integer is an int, a NumPy integer or a 0-d integer tensor, as for every size
+        argument; a float or NumPy float zero is refused as any other size that is no int.
         """
         # Only an integer 0 means "no memory": `size == 0` alone also let 0.0, a NumPy float
         # zero or np.False_ through, while 5.0 is refused as no int.
-        if isinstance(size, numbers.Integral) and not isinstance(size, bool) and size == 0:
+        number = integer_value(size)
+        if number == 0:
             return None
-        try:
-            size = check_positive_int("memory_size", size)
-        except ValueError:
+        if number is None:
+            # (not "must be >= 0": 0.0 or a meta tensor breaks no bound, only the type)
             raise ValueError(
-                f"`memory_size` must be >= 0 (0 disables the memory), got {size!r}."
-            ) from None
-        return cls(size, list(dims), device=device, dtype=dtype)
+                f"`memory_size` must be an int >= 0 (0 disables the memory), got {size!r}."
+            )
+        if number < 0:
+            raise ValueError(f"`memory_size` must be >= 0 (0 disables the memory), got {size!r}.")
+        return cls(number, list(dims), device=device, dtype=dtype)
 
     def __init__(
         self,

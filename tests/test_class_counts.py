@@ -157,6 +157,58 @@ def test_counts_given_as_a_tensor_stay_on_its_device():
     assert MCCLoss(3, 8, [5, 3, 1]).class_counts.device.type == "cpu"
 
 
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda c: MCCLoss(3, 8, c),
+        lambda c: MICACLLoss(3, 8, c).mccl,
+        lambda c: LogitAdjustedLoss(c),
+        lambda c: LogitAdjustedLoss(c, label_smoothing=0.1),
+    ],
+    ids=["MCCLoss", "MICACLLoss", "LogitAdjustedLoss", "smoothing"],
+)
+def test_meta_counts_stay_on_meta_inside_a_default_device_block(build):
+    # torch.as_tensor takes the block's device for a tensor too: it copied the meta counts to
+    # the CPU, which fails ("Cannot copy out of meta tensor"), where without a block they stay.
+    meta = torch.tensor([5, 3, 1], device="meta")
+    outside = build(meta).class_counts
+    with torch.device("cpu"):
+        inside = build(meta).class_counts
+    assert torch.empty(0).device.type == "cpu"
+    assert (inside.device.type, inside.dtype, inside.shape) == ("meta", torch.long, (3,))
+    assert (inside.device, inside.dtype, inside.shape) == (
+        outside.device,
+        outside.dtype,
+        outside.shape,
+    )
+
+
+def test_forward_takes_meta_counts_inside_a_default_device_block():
+    from micacl_layers import ClassificationEnhancementTerm
+    from micacl_layers.functional import log_prior, logit_adjusted_cross_entropy
+
+    meta = torch.tensor([5, 3, 1], device="meta")
+    logits, y = torch.randn(4, 3, device="meta"), torch.zeros(4, dtype=torch.long, device="meta")
+    options = {"label_smoothing": 0.1, "ial_weight": 0.0, "aug_weight": 0.0}
+    outside = [
+        logit_adjusted_cross_entropy(logits, y, meta),
+        ClassificationEnhancementTerm(logit_adjustment=1.0, **options)(
+            logits, y, class_counts=meta
+        ),
+    ]
+    with torch.device("cpu"):
+        inside = [
+            logit_adjusted_cross_entropy(logits, y, meta),
+            # (its once-only smoothing check reads the counts apart from the loss)
+            ClassificationEnhancementTerm(logit_adjustment=1.0, **options)(
+                logits, y, class_counts=meta
+            ),
+        ]
+        prior = log_prior(meta)
+    assert [(t.device, t.shape) for t in inside] == [(t.device, t.shape) for t in outside]
+    assert (prior.device.type, prior.shape) == ("meta", (3,))
+
+
 def test_the_reset_parameters_walk_restores_every_module_built_on_meta():
     # The FAQ's recipe for deferred initialisation, over the layers and the losses.
     from micacl_layers import GEIIM, WIAN

@@ -107,12 +107,37 @@ def test_an_integer_zero_disables_the_memory(size):
     assert MCCLoss(3, 8, [5, 3, 1], projection_dim=4, memory_size=size).memory is None
 
 
+def test_a_0d_integer_tensor_zero_disables_the_memory_as_other_integer_zeros():
+    # A 0-d integer tensor is an int to every size argument (tensor(4) gives a memory of 4),
+    # so tensor(0) was refused as "must be >= 0 ..., got tensor(0)", a rule it keeps.
+    assert ContrastMemory.optional(torch.tensor(0), (4,)) is None
+    assert ContrastMemory.optional(torch.tensor(0, dtype=torch.int32), (4,)) is None
+    loss = MCCLoss(3, 8, [5, 3, 1], projection_dim=4, memory_size=torch.tensor(0))
+    assert loss.memory is None
+
+
 @pytest.mark.parametrize(
-    "size", [0.0, -0.0, np.float64(0.0), np.float32(0.0), Fraction(0), False, np.bool_(False)]
+    "size",
+    [
+        *(0.0, -0.0, np.float64(0.0), np.float32(0.0), Fraction(0), False, np.bool_(False)),
+        *(torch.tensor(0.0), torch.tensor([0]), torch.tensor(0, device="meta")),
+        torch.tensor(False),
+    ],
 )
-def test_a_zero_that_is_no_int_is_refused_as_other_bad_sizes(size):
+def test_a_zero_that_is_no_int_is_refused_as_no_int(size):
     # `size == 0` let a float 0.0 through as "no memory" while a float 5.0 was refused as no
-    # int: the zero case, too, takes integers only.
+    # int: the zero case, too, takes integers only. The message says so: "must be >= 0, got
+    # 0.0" named a rule that 0.0 keeps.
+    rule = re.escape("`memory_size` must be an int >= 0 (0 disables the memory)")
+    message = rf"{rule}, got {re.escape(repr(size))}"
+    with pytest.raises(ValueError, match=message):
+        ContrastMemory.optional(size, (4,))
+    with pytest.raises(ValueError, match=message):
+        MCCLoss(3, 8, [5, 3, 1], projection_dim=4, memory_size=size)
+
+
+@pytest.mark.parametrize("size", [-1, np.int64(-3), torch.tensor(-1)])
+def test_a_negative_int_size_keeps_the_negative_message(size):
     message = rf"`memory_size` must be >= 0 \(0 disables the memory\), got {re.escape(repr(size))}"
     with pytest.raises(ValueError, match=message):
         ContrastMemory.optional(size, (4,))
