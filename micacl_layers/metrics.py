@@ -391,7 +391,12 @@ def _checked_loaded_counts(given: torch.Tensor, key: str, k: int) -> torch.Tenso
             f"state_dict[{key!r}] must hold integer counts (int64, as ConfusionMatrix saves "
             f"them), got {describe(given)}"
         )
-    # (Unsigned counts cannot be negative, and torch has no comparison for uint16-uint64.)
-    if given.dtype.is_signed and bool((given < 0).any()):
-        raise ValueError(f"state_dict[{key!r}] ({describe(given)}) holds negative counts")
-    return given.long()
+    # Checked as int64: a uint64 count from 2**63 on wraps to a negative one there (and torch
+    # has no comparison for uint16-uint64).
+    counts = given.long()
+    if bool((counts < 0).any()):
+        raise ValueError(
+            f"state_dict[{key!r}] ({describe(given)}) holds negative counts (or, unsigned, "
+            "counts past int64)"
+        )
+    return counts
