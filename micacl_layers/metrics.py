@@ -373,6 +373,12 @@ class ConfusionMatrix:
 
 def _checked_loaded_counts(given: torch.Tensor, key: str, k: int) -> torch.Tensor:
     """``state_dict[key]`` as this metric holds its counts: ``(k, k)``, integer, none negative."""
+    if given.layout != torch.strided:  # (torch has no comparison for them: its own error)
+        kind = str(given.layout).removeprefix("torch.")
+        raise ValueError(
+            f"state_dict[{key!r}] ({describe(given)}) is a {kind} tensor; ConfusionMatrix "
+            "loads dense counts: pass it with .to_dense()"
+        )
     if not has_values(given):
         raise ValueError(f"state_dict[{key!r}] ({describe(given)}) holds no values to load")
     if given.ndim == 2 and given.shape[0] == given.shape[1] and given.shape[0] != k:
