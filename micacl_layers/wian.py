@@ -133,9 +133,10 @@ def _unpack(
             "`weights` must be a PackedSequence packed as `input` (a PackedSequence), or None, "
             f"got {describe(weights)}."
         )
+    batch = int(packed.batch_sizes[0])
     if not (
         torch.equal(weights.batch_sizes, packed.batch_sizes)
-        and _same_indices(weights.sorted_indices, packed.sorted_indices)
+        and torch.equal(_order(weights.sorted_indices, batch), _order(packed.sorted_indices, batch))
     ):
         raise ValueError(
             "`weights` must be packed as `input`: the same lengths in the same order "
@@ -147,10 +148,11 @@ def _unpack(
     return padded, padded_weights, lengths
 
 
-def _same_indices(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    return torch.equal(a.cpu(), b.cpu())
+def _order(indices: torch.Tensor | None, batch: int) -> torch.Tensor:
+    """``sorted_indices`` on the host, ``None`` (given sorted) as the identity it means."""
+    # (pack_sequence(..., enforce_sorted=False) of sequences already sorted gives the identity,
+    # with True None: the same packing.)
+    return torch.arange(batch) if indices is None else indices.cpu()
 
 
 def _listed(indices: torch.Tensor | None) -> object:

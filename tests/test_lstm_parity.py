@@ -645,3 +645,23 @@ def test_packed_sequence_on_meta_gives_shapes():
     out, (h_n, c_n) = wian(rnn.pack_sequence(seqs))
     assert out.data.shape == (4, 8) and out.data.device.type == "meta"
     assert h_n.shape == c_n.shape == (4, 2, 4)
+
+
+def test_packed_weights_sorted_or_not_are_one_packing_when_already_sorted():
+    # pack_sequence(..., enforce_sorted=False) of sequences already in descending length gives
+    # the identity sorted_indices, enforce_sorted=True gives None: the same packing, refused
+    # before as "not packed as `input`".
+    torch.manual_seed(8)
+    wian = WIAN(3, 4, bidirectional=True, dtype=torch.float64)
+    seqs = [torch.randn(n, 3, dtype=torch.float64) for n in (4, 2, 1)]
+    ws = [torch.rand(n, dtype=torch.float64) for n in (4, 2, 1)]
+    for input_sorted, weights_sorted in [(True, False), (False, True)]:
+        packed = rnn.pack_sequence(seqs, enforce_sorted=input_sorted)
+        want, (h_want, _) = wian(packed, weights=rnn.pack_sequence(ws, enforce_sorted=input_sorted))
+        got, (h_got, _) = wian(packed, weights=rnn.pack_sequence(ws, enforce_sorted=weights_sorted))
+        torch.testing.assert_close(got.data, want.data, atol=0, rtol=0)
+        torch.testing.assert_close(h_got, h_want, atol=0, rtol=0)
+    # Another order is still refused.
+    packed = rnn.pack_sequence(seqs[::-1], enforce_sorted=False)
+    with pytest.raises(ValueError, match="`weights` must be packed as `input`"):
+        wian(packed, weights=rnn.pack_sequence(ws, enforce_sorted=True))
