@@ -112,6 +112,7 @@ def _unpack(
     packed: nn.utils.rnn.PackedSequence,
     weights: object,
     input_size: int,
+    hidden_size: int,
     batch_first: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """A packed input (and its packed weights) padded in ``batch_first``'s layout, the lengths.
@@ -143,6 +144,14 @@ def _unpack(
             f"(batch_sizes {weights.batch_sizes.tolist()} for the input's "
             f"{packed.batch_sizes.tolist()}, sorted_indices {_listed(weights.sorted_indices)} "
             f"for the input's {_listed(packed.sorted_indices)})."
+        )
+    # Checked as packed: the padded (B, T, ...) tensor the later checks would describe is one
+    # the caller never made.
+    w_data = check_floating("weights", weights.data)
+    if not (w_data.dim() == 1 or (w_data.dim() == 2 and w_data.shape[1] in (1, hidden_size))):
+        raise ValueError(
+            "`weights` (a PackedSequence) must hold data of shape (N,), (N, 1) or (N, H) with "
+            f"H={hidden_size}, got data {describe(w_data)}."
         )
     padded_weights = nn.utils.rnn.pad_packed_sequence(weights, batch_first=batch_first)[0]
     return padded, padded_weights, lengths
@@ -431,7 +440,9 @@ class WIAN(nn.Module):
         packed = input if isinstance(input, nn.utils.rnn.PackedSequence) else None
         lengths = None
         if packed is not None:
-            input, weights, lengths = _unpack(packed, weights, self.input_size, self.batch_first)
+            input, weights, lengths = _unpack(
+                packed, weights, self.input_size, self.hidden_size, self.batch_first
+            )
         x = check_input(input, parameter, "WIAN")
         check_finite_parameters(self)  # (with config.check_finite on, as every layer)
         layout = "(B, T, I)" if self.batch_first else "(T, B, I)"

@@ -621,6 +621,25 @@ def test_packed_sequence_of_another_dtype_is_computed_in_the_parameters_dtype():
             ValueError,
             "`weights`",
         ),
+        # Described as passed, not as the padded (T, B, ...) tensor made from them.
+        (
+            lambda p: rnn.PackedSequence(torch.ones(p.data.shape[0], 3), p.batch_sizes),
+            ValueError,
+            r"`weights` \(a PackedSequence\) must hold data of shape \(N,\), \(N, 1\) or "
+            r"\(N, H\) with H=4, got data shape=\(5, 3\)",
+        ),
+        (
+            lambda p: rnn.PackedSequence(torch.ones(p.data.shape[0], 1, 1), p.batch_sizes),
+            ValueError,
+            r"got data shape=\(5, 1, 1\)",
+        ),
+        (
+            lambda p: rnn.PackedSequence(
+                torch.ones(p.data.shape[0], dtype=torch.long), p.batch_sizes
+            ),
+            TypeError,
+            r"`weights` must be a floating-point tensor, got shape=\(5,\)",
+        ),
     ],
 )
 def test_packed_sequence_weights_errors(weights, error, match):
