@@ -419,11 +419,11 @@ class WIAN(nn.Module):
 
     def forward(
         self,
-        input: torch.Tensor,
+        input: torch.Tensor | nn.utils.rnn.PackedSequence,
         hx: tuple[torch.Tensor, torch.Tensor] | list[torch.Tensor] | None = None,
         *,
-        weights: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        weights: torch.Tensor | nn.utils.rnn.PackedSequence | None = None,
+    ) -> tuple[torch.Tensor | nn.utils.rnn.PackedSequence, tuple[torch.Tensor, torch.Tensor]]:
         """Run the recurrence over all instances.
 
         Args:
@@ -447,7 +447,7 @@ class WIAN(nn.Module):
         check_finite_parameters(self)  # (with config.check_finite on, as every layer)
         layout = "(B, T, I)" if self.batch_first else "(T, B, I)"
         check_ndim("input", x, (2, 3), f"{layout} or unbatched (T, I)")
-        given = weights
+        given = cast("torch.Tensor | None", weights)  # (packed weights were unpacked above)
         if weights is not None:
             weights = per_instance(weights, "weights", x.dim())
         unbatched = x.dim() == 2

@@ -684,3 +684,15 @@ def test_packed_weights_sorted_or_not_are_one_packing_when_already_sorted():
     packed = rnn.pack_sequence(seqs[::-1], enforce_sorted=False)
     with pytest.raises(ValueError, match="`weights` must be packed as `input`"):
         wian(packed, weights=rnn.pack_sequence(ws, enforce_sorted=True))
+
+
+def test_forward_annotations_name_the_packed_sequence():
+    # forward was annotated Tensor in, Tensor out: type checkers calling it and the API docs
+    # (rendered from the annotations) said a packed input was a type error.
+    import typing
+
+    hints = typing.get_type_hints(WIAN.forward)
+    assert rnn.PackedSequence in typing.get_args(hints["input"])
+    assert rnn.PackedSequence in typing.get_args(hints["weights"])
+    output = typing.get_args(hints["return"])[0]
+    assert rnn.PackedSequence in typing.get_args(output)
