@@ -114,6 +114,7 @@ def _unpack(
     input_size: int,
     hidden_size: int,
     batch_first: bool,
+    device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """A packed input (and its packed weights) padded in ``batch_first``'s layout, the lengths.
 
@@ -126,6 +127,7 @@ def _unpack(
             f"`input` (a PackedSequence) must hold data of shape (N, I) with I={input_size}, "
             f"got data {describe(data)}."
         )
+    check_device("input", data, device, "WIAN")  # (described as passed, not padded)
     padded, lengths = nn.utils.rnn.pad_packed_sequence(packed, batch_first=batch_first)
     if weights is None:
         return padded, None, lengths
@@ -153,6 +155,7 @@ def _unpack(
             "`weights` (a PackedSequence) must hold data of shape (N,), (N, 1) or (N, H) with "
             f"H={hidden_size}, got data {describe(w_data)}."
         )
+    check_device("weights", w_data, device, "WIAN")
     padded_weights = nn.utils.rnn.pad_packed_sequence(weights, batch_first=batch_first)[0]
     return padded, padded_weights, lengths
 
@@ -441,7 +444,12 @@ class WIAN(nn.Module):
         lengths = None
         if packed is not None:
             input, weights, lengths = _unpack(
-                packed, weights, self.input_size, self.hidden_size, self.batch_first
+                packed,
+                weights,
+                self.input_size,
+                self.hidden_size,
+                self.batch_first,
+                parameter.device,
             )
         x = check_input(input, parameter, "WIAN")
         check_finite_parameters(self)  # (with config.check_finite on, as every layer)

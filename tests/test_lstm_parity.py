@@ -656,6 +656,13 @@ def test_packed_sequence_input_errors():
     ints = rnn.pack_sequence([torch.ones(2, 3, dtype=torch.long)])
     with pytest.raises(TypeError, match="`input`"):
         wian(ints)
+    # Another device is described as passed, not as the padded (T, B, I) tensor made from it.
+    on_meta = rnn.pack_sequence([torch.empty(2, 3, device="meta")])
+    with pytest.raises(ValueError, match=r"`input` must be on .*\(cpu\), got shape=\(2, 3\)"):
+        wian(on_meta)
+    packed, _ = _pack([3, 2], 3, enforce_sorted=True)
+    with pytest.raises(ValueError, match=r"`weights` must be on .*\(cpu\), got shape=\(5,\)"):
+        wian(packed, weights=packed._replace(data=torch.empty(5, device="meta")))
 
 
 def test_packed_sequence_on_meta_gives_shapes():
