@@ -164,7 +164,7 @@ def _order(indices: torch.Tensor | None, batch: int) -> torch.Tensor:
     """``sorted_indices`` on the host, ``None`` (given sorted) as the identity it means."""
     # (pack_sequence(..., enforce_sorted=False) of sequences already sorted gives the identity,
     # with True None: the same packing.)
-    return torch.arange(batch) if indices is None else indices.cpu()
+    return torch.arange(batch, device="cpu") if indices is None else indices.cpu()
 
 
 def _listed(indices: torch.Tensor | None) -> object:
@@ -183,8 +183,10 @@ def _repack(
     # batch_sizes[t] sequences at step t. Indexed from batch_sizes (always on the host): a mask
     # of the real steps would read the device (and meta tensors cannot be masked).
     sizes = packed.batch_sizes
-    time = torch.arange(steps).repeat_interleave(sizes)
-    rank = torch.arange(int(sizes.sum())) - (sizes.cumsum(0) - sizes)[time]
+    # (On the host under any default device, as batch_sizes: torch.set_default_device("cuda")
+    # made the aranges CUDA tensors that could not meet batch_sizes.)
+    time = torch.arange(steps, device="cpu").repeat_interleave(sizes)
+    rank = torch.arange(int(sizes.sum()), device="cpu") - (sizes.cumsum(0) - sizes)[time]
     index = (time * batch + rank).to(output.device)
     data = output.reshape(steps * batch, output.shape[-1]).index_select(0, index)
     return nn.utils.rnn.PackedSequence(

@@ -703,3 +703,23 @@ def test_forward_annotations_name_the_packed_sequence():
     assert rnn.PackedSequence in typing.get_args(hints["weights"])
     output = typing.get_args(hints["return"])[0]
     assert rnn.PackedSequence in typing.get_args(output)
+
+
+def test_packed_sequence_under_another_default_device():
+    # batch_sizes stay on the host: the index that repacks the output was built from aranges
+    # on the default device, so torch.set_default_device("cuda") (here "meta", on any machine)
+    # failed every packed call with a device mismatch.
+    torch.manual_seed(9)
+    wian = WIAN(3, 4, num_layers=2, bidirectional=True)
+    packed, _ = _pack([3, 1, 2], 3, enforce_sorted=False)
+    weights = packed._replace(data=torch.rand(packed.data.shape[0]))
+    want, (h_want, c_want) = wian(packed, weights=weights)
+    sorted_weights = rnn.pack_sequence([torch.rand(n) for n in (3, 2, 1)])
+    sorted_input, _ = _pack([3, 2, 1], 3, enforce_sorted=False)
+    with torch.device("meta"):
+        got, (h_got, c_got) = wian(packed, weights=weights)
+        wian(sorted_input, weights=sorted_weights)  # (None and identity orders compared)
+    assert got.data.device.type == "cpu"
+    torch.testing.assert_close(got.data, want.data, atol=0, rtol=0)
+    torch.testing.assert_close(h_got, h_want, atol=0, rtol=0)
+    torch.testing.assert_close(c_got, c_want, atol=0, rtol=0)
