@@ -373,6 +373,12 @@ class ConfusionMatrix:
 
 def _checked_loaded_counts(given: torch.Tensor, key: str, k: int) -> torch.Tensor:
     """``state_dict[key]`` as this metric holds its counts: ``(k, k)``, integer, none negative."""
+    if given.layout != torch.strided:  # (torch has no comparison for them: its own error)
+        kind = str(given.layout).removeprefix("torch.")
+        raise ValueError(
+            f"state_dict[{key!r}] ({describe(given)}) is a {kind} tensor; ConfusionMatrix "
+            "loads dense counts: pass it with .to_dense()"
+        )
     if not has_values(given):
         raise ValueError(f"state_dict[{key!r}] ({describe(given)}) holds no values to load")
     if given.ndim == 2 and given.shape[0] == given.shape[1] and given.shape[0] != k:
@@ -391,7 +397,12 @@ def _checked_loaded_counts(given: torch.Tensor, key: str, k: int) -> torch.Tenso
             f"state_dict[{key!r}] must hold integer counts (int64, as ConfusionMatrix saves "
             f"them), got {describe(given)}"
         )
-    # (Unsigned counts cannot be negative, and torch has no comparison for uint16-uint64.)
-    if given.dtype.is_signed and bool((given < 0).any()):
-        raise ValueError(f"state_dict[{key!r}] ({describe(given)}) holds negative counts")
-    return given.long()
+    # Checked as int64: a uint64 count from 2**63 on wraps to a negative one there (and torch
+    # has no comparison for uint16-uint64).
+    counts = given.long()
+    if bool((counts < 0).any()):
+        raise ValueError(
+            f"state_dict[{key!r}] ({describe(given)}) holds negative counts (or, unsigned, "
+            "counts past int64)"
+        )
+    return counts

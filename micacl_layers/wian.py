@@ -112,7 +112,9 @@ def _unpack(
     packed: nn.utils.rnn.PackedSequence,
     weights: object,
     input_size: int,
+    hidden_size: int,
     batch_first: bool,
+    device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """A packed input (and its packed weights) padded in ``batch_first``'s layout, the lengths.
 
@@ -125,6 +127,7 @@ def _unpack(
             f"`input` (a PackedSequence) must hold data of shape (N, I) with I={input_size}, "
             f"got data {describe(data)}."
         )
+    check_device("input", data, device, "WIAN")  # (described as passed, not padded)
     padded, lengths = nn.utils.rnn.pad_packed_sequence(packed, batch_first=batch_first)
     if weights is None:
         return padded, None, lengths
@@ -133,9 +136,10 @@ def _unpack(
             "`weights` must be a PackedSequence packed as `input` (a PackedSequence), or None, "
             f"got {describe(weights)}."
         )
+    batch = int(packed.batch_sizes[0])
     if not (
         torch.equal(weights.batch_sizes, packed.batch_sizes)
-        and _same_indices(weights.sorted_indices, packed.sorted_indices)
+        and torch.equal(_order(weights.sorted_indices, batch), _order(packed.sorted_indices, batch))
     ):
         raise ValueError(
             "`weights` must be packed as `input`: the same lengths in the same order "
@@ -143,14 +147,24 @@ def _unpack(
             f"{packed.batch_sizes.tolist()}, sorted_indices {_listed(weights.sorted_indices)} "
             f"for the input's {_listed(packed.sorted_indices)})."
         )
+    # Checked as packed: the padded (B, T, ...) tensor the later checks would describe is one
+    # the caller never made.
+    w_data = check_floating("weights", weights.data)
+    if not (w_data.dim() == 1 or (w_data.dim() == 2 and w_data.shape[1] in (1, hidden_size))):
+        raise ValueError(
+            "`weights` (a PackedSequence) must hold data of shape (N,), (N, 1) or (N, H) with "
+            f"H={hidden_size}, got data {describe(w_data)}."
+        )
+    check_device("weights", w_data, device, "WIAN")
     padded_weights = nn.utils.rnn.pad_packed_sequence(weights, batch_first=batch_first)[0]
     return padded, padded_weights, lengths
 
 
-def _same_indices(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    return torch.equal(a.cpu(), b.cpu())
+def _order(indices: torch.Tensor | None, batch: int) -> torch.Tensor:
+    """``sorted_indices`` on the host, ``None`` (given sorted) as the identity it means."""
+    # (pack_sequence(..., enforce_sorted=False) of sequences already sorted gives the identity,
+    # with True None: the same packing.)
+    return torch.arange(batch, device="cpu") if indices is None else indices.cpu()
 
 
 def _listed(indices: torch.Tensor | None) -> object:
@@ -169,8 +183,10 @@ def _repack(
     # batch_sizes[t] sequences at step t. Indexed from batch_sizes (always on the host): a mask
     # of the real steps would read the device (and meta tensors cannot be masked).
     sizes = packed.batch_sizes
-    time = torch.arange(steps).repeat_interleave(sizes)
-    rank = torch.arange(int(sizes.sum())) - (sizes.cumsum(0) - sizes)[time]
+    # (On the host under any default device, as batch_sizes: torch.set_default_device("cuda")
+    # made the aranges CUDA tensors that could not meet batch_sizes.)
+    time = torch.arange(steps, device="cpu").repeat_interleave(sizes)
+    rank = torch.arange(int(sizes.sum()), device="cpu") - (sizes.cumsum(0) - sizes)[time]
     index = (time * batch + rank).to(output.device)
     data = output.reshape(steps * batch, output.shape[-1]).index_select(0, index)
     return nn.utils.rnn.PackedSequence(
@@ -408,11 +424,11 @@ class WIAN(nn.Module):
 
     def forward(
         self,
-        input: torch.Tensor,
+        input: torch.Tensor | nn.utils.rnn.PackedSequence,
         hx: tuple[torch.Tensor, torch.Tensor] | list[torch.Tensor] | None = None,
         *,
-        weights: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        weights: torch.Tensor | nn.utils.rnn.PackedSequence | None = None,
+    ) -> tuple[torch.Tensor | nn.utils.rnn.PackedSequence, tuple[torch.Tensor, torch.Tensor]]:
         """Run the recurrence over all instances.
 
         Args:
@@ -429,12 +445,19 @@ class WIAN(nn.Module):
         packed = input if isinstance(input, nn.utils.rnn.PackedSequence) else None
         lengths = None
         if packed is not None:
-            input, weights, lengths = _unpack(packed, weights, self.input_size, self.batch_first)
+            input, weights, lengths = _unpack(
+                packed,
+                weights,
+                self.input_size,
+                self.hidden_size,
+                self.batch_first,
+                parameter.device,
+            )
         x = check_input(input, parameter, "WIAN")
         check_finite_parameters(self)  # (with config.check_finite on, as every layer)
         layout = "(B, T, I)" if self.batch_first else "(T, B, I)"
         check_ndim("input", x, (2, 3), f"{layout} or unbatched (T, I)")
-        given = weights
+        given = cast("torch.Tensor | None", weights)  # (packed weights were unpacked above)
         if weights is not None:
             weights = per_instance(weights, "weights", x.dim())
         unbatched = x.dim() == 2

@@ -621,6 +621,25 @@ def test_packed_sequence_of_another_dtype_is_computed_in_the_parameters_dtype():
             ValueError,
             "`weights`",
         ),
+        # Described as passed, not as the padded (T, B, ...) tensor made from them.
+        (
+            lambda p: rnn.PackedSequence(torch.ones(p.data.shape[0], 3), p.batch_sizes),
+            ValueError,
+            r"`weights` \(a PackedSequence\) must hold data of shape \(N,\), \(N, 1\) or "
+            r"\(N, H\) with H=4, got data shape=\(5, 3\)",
+        ),
+        (
+            lambda p: rnn.PackedSequence(torch.ones(p.data.shape[0], 1, 1), p.batch_sizes),
+            ValueError,
+            r"got data shape=\(5, 1, 1\)",
+        ),
+        (
+            lambda p: rnn.PackedSequence(
+                torch.ones(p.data.shape[0], dtype=torch.long), p.batch_sizes
+            ),
+            TypeError,
+            r"`weights` must be a floating-point tensor, got shape=\(5,\)",
+        ),
     ],
 )
 def test_packed_sequence_weights_errors(weights, error, match):
@@ -637,6 +656,13 @@ def test_packed_sequence_input_errors():
     ints = rnn.pack_sequence([torch.ones(2, 3, dtype=torch.long)])
     with pytest.raises(TypeError, match="`input`"):
         wian(ints)
+    # Another device is described as passed, not as the padded (T, B, I) tensor made from it.
+    on_meta = rnn.pack_sequence([torch.empty(2, 3, device="meta")])
+    with pytest.raises(ValueError, match=r"`input` must be on .*\(cpu\), got shape=\(2, 3\)"):
+        wian(on_meta)
+    packed, _ = _pack([3, 2], 3, enforce_sorted=True)
+    with pytest.raises(ValueError, match=r"`weights` must be on .*\(cpu\), got shape=\(5,\)"):
+        wian(packed, weights=packed._replace(data=torch.empty(5, device="meta")))
 
 
 def test_packed_sequence_on_meta_gives_shapes():
@@ -645,3 +671,55 @@ def test_packed_sequence_on_meta_gives_shapes():
     out, (h_n, c_n) = wian(rnn.pack_sequence(seqs))
     assert out.data.shape == (4, 8) and out.data.device.type == "meta"
     assert h_n.shape == c_n.shape == (4, 2, 4)
+
+
+def test_packed_weights_sorted_or_not_are_one_packing_when_already_sorted():
+    # pack_sequence(..., enforce_sorted=False) of sequences already in descending length gives
+    # the identity sorted_indices, enforce_sorted=True gives None: the same packing, refused
+    # before as "not packed as `input`".
+    torch.manual_seed(8)
+    wian = WIAN(3, 4, bidirectional=True, dtype=torch.float64)
+    seqs = [torch.randn(n, 3, dtype=torch.float64) for n in (4, 2, 1)]
+    ws = [torch.rand(n, dtype=torch.float64) for n in (4, 2, 1)]
+    for input_sorted, weights_sorted in [(True, False), (False, True)]:
+        packed = rnn.pack_sequence(seqs, enforce_sorted=input_sorted)
+        want, (h_want, _) = wian(packed, weights=rnn.pack_sequence(ws, enforce_sorted=input_sorted))
+        got, (h_got, _) = wian(packed, weights=rnn.pack_sequence(ws, enforce_sorted=weights_sorted))
+        torch.testing.assert_close(got.data, want.data, atol=0, rtol=0)
+        torch.testing.assert_close(h_got, h_want, atol=0, rtol=0)
+    # Another order is still refused.
+    packed = rnn.pack_sequence(seqs[::-1], enforce_sorted=False)
+    with pytest.raises(ValueError, match="`weights` must be packed as `input`"):
+        wian(packed, weights=rnn.pack_sequence(ws, enforce_sorted=True))
+
+
+def test_forward_annotations_name_the_packed_sequence():
+    # forward was annotated Tensor in, Tensor out: type checkers calling it and the API docs
+    # (rendered from the annotations) said a packed input was a type error.
+    import typing
+
+    hints = typing.get_type_hints(WIAN.forward)
+    assert rnn.PackedSequence in typing.get_args(hints["input"])
+    assert rnn.PackedSequence in typing.get_args(hints["weights"])
+    output = typing.get_args(hints["return"])[0]
+    assert rnn.PackedSequence in typing.get_args(output)
+
+
+def test_packed_sequence_under_another_default_device():
+    # batch_sizes stay on the host: the index that repacks the output was built from aranges
+    # on the default device, so torch.set_default_device("cuda") (here "meta", on any machine)
+    # failed every packed call with a device mismatch.
+    torch.manual_seed(9)
+    wian = WIAN(3, 4, num_layers=2, bidirectional=True)
+    packed, _ = _pack([3, 1, 2], 3, enforce_sorted=False)
+    weights = packed._replace(data=torch.rand(packed.data.shape[0]))
+    want, (h_want, c_want) = wian(packed, weights=weights)
+    sorted_weights = rnn.pack_sequence([torch.rand(n) for n in (3, 2, 1)])
+    sorted_input, _ = _pack([3, 2, 1], 3, enforce_sorted=False)
+    with torch.device("meta"):
+        got, (h_got, c_got) = wian(packed, weights=weights)
+        wian(sorted_input, weights=sorted_weights)  # (None and identity orders compared)
+    assert got.data.device.type == "cpu"
+    torch.testing.assert_close(got.data, want.data, atol=0, rtol=0)
+    torch.testing.assert_close(h_got, h_want, atol=0, rtol=0)
+    torch.testing.assert_close(c_got, c_want, atol=0, rtol=0)

@@ -349,6 +349,14 @@ def test_counts_stay_on_the_cpu_under_a_default_device():
         (torch.ones(3, 3), TypeError, r"state_dict\['counts'\] must hold integer counts.*float32"),
         (torch.ones(3, 3, dtype=torch.bool), TypeError, "must hold integer counts"),
         (-torch.ones(3, 3, dtype=torch.int64), ValueError, r"state_dict\['counts'\].*negative"),
+        # From 2**63 on a uint64 count wrapped to a negative int64 and was loaded as one.
+        (torch.full((3, 3), 2**63 + 5, dtype=torch.uint64), ValueError, "counts past int64"),
+        # Sparse counts were NotImplementedError from inside torch's comparison.
+        (
+            torch.eye(3, dtype=torch.int64).to_sparse(),
+            ValueError,
+            r"state_dict\['counts'\] .* is a sparse_coo tensor.*to_dense",
+        ),
     ],
 )
 def test_loaded_counts_that_do_not_fit_are_refused_by_name(counts, error, match):
