@@ -474,11 +474,12 @@ def check_data_root(args: argparse.Namespace) -> None:
 def check_dfew_folds(root: Path, fold: str) -> None:
     """Refuse a --fold whose split files are missing now, not after the folds before it have
     trained (--fold all on a root with fewer folds stopped at the first missing one)."""
-    splits = root / "EmoLabel_DataSplit"
+    from micacl_layers.data import DFEW
+
     missing = []
     for f in [1, 2, 3, 4, 5] if fold == "all" else [int(fold)]:
         for split in ("train", "test"):
-            path = splits / f"{split}(single-labeled)" / f"set_{f}.csv"
+            path = DFEW.split_file_path(root, f, split)
             if not path.is_file():
                 missing.append(path)
     if missing:

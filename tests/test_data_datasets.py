@@ -729,3 +729,16 @@ def test_a_subclass_may_set_its_transform_before_the_base_init(tmp_path):
 
     dfew_tree(tmp_path, [("1", 1)], frames={"00001": 3})
     assert Mine(tmp_path)[0][0].shape == (3, 16, 4, 4)
+
+
+def test_dfew_split_file_is_the_official_layout_and_checks_its_arguments(tmp_path):
+    import numpy as np
+
+    from micacl_layers.data import DFEW
+
+    path = DFEW.split_file_path(tmp_path, np.int64(3), "train")
+    assert path == tmp_path / "EmoLabel_DataSplit" / "train(single-labeled)" / "set_3.csv"
+    assert DFEW.split_file_path("~", 1, "test").parts[0] != "~"
+    for fold, split in ((0, "train"), (True, "train"), (2.0, "test"), (1, "val")):
+        with pytest.raises(ValueError, match="fold must be|split must be"):
+            DFEW.split_file_path(tmp_path, fold, split)

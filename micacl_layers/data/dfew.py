@@ -222,6 +222,33 @@ class DFEW(ClipFolderDataset):
         True
     """
 
+    @staticmethod
+    def split_file_path(root: str | os.PathLike[str], fold: int, split: str) -> Path:
+        """The split file of one fold and split under a DFEW ``root``, in the official layout.
+
+        ``EmoLabel_DataSplit/<split>(single-labeled)/set_<fold>.csv``; whether it exists is
+        not checked (a training script can check every fold it needs before it starts).
+
+        Args:
+            root: DFEW root folder; a leading ``~`` is expanded.
+            fold: ``1``..``5``.
+            split: ``"train"`` or ``"test"``.
+
+        Raises:
+            ValueError: For a ``fold`` that is no int in 1..5, or another ``split``.
+
+        Example:
+            >>> DFEW.split_file_path("/data/DFEW", 2, "test").as_posix()
+            '/data/DFEW/EmoLabel_DataSplit/test(single-labeled)/set_2.csv'
+        """
+        # A fold read from a NumPy array or a sweep's config is a NumPy integer, not an int.
+        if isinstance(fold, bool) or not isinstance(fold, numbers.Integral) or not 1 <= fold <= 5:
+            raise ValueError(f"fold must be an int in 1..5, got {fold!r}")
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        layout = Path("EmoLabel_DataSplit", f"{split}(single-labeled)", f"set_{int(fold)}.csv")
+        return expand_root(root) / layout
+
     def __init__(
         self,
         root: str | os.PathLike[str],
@@ -246,17 +273,10 @@ class DFEW(ClipFolderDataset):
             generator=generator,
             fast_decode=fast_decode,
         )
-        # A fold read from a NumPy array or a sweep's config is a NumPy integer, not an int.
-        if isinstance(fold, bool) or not isinstance(fold, numbers.Integral) or not 1 <= fold <= 5:
-            raise ValueError(f"fold must be an int in 1..5, got {fold!r}")
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        split_file = self.split_file_path(root, fold, split)
         self.root = expand_root(root)
-        self.fold = int(fold)
+        self.fold = int(fold)  # (checked by split_file_path)
         self.split = split
-        split_file = (
-            self.root / "EmoLabel_DataSplit" / f"{split}(single-labeled)" / f"set_{fold}.csv"
-        )
         frames_root = self.root / "Clip" / "clip_224x224"
         entries = [
             (frames_root / clip_id, label, line)
