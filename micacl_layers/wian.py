@@ -210,7 +210,9 @@ class WIAN(nn.Module):
     structure, ``h_n``/``c_n`` at each sequence's last element, ``hx`` and ``h_n`` in the order
     the sequences were given in. Its instance weights are a ``PackedSequence`` packed the same
     way (the same lengths and order), of data ``(N,)``, ``(N, 1)`` or ``(N, H)``. Packed inputs
-    run the plain autograd path: the fused kernel has no per-step mask.
+    run the plain autograd path: the fused kernel has no per-step mask. Under autocast they run
+    in the dtype the kernel would have run in, where the switch enables it, with autocast off
+    (so the output dtype is the one of an unpacked input).
 
     The instance weights :math:`w_t` (Eq. 3) scale every layer's dynamic gate at step ``t``; the
     reverse direction uses the weight of the instance it is reading, so an instance weighs the
