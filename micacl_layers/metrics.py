@@ -24,6 +24,7 @@ from micacl_layers._validation import (
     check_positive_int,
     describe,
     has_values,
+    integer_value,
 )
 
 __all__ = ["ConfusionMatrix", "confusion_matrix", "per_class_recall", "uar", "war"]
@@ -340,10 +341,11 @@ class ConfusionMatrix:
             )
         k = self.num_classes
         given_k = state_dict.get("num_classes", k)
-        if given_k != k:
+        # (integer_value: "3" or 3.0 is no num_classes, though 3.0 == 3)
+        if integer_value(given_k) != k:
             raise ValueError(
                 f"state_dict['num_classes'] is {given_k!r}; this ConfusionMatrix has "
-                f"num_classes={k}"
+                f"num_classes={k} (an int)"
             )
         self._cm = _checked_loaded_counts(state_dict["counts"], "counts", k).to("cpu", copy=True)
 

@@ -375,6 +375,16 @@ def test_loaded_counts_that_do_not_fit_are_refused_by_name(counts, error, match)
             ValueError,
             r"state_dict\['num_classes'\] is 4; this ConfusionMatrix has num_classes=3",
         ),
+        (
+            {"num_classes": "3", "counts": torch.zeros(3, 3, dtype=torch.int64)},
+            ValueError,
+            r"is '3'; this ConfusionMatrix has num_classes=3 \(an int\)",
+        ),
+        (
+            {"num_classes": 3.0, "counts": torch.zeros(3, 3, dtype=torch.int64)},
+            ValueError,
+            r"is 3.0; this ConfusionMatrix has num_classes=3 \(an int\)",
+        ),
         (torch.zeros(3, 3, dtype=torch.int64), TypeError, "must be a ConfusionMatrix.state_dict"),
         ({"num_classes": 3}, TypeError, "a mapping with a 'counts' tensor"),
         (
