@@ -172,23 +172,13 @@ def _listed(indices: torch.Tensor | None) -> object:
 
 
 def _repack(
-    output: torch.Tensor, packed: nn.utils.rnn.PackedSequence
+    output: torch.Tensor, lengths: torch.Tensor, packed: nn.utils.rnn.PackedSequence
 ) -> nn.utils.rnn.PackedSequence:
-    """The time-major padded ``output`` ``(T, B, F)`` packed as ``packed`` is."""
-    steps, batch = output.shape[:2]
+    """The time-major padded ``output`` ``(T, B, F)``, in the given order, packed as ``packed``."""
     order = packed.sorted_indices
-    if order is not None:
-        output = output.index_select(1, order.to(output.device))
-    # A PackedSequence's data runs over (time, sorted sequence), row-major, the first
-    # batch_sizes[t] sequences at step t. Indexed from batch_sizes (always on the host): a mask
-    # of the real steps would read the device (and meta tensors cannot be masked).
-    sizes = packed.batch_sizes
-    # (On the host under any default device, as batch_sizes: torch.set_default_device("cuda")
-    # made the aranges CUDA tensors that could not meet batch_sizes.)
-    time = torch.arange(steps, device="cpu").repeat_interleave(sizes)
-    rank = torch.arange(int(sizes.sum()), device="cpu") - (sizes.cumsum(0) - sizes)[time]
-    index = (time * batch + rank).to(output.device)
-    data = output.reshape(steps * batch, output.shape[-1]).index_select(0, index)
+    if order is not None:  # (packed in the input's own order, ties among lengths included)
+        output, lengths = output.index_select(1, order.to(output.device)), lengths[order.cpu()]
+    data = nn.utils.rnn.pack_padded_sequence(output, lengths, enforce_sorted=True).data
     return nn.utils.rnn.PackedSequence(
         data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices
     )
@@ -552,7 +542,8 @@ class WIAN(nn.Module):
                 c_n.append(c)
         h_n_t, c_n_t = torch.cat(h_n, dim=0), torch.cat(c_n, dim=0)
         if packed is not None:
-            return _repack(layer_input, packed), (h_n_t, c_n_t)
+            assert lengths is not None  # (unpacked with the input)
+            return _repack(layer_input, lengths, packed), (h_n_t, c_n_t)
         layer_input = layer_input.transpose(0, 1)  # (B, T, D*H)
 
         output = layer_input if self.batch_first else layer_input.transpose(0, 1)
