@@ -77,10 +77,6 @@ def instance_weights(
         check_padding_mask(padding_mask, *h.shape[:2])
         check_device_of("padding_mask", padding_mask, "h", h.device)
     work = h.float() if h.dtype in (torch.float16, torch.bfloat16) else h
-    if padding_mask is not None:
-        # A padded row's weight is set to 0 below, but the softmax's backward would still
-        # multiply its zero gradient by whatever it holds (NaN from torch.empty padding).
-        work = work.masked_fill(padding_mask.unsqueeze(-1), 0)
     if mode == "instance_softmax":
         if padding_mask is not None:
             work = work.masked_fill(padding_mask.unsqueeze(-1), torch.finfo(work.dtype).min)
@@ -89,6 +85,10 @@ def instance_weights(
             real = work.shape[1]  # type: ignore[assignment]
         w = work.softmax(dim=1) * real
     else:
+        if padding_mask is not None:
+            # A padded row's weight is set to 0 below, but the softmax's backward would still
+            # multiply its zero gradient by whatever it holds (NaN from torch.empty padding).
+            work = work.masked_fill(padding_mask.unsqueeze(-1), 0)
         w = work.softmax(dim=-1)
         if mode == "scaled_channel_softmax":
             w = w * work.shape[-1]

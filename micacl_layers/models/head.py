@@ -261,10 +261,10 @@ class MICACLHead(nn.Module):
                 weights = _take_instances(weights, order)
             lengths = (~padding_mask).sum(dim=1)
             seq = _take_instances(self._aggregate(packed, weights, lengths), order.argsort(1))
+            if self.attention is not None:  # (it leaves padded slots out itself)
+                seq = self.attention(seq, padding_mask)
             # (masked_fill, not a product with the mask: 0 * NaN is NaN)
             seq = seq.masked_fill(padded, 0)
-            if self.attention is not None:
-                seq = self.attention(seq, padding_mask).masked_fill(padded, 0)
             feature = seq.sum(dim=1) / lengths.unsqueeze(-1).to(seq.dtype)
         return self.classifier(self.dropout(feature)), feature
 
