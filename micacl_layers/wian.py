@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, cast, overload
 
 import torch
 from torch import nn
@@ -413,6 +413,26 @@ class WIAN(nn.Module):
             )
         suffixes = [f"_l{layer}{s}" for layer in range(new.num_layers) for s in new._suffixes()]
         return cast(WIAN, copy_lstm_gates(new, lstm, suffixes, new.hidden_size, gate_bias))
+
+    # As torch types nn.LSTM.forward: a tensor in gives a tensor out, a PackedSequence a
+    # PackedSequence, so that a caller's type checker need not narrow a union.
+    @overload
+    def forward(
+        self,
+        input: torch.Tensor,
+        hx: tuple[torch.Tensor, torch.Tensor] | list[torch.Tensor] | None = None,
+        *,
+        weights: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]: ...
+
+    @overload
+    def forward(
+        self,
+        input: nn.utils.rnn.PackedSequence,
+        hx: tuple[torch.Tensor, torch.Tensor] | list[torch.Tensor] | None = None,
+        *,
+        weights: nn.utils.rnn.PackedSequence | None = None,
+    ) -> tuple[nn.utils.rnn.PackedSequence, tuple[torch.Tensor, torch.Tensor]]: ...
 
     def forward(
         self,

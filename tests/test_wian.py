@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import typing
+
 import pytest
 import torch
 from hypothesis import given
@@ -587,3 +590,12 @@ def test_activation_checkpointing_under_every_switch(switch, use_reentrant):
     want = grads("off", False)
     for got, ref in zip(grads(switch, True), want, strict=True):
         torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="typing.get_overloads is new in 3.11")
+def test_forward_overloads_pair_tensor_and_packed_like_lstm():
+    # nn.LSTM.forward is typed with overloads, so a checker sees a tensor out for a tensor in.
+    hints = [typing.get_type_hints(f) for f in typing.get_overloads(WIAN.forward)]
+    packed = torch.nn.utils.rnn.PackedSequence
+    pairs = {(h["input"], h["return"].__args__[0]) for h in hints}
+    assert pairs == {(torch.Tensor, torch.Tensor), (packed, packed)}
