@@ -83,3 +83,46 @@ def copy_lstm_gates(
                 # sigma(b_ih + b_hh + 0 x + 0 h) = sigma(gate_bias) == 1.0 exactly.
                 dst[rows:].fill_(gate_bias if kind == "bias_ih" else 0.0)
     return target.train(source.training)
+
+
+def refusing_lstm_checkpoints(convert: str):
+    """A ``_load_from_state_dict`` that refuses ``nn.LSTM``/``nn.LSTMCell`` state dicts by name.
+
+    Such a checkpoint has ``4H`` gate rows where WIAN has ``5H``; torch would report one bare
+    size mismatch per tensor. ``convert`` is the call that turns the loaded LSTM into the module.
+    Assigned in the class body, as ``__prepare_scriptable__`` is.
+    """
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        hidden = self.hidden_size
+        for name, param in self.named_parameters(recurse=False):
+            saved = state_dict.get(prefix + name)
+            if (
+                isinstance(saved, torch.Tensor)
+                and saved.dim() == param.dim()
+                and saved.shape[0] == 4 * hidden
+                and param.shape[0] == 5 * hidden
+                and saved.shape[1:] == param.shape[1:]
+            ):
+                # load_state_dict raises with it, strict or not.
+                error_msgs.append(
+                    f"`state_dict['{prefix}{name}']` has {4 * hidden} rows, an LSTM's four "
+                    f"gates of hidden_size={hidden}; {type(self).__name__} has {5 * hidden} (the "
+                    f"fifth, its dynamic weight gate). This is an nn.LSTM checkpoint: load it "
+                    f"into the LSTM it was saved from, then convert with `{convert}`."
+                )
+                return
+        nn.Module._load_from_state_dict(
+            self,
+            state_dict,
+            prefix,
+            local_metadata,
+            strict,
+            missing_keys,
+            unexpected_keys,
+            error_msgs,
+        )
+
+    return _load_from_state_dict

@@ -30,7 +30,11 @@ import torch
 from torch import nn
 
 from micacl_layers._fast import wian_layer as _fast
-from micacl_layers._lstm_conversion import check_lstm_like, copy_lstm_gates
+from micacl_layers._lstm_conversion import (
+    check_lstm_like,
+    copy_lstm_gates,
+    refusing_lstm_checkpoints,
+)
 from micacl_layers._recurrent_checks import (
     check_dropout,
     check_input,
@@ -257,6 +261,7 @@ class WIAN(nn.Module):
     """
 
     __prepare_scriptable__ = torchscript_unsupported
+    _load_from_state_dict = refusing_lstm_checkpoints("WIAN.from_lstm(lstm)")
 
     def __init__(
         self,

@@ -17,7 +17,11 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from micacl_layers._lstm_conversion import check_lstm_like, copy_lstm_gates
+from micacl_layers._lstm_conversion import (
+    check_lstm_like,
+    copy_lstm_gates,
+    refusing_lstm_checkpoints,
+)
 from micacl_layers._recurrent_checks import check_input, check_state, check_weight, per_instance
 from micacl_layers._validation import (
     check_device,
@@ -147,6 +151,7 @@ class WIANCell(nn.Module):
     """
 
     __prepare_scriptable__ = torchscript_unsupported
+    _load_from_state_dict = refusing_lstm_checkpoints("WIANCell.from_lstm_cell(cell)")
 
     def __init__(
         self,

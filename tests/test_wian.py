@@ -599,3 +599,35 @@ def test_forward_overloads_pair_tensor_and_packed_like_lstm():
     packed = torch.nn.utils.rnn.PackedSequence
     pairs = {(h["input"], h["return"].__args__[0]) for h in hints}
     assert pairs == {(torch.Tensor, torch.Tensor), (packed, packed)}
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_lstm_state_dict_into_wian_names_the_conversion(strict):
+    # A swapped model loading its old nn.LSTM checkpoint gets told how to convert it, not just
+    # torch's "size mismatch" between 4H and 5H rows.
+    model = nn.Sequential(WIAN(8, 6, num_layers=2, bidirectional=True))
+    old = nn.Sequential(nn.LSTM(8, 6, num_layers=2, bidirectional=True)).state_dict()
+    with pytest.raises(RuntimeError) as info:
+        model.load_state_dict(old, strict=strict)
+    message = str(info.value)
+    assert "`state_dict['0.weight_ih_l0']` has 24 rows" in message
+    assert "WIAN has 30" in message
+    assert "WIAN.from_lstm(lstm)" in message
+    assert "size mismatch" not in message  # (one clear message, not one per tensor)
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_lstm_cell_state_dict_into_wian_cell_names_the_conversion(strict):
+    with pytest.raises(RuntimeError) as info:
+        WIANCell(8, 6).load_state_dict(nn.LSTMCell(8, 6).state_dict(), strict=strict)
+    message = str(info.value)
+    assert "`state_dict['weight_ih']` has 24 rows" in message
+    assert "WIANCell has 30" in message
+    assert "WIANCell.from_lstm_cell(cell)" in message
+
+
+def test_other_size_mismatches_keep_torchs_message():
+    # Only the 4H-versus-5H signature of an LSTM checkpoint gets the hint.
+    with pytest.raises(RuntimeError, match="size mismatch") as info:
+        WIAN(8, 6).load_state_dict(WIAN(8, 5).state_dict())
+    assert "from_lstm" not in str(info.value)
